@@ -1,0 +1,58 @@
+# The two front-door commands are `make demo` and `make test`; everything else is a step of those.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(abspath $(VENV)/bin)
+STAMP := $(VENV)/.installed
+PYPROJECTS := $(wildcard kit/pyproject.toml proto/pyproject.toml cli/pyproject.toml services/*/pyproject.toml)
+
+.PHONY: help install lock proto proto-check lint format toolchain test pytest demo clean
+
+help:
+	@echo "make demo   fine-tune the embedded tiny model and chat with it (CPU, no Docker)"
+	@echo "make test   install what is needed, then run every check and test"
+	@echo "make proto  regenerate the gRPC stubs after editing proto/"
+	@echo "make lock   re-resolve requirements/dev.in into requirements/lock.txt"
+
+# One virtual environment for development, tests and the embedded default.
+$(STAMP): requirements/lock.txt $(PYPROJECTS)
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements/lock.txt
+	touch $@
+
+install: $(STAMP)
+
+lock: $(STAMP)
+	$(BIN)/uv pip compile requirements/dev.in -o requirements/lock.txt --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --quiet
+
+proto: $(STAMP)
+	$(BIN)/python proto/generate.py
+
+proto-check: $(STAMP)
+	$(BIN)/python proto/generate.py --check
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+# Builds llama-quantize and llama-server from the pinned llama.cpp source, cached outside the tree.
+toolchain: $(STAMP)
+	$(BIN)/forgeline-llamacpp build
+
+pytest: $(STAMP)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test: install proto-check lint toolchain pytest
+
+demo: install toolchain
+	$(BIN)/forgeline demo
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,171 @@
+"""Service settings from environment variables, validated at start with errors that name them.
+
+Each service subclasses `ServiceSettings` with its own prefix and adds its own fields::
+
+    class RegistrySettings(ServiceSettings):
+        model_config = SettingsConfigDict(env_prefix="FORGELINE_REGISTRY_")
+
+        bucket: str = Field("forgeline", description="Bucket that holds blobs and manifests.")
+
+    settings = load_settings(RegistrySettings)  # reads FORGELINE_REGISTRY_GRPC_PORT, ...
+
+`load_settings` turns pydantic's validation report into one line per problem, each naming the
+variable the operator has to change, and refuses unknown variables under the service's prefix
+(a typo such as ``FORGELINE_REGISTRY_GRPC_PROT`` would otherwise be ignored without a word).
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import os
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BeforeValidator, Field, ValidationError
+from pydantic_core import PydanticCustomError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = [
+    "LogFormat",
+    "LogLevel",
+    "Port",
+    "ServiceSettings",
+    "SettingsError",
+    "load_settings",
+]
+
+#: Prefix shared by every Forgeline variable. Settings that use it bare are not checked for
+#: unknown variables, since each service and tool owns a longer prefix under it.
+ROOT_PREFIX = "FORGELINE_"
+
+
+def _check_port(value: object) -> object:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 65535:
+        return value
+    raise PydanticCustomError(
+        "port", "is not a valid port: expected an integer 0-65535 (0 picks a free port)"
+    )
+
+
+#: A TCP port; 0 asks the operating system for a free one (the service logs the port it got).
+Port = Annotated[int, BeforeValidator(_check_port)]
+
+
+def _upper(value: object) -> object:
+    return value.upper() if isinstance(value, str) else value
+
+
+def _lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
+
+
+#: A stdlib logging level name, accepted in any case.
+LogLevel = Annotated[
+    Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(_upper)
+]
+
+
+class LogFormat(enum.StrEnum):
+    """How log records are written: human-readable lines, or one JSON object per line."""
+
+    TEXT = "text"
+    JSON = "json"
+
+
+class ServiceSettings(BaseSettings):
+    """What every Forgeline service is configured with; subclass it with a service prefix."""
+
+    model_config = SettingsConfigDict(env_prefix=ROOT_PREFIX, frozen=True, extra="ignore")
+
+    grpc_host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="Address the gRPC server listens on; 0.0.0.0 (or ::) inside a container.",
+    )
+    grpc_port: Port = Field(50051, description="gRPC port; 0 picks a free one.")
+    metrics_host: str = Field(
+        "127.0.0.1", min_length=1, description="Address of the Prometheus /metrics endpoint."
+    )
+    metrics_port: Port = Field(9464, description="Port of the /metrics endpoint; 0 picks one.")
+    log_level: LogLevel = Field("INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL.")
+    log_format: Annotated[LogFormat, BeforeValidator(_lower)] = Field(
+        LogFormat.TEXT, description="text, or json for one JSON object per line."
+    )
+    shutdown_grace_seconds: float = Field(
+        10.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="On SIGTERM, how long in-flight calls may run before they are cancelled.",
+    )
+
+    @classmethod
+    def env_prefix(cls) -> str:
+        """The prefix of this class's environment variables, upper case."""
+        return str(cls.model_config.get("env_prefix", "")).upper()
+
+    @classmethod
+    def env_var(cls, field: str) -> str:
+        """The environment variable that sets `field`."""
+        return f"{cls.env_prefix()}{field}".upper()
+
+
+class SettingsError(Exception):
+    """The environment does not describe a valid configuration.
+
+    Attributes:
+        problems: one line per problem, each starting with the variable to change.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+def load_settings(cls: type[S]) -> S:
+    """Read and validate `cls` from the environment.
+
+    Raises:
+        SettingsError: naming each variable that is malformed, missing or unknown.
+    """
+    problems = _unknown_variables(cls)
+    try:
+        settings = cls()
+    except ValidationError as exc:
+        problems = [_describe(cls, error) for error in exc.errors()] + problems
+        raise SettingsError(problems) from None
+    if problems:
+        raise SettingsError(problems)
+    return settings
+
+
+def _describe(cls: type[ServiceSettings], error: Any) -> str:
+    loc = [str(part) for part in error["loc"]]
+    variable = cls.env_var("__".join(loc)) if loc else cls.env_prefix() + "*"
+    if error["type"] == "missing":
+        return f"{variable} is not set: it is required"
+    message = str(error["msg"])
+    if error["type"] != "port":
+        message = "is not valid: " + message[:1].lower() + message[1:]
+    # The variable as the operator wrote it, not as a before-validator reshaped it.
+    value = next((v for k, v in os.environ.items() if k.upper() == variable), error.get("input"))
+    return f"{variable}={value!r} {message}"
+
+
+def _unknown_variables(cls: type[ServiceSettings]) -> list[str]:
+    prefix = cls.env_prefix()
+    if not prefix or prefix == ROOT_PREFIX:
+        return []
+    known = {cls.env_var(name) for name in cls.model_fields}
+    problems = []
+    for variable in sorted(os.environ):
+        upper = variable.upper()
+        if upper.startswith(prefix) and upper not in known:
+            close = difflib.get_close_matches(upper, sorted(known), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            problems.append(f"{variable} is not a setting of this service{hint}")
+    return problems

@@ -1,0 +1,122 @@
+"""Settings come from the environment; a bad one stops the service with the variable named."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+from forgeline_kit.settings import LogFormat, SettingsError, load_settings
+
+from .conftest import StartService
+from .echo_service import EchoSettings
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.upper().startswith("FORGELINE_ECHO_"):
+            monkeypatch.delenv(name)
+
+
+def test_defaults_and_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FORGELINE_ECHO_GRPC_PORT", "7001")
+    monkeypatch.setenv("FORGELINE_ECHO_LOG_LEVEL", "debug")
+    monkeypatch.setenv("FORGELINE_ECHO_LOG_FORMAT", "JSON")
+    monkeypatch.setenv("FORGELINE_ECHO_GREETING", "hey ")
+
+    settings = load_settings(EchoSettings)
+
+    assert settings.grpc_port == 7001
+    assert settings.grpc_host == "127.0.0.1"
+    assert settings.log_level == "DEBUG"
+    assert settings.log_format is LogFormat.JSON
+    assert settings.greeting == "hey "
+    assert EchoSettings.env_var("metrics_port") == "FORGELINE_ECHO_METRICS_PORT"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        (
+            "FORGELINE_ECHO_GRPC_PORT",
+            "abc",
+            "FORGELINE_ECHO_GRPC_PORT='abc' is not a valid port: expected an integer 0-65535",
+        ),
+        (
+            "FORGELINE_ECHO_METRICS_PORT",
+            "70000",
+            "FORGELINE_ECHO_METRICS_PORT='70000' is not a valid port",
+        ),
+        ("FORGELINE_ECHO_LOG_LEVEL", "loud", "FORGELINE_ECHO_LOG_LEVEL='loud' is not valid"),
+        ("FORGELINE_ECHO_LOG_FORMAT", "xml", "FORGELINE_ECHO_LOG_FORMAT='xml' is not valid"),
+        (
+            "FORGELINE_ECHO_SHUTDOWN_GRACE_SECONDS",
+            "-1",
+            "FORGELINE_ECHO_SHUTDOWN_GRACE_SECONDS='-1' is not valid: input should be greater",
+        ),
+        (
+            "FORGELINE_ECHO_GRPC_PROT",
+            "1",
+            "FORGELINE_ECHO_GRPC_PROT is not a setting of this service; "
+            "did you mean FORGELINE_ECHO_GRPC_PORT?",
+        ),
+    ],
+)
+def test_a_bad_variable_is_named(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as failure:
+        load_settings(EchoSettings)
+    assert len(failure.value.problems) == 1
+    assert failure.value.problems[0].startswith(expected)
+    assert "pydantic" not in str(failure.value)
+
+
+def test_every_bad_variable_is_reported_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FORGELINE_ECHO_GRPC_PORT", "abc")
+    monkeypatch.setenv("FORGELINE_ECHO_METRICS_PORT", "-5")
+    with pytest.raises(SettingsError) as failure:
+        load_settings(EchoSettings)
+    assert [p.split("=")[0] for p in failure.value.problems] == [
+        "FORGELINE_ECHO_GRPC_PORT",
+        "FORGELINE_ECHO_METRICS_PORT",
+    ]
+
+
+def test_a_bad_setting_stops_the_service_at_start(start_service: StartService) -> None:
+    service = start_service({"FORGELINE_ECHO_GRPC_PORT": "abc"}, wait=False)
+    code = service.wait(60)
+    assert code == 2
+    assert service.output.splitlines() == [
+        "forgeline-echo: invalid configuration:",
+        "  FORGELINE_ECHO_GRPC_PORT='abc' is not a valid port: "
+        "expected an integer 0-65535 (0 picks a free port)",
+    ]
+
+
+def test_a_port_in_use_stops_the_service_naming_the_variable(
+    start_service: StartService,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        service = start_service({"FORGELINE_ECHO_METRICS_PORT": str(port)}, wait=False)
+        code = service.wait(60)
+
+    assert code == 1
+    (error,) = [r for r in service.records() if r["level"] == "ERROR"]
+    assert f"cannot serve /metrics on 127.0.0.1:{port}" in error["message"]
+    assert "FORGELINE_ECHO_METRICS_PORT" in error["message"]
+
+
+def test_a_grpc_port_in_use_stops_the_second_instance(start_service: StartService) -> None:
+    first = start_service()
+    second = start_service({"FORGELINE_ECHO_GRPC_PORT": str(first.grpc_port)}, wait=False)
+    assert second.wait(60) == 1
+    (error,) = [r for r in second.records(strict=False) if r["level"] == "ERROR"]
+    assert f"cannot listen for gRPC on 127.0.0.1:{first.grpc_port}" in error["message"]
+    assert "FORGELINE_ECHO_GRPC_PORT" in error["message"]
