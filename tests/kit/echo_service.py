@@ -98,8 +98,8 @@ class EchoSettings(ServiceSettings):
 def _domain_error(name: str, field: str) -> Exception:
     if name == "crash":
         return RuntimeError("secret internal detail: /srv/echo/state.db is locked")
-    error_type = getattr(errors, name)
-    return error_type(f"echo was told to fail with {name}", field=field or None)  # type: ignore[no-any-return]
+    error_type: type[errors.ForgelineError] = getattr(errors, name)
+    return error_type(f"echo was told to fail with {name}", field=field or None)
 
 
 class EchoServicer:
@@ -114,7 +114,7 @@ class EchoServicer:
         """Let every held ``Say`` call answer (wired to SIGUSR1)."""
         self._released.set()
 
-    async def say(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def say(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if request.hold:
             log.info("holding a call", extra={"text": request.text})
             await self._released.wait()
@@ -122,13 +122,15 @@ class EchoServicer:
             raise _domain_error(request.fail_with, request.field)
         return EchoReply(text=self._greeting + request.text)
 
-    async def count(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def count(
+        self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
         for index in range(request.count):
             yield EchoReply(text=request.text, index=index)
         if request.fail_with:
             raise _domain_error(request.fail_with, request.field)
 
-    async def flaky(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def flaky(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         self._attempts[request.text] += 1
         attempt = self._attempts[request.text]
         if attempt <= request.fail_times:
@@ -136,7 +138,7 @@ class EchoServicer:
         return EchoReply(text=request.text, attempt=attempt)
 
     def register(self, server: grpc.aio.Server) -> None:
-        def handler(behavior: Any, streaming: bool) -> grpc.RpcMethodHandler:
+        def handler(behavior: Any, streaming: bool) -> grpc.RpcMethodHandler[Any, Any]:
             factory = (
                 grpc.unary_stream_rpc_method_handler
                 if streaming

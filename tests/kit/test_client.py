@@ -7,6 +7,7 @@ import asyncio
 import json
 import socket
 import time
+from typing import Any
 
 import grpc
 import pytest
@@ -19,7 +20,7 @@ from .echo_service import SERVICE_NAME, EchoReply, EchoRequest
 from .harness import ServiceProcess
 
 
-def method(channel: grpc.aio.Channel, name: str) -> grpc.aio.UnaryUnaryMultiCallable:
+def method(channel: grpc.aio.Channel, name: str) -> grpc.aio.UnaryUnaryMultiCallable[Any, Any]:
     return channel.unary_unary(
         f"/{SERVICE_NAME}/{name}",
         request_serializer=EchoRequest.SerializeToString,

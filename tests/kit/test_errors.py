@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import grpc
 import pytest
 
@@ -49,3 +51,36 @@ def test_other_exceptions_reveal_nothing() -> None:
     leak = KeyError("/var/lib/forgeline/secret")
     assert errors.grpc_status_for(leak) == (grpc.StatusCode.INTERNAL, errors.INTERNAL_MESSAGE)
     assert errors.http_status_for(leak) == 500
+
+
+def test_sync_client_gets_the_domain_error_with_its_field() -> None:
+    """A client on gRPC's sync API (a script, a notebook) gets the same error as grpc.aio ones."""
+    sent = errors.NotFound("model 'tiny' has no version 7", field="version")
+
+    def fail(request: bytes, context: grpc.ServicerContext) -> bytes:
+        context.set_trailing_metadata(errors.trailing_metadata_for(sent))
+        context.abort(*errors.grpc_status_for(sent))
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=1))
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                "forgeline.test.v1.Failing", {"Fail": grpc.unary_unary_rpc_method_handler(fail)}
+            )
+        ]
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+                "/forgeline.test.v1.Failing/Fail"
+            )
+            with pytest.raises(grpc.RpcError) as failure:
+                call(b"", timeout=10)
+    finally:
+        server.stop(None)
+
+    received = errors.error_from_rpc_error(failure.value)
+    assert type(received) is errors.NotFound
+    assert (received.message, received.field) == (sent.message, sent.field)

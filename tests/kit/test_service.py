@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import grpc
 import pytest
@@ -38,7 +39,7 @@ DOMAIN_ERRORS = [
 ]
 
 
-def say(channel: grpc.aio.Channel) -> grpc.aio.UnaryUnaryMultiCallable:
+def say(channel: grpc.aio.Channel) -> grpc.aio.UnaryUnaryMultiCallable[Any, Any]:
     return channel.unary_unary(
         f"/{SERVICE_NAME}/Say",
         request_serializer=EchoRequest.SerializeToString,
@@ -46,7 +47,7 @@ def say(channel: grpc.aio.Channel) -> grpc.aio.UnaryUnaryMultiCallable:
     )
 
 
-def count(channel: grpc.aio.Channel) -> grpc.aio.UnaryStreamMultiCallable:
+def count(channel: grpc.aio.Channel) -> grpc.aio.UnaryStreamMultiCallable[Any, Any]:
     return channel.unary_stream(
         f"/{SERVICE_NAME}/Count",
         request_serializer=EchoRequest.SerializeToString,

@@ -15,7 +15,7 @@ from .echo_service import SERVICE_NAME, EchoReply, EchoRequest
 from .harness import ServiceProcess
 
 
-def say(channel: grpc.aio.Channel) -> grpc.aio.UnaryUnaryMultiCallable:
+def say(channel: grpc.aio.Channel) -> grpc.aio.UnaryUnaryMultiCallable[Any, Any]:
     return channel.unary_unary(
         f"/{SERVICE_NAME}/Say",
         request_serializer=EchoRequest.SerializeToString,

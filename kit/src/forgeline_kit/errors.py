@@ -242,5 +242,14 @@ def error_from_rpc_error(error: grpc.RpcError) -> ForgelineError:
     """
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = error.details() if hasattr(error, "details") else None
-    metadata = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
-    return error_for_status(code, details, list(metadata or ()))
+    return error_for_status(code, details, _trailing_metadata_of(error))
+
+
+def _trailing_metadata_of(error: grpc.RpcError) -> list[tuple[str, str | bytes]]:
+    if not hasattr(error, "trailing_metadata"):
+        return []
+    if isinstance(error, grpc.aio.AioRpcError):
+        # grpc.aio's Metadata iterates as (key, value) pairs.
+        return list(error.trailing_metadata() or ())
+    # The sync API's entries are (key, value) named tuples.
+    return [(entry.key, entry.value) for entry in error.trailing_metadata() or ()]

@@ -27,8 +27,8 @@ Reconnection backoff is capped at a few seconds so a service that comes back is 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
@@ -107,6 +107,11 @@ class ServiceConfig(_GrpcJson):
         return json.dumps(self.model_dump(by_alias=True, exclude_none=True))
 
 
+_TRequest = TypeVar("_TRequest")
+_TResponse = TypeVar("_TResponse")
+_Requests: TypeAlias = AsyncIterable[_TRequest] | Iterable[_TRequest]
+
+
 class _DomainErrors:
     """What the four interceptors below share. gRPC files a client interceptor under the first
     of the four interceptor kinds it is an instance of, hence one class per kind."""
@@ -116,18 +121,24 @@ class _DomainErrors:
 
     def _with_deadline(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
         if details.timeout is None and self._default_timeout is not None:
-            return details._replace(timeout=self._default_timeout)
+            return grpc.aio.ClientCallDetails(
+                method=details.method,
+                timeout=self._default_timeout,
+                metadata=details.metadata,
+                credentials=details.credentials,
+                wait_for_ready=details.wait_for_ready,
+            )
         return details
 
     @staticmethod
-    async def _response(call: Any) -> Any:
+    async def _response(call: Awaitable[_TResponse]) -> _TResponse:
         try:
             return await call
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc_error(exc) from exc
 
     @staticmethod
-    async def _responses(call: Any) -> AsyncIterator[Any]:
+    async def _responses(call: AsyncIterable[_TResponse]) -> AsyncIterator[_TResponse]:
         try:
             async for response in call:
                 yield response
@@ -135,33 +146,57 @@ class _DomainErrors:
             raise error_from_rpc_error(exc) from exc
 
 
-class _UnaryUnary(_DomainErrors, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+class _UnaryUnary(_DomainErrors, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(
-        self, continuation: Callable[..., Any], client_call_details: Any, request: Any
-    ) -> Any:
+        self,
+        continuation: Callable[
+            [grpc.aio.ClientCallDetails, _TRequest],
+            Awaitable[grpc.aio.UnaryUnaryCall[_TRequest, _TResponse]],
+        ],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: _TRequest,
+    ) -> _TResponse:
         call = await continuation(self._with_deadline(client_call_details), request)
         return await self._response(call)
 
 
-class _StreamUnary(_DomainErrors, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
+class _StreamUnary(_DomainErrors, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(
-        self, continuation: Callable[..., Any], client_call_details: Any, request_iterator: Any
-    ) -> Any:
+        self,
+        continuation: Callable[
+            [grpc.aio.ClientCallDetails, _Requests[_TRequest]],
+            Awaitable[grpc.aio.StreamUnaryCall[_TRequest, _TResponse]],
+        ],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request_iterator: _Requests[_TRequest],
+    ) -> _TResponse:
         call = await continuation(self._with_deadline(client_call_details), request_iterator)
         return await self._response(call)
 
 
-class _UnaryStream(_DomainErrors, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+class _UnaryStream(_DomainErrors, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(
-        self, continuation: Callable[..., Any], client_call_details: Any, request: Any
-    ) -> Any:
+        self,
+        continuation: Callable[
+            [grpc.aio.ClientCallDetails, _TRequest],
+            Awaitable[grpc.aio.UnaryStreamCall[_TRequest, _TResponse]],
+        ],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: _TRequest,
+    ) -> AsyncIterator[_TResponse]:
         return self._responses(await continuation(client_call_details, request))
 
 
-class _StreamStream(_DomainErrors, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+class _StreamStream(_DomainErrors, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(
-        self, continuation: Callable[..., Any], client_call_details: Any, request_iterator: Any
-    ) -> Any:
+        self,
+        continuation: Callable[
+            [grpc.aio.ClientCallDetails, _Requests[_TRequest]],
+            Awaitable[grpc.aio.StreamStreamCall[_TRequest, _TResponse]],
+        ],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request_iterator: _Requests[_TRequest],
+    ) -> AsyncIterator[_TResponse]:
         return self._responses(await continuation(client_call_details, request_iterator))
 
 

@@ -26,6 +26,11 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 
+# Quoted: grpc's classes are generic in their type stubs only, not at run time.
+_Context: TypeAlias = (
+    "grpc.aio.ServicerContext[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse]"
+)
+
 
 class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
     """Serving status per service name; ``""`` stands for the whole server.
@@ -54,7 +59,7 @@ class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
         return self._status.get(service)
 
     async def Check(  # noqa: N802 (the proto's method name)
-        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+        self, request: health_pb2.HealthCheckRequest, context: _Context
     ) -> health_pb2.HealthCheckResponse:
         """Answer with the service's status; NOT_FOUND for a name this server does not host."""
         status = self._status.get(request.service)
@@ -63,7 +68,7 @@ class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
         return health_pb2.HealthCheckResponse(status=status)
 
     async def Watch(  # noqa: N802 (the proto's method name)
-        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+        self, request: health_pb2.HealthCheckRequest, context: _Context
     ) -> None:
         """Stream the service's status, then each change; end once a drain was announced."""
         sent: ServingStatus | None = None

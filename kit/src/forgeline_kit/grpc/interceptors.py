@@ -18,7 +18,7 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -34,7 +34,11 @@ __all__ = ["ErrorInterceptor", "PrometheusInterceptor", "ServerMetrics", "server
 
 log = logging.getLogger(__name__)
 
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+# The interceptors wrap every method, whatever its message types. Quoted: grpc's classes are
+# generic in their type stubs only, not at run time.
+_Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+_Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+Continuation: TypeAlias = "Callable[[grpc.HandlerCallDetails], Awaitable[_Handler | None]]"
 
 # Latency buckets from 1 ms (a registry lookup) to 10 min (a conversion that reports progress).
 LATENCY_BUCKETS = (
@@ -103,7 +107,7 @@ _FACTORIES = {
 }
 
 
-def _describe(handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails) -> _Rpc:
+def _describe(handler: _Handler, details: grpc.HandlerCallDetails) -> _Rpc:
     kind = {
         (False, False): "unary",
         (True, False): "client_stream",
@@ -114,9 +118,7 @@ def _describe(handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails) 
     return _Rpc(kind, service, method, getattr(handler, _FACTORIES[kind][0]))
 
 
-def _rebuild(
-    handler: grpc.RpcMethodHandler, rpc: _Rpc, behavior: Callable[..., Any]
-) -> grpc.RpcMethodHandler:
+def _rebuild(handler: _Handler, rpc: _Rpc, behavior: Callable[..., Any]) -> _Handler:
     factory = _FACTORIES[rpc.kind][1]
     return factory(
         behavior,
@@ -125,12 +127,12 @@ def _rebuild(
     )
 
 
-class _WrappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class _WrappingInterceptor(grpc.aio.ServerInterceptor):
     """Wraps each async handler with `_around` (for results) and `_each` (for streamed items)."""
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> _Handler | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             # Unknown method: gRPC answers UNIMPLEMENTED itself. Not counted, so that callers
@@ -140,7 +142,7 @@ class _WrappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         behavior = rpc.behavior
         if inspect.isasyncgenfunction(behavior):
 
-            async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async def stream(request: Any, context: _Context) -> AsyncIterator[Any]:
                 async with self._around(rpc, context):
                     async for response in behavior(request, context):
                         self._sent(rpc)
@@ -149,7 +151,7 @@ class _WrappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return _rebuild(handler, rpc, stream)
         if inspect.iscoroutinefunction(behavior):
 
-            async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def call(request: Any, context: _Context) -> Any:
                 async with self._around(rpc, context):
                     return await behavior(request, context)
 
@@ -160,20 +162,24 @@ class _WrappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         )
         return handler
 
-    def _around(
-        self, rpc: _Rpc, context: grpc.aio.ServicerContext
-    ) -> AbstractAsyncContextManager[None]:
+    def _around(self, rpc: _Rpc, context: _Context) -> AbstractAsyncContextManager[None]:
         raise NotImplementedError
 
     def _sent(self, rpc: _Rpc) -> None:
         """Called for each message a streaming handler yields."""
 
 
-def _code_after(error: BaseException | None, context: grpc.aio.ServicerContext) -> str:
+def _code_set_on(context: _Context) -> grpc.StatusCode | None:
+    # None while the handler has set no code: the stubs type ServicerContext.code() as returning
+    # a StatusCode, but grpc.aio returns None until a code is set (or the call aborted).
+    return context.code()
+
+
+def _code_after(error: BaseException | None, context: _Context) -> str:
     """The status code a call ended with, as its name (OK, NOT_FOUND, ...)."""
     code: grpc.StatusCode | None
     if error is None or isinstance(error, grpc.aio.AbortError):
-        code = context.code()
+        code = _code_set_on(context)
     elif isinstance(error, ForgelineError):
         code = error.code
     elif isinstance(error, asyncio.CancelledError | GeneratorExit):
@@ -195,7 +201,7 @@ class PrometheusInterceptor(_WrappingInterceptor):
         self._metrics = server_metrics(registry)
 
     @asynccontextmanager
-    async def _around(self, rpc: _Rpc, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    async def _around(self, rpc: _Rpc, context: _Context) -> AsyncIterator[None]:
         labels = (rpc.kind, rpc.service, rpc.method)
         self._metrics.started.labels(*labels).inc()
         in_flight = self._metrics.in_flight.labels(*labels)
@@ -228,7 +234,7 @@ class ErrorInterceptor(_WrappingInterceptor):
     """
 
     @asynccontextmanager
-    async def _around(self, rpc: _Rpc, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    async def _around(self, rpc: _Rpc, context: _Context) -> AsyncIterator[None]:
         try:
             yield
         except grpc.aio.AbortError:
