@@ -1,0 +1,158 @@
+"""Run ``llama-server`` as a child process on loopback and know when it is ready.
+
+One implementation for everyone who needs a local llama-server: the gateway's embedded backend, the
+converter's smoke generation, the demo and the tests. Readiness is llama-server's own ``/health``
+answer (200 once the model is loaded), never a sleep.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+from forgeline_kit.llamacpp.toolchain import Toolchain, ToolchainError, locate
+
+DEFAULT_START_DEADLINE_S = 120.0
+_POLL_INTERVAL_S = 0.1
+
+
+class LlamaServerError(ToolchainError):
+    """llama-server exited or never became healthy; the message carries the end of its output."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class LlamaServerOptions:
+    """What to serve and how. ``extra_args`` go after the defaults, so they can override them."""
+
+    model: Path
+    lora_adapters: Sequence[Path] = ()
+    context_size: int = 512
+    threads: int = 2
+    parallel: int = 1
+    embeddings: bool = False
+    extra_args: Sequence[str] = ()
+
+    def arguments(self, toolchain: Toolchain, host: str, port: int) -> list[str]:
+        """The llama-server command line."""
+        command = [
+            str(toolchain.llama_server),
+            "--model", str(self.model),
+            "--host", host,
+            "--port", str(port),
+            "--ctx-size", str(self.context_size),
+            "--threads", str(self.threads),
+            "--parallel", str(self.parallel),
+        ]  # fmt: skip
+        for adapter in self.lora_adapters:
+            command += ["--lora", str(adapter)]
+        if self.embeddings:
+            command.append("--embeddings")
+        return [*command, *self.extra_args]
+
+
+@dataclass
+class LlamaServerProcess:
+    """A running llama-server; use as a context manager or call :meth:`stop`."""
+
+    process: subprocess.Popen[bytes]
+    host: str
+    port: int
+    log_path: Path
+    started_s: float = field(default=0.0)
+
+    @property
+    def base_url(self) -> str:
+        """``http://host:port``; the OpenAI API is under ``/v1``."""
+        return f"http://{self.host}:{self.port}"
+
+    def output(self, last_chars: int = 6000) -> str:
+        """The end of what the server printed, for error messages."""
+        text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        return text[-last_chars:]
+
+    def wait_healthy(self, deadline_s: float = DEFAULT_START_DEADLINE_S) -> LlamaServerProcess:
+        """Block until ``/health`` answers 200 (model loaded).
+
+        Raises:
+            LlamaServerError: the process exited, or the deadline passed; with its output.
+        """
+        started = time.monotonic()
+        with httpx.Client(timeout=2.0) as client:
+            while time.monotonic() - started < deadline_s:
+                if self.process.poll() is not None:
+                    raise LlamaServerError(
+                        f"llama-server exited with {self.process.returncode}:\n{self.output()}"
+                    )
+                try:
+                    if client.get(f"{self.base_url}/health").status_code == 200:
+                        self.started_s = time.monotonic() - started
+                        return self
+                except httpx.TransportError:
+                    pass  # not listening yet
+                time.sleep(_POLL_INTERVAL_S)
+        self.stop()
+        raise LlamaServerError(
+            f"llama-server not healthy after {deadline_s:.0f} s:\n{self.output()}"
+        )
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within ``timeout_s``."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=timeout_s)
+
+    def __enter__(self) -> LlamaServerProcess:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def start_llama_server(
+    options: LlamaServerOptions,
+    log_path: Path,
+    *,
+    toolchain: Toolchain | None = None,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    deadline_s: float = DEFAULT_START_DEADLINE_S,
+) -> LlamaServerProcess:
+    """Start llama-server and return once it is healthy; its output goes to ``log_path``.
+
+    Raises:
+        ToolchainNotBuiltError: llama.cpp is not built (run ``make toolchain``).
+        LlamaServerError: it exited or did not become healthy in time.
+    """
+    chosen_port = port if port is not None else free_port(host)
+    command = options.arguments(toolchain or locate(), host, chosen_port)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(  # noqa: S603 - an argument list built above, no shell
+            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+    server = LlamaServerProcess(process=process, host=host, port=chosen_port, log_path=log_path)
+    return server.wait_healthy(deadline_s)
