@@ -1,0 +1,36 @@
+"""`forgeline`, the project's one command.
+
+Each area of the product adds its subcommands from its own module through a `register(subparsers)`
+function, so this file only wires them together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from forgeline_cli.demo import register as register_demo
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The root parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="forgeline",
+        description="Fine-tune an open LLM and serve it: one command for the whole loop.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    register_demo(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `forgeline` console script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    exit_code: int = args.run(args)
+    return exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
