@@ -1,0 +1,1 @@
+"""Demo datasets and the tokenizer corpus, shipped as package data (see ..datasets)."""
