@@ -1,0 +1,360 @@
+"""The registry's commands: ``forgeline models list|show``, ``forgeline push``, ``forgeline pull``
+and ``forgeline alias``.
+
+They talk to a running registry (``--registry HOST:PORT``, or ``FORGELINE_REGISTRY_ADDRESS``;
+default ``127.0.0.1:50051``). Bytes move straight between this machine and the store through
+the registry's grants; transfers show progress bars on a terminal, and ``--json`` prints the
+result as the API's JSON instead of text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any, TextIO
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from forgeline_kit.errors import ForgelineError, Unavailable
+from forgeline_proto.registry.v1 import registry_pb2 as pb
+from forgeline_registry.client import RegistryClient, TransferProgress
+
+__all__ = ["DEFAULT_REGISTRY", "register_registry_commands"]
+
+DEFAULT_REGISTRY = "127.0.0.1:50051"
+ADDRESS_VARIABLE = "FORGELINE_REGISTRY_ADDRESS"
+
+#: Exit status when the registry refused or failed the request.
+EXIT_FAILED = 1
+#: Exit status for a malformed command line.
+EXIT_USAGE = 2
+
+_KINDS = {
+    name.removeprefix("VERSION_KIND_").lower(): value
+    for name, value in pb.VersionKind.items()
+    if value != pb.VERSION_KIND_UNSPECIFIED
+}
+
+
+class _Bars(TransferProgress):
+    """tqdm bars on stderr, one per phase; silent when stderr is not a terminal."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._enabled = enabled and sys.stderr.isatty()
+        self._bar: Any = None
+
+    def start(self, phase: str, total: int) -> None:
+        if not self._enabled or total == 0:
+            return
+        from tqdm import tqdm  # type: ignore[import-untyped]
+
+        self._bar = tqdm(
+            total=total, desc=phase, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr
+        )
+
+    def advance(self, count: int) -> None:
+        if self._bar is not None:
+            self._bar.update(count)
+
+    def finish(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _print_json(message: Message | list[Message], out: TextIO) -> None:
+    if isinstance(message, list):
+        value: Any = [json_format.MessageToDict(m) for m in message]
+    else:
+        value = json_format.MessageToDict(message)
+    json.dump(value, out, indent=2, sort_keys=True)
+    out.write("\n")
+
+
+def _size(count: int) -> str:
+    size = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{count} B"
+
+
+def _version_line(version: pb.Version) -> str:
+    kind = pb.VersionKind.Name(version.kind).removeprefix("VERSION_KIND_").lower()
+    aliases = f"  [{', '.join(version.aliases)}]" if version.aliases else ""
+    created = version.create_time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+    return (
+        f"{version.model}:{version.number}  {kind}  {version.artifact_count} files  "
+        f"{_size(version.size_bytes)}  {created}{aliases}"
+    )
+
+
+def _labels(pairs: Iterable[str]) -> dict[str, str] | None:
+    labels = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            print(f"forgeline: --label {pair!r}: use KEY=VALUE", file=sys.stderr)
+            return None
+        labels[key] = value
+    return labels
+
+
+def _client(args: argparse.Namespace) -> RegistryClient:
+    return RegistryClient(
+        args.registry,
+        accept_local_files=not args.remote,
+        timeout=args.timeout,
+        wait_for_ready=False,
+    )
+
+
+def _run(args: argparse.Namespace, action: Callable[[RegistryClient], Awaitable[int]]) -> int:
+    async def main() -> int:
+        async with _client(args) as client:
+            return await action(client)
+
+    try:
+        return asyncio.run(main())
+    except Unavailable as exc:
+        message = exc.message
+        if "failed to connect" in message.lower():
+            message = (
+                f"cannot reach the registry at {args.registry}: is it running? Point --registry "
+                f"or ${ADDRESS_VARIABLE} at it ({message})"
+            )
+        print(f"forgeline: {message}", file=sys.stderr)
+        return EXIT_FAILED
+    except ForgelineError as exc:
+        print(f"forgeline: {exc.message}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+# --- commands
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    async def action(client: RegistryClient) -> int:
+        models: list[pb.Model] = []
+        token = ""
+        for _ in range(10_000):
+            page = await client.stub.ListModels(
+                pb.ListModelsRequest(page_size=1000, page_token=token, name_prefix=args.prefix)
+            )
+            models.extend(page.models)
+            token = page.next_page_token
+            if not token:
+                break
+        if args.json:
+            _print_json(list(models), sys.stdout)
+        elif not models:
+            print("no models")
+        for model in [] if args.json else models:
+            aliases = ", ".join(f"{a}={n}" for a, n in sorted(model.aliases.items()))
+            print(
+                f"{model.name}  {model.version_count} versions  latest {model.latest_version}"
+                + (f"  [{aliases}]" if aliases else "")
+            )
+        return 0
+
+    return _run(args, action)
+
+
+def _models_show(args: argparse.Namespace) -> int:
+    async def action(client: RegistryClient) -> int:
+        model = await client.stub.GetModel(pb.GetModelRequest(name=args.model))
+        versions: list[pb.Version] = []
+        token = ""
+        for _ in range(10_000):
+            page = await client.stub.ListVersions(
+                pb.ListVersionsRequest(
+                    model=args.model, page_size=1000, page_token=token, order_by="number desc"
+                )
+            )
+            versions.extend(page.versions)
+            token = page.next_page_token
+            if not token:
+                break
+        if args.json:
+            document = {
+                "model": json_format.MessageToDict(model),
+                "versions": [json_format.MessageToDict(v) for v in versions],
+            }
+            json.dump(document, sys.stdout, indent=2, sort_keys=True)
+            sys.stdout.write("\n")
+            return 0
+        print(model.name + (f"  {model.description}" if model.description else ""))
+        for key, value in sorted(model.labels.items()):
+            print(f"  label {key}={value}")
+        for version in versions:
+            print("  " + _version_line(version))
+        return 0
+
+    return _run(args, action)
+
+
+def _push(args: argparse.Namespace) -> int:
+    labels = _labels(args.label)
+    if labels is None:
+        return EXIT_USAGE
+
+    async def action(client: RegistryClient) -> int:
+        version = await client.push(
+            Path(args.directory),
+            args.model,
+            kind=_KINDS[args.kind] if args.kind else pb.VERSION_KIND_UNSPECIFIED,
+            labels=labels,
+            description=args.description,
+            request_id=args.request_id,
+            progress=_Bars(not args.json),
+        )
+        if args.json:
+            _print_json(version, sys.stdout)
+        else:
+            print(f"pushed {_version_line(version)}")
+        return 0
+
+    return _run(args, action)
+
+
+def _pull(args: argparse.Namespace) -> int:
+    async def action(client: RegistryClient) -> int:
+        version = await client.pull(
+            args.reference, Path(args.directory), paths=args.path, progress=_Bars(not args.json)
+        )
+        if args.json:
+            _print_json(version, sys.stdout)
+        else:
+            print(f"pulled {_version_line(version)} into {args.directory}")
+        return 0
+
+    return _run(args, action)
+
+
+def _alias_set(args: argparse.Namespace) -> int:
+    async def action(client: RegistryClient) -> int:
+        request = pb.SetAliasRequest(model=args.model, alias=args.alias, version=args.version)
+        if args.expected is not None:
+            request.expected_version = args.expected
+        alias = await client.stub.SetAlias(request)
+        if args.json:
+            _print_json(alias, sys.stdout)
+        else:
+            print(f"{alias.model}@{alias.name} -> {alias.version}")
+        return 0
+
+    return _run(args, action)
+
+
+def _alias_delete(args: argparse.Namespace) -> int:
+    async def action(client: RegistryClient) -> int:
+        request = pb.DeleteAliasRequest(model=args.model, alias=args.alias)
+        if args.expected is not None:
+            request.expected_version = args.expected
+        await client.stub.DeleteAlias(request)
+        if args.json:
+            json.dump({"model": args.model, "alias": args.alias, "deleted": True}, sys.stdout)
+            sys.stdout.write("\n")
+        else:
+            print(f"{args.model}@{args.alias} deleted")
+        return 0
+
+    return _run(args, action)
+
+
+def _alias_list(args: argparse.Namespace) -> int:
+    async def action(client: RegistryClient) -> int:
+        model = await client.stub.GetModel(pb.GetModelRequest(name=args.model))
+        if args.json:
+            json.dump(dict(sorted(model.aliases.items())), sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        for alias, number in [] if args.json else sorted(model.aliases.items()):
+            print(f"{args.model}@{alias} -> {number}")
+        return 0
+
+    return _run(args, action)
+
+
+# --- wiring
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--registry",
+        default=os.environ.get(ADDRESS_VARIABLE, DEFAULT_REGISTRY),
+        metavar="HOST:PORT",
+        help=f"the registry's gRPC address (default: ${ADDRESS_VARIABLE} or {DEFAULT_REGISTRY})",
+    )
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument(
+        "--remote",
+        action="store_true",
+        help="this machine does not share the registry's filesystem: transfer over HTTP only",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait for each registry call"
+    )
+
+
+def register_registry_commands(subparsers: Any) -> None:
+    """Add ``models``, ``push``, ``pull`` and ``alias`` to the ``forgeline`` command."""
+    models = subparsers.add_parser("models", help="list and inspect registered models")
+    models_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    listing = models_commands.add_parser("list", help="list models")
+    listing.add_argument("--prefix", default="", help="only models whose name starts with this")
+    _common(listing)
+    listing.set_defaults(run=_models_list)
+    show = models_commands.add_parser("show", help="show a model and its versions")
+    show.add_argument("model", help="model name")
+    _common(show)
+    show.set_defaults(run=_models_show)
+
+    push = subparsers.add_parser("push", help="push a model directory as a new version")
+    push.add_argument("directory", help="directory to push (a HF/ModelScope model, GGUF, ...)")
+    push.add_argument("--model", required=True, help="model name, for example acme/tiny-llama")
+    push.add_argument(
+        "--kind", choices=sorted(_KINDS), help="what the version is (default: guessed)"
+    )
+    push.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    push.add_argument("--description", default="")
+    push.add_argument(
+        "--request-id", default="", help="idempotency key: repeating a push with it is safe"
+    )
+    _common(push)
+    push.set_defaults(run=_push)
+
+    pull = subparsers.add_parser("pull", help="pull a version into a directory")
+    pull.add_argument("reference", metavar="MODEL[:VERSION|@ALIAS]")
+    pull.add_argument("directory")
+    pull.add_argument("--path", action="append", default=[], help="only this artifact (repeatable)")
+    _common(pull)
+    pull.set_defaults(run=_pull)
+
+    alias = subparsers.add_parser("alias", help="point aliases such as production at versions")
+    alias_commands = alias.add_subparsers(dest="alias_command", required=True, metavar="ACTION")
+    set_ = alias_commands.add_parser("set", help="point MODEL@ALIAS at VERSION")
+    set_.add_argument("model")
+    set_.add_argument("alias")
+    set_.add_argument("version", type=int)
+    set_.add_argument(
+        "--expected", type=int, help="only if the alias points at this version now (0: unset)"
+    )
+    _common(set_)
+    set_.set_defaults(run=_alias_set)
+    delete = alias_commands.add_parser("delete", help="remove MODEL@ALIAS")
+    delete.add_argument("model")
+    delete.add_argument("alias")
+    delete.add_argument("--expected", type=int, help="only if it points at this version now")
+    _common(delete)
+    delete.set_defaults(run=_alias_delete)
+    listed = alias_commands.add_parser("list", help="list a model's aliases")
+    listed.add_argument("model")
+    _common(listed)
+    listed.set_defaults(run=_alias_list)

@@ -1,0 +1,208 @@
+"""A registry client for services and the CLI: push a directory as a version, pull one back.
+
+::
+
+    async with RegistryClient("127.0.0.1:50051") as registry:
+        version = await registry.push(Path("tiny-llama/"), "tiny-llama")
+        await registry.pull("tiny-llama@latest", Path("out/"))
+
+Bytes go straight between this process and the store through the registry's grants, never over
+gRPC; every downloaded file is verified against its digest before it appears.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+
+from forgeline_kit.grpc.client import make_channel
+from forgeline_proto.common.v1 import common_pb2
+from forgeline_proto.registry.v1 import registry_pb2 as pb
+from forgeline_proto.registry.v1 import registry_pb2_grpc
+from forgeline_registry.importer import guess_version_kind, safe_target, scan_directory
+from forgeline_registry.transfer import Transfers, hash_file
+
+__all__ = ["PushPlan", "RegistryClient", "TransferProgress"]
+
+
+class TransferProgress:
+    """What a transfer reports: phases with a byte total, then bytes as they move."""
+
+    def start(self, phase: str, total: int) -> None:
+        """A phase (``hashing``, ``uploading``, ``downloading``) of `total` bytes begins."""
+
+    def advance(self, count: int) -> None:
+        """`count` more bytes moved (may be called from worker threads)."""
+
+    def finish(self) -> None:
+        """The phase is over."""
+
+
+@dataclass(frozen=True)
+class PushPlan:
+    """A directory's files with their digests, as declared at BeginVersion."""
+
+    artifacts: list[pb.Artifact]
+    files: dict[str, Path]
+
+
+class RegistryClient:
+    """Registry calls plus transfers. Use as an async context manager."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        accept_local_files: bool = True,
+        part_size_bytes: int = 0,
+        parallel: int = 4,
+        timeout: float = 60.0,
+        wait_for_ready: bool = True,
+    ) -> None:
+        self.target = target
+        self.transfer_options = pb.TransferOptions(
+            accept_local_files=accept_local_files, part_size_bytes=part_size_bytes
+        )
+        self._channel = make_channel(target, default_timeout=timeout, wait_for_ready=wait_for_ready)
+        self.stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
+        self.transfers = Transfers(parallel)
+
+    async def __aenter__(self) -> RegistryClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel and the HTTP connections."""
+        await self._channel.close()
+        self.transfers.close()
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        """The gRPC channel (for other calls of the same registry)."""
+        return self._channel
+
+    # --- push
+
+    async def plan(
+        self, directory: Path, progress: TransferProgress | None = None
+    ) -> tuple[PushPlan, pb.VersionKind.ValueType]:
+        """Scan and hash a directory: its artifacts and the version kind it looks like."""
+        progress = progress or TransferProgress()
+        local = await asyncio.to_thread(scan_directory, directory)
+        progress.start("hashing", sum(a.file.stat().st_size for a in local))
+        artifacts = []
+        for item in local:
+            digest, size = await asyncio.to_thread(hash_file, item.file, progress.advance)
+            artifacts.append(
+                pb.Artifact(
+                    path=item.path,
+                    kind=item.kind,
+                    sha256=digest,
+                    size_bytes=size,
+                    media_type=item.media_type,
+                    gguf_file_type=item.gguf_file_type,
+                )
+            )
+        progress.finish()
+        return PushPlan(artifacts, {a.path: a.file for a in local}), guess_version_kind(local)
+
+    async def push(
+        self,
+        directory: Path,
+        model: str,
+        *,
+        kind: pb.VersionKind.ValueType = pb.VERSION_KIND_UNSPECIFIED,
+        lineage: pb.Lineage | None = None,
+        labels: dict[str, str] | None = None,
+        description: str = "",
+        request_id: str = "",
+        create_model: bool = True,
+        progress: TransferProgress | None = None,
+        after_upload: Callable[[pb.BeginVersionResponse], None] | None = None,
+    ) -> pb.Version:
+        """Push every file of `directory` as the next version of `model`."""
+        progress = progress or TransferProgress()
+        plan, guessed = await self.plan(directory, progress)
+        begin = await self.stub.BeginVersion(
+            pb.BeginVersionRequest(
+                model=model,
+                create_model=create_model,
+                kind=kind or guessed,
+                artifacts=plan.artifacts,
+                lineage=lineage,
+                labels=labels,
+                description=description,
+                request_id=request_id or str(uuid.uuid4()),
+                transfer=self.transfer_options,
+            )
+        )
+        if begin.HasField("committed_version"):
+            return begin.committed_version
+        multipart = await self.upload(begin, plan, progress)
+        if after_upload is not None:
+            after_upload(begin)
+        return await self.stub.CommitVersion(
+            pb.CommitVersionRequest(upload_id=begin.upload_id, multipart_uploads=multipart)
+        )
+
+    async def upload(
+        self,
+        begin: pb.BeginVersionResponse,
+        plan: PushPlan,
+        progress: TransferProgress | None = None,
+    ) -> list[pb.CompletedMultipartUpload]:
+        """Send the blobs `begin` asks for; the multipart reports for CommitVersion."""
+        progress = progress or TransferProgress()
+        file_of = {a.sha256: plan.files[a.path] for a in plan.artifacts}
+        progress.start("uploading", sum(g.size_bytes for g in begin.grants))
+        reports = []
+        for grant in begin.grants:
+            parts = await asyncio.to_thread(
+                self.transfers.upload, grant, file_of[grant.sha256], progress.advance
+            )
+            if grant.WhichOneof("method") == "multipart":
+                reports.append(pb.CompletedMultipartUpload(sha256=grant.sha256, parts=parts))
+        progress.finish()
+        return reports
+
+    # --- pull
+
+    async def pull(
+        self,
+        reference: str,
+        directory: Path,
+        *,
+        paths: Sequence[str] = (),
+        progress: TransferProgress | None = None,
+    ) -> pb.Version:
+        """Write the artifacts of `reference` (``MODEL[:VERSION|@ALIAS]``) under `directory`."""
+        progress = progress or TransferProgress()
+        version = await self.stub.ResolveVersion(
+            pb.ResolveVersionRequest(reference=reference, view=pb.VERSION_VIEW_BASIC)
+        )
+        answer = await self.stub.GetDownloadGrants(
+            pb.GetDownloadGrantsRequest(
+                version=common_pb2.VersionRef(model=version.model, version=version.number),
+                paths=list(paths),
+                transfer=self.transfer_options,
+            )
+        )
+        targets = [safe_target(directory, g.artifact.path) for g in answer.grants]
+        progress.start("downloading", sum(g.artifact.size_bytes for g in answer.grants))
+        for grant, target in zip(answer.grants, targets, strict=True):
+            await asyncio.to_thread(self.transfers.download, grant, target, progress.advance)
+        progress.finish()
+        return answer.version

@@ -1,0 +1,265 @@
+"""The registry's stored records: small JSON documents, one pydantic model each.
+
+Layout in the store (``~`` stands for the ``/`` of a two-segment model name, so that one model's
+keys never fall under another's prefix)::
+
+    blobs/sha256/<digest>                     artifact bytes, content-addressed, write-once
+    verified/sha256/<digest>                  marker: the blob was hashed and matched its digest
+    refs/sha256/<digest>/<upload id>          marker: an upload (and its version) uses the blob
+    gc/sha256/<digest>                        marker: the blob is being garbage-collected
+    models/<model>/model.json                 ModelRecord
+    models/<model>/versions/<number>.json     VersionManifest (a tombstone once deleted)
+    models/<model>/aliases/<alias>.json       AliasRecord
+    models/<model>/requests/<key hash>.json   RequestRecord (idempotency key -> upload)
+    lineage/<model>/<number>/<child>/<n>.json ChildRecord (reverse index of lineage parents)
+    uploads/<upload id>.json                  UploadRecord (an open or committed upload)
+
+Enumerations are stored by their proto names (``VERSION_KIND_BASE``), which never change within
+``forgeline.registry.v1``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "AliasRecord",
+    "ArtifactRecord",
+    "BlobUploadState",
+    "ChildRecord",
+    "DatasetRecord",
+    "LineageRecord",
+    "ModelRecord",
+    "ParentRecord",
+    "RequestRecord",
+    "UploadRecord",
+    "VersionManifest",
+    "dump",
+    "keys",
+    "now",
+]
+
+
+def now() -> datetime:
+    """The current time, in UTC."""
+    return datetime.now(UTC)
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+def dump(record: BaseModel) -> bytes:
+    """A record as the canonical JSON stored for it."""
+    return record.model_dump_json().encode()
+
+
+class ArtifactRecord(_Record):
+    """One file of a version."""
+
+    path: str
+    kind: str
+    sha256: str
+    size_bytes: int
+    media_type: str = "application/octet-stream"
+    gguf_file_type: str = ""
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class ParentRecord(_Record):
+    """One parent of a version and how the version relates to it."""
+
+    model: str
+    version: int
+    relation: str
+
+
+class DatasetRecord(_Record):
+    """A dataset a version was trained or evaluated on."""
+
+    name: str = ""
+    sha256: str = ""
+    format: str = ""
+    record_count: int = 0
+
+
+class LineageRecord(_Record):
+    """Where a version came from, as its writer recorded it."""
+
+    parents: tuple[ParentRecord, ...] = ()
+    datasets: tuple[DatasetRecord, ...] = ()
+    training_config: dict[str, Any] | None = None
+    template: str = ""
+    chat_template: str = ""
+    metrics: dict[str, float] = Field(default_factory=dict)
+    tool_versions: dict[str, str] = Field(default_factory=dict)
+    produced_by: str = ""
+
+
+class VersionManifest(_Record):
+    """A committed version. Written last, with an atomic create, so it is the commit point."""
+
+    schema_version: Literal[1] = 1
+    model: str
+    number: int
+    kind: str
+    artifacts: tuple[ArtifactRecord, ...]
+    lineage: LineageRecord = LineageRecord()
+    labels: dict[str, str] = Field(default_factory=dict)
+    description: str = ""
+    create_time: datetime
+    upload_id: str
+    #: A deleted version keeps its key as a tombstone, so its number is never handed out again.
+    deleted: bool = False
+
+    @property
+    def size_bytes(self) -> int:
+        """Sum of the artifacts' sizes."""
+        return sum(a.size_bytes for a in self.artifacts)
+
+    def content_sha256(self) -> str:
+        """SHA-256 of the immutable content (what the version is, not its labels or state)."""
+        content = self.model_dump(
+            mode="json", include={"model", "number", "kind", "artifacts", "lineage"}
+        )
+        canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class ModelRecord(_Record):
+    """A model's own mutable fields."""
+
+    name: str
+    description: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+    create_time: datetime
+    update_time: datetime
+
+
+class AliasRecord(_Record):
+    """Where an alias points."""
+
+    version: int
+    update_time: datetime
+
+
+class ChildRecord(_Record):
+    """Reverse lineage: the child named by the key has the parent named by the key, so."""
+
+    relation: str
+
+
+class BlobUploadState(_Record):
+    """How one missing blob of an upload is being sent, as the driver set it up."""
+
+    sha256: str
+    size_bytes: int
+    #: ``local``: the client writes ``staging_path``; ``multipart``: S3 multipart upload.
+    method: Literal["local", "multipart"]
+    staging_path: str = ""
+    multipart_upload_id: str = ""
+    part_size_bytes: int = 0
+
+
+class UploadRecord(_Record):
+    """An upload begun with BeginVersion: what the version will be and how its blobs arrive."""
+
+    upload_id: str
+    model: str
+    kind: str
+    artifacts: tuple[ArtifactRecord, ...]
+    lineage: LineageRecord = LineageRecord()
+    labels: dict[str, str] = Field(default_factory=dict)
+    description: str = ""
+    request_id: str = ""
+    create_time: datetime
+    expire_time: datetime
+    blobs: tuple[BlobUploadState, ...] = ()
+    state: Literal["open", "committed"] = "open"
+    #: The version number a commit is trying to claim; a commit interrupted after writing that
+    #: manifest is recognised by it, so a retry never claims a second number.
+    claiming: int | None = None
+    version: int | None = None
+
+
+class RequestRecord(_Record):
+    """An idempotency key: the upload it started and, once committed, the version."""
+
+    upload_id: str
+    version: int | None = None
+
+
+class keys:  # noqa: N801 (a namespace of key builders)
+    """Object keys of the layout above."""
+
+    @staticmethod
+    def model_dir(model: str) -> str:
+        return f"models/{model.replace('/', '~')}/"
+
+    @staticmethod
+    def model_from_dir(segment: str) -> str:
+        return segment.replace("~", "/")
+
+    @staticmethod
+    def model(model: str) -> str:
+        return keys.model_dir(model) + "model.json"
+
+    @staticmethod
+    def versions(model: str) -> str:
+        return keys.model_dir(model) + "versions/"
+
+    @staticmethod
+    def version(model: str, number: int) -> str:
+        # Zero-padded so that listing order is number order.
+        return f"{keys.versions(model)}{number:010d}.json"
+
+    @staticmethod
+    def aliases(model: str) -> str:
+        return keys.model_dir(model) + "aliases/"
+
+    @staticmethod
+    def alias(model: str, alias: str) -> str:
+        return f"{keys.aliases(model)}{alias}.json"
+
+    @staticmethod
+    def request(model: str, request_id: str) -> str:
+        digest = hashlib.sha256(request_id.encode()).hexdigest()[:40]
+        return f"{keys.model_dir(model)}requests/{digest}.json"
+
+    @staticmethod
+    def children(model: str, number: int) -> str:
+        return f"lineage/{model.replace('/', '~')}/{number:010d}/"
+
+    @staticmethod
+    def child(parent_model: str, parent_number: int, model: str, number: int) -> str:
+        child = f"{model.replace('/', '~')}/{number:010d}.json"
+        return keys.children(parent_model, parent_number) + child
+
+    @staticmethod
+    def upload(upload_id: str) -> str:
+        return f"uploads/{upload_id}.json"
+
+    @staticmethod
+    def blob(digest: str) -> str:
+        return f"blobs/sha256/{digest}"
+
+    @staticmethod
+    def verified(digest: str) -> str:
+        return f"verified/sha256/{digest}"
+
+    @staticmethod
+    def refs(digest: str) -> str:
+        return f"refs/sha256/{digest}/"
+
+    @staticmethod
+    def ref(digest: str, upload_id: str) -> str:
+        return f"{keys.refs(digest)}{upload_id}"
+
+    @staticmethod
+    def gc(digest: str) -> str:
+        return f"gc/sha256/{digest}"

@@ -1,0 +1,219 @@
+"""Moving blob bytes with grants: files to and from the store, hashed on the way, in bounded
+memory whatever their size.
+
+Everything here is blocking I/O meant to run in worker threads: `hashlib` and socket writes
+release the GIL, so several parts move at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import urllib3
+
+from forgeline_kit.errors import FailedPrecondition, Unavailable
+from forgeline_proto.registry.v1 import registry_pb2 as pb
+from forgeline_registry.storage.base import pipelined
+
+__all__ = [
+    "CHUNK_BYTES",
+    "Progress",
+    "Transfers",
+    "hash_file",
+]
+
+#: Size of one read or write. Memory per transfer is a small multiple of it.
+CHUNK_BYTES = 1 << 20
+
+Progress = Callable[[int], None]
+
+
+def _no_progress(_: int) -> None:
+    return None
+
+
+def hash_file(path: Path, progress: Progress = _no_progress) -> tuple[str, int]:
+    """SHA-256 and size of a file, read in chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as stream:
+        while chunk := stream.read(CHUNK_BYTES):
+            digest.update(chunk)
+            size += len(chunk)
+            progress(len(chunk))
+    return digest.hexdigest(), size
+
+
+class _Slice:
+    """A read-only file-like view of `size` bytes of a file from `offset`, for request bodies."""
+
+    def __init__(self, path: Path, offset: int, size: int, progress: Progress) -> None:
+        self._fd = os.open(path, os.O_RDONLY)
+        self._offset = offset
+        self._left = size
+        self._progress = progress
+
+    def read(self, amount: int = -1) -> bytes:
+        if self._left <= 0:
+            return b""
+        amount = self._left if amount is None or amount < 0 else min(amount, self._left)
+        data = os.pread(self._fd, amount, self._offset)
+        self._offset += len(data)
+        self._left -= len(data)
+        self._progress(len(data))
+        return data
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class Transfers:
+    """Uploads and downloads through grants, over one HTTP connection pool."""
+
+    def __init__(self, parallel: int = 4) -> None:
+        self.parallel = parallel
+        self._http = urllib3.PoolManager(
+            maxsize=max(parallel, 4),
+            blocksize=CHUNK_BYTES,
+            timeout=urllib3.Timeout(connect=5.0, read=300.0),
+            retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=[502, 503, 504]),
+        )
+
+    def _request(
+        self,
+        request: pb.HttpRequest,
+        *,
+        body: _Slice | None = None,
+        length: int | None = None,
+        stream: bool = False,
+    ) -> urllib3.BaseHTTPResponse:
+        headers = dict(request.headers)
+        if length is not None:
+            headers["Content-Length"] = str(length)
+        try:
+            response = self._http.request(
+                request.method,
+                request.url,
+                body=body,  # type: ignore[arg-type]
+                headers=headers,
+                preload_content=not stream,
+                # A streamed body cannot be sent again after a failure half-way through.
+                retries=False if body is not None else None,
+            )
+        except urllib3.exceptions.HTTPError as exc:
+            raise Unavailable(f"the object store cannot be reached: {type(exc).__name__}") from exc
+        if response.status >= 300:
+            text = response.data[:300].decode(errors="replace") if not stream else ""
+            response.release_conn()
+            error = Unavailable if response.status >= 500 else FailedPrecondition
+            raise error(
+                f"the object store answered {response.status} to {request.method}: {text.strip()}"
+            )
+        return response
+
+    def upload(
+        self, grant: pb.UploadGrant, file: Path, progress: Progress = _no_progress
+    ) -> list[pb.CompletedPart]:
+        """Send `file` as `grant` says; the parts to report at commit (multipart only)."""
+        method = grant.WhichOneof("method")
+        if method == "local_file":
+            self._copy(file, Path(grant.local_file.path), progress)
+            return []
+        if method == "put":
+            body = _Slice(file, 0, grant.size_bytes, progress)
+            try:
+                self._request(grant.put, body=body, length=grant.size_bytes).release_conn()
+            finally:
+                body.close()
+            return []
+        if method == "multipart":
+            return self._upload_parts(grant.multipart, file, progress)
+        raise FailedPrecondition(
+            f"the registry sent an upload grant this client cannot use: {method}"
+        )
+
+    def _upload_parts(
+        self, multipart: pb.MultipartUpload, file: Path, progress: Progress
+    ) -> list[pb.CompletedPart]:
+        lock = threading.Lock()
+
+        def safe_progress(n: int) -> None:
+            with lock:
+                progress(n)
+
+        def send(part: pb.UploadPart) -> pb.CompletedPart:
+            body = _Slice(file, part.offset, part.size_bytes, safe_progress)
+            try:
+                response = self._request(part.request, body=body, length=part.size_bytes)
+            finally:
+                body.close()
+            etag = str(response.headers.get("ETag", "")).strip('"')
+            response.release_conn()
+            return pb.CompletedPart(part_number=part.part_number, etag=etag)
+
+        with ThreadPoolExecutor(self.parallel, thread_name_prefix="upload") as pool:
+            return list(pool.map(send, multipart.parts))
+
+    def download(
+        self, grant: pb.DownloadGrant, target: Path, progress: Progress = _no_progress
+    ) -> None:
+        """Fetch the granted artifact into `target`, verifying its digest and size; `target`
+        only appears once verified."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        artifact = grant.artifact
+        handle, name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        temporary = Path(name)
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with os.fdopen(handle, "wb") as out:
+
+                def consume(chunk: bytes) -> None:
+                    # On the pipeline's thread: hashing and writing overlap the next read.
+                    digest.update(chunk)
+                    out.write(chunk)
+
+                method = grant.WhichOneof("method")
+                if method == "local_file":
+                    with Path(grant.local_file.path).open("rb") as source:
+                        chunks = iter(lambda: source.read(CHUNK_BYTES), b"")
+                        for chunk in pipelined(chunks, consume):
+                            size += len(chunk)
+                            progress(len(chunk))
+                elif method == "get":
+                    response = self._request(grant.get, stream=True)
+                    try:
+                        for chunk in pipelined(response.stream(CHUNK_BYTES), consume):
+                            size += len(chunk)
+                            progress(len(chunk))
+                    finally:
+                        response.release_conn()
+                else:
+                    raise FailedPrecondition(f"unusable download grant for {artifact.path}")
+            if (digest.hexdigest(), size) != (artifact.sha256, artifact.size_bytes):
+                raise FailedPrecondition(
+                    f"{artifact.path}: the downloaded bytes have sha256 {digest.hexdigest()} and "
+                    f"size {size}, not {artifact.sha256} and {artifact.size_bytes}: the stored "
+                    "blob is damaged; nothing was written"
+                )
+            temporary.chmod(0o644)
+            os.replace(temporary, target)
+        finally:
+            temporary.unlink(missing_ok=True)
+
+    @staticmethod
+    def _copy(source: Path, target: Path, progress: Progress) -> None:
+        with source.open("rb") as src, target.open("wb") as dst:
+            while chunk := src.read(CHUNK_BYTES * 8):
+                dst.write(chunk)
+                progress(len(chunk))
+
+    def close(self) -> None:
+        """Close pooled connections."""
+        self._http.clear()
