@@ -6,7 +6,7 @@ BIN := $(abspath $(VENV)/bin)
 STAMP := $(VENV)/.installed
 PYPROJECTS := $(wildcard kit/pyproject.toml proto/pyproject.toml cli/pyproject.toml services/*/pyproject.toml)
 
-.PHONY: help install lock proto proto-check lint format toolchain test pytest demo clean
+.PHONY: help install system-tools lock proto proto-check lint format toolchain test pytest demo clean
 
 help:
 	@echo "make demo   fine-tune the embedded tiny model and chat with it (CPU, no Docker)"
@@ -22,6 +22,12 @@ $(STAMP): requirements/lock.txt $(PYPROJECTS)
 	touch $@
 
 install: $(STAMP)
+
+# Debian packages the tests use: promtool checks the gateway's /metrics exposition.
+system-tools:
+	@command -v promtool >/dev/null || { \
+		echo "installing Debian's prometheus package for promtool"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
 
 lock: $(STAMP)
 	$(BIN)/uv pip compile requirements/dev.in -o requirements/lock.txt --python-version 3.11 \
@@ -49,7 +55,7 @@ toolchain: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test: install proto-check lint toolchain pytest
+test: install system-tools proto-check lint toolchain pytest
 
 demo: install toolchain
 	$(BIN)/forgeline demo

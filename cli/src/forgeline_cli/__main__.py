@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from forgeline_cli.demo import register as register_demo
+from forgeline_cli.registry_commands import register_registry_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     register_demo(subparsers)
+    register_registry_commands(subparsers)
     return parser
 
 

@@ -1,0 +1,186 @@
+"""The gateway's FastAPI application, built from its settings by `create_app`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from prometheus_client import REGISTRY, CollectorRegistry
+from pydantic import BaseModel
+from starlette.responses import Response
+
+from forgeline_gateway.api.chat import api_router as chat_api
+from forgeline_gateway.api.chat.protocol import ChatCompletionRequest
+from forgeline_gateway.api.chat.serving import ChatServing
+from forgeline_gateway.api.common import body_schemas
+from forgeline_gateway.api.completions import api_router as completions_api
+from forgeline_gateway.api.completions.protocol import CompletionRequest
+from forgeline_gateway.api.completions.serving import CompletionServing
+from forgeline_gateway.api.deployments import api_router as deployments_api
+from forgeline_gateway.api.deployments.serving import DeploymentServing
+from forgeline_gateway.api.embeddings import api_router as embeddings_api
+from forgeline_gateway.api.embeddings.protocol import EmbeddingRequest
+from forgeline_gateway.api.embeddings.serving import EmbeddingServing
+from forgeline_gateway.api.keys import api_router as keys_api
+from forgeline_gateway.api.keys.serving import KeyServing
+from forgeline_gateway.api.models import api_router as models_api
+from forgeline_gateway.api.models.serving import ModelServing
+from forgeline_gateway.backends.base import Backend
+from forgeline_gateway.backends.llamacpp import LlamaCppBackend
+from forgeline_gateway.backends.ollama import OllamaBackend
+from forgeline_gateway.backends.vllm import VllmBackend
+from forgeline_gateway.deployments.manager import DeploymentManager
+from forgeline_gateway.errors import install_error_handlers
+from forgeline_gateway.metrics import GatewayMetrics
+from forgeline_gateway.middleware import BodyLimitMiddleware
+from forgeline_gateway.routing.proxy import Proxy, ProxySettings
+from forgeline_gateway.routing.router import Router
+from forgeline_gateway.routing.transport import PooledTransport
+from forgeline_gateway.security.keys import Authenticator
+from forgeline_gateway.settings import GatewaySettings
+from forgeline_gateway.store import Store
+from forgeline_kit.llamacpp import ToolchainError, locate
+from forgeline_kit.metrics import render_metrics
+
+__all__ = ["BackendFactory", "create_app", "default_backends"]
+
+log = logging.getLogger(__name__)
+
+#: Builds the backend adapters, given the gateway's settings and its shared HTTP client.
+BackendFactory = Callable[[GatewaySettings, httpx.AsyncClient], Mapping[str, Backend[Any]]]
+
+
+def default_backends(
+    settings: GatewaySettings, client: httpx.AsyncClient
+) -> Mapping[str, Backend[Any]]:
+    """llama.cpp (with the built toolchain's llama-server, if any), vLLM and Ollama."""
+    try:
+        llama_server = locate().llama_server
+    except ToolchainError as error:
+        log.warning("llama-server is not available; only attached servers work", exc_info=error)
+        llama_server = None
+    llamacpp = LlamaCppBackend(
+        client,
+        llama_server,
+        threads=settings.llama_server_threads,
+        start_timeout=settings.llama_server_start_seconds,
+    )
+    adapters: list[Backend[Any]] = [llamacpp, VllmBackend(client), OllamaBackend(client)]
+    return {adapter.kind: adapter for adapter in adapters}
+
+
+def create_app(
+    settings: GatewaySettings,
+    *,
+    registry: CollectorRegistry = REGISTRY,
+    backends: BackendFactory = default_backends,
+) -> FastAPI:
+    """The gateway application: state opens and deployments are restored when it starts
+    (ASGI lifespan), and everything it started is stopped when it stops.
+
+    Args:
+        settings: the gateway's settings.
+        registry: where its metrics are registered (tests give each app its own).
+        backends: builds the backend adapters.
+    """
+    metrics = GatewayMetrics(registry)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = Store.open(settings.database)
+        client = httpx.AsyncClient(
+            timeout=httpx.Timeout(
+                settings.request_timeout_seconds, connect=settings.connect_timeout_seconds
+            ),
+            transport=PooledTransport(),
+            # Backends are reached directly; an HTTP(S)_PROXY meant for the internet is not
+            # for them.
+            trust_env=False,
+        )
+        router = Router()
+        manager = DeploymentManager(
+            store,
+            backends(settings, client),
+            router,
+            max_in_flight=settings.max_in_flight_per_instance,
+            vllm_urls=list(settings.vllm_urls),
+            ollama_url=settings.ollama_url,
+        )
+        authenticator = Authenticator(
+            store, required=settings.auth_required, cache_seconds=settings.key_cache_seconds
+        )
+        proxy = Proxy(
+            router,
+            client,
+            metrics,
+            ProxySettings(
+                request_timeout=settings.request_timeout_seconds,
+                retry_after=settings.retry_after_seconds,
+                unhealthy_seconds=settings.unhealthy_seconds,
+            ),
+        )
+        state = app.state
+        state.settings = settings
+        state.store = store
+        state.router = router
+        state.manager = manager
+        state.authenticator = authenticator
+        state.metrics = metrics
+        state.chat = ChatServing(proxy)
+        state.completions = CompletionServing(proxy)
+        state.embeddings = EmbeddingServing(proxy)
+        state.models = ModelServing(router)
+        state.deployments = DeploymentServing(manager)
+        state.keys = KeyServing(store, authenticator)
+        try:
+            await manager.restore()
+            yield
+        finally:
+            await manager.close()
+            await client.aclose()
+            store.close()
+
+    app = FastAPI(
+        title="Forgeline gateway",
+        version="0.1.0",
+        description="The OpenAI-compatible front door over vLLM, Ollama and llama.cpp.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for module in (chat_api, completions_api, embeddings_api, models_api):
+        app.include_router(module.router)
+    for module in (deployments_api, keys_api):
+        app.include_router(module.router)
+
+    @app.get("/health", tags=["ops"], summary="Liveness")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", response_class=Response)
+    async def prometheus_metrics() -> Response:
+        body, content_type = render_metrics(registry)
+        return Response(body, media_type=content_type)
+
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    _document_bodies(app, ChatCompletionRequest, CompletionRequest, EmbeddingRequest)
+    return app
+
+
+def _document_bodies(app: FastAPI, *models: type[BaseModel]) -> None:
+    """Add the request bodies the inference endpoints parse themselves to the OpenAPI document."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = generate()
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            for name, schema in body_schemas(*models).items():
+                schemas.setdefault(name, schema)
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,187 @@
+"""vLLM: GPU serving through its OpenAI-compatible server, LoRA adapters loaded at runtime.
+
+The contract followed (vLLM docs, "OpenAI-Compatible Server" and "LoRA Adapters → Dynamically
+serving LoRA Adapters", https://docs.vllm.ai/en/latest/features/lora/):
+
+* ``GET /v1/models`` lists the served base model and the loaded adapters;
+* ``POST /v1/load_lora_adapter`` ``{"lora_name", "lora_path"}`` loads an adapter, after which
+  requests name it in ``model`` (the server runs with ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``);
+* ``POST /v1/unload_lora_adapter`` ``{"lora_name"}`` unloads it.
+
+A base-model deployment only attaches to the servers; an adapter deployment loads the adapter
+under the public model name on every server, so requests need no renaming.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import httpx
+
+from forgeline_gateway.backends.base import Backend, Capabilities, Endpoint, Placement
+from forgeline_gateway.deployments.spec import VllmSpec
+from forgeline_kit.errors import FailedPrecondition
+
+__all__ = ["VllmBackend"]
+
+log = logging.getLogger(__name__)
+
+ADMIN_TIMEOUT_S = 120.0  # loading an adapter reads it from disk onto the GPU
+
+# vLLM's sampling parameters beyond OpenAI's ("Extra Parameters" in vLLM's server docs).
+_VLLM_SAMPLING = frozenset(
+    {
+        "top_k",
+        "min_p",
+        "repetition_penalty",
+        "length_penalty",
+        "min_tokens",
+        "ignore_eos",
+        "stop_token_ids",
+        "skip_special_tokens",
+        "spaces_between_special_tokens",
+        "include_stop_str_in_output",
+        "structured_outputs",
+        "guided_json",
+        "guided_regex",
+        "guided_choice",
+        "guided_grammar",
+    }
+)
+_COMMON = frozenset(
+    {
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "n",
+        "stop",
+        "seed",
+        "frequency_penalty",
+        "presence_penalty",
+        "logit_bias",
+        "logprobs",
+    }
+)
+_CHAT = (
+    _COMMON
+    | _VLLM_SAMPLING
+    | {
+        "messages",
+        "max_completion_tokens",
+        "top_logprobs",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "response_format",
+        "chat_template_kwargs",
+    }
+)
+_COMPLETIONS = _COMMON | _VLLM_SAMPLING | {"prompt", "echo", "best_of"}
+_EMBEDDINGS = frozenset({"input", "encoding_format", "dimensions"})
+# vLLM runs the n sequences of a request as one group; OpenAI's own bound is 128.
+MAX_N = 128
+
+
+class VllmBackend(Backend[VllmSpec]):
+    """Attaches to vLLM servers; loads and unloads LoRA adapters on them."""
+
+    kind = "vllm"
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+        # Slow answers are normal here (loading weights); an unreachable server is not.
+        self._timeout = httpx.Timeout(ADMIN_TIMEOUT_S, connect=client.timeout.connect)
+
+    def capabilities(self, spec: VllmSpec) -> Capabilities:
+        if spec.embeddings:
+            return Capabilities({Endpoint.EMBEDDINGS: _EMBEDDINGS})
+        return Capabilities({Endpoint.CHAT: _CHAT, Endpoint.COMPLETIONS: _COMPLETIONS}, MAX_N)
+
+    async def place(self, name: str, spec: VllmSpec) -> Placement:
+        urls = [url.rstrip("/") for url in spec.urls]
+        await asyncio.gather(*(self._check_base(url, spec.base_model) for url in urls))
+        if spec.adapter is None:
+            return Placement(urls=urls, upstream_model=spec.base_model)
+        loaded: list[str] = []
+        try:
+            for url in urls:
+                await self._load(url, name, spec.adapter)
+                loaded.append(url)
+        except BaseException:
+            await asyncio.gather(*(self._unload(url, name) for url in loaded))
+            raise
+        return Placement(urls=urls, upstream_model=name)
+
+    async def release(self, name: str, spec: VllmSpec, placement: Placement) -> None:
+        if spec.adapter is not None:
+            await asyncio.gather(*(self._unload(url, name) for url in placement.urls))
+
+    async def _check_base(self, url: str, base_model: str) -> None:
+        try:
+            response = await self.client.get(f"{url}/v1/models", timeout=self._timeout)
+            response.raise_for_status()
+            served = {m.get("id") for m in response.json().get("data", [])}
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError, AttributeError) as error:
+            raise FailedPrecondition(
+                f"the vLLM server {url} did not list its models: {error}", field="urls"
+            ) from None
+        if base_model not in served:
+            raise FailedPrecondition(
+                f"the vLLM server {url} does not serve '{base_model}' (it serves "
+                f"{', '.join(sorted(str(m) for m in served)) or 'nothing'})",
+                field="base_model",
+            )
+
+    async def _load(self, url: str, name: str, path: str) -> None:
+        try:
+            response = await self.client.post(
+                f"{url}/v1/load_lora_adapter",
+                json={"lora_name": name, "lora_path": path},
+                timeout=self._timeout,
+            )
+        except (httpx.HTTPError, httpx.InvalidURL) as error:
+            raise FailedPrecondition(
+                f"the vLLM server {url} could not be reached: {error}", field="urls"
+            ) from None
+        if response.is_success:
+            log.info("LoRA adapter loaded", extra={"model": name, "vllm": url})
+            return
+        message = _message(response)
+        if "already" in message.lower() and "loaded" in message.lower():
+            return  # placed before this gateway restarted: nothing to do
+        raise FailedPrecondition(
+            f"the vLLM server {url} refused to load the adapter {path}: {message}",
+            field="adapter",
+        )
+
+    async def _unload(self, url: str, name: str) -> None:
+        try:
+            response = await self.client.post(
+                f"{url}/v1/unload_lora_adapter",
+                json={"lora_name": name},
+                timeout=self._timeout,
+            )
+        except (httpx.HTTPError, httpx.InvalidURL) as error:
+            log.warning(
+                "could not unload a LoRA adapter", extra={"model": name, "error": repr(error)}
+            )
+            return
+        if not response.is_success and response.status_code != 404:
+            log.warning(
+                "vLLM refused to unload a LoRA adapter",
+                extra={"model": name, "status": response.status_code, "error": _message(response)},
+            )
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:500]
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict):
+            return str(error.get("message", error))
+        return str(body.get("message", error))
+    return str(body)[:500]

@@ -1,0 +1,127 @@
+"""What a deployment is: a public model name, the backend serving it, and how to place it there.
+
+Specs are what the admin API accepts and what the SQLite store keeps, so a gateway restart places
+every deployment again from them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "DeploymentName",
+    "DeploymentSpec",
+    "LlamaCppSpec",
+    "ModelMetadata",
+    "OllamaSpec",
+    "VllmSpec",
+]
+
+#: A public model name: what clients send as `model` (OpenAI's fine-tune form fits:
+#: ``ft:tiny:acme:demo:abc123``).
+DeploymentName = Annotated[
+    str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
+]
+
+#: An http(s) base URL of a backend server.
+BackendUrl = Annotated[
+    str,
+    Field(
+        pattern=r"^https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/\-]*)?$", max_length=512
+    ),
+]
+
+
+class ModelMetadata(BaseModel):
+    """Where a served model comes from: shown by ``/v1/models``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base: str | None = Field(None, max_length=256, description="The base model it derives from.")
+    version: str | None = Field(None, max_length=128, description="The registry version.")
+    quantization: str | None = Field(
+        None, max_length=32, description="GGUF quantization (f16, q8_0, q4_K_M...)."
+    )
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: DeploymentName
+    metadata: ModelMetadata = Field(default_factory=ModelMetadata)
+    max_in_flight: Annotated[int, Field(ge=1, le=100_000)] | None = Field(
+        None, description="In-flight requests per instance (default: the gateway's setting)."
+    )
+
+
+class LlamaCppSpec(_Spec):
+    """A GGUF served by llama.cpp's ``llama-server``: processes the gateway starts (``gguf``),
+    or servers already running elsewhere (``urls``)."""
+
+    backend: Literal["llamacpp"]
+    gguf: Annotated[str, Field(min_length=1, max_length=4096)] | None = Field(
+        None, description="Path of the GGUF file on the gateway host."
+    )
+    lora: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(
+        default_factory=list, max_length=8, description="LoRA adapter GGUF files to apply."
+    )
+    urls: list[BackendUrl] = Field(
+        default_factory=list, max_length=64, description="Running llama-server instances."
+    )
+    replicas: int = Field(1, ge=1, le=16, description="Processes to start (with `gguf`).")
+    context_size: int = Field(2048, ge=128, le=1 << 20, description="Context of each process.")
+    parallel: int = Field(4, ge=1, le=64, description="Slots per process; also the largest n.")
+    embeddings: bool = Field(False, description="Serve /v1/embeddings instead of generation.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> LlamaCppSpec:
+        if (self.gguf is None) == (not self.urls):
+            raise ValueError("give exactly one of 'gguf' (start llama-server) or 'urls' (attach)")
+        if self.lora and self.gguf is None:
+            raise ValueError("'lora' needs 'gguf': adapters are applied to processes started here")
+        return self
+
+
+class VllmSpec(_Spec):
+    """A model on vLLM servers: the base they serve, or a LoRA adapter loaded on top at runtime
+    (``/v1/load_lora_adapter``)."""
+
+    backend: Literal["vllm"]
+    urls: list[BackendUrl] = Field(
+        default_factory=list,
+        max_length=64,
+        description="vLLM servers (default: the gateway's FORGELINE_GATEWAY_VLLM_URLS).",
+    )
+    base_model: str = Field(
+        min_length=1, max_length=512, description="The model name vLLM serves (its served name)."
+    )
+    adapter: str | None = Field(
+        None,
+        min_length=1,
+        max_length=4096,
+        description="LoRA adapter directory as the vLLM servers see it; loaded at runtime.",
+    )
+    embeddings: bool = Field(False, description="The model is an embedding model.")
+
+
+class OllamaSpec(_Spec):
+    """A GGUF pushed into Ollama (``/api/blobs``, ``/api/create``)."""
+
+    backend: Literal["ollama"]
+    url: BackendUrl | None = Field(
+        None, description="The Ollama server (default: FORGELINE_GATEWAY_OLLAMA_URL)."
+    )
+    gguf: str = Field(
+        min_length=1, max_length=4096, description="Path of the GGUF file on the gateway host."
+    )
+    template: str | None = Field(None, max_length=65536, description="Go chat template.")
+    system: str | None = Field(None, max_length=65536, description="Default system prompt.")
+    parameters: dict[str, Any] = Field(
+        default_factory=dict, description="Modelfile parameters (stop, num_ctx, ...)."
+    )
+    embeddings: bool = Field(False, description="The model is an embedding model.")
+
+
+DeploymentSpec = Annotated[LlamaCppSpec | VllmSpec | OllamaSpec, Field(discriminator="backend")]

@@ -1,0 +1,85 @@
+"""The gateway's Prometheus metrics, by model, backend and status.
+
+Label values stay bounded: ``model`` is a deployed model's name (requests for unknown models are
+counted under ``model="unknown"``), ``backend`` a backend kind, ``endpoint`` one of chat,
+completions, embeddings, ``status`` an HTTP status code.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["UNKNOWN_MODEL", "GatewayMetrics"]
+
+UNKNOWN_MODEL = "unknown"
+
+# Latency buckets from sub-millisecond (a cached embedding) to minutes (a long generation).
+_LATENCY_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+)  # fmt: skip
+_TTFT_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+
+
+class GatewayMetrics:
+    """The metric families, registered in `registry`."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "forgeline_gateway_requests",
+            "Inference requests answered, by model, backend, endpoint and HTTP status.",
+            ["model", "backend", "endpoint", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "forgeline_gateway_request_duration_seconds",
+            "Time from receiving an inference request to sending its last byte.",
+            ["model", "backend", "endpoint", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.ttft = Histogram(
+            "forgeline_gateway_time_to_first_token_seconds",
+            "Time from receiving a streamed request to sending its first event.",
+            ["model", "backend", "endpoint"],
+            buckets=_TTFT_BUCKETS,
+            registry=registry,
+        )
+        self.prompt_tokens = Counter(
+            "forgeline_gateway_prompt_tokens",
+            "Prompt tokens processed, as the backends report them.",
+            ["model", "backend"],
+            registry=registry,
+        )
+        self.completion_tokens = Counter(
+            "forgeline_gateway_completion_tokens",
+            "Completion tokens generated, as the backends report them.",
+            ["model", "backend"],
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "forgeline_gateway_in_flight_requests",
+            "Inference requests being served now.",
+            ["model", "backend"],
+            registry=registry,
+        )
+        self.upstream_errors = Counter(
+            "forgeline_gateway_upstream_errors",
+            "Failed calls to backend instances, by reason (connect, timeout, status_5xx, "
+            "broken_stream, invalid_response).",
+            ["model", "backend", "reason"],
+            registry=registry,
+        )
+
+    def observe(self, model: str, backend: str, endpoint: str, status: int, seconds: float) -> None:
+        """Count one answered request and its latency."""
+        code = str(status)
+        self.requests.labels(model, backend, endpoint, code).inc()
+        self.latency.labels(model, backend, endpoint, code).observe(seconds)
+
+    def tokens(self, model: str, backend: str, prompt: int, completion: int) -> None:
+        if prompt > 0:
+            self.prompt_tokens.labels(model, backend).inc(prompt)
+        if completion > 0:
+            self.completion_tokens.labels(model, backend).inc(completion)

@@ -1,0 +1,416 @@
+"""Sending one inference request to a backend instance and the answer back to the client.
+
+* The request is checked against the deployment's capabilities before anything is sent.
+* Instances are chosen by `Route.acquire` (least in flight, bounded); a connection failure or a
+  5xx before the first byte moves on to another instance; once bytes of a stream went to the
+  client, nothing is retried.
+* A client that goes away cancels the upstream call: the connection to the backend is closed,
+  which llama-server, vLLM and Ollama all take as a cancellation.
+* Streams pass through event by event (`forgeline_gateway.sse`); nothing is buffered whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import anyio
+import httpx
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from forgeline_gateway.api.common import OpenAIRequest
+from forgeline_gateway.backends.base import Endpoint
+from forgeline_gateway.errors import BadGateway, Overloaded
+from forgeline_gateway.metrics import UNKNOWN_MODEL, GatewayMetrics
+from forgeline_gateway.routing.router import Instance, Route, Router
+from forgeline_gateway.sse import StreamRelay, error_event
+from forgeline_kit.errors import (
+    DeadlineExceeded,
+    ForgelineError,
+    InvalidArgument,
+    Unavailable,
+    http_status_for,
+)
+
+__all__ = ["ClientDisconnectedError", "Proxy", "ProxySettings"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: The status logged and counted for a request whose client went away (nginx's convention).
+CLIENT_CLOSED = 499
+
+_URL = re.compile(r"\b(?:https?|tcp|unix)://\S+")
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_UPSTREAM_HEADERS = httpx.Headers(
+    {"Content-Type": "application/json", "Accept": "*/*", "Accept-Encoding": "identity"}
+)
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    request_timeout: float
+    retry_after: int
+    unhealthy_seconds: float
+
+
+class ClientDisconnectedError(Exception):
+    """The client closed its connection before the answer was complete."""
+
+
+@dataclass
+class _Call:
+    """One request's bookkeeping, for metrics and logs."""
+
+    route: Route
+    endpoint: Endpoint
+    metrics: GatewayMetrics
+    started: float
+
+    def finish(self, status: int, prompt: int = 0, completion: int = 0) -> None:
+        labels = (self.route.name, self.route.backend_kind)
+        self.metrics.observe(
+            *labels, self.endpoint.label, status, time.perf_counter() - self.started
+        )
+        self.metrics.tokens(*labels, prompt, completion)
+        self.metrics.in_flight.labels(*labels).dec()
+
+    def upstream_error(self, reason: str) -> None:
+        self.metrics.upstream_errors.labels(self.route.name, self.route.backend_kind, reason).inc()
+
+
+class Proxy:
+    """Serves inference requests over the routing table with one shared HTTP client."""
+
+    def __init__(
+        self,
+        router: Router,
+        client: httpx.AsyncClient,
+        metrics: GatewayMetrics,
+        settings: ProxySettings,
+    ) -> None:
+        self.router = router
+        self.client = client
+        self.metrics = metrics
+        self.settings = settings
+        # Requests are built here rather than by client.build_request, which re-parses the URL
+        # and merges the client's defaults on every call (a third of a millisecond).
+        self._timeout = client.timeout.as_dict()
+
+    async def serve(
+        self,
+        request: Request,
+        endpoint: Endpoint,
+        body: OpenAIRequest,
+        response_model: type[BaseModel],
+    ) -> Response:
+        """Answer `body` (already validated against OpenAI's schema) from a backend."""
+        started = time.perf_counter()
+        params = body.upstream_params()
+        route: Route | None = None
+        try:
+            route = self.router.get(str(params.get("model")))
+            route.capabilities.check(endpoint, route.name, route.backend_kind, params)
+            route.backend.check(endpoint, route.name, params)
+        except ForgelineError as error:
+            self.metrics.observe(
+                route.name if route else UNKNOWN_MODEL,
+                route.backend_kind if route else "none",
+                endpoint.label,
+                http_status_for(error),
+                time.perf_counter() - started,
+            )
+            raise
+        call = _Call(route, endpoint, self.metrics, started)
+        self.metrics.in_flight.labels(route.name, route.backend_kind).inc()
+        stream = bool(params.get("stream"))
+        content = self._upstream_body(route, endpoint, params, stream)
+        if not stream:
+            try:
+                return await _until_disconnect(
+                    request, self._complete(call, content, response_model)
+                )
+            except ClientDisconnectedError:
+                call.finish(CLIENT_CLOSED)
+                return Response(status_code=CLIENT_CLOSED)
+            except BaseException as error:
+                call.finish(http_status_for(error))
+                raise
+        try:
+            instance, upstream = await _until_disconnect(request, self._open(call, content))
+        except ClientDisconnectedError:
+            call.finish(CLIENT_CLOSED)
+            return Response(status_code=CLIENT_CLOSED)
+        except BaseException as error:
+            call.finish(http_status_for(error))
+            raise
+        options = params.get("stream_options") or {}
+        relay = StreamRelay(
+            include_usage=bool(options.get("include_usage")),
+            n=int(params.get("n") or 1),
+            model=route.name if route.rewrite_model else None,
+        )
+        return StreamingResponse(
+            self._relay(call, instance, upstream, relay),
+            media_type="text/event-stream",
+            headers=_SSE_HEADERS,
+        )
+
+    @staticmethod
+    def _upstream_body(
+        route: Route, endpoint: Endpoint, params: dict[str, Any], stream: bool
+    ) -> bytes:
+        body = route.capabilities.upstream_params(endpoint, params)
+        body.pop("user", None)
+        body["model"] = route.upstream_model
+        if stream:
+            # Always ask for usage: the gateway counts tokens; the client gets the usage chunk
+            # only if it asked (see StreamRelay).
+            body["stream_options"] = {"include_usage": True}
+        return json.dumps(route.backend.prepare(endpoint, body)).encode()
+
+    async def _open(self, call: _Call, content: bytes) -> tuple[Instance, httpx.Response]:
+        """Send the request to an instance and return once its status line is in, failing over
+        on connection errors and 5xx answers."""
+        route = call.route
+        tried: set[Instance] = set()
+        failure: ForgelineError | None = None
+        while True:
+            instance = route.acquire(tried)
+            if instance is None:
+                if failure is not None and not route.has_untried(tried):
+                    raise failure
+                raise Overloaded(
+                    f"The model '{route.name}' is at capacity; retry after "
+                    f"{self.settings.retry_after} s.",
+                    retry_after=self.settings.retry_after,
+                )
+            tried.add(instance)
+            request = httpx.Request(
+                "POST",
+                instance.endpoint_url(call.endpoint.value),
+                content=content,
+                headers=_UPSTREAM_HEADERS,
+                extensions={"timeout": self._timeout},
+            )
+            try:
+                upstream = await self.client.send(request, stream=True)
+            except (httpx.NetworkError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as error:
+                # Nothing came back: the request can go to another instance.
+                instance.release()
+                instance.mark_down(self.settings.unhealthy_seconds)
+                call.upstream_error("connect")
+                log.warning(
+                    "backend instance unreachable",
+                    extra={"model": route.name, "instance": instance.url, "error": repr(error)},
+                )
+                failure = Unavailable(
+                    f"The model '{route.name}' is unavailable: no instance could be reached; "
+                    "retry later."
+                )
+                continue
+            except httpx.TimeoutException:
+                instance.release()
+                call.upstream_error("timeout")
+                raise self._timed_out(call) from None
+            except BaseException:
+                instance.release()
+                raise
+            if upstream.status_code >= 500:
+                await _close(upstream)
+                instance.release()
+                call.upstream_error("status_5xx")
+                log.warning(
+                    "backend instance failed",
+                    extra={"model": route.name, "instance": instance.url,
+                           "status": upstream.status_code},
+                )  # fmt: skip
+                failure = BadGateway(
+                    f"The backend serving '{route.name}' failed (status {upstream.status_code})."
+                )
+                continue
+            if upstream.status_code >= 400:
+                try:
+                    raise await self._client_error(call, upstream)
+                finally:
+                    await _close(upstream)
+                    instance.release()
+            return instance, upstream
+
+    def _timed_out(self, call: _Call) -> DeadlineExceeded:
+        return DeadlineExceeded(
+            f"The model '{call.route.name}' did not answer within "
+            f"{self.settings.request_timeout:g} s."
+        )
+
+    async def _client_error(self, call: _Call, upstream: httpx.Response) -> ForgelineError:
+        """The error to give the client for a backend's 4xx answer."""
+        raw = await upstream.aread()
+        message, param = _upstream_message(raw)
+        status = upstream.status_code
+        name = call.route.name
+        if status == 429:
+            retry = upstream.headers.get("retry-after", "")
+            return Overloaded(
+                f"The model '{name}' is busy; retry later. ({message})",
+                retry_after=int(retry) if retry.isdigit() else self.settings.retry_after,
+            )
+        if status in (401, 403, 404, 405):
+            # Nothing the client can fix: the gateway and the backend disagree.
+            call.upstream_error("invalid_response")
+            log.error(
+                "backend refused the gateway's request",
+                extra={"model": name, "status": status, "backend_message": message},
+            )
+            return BadGateway(f"The backend serving '{name}' refused the request.")
+        if status == 413:
+            return InvalidArgument(f"The request is too large for the model '{name}': {message}")
+        return InvalidArgument(message or f"The model '{name}' refused the request.", field=param)
+
+    async def _complete(
+        self, call: _Call, content: bytes, response_model: type[BaseModel]
+    ) -> Response:
+        """A non-streamed request, start to end, within the request timeout."""
+        try:
+            with anyio.fail_after(self.settings.request_timeout):
+                instance, upstream = await self._open(call, content)
+                try:
+                    raw = await upstream.aread()
+                finally:
+                    await _close(upstream)
+                    instance.release()
+        except (TimeoutError, httpx.TimeoutException):
+            call.upstream_error("timeout")
+            raise self._timed_out(call) from None
+        except httpx.HTTPError:
+            call.upstream_error("broken_stream")
+            raise BadGateway(
+                f"The backend serving '{call.route.name}' broke off its answer."
+            ) from None
+        try:
+            answer = response_model.model_validate_json(raw)
+        except ValidationError as error:
+            call.upstream_error("invalid_response")
+            log.error(
+                "backend answered outside OpenAI's schema",
+                extra={"model": call.route.name, "errors": error.errors()[:3]},
+            )
+            raise BadGateway(
+                f"The backend serving '{call.route.name}' gave an answer that is not valid."
+            ) from None
+        if call.route.rewrite_model and hasattr(answer, "model"):
+            answer.model = call.route.name
+        usage = getattr(answer, "usage", None)
+        prompt = getattr(usage, "prompt_tokens", 0) or 0
+        completion = getattr(usage, "completion_tokens", 0) or 0
+        call.finish(200, prompt, completion)
+        return Response(
+            answer.model_dump_json(exclude_unset=True).encode(), media_type="application/json"
+        )
+
+    async def _relay(
+        self, call: _Call, instance: Instance, upstream: httpx.Response, relay: StreamRelay
+    ) -> AsyncIterator[bytes]:
+        status = 200
+        first = True
+        try:
+            async for data in upstream.aiter_raw():
+                out = relay.feed(data)
+                if out:
+                    if first:
+                        first = False
+                        self.metrics.ttft.labels(
+                            call.route.name, call.route.backend_kind, call.endpoint.label
+                        ).observe(time.perf_counter() - call.started)
+                    yield out
+            tail = relay.finish()
+            if tail:
+                yield tail
+        except httpx.TimeoutException:
+            call.upstream_error("timeout")
+            yield error_event(
+                f"The model '{call.route.name}' sent nothing for "
+                f"{self.settings.request_timeout:.0f} s; the response is incomplete.",
+                "server_error",
+                "backend_timeout",
+            )
+        except httpx.HTTPError:
+            call.upstream_error("broken_stream")
+            yield error_event(
+                f"The backend serving '{call.route.name}' broke off the stream; "
+                "the response is incomplete.",
+                "server_error",
+                "bad_gateway",
+            )
+        except BaseException:
+            status = CLIENT_CLOSED
+            raise
+        finally:
+            await _close(upstream)
+            instance.release()
+            call.finish(status, relay.prompt_tokens, relay.completion_tokens)
+
+
+async def _close(upstream: httpx.Response) -> None:
+    # Shielded: when the client went away this runs inside a cancelled scope, and an interrupted
+    # close could leave the backend's connection (and its generation) running.
+    with anyio.CancelScope(shield=True):
+        await upstream.aclose()
+
+
+async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client disconnects first.
+
+    Raises:
+        ClientDisconnectedError: the client went away; `work` was cancelled.
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        # Whichever is still running goes: the watcher when the work is done, the work when the
+        # client left (or when this request itself is being cancelled).
+        for pending in (task, watcher):
+            if not pending.done():
+                pending.cancel()
+        with anyio.CancelScope(shield=True):
+            await asyncio.gather(task, watcher, return_exceptions=True)
+    if task.cancelled():
+        raise ClientDisconnectedError
+    return task.result()
+
+
+async def _disconnected(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def _upstream_message(raw: bytes) -> tuple[str, str | None]:
+    """The message (without addresses) and parameter of a backend's error body."""
+    message, param = "", None
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict):
+            message = str(error.get("message") or error.get("detail") or "")
+            param = error.get("param") if isinstance(error.get("param"), str) else None
+        elif isinstance(error, str):
+            message = error
+    elif raw:
+        message = raw[:500].decode(errors="replace")
+    return _URL.sub("<backend>", message).strip()[:1000], param

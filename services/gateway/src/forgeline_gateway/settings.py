@@ -1,0 +1,90 @@
+"""The gateway's settings: the kit's `ServiceSettings` under the ``FORGELINE_GATEWAY_`` prefix.
+
+Read them with ``forgeline_kit.settings.load_settings(GatewaySettings)``, which names every
+malformed or unknown variable. The gRPC fields inherited from the kit are unused by this slice
+(the gateway is an HTTP service that serves ``/metrics`` on its own port).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from forgeline_kit.settings import Port, ServiceSettings
+
+__all__ = ["GatewaySettings"]
+
+
+class GatewaySettings(ServiceSettings):
+    """How the gateway listens, whom it lets in, and how it treats its backends."""
+
+    model_config = SettingsConfigDict(env_prefix="FORGELINE_GATEWAY_", frozen=True, extra="ignore")
+
+    http_host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="Address the HTTP API listens on; 0.0.0.0 (or ::) inside a container.",
+    )
+    http_port: Port = Field(
+        8080, description="HTTP port of the OpenAI-compatible API; 0 picks one."
+    )
+    database: Path = Field(
+        Path(".forgeline/gateway.sqlite3"),
+        description="SQLite file holding API keys and deployments (the one owner of shared state).",
+    )
+    auth_required: bool = Field(
+        True,
+        description="Require a Bearer API key on every API call (false only for a loopback demo).",
+    )
+    key_cache_seconds: float = Field(
+        5.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="How long a verified API key is trusted before the database is read again; "
+        "a revoked key stops working within this time on every replica.",
+    )
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger is 413."
+    )
+    request_timeout_seconds: float = Field(
+        600.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Longest wait for a backend's answer (or, when streaming, for its next chunk).",
+    )
+    connect_timeout_seconds: float = Field(
+        5.0, gt=0, allow_inf_nan=False, description="Longest wait to connect to a backend."
+    )
+    max_in_flight_per_instance: int = Field(
+        64,
+        ge=1,
+        description="Requests one backend instance may have in flight; past that the client "
+        "gets 429 with Retry-After.",
+    )
+    retry_after_seconds: int = Field(
+        1, ge=1, description="The Retry-After a client gets when every instance is full."
+    )
+    unhealthy_seconds: float = Field(
+        5.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="How long an instance that refused a connection is skipped by routing.",
+    )
+    llama_server_threads: int = Field(
+        2, ge=1, description="CPU threads of each llama-server process the gateway starts."
+    )
+    llama_server_start_seconds: float = Field(
+        120.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="How long a starting llama-server may take to report healthy.",
+    )
+    vllm_urls: list[str] = Field(
+        default_factory=list,
+        description="Base URLs of the vLLM servers deployments use by default (JSON list).",
+    )
+    ollama_url: str | None = Field(
+        None, description="Base URL of the Ollama server deployments use by default."
+    )

@@ -1,0 +1,171 @@
+"""The gateway's persistent state in one SQLite file: API keys (hashed) and deployments.
+
+In the embedded default this file is the one owner of the state gateway replicas share; at scale
+the same two tables move to PostgreSQL. Calls are small and rare (a key lookup misses the cache
+at most once per key per few seconds), so they run on a worker thread, one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+__all__ = ["DeploymentRecord", "KeyRecord", "Store"]
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS api_keys (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    prefix      TEXT NOT NULL,
+    hash        TEXT NOT NULL UNIQUE,
+    scopes      TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    revoked_at  INTEGER
+);
+CREATE TABLE IF NOT EXISTS deployments (
+    name        TEXT PRIMARY KEY,
+    spec        TEXT NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """An API key as stored: never the key itself, only its SHA-256."""
+
+    id: str
+    name: str
+    prefix: str
+    hash: str
+    scopes: frozenset[str]
+    created_at: int
+    revoked_at: int | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+@dataclass(frozen=True)
+class DeploymentRecord:
+    name: str
+    spec_json: str
+    created_at: int
+
+
+class Store:
+    """SQLite-backed state. Open with `Store.open`; every method has an ``a``-prefixed async twin
+    that runs it off the event loop."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._db = connection
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, path: Path) -> Store:
+        """Open (creating if needed) the database at `path`."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        # WAL lets a CLI add keys while a gateway reads; busy_timeout waits out a writer.
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA busy_timeout=5000")
+        connection.executescript(_SCHEMA)
+        return cls(connection)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    async def run(self, function: Callable[[], T]) -> T:
+        """Run a store call on a worker thread."""
+        return await asyncio.to_thread(function)
+
+    # --- API keys -------------------------------------------------------------------------
+
+    def add_key(self, record: KeyRecord) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO api_keys (id, name, prefix, hash, scopes, created_at, revoked_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.id,
+                    record.name,
+                    record.prefix,
+                    record.hash,
+                    ",".join(sorted(record.scopes)),
+                    record.created_at,
+                    record.revoked_at,
+                ),
+            )
+
+    def key_by_hash(self, digest: str) -> KeyRecord | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id, name, prefix, hash, scopes, created_at, revoked_at FROM api_keys "
+                "WHERE hash = ?",
+                (digest,),
+            ).fetchone()
+        return _key(row) if row else None
+
+    def list_keys(self) -> list[KeyRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, name, prefix, hash, scopes, created_at, revoked_at FROM api_keys "
+                "ORDER BY created_at, id"
+            ).fetchall()
+        return [_key(row) for row in rows]
+
+    def revoke_key(self, key_id: str) -> KeyRecord | None:
+        """Mark a key revoked; returns it, or None if there is no such key."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                (int(time.time()), key_id),
+            )
+            row = self._db.execute(
+                "SELECT id, name, prefix, hash, scopes, created_at, revoked_at FROM api_keys "
+                "WHERE id = ?",
+                (key_id,),
+            ).fetchone()
+        return _key(row) if row else None
+
+    # --- deployments ----------------------------------------------------------------------
+
+    def put_deployment(self, record: DeploymentRecord) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO deployments (name, spec, created_at) VALUES (?, ?, ?)",
+                (record.name, record.spec_json, record.created_at),
+            )
+
+    def delete_deployment(self, name: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM deployments WHERE name = ?", (name,))
+
+    def list_deployments(self) -> list[DeploymentRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT name, spec, created_at FROM deployments ORDER BY created_at, name"
+            ).fetchall()
+        return [DeploymentRecord(name=r[0], spec_json=r[1], created_at=r[2]) for r in rows]
+
+
+def _key(row: tuple[str, str, str, str, str, int, int | None]) -> KeyRecord:
+    return KeyRecord(
+        id=row[0],
+        name=row[1],
+        prefix=row[2],
+        hash=row[3],
+        scopes=frozenset(s for s in row[4].split(",") if s),
+        created_at=row[5],
+        revoked_at=row[6],
+    )

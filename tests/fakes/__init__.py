@@ -1,0 +1,5 @@
+"""Contract fakes of the backends that cannot run here (vLLM needs a GPU, Ollama a download).
+
+Each follows its project's published API documentation, cited in its module, and nothing more.
+They exist for tests only: product code never imports them.
+"""

@@ -1,0 +1,156 @@
+"""Fixtures for the gateway: the tiny model as GGUF, gateways on loopback, API keys."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from forgeline_gateway.app import BackendFactory, default_backends
+from forgeline_gateway.security.keys import Scope
+from forgeline_kit.llamacpp import Toolchain
+from forgeline_kit.llamacpp.gguf_py import subprocess_env
+from forgeline_kit.tinymodel import TinyModel
+
+from .harness import Gateway, make_key
+
+CONVERT_TIMEOUT_S = 300
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(
+    tiny_model: TinyModel, llamacpp_toolchain: Toolchain, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The tiny model converted to an f16 GGUF with the pinned llama.cpp (once per session)."""
+    out = tmp_path_factory.mktemp("gguf") / "tiny-f16.gguf"
+    done = subprocess.run(  # noqa: S603 - a fixed argument list
+        [
+            sys.executable,
+            str(llamacpp_toolchain.convert_hf_to_gguf),
+            str(tiny_model.path),
+            "--outfile",
+            str(out),
+            "--outtype",
+            "f16",
+        ],
+        env=subprocess_env(llamacpp_toolchain),
+        capture_output=True,
+        text=True,
+        timeout=CONVERT_TIMEOUT_S,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+@dataclass
+class Served:
+    """A running gateway and keys to call it with."""
+
+    gateway: Gateway
+    admin_key: str
+    inference_key: str
+
+    @property
+    def url(self) -> str:
+        return self.gateway.url
+
+    def client(self, key: str | None = None, **options: Any) -> openai.OpenAI:
+        """The official SDK pointed at the gateway (no retries unless asked)."""
+        options.setdefault("max_retries", 0)
+        options.setdefault("timeout", 60.0)
+        return openai.OpenAI(
+            base_url=f"{self.url}/v1", api_key=key or self.inference_key, **options
+        )
+
+    def admin(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Call the admin API with the admin key."""
+        headers = {"Authorization": f"Bearer {self.admin_key}"}
+        return httpx.request(
+            method, f"{self.url}{path}", headers=headers, timeout=180.0, trust_env=False, **kwargs
+        )
+
+    def deploy(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        response = self.admin("POST", "/v1/deployments", json=dict(spec))
+        assert response.status_code == 201, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    def metrics(self) -> str:
+        return httpx.get(f"{self.url}/metrics", timeout=10.0, trust_env=False).text
+
+
+StartGateway = Callable[..., Served]
+
+
+def _start(
+    database: Path,
+    settings: Mapping[str, Any] | None,
+    backends: BackendFactory,
+    started: list[Gateway],
+) -> Served:
+    admin_key = make_key(database, Scope.ADMIN, name="admin")
+    inference_key = make_key(database, Scope.INFERENCE, name="app")
+    gateway = Gateway(database, settings, backends)
+    started.append(gateway)
+    gateway.start()
+    return Served(gateway, admin_key, inference_key)
+
+
+@pytest.fixture
+def start_gateway(tmp_path: Path) -> Iterator[StartGateway]:
+    """Start gateways (each with its own database unless one is given); all stop at teardown."""
+    started: list[Gateway] = []
+
+    def start(
+        settings: Mapping[str, Any] | None = None,
+        *,
+        database: Path | None = None,
+        backends: BackendFactory = default_backends,
+    ) -> Served:
+        db = database or tmp_path / f"gateway-{len(started)}.sqlite3"
+        return _start(db, settings, backends, started)
+
+    yield start
+    for gateway in started:
+        gateway.stop()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterator[Served]:
+    """One gateway for a module, with the tiny model deployed for generation ("tiny", two
+    llama-server processes) and for embeddings ("tiny-embed")."""
+    started: list[Gateway] = []
+    database = tmp_path_factory.mktemp("served") / "gateway.sqlite3"
+    served = _start(database, {"key_cache_seconds": 0}, default_backends, started)
+    try:
+        served.deploy(
+            {
+                "name": "tiny",
+                "backend": "llamacpp",
+                "gguf": str(tiny_gguf),
+                "replicas": 2,
+                "parallel": 4,
+                "metadata": {"base": "tiny-llama", "version": "1", "quantization": "f16"},
+            }
+        )
+        served.deploy(
+            {
+                "name": "tiny-embed",
+                "backend": "llamacpp",
+                "gguf": str(tiny_gguf),
+                "embeddings": True,
+                "parallel": 2,
+            }
+        )
+        yield served
+    finally:
+        for gateway in started:
+            gateway.stop()

@@ -1,0 +1,102 @@
+"""Running the gateway for tests: the real app under uvicorn on a loopback port, in a thread of
+the test process (so tests can look at its routing table and the processes it started)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+import uvloop
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from forgeline_gateway.app import BackendFactory, create_app, default_backends
+from forgeline_gateway.security.keys import Scope, create_key
+from forgeline_gateway.settings import GatewaySettings
+from forgeline_gateway.store import Store
+
+START_DEADLINE_S = 60.0
+
+
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = threading.Event()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self.ready.set()
+
+
+class Gateway:
+    """One gateway serving on 127.0.0.1 (a free port) until `stop`."""
+
+    def __init__(
+        self,
+        database: Path,
+        settings: Mapping[str, Any] | None = None,
+        backends: BackendFactory = default_backends,
+    ) -> None:
+        self.settings = GatewaySettings(
+            http_host="127.0.0.1", http_port=0, database=database, **dict(settings or {})
+        )
+        self.registry = CollectorRegistry()
+        self.app: FastAPI = create_app(self.settings, registry=self.registry, backends=backends)
+        self._server = _Server(
+            uvicorn.Config(
+                self.app,
+                host="127.0.0.1",
+                port=0,
+                log_config=None,
+                access_log=False,
+                lifespan="on",
+                timeout_graceful_shutdown=5,
+            )
+        )
+        self._thread = threading.Thread(target=self._run, name="gateway", daemon=True)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.port = 0
+
+    def _run(self) -> None:
+        # The event loop `forgeline-gateway` serves on (uvloop), so tests exercise the same one.
+        self.loop = uvloop.new_event_loop()
+        try:
+            self.loop.run_until_complete(self._server.serve())
+        finally:
+            self._server.ready.set()  # a failed start must not leave `start` waiting
+            self.loop.close()
+
+    def start(self) -> Gateway:
+        self._thread.start()
+        if not self._server.ready.wait(START_DEADLINE_S) or not self._server.started:
+            raise RuntimeError("the gateway did not start; see the log above")
+        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def call(self, coroutine: Any, timeout: float = 120.0) -> Any:
+        """Run a coroutine on the gateway's event loop (to use its state safely)."""
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=60)
+
+
+def make_key(database: Path, *scopes: Scope, name: str = "test") -> str:
+    """A new API key with `scopes`, written straight into the gateway's database."""
+    store = Store.open(database)
+    try:
+        key, _ = create_key(store, name, set(scopes))
+        return key
+    finally:
+        store.close()

@@ -1,0 +1,111 @@
+"""``forgeline-gateway`` as operators run it: settings from the environment, the first key made
+from the command line, the port it serves on in its log, and a clean stop on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+GATEWAY = [sys.executable, "-m", "forgeline_gateway"]
+START_DEADLINE_S = 60.0
+
+
+def _env(tmp_path: Path, **settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FORGELINE_GATEWAY_")}
+    env |= {
+        "FORGELINE_GATEWAY_DATABASE": str(tmp_path / "gateway.sqlite3"),
+        "FORGELINE_GATEWAY_HTTP_PORT": "0",
+        "FORGELINE_GATEWAY_LOG_FORMAT": "json",
+        "PYTHONUNBUFFERED": "1",
+    }
+    return env | settings
+
+
+def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 - a fixed argument list
+        GATEWAY + args, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_keys_from_the_command_line(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    created = _run(["keys", "create", "ops", "--scope", "admin", "--scope", "inference"], env)
+    assert created.returncode == 0, created.stderr
+    key = json.loads(created.stdout)
+    assert key["key"].startswith("flk-")
+    assert key["scopes"] == ["admin", "inference"]
+
+    listed = _run(["keys", "list"], env)
+    assert key["id"] in listed.stdout
+    assert key["key"] not in listed.stdout
+    assert "active" in listed.stdout
+
+    assert _run(["keys", "revoke", key["id"]], env).returncode == 0
+    assert "revoked" in _run(["keys", "list"], env).stdout
+    missing = _run(["keys", "revoke", "key_nope"], env)
+    assert missing.returncode == 1
+    assert "key_nope" in missing.stderr
+
+
+def test_a_bad_setting_exits_2_naming_the_variable(tmp_path: Path) -> None:
+    done = _run([], _env(tmp_path, FORGELINE_GATEWAY_HTTP_PROT="8080"))
+
+    assert done.returncode == 2
+    assert "FORGELINE_GATEWAY_HTTP_PROT" in done.stderr
+    assert "did you mean FORGELINE_GATEWAY_HTTP_PORT" in done.stderr
+
+
+def test_serves_on_the_port_it_logs_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    key = json.loads(_run(["keys", "create", "app", "--scope", "inference"], env).stdout)["key"]
+    process = subprocess.Popen(  # noqa: S603 - a fixed argument list
+        GATEWAY, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    serving = threading.Event()
+    port: list[int] = []
+
+    def read() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            lines.append(line)
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("message") == "gateway serving":
+                port.append(int(record["http_port"]))
+                serving.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        if not serving.wait(START_DEADLINE_S):
+            pytest.fail("the gateway did not log that it serves:\n" + "".join(lines))
+        url = f"http://127.0.0.1:{port[0]}"
+        assert httpx.get(f"{url}/health", trust_env=False).json() == {"status": "ok"}
+        models = httpx.get(
+            f"{url}/v1/models", headers={"Authorization": f"Bearer {key}"}, trust_env=False
+        )
+        assert models.json() == {"object": "list", "data": []}
+
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        assert time.monotonic() - started < 15
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    reader.join(timeout=10)
+    assert all(json.loads(line) for line in lines if line.strip())  # JSON logs, one per line

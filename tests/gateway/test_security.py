@@ -1,0 +1,145 @@
+"""API keys (Bearer, hashed at rest, scoped) and the request body limit."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+from fakes.server import FakeServer
+from fakes.vllm import FakeVllm
+
+from forgeline_gateway.security.keys import hash_key
+
+from .conftest import Served, StartGateway
+
+CHAT = [{"role": "user", "content": "hello"}]
+LIMIT = 4096
+
+
+@pytest.fixture
+def vllm() -> Iterator[FakeServer]:
+    server = FakeServer(FakeVllm("base").app).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def served(start_gateway: StartGateway, vllm: FakeServer) -> Served:
+    served = start_gateway({"key_cache_seconds": 0, "max_body_bytes": LIMIT})
+    served.deploy({"name": "m", "backend": "vllm", "base_model": "base", "urls": [vllm.url]})
+    return served
+
+
+def _chat(served: Served, headers: dict[str, str]) -> httpx.Response:
+    return httpx.post(
+        f"{served.url}/v1/chat/completions",
+        json={"model": "m", "messages": CHAT, "max_tokens": 2},
+        headers=headers,
+        trust_env=False,
+    )
+
+
+def _error(response: httpx.Response) -> dict[str, object]:
+    error: dict[str, object] = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    return error
+
+
+def test_no_key_or_a_wrong_key_is_401(served: Served) -> None:
+    missing = _chat(served, {})
+    wrong = _chat(served, {"Authorization": "Bearer flk-not-a-real-key-at-all"})
+    basic = _chat(served, {"Authorization": "Basic dXNlcjpwYXNz"})
+
+    for response in (missing, wrong, basic):
+        assert response.status_code == 401
+        assert _error(response)["type"] == "authentication_error"
+    assert "Authorization: Bearer" in str(_error(missing)["message"])
+    assert "flk-not-a-real-key-at-all" not in wrong.text  # masked
+    with pytest.raises(openai.AuthenticationError):
+        served.client("flk-wrong").models.list()
+
+
+def test_scopes_separate_inference_from_admin(served: Served) -> None:
+    inference = {"Authorization": f"Bearer {served.inference_key}"}
+    admin_only = served.admin("POST", "/v1/keys", json={"name": "ops", "scopes": ["admin"]})
+    assert admin_only.status_code == 201
+    admin = {"Authorization": f"Bearer {admin_only.json()['key']}"}
+
+    assert _chat(served, inference).status_code == 200
+    denied_admin = httpx.get(f"{served.url}/v1/deployments", headers=inference, trust_env=False)
+    denied_inference = _chat(served, admin)
+    allowed_admin = httpx.get(f"{served.url}/v1/deployments", headers=admin, trust_env=False)
+
+    assert denied_admin.status_code == 403
+    assert _error(denied_admin)["type"] == "permission_error"
+    assert "'admin' scope" in str(_error(denied_admin)["message"])
+    assert denied_inference.status_code == 403
+    assert "'inference' scope" in str(_error(denied_inference)["message"])
+    assert allowed_admin.status_code == 200
+
+
+def test_keys_are_stored_hashed_and_revocation_takes_effect(served: Served) -> None:
+    created = served.admin("POST", "/v1/keys", json={"name": "app-2", "scopes": ["inference"]})
+    key = created.json()["key"]
+    key_id = created.json()["id"]
+    headers = {"Authorization": f"Bearer {key}"}
+    assert _chat(served, headers).status_code == 200
+
+    with sqlite3.connect(served.gateway.settings.database) as db:
+        stored = db.execute("SELECT hash, prefix FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+        dump = "\n".join(db.iterdump())
+    assert stored == (hash_key(key), key[:10])
+    assert key not in dump
+
+    listed = served.admin("GET", "/v1/keys").json()["data"]
+    assert key_id in {k["id"] for k in listed}
+    assert all("key" not in k for k in listed)
+
+    assert served.admin("DELETE", f"/v1/keys/{key_id}").json()["revoked"] is not None
+    assert _chat(served, headers).status_code == 401
+    assert served.admin("DELETE", "/v1/keys/key_nope").status_code == 404
+
+
+def test_a_body_over_the_limit_is_413(served: Served) -> None:
+    headers = {"Authorization": f"Bearer {served.inference_key}"}
+    big = [{"role": "user", "content": "x" * LIMIT}]
+    declared = httpx.post(
+        f"{served.url}/v1/chat/completions",
+        json={"model": "m", "messages": big},
+        headers=headers,
+        trust_env=False,
+    )
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"model": "m", "messages": [{"role": "user", "content": "'
+        for _ in range(LIMIT // 512 + 1):
+            yield b"x" * 512
+        yield b'"}]}'
+
+    chunked = httpx.post(
+        f"{served.url}/v1/chat/completions", content=chunks(), headers=headers, trust_env=False
+    )
+
+    for response in (declared, chunked):
+        assert response.status_code == 413
+        assert _error(response)["code"] == "request_too_large"
+    assert "transfer-encoding" not in declared.request.headers
+    assert chunked.request.headers["transfer-encoding"] == "chunked"
+    assert _chat(served, headers).status_code == 200  # a normal body still passes
+
+
+def test_health_and_metrics_need_no_key(served: Served) -> None:
+    assert httpx.get(f"{served.url}/health", trust_env=False).json() == {"status": "ok"}
+    assert httpx.get(f"{served.url}/metrics", trust_env=False).status_code == 200
+
+
+def test_without_auth_required_no_key_is_needed(
+    start_gateway: StartGateway, vllm: FakeServer
+) -> None:
+    served = start_gateway({"auth_required": False})
+    served.deploy({"name": "m", "backend": "vllm", "base_model": "base", "urls": [vllm.url]})
+
+    assert _chat(served, {}).status_code == 200
