@@ -55,7 +55,7 @@ def start_llama_server(llamacpp_toolchain: Toolchain, tmp_path: Path) -> Iterato
 
     def start(model: Path, extra_args: Sequence[str] = ()) -> LlamaServerProcess:
         log_path = tmp_path / f"llama-server-{len(servers)}.log"
-        options = LlamaServerOptions(model=model, extra_args=extra_args)
+        options = LlamaServerOptions(model=model, extra_args=tuple(extra_args))
         try:
             server = start_server(options, log_path, toolchain=llamacpp_toolchain)
         except LlamaServerError as error:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -35,33 +34,55 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-@dataclass
+@dataclass(frozen=True)
 class LlamaServerOptions:
-    """What to serve and how. ``extra_args`` go after the defaults, so they can override them."""
+    """What one llama-server serves and how: the one definition of its command line, used by the
+    synchronous :class:`LlamaServerProcess` here and the gateway's asynchronous one.
+
+    Attributes:
+        model: the GGUF file.
+        alias: the model name the server reports (defaults to the file name).
+        lora_adapters: LoRA adapter GGUF files applied on top of ``model``.
+        context_size: total context (``--ctx-size``), shared by the slots.
+        parallel: slots (``--parallel``): requests decoded together, and the largest ``n``.
+        threads: CPU threads for generation.
+        embeddings: serve ``/v1/embeddings`` (mean pooling) instead of generation.
+        extra_args: appended last, so they can override the defaults.
+    """
 
     model: Path
-    lora_adapters: Sequence[Path] = ()
+    alias: str | None = None
+    lora_adapters: tuple[Path, ...] = ()
     context_size: int = 512
-    threads: int = 2
     parallel: int = 1
+    threads: int = 2
     embeddings: bool = False
-    extra_args: Sequence[str] = ()
+    extra_args: tuple[str, ...] = ()
 
-    def arguments(self, toolchain: Toolchain, host: str, port: int) -> list[str]:
-        """The llama-server command line."""
+    @property
+    def name(self) -> str:
+        """The served model name."""
+        return self.alias or self.model.name
+
+    def arguments(self, binary: Path, host: str, port: int) -> list[str]:
+        """The llama-server command line for serving on ``host:port``."""
         command = [
-            str(toolchain.llama_server),
+            str(binary),
             "--model", str(self.model),
+            "--alias", self.name,
             "--host", host,
             "--port", str(port),
             "--ctx-size", str(self.context_size),
-            "--threads", str(self.threads),
             "--parallel", str(self.parallel),
+            "--threads", str(self.threads),
+            "--threads-http", "2",
+            "--no-webui",
+            "--metrics",
         ]  # fmt: skip
         for adapter in self.lora_adapters:
             command += ["--lora", str(adapter)]
         if self.embeddings:
-            command.append("--embeddings")
+            command += ["--embeddings", "--pooling", "mean"]
         return [*command, *self.extra_args]
 
 
@@ -148,7 +169,7 @@ def start_llama_server(
         LlamaServerError: it exited or did not become healthy in time.
     """
     chosen_port = port if port is not None else free_port(host)
-    command = options.arguments(toolchain or locate(), host, chosen_port)
+    command = options.arguments((toolchain or locate()).llama_server, host, chosen_port)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
         process = subprocess.Popen(  # noqa: S603 - an argument list built above, no shell

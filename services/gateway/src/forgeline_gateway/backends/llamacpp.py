@@ -16,9 +16,10 @@ from pathlib import Path
 import httpx
 
 from forgeline_gateway.backends.base import Backend, Capabilities, Endpoint, Placement
-from forgeline_gateway.backends.llamacpp_process import LlamaServerOptions, LlamaServerProcess
+from forgeline_gateway.backends.llamacpp_process import LlamaServerProcess
 from forgeline_gateway.deployments.spec import LlamaCppSpec
 from forgeline_kit.errors import FailedPrecondition
+from forgeline_kit.llamacpp.server import LlamaServerOptions
 
 __all__ = ["LlamaCppBackend"]
 
@@ -135,16 +136,16 @@ class LlamaCppBackend(Backend[LlamaCppSpec]):
                 "with 'urls' pointing at running llama-server instances"
             )
         options = LlamaServerOptions(
-            binary=self.llama_server,
             model=Path(spec.gguf),
             alias=name,
-            lora=tuple(Path(p) for p in spec.lora),
+            lora_adapters=tuple(Path(p) for p in spec.lora),
             context_size=spec.context_size,
             parallel=spec.parallel,
             threads=self.threads,
             embeddings=spec.embeddings,
         )
-        processes = [LlamaServerProcess(options) for _ in range(spec.replicas)]
+        binary = self.llama_server
+        processes = [LlamaServerProcess(options, binary) for _ in range(spec.replicas)]
         results = await asyncio.gather(
             *(p.start(self.start_timeout) for p in processes), return_exceptions=True
         )

@@ -1,5 +1,7 @@
-"""Running one ``llama-server`` process: start it on a free loopback port, wait until its
-``/health`` says it serves, keep the tail of its log, stop it.
+"""Running one ``llama-server`` process asynchronously: start it on a free loopback port, wait
+until its ``/health`` says it serves, keep the tail of its log, stop it. Its command line is the
+kit's :class:`~forgeline_kit.llamacpp.server.LlamaServerOptions`, shared with the synchronous
+process the demo and tests use.
 
 Readiness is the server's own signal (``GET /health`` answers 200 once the model is loaded, 503
 while loading); a process that exits first is reported with the last lines it logged.
@@ -13,7 +15,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,8 +22,9 @@ import httpx
 
 from forgeline_gateway.backends.base import is_readable_file
 from forgeline_kit.errors import FailedPrecondition
+from forgeline_kit.llamacpp.server import LlamaServerOptions, free_port
 
-__all__ = ["LlamaServerOptions", "LlamaServerProcess", "free_port"]
+__all__ = ["LlamaServerProcess"]
 
 log = logging.getLogger(__name__)
 
@@ -32,65 +34,12 @@ STOP_GRACE_SECONDS = 10.0
 START_ATTEMPTS = 3
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on at `host` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@dataclass(frozen=True)
-class LlamaServerOptions:
-    """What one llama-server process serves and how.
-
-    Attributes:
-        binary: the ``llama-server`` executable.
-        model: the GGUF file.
-        alias: the model name the server reports (the public model name).
-        lora: LoRA adapter GGUF files applied on top of `model`.
-        context_size: total context (``-c``), shared by the slots.
-        parallel: slots (``-np``): requests decoded together, and the largest ``n``.
-        threads: CPU threads (``-t``).
-        embeddings: serve ``/v1/embeddings`` only (``--embeddings`` with mean pooling).
-    """
-
-    binary: Path
-    model: Path
-    alias: str
-    lora: tuple[Path, ...] = ()
-    context_size: int = 2048
-    parallel: int = 4
-    threads: int = 2
-    embeddings: bool = False
-
-    def arguments(self, host: str, port: int) -> list[str]:
-        """The command line for serving on ``host:port``."""
-        args = [
-            str(self.binary),
-            "--model", str(self.model),
-            "--alias", self.alias,
-            "--host", host,
-            "--port", str(port),
-            "--ctx-size", str(self.context_size),
-            "--parallel", str(self.parallel),
-            "--threads", str(self.threads),
-            "--threads-http", "2",
-            "--no-webui",
-            "--metrics",
-        ]  # fmt: skip
-        for adapter in self.lora:
-            args += ["--lora", str(adapter)]
-        if self.embeddings:
-            args += ["--embeddings", "--pooling", "mean"]
-        return args
-
-
 @dataclass
 class LlamaServerProcess:
     """One started llama-server; `url` is where it serves OpenAI's API (under ``/v1``)."""
 
     options: LlamaServerOptions
+    binary: Path
     host: str = "127.0.0.1"
     port: int = 0
     process: asyncio.subprocess.Process | None = None
@@ -114,7 +63,7 @@ class LlamaServerProcess:
             FailedPrecondition: the model file is missing, or the server exited or did not
                 become healthy within `within` seconds (the message quotes its last log line).
         """
-        files = [("gguf", self.options.model), *(("lora", p) for p in self.options.lora)]
+        files = [("gguf", self.options.model), *(("lora", p) for p in self.options.lora_adapters)]
         for param, path in files:
             if not is_readable_file(path):
                 raise FailedPrecondition(
@@ -137,7 +86,7 @@ class LlamaServerProcess:
     async def _spawn_and_wait(self, within: float) -> None:
         self.log_tail.clear()
         self.process = await asyncio.create_subprocess_exec(
-            *self.options.arguments(self.host, self.port),
+            *self.options.arguments(self.binary, self.host, self.port),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
@@ -146,13 +95,13 @@ class LlamaServerProcess:
         self._reader = asyncio.create_task(self._read_log(self.process))
         log.info(
             "llama-server starting",
-            extra={"model": self.options.alias, "pid": self.process.pid, "port": self.port},
+            extra={"model": self.options.name, "pid": self.process.pid, "port": self.port},
         )
         try:
             await asyncio.wait_for(self._wait_healthy(), within)
         except TimeoutError:
             raise FailedPrecondition(
-                f"llama-server for '{self.options.alias}' did not become healthy within "
+                f"llama-server for '{self.options.name}' did not become healthy within "
                 f"{within:.0f} s; last log line: {self._last_line()}"
             ) from None
 
@@ -163,13 +112,13 @@ class LlamaServerProcess:
             while True:
                 if self.process.returncode is not None:
                     raise FailedPrecondition(
-                        f"llama-server for '{self.options.alias}' exited with status "
+                        f"llama-server for '{self.options.name}' exited with status "
                         f"{self.process.returncode} while starting: {self._last_line()}"
                     )
                 with contextlib.suppress(httpx.HTTPError):
                     response = await client.get(f"{self.url}/health")
                     if response.status_code == 200:
-                        log.info("llama-server healthy", extra={"model": self.options.alias})
+                        log.info("llama-server healthy", extra={"model": self.options.name})
                         return
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.5)
@@ -205,4 +154,4 @@ class LlamaServerProcess:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._reader, 5)
             self._reader = None
-        log.info("llama-server stopped", extra={"model": self.options.alias, "pid": process.pid})
+        log.info("llama-server stopped", extra={"model": self.options.name, "pid": process.pid})
