@@ -1,16 +1,20 @@
 """LLaMA-Factory's YAML arguments as typed models (its keys, one to one).
 
-These cover what the embedded pipeline sets today; unknown keys are refused rather than passed
+The declared fields are what the embedded pipeline sets; :class:`TrainArguments` also takes any
+other argument LLaMA-Factory's ``train`` accepts (checked against its own argument dataclasses,
+see :mod:`~forgeline_trainer.llamafactory.settings`). Unknown keys are refused rather than passed
 through, so a typo never silently trains with a default.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from forgeline_trainer.llamafactory.settings import validate_arguments
 
 
 class _LlamaFactoryArgs(BaseModel):
@@ -23,7 +27,24 @@ class _LlamaFactoryArgs(BaseModel):
 
 
 class TrainArguments(_LlamaFactoryArgs):
-    """``llamafactory-cli train`` arguments."""
+    """``llamafactory-cli train`` arguments: the fields below, plus any other LLaMA-Factory
+    training argument (``TrainArguments(..., pref_beta=0.1)``), converted to its declared type.
+
+    Raises:
+        InvalidArgument: an extra key LLaMA-Factory does not accept, or a value of the wrong type.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_extra_arguments(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        extra = {key: value for key, value in data.items() if key not in cls.model_fields}
+        if not extra:
+            return data
+        return data | validate_arguments(extra, allow_trainer_owned=True)
 
     model_name_or_path: str
     stage: Literal["sft", "pt", "dpo", "kto", "rm", "ppo"] = "sft"

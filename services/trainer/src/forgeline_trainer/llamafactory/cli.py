@@ -10,6 +10,7 @@ from pathlib import Path
 
 from forgeline_kit.subprocesses import ToolRun, run_tool
 from forgeline_trainer.llamafactory.arguments import ExportArguments, TrainArguments
+from forgeline_trainer.llamafactory.process import TrainingProcess
 
 #: The console script installed beside this interpreter by the ``llamafactory`` package.
 LLAMAFACTORY_CLI = Path(sys.executable).with_name("llamafactory-cli")
@@ -39,6 +40,17 @@ def train(args: TrainArguments, workdir: Path, env: Mapping[str, str]) -> TrainR
     run = run_tool("llamafactory-cli train", [LLAMAFACTORY_CLI, "train", config], env=env)
     output_dir = Path(args.output_dir)
     return TrainResult(output_dir=output_dir, losses=read_losses(output_dir), run=run)
+
+
+def start_training(args: TrainArguments, workdir: Path, env: Mapping[str, str]) -> TrainingProcess:
+    """Start ``llamafactory-cli train`` in its own process group and return at once; follow it
+    with a :class:`~forgeline_trainer.llamafactory.progress.ProgressReader` on
+    ``args.output_dir``, stop it with :meth:`TrainingProcess.cancel`. Output goes to
+    ``workdir/train.log``."""
+    config = args.write_yaml(workdir / "train.yaml")
+    return TrainingProcess(
+        [LLAMAFACTORY_CLI, "train", config], log_path=workdir / "train.log", env=env
+    )
 
 
 def export(args: ExportArguments, workdir: Path, env: Mapping[str, str]) -> ToolRun:

@@ -1,0 +1,104 @@
+"""Refuse argument combinations that cannot train, before any time is spent on them.
+
+Each check answers with what is wrong and how to fix it, in the user's terms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from forgeline_kit.errors import InvalidArgument
+from forgeline_kit.tinymodel import DatasetInfoEntry
+
+DeviceKind = Literal["cpu", "cuda"]
+
+#: Stages that train on preference pairs (chosen/rejected): LLaMA-Factory reads their data as
+#: ``ranking`` datasets.
+PREFERENCE_STAGES = frozenset({"dpo", "rm"})
+
+
+def check_combinations(
+    arguments: Mapping[str, Any],
+    *,
+    device: DeviceKind,
+    datasets: Mapping[str, DatasetInfoEntry],
+) -> None:
+    """Raise :class:`InvalidArgument` for the first impossible combination in validated
+    ``arguments`` on ``device`` with the named ``datasets`` (their ``dataset_info`` entries)."""
+    _check_stage(arguments)
+    _check_quantization(arguments, device)
+    _check_data_fits_stage(arguments, datasets)
+
+
+def _check_stage(arguments: Mapping[str, Any]) -> None:
+    if "stage" not in arguments:
+        raise InvalidArgument(
+            "no training stage: set 'stage' to one of sft, pt, dpo, kto, rm", field="stage"
+        )
+    if arguments["stage"] == "ppo":
+        raise InvalidArgument(
+            "stage 'ppo' is not supported by Forgeline yet (it needs a separately trained reward "
+            "model served beside the policy); use 'dpo' on the same preference data instead",
+            field="stage",
+        )
+
+
+def _check_quantization(arguments: Mapping[str, Any], device: DeviceKind) -> None:
+    bits = arguments.get("quantization_bit")
+    if bits is None or device != "cpu":
+        return
+    raise InvalidArgument(
+        f"quantization_bit={bits} (QLoRA) needs a CUDA GPU: bitsandbytes quantizes on the GPU and "
+        "this trainer has none. Remove 'quantization_bit' to train plain LoRA on the CPU, or "
+        "submit the job to a trainer with a GPU",
+        field="quantization_bit",
+    )
+
+
+def _check_data_fits_stage(
+    arguments: Mapping[str, Any], datasets: Mapping[str, DatasetInfoEntry]
+) -> None:
+    stage = arguments["stage"]
+    for key in ("dataset", "eval_dataset"):
+        for name in _names(arguments.get(key)):
+            entry = datasets.get(name)
+            if entry is None:
+                known = ", ".join(sorted(datasets)) or "none"
+                raise InvalidArgument(
+                    f"{key} '{name}' is not one of the job's datasets ({known})", field=key
+                )
+            _check_entry(stage, name, entry, key)
+
+
+def _check_entry(stage: str, name: str, entry: DatasetInfoEntry, key: str) -> None:
+    if stage in PREFERENCE_STAGES and not entry.ranking:
+        raise InvalidArgument(
+            f"stage '{stage}' trains on preference pairs, but dataset '{name}' is not a "
+            "preference dataset. Give records with 'chosen' and 'rejected' answers and mark the "
+            "dataset ranking, or train it with stage 'sft'",
+            field=key,
+        )
+    if stage == "kto" and (entry.columns is None or entry.columns.kto_tag is None):
+        raise InvalidArgument(
+            f"stage 'kto' needs each record labelled desirable or not, but dataset '{name}' has "
+            "no 'kto_tag' column. Add a boolean field to each record and map it as the kto_tag "
+            "column, or use stage 'dpo' with chosen/rejected pairs",
+            field=key,
+        )
+    if stage in ("sft", "pt") and entry.ranking:
+        raise InvalidArgument(
+            f"dataset '{name}' holds preference pairs, which stage '{stage}' cannot train on. "
+            "Use stage 'dpo' (or 'rm') for it, or give plain answers",
+            field=key,
+        )
+
+
+def _names(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, list):
+        return [str(part).strip() for part in value]
+    raise InvalidArgument(f"dataset names must be text, got {value!r}", field="dataset")

@@ -1,0 +1,223 @@
+"""What SubmitJob checks before a job is queued, without fetching anything.
+
+:func:`plan_job` turns a ``JobSpec`` (arguments as a Struct, or a LLaMA-Factory YAML as the seeds
+write it) into a :class:`JobPlan`: LLaMA-Factory arguments checked against its own dataclasses and
+converted to their types, the stage and fine-tuning type agreed between the spec's fields and the
+arguments, the datasets named, and impossible combinations refused — every refusal an
+:class:`~forgeline_kit.errors.InvalidArgument` naming the field and the fix. Checks that need the
+data (records, the tokenizer's chat template) run later, in the job's VALIDATING state.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any, Final
+
+from google.protobuf.json_format import MessageToDict
+from pydantic import ValidationError
+
+from forgeline_kit.errors import InvalidArgument
+from forgeline_kit.tinymodel import DatasetColumns, DatasetInfoEntry, DatasetTags
+from forgeline_proto.common.v1 import common_pb2
+from forgeline_proto.trainer.v1 import trainer_pb2
+from forgeline_trainer.datasets import DatasetFormat
+from forgeline_trainer.llamafactory.combinations import DeviceKind, check_combinations
+from forgeline_trainer.llamafactory.settings import TRAINER_OWNED, parse_yaml, validate_arguments
+
+#: In YAML mode these trainer-owned paths are tolerated (the seeds always write them) and
+#: replaced by the trainer's own; the others are refused as in argument mode.
+YAML_REPLACED_PATHS: Final = frozenset({"output_dir", "logging_dir", "dataset_dir"})
+
+_STAGES: Final = {
+    trainer_pb2.STAGE_SFT: "sft",
+    trainer_pb2.STAGE_PT: "pt",
+    trainer_pb2.STAGE_DPO: "dpo",
+    trainer_pb2.STAGE_KTO: "kto",
+    trainer_pb2.STAGE_RM: "rm",
+    trainer_pb2.STAGE_PPO: "ppo",
+}
+_FINETUNING: Final = {
+    trainer_pb2.FINETUNING_TYPE_LORA: "lora",
+    trainer_pb2.FINETUNING_TYPE_QLORA: "lora",
+    trainer_pb2.FINETUNING_TYPE_FULL: "full",
+    trainer_pb2.FINETUNING_TYPE_FREEZE: "freeze",
+}
+_FORMATS: Final = {
+    trainer_pb2.DATASET_FORMAT_ALPACA: DatasetFormat.ALPACA,
+    trainer_pb2.DATASET_FORMAT_SHAREGPT: DatasetFormat.SHAREGPT,
+    trainer_pb2.DATASET_FORMAT_PRETRAIN_TEXT: DatasetFormat.PRETRAIN_TEXT,
+}
+_NAME: Final = re.compile(r"^[A-Za-z0-9_-]+$")
+#: QLoRA's default when the spec says QLORA and the arguments do not pick a width.
+DEFAULT_QUANTIZATION_BIT: Final = 4
+
+
+@dataclass(frozen=True)
+class DatasetPlan:
+    """One dataset of a job, as it will be fetched, checked and written to dataset_info.json."""
+
+    name: str
+    source: common_pb2.ArtifactRef
+    format: DatasetFormat
+    ranking: bool
+    columns: DatasetColumns
+    tags: DatasetTags
+    num_samples: int | None
+    evaluation: bool
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """A job that passed every check SubmitJob can make."""
+
+    #: LLaMA-Factory arguments, typed, without the trainer's paths.
+    arguments: dict[str, Any]
+    #: The base model: the spec's ``base_model``, or a YAML's ``model_name_or_path`` as text.
+    base_model: common_pb2.VersionRef | str
+    datasets: tuple[DatasetPlan, ...]
+
+
+def plan_job(spec: trainer_pb2.JobSpec, *, device: DeviceKind) -> JobPlan:
+    """Check ``spec`` for a trainer running on ``device``.
+
+    Raises:
+        InvalidArgument: naming the field at fault and how to fix it.
+    """
+    raw, yaml_model = _raw_arguments(spec)
+    arguments = validate_arguments(raw)
+    _agree(arguments, "stage", _STAGES.get(spec.stage), "stage")
+    _agree(arguments, "finetuning_type", _FINETUNING.get(spec.finetuning_type), "finetuning_type")
+    arguments.setdefault("finetuning_type", "lora")
+    if spec.finetuning_type == trainer_pb2.FINETUNING_TYPE_QLORA:
+        arguments.setdefault("quantization_bit", DEFAULT_QUANTIZATION_BIT)
+    if spec.gpu_count > 0 and device == "cpu":
+        raise InvalidArgument(
+            f"gpu_count={spec.gpu_count} asks for GPUs, but this trainer has none; leave it 0",
+            field="gpu_count",
+        )
+    _check_metadata(spec)
+
+    datasets = tuple(
+        [_dataset(entry, f"datasets[{i}]", False) for i, entry in enumerate(spec.datasets)]
+        + [_dataset(e, f"eval_datasets[{i}]", True) for i, e in enumerate(spec.eval_datasets)]
+    )
+    if not any(not plan.evaluation for plan in datasets):
+        raise InvalidArgument("a job needs at least one training dataset", field="datasets")
+    names = [plan.name for plan in datasets]
+    if len(set(names)) != len(names):
+        raise InvalidArgument("dataset names must be unique within a job", field="datasets")
+    arguments.setdefault("dataset", ",".join(p.name for p in datasets if not p.evaluation))
+    evaluation = [p.name for p in datasets if p.evaluation]
+    if evaluation:
+        arguments.setdefault("eval_dataset", ",".join(evaluation))
+    entries = {
+        plan.name: DatasetInfoEntry(
+            file_name=plan.name,
+            ranking=plan.ranking,
+            columns=plan.columns,
+            formatting="sharegpt" if plan.format is DatasetFormat.SHAREGPT else "alpaca",
+        )
+        for plan in datasets
+    }
+    check_combinations(arguments, device=device, datasets=entries)
+
+    base_model: common_pb2.VersionRef | str
+    if spec.HasField("base_model"):
+        if yaml_model is not None:
+            raise InvalidArgument(
+                "the base model is given twice: drop model_name_or_path from the YAML or "
+                "base_model from the spec",
+                field="base_model",
+            )
+        base_model = spec.base_model
+    elif yaml_model is not None:
+        base_model = yaml_model
+    else:
+        raise InvalidArgument(
+            "no base model: set base_model to a registry version", field="base_model"
+        )
+    return JobPlan(arguments=arguments, base_model=base_model, datasets=datasets)
+
+
+def _raw_arguments(spec: trainer_pb2.JobSpec) -> tuple[dict[str, Any], str | None]:
+    """The arguments as given, and the YAML's ``model_name_or_path`` when there is one."""
+    if spec.WhichOneof("config") != "llamafactory_yaml":
+        raw: dict[str, Any] = MessageToDict(spec.arguments) if spec.HasField("arguments") else {}
+        return raw, None
+    raw = parse_yaml(spec.llamafactory_yaml)
+    model = raw.pop("model_name_or_path", None)
+    for key in YAML_REPLACED_PATHS:
+        raw.pop(key, None)
+    owned = sorted(TRAINER_OWNED.intersection(raw))
+    if owned:
+        raise InvalidArgument(
+            f"'{owned[0]}' is set by the trainer (it owns the paths); remove it from the YAML",
+            field=owned[0],
+        )
+    if model is not None and not isinstance(model, str):
+        raise InvalidArgument(
+            "model_name_or_path must be a registry reference such as 'tiny-llama:3'",
+            field="model_name_or_path",
+        )
+    return raw, model
+
+
+def _agree(arguments: dict[str, Any], key: str, from_spec: str | None, field: str) -> None:
+    if from_spec is None:
+        return
+    given = arguments.setdefault(key, from_spec)
+    if given != from_spec:
+        raise InvalidArgument(
+            f"the spec says {field} '{from_spec}' but the arguments say '{given}'; "
+            "keep one of them",
+            field=field,
+        )
+
+
+def _dataset(entry: trainer_pb2.DatasetInput, field: str, evaluation: bool) -> DatasetPlan:
+    name = entry.name or PurePosixPath(entry.source.path).stem
+    if not name or not _NAME.match(name):
+        raise InvalidArgument(
+            f"dataset name {name!r} must be letters, digits, '_' and '-' (set 'name')",
+            field=f"{field}.name",
+        )
+    if not entry.HasField("source"):
+        raise InvalidArgument(f"dataset '{name}' has no source", field=f"{field}.source")
+    if entry.format not in _FORMATS:
+        wanted = trainer_pb2.DatasetFormat.Name(entry.format)
+        raise InvalidArgument(
+            f"dataset '{name}': format {wanted} is not supported yet; use ALPACA, SHAREGPT or "
+            "PRETRAIN_TEXT",
+            field=f"{field}.format",
+        )
+    try:
+        columns = DatasetColumns.model_validate(dict(entry.columns))
+        tags = DatasetTags.model_validate(dict(entry.tags))
+    except ValidationError as error:
+        unknown = ", ".join(str(problem["loc"][0]) for problem in error.errors())
+        raise InvalidArgument(
+            f"dataset '{name}': unknown column or tag {unknown}", field=f"{field}.columns"
+        ) from error
+    return DatasetPlan(
+        name=name,
+        source=entry.source,
+        format=_FORMATS[entry.format],
+        ranking=entry.ranking,
+        columns=columns,
+        tags=tags,
+        num_samples=entry.num_samples or None,
+        evaluation=evaluation,
+    )
+
+
+def _check_metadata(spec: trainer_pb2.JobSpec) -> None:
+    if len(spec.metadata) > 16:
+        raise InvalidArgument("metadata holds at most 16 pairs", field="metadata")
+    for key, value in spec.metadata.items():
+        if len(key) > 64 or len(value) > 512:
+            raise InvalidArgument(
+                f"metadata '{key[:64]}': keys hold up to 64 and values up to 512 characters",
+                field="metadata",
+            )
