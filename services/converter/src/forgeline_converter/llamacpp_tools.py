@@ -1,9 +1,12 @@
-"""llama.cpp's conversion tools, one function each: HF → GGUF, GGUF → quantized GGUF."""
+"""llama.cpp's conversion tools, one function each: HF → GGUF, GGUF → quantized GGUF, LoRA
+adapter → GGUF adapter, and the quantization types on offer (perplexity: :mod:`.perplexity`)."""
 
 from __future__ import annotations
 
+import re
+import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -12,6 +15,14 @@ from forgeline_kit.llamacpp.gguf_py import subprocess_env
 from forgeline_kit.subprocesses import ToolRun, run_tool
 
 OutType = Literal["f32", "f16", "bf16", "q8_0"]
+
+# llama-quantize prints one such line per tensor whose row width the requested type's block size
+# does not divide; it then writes that tensor in another type instead of failing.
+_FALLBACK = re.compile(
+    r"^warning: (?P<tensor>\S+)\s+- ncols\s+(?P<ncols>\d+) not divisible by\s+(?P<block>\d+) "
+    r"\(required for type\s+(?P<type>\w+)\).*-> falling back to\s+(?P<fallback>\w+)",
+    re.MULTILINE,
+)
 
 
 def convert_hf_to_gguf(
@@ -29,10 +40,64 @@ def convert_hf_to_gguf(
     return run_tool("convert_hf_to_gguf.py", command, env=subprocess_env(toolchain, env))
 
 
-def quantize(
-    toolchain: Toolchain, source: Path, target: Path, quant_type: str, env: Mapping[str, str]
+def convert_lora_to_gguf(
+    toolchain: Toolchain,
+    adapter_dir: Path,
+    base_dir: Path,
+    outfile: Path,
+    outtype: OutType,
+    env: Mapping[str, str],
 ) -> ToolRun:
-    """``llama-quantize SOURCE TARGET TYPE`` (types as llama-quantize names them, e.g. Q4_K_M)."""
+    """``convert_lora_to_gguf.py ADAPTER_DIR --base BASE_DIR --outtype T --outfile OUTFILE``."""
+    command: list[str | Path] = [
+        sys.executable, toolchain.convert_lora_to_gguf, adapter_dir, "--base", base_dir,
+        "--outtype", outtype, "--outfile", outfile,
+    ]  # fmt: skip
+    return run_tool("convert_lora_to_gguf.py", command, env=subprocess_env(toolchain, env))
+
+
+def quantize(
+    toolchain: Toolchain,
+    source: Path,
+    target: Path,
+    quant_type: str,
+    env: Mapping[str, str],
+    extra_args: Sequence[str] = (),
+) -> ToolRun:
+    """``llama-quantize [EXTRA_ARGS] SOURCE TARGET TYPE`` (types as llama-quantize names them,
+    e.g. Q4_K_M); ``extra_args`` are its options (``--override-kv``, ``--imatrix`` ...)."""
     return run_tool(
-        "llama-quantize", [toolchain.llama_quantize, source, target, quant_type], env=env
+        "llama-quantize",
+        [toolchain.llama_quantize, *extra_args, source, target, quant_type],
+        env=env,
+    )
+
+
+def fallback_tensors(quantize_output: str) -> dict[str, str]:
+    """Tensors llama-quantize wrote in another type because their shape forbids the asked one:
+    tensor name → a description such as ``ncols 80 not divisible by 256 (q4_K) -> f16``."""
+    return {
+        match["tensor"]: (
+            f"ncols {match['ncols']} not divisible by {match['block']} ({match['type']}) "
+            f"-> {match['fallback']}"
+        )
+        for match in _FALLBACK.finditer(quantize_output)
+    }
+
+
+_TYPE_LINE = re.compile(r"^\s+\d+\s+or\s+(?P<name>[A-Z0-9_]+)\s*:", re.MULTILINE)
+
+
+def quantization_types(toolchain: Toolchain) -> tuple[str, ...]:
+    """The quantization types this ``llama-quantize`` offers, as its usage text lists them."""
+    result = subprocess.run(  # noqa: S603 - an argument list, no shell
+        [str(toolchain.llama_quantize), "--help"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,  # it exits 1 after printing its usage
+    )
+    return tuple(
+        dict.fromkeys(m["name"] for m in _TYPE_LINE.finditer(result.stdout + result.stderr))
     )
