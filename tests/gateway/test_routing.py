@@ -226,4 +226,7 @@ def test_many_concurrent_streams_all_complete(served: Served) -> None:
         thread.join(timeout=120)
 
     assert errors == []
-    assert results == ["length"] * 16
+    # Every stream ended with OpenAI's final chunk. Sampling from the random tiny model may hit
+    # <|im_end|> within 8 tokens ("stop") or not ("length"): both are a whole answer.
+    assert len(results) == 16
+    assert set(results) <= {"length", "stop"}
