@@ -12,7 +12,9 @@ from starlette.types import ASGIApp
 START_DEADLINE_S = 30.0
 
 
-class _Server(uvicorn.Server):
+class ReadyServer(uvicorn.Server):
+    """A uvicorn server that sets `ready` once it listens (or once it gave up starting)."""
+
     def __init__(self, config: uvicorn.Config) -> None:
         super().__init__(config)
         self.ready = threading.Event()
@@ -26,7 +28,7 @@ class FakeServer:
     """`app` served on 127.0.0.1 until `stop`; `url` is its base URL."""
 
     def __init__(self, app: ASGIApp) -> None:
-        self._server = _Server(
+        self._server = ReadyServer(
             uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False)
         )
         self._thread = threading.Thread(target=self._run, name="fake-backend", daemon=True)

@@ -4,7 +4,6 @@ the test process (so tests can look at its routing table and the processes it st
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 
 import uvicorn
 import uvloop
+from fakes.server import ReadyServer
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
@@ -21,16 +21,6 @@ from forgeline_gateway.settings import GatewaySettings
 from forgeline_gateway.store import Store
 
 START_DEADLINE_S = 60.0
-
-
-class _Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.ready = threading.Event()
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        self.ready.set()
 
 
 class Gateway:
@@ -47,7 +37,7 @@ class Gateway:
         )
         self.registry = CollectorRegistry()
         self.app: FastAPI = create_app(self.settings, registry=self.registry, backends=backends)
-        self._server = _Server(
+        self._server = ReadyServer(
             uvicorn.Config(
                 self.app,
                 host="127.0.0.1",

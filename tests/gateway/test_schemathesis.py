@@ -17,13 +17,12 @@ from typing import Any
 
 import httpx
 import pytest
+import schemathesis  # noqa: F401 - a test dependency: fail loudly when it is missing
 from fakes.server import FakeServer
 from fakes.vllm import FakeVllm
 from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import Served, StartGateway
-
-pytest.importorskip("schemathesis", reason="schemathesis is a test dependency of the gateway")
 
 SCHEMATHESIS = Path(sys.executable).with_name("st")
 MODEL = "schemathesis-target-model"
