@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from forgeline_kit.tinymodel import LLAMAFACTORY_TEMPLATE, TinyModel, demo_dataset
-from forgeline_trainer.datasets import (
+from forgeline_kit.datasets import (
     DatasetFormat,
     DatasetSpec,
     validate_dataset,
     write_dataset_info,
 )
+from forgeline_kit.tinymodel import LLAMAFACTORY_TEMPLATE, TinyModel, demo_dataset
 from forgeline_trainer.llamafactory.arguments import TrainArguments
 from forgeline_trainer.llamafactory.chat_template import check_chat_template
 from forgeline_trainer.llamafactory.cli import read_losses, start_training

@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 from google.protobuf.struct_pb2 import Struct
 
+from forgeline_kit.datasets import DatasetFormat
 from forgeline_kit.errors import InvalidArgument
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.trainer.v1 import trainer_pb2
-from forgeline_trainer.datasets import DatasetFormat
 from forgeline_trainer.llamafactory.combinations import DeviceKind
 from forgeline_trainer.submission import JobPlan, plan_job
 

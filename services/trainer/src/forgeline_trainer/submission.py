@@ -18,11 +18,11 @@ from typing import Any, Final
 from google.protobuf.json_format import MessageToDict
 from pydantic import ValidationError
 
+from forgeline_kit.datasets import DatasetFormat
 from forgeline_kit.errors import InvalidArgument
 from forgeline_kit.tinymodel import DatasetColumns, DatasetInfoEntry, DatasetTags
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.trainer.v1 import trainer_pb2
-from forgeline_trainer.datasets import DatasetFormat
 from forgeline_trainer.llamafactory.combinations import DeviceKind, check_combinations
 from forgeline_trainer.llamafactory.settings import TRAINER_OWNED, parse_yaml, validate_arguments
 

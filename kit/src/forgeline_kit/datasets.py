@@ -1,5 +1,8 @@
 """Check dataset files record by record, and write LLaMA-Factory's ``dataset_info.json``.
 
+Shared because the gateway checks uploads (the Files API) with the same rules the trainer applies
+before training.
+
 Users hand the trainer data files and say how they are laid out (:class:`DatasetSpec`); the
 trainer checks every record before any GPU time is spent — errors name the record (1 is the
 first) and the field, "record 17: 'output' is missing" — and then writes the

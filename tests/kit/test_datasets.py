@@ -8,19 +8,19 @@ from typing import Any
 
 import pytest
 
+from forgeline_kit.datasets import (
+    DatasetFormat,
+    DatasetSpec,
+    InvalidDataset,
+    validate_dataset,
+    write_dataset_info,
+)
 from forgeline_kit.tinymodel import (
     DEMO_DATASETS,
     DatasetColumns,
     DatasetInfo,
     DatasetTags,
     demo_dataset,
-)
-from forgeline_trainer.datasets import (
-    DatasetFormat,
-    DatasetSpec,
-    InvalidDataset,
-    validate_dataset,
-    write_dataset_info,
 )
 
 SHAREGPT_TAGS = DatasetTags(
