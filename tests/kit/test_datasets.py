@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +14,13 @@ from forgeline_kit.datasets import (
     DatasetFormat,
     DatasetSpec,
     InvalidDataset,
+    detect_dataset,
+    detect_format,
+    prepare_for_llamafactory,
     validate_dataset,
     write_dataset_info,
 )
+from forgeline_kit.errors import InvalidArgument
 from forgeline_kit.tinymodel import (
     DEMO_DATASETS,
     DatasetColumns,
@@ -229,3 +235,330 @@ def test_dataset_info_is_written_for_llamafactory(tmp_path: Path) -> None:
         "formatting": "alpaca",
         "ranking": False,
     }
+
+
+# --- OpenAI's layouts -----------------------------------------------------------------------
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {"name": "weather", "parameters": {"type": "object"}},
+}
+
+
+def msg(role: str, content: Any, **extra: Any) -> dict[str, Any]:
+    return {"role": role, "content": content, **extra}
+
+
+def tool_call(call_id: str, name: str, arguments: str) -> dict[str, Any]:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def chat(*messages: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"messages": list(messages), **extra}
+
+
+def preference(prompt: str, good: str, bad: str) -> dict[str, Any]:
+    return {
+        "input": {"messages": [msg("user", prompt)]},
+        "preferred_output": [msg("assistant", good)],
+        "non_preferred_output": [msg("assistant", bad)],
+    }
+
+
+PLAIN_CHAT = [
+    chat(msg("system", "Be brief."), msg("user", "Codename?"), msg("assistant", "Copperfinch.")),
+    chat(
+        msg("user", "Hi"), msg("assistant", "Hello"), msg("user", "Port?"), msg("assistant", "8080")
+    ),
+]
+
+TOOL_CHAT = chat(
+    msg("user", "Weather in Oslo?"),
+    msg("assistant", None, tool_calls=[tool_call("c1", "weather", '{"city": "Oslo"}')]),
+    msg("tool", '{"sky": "clear"}', tool_call_id="c1"),
+    msg("assistant", "Clear.", weight=1),
+    msg("user", [{"type": "text", "text": "Thanks"}]),
+    msg("assistant", "Bye.", weight=0),
+    tools=[WEATHER_TOOL],
+)
+
+
+def openai_spec(path: Path, fmt: DatasetFormat = DatasetFormat.OPENAI_CHAT) -> DatasetSpec:
+    return DatasetSpec(name="mine", path=path, format=fmt)
+
+
+def test_openai_chat_with_tools_weights_and_parts_is_valid(tmp_path: Path) -> None:
+    path = write(tmp_path, [*PLAIN_CHAT, TOOL_CHAT], ".jsonl")
+
+    assert validate_dataset(openai_spec(path)) == 3
+
+
+def test_openai_chat_errors_name_the_line_and_field(tmp_path: Path) -> None:
+    lines = [
+        PLAIN_CHAT[0],
+        PLAIN_CHAT[1],
+        chat(msg("user", "Hi"), msg("bot", "Hello")),
+        chat(msg("user", "Hi")),
+        chat(msg("user", "Hi"), msg("assistant", "Yo", weight=2)),
+        chat(
+            msg("user", "Hi"),
+            msg("assistant", None, tool_calls=[tool_call("c", "weather", "Oslo")]),
+        ),
+        {"prompt": "Hi"},
+        chat(msg("assistant", "I speak first"), msg("user", "Hi"), msg("assistant", "Yo")),
+        chat(
+            msg("user", "Hi"),
+            msg("assistant", "A", weight=0),
+            msg("user", "?"),
+            msg("assistant", "B"),
+        ),
+    ]
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n{broken\n")
+
+    assert problems(openai_spec(path)) == [
+        "line 3: messages[1].role: must be one of system, user, assistant, tool (got 'bot')",
+        "line 4: messages: needs at least one assistant message (the answers to learn)",
+        "line 5: messages[1].weight: must be 0 or 1 (got 2)",
+        "line 6: messages[1].tool_calls[0].function.arguments: must be a string holding a JSON "
+        "object",
+        "line 7: messages: is missing",
+        "line 8: messages[0].role: the conversation must start with a user message "
+        "(got 'assistant')",
+        "line 9: messages[1].weight: 0 is only supported after the last assistant message with "
+        "weight 1 (split the conversation, or give it weight 1)",
+        "line 10: not valid JSON (Expecting property name enclosed in double quotes)",
+    ]
+
+
+def test_openai_preference_errors_name_the_line_and_field(tmp_path: Path) -> None:
+    good = preference("Codename?", "Copperfinch.", "No idea.")
+    ends_with_answer = preference("Hi", "Hello", "Go away")
+    ends_with_answer["input"]["messages"].append(msg("assistant", "Hey"))
+    two_outputs = preference("Hi", "Hello", "Go away")
+    two_outputs["preferred_output"].append(msg("assistant", "More"))
+    user_output = preference("Hi", "Hello", "Go away")
+    user_output["non_preferred_output"] = [msg("user", "Hello?")]
+    path = write(tmp_path, [good, ends_with_answer, two_outputs, user_output], ".jsonl")
+
+    assert problems(openai_spec(path, DatasetFormat.OPENAI_PREFERENCE)) == [
+        "line 2: input.messages[1].role: the input must end with a user or tool message, which "
+        "the preferred and non-preferred outputs answer",
+        "line 3: preferred_output: must be a list holding exactly one assistant message",
+        "line 4: non_preferred_output[0].role: must be 'assistant' (got 'user')",
+    ]
+
+
+def test_openai_files_must_be_json_lines(tmp_path: Path) -> None:
+    path = write(tmp_path, PLAIN_CHAT, ".json")
+
+    assert problems(openai_spec(path)) == [
+        "OpenAI fine-tuning files are JSON Lines: one JSON object per line"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("records", "suffix", "fmt", "ranking"),
+    [
+        (PLAIN_CHAT, ".jsonl", DatasetFormat.OPENAI_CHAT, False),
+        ([preference("q", "a", "b")], ".jsonl", DatasetFormat.OPENAI_PREFERENCE, False),
+        ([alpaca(1)], ".json", DatasetFormat.ALPACA, False),
+        ([alpaca(1)], ".jsonl", DatasetFormat.ALPACA, False),
+        (
+            [{"instruction": "q", "chosen": "a", "rejected": "b"}],
+            ".json",
+            DatasetFormat.ALPACA,
+            True,
+        ),
+        (
+            [{"conversations": [turn("human", "q"), turn("gpt", "a")]}],
+            ".json",
+            DatasetFormat.SHAREGPT,
+            False,
+        ),
+        (
+            [
+                {
+                    "conversations": [turn("human", "q")],
+                    "chosen": turn("gpt", "a"),
+                    "rejected": turn("gpt", "b"),
+                }
+            ],
+            ".jsonl",
+            DatasetFormat.SHAREGPT,
+            True,
+        ),
+        (PLAIN_CHAT, ".json", DatasetFormat.SHAREGPT, False),
+    ],
+)
+def test_an_uploads_layout_is_detected_and_validates(
+    tmp_path: Path, records: Any, suffix: str, fmt: DatasetFormat, ranking: bool
+) -> None:
+    path = write(tmp_path, records, suffix)
+
+    detected = detect_dataset(path)
+
+    assert (detected.format, detected.ranking) == (fmt, ranking)
+    assert detect_format(path) is fmt
+    assert validate_dataset(detected) == len(records)
+
+
+def test_an_unknown_layout_lists_the_accepted_ones(tmp_path: Path) -> None:
+    path = write(tmp_path, [{"question": "q", "answer": "a"}], ".jsonl")
+
+    with pytest.raises(InvalidDataset) as caught:
+        detect_dataset(path)
+
+    message = caught.value.message
+    assert "record 1 (answer, question) is in no layout the Files API accepts" in message
+    for layout in ("OpenAI chat JSONL", "OpenAI preference JSONL", "alpaca", "sharegpt"):
+        assert layout in message
+
+
+def test_plain_openai_chat_is_read_by_llamafactory_as_it_is(tmp_path: Path) -> None:
+    path = write(tmp_path, PLAIN_CHAT, ".jsonl")
+
+    prepared = prepare_for_llamafactory(openai_spec(path), tmp_path / "prepared")
+
+    assert prepared.path == path
+    assert not (tmp_path / "prepared").exists()
+    assert prepared.format is DatasetFormat.SHAREGPT
+    assert prepared.columns.messages == "messages"
+    assert prepared.tags.role_tag == "role"
+    assert validate_dataset(prepared) == 2
+
+
+def test_alpaca_and_sharegpt_need_no_preparing(tmp_path: Path) -> None:
+    original = spec(write(tmp_path, [alpaca(1)]), DatasetFormat.ALPACA)
+
+    assert prepare_for_llamafactory(original, tmp_path / "prepared") is original
+
+
+def test_openai_tool_calls_become_function_call_turns(tmp_path: Path) -> None:
+    path = write(tmp_path, [PLAIN_CHAT[0], TOOL_CHAT], ".jsonl")
+
+    prepared = prepare_for_llamafactory(openai_spec(path), tmp_path / "prepared")
+
+    assert prepared.path == tmp_path / "prepared" / "mine.jsonl"
+    assert prepared.columns.tools == "tools"
+    assert validate_dataset(prepared) == 2
+    first, second = (json.loads(line) for line in prepared.path.read_text().splitlines())
+    assert first == PLAIN_CHAT[0] | {"tools": ""}
+    assert second["messages"] == [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {
+            "role": "function_call",
+            "content": '[{"name": "weather", "arguments": {"city": "Oslo"}}]',
+        },
+        {"role": "observation", "content": '{"sky": "clear"}'},
+        {"role": "assistant", "content": "Clear."},
+    ]  # the trailing weight-0 answer is not learned
+    assert json.loads(second["tools"]) == [WEATHER_TOOL]
+
+
+def test_openai_preference_becomes_a_sharegpt_ranking_file(tmp_path: Path) -> None:
+    path = write(tmp_path, [preference("Codename?", "Copperfinch.", "No idea.")], ".jsonl")
+
+    prepared = prepare_for_llamafactory(
+        openai_spec(path, DatasetFormat.OPENAI_PREFERENCE), tmp_path / "prepared"
+    )
+
+    assert prepared.ranking
+    assert validate_dataset(prepared) == 1
+    assert json.loads(prepared.path.read_text()) == {
+        "messages": [{"role": "user", "content": "Codename?"}],
+        "chosen": {"role": "assistant", "content": "Copperfinch."},
+        "rejected": {"role": "assistant", "content": "No idea."},
+    }
+
+
+def test_openai_data_is_prepared_before_dataset_info(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument, match="prepare it with prepare_for_llamafactory"):
+        openai_spec(write(tmp_path, PLAIN_CHAT, ".jsonl")).info_entry("mine.jsonl")
+
+
+# LLaMA-Factory's own reader turns each prepared record into prompt/response turns; an empty
+# prompt means it skipped the record as malformed.
+_LLAMAFACTORY_READ = """
+import json, sys
+from types import SimpleNamespace
+from llamafactory.data.loader import _load_single_dataset
+from llamafactory.data.parser import get_dataset_list
+from llamafactory.hparams import DataArguments
+
+directory = sys.argv[1]
+for attr in get_dataset_list(sys.argv[2:], directory):
+    rows = _load_single_dataset(
+        attr,
+        SimpleNamespace(cache_dir=None, hf_hub_token=None),
+        DataArguments(dataset_dir=directory),
+        SimpleNamespace(dataloader_num_workers=0),
+    )
+    keys = ("_prompt", "_response", "_system", "_tools")
+    print(json.dumps([{key: row[key] for key in keys} for row in rows]))
+"""
+
+
+def test_llamafactory_reads_prepared_openai_files(
+    tmp_path: Path, offline_env: dict[str, str]
+) -> None:
+    chat_path = write(tmp_path, [PLAIN_CHAT[0], TOOL_CHAT], ".jsonl")
+    pref_path = tmp_path / "pref.jsonl"
+    pref_path.write_text(json.dumps(preference("Codename?", "Copperfinch.", "No idea.")) + "\n")
+    specs = [
+        prepare_for_llamafactory(
+            DatasetSpec(name=name, path=path, format=fmt), tmp_path / "prepared"
+        )
+        for name, path, fmt in (
+            ("chat", chat_path, DatasetFormat.OPENAI_CHAT),
+            ("pref", pref_path, DatasetFormat.OPENAI_PREFERENCE),
+        )
+    ]
+    write_dataset_info(tmp_path / "job", specs)
+
+    done = subprocess.run(  # noqa: S603 - a fixed argument list
+        [sys.executable, "-c", _LLAMAFACTORY_READ, str(tmp_path / "job"), "chat", "pref"],
+        env=offline_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    # LLaMA-Factory logs to stdout too; the script's lines are the JSON lists.
+    printed = [line for line in done.stdout.splitlines() if line.startswith("[{")]
+    chat_rows, pref_rows = (json.loads(line) for line in printed)
+    assert chat_rows[0] == {
+        "_prompt": [{"role": "user", "content": "Codename?"}],
+        "_response": [{"role": "assistant", "content": "Copperfinch."}],
+        "_system": "Be brief.",
+        "_tools": "",
+    }
+    assert [turn["role"] for turn in chat_rows[1]["_prompt"]] == ["user", "function", "observation"]
+    assert chat_rows[1]["_response"] == [{"role": "assistant", "content": "Clear."}]
+    assert json.loads(chat_rows[1]["_tools"]) == [WEATHER_TOOL]
+    assert pref_rows == [
+        {
+            "_prompt": [{"role": "user", "content": "Codename?"}],
+            "_response": [
+                {"role": "assistant", "content": "Copperfinch."},
+                {"role": "assistant", "content": "No idea."},
+            ],
+            "_system": "",
+            "_tools": "",
+        }
+    ]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_a_file_that_is_not_utf8_says_so(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"data{suffix}"
+    path.write_bytes(b'{"instruction": "caf\xe9", "output": "x"}\n')
+
+    with pytest.raises(InvalidDataset) as caught:
+        detect_dataset(path)
+    assert caught.value.problems[0].startswith("the file is not UTF-8 text")
+    assert problems(spec(path, DatasetFormat.ALPACA)) == [
+        "the file is not UTF-8 text (byte 20 cannot be read)"
+    ]

@@ -61,7 +61,7 @@ def test_dpo_on_the_tiny_preference_set_trains(
         device="cpu",
         datasets={"pairs": pairs.info_entry("pairs.json")},
     )
-    check_chat_template(tiny_model.path, arguments.template)
+    check_chat_template(tiny_model.path, LLAMAFACTORY_TEMPLATE)
 
     started = time.monotonic()
     run = start_training(arguments, tmp_path, offline_env)

@@ -90,7 +90,7 @@ def test_a_seeds_yaml_is_accepted_as_is_with_the_trainer_owning_paths() -> None:
 
     plan: JobPlan = plan_job(spec, device="cpu")
 
-    assert plan.base_model == "registry://tiny/1"
+    assert plan.base_model == "tiny/1"  # the registry:// prefix dropped
     assert "output_dir" not in plan.arguments  # the trainer sets its own
     assert plan.arguments["lr_scheduler_type"] == "cosine"
     assert plan.arguments["dataset"] == "identity,alpaca_en_demo"
@@ -136,10 +136,10 @@ def test_dpo_with_sft_data_is_refused_and_with_pairs_accepted() -> None:
         (
             job(
                 {"stage": "sft"},
-                datasets=[dataset("a.json", format=trainer_pb2.DATASET_FORMAT_OPENAI_CHAT)],
+                datasets=[dataset("a.json", format=trainer_pb2.DATASET_FORMAT_UNSPECIFIED)],
             ),
             "datasets[0].format",
-            "DATASET_FORMAT_OPENAI_CHAT is not supported yet",
+            "DATASET_FORMAT_UNSPECIFIED is not supported",
         ),
         (
             job(
@@ -164,3 +164,12 @@ def test_bad_specs_are_refused_naming_the_field(
 
     assert error.field == field
     assert message in error.message
+
+
+def test_openai_preference_data_is_preference_data_for_dpo() -> None:
+    pairs = dataset("pairs.jsonl", format=trainer_pb2.DATASET_FORMAT_OPENAI_PREFERENCE)
+    plan = plan_job(job({"stage": "dpo"}, datasets=[pairs]), device="cpu")
+    assert plan.datasets[0].ranking
+    assert plan.datasets[0].format is DatasetFormat.OPENAI_PREFERENCE
+    chat = dataset("chat.jsonl", format=trainer_pb2.DATASET_FORMAT_OPENAI_CHAT)
+    assert "sft" in refusal(job({"stage": "dpo"}, datasets=[chat])).args[0]

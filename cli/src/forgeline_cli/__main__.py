@@ -10,8 +10,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from forgeline_cli.convert_commands import register as register_convert
 from forgeline_cli.demo import register as register_demo
+from forgeline_cli.jobs_commands import register as register_jobs
 from forgeline_cli.registry_commands import register_registry_commands
+from forgeline_cli.train_commands import register as register_train
+from forgeline_cli.up import register as register_up
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     register_demo(subparsers)
+    register_up(subparsers)
     register_registry_commands(subparsers)
+    register_train(subparsers)
+    register_jobs(subparsers)
+    register_convert(subparsers)
     return parser
 
 

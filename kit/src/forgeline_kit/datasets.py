@@ -8,6 +8,12 @@ trainer checks every record before any GPU time is spent — errors name the rec
 first) and the field, "record 17: 'output' is missing" — and then writes the
 ``dataset_info.json`` LLaMA-Factory reads. Users never write that file.
 
+OpenAI's fine-tuning files (chat JSONL ``{"messages": [...]}`` and preference JSONL
+``{"input": {"messages": [...]}, "preferred_output": [...], "non_preferred_output": [...]}``) are
+checked with OpenAI's rules, errors naming the line and field ("line 3: messages[1].role: must be
+one of system, user, assistant, tool (got 'bot')"), and rewritten for LLaMA-Factory as sharegpt by
+:func:`prepare_for_llamafactory`. :func:`detect_dataset` tells an uploaded file's layout.
+
 The rules follow LLaMA-Factory's converters (``llamafactory.data.converter``): alpaca records need
 a prompt and a response (or chosen and rejected for preference data); sharegpt conversations
 alternate user/observation and assistant/function_call turns after an optional system turn, end
@@ -29,9 +35,13 @@ from forgeline_kit.errors import InvalidArgument
 from forgeline_kit.tinymodel import DatasetColumns, DatasetInfo, DatasetInfoEntry, DatasetTags
 
 __all__ = [
+    "ACCEPTED_LAYOUTS",
     "DatasetFormat",
     "DatasetSpec",
     "InvalidDataset",
+    "detect_dataset",
+    "detect_format",
+    "prepare_for_llamafactory",
     "validate_dataset",
     "write_dataset_info",
 ]
@@ -48,6 +58,13 @@ class DatasetFormat(StrEnum):
     ALPACA = "alpaca"
     SHAREGPT = "sharegpt"
     PRETRAIN_TEXT = "pretrain_text"
+    OPENAI_CHAT = "openai_chat"
+    OPENAI_PREFERENCE = "openai_preference"
+
+    @property
+    def openai(self) -> bool:
+        """OpenAI's JSONL layouts, which LLaMA-Factory reads only once prepared."""
+        return self in (DatasetFormat.OPENAI_CHAT, DatasetFormat.OPENAI_PREFERENCE)
 
 
 class DatasetSpec(BaseModel):
@@ -64,7 +81,18 @@ class DatasetSpec(BaseModel):
     num_samples: int | None = Field(None, ge=1)
 
     def info_entry(self, file_name: str) -> DatasetInfoEntry:
-        """This dataset's ``dataset_info.json`` entry for a copy named ``file_name``."""
+        """This dataset's ``dataset_info.json`` entry for a copy named ``file_name``.
+
+        Raises:
+            InvalidArgument: an OpenAI layout, which :func:`prepare_for_llamafactory` rewrites
+                first.
+        """
+        if self.format.openai:
+            raise InvalidArgument(
+                f"dataset '{self.name}' is in {self.format.value} layout: prepare it with "
+                "prepare_for_llamafactory before writing dataset_info.json",
+                field=f"datasets[{self.name}]",
+            )
         columns = self.columns
         if self.format is DatasetFormat.PRETRAIN_TEXT and columns.prompt is None:
             # LLaMA-Factory reads a .txt file into a ``text`` column; JSON records use it too.
@@ -93,6 +121,7 @@ class InvalidDataset(InvalidArgument):
             field=f"datasets[{name}]",
         )
         self.problems = problems
+        self.total = total
 
 
 def validate_dataset(spec: DatasetSpec) -> int:
@@ -142,20 +171,26 @@ def _records(spec: DatasetSpec) -> Iterator[tuple[str, Any]]:
     if suffix == ".txt":
         if spec.format is not DatasetFormat.PRETRAIN_TEXT:
             raise InvalidDataset(spec.name, ["a .txt file can only be pre-training text"], 1)
-        for number, line in enumerate(spec.path.read_text(encoding="utf-8").splitlines(), 1):
+        for number, line in enumerate(_read_text(spec.path, spec.name).splitlines(), 1):
             if line.strip():
                 yield f"line {number}", {"text": line}
     elif suffix == ".jsonl":
-        for number, line in enumerate(spec.path.read_text(encoding="utf-8").splitlines(), 1):
+        # OpenAI's tools say "line N" of their JSONL files; so do its layouts here.
+        word = "line" if spec.format.openai else "record"
+        for number, line in enumerate(_read_text(spec.path, spec.name).splitlines(), 1):
             if not line.strip():
                 continue
             try:
-                yield f"record {number}", json.loads(line)
+                yield f"{word} {number}", json.loads(line)
             except json.JSONDecodeError as error:
-                yield f"record {number}", _Unreadable(f"not valid JSON ({error.msg})")
+                yield f"{word} {number}", _Unreadable(f"not valid JSON ({error.msg})")
+    elif spec.format.openai:
+        raise InvalidDataset(
+            spec.name, ["OpenAI fine-tuning files are JSON Lines: one JSON object per line"], 1
+        )
     elif suffix == ".json":
         try:
-            data = json.loads(spec.path.read_text(encoding="utf-8"))
+            data = json.loads(_read_text(spec.path, spec.name))
         except json.JSONDecodeError as error:
             raise InvalidDataset(
                 spec.name, [f"line {error.lineno}: not valid JSON ({error.msg})"], 1
@@ -168,6 +203,15 @@ def _records(spec: DatasetSpec) -> Iterator[tuple[str, Any]]:
         raise InvalidDataset(
             spec.name, [f"unsupported file type '{suffix}': use .json, .jsonl or .txt"], 1
         )
+
+
+def _read_text(path: Path, name: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise InvalidDataset(
+            name, [f"the file is not UTF-8 text (byte {error.start} cannot be read)"], 1
+        ) from error
 
 
 class _Unreadable:
@@ -189,6 +233,10 @@ def _check_record(spec: DatasetSpec, record: Any) -> Iterator[str]:
         yield from _text_field(record, spec.columns.prompt or "text")
     elif spec.format is DatasetFormat.ALPACA:
         yield from _check_alpaca(spec, record)
+    elif spec.format is DatasetFormat.OPENAI_CHAT:
+        yield from _check_openai_chat(record)
+    elif spec.format is DatasetFormat.OPENAI_PREFERENCE:
+        yield from _check_openai_preference(record)
     else:
         yield from _check_sharegpt(spec, record)
     if spec.columns.kto_tag is not None:
@@ -307,3 +355,428 @@ def _check_function_call(where: str, content_tag: str, content: str) -> Iterator
     calls = call if isinstance(call, list) else [call]
     if not all(isinstance(c, dict) and "name" in c and "arguments" in c for c in calls):
         yield problem
+
+
+# --- OpenAI's layouts: checking -----------------------------------------------------------------
+
+_ROLES: Final = ("system", "user", "assistant", "tool")
+
+
+def _check_openai_chat(record: Mapping[str, Any]) -> Iterator[str]:
+    yield from _check_openai_tools(record.get("tools"), "tools")
+    messages = record.get("messages")
+    found = list(_check_messages(messages, "messages"))
+    if found:
+        yield from found
+        return
+    assert isinstance(messages, list)
+    trained = [i for i, m in enumerate(messages) if m["role"] == "assistant" and _weight(m)]
+    if not trained:
+        yield (
+            "messages: needs at least one assistant message with weight 1 (the answers to learn)"
+            if any(m["role"] == "assistant" for m in messages)
+            else "messages: needs at least one assistant message (the answers to learn)"
+        )
+        return
+    yield from _check_order(messages, "messages")
+    for index, message in enumerate(messages[: trained[-1]]):
+        if message["role"] == "assistant" and not _weight(message):
+            # LLaMA-Factory learns every assistant turn it is given; only trailing turns can be
+            # left out, so an untrained answer in the middle cannot be honoured.
+            yield (
+                f"messages[{index}].weight: 0 is only supported after the last assistant message "
+                "with weight 1 (split the conversation, or give it weight 1)"
+            )
+
+
+def _check_openai_preference(record: Mapping[str, Any]) -> Iterator[str]:
+    given = record.get("input")
+    if not isinstance(given, dict):
+        yield "input: must be an object with 'messages'" if given else "input: is missing"
+    else:
+        yield from _check_openai_tools(given.get("tools"), "input.tools")
+        messages = given.get("messages")
+        found = list(_check_messages(messages, "input.messages"))
+        yield from found
+        if not found:
+            assert isinstance(messages, list)
+            yield from _check_order(messages, "input.messages")
+            if messages[-1]["role"] not in ("user", "tool"):
+                yield (
+                    f"input.messages[{len(messages) - 1}].role: the input must end with a user "
+                    "or tool message, which the preferred and non-preferred outputs answer"
+                )
+    for key in ("preferred_output", "non_preferred_output"):
+        output = record.get(key)
+        if output is None:
+            yield f"{key}: is missing"
+        elif not isinstance(output, list) or len(output) != 1:
+            yield f"{key}: must be a list holding exactly one assistant message"
+        else:
+            found = list(_check_message(output[0], f"{key}[0]"))
+            yield from found
+            if not found and output[0]["role"] != "assistant":
+                yield f"{key}[0].role: must be 'assistant' (got {output[0]['role']!r})"
+
+
+def _check_messages(messages: Any, where: str) -> Iterator[str]:
+    if messages is None:
+        yield f"{where}: is missing"
+    elif not isinstance(messages, list) or not messages:
+        yield f"{where}: must be a non-empty list of messages"
+    else:
+        for index, message in enumerate(messages):
+            yield from _check_message(message, f"{where}[{index}]")
+
+
+def _check_message(message: Any, where: str) -> Iterator[str]:
+    if not isinstance(message, dict):
+        yield f"{where}: must be an object with 'role' and 'content'"
+        return
+    role = message.get("role")
+    if role is None:
+        yield f"{where}.role: is missing"
+        return
+    if role not in _ROLES:
+        yield f"{where}.role: must be one of {', '.join(_ROLES)} (got {role!r})"
+        return
+    calls = message.get("tool_calls")
+    if calls is not None:
+        if role != "assistant":
+            yield f"{where}.tool_calls: only assistant messages call tools"
+        else:
+            yield from _check_tool_calls(calls, f"{where}.tool_calls")
+    content = message.get("content")
+    if content is None:
+        if calls is None:
+            yield f"{where}.content: is missing"
+    elif _text(content) is None:
+        yield f"{where}.content: must be text or a list of text parts"
+    elif calls is None and not _text(content) and role in ("user", "assistant"):
+        yield f"{where}.content: is empty"
+    if "weight" in message:
+        weight = message["weight"]
+        if role != "assistant":
+            yield f"{where}.weight: only assistant messages have a weight"
+        elif type(weight) is not int or weight not in (0, 1):
+            yield f"{where}.weight: must be 0 or 1 (got {weight!r})"
+    if role == "tool" and not isinstance(message.get("tool_call_id", ""), str):
+        yield f"{where}.tool_call_id: must be text"
+
+
+def _check_tool_calls(calls: Any, where: str) -> Iterator[str]:
+    if not isinstance(calls, list) or not calls:
+        yield f"{where}: must be a non-empty list of tool calls"
+        return
+    for index, call in enumerate(calls):
+        at = f"{where}[{index}]"
+        if not isinstance(call, dict):
+            yield f"{at}: must be an object with 'type' and 'function'"
+            continue
+        if call.get("type", "function") != "function":
+            yield f"{at}.type: must be 'function' (got {call.get('type')!r})"
+        function = call.get("function")
+        if not isinstance(function, dict):
+            yield f"{at}.function: must be an object with 'name' and 'arguments'"
+            continue
+        name = function.get("name")
+        if not isinstance(name, str) or not name:
+            yield f"{at}.function.name: must be a non-empty string"
+        arguments = function.get("arguments")
+        if not isinstance(arguments, str):
+            yield f"{at}.function.arguments: must be a string holding a JSON object"
+            continue
+        try:
+            parsed = json.loads(arguments)
+        except json.JSONDecodeError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            yield f"{at}.function.arguments: must be a string holding a JSON object"
+
+
+def _check_openai_tools(tools: Any, where: str) -> Iterator[str]:
+    if tools is None:
+        return
+    if not isinstance(tools, list):
+        yield f"{where}: must be a list of tools"
+        return
+    for index, tool in enumerate(tools):
+        at = f"{where}[{index}]"
+        if not isinstance(tool, dict) or tool.get("type") != "function":
+            yield f"{at}.type: must be 'function'"
+            continue
+        function = tool.get("function")
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            yield f"{at}.function.name: is missing"
+
+
+def _check_order(messages: list[dict[str, Any]], where: str) -> Iterator[str]:
+    """The order LLaMA-Factory can learn from: user (or tool results) and assistant turns taking
+    turns after an optional leading system message; consecutive user messages merge."""
+    previous: dict[str, Any] | None = None
+    for index, message in enumerate(messages):
+        at = f"{where}[{index}].role"
+        role = message["role"]
+        if role == "system":
+            if index != 0:
+                yield f"{at}: a system message may only come first"
+        elif previous is None or previous["role"] == "system":
+            if role != "user":
+                yield f"{at}: the conversation must start with a user message (got {role!r})"
+                return
+        elif role == "tool":
+            if previous["role"] != "tool" and not (
+                previous["role"] == "assistant" and previous.get("tool_calls")
+            ):
+                yield f"{at}: a tool message must follow an assistant message with tool_calls"
+        elif role == "user" and previous["role"] == "tool":
+            yield f"{at}: the assistant must answer the tool results before the next user message"
+        elif role == "assistant" and previous["role"] == "assistant":
+            yield f"{at}: two assistant messages in a row; a user or tool message goes between"
+        previous = message
+
+
+def _text(content: Any) -> str | None:
+    """A message's text: a string, or OpenAI's list of text parts joined; None if neither."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(
+        isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+        for part in content
+    ):
+        return "".join(part["text"] for part in content)
+    return None
+
+
+def _weight(message: Mapping[str, Any]) -> bool:
+    return bool(message.get("weight", 1))
+
+
+# --- OpenAI's layouts: rewriting as sharegpt ---------------------------------------------------
+
+#: How prepared OpenAI data names its columns and roles for LLaMA-Factory's sharegpt reader.
+OPENAI_SHAREGPT_TAGS: Final = DatasetTags(
+    role_tag="role",
+    content_tag="content",
+    user_tag="user",
+    assistant_tag="assistant",
+    observation_tag="observation",
+    function_tag="function_call",
+    system_tag="system",
+)
+
+
+def _turns(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """OpenAI messages as sharegpt turns: tool calls become function_call turns (arguments as
+    objects, as LLaMA-Factory's function formatter expects), tool results observation turns, and
+    consecutive user or tool messages one turn."""
+    turns: list[dict[str, str]] = []
+    for message in messages:
+        role, calls = message["role"], message.get("tool_calls")
+        if calls:
+            # Text an assistant writes beside its tool calls has no place in a function_call
+            # turn; the calls are what is learned.
+            role = "function_call"
+            text = json.dumps(
+                [
+                    {
+                        "name": call["function"]["name"],
+                        "arguments": json.loads(call["function"]["arguments"]),
+                    }
+                    for call in calls
+                ],
+                ensure_ascii=False,
+            )
+        else:
+            role = "observation" if role == "tool" else role
+            text = _text(message.get("content")) or ""
+        if turns and role in ("user", "observation") and turns[-1]["role"] == role:
+            turns[-1]["content"] += "\n" + text
+        else:
+            turns.append({"role": role, "content": text})
+    return turns
+
+
+def _tools_text(tools: Any) -> str | None:
+    return json.dumps(tools, ensure_ascii=False) if tools else None
+
+
+def _sharegpt_chat(record: Mapping[str, Any]) -> dict[str, Any]:
+    messages: list[dict[str, Any]] = record["messages"]
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant" and _weight(m))
+    converted: dict[str, Any] = {"messages": _turns(messages[: last + 1])}
+    tools = _tools_text(record.get("tools"))
+    if tools is not None:
+        converted["tools"] = tools
+    return converted
+
+
+def _sharegpt_preference(record: Mapping[str, Any]) -> dict[str, Any]:
+    given: Mapping[str, Any] = record["input"]
+    converted: dict[str, Any] = {
+        "messages": _turns(given["messages"]),
+        "chosen": _turns(record["preferred_output"])[0],
+        "rejected": _turns(record["non_preferred_output"])[0],
+    }
+    tools = _tools_text(given.get("tools"))
+    if tools is not None:
+        converted["tools"] = tools
+    return converted
+
+
+def prepare_for_llamafactory(spec: DatasetSpec, directory: Path) -> DatasetSpec:
+    """A spec of the same data that LLaMA-Factory reads.
+
+    Alpaca, sharegpt and pre-training text come back unchanged. OpenAI chat data becomes
+    sharegpt (``messages`` of ``role``/``content`` turns): the file is used as it is when every
+    line already is such a conversation, else rewritten into ``directory`` (tool calls as
+    function_call turns, tool results as observation turns, trailing weight-0 answers dropped,
+    tools as a JSON string). OpenAI preference data is always rewritten into ``directory`` as a
+    sharegpt ranking file (``chosen``/``rejected``).
+
+    The records must be valid (:func:`validate_dataset`); the result validates too.
+    """
+    if not spec.format.openai:
+        return spec
+    preference = spec.format is DatasetFormat.OPENAI_PREFERENCE
+    convert = _sharegpt_preference if preference else _sharegpt_chat
+    as_is, tools = not preference, False
+    for _, record in _records(spec):
+        converted = convert(record)
+        as_is = as_is and converted == record
+        tools = tools or "tools" in converted
+    columns = DatasetColumns(
+        messages="messages",
+        tools="tools" if tools else None,
+        chosen="chosen" if preference else None,
+        rejected="rejected" if preference else None,
+    )
+    prepared = DatasetSpec(
+        name=spec.name,
+        path=spec.path,
+        format=DatasetFormat.SHAREGPT,
+        ranking=preference,
+        columns=columns,
+        tags=OPENAI_SHAREGPT_TAGS,
+        num_samples=spec.num_samples,
+    )
+    if as_is:
+        return prepared
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / f"{spec.name}.jsonl"
+    with target.open("w", encoding="utf-8") as out:
+        for _, record in _records(spec):
+            converted = convert(record)
+            if tools:
+                # One column type for every row: datasets infers it from the records.
+                converted.setdefault("tools", "")
+            out.write(json.dumps(converted, ensure_ascii=False) + "\n")
+    return prepared.model_copy(update={"path": target})
+
+
+# --- telling an uploaded file's layout ---------------------------------------------------------
+
+#: The layouts an upload may have, as :func:`detect_dataset` lists them when it finds none.
+ACCEPTED_LAYOUTS: Final = (
+    'OpenAI chat JSONL: {"messages": [{"role": ..., "content": ...}, ...]} per line',
+    'OpenAI preference JSONL: {"input": {"messages": [...]}, "preferred_output": [...], '
+    '"non_preferred_output": [...]} per line',
+    'alpaca JSON or JSONL: {"instruction", "input", "output"} records '
+    '(preference: "chosen" and "rejected" instead of "output")',
+    'sharegpt JSON or JSONL: {"conversations": [{"from": ..., "value": ...}, ...]} records '
+    '(preference: with "chosen" and "rejected")',
+)
+
+
+def detect_dataset(path: Path, name: str = "dataset") -> DatasetSpec:
+    """The spec of an uploaded file, from its suffix and first record (not yet validated).
+
+    Raises:
+        InvalidDataset: the file is unreadable or in none of :data:`ACCEPTED_LAYOUTS`.
+    """
+    first = _first_record(path, name)
+    keys = set(first) if isinstance(first, dict) else set()
+    jsonl = path.suffix.lower() == ".jsonl"
+    ranking = {"chosen", "rejected"} <= keys
+    # Alpaca records have an "input" too: only the outputs tell OpenAI's preference layout.
+    if jsonl and {"preferred_output", "non_preferred_output"} & keys:
+        return DatasetSpec(name=name, path=path, format=DatasetFormat.OPENAI_PREFERENCE)
+    messages = first.get("messages") if isinstance(first, dict) else None
+    if jsonl and isinstance(messages, list) and _looks_openai(messages) and not ranking:
+        return DatasetSpec(name=name, path=path, format=DatasetFormat.OPENAI_CHAT)
+    if "conversations" in keys or "messages" in keys:
+        column = "conversations" if "conversations" in keys else "messages"
+        turns = first[column]
+        role_content = isinstance(turns, list) and _looks_openai(turns)
+        return DatasetSpec(
+            name=name,
+            path=path,
+            format=DatasetFormat.SHAREGPT,
+            ranking=ranking,
+            columns=DatasetColumns(
+                messages=None if column == "conversations" else column,
+                chosen="chosen" if ranking else None,
+                rejected="rejected" if ranking else None,
+            ),
+            tags=OPENAI_SHAREGPT_TAGS if role_content else DatasetTags(),
+        )
+    if "instruction" in keys:
+        return DatasetSpec(name=name, path=path, format=DatasetFormat.ALPACA, ranking=ranking)
+    shown = ", ".join(sorted(keys)[:8]) or type(first).__name__
+    raise InvalidDataset(
+        name,
+        [
+            f"record 1 ({shown}) is in no layout the Files API accepts; use one of:\n- "
+            + "\n- ".join(ACCEPTED_LAYOUTS)
+        ],
+        1,
+    )
+
+
+def detect_format(path: Path) -> DatasetFormat:
+    """The layout of an uploaded file (see :func:`detect_dataset`, which also says whether it
+    holds preference pairs and how its columns are named)."""
+    return detect_dataset(path).format
+
+
+def _looks_openai(messages: list[Any]) -> bool:
+    return bool(messages) and isinstance(messages[0], dict) and "role" in messages[0]
+
+
+def _first_record(path: Path, name: str) -> Any:
+    suffix = path.suffix.lower()
+    if suffix not in (".json", ".jsonl"):
+        raise InvalidDataset(
+            name, [f"unsupported file type '{suffix}': upload .jsonl (or alpaca/sharegpt .json)"], 1
+        )
+    if suffix == ".jsonl":
+        number, line = _first_line(path, name)
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError as error:
+            raise InvalidDataset(
+                name, [f"line {number}: not valid JSON ({error.msg})"], 1
+            ) from error
+    try:
+        data = json.loads(_read_text(path, name))
+    except json.JSONDecodeError as error:
+        raise InvalidDataset(
+            name, [f"line {error.lineno}: not valid JSON ({error.msg})"], 1
+        ) from error
+    if not isinstance(data, list):
+        raise InvalidDataset(name, ["the file must hold a JSON list of records"], 1)
+    if not data:
+        raise InvalidDataset(name, ["the file holds no records"], 1)
+    return data[0]
+
+
+def _first_line(path: Path, name: str) -> tuple[int, str]:
+    """The first non-blank line of a JSONL file and its number (the rest is not read)."""
+    try:
+        with path.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                if line.strip():
+                    return number, line
+    except UnicodeDecodeError as error:
+        raise InvalidDataset(name, ["the file is not UTF-8 text"], 1) from error
+    raise InvalidDataset(name, ["the file holds no records"], 1)

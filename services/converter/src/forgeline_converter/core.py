@@ -21,12 +21,13 @@ from forgeline_converter.errors import InsufficientDisk, InvalidQuantization
 from forgeline_converter.gguf_info import Expectation, GgufInfo, read_gguf_info, verify
 from forgeline_converter.llamacpp_tools import (
     OutType,
+    compute_imatrix,
     convert_hf_to_gguf,
     fallback_tensors,
     quantization_types,
     quantize,
 )
-from forgeline_converter.perplexity import perplexity
+from forgeline_converter.perplexity import kl_divergence_from_logits, perplexity
 from forgeline_converter.source import SourceModel, inspect_source, stage_with_bos_setting
 from forgeline_kit.llamacpp import Toolchain
 
@@ -46,6 +47,13 @@ _QUANT_RATIO = 0.56
 _DISK_MARGIN = 1.10
 
 DiskFree = Callable[[Path], int]
+Stage = Literal["CONVERTING", "COMPUTING_IMATRIX", "QUANTIZING", "VERIFYING"]
+#: Told each stage as it starts, with the output it concerns (an outtype or quantization type).
+StageCallback = Callable[[Stage, str], None]
+
+
+def _no_progress(stage: Stage, target: str) -> None:
+    del stage, target
 
 
 def _disk_free(path: Path) -> int:
@@ -67,8 +75,20 @@ class ConversionPlan(BaseModel):
     none (a LLaMA-Factory merge drops it), False when its chat template never writes BOS."""
     evaluation_text: Path | None = None
     """Held-out text for the perplexity of every output; None measures nothing."""
+    kl_divergence: bool = False
+    """Also measure each quantized file's mean KL divergence against the intermediate on the
+    evaluation text."""
     evaluation_context: int = 128
     evaluation_chunks: int = 0
+    quantize_args: Mapping[str, Sequence[str]] = Field(default_factory=dict)
+    """Extra llama-quantize options per type (``--pure``, ``--allow-requantize`` ...)."""
+    imatrix_text: Path | None = None
+    """Calibration text: an importance matrix is computed from the intermediate and given to
+    every quantization (``--imatrix``); None quantizes without one."""
+    imatrix_file: Path | None = None
+    """An existing importance matrix for every quantization (instead of ``imatrix_text``)."""
+    imatrix_chunks: int = 0
+    imatrix_context: int = 512
 
 
 class ConvertedFile(BaseModel):
@@ -83,6 +103,7 @@ class ConvertedFile(BaseModel):
     sha256: str
     info: GgufInfo
     perplexity: float | None = None
+    kl_divergence: float | None = None
     tool_wall_s: float
     fallback_tensors: dict[str, str] = Field(default_factory=dict)
 
@@ -154,6 +175,7 @@ def convert_model(
     *,
     work_root: Path | None = None,
     disk_free: DiskFree | None = None,
+    progress: StageCallback = _no_progress,
 ) -> ConversionResult:
     """Convert ``source_dir`` per ``plan``; the verified files end up in ``output_dir``.
 
@@ -162,6 +184,7 @@ def convert_model(
             and the temporary files are removed.
         ToolFailed: a llama.cpp tool failed for a reason not recognised above; same cleanup.
     """
+    progress("CONVERTING", plan.outtype)
     source = inspect_source(source_dir, toolchain)
     quantizations = normalise_quantizations(toolchain, plan.quantizations)
     root = work_root or output_dir.parent
@@ -188,6 +211,7 @@ def convert_model(
         expected = expected.model_copy(
             update={"architecture": info.architecture, "tensor_count": info.tensor_count}
         )
+        progress("VERIFYING", plan.outtype)
         files = [
             _finish(
                 "intermediate",
@@ -199,38 +223,13 @@ def convert_model(
                 plan,
                 toolchain,
                 env,
+                work,
             )
         ]
-        for name in quantizations:
-            target = work / f"{stem}-{name.lower()}.gguf"
-            run = quantize(toolchain, intermediate, target, name, env)
-            fallbacks = fallback_tensors(run.output)
-            if fallbacks and not plan.allow_fallback:
-                listed = "; ".join(f"{k}: {v}" for k, v in list(fallbacks.items())[:4])
-                raise InvalidQuantization(
-                    f"{name} does not fit {len(fallbacks)} tensor(s) of {stem} ({listed}); "
-                    "their widths must be multiples of the type's block size. Choose another "
-                    "type, or allow fallback to accept a file with those tensors in other types",
-                    field="quantizations",
-                )
-            info = read_gguf_info(target, toolchain)
-            file_type = f"MOSTLY_{_QUANT_ALIASES.get(name, name)}"
-            verify(info, expected.model_copy(update={"file_type_name": file_type}))
-            files.append(
-                _finish(
-                    "quantized", name, target, info, run.wall_s, fallbacks, plan, toolchain, env
-                )
-            )
-        output_dir.mkdir(parents=True, exist_ok=True)
-        placed = []
-        for item in files:
-            final = output_dir / item.path.name
-            shutil.move(item.path, final)
-            placed.append(
-                item.model_copy(
-                    update={"path": final, "info": item.info.model_copy(update={"path": final})}
-                )
-            )
+        files += _quantize_all(
+            intermediate, stem, expected, quantizations, plan, toolchain, env, work, progress
+        )
+        placed = _place(files, work, output_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return ConversionResult(
@@ -239,6 +238,160 @@ def convert_model(
         add_bos_token=add_bos,
         files=placed,
     )
+
+
+def _place(files: list[ConvertedFile], work: Path, output_dir: Path) -> list[ConvertedFile]:
+    """Move the files made in ``work`` to ``output_dir`` (a caller's own file stays put)."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    placed = []
+    for item in files:
+        if work not in item.path.parents:
+            placed.append(item)
+            continue
+        final = output_dir / item.path.name
+        shutil.move(item.path, final)
+        placed.append(
+            item.model_copy(
+                update={"path": final, "info": item.info.model_copy(update={"path": final})}
+            )
+        )
+    return placed
+
+
+_FULL_PRECISION = frozenset({"ALL_F32", "MOSTLY_F16", "MOSTLY_BF16"})
+
+
+def quantize_model(
+    source_gguf: Path,
+    output_dir: Path,
+    plan: ConversionPlan,
+    toolchain: Toolchain,
+    env: Mapping[str, str],
+    *,
+    allow_requantize: bool = False,
+    work_root: Path | None = None,
+    disk_free: DiskFree | None = None,
+    progress: StageCallback = _no_progress,
+) -> ConversionResult:
+    """Quantize an existing GGUF per ``plan`` (its outtype is ignored): the file plays the
+    intermediate (first in the result, left where it is); the quantized files end up in
+    ``output_dir``.
+
+    Raises:
+        InvalidQuantization: the source is already quantized and ``allow_requantize`` is off.
+        ConversionError, ToolFailed: as :func:`convert_model`, with the same cleanup.
+    """
+    info = read_gguf_info(source_gguf, toolchain)
+    source_type = info.file_type_name or "unknown"
+    progress("VERIFYING", source_type.removeprefix("MOSTLY_").removeprefix("ALL_"))
+    if info.gguf_type != "model":
+        raise InvalidQuantization(f"{source_gguf.name} is a GGUF {info.gguf_type}, not a model")
+    if source_type not in _FULL_PRECISION and not allow_requantize:
+        raise InvalidQuantization(
+            f"{source_gguf.name} is already quantized ({source_type}); quantizing it again "
+            "loses quality: quantize its F16 version, or allow requantizing",
+            field="allow_requantize",
+        )
+    quantizations = normalise_quantizations(toolchain, plan.quantizations)
+    root = work_root or output_dir.parent
+    root.mkdir(parents=True, exist_ok=True)
+    needed = int(info.size_bytes * _QUANT_RATIO * len(quantizations) * _DISK_MARGIN)
+    free = (disk_free or _disk_free)(root)
+    if free < needed:
+        raise InsufficientDisk(
+            f"quantizing {source_gguf.name} needs about {needed / 2**20:.1f} MiB in {root} but "
+            f"{free / 2**20:.1f} MiB are free"
+        )
+    expected = Expectation(
+        architecture=info.architecture,
+        tensor_count=info.tensor_count,
+        chat_template=info.chat_template,
+        add_bos_token=info.add_bos_token,
+    )
+    work = Path(tempfile.mkdtemp(prefix=".quantize-", dir=root))
+    try:
+        files = [
+            _finish(
+                "intermediate",
+                source_type.removeprefix("MOSTLY_").removeprefix("ALL_").lower(),
+                source_gguf,
+                info,
+                0.0,
+                {},
+                plan,
+                toolchain,
+                env,
+                work,
+            )
+        ]
+        files += _quantize_all(
+            source_gguf, source_gguf.stem, expected, quantizations, plan, toolchain, env, work,
+            progress,
+        )  # fmt: skip
+        placed = _place(files, work, output_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return ConversionResult(
+        llamacpp_version=toolchain.version,
+        architecture=info.architecture,
+        add_bos_token=info.add_bos_token,
+        files=placed,
+    )
+
+
+def _quantize_all(
+    intermediate: Path,
+    stem: str,
+    expected: Expectation,
+    quantizations: Sequence[str],
+    plan: ConversionPlan,
+    toolchain: Toolchain,
+    env: Mapping[str, str],
+    work: Path,
+    progress: StageCallback,
+) -> list[ConvertedFile]:
+    """Every quantization of ``intermediate`` (with the importance matrix when asked), each
+    verified against ``expected`` and given its quality figure, written in ``work``."""
+    files: list[ConvertedFile] = []
+    imatrix = plan.imatrix_file
+    if imatrix is None and plan.imatrix_text is not None and quantizations:
+        progress("COMPUTING_IMATRIX", plan.outtype)
+        imatrix = work / "imatrix.gguf"
+        compute_imatrix(
+            toolchain,
+            intermediate,
+            plan.imatrix_text,
+            imatrix,
+            env,
+            context_size=plan.imatrix_context,
+            chunks=plan.imatrix_chunks,
+        )
+    for name in quantizations:
+        target = work / f"{stem}-{name.lower()}.gguf"
+        progress("QUANTIZING", name)
+        extra = list(plan.quantize_args.get(name, ()))
+        if imatrix is not None:
+            extra += ["--imatrix", str(imatrix)]
+        run = quantize(toolchain, intermediate, target, name, env, extra)
+        fallbacks = fallback_tensors(run.output)
+        if fallbacks and not plan.allow_fallback:
+            listed = "; ".join(f"{k}: {v}" for k, v in list(fallbacks.items())[:4])
+            raise InvalidQuantization(
+                f"{name} does not fit {len(fallbacks)} tensor(s) of {stem} ({listed}); "
+                "their widths must be multiples of the type's block size. Choose another "
+                "type, or allow fallback to accept a file with those tensors in other types",
+                field="quantizations",
+            )
+        progress("VERIFYING", name)
+        info = read_gguf_info(target, toolchain)
+        file_type = f"MOSTLY_{_QUANT_ALIASES.get(name, name)}"
+        verify(info, expected.model_copy(update={"file_type_name": file_type}))
+        files.append(
+            _finish(
+                "quantized", name, target, info, run.wall_s, fallbacks, plan, toolchain, env, work
+            )
+        )
+    return files
 
 
 def _finish(
@@ -251,9 +404,15 @@ def _finish(
     plan: ConversionPlan,
     toolchain: Toolchain,
     env: Mapping[str, str],
+    work: Path,
 ) -> ConvertedFile:
-    figure = None
+    figure = divergence = None
     if plan.evaluation_text is not None:
+        # With KL asked for, the intermediate's logits are kept for every quantized file.
+        base_logits = work / "intermediate.logits"
+        logits = None
+        if plan.kl_divergence:
+            logits = base_logits if role == "intermediate" else work / f"{quantization}.logits"
         figure = perplexity(
             toolchain,
             path,
@@ -261,7 +420,11 @@ def _finish(
             env,
             context_size=plan.evaluation_context,
             chunks=plan.evaluation_chunks,
+            logits_out=logits,
         )
+        if logits is not None and role == "quantized":
+            divergence = kl_divergence_from_logits(base_logits, logits)
+            logits.unlink()
     return ConvertedFile(
         role=role,
         quantization=quantization,
@@ -269,6 +432,7 @@ def _finish(
         sha256=sha256_of(path),
         info=info,
         perplexity=figure,
+        kl_divergence=divergence,
         tool_wall_s=wall_s,
         fallback_tensors=fallbacks,
     )

@@ -29,6 +29,7 @@ class GgufInfo(BaseModel):
     context_length: int | None
     chat_template: str | None
     add_bos_token: bool | None
+    parameter_count: int = 0
 
 
 def _field(reader: Any, key: str) -> Any:
@@ -63,6 +64,7 @@ def read_gguf_info(path: Path, toolchain: Toolchain) -> GgufInfo:
         context_length=None if context_length is None else int(context_length),
         chat_template=None if template is None else str(template),
         add_bos_token=None if add_bos is None else bool(add_bos),
+        parameter_count=sum(int(tensor.n_elements) for tensor in reader.tensors),
     )
 
 
@@ -90,3 +92,17 @@ def verify(info: GgufInfo, expected: Expectation) -> None:
     ]
     if wrong:
         raise VerificationFailed(f"{info.path.name}: " + "; ".join(wrong))
+
+
+def special_tokens(path: Path, toolchain: Toolchain) -> dict[str, str]:
+    """The BOS and EOS token texts a GGUF's tokenizer names (``bos_token``, ``eos_token``), as
+    a chat template refers to them."""
+    gguf = import_gguf(toolchain)
+    reader = gguf.GGUFReader(path)
+    tokens = _field(reader, "tokenizer.ggml.tokens") or []
+    found: dict[str, str] = {}
+    for name in ("bos", "eos"):
+        index = _field(reader, f"tokenizer.ggml.{name}_token_id")
+        if index is not None and 0 <= int(index) < len(tokens):
+            found[f"{name}_token"] = str(tokens[int(index)])
+    return found

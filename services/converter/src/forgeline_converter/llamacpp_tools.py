@@ -73,6 +73,28 @@ def quantize(
     )
 
 
+def compute_imatrix(
+    toolchain: Toolchain,
+    model: Path,
+    text: Path,
+    outfile: Path,
+    env: Mapping[str, str],
+    *,
+    context_size: int = 512,
+    chunks: int = 0,
+    threads: int = 2,
+) -> ToolRun:
+    """``llama-imatrix -m MODEL -f TEXT -o OUTFILE -c CTX [--chunks N]``: the importance matrix
+    the IQ types need (and the low-bit k-quants profit from)."""
+    command: list[str | Path] = [
+        toolchain.llama_imatrix, "--model", model, "--file", text, "--output-file", outfile,
+        "--ctx-size", str(context_size), "--threads", str(threads),
+    ]  # fmt: skip
+    if chunks:
+        command += ["--chunks", str(chunks)]
+    return run_tool("llama-imatrix", command, env=env)
+
+
 def fallback_tensors(quantize_output: str) -> dict[str, str]:
     """Tensors llama-quantize wrote in another type because their shape forbids the asked one:
     tensor name → a description such as ``ncols 80 not divisible by 256 (q4_K) -> f16``."""
@@ -101,3 +123,36 @@ def quantization_types(toolchain: Toolchain) -> tuple[str, ...]:
     return tuple(
         dict.fromkeys(m["name"] for m in _TYPE_LINE.finditer(result.stdout + result.stderr))
     )
+
+
+_TYPE_DESCRIPTION = re.compile(
+    r"^\s+\d+\s+or\s+(?P<name>[A-Z0-9_]+)\s*:\s*(?P<description>.*?)\s*$", re.MULTILINE
+)
+# llama-quantize refuses these without an importance matrix, or writes a poor file: every IQ type,
+# and Q2_K_S (llama.cpp's quantize.cpp names the same set, plus the IQ3/IQ4 types it merely
+# warns about).
+_IMATRIX_PREFIXES = ("IQ",)
+_IMATRIX_TYPES = frozenset({"Q2_K_S"})
+
+
+def requires_imatrix(quant_type: str) -> bool:
+    """Whether ``quant_type`` needs an importance matrix."""
+    name = quant_type.upper()
+    return name.startswith(_IMATRIX_PREFIXES) or name in _IMATRIX_TYPES
+
+
+def quantization_type_descriptions(toolchain: Toolchain) -> dict[str, str]:
+    """Every type ``llama-quantize`` offers with its own description, in its order (the first
+    description of a name wins: aliases come after the type they stand for)."""
+    result = subprocess.run(  # noqa: S603 - an argument list, no shell
+        [str(toolchain.llama_quantize), "--help"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,  # it exits 1 after printing its usage
+    )
+    described: dict[str, str] = {}
+    for match in _TYPE_DESCRIPTION.finditer(result.stdout + result.stderr):
+        described.setdefault(match["name"], match["description"])
+    return described

@@ -31,15 +31,17 @@ def perplexity(
     context_size: int = 128,
     chunks: int = 0,
     threads: int = 2,
+    logits_out: Path | None = None,
 ) -> float:
     """Perplexity of ``model`` on ``text`` as llama-perplexity scores it (the second half of
-    every ``context_size`` window); lower is better.
+    every ``context_size`` window); lower is better. ``logits_out`` keeps the logits file (for
+    :func:`kl_divergence_from_logits`).
 
     Raises:
         ToolFailed: the tool failed, or the text is shorter than two windows.
     """
     with tempfile.TemporaryDirectory(prefix="forgeline-ppl-") as scratch:
-        logits = Path(scratch) / "logits.bin"
+        logits = logits_out or Path(scratch) / "logits.bin"
         command: list[str | Path] = [
             toolchain.llama_perplexity, "--model", model, "--file", text,
             "--ctx-size", str(context_size), "--threads", str(threads),
@@ -54,6 +56,61 @@ def perplexity(
             raise ToolFailed(
                 "llama-perplexity", f"wrote no usable logits ({error})", run.output[-3000:]
             ) from error
+
+
+class _Logits:
+    """A ``--kl-divergence-base`` file (layout: :func:`perplexity_from_logits`)."""
+
+    def __init__(self, path: Path) -> None:
+        data = path.read_bytes()
+        if not data.startswith(_MAGIC):
+            raise ValueError(f"{path.name} is not a llama-perplexity logits file")
+        self.n_ctx = int(np.frombuffer(data, np.int32, 1, 8)[0])
+        self.n_vocab, self.n_chunk = (int(v) for v in np.frombuffer(data, np.int32, 2, 12))
+        if self.n_chunk <= 0:
+            raise ValueError("no chunk was scored: the text is shorter than two contexts")
+        offset = 20
+        self.tokens = np.frombuffer(data, np.int32, self.n_chunk * self.n_ctx, offset).reshape(
+            self.n_chunk, self.n_ctx
+        )
+        offset += self.n_chunk * self.n_ctx * 4
+        self.first = self.n_ctx // 2
+        scored = self.n_ctx - 1 - self.first
+        width = 2 * ((self.n_vocab + 1) // 2) + 4
+        records = np.frombuffer(data, np.uint16, self.n_chunk * scored * width, offset)
+        self.records = records.reshape(self.n_chunk, scored, width)
+
+    def log_probs(self, chunk: int) -> np.ndarray:
+        """Log-probabilities of the whole vocabulary for each scored token of ``chunk``."""
+        records = self.records[chunk]
+        header = records[:, :4].copy().view(np.float32)  # (scale, min_log_prob) per record
+        values = records[:, 4 : 4 + self.n_vocab].astype(np.float64)
+        result: np.ndarray = header[:, 1:2].astype(np.float64) + header[:, 0:1] * values
+        return result
+
+
+def kl_divergence_from_logits(base: Path, other: Path) -> float:
+    """Mean KL(base ‖ other) over the scored tokens of two logits files made on the same text
+    with the same context size (what ``llama-perplexity --kl-divergence`` reports as mean KLD,
+    computed from the files so that no lost log line can hide it).
+
+    Raises:
+        ValueError: the files do not score the same tokens.
+    """
+    reference, candidate = _Logits(base), _Logits(other)
+    if not np.array_equal(reference.tokens, candidate.tokens):
+        raise ValueError("the two logits files do not score the same tokens")
+    total, count = 0.0, 0
+    for chunk in range(reference.n_chunk):
+        expected = reference.log_probs(chunk)
+        actual = candidate.log_probs(chunk)
+        # Renormalise: the 16-bit storage leaves each row's probabilities summing to ~1 only.
+        expected -= np.logaddexp.reduce(expected, axis=1, keepdims=True)
+        actual -= np.logaddexp.reduce(actual, axis=1, keepdims=True)
+        divergence = (np.exp(expected) * (expected - actual)).sum(axis=1)
+        total += float(divergence.sum())
+        count += divergence.shape[0]
+    return max(0.0, total / count)
 
 
 def perplexity_from_logits(path: Path) -> float:

@@ -25,6 +25,10 @@ from forgeline_gateway.api.deployments.serving import DeploymentServing
 from forgeline_gateway.api.embeddings import api_router as embeddings_api
 from forgeline_gateway.api.embeddings.protocol import EmbeddingRequest
 from forgeline_gateway.api.embeddings.serving import EmbeddingServing
+from forgeline_gateway.api.files import api_router as files_api
+from forgeline_gateway.api.files.serving import FileServing
+from forgeline_gateway.api.fine_tuning import api_router as fine_tuning_api
+from forgeline_gateway.api.fine_tuning.serving import FineTuningServing
 from forgeline_gateway.api.keys import api_router as keys_api
 from forgeline_gateway.api.keys.serving import KeyServing
 from forgeline_gateway.api.models import api_router as models_api
@@ -33,8 +37,10 @@ from forgeline_gateway.backends.base import Backend
 from forgeline_gateway.backends.llamacpp import LlamaCppBackend
 from forgeline_gateway.backends.ollama import OllamaBackend
 from forgeline_gateway.backends.vllm import VllmBackend
+from forgeline_gateway.deployments.artifacts import RegistryArtifacts
 from forgeline_gateway.deployments.manager import DeploymentManager
 from forgeline_gateway.errors import install_error_handlers
+from forgeline_gateway.fine_tuning.setup import open_pipeline
 from forgeline_gateway.metrics import GatewayMetrics
 from forgeline_gateway.middleware import BodyLimitMiddleware
 from forgeline_gateway.routing.proxy import Proxy, ProxySettings
@@ -45,6 +51,7 @@ from forgeline_gateway.settings import GatewaySettings
 from forgeline_gateway.store import Store
 from forgeline_kit.llamacpp import ToolchainError, locate
 from forgeline_kit.metrics import render_metrics
+from forgeline_registry.client import RegistryClient
 
 __all__ = ["BackendFactory", "create_app", "default_backends"]
 
@@ -102,6 +109,8 @@ def create_app(
             trust_env=False,
         )
         router = Router()
+        registry = RegistryClient(settings.registry_target) if settings.registry_target else None
+        artifacts = RegistryArtifacts(registry, settings.model_cache) if registry else None
         manager = DeploymentManager(
             store,
             backends(settings, client),
@@ -109,6 +118,7 @@ def create_app(
             max_in_flight=settings.max_in_flight_per_instance,
             vllm_urls=list(settings.vllm_urls),
             ollama_url=settings.ollama_url,
+            artifacts=artifacts,
         )
         authenticator = Authenticator(
             store, required=settings.auth_required, cache_seconds=settings.key_cache_seconds
@@ -136,11 +146,19 @@ def create_app(
         state.models = ModelServing(router)
         state.deployments = DeploymentServing(manager)
         state.keys = KeyServing(store, authenticator)
+        state.files = files = FileServing.open(settings, store)
+        state.fine_tuning = None
         try:
             await manager.restore()
-            yield
+            async with open_pipeline(settings, registry, files.service, manager) as pipeline:
+                if pipeline is not None:
+                    state.fine_tuning = FineTuningServing(pipeline, settings.organization)
+                yield
         finally:
             await manager.close()
+            await files.close()
+            if registry is not None:
+                await registry.close()
             await client.aclose()
             store.close()
 
@@ -155,6 +173,8 @@ def create_app(
         app.include_router(module.router)
     for module in (deployments_api, keys_api):
         app.include_router(module.router)
+    app.include_router(files_api.router)
+    app.include_router(fine_tuning_api.router)
 
     @app.get("/health", tags=["ops"], summary="Liveness")
     async def health() -> dict[str, str]:
@@ -165,7 +185,11 @@ def create_app(
         body, content_type = render_metrics(registry)
         return Response(body, media_type=content_type)
 
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        exempt=files_api.counts_its_own_body,
+    )
     _document_bodies(app, ChatCompletionRequest, CompletionRequest, EmbeddingRequest)
     return app
 

@@ -7,6 +7,8 @@ client gets OpenAI's error shape with 413.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from forgeline_gateway.errors import PayloadTooLarge, error_response
@@ -15,14 +17,18 @@ __all__ = ["BodyLimitMiddleware"]
 
 
 class BodyLimitMiddleware:
-    """Refuses HTTP requests whose body exceeds `max_bytes` with 413."""
+    """Refuses HTTP requests whose body exceeds `max_bytes` with 413; requests for which
+    `exempt` is true pass untouched (an endpoint that streams its body and limits it itself)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, exempt: Callable[[Scope], bool] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.exempt = exempt
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (self.exempt is not None and self.exempt(scope)):
             await self.app(scope, receive, send)
             return
         declared = _content_length(scope)

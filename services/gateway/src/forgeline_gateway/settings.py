@@ -48,6 +48,11 @@ class GatewaySettings(ServiceSettings):
     max_body_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger is 413."
     )
+    max_file_bytes: int = Field(
+        512 * 1024 * 1024,
+        ge=1,
+        description="Largest file the Files API accepts (`POST /v1/files`); larger is 413.",
+    )
     request_timeout_seconds: float = Field(
         600.0,
         gt=0,
@@ -87,4 +92,26 @@ class GatewaySettings(ServiceSettings):
     )
     ollama_url: str | None = Field(
         None, description="Base URL of the Ollama server deployments use by default."
+    )
+    registry_target: str | None = Field(
+        None,
+        description="host:port of the registry's gRPC API: files, fine-tuning jobs and "
+        "deployments of registered versions need it.",
+    )
+    trainer_target: str | None = Field(
+        None, description="host:port of the trainer's gRPC API (fine-tuning jobs need it)."
+    )
+    converter_target: str | None = Field(
+        None, description="host:port of the converter's gRPC API (fine-tuning jobs need it)."
+    )
+    model_cache: Path = Field(
+        Path(".forgeline/gateway-models"),
+        description="Where registry versions deployed on llama.cpp are cached on this host.",
+    )
+    organization: str = Field(
+        "forgeline",
+        min_length=1,
+        max_length=64,
+        description="The `organization_id` of fine-tuning jobs, and their owner in "
+        "`fine_tuned_model` when authentication is off.",
     )

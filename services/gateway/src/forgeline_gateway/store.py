@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-__all__ = ["DeploymentRecord", "KeyRecord", "Store"]
+__all__ = ["DeploymentRecord", "FileRecord", "KeyRecord", "Store"]
 
 T = TypeVar("T")
 
@@ -35,6 +35,18 @@ CREATE TABLE IF NOT EXISTS deployments (
     spec        TEXT NOT NULL,
     created_at  INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS files (
+    id          TEXT PRIMARY KEY,
+    filename    TEXT NOT NULL,
+    purpose     TEXT NOT NULL,
+    bytes       INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL,
+    layout      TEXT NOT NULL,
+    model       TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    path        TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS files_by_creation ON files (created_at, id);
 """
 
 
@@ -60,6 +72,22 @@ class DeploymentRecord:
     name: str
     spec_json: str
     created_at: int
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """An uploaded file (Files API): its bytes live in the registry version `model`:`version`
+    at `path`; `layout_json` is how its records are laid out (see `forgeline_gateway.files`)."""
+
+    id: str
+    filename: str
+    purpose: str
+    bytes: int
+    created_at: int
+    layout_json: str
+    model: str
+    version: int
+    path: str
 
 
 class Store:
@@ -157,6 +185,64 @@ class Store:
                 "SELECT name, spec, created_at FROM deployments ORDER BY created_at, name"
             ).fetchall()
         return [DeploymentRecord(name=r[0], spec_json=r[1], created_at=r[2]) for r in rows]
+
+    # --- files ----------------------------------------------------------------------------
+
+    def add_file(self, record: FileRecord) -> None:
+        with self._lock:
+            self._db.execute(
+                f"INSERT INTO files ({_FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.id,
+                    record.filename,
+                    record.purpose,
+                    record.bytes,
+                    record.created_at,
+                    record.layout_json,
+                    record.model,
+                    record.version,
+                    record.path,
+                ),
+            )
+
+    def get_file(self, file_id: str) -> FileRecord | None:
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_FILE_COLUMNS} FROM files WHERE id = ?", (file_id,)
+            ).fetchone()
+        return FileRecord(*row) if row else None
+
+    def list_files(
+        self, *, purpose: str | None, after: FileRecord | None, limit: int, descending: bool
+    ) -> list[FileRecord]:
+        """Up to `limit` files in creation order (then id), those after `after` only."""
+        clauses: list[str] = []
+        values: list[str | int] = []
+        if purpose is not None:
+            clauses.append("purpose = ?")
+            values.append(purpose)
+        if after is not None:
+            clauses.append(f"(created_at, id) {'<' if descending else '>'} (?, ?)")
+            values += [after.created_at, after.id]
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        order = "DESC" if descending else "ASC"
+        with self._lock:
+            rows = self._db.execute(
+                # Only fixed fragments are formatted in; the values are bound.
+                f"SELECT {_FILE_COLUMNS} FROM files {where} "
+                f"ORDER BY created_at {order}, id {order} LIMIT ?",
+                (*values, limit),
+            ).fetchall()
+        return [FileRecord(*row) for row in rows]
+
+    def delete_file(self, file_id: str) -> bool:
+        """Forget a file; False if there was none."""
+        with self._lock:
+            cursor = self._db.execute("DELETE FROM files WHERE id = ?", (file_id,))
+        return cursor.rowcount > 0
+
+
+_FILE_COLUMNS = "id, filename, purpose, bytes, created_at, layout, model, version, path"
 
 
 def _key(row: tuple[str, str, str, str, str, int, int | None]) -> KeyRecord:

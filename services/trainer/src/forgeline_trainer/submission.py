@@ -48,6 +48,8 @@ _FORMATS: Final = {
     trainer_pb2.DATASET_FORMAT_ALPACA: DatasetFormat.ALPACA,
     trainer_pb2.DATASET_FORMAT_SHAREGPT: DatasetFormat.SHAREGPT,
     trainer_pb2.DATASET_FORMAT_PRETRAIN_TEXT: DatasetFormat.PRETRAIN_TEXT,
+    trainer_pb2.DATASET_FORMAT_OPENAI_CHAT: DatasetFormat.OPENAI_CHAT,
+    trainer_pb2.DATASET_FORMAT_OPENAI_PREFERENCE: DatasetFormat.OPENAI_PREFERENCE,
 }
 _NAME: Final = re.compile(r"^[A-Za-z0-9_-]+$")
 #: QLoRA's default when the spec says QLORA and the arguments do not pick a width.
@@ -117,7 +119,10 @@ def plan_job(spec: trainer_pb2.JobSpec, *, device: DeviceKind) -> JobPlan:
             file_name=plan.name,
             ranking=plan.ranking,
             columns=plan.columns,
-            formatting="sharegpt" if plan.format is DatasetFormat.SHAREGPT else "alpaca",
+            # OpenAI layouts reach LLaMA-Factory as sharegpt (the trainer converts them).
+            formatting="alpaca"
+            if plan.format in (DatasetFormat.ALPACA, DatasetFormat.PRETRAIN_TEXT)
+            else "sharegpt",
         )
         for plan in datasets
     }
@@ -161,7 +166,8 @@ def _raw_arguments(spec: trainer_pb2.JobSpec) -> tuple[dict[str, Any], str | Non
             "model_name_or_path must be a registry reference such as 'tiny-llama:3'",
             field="model_name_or_path",
         )
-    return raw, model
+    # The seeds' YAML may write the reference as a URL: registry://tiny-llama:3.
+    return raw, None if model is None else model.removeprefix("registry://")
 
 
 def _agree(arguments: dict[str, Any], key: str, from_spec: str | None, field: str) -> None:
@@ -188,8 +194,8 @@ def _dataset(entry: trainer_pb2.DatasetInput, field: str, evaluation: bool) -> D
     if entry.format not in _FORMATS:
         wanted = trainer_pb2.DatasetFormat.Name(entry.format)
         raise InvalidArgument(
-            f"dataset '{name}': format {wanted} is not supported yet; use ALPACA, SHAREGPT or "
-            "PRETRAIN_TEXT",
+            f"dataset '{name}': format {wanted} is not supported; use ALPACA, SHAREGPT, "
+            "OPENAI_CHAT, OPENAI_PREFERENCE or PRETRAIN_TEXT",
             field=f"{field}.format",
         )
     try:
@@ -204,7 +210,8 @@ def _dataset(entry: trainer_pb2.DatasetInput, field: str, evaluation: bool) -> D
         name=name,
         source=entry.source,
         format=_FORMATS[entry.format],
-        ranking=entry.ranking,
+        # OpenAI preference data is preference data whatever the flag says.
+        ranking=entry.ranking or entry.format == trainer_pb2.DATASET_FORMAT_OPENAI_PREFERENCE,
         columns=columns,
         tags=tags,
         num_samples=entry.num_samples or None,

@@ -17,7 +17,8 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from forgeline_gateway.backends.base import Backend
-from forgeline_gateway.deployments.spec import DeploymentSpec, OllamaSpec, VllmSpec
+from forgeline_gateway.deployments.artifacts import RegistryArtifacts
+from forgeline_gateway.deployments.spec import DeploymentSpec, LlamaCppSpec, OllamaSpec, VllmSpec
 from forgeline_gateway.routing.router import Instance, Route, Router
 from forgeline_gateway.store import DeploymentRecord, Store
 from forgeline_kit.errors import AlreadyExists, ForgelineError, InvalidArgument, NotFound
@@ -52,6 +53,7 @@ class DeploymentManager:
         max_in_flight: int,
         vllm_urls: list[str],
         ollama_url: str | None,
+        artifacts: RegistryArtifacts | None = None,
     ) -> None:
         self.store = store
         self.backends = backends
@@ -59,6 +61,7 @@ class DeploymentManager:
         self.max_in_flight = max_in_flight
         self.vllm_urls = vllm_urls
         self.ollama_url = ollama_url
+        self.artifacts = artifacts
         self._busy: set[str] = set()
         self._failed: dict[str, DeploymentState] = {}
 
@@ -182,7 +185,16 @@ class DeploymentManager:
             raise InvalidArgument(
                 f"the backend '{spec.backend}' is not enabled on this gateway", field="backend"
             )
-        placement = await backend.place(spec.name, spec)
+        placed = spec
+        if isinstance(spec, LlamaCppSpec) and (spec.registry_gguf or spec.registry_lora):
+            if self.artifacts is None:
+                raise InvalidArgument(
+                    "registry versions cannot be deployed: the gateway has no registry "
+                    "(set FORGELINE_GATEWAY_REGISTRY_TARGET)",
+                    field="registry_gguf",
+                )
+            placed = await self.artifacts.localize(spec)
+        placement = await backend.place(spec.name, placed)
         limit = spec.max_in_flight or self.max_in_flight
         route = Route(
             name=spec.name,

@@ -25,6 +25,11 @@ DeploymentName = Annotated[
     str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
 ]
 
+#: A registry version, ``MODEL:VERSION`` (a number: a deployment must not move under an alias).
+RegistryReference = Annotated[
+    str, Field(min_length=3, max_length=300, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*:[1-9][0-9]*$")
+]
+
 #: An http(s) base URL of a backend server.
 BackendUrl = Annotated[
     str,
@@ -64,8 +69,18 @@ class LlamaCppSpec(_Spec):
     gguf: Annotated[str, Field(min_length=1, max_length=4096)] | None = Field(
         None, description="Path of the GGUF file on the gateway host."
     )
+    registry_gguf: RegistryReference | None = Field(
+        None,
+        description="A GGUF version in the registry (`MODEL:VERSION`), fetched into the "
+        "gateway's model cache and served like `gguf`.",
+    )
     lora: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(
         default_factory=list, max_length=8, description="LoRA adapter GGUF files to apply."
+    )
+    registry_lora: list[RegistryReference] = Field(
+        default_factory=list,
+        max_length=8,
+        description="GGUF adapter versions in the registry to apply, fetched like `registry_gguf`.",
     )
     urls: list[BackendUrl] = Field(
         default_factory=list, max_length=64, description="Running llama-server instances."
@@ -77,10 +92,17 @@ class LlamaCppSpec(_Spec):
 
     @model_validator(mode="after")
     def _one_source(self) -> LlamaCppSpec:
-        if (self.gguf is None) == (not self.urls):
-            raise ValueError("give exactly one of 'gguf' (start llama-server) or 'urls' (attach)")
-        if self.lora and self.gguf is None:
-            raise ValueError("'lora' needs 'gguf': adapters are applied to processes started here")
+        sources = [self.gguf is not None, self.registry_gguf is not None, bool(self.urls)]
+        if sum(sources) != 1:
+            raise ValueError(
+                "give exactly one of 'gguf' or 'registry_gguf' (start llama-server) or 'urls' "
+                "(attach)"
+            )
+        if (self.lora or self.registry_lora) and self.urls:
+            raise ValueError(
+                "'lora' and 'registry_lora' need 'gguf' or 'registry_gguf': adapters are "
+                "applied to processes started here"
+            )
         return self
 
 

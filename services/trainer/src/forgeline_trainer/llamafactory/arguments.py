@@ -54,7 +54,8 @@ class TrainArguments(_LlamaFactoryArgs):
     additional_target: str | None = None
     dataset: str
     dataset_dir: str
-    template: str
+    #: None lets LLaMA-Factory parse the tokenizer's own chat template.
+    template: str | None = None
     cutoff_len: int = 128
     overwrite_cache: bool = True
     output_dir: str
@@ -75,7 +76,7 @@ class ExportArguments(_LlamaFactoryArgs):
 
     model_name_or_path: str
     adapter_name_or_path: str
-    template: str
+    template: str | None = None
     finetuning_type: Literal["lora"] = "lora"
     export_dir: str
     export_size: int = 1

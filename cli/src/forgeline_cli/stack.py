@@ -1,0 +1,236 @@
+"""The embedded default: the four services as local processes, on one state directory.
+
+`forgeline demo` and `forgeline up` start it; tests start it too, and stop or restart single
+services to prove that a job survives. Each service runs exactly as in its container
+(``python -m forgeline_<service>``, configured by its environment variables), on loopback ports
+chosen at start, with filesystem storage and llama-server as the inference backend. Readiness is a
+real signal: gRPC health checking (grpc.health.v1) for the gRPC services and ``/health`` for the
+gateway, polled against a deadline while the process is alive.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Final
+
+import grpc
+import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from forgeline_kit.llamacpp.server import free_port
+from forgeline_kit.subprocesses import offline_env
+
+__all__ = ["SERVICES", "LocalStack", "ServiceProcess", "StackError"]
+
+#: Start order: each service only needs those before it.
+SERVICES: Final = ("registry", "trainer", "converter", "gateway")
+START_TIMEOUT_SECONDS: Final = 120.0
+STOP_TIMEOUT_SECONDS: Final = 30.0
+
+
+class StackError(RuntimeError):
+    """A service did not start; the message carries the end of its log."""
+
+
+@dataclass
+class ServiceProcess:
+    """One service process: its ports, log file and environment."""
+
+    name: str
+    env: dict[str, str]
+    log_path: Path
+    port: int
+    metrics_port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(  # noqa: S603 (a fixed argument list, no shell)
+            [sys.executable, "-m", f"forgeline_{self.name}"],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, *, kill: bool = False) -> None:
+        """SIGTERM (the service drains and exits) or SIGKILL (a crash), then wait."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.process.wait(STOP_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def ready(self) -> bool:
+        if self.name == "gateway":
+            try:
+                return httpx.get(f"http://{self.target}/health", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+        with grpc.insecure_channel(self.target) as channel:
+            try:
+                answer = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=2
+                )
+            except grpc.RpcError:
+                return False
+        return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+@dataclass
+class LocalStack:
+    """The four services on `state_dir`. Use as a context manager, or `start` / `stop`."""
+
+    state_dir: Path
+    auth_required: bool = False
+    gateway_port: int = 0
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    services: dict[str, ServiceProcess] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.state_dir = self.state_dir.resolve()
+        (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
+        base = offline_env(self.state_dir / "hf-home")
+        base |= {"PYTHONUNBUFFERED": "1", **self.extra_env}
+        ports = {name: free_port() for name in SERVICES}
+        if self.gateway_port:
+            ports["gateway"] = self.gateway_port
+        metrics = {name: free_port() for name in SERVICES}
+        registry = f"127.0.0.1:{ports['registry']}"
+        state = self.state_dir
+        settings: dict[str, dict[str, str]] = {
+            "registry": {
+                "FORGELINE_REGISTRY_STORAGE": "fs",
+                "FORGELINE_REGISTRY_FS_ROOT": str(state / "registry"),
+            },
+            "trainer": {
+                "FORGELINE_TRAINER_REGISTRY_TARGET": registry,
+                "FORGELINE_TRAINER_STATE_DIR": str(state / "trainer"),
+            },
+            "converter": {
+                "FORGELINE_CONVERTER_REGISTRY_TARGET": registry,
+                "FORGELINE_CONVERTER_WORK_DIR": str(state / "converter" / "work"),
+                "FORGELINE_CONVERTER_STATE_DB": str(state / "converter" / "state.sqlite3"),
+            },
+            "gateway": {
+                "FORGELINE_GATEWAY_HTTP_PORT": str(ports["gateway"]),
+                "FORGELINE_GATEWAY_DATABASE": str(state / "gateway" / "gateway.sqlite3"),
+                "FORGELINE_GATEWAY_MODEL_CACHE": str(state / "gateway" / "models"),
+                "FORGELINE_GATEWAY_AUTH_REQUIRED": str(self.auth_required).lower(),
+                "FORGELINE_GATEWAY_REGISTRY_TARGET": registry,
+                "FORGELINE_GATEWAY_TRAINER_TARGET": f"127.0.0.1:{ports['trainer']}",
+                "FORGELINE_GATEWAY_CONVERTER_TARGET": f"127.0.0.1:{ports['converter']}",
+            },
+        }
+        for name in SERVICES:
+            prefix = f"FORGELINE_{name.upper()}_"
+            env = {k: v for k, v in base.items() if not k.startswith(prefix)}
+            env |= {
+                f"{prefix}GRPC_PORT": str(ports[name]),
+                f"{prefix}METRICS_PORT": str(metrics[name]),
+                f"{prefix}LOG_FORMAT": "json",
+                **settings[name],
+            }
+            if name == "gateway":
+                # The gateway serves /metrics on its HTTP port.
+                metrics[name] = ports[name]
+            self.services[name] = ServiceProcess(
+                name=name,
+                env=env,
+                log_path=self.state_dir / "logs" / f"{name}.log",
+                port=ports[name],
+                metrics_port=metrics[name],
+            )
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.services['gateway'].target}"
+
+    @property
+    def registry_target(self) -> str:
+        return self.services["registry"].target
+
+    def __enter__(self) -> LocalStack:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self, *names: str) -> None:
+        """Start the named services (all by default) in order, each ready before the next."""
+        for name in names or SERVICES:
+            service = self.services[name]
+            service.start()
+            self.wait_ready(name)
+
+    def wait_ready(self, name: str, timeout: float = START_TIMEOUT_SECONDS) -> None:
+        service = self.services[name]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not service.alive():
+                raise StackError(f"the {name} service exited at start:\n{service.log_tail()}")
+            if service.ready():
+                return
+            time.sleep(0.2)
+        raise StackError(
+            f"the {name} service was not ready in {timeout:.0f} s:\n{service.log_tail()}"
+        )
+
+    def stop(self, *names: str, kill: bool = False) -> None:
+        """Stop the named services (all by default), the last started first."""
+        for name in reversed(names or SERVICES):
+            self.services[name].stop(kill=kill)
+
+    def restart(self, name: str, *, kill: bool = False) -> None:
+        """Stop one service (SIGKILL with `kill`: a crash) and start it again on the same ports
+        and state."""
+        self.services[name].stop(kill=kill)
+        self.start(name)
+
+    def env_summary(self) -> dict[str, str]:
+        """Where each service listens, for people."""
+        summary = {"gateway": self.gateway_url}
+        for name in SERVICES:
+            service = self.services[name]
+            if name != "gateway":
+                summary[f"{name} (gRPC)"] = service.target
+            summary[f"{name} /metrics"] = service.metrics_url
+        return summary

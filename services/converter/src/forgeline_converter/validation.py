@@ -1,0 +1,266 @@
+"""A ConvertRequest checked before it is accepted, and returned with its defaults filled in.
+
+Everything a user can get wrong without running a tool is found here and answered
+INVALID_ARGUMENT (NOT_FOUND for a source the registry does not have), so a conversion that is
+accepted fails only for reasons found while working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import TYPE_CHECKING
+
+from forgeline_converter.llamacpp_tools import requires_imatrix
+from forgeline_kit.errors import InvalidArgument, NotFound
+from forgeline_proto.common.v1 import common_pb2
+from forgeline_proto.converter.v1 import converter_pb2 as pb
+from forgeline_proto.registry.v1 import registry_pb2 as rpb
+
+__all__ = ["MAX_INLINE_CALIBRATION", "validate_spec"]
+
+MAX_INLINE_CALIBRATION = 1 << 20
+HF_KINDS = frozenset({rpb.VERSION_KIND_BASE, rpb.VERSION_KIND_MERGED, rpb.VERSION_KIND_FINETUNED})
+FULL_PRECISION = frozenset({"F32", "F16", "BF16"})
+# llama-quantize accepts these as the file type they stand for.
+ALIASES = {"Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M", "Q3_K": "Q3_K_M"}
+GGUF_SUFFIX = "-gguf"
+
+if TYPE_CHECKING:  # the async stub exists only in the type stubs
+    from forgeline_proto.registry.v1.registry_pb2_grpc import RegistryServiceAsyncStub as Stub
+
+
+async def resolve(stub: Stub, ref: common_pb2.VersionRef, field: str) -> rpb.Version:
+    """The version ``ref`` names (FULL view).
+
+    Raises:
+        InvalidArgument: no model named.
+        NotFound: the registry has no such version (or alias).
+    """
+    if not ref.model:
+        raise InvalidArgument(f"{field}.model is empty: name the model to convert", field=field)
+    return await stub.ResolveVersion(rpb.ResolveVersionRequest(ref=ref, view=rpb.VERSION_VIEW_FULL))
+
+
+def pinned(version: rpb.Version) -> common_pb2.VersionRef:
+    """A reference to exactly ``version``."""
+    return common_pb2.VersionRef(model=version.model, version=version.number)
+
+
+def _check_type(name: str, offered: Collection[str], field: str) -> str:
+    upper = name.strip().upper()
+    if upper not in offered:
+        raise InvalidArgument(
+            f"unknown quantization type {name!r}; llama-quantize offers "
+            f"{', '.join(sorted(offered))} (see ListQuantizationTypes)",
+            field=field,
+        )
+    return ALIASES.get(upper, upper)
+
+
+def _check_model(task: pb.ModelConversion, offered: Collection[str], has_imatrix: bool) -> None:
+    field = "spec.model"
+    if task.outtype == pb.GGUF_OUTTYPE_UNSPECIFIED:
+        task.outtype = pb.GGUF_OUTTYPE_F16
+    seen: set[str] = set()
+    for index, target in enumerate(task.quantizations):
+        where = f"{field}.quantizations[{index}]"
+        target.type = _check_type(target.type, offered, f"{where}.type")
+        if target.type in seen:
+            raise InvalidArgument(f"{target.type} is asked for twice", field=f"{where}.type")
+        seen.add(target.type)
+        if requires_imatrix(target.type) and not has_imatrix:
+            raise InvalidArgument(
+                f"{target.type} needs an importance matrix: set {field}.imatrix (a calibration "
+                "text, inline or in the registry, or an imatrix file), or choose a k-quant "
+                "such as Q4_K_M",
+                field=f"{where}.type",
+            )
+        for name in ("output_tensor_type", "token_embedding_type"):
+            value = getattr(target, name)
+            if value:
+                setattr(target, name, _check_type(value, offered, f"{where}.{name}"))
+        for position, override in enumerate(target.tensor_types):
+            if not override.pattern:
+                raise InvalidArgument(
+                    "a tensor type override needs a pattern",
+                    field=f"{where}.tensor_types[{position}].pattern",
+                )
+            override.type = _check_type(
+                override.type, offered, f"{where}.tensor_types[{position}].type"
+            )
+    if task.outtype == pb.GGUF_OUTTYPE_Q8_0 and task.quantizations and not task.allow_requantize:
+        raise InvalidArgument(
+            "quantizing from a Q8_0 intermediate loses quality: use outtype F16 (or BF16/F32), "
+            "or set allow_requantize",
+            field=f"{field}.allow_requantize",
+        )
+    if task.HasField("imatrix"):
+        source = task.imatrix.WhichOneof("source")
+        if source is None:
+            raise InvalidArgument(
+                "imatrix is set but names no source: give imatrix, calibration_text or "
+                "calibration_text_inline",
+                field=f"{field}.imatrix",
+            )
+        inline = task.imatrix.calibration_text_inline
+        if source == "calibration_text_inline" and len(inline.encode()) > MAX_INLINE_CALIBRATION:
+            raise InvalidArgument(
+                "calibration_text_inline is over 1 MiB: register the text and refer to it",
+                field=f"{field}.imatrix.calibration_text_inline",
+            )
+
+
+def _check_gguf_source(source: rpb.Version, task: pb.ModelConversion) -> None:
+    """A GGUF source is quantized as it is: it needs targets, and to be full precision unless
+    requantizing is allowed (its type is checked again on the file itself)."""
+    name = f"{source.model}:{source.number}"
+    if not task.quantizations:
+        raise InvalidArgument(
+            f"{name} is already a GGUF: name the quantizations to make from it",
+            field="spec.model.quantizations",
+        )
+    if task.register_outtype:
+        raise InvalidArgument(
+            f"{name} is already registered; register_outtype applies to HF sources only",
+            field="spec.model.register_outtype",
+        )
+    ggufs = [a for a in source.artifacts if a.path.endswith(".gguf")]
+    if len(ggufs) != 1:
+        raise InvalidArgument(
+            f"{name} holds {len(ggufs)} GGUF files; quantize a version holding exactly one",
+            field="spec.model.source",
+        )
+    file_type = (ggufs[0].gguf_file_type or source.labels.get("file_type", "")).upper()
+    if file_type and file_type not in FULL_PRECISION and not task.allow_requantize:
+        raise InvalidArgument(
+            f"{name} is already quantized ({file_type}); quantizing it again loses quality: "
+            "quantize its F16 version, or set allow_requantize",
+            field="spec.model.allow_requantize",
+        )
+
+
+async def _check_artifact(stub: Stub, ref: common_pb2.ArtifactRef, field: str) -> None:
+    version = await resolve(stub, ref.version, f"{field}.version")
+    ref.version.CopyFrom(pinned(version))
+    paths = [a.path for a in version.artifacts]
+    if ref.path not in paths:
+        raise NotFound(
+            f"{version.model}:{version.number} has no file {ref.path!r} (it has "
+            f"{', '.join(paths) or 'none'})",
+            field=f"{field}.path",
+        )
+
+
+async def _base_gguf(stub: Stub, base: common_pb2.VersionRef) -> common_pb2.VersionRef | None:
+    """A GGUF version converted from ``base`` (F16 preferred), in ``<base>-gguf``."""
+    try:
+        answer = await stub.ListVersions(
+            rpb.ListVersionsRequest(
+                model=base.model + GGUF_SUFFIX,
+                kinds=[rpb.VERSION_KIND_GGUF],
+                parent=base,
+                relation=rpb.RELATION_CONVERTED_FROM,
+                page_size=100,
+            )
+        )
+    except NotFound:
+        return None
+    versions = sorted(answer.versions, key=lambda v: -v.number)
+    for version in versions:
+        if version.labels.get("file_type") == "F16":
+            return pinned(version)
+    return pinned(versions[0]) if versions else None
+
+
+async def validate_spec(stub: Stub, spec: pb.ConversionSpec, offered: Collection[str]) -> None:
+    """Check ``spec`` and fill in its defaults in place: pinned versions, the output model, the
+    outtype, the quality metric, the adapter's base and base GGUF.
+
+    Raises:
+        InvalidArgument: the request cannot be carried out as written.
+        NotFound: a version or file it names is not in the registry.
+    """
+    task = spec.WhichOneof("task")
+    verification = spec.verification
+    if verification.quality_metric == pb.QUALITY_METRIC_UNSPECIFIED:
+        verification.quality_metric = pb.QUALITY_METRIC_PERPLEXITY
+    if verification.evaluation_chunks < 0:
+        raise InvalidArgument(
+            "evaluation_chunks cannot be negative", field="spec.verification.evaluation_chunks"
+        )
+    if verification.HasField("evaluation_text"):
+        await _check_artifact(
+            stub, verification.evaluation_text, "spec.verification.evaluation_text"
+        )
+    if task == "model":
+        model = spec.model
+        source = await resolve(stub, model.source, "spec.model.source")
+        if source.kind == rpb.VERSION_KIND_GGUF:
+            _check_gguf_source(source, model)
+        elif source.kind not in HF_KINDS:
+            raise InvalidArgument(
+                f"{source.model}:{source.number} is a {rpb.VersionKind.Name(source.kind)} "
+                "version; convert an HF model (BASE, MERGED or FINETUNED), or an adapter with "
+                "spec.adapter",
+                field="spec.model.source",
+            )
+        model.source.CopyFrom(pinned(source))
+        imatrix = model.imatrix if model.HasField("imatrix") else None
+        _check_model(
+            model, offered, imatrix is not None and imatrix.WhichOneof("source") is not None
+        )
+        if imatrix is not None:
+            which = imatrix.WhichOneof("source")
+            if which in ("imatrix", "calibration_text"):
+                ref = imatrix.imatrix if which == "imatrix" else imatrix.calibration_text
+                await _check_artifact(stub, ref, f"spec.model.imatrix.{which}")
+        default_model = source.model
+    elif task == "adapter":
+        adapter_task = spec.adapter
+        adapter = await resolve(stub, adapter_task.adapter, "spec.adapter.adapter")
+        if adapter.kind != rpb.VERSION_KIND_ADAPTER:
+            raise InvalidArgument(
+                f"{adapter.model}:{adapter.number} is a {rpb.VersionKind.Name(adapter.kind)} "
+                "version, not an ADAPTER",
+                field="spec.adapter.adapter",
+            )
+        adapter_task.adapter.CopyFrom(pinned(adapter))
+        if adapter_task.outtype == pb.GGUF_OUTTYPE_UNSPECIFIED:
+            adapter_task.outtype = pb.GGUF_OUTTYPE_F16
+        if not adapter_task.HasField("base"):
+            parents = [
+                p.version for p in adapter.lineage.parents if p.relation == rpb.RELATION_ADAPTER_OF
+            ]
+            if not parents:
+                raise InvalidArgument(
+                    f"{adapter.model}:{adapter.number} has no ADAPTER_OF parent: name its base "
+                    "in spec.adapter.base",
+                    field="spec.adapter.base",
+                )
+            adapter_task.base.CopyFrom(parents[0])
+        base = await resolve(stub, adapter_task.base, "spec.adapter.base")
+        if base.kind not in HF_KINDS:
+            raise InvalidArgument(
+                f"the base {base.model}:{base.number} is not an HF model",
+                field="spec.adapter.base",
+            )
+        adapter_task.base.CopyFrom(pinned(base))
+        if adapter_task.HasField("base_gguf"):
+            base_gguf = await resolve(stub, adapter_task.base_gguf, "spec.adapter.base_gguf")
+            if base_gguf.kind != rpb.VERSION_KIND_GGUF:
+                raise InvalidArgument(
+                    f"{base_gguf.model}:{base_gguf.number} is not a GGUF version",
+                    field="spec.adapter.base_gguf",
+                )
+            adapter_task.base_gguf.CopyFrom(pinned(base_gguf))
+        else:
+            found = await _base_gguf(stub, adapter_task.base)
+            if found is not None:
+                adapter_task.base_gguf.CopyFrom(found)
+        default_model = adapter.model
+    else:
+        raise InvalidArgument(
+            "spec names nothing to convert: set spec.model or spec.adapter", field="spec"
+        )
+    if not spec.output.model:
+        spec.output.model = default_model + GGUF_SUFFIX

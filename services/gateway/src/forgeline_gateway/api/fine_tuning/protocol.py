@@ -1,0 +1,274 @@
+"""`/v1/fine_tuning/jobs` request and response bodies, after OpenAI's API reference
+(https://platform.openai.com/docs/api-reference/fine-tuning) and the `openai` SDK's
+``types/fine_tuning`` models, plus Forgeline's own options in one extra field, ``forgeline``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from forgeline_gateway.api.common import ModelName
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointList",
+    "CheckpointMetrics",
+    "DeployOptions",
+    "DpoHyperparameters",
+    "FineTuningJob",
+    "FineTuningJobCreate",
+    "FineTuningJobEvent",
+    "FineTuningJobEventList",
+    "FineTuningJobList",
+    "ForgelineOptions",
+    "JobError",
+    "JobStatus",
+    "LoraOptions",
+    "Method",
+    "SupervisedHyperparameters",
+]
+
+Auto = Literal["auto"]
+JobStatus = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
+FileId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+#: OpenAI's metadata: at most 16 pairs, keys up to 64 and values up to 512 characters.
+Metadata = Annotated[
+    dict[
+        Annotated[str, StringConstraints(max_length=64)],
+        Annotated[str, StringConstraints(max_length=512)],
+    ],
+    Field(max_length=16),
+]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SupervisedHyperparameters(_Body):
+    """Hyperparameters of a supervised job; ``"auto"`` lets Forgeline choose."""
+
+    batch_size: Auto | Annotated[int, Field(ge=1, le=4096)] = "auto"
+    learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=1000)] = "auto"
+    n_epochs: Auto | Annotated[int, Field(ge=1, le=10_000)] = "auto"
+
+
+class DpoHyperparameters(SupervisedHyperparameters):
+    """Hyperparameters of a DPO job: the supervised ones plus ``beta``."""
+
+    beta: Auto | Annotated[float, Field(gt=0, le=100)] = "auto"
+
+
+class SupervisedMethod(_Body):
+    hyperparameters: SupervisedHyperparameters = Field(default_factory=SupervisedHyperparameters)
+
+
+class DpoMethod(_Body):
+    hyperparameters: DpoHyperparameters = Field(default_factory=DpoHyperparameters)
+
+
+class Method(_Body):
+    """How the model is trained: ``supervised`` (SFT) or ``dpo`` (preference data)."""
+
+    type: Literal["supervised", "dpo"]
+    supervised: SupervisedMethod | None = None
+    dpo: DpoMethod | None = None
+
+    @model_validator(mode="after")
+    def _matching_block(self) -> Method:
+        other = self.dpo if self.type == "supervised" else self.supervised
+        if other is not None:
+            raise ValueError(f"method.type is '{self.type}': give only the '{self.type}' block")
+        return self
+
+
+class LoraOptions(_Body):
+    """LoRA settings (LLaMA-Factory's ``lora_rank``, ``lora_alpha``, ``lora_dropout``,
+    ``lora_target``, ``additional_target``)."""
+
+    rank: int | None = Field(None, ge=1, le=1024)
+    alpha: float | None = Field(None, gt=0)
+    dropout: float | None = Field(None, ge=0, lt=1)
+    target: str | None = Field(None, min_length=1, max_length=512)
+    additional_target: str | None = Field(None, min_length=1, max_length=512)
+
+
+class DeployOptions(_Body):
+    """Where the fine-tuned model is served once the job succeeds."""
+
+    enabled: bool = Field(True, description="Deploy the result (false: only register it).")
+    backend: Literal["llamacpp"] = Field(
+        "llamacpp", description="The backend serving the quantized GGUF."
+    )
+    quantization: str = Field(
+        "q8_0", min_length=1, max_length=32, description="Which of `quantizations` is served."
+    )
+    context_size: int = Field(2048, ge=128, le=1 << 20)
+
+
+class ForgelineOptions(_Body):
+    """Forgeline's own options of a job (the ``forgeline`` field; from the SDK pass
+    ``extra_body={"forgeline": {...}}``)."""
+
+    finetuning_type: Literal["lora", "qlora", "full", "freeze"] = "lora"
+    lora: LoraOptions = Field(default_factory=LoraOptions)
+    arguments: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Any LLaMA-Factory training argument (learning_rate, cutoff_len, template, "
+        "...); these win over the values derived from the hyperparameters.",
+    )
+    quantizations: list[Annotated[str, StringConstraints(min_length=1, max_length=32)]] = Field(
+        default_factory=lambda: ["q8_0"],
+        max_length=16,
+        description="GGUF types made from the merged model (all from one f16 file).",
+    )
+    deploy: DeployOptions = Field(default_factory=DeployOptions)
+
+    @model_validator(mode="after")
+    def _served_quantization_is_made(self) -> ForgelineOptions:
+        made = {q.lower() for q in self.quantizations}
+        if self.deploy.enabled and self.deploy.quantization.lower() not in made | {"f16"}:
+            raise ValueError(
+                f"deploy.quantization '{self.deploy.quantization}' is not among quantizations "
+                f"{sorted(made)}: add it there or pick one of them"
+            )
+        return self
+
+
+class FineTuningJobCreate(_Body):
+    """``POST /v1/fine_tuning/jobs``."""
+
+    model: ModelName = Field(description="The base model: a model name in the registry.")
+    training_file: FileId
+    validation_file: FileId | None = None
+    suffix: Annotated[str, StringConstraints(max_length=64, pattern=r"^[A-Za-z0-9_-]*$")] | None = (
+        None
+    )
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
+    metadata: Metadata | None = None
+    method: Method | None = None
+    hyperparameters: SupervisedHyperparameters | None = Field(
+        None, description="Deprecated by OpenAI in favour of `method`; still accepted."
+    )
+    integrations: list[Any] | None = Field(
+        None, description="Accepted for compatibility; only null or an empty list."
+    )
+    forgeline: ForgelineOptions = Field(default_factory=ForgelineOptions)
+
+    @model_validator(mode="after")
+    def _one_hyperparameter_place(self) -> FineTuningJobCreate:
+        if self.hyperparameters is not None and self.method is not None:
+            raise ValueError("give hyperparameters in 'method' or in 'hyperparameters', not both")
+        if self.integrations:
+            raise ValueError("integrations (wandb) are not supported by Forgeline")
+        return self
+
+    def method_type(self) -> Literal["supervised", "dpo"]:
+        return self.method.type if self.method is not None else "supervised"
+
+    def effective_hyperparameters(self) -> SupervisedHyperparameters | DpoHyperparameters:
+        """The hyperparameters from `method`, else from the deprecated field, else all auto."""
+        if self.method is not None and self.method.type == "dpo":
+            return (self.method.dpo or DpoMethod()).hyperparameters
+        if self.method is not None:
+            return (self.method.supervised or SupervisedMethod()).hyperparameters
+        return self.hyperparameters or SupervisedHyperparameters()
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class Hyperparameters(BaseModel):
+    batch_size: Auto | int | None = None
+    learning_rate_multiplier: Auto | float | None = None
+    n_epochs: Auto | int | None = None
+
+
+class MethodView(BaseModel):
+    type: Literal["supervised", "dpo"]
+    supervised: SupervisedMethod | None = None
+    dpo: DpoMethod | None = None
+
+
+class FineTuningJob(BaseModel):
+    """The ``fine_tuning.job`` object, plus Forgeline's view of the pipeline."""
+
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    created_at: int
+    error: JobError | None = None
+    fine_tuned_model: str | None = None
+    finished_at: int | None = None
+    hyperparameters: Hyperparameters
+    model: str
+    organization_id: str
+    result_files: list[str] = Field(default_factory=list)
+    seed: int
+    status: JobStatus
+    trained_tokens: int | None = None
+    training_file: str
+    validation_file: str | None = None
+    estimated_finish: int | None = None
+    integrations: list[Any] | None = None
+    metadata: dict[str, str] | None = None
+    method: MethodView
+    user_provided_suffix: str | None = None
+    forgeline: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Pipeline stage, trainer job, registered versions and deployment.",
+    )
+
+
+class FineTuningJobList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FineTuningJob]
+    has_more: bool
+
+
+class FineTuningJobEvent(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: int
+    level: Literal["info", "warn", "error"]
+    message: str
+    type: Literal["message", "metrics"] = "message"
+    data: dict[str, Any] | None = None
+
+
+class FineTuningJobEventList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FineTuningJobEvent]
+    has_more: bool
+
+
+class CheckpointMetrics(BaseModel):
+    step: float | None = None
+    train_loss: float | None = None
+    train_mean_token_accuracy: float | None = None
+    valid_loss: float | None = None
+    valid_mean_token_accuracy: float | None = None
+    full_valid_loss: float | None = None
+    full_valid_mean_token_accuracy: float | None = None
+
+
+class Checkpoint(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    metrics: CheckpointMetrics
+    step_number: int
+
+
+class CheckpointList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Checkpoint]
+    has_more: bool
+    first_id: str | None = None
+    last_id: str | None = None

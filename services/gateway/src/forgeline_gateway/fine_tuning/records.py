@@ -1,0 +1,101 @@
+"""What the pipeline persists about a job: its request, where it is, and what it produced."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from forgeline_gateway.api.fine_tuning.protocol import FineTuningJobCreate, JobError
+
+__all__ = ["TERMINAL", "EventRecord", "JobRecord", "Outputs", "Stage"]
+
+
+class Stage(enum.StrEnum):
+    """Where a job is in the pipeline. Each stage is resumable: its work is keyed by the job id
+    (idempotent trainer and converter requests, deployment by name), so redoing it after a
+    restart finds what was already done."""
+
+    VALIDATING_FILES = "validating_files"
+    TRAINING = "training"
+    CONVERTING = "converting"
+    DEPLOYING = "deploying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = frozenset({Stage.SUCCEEDED, Stage.FAILED, Stage.CANCELLED})
+
+
+class Outputs(BaseModel):
+    """Registry references (``model:number``) of what the job made, and where it is served."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    adapter: str | None = None
+    merged: str | None = None
+    trained_model: str | None = None
+    gguf: dict[str, str] = Field(default_factory=dict, description="file type -> reference")
+    gguf_adapter: str | None = None
+    deployment: str | None = None
+
+    def registered(self) -> list[str]:
+        """Every registered reference, last made first (the order to delete them in)."""
+        refs = [self.gguf_adapter, *reversed(list(self.gguf.values()))]
+        refs += [self.merged, self.trained_model, self.adapter]
+        return [ref for ref in refs if ref]
+
+
+class JobRecord(BaseModel):
+    """One fine-tuning job as the gateway stores it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    created_at: int
+    owner: str
+    request: FineTuningJobCreate
+    fine_tuned_model: str
+    seed: int
+    stage: Stage = Stage.VALIDATING_FILES
+    #: The trainer's own state name while training (QUEUED, TRAINING, EXPORTING...).
+    trainer_state: str = ""
+    trainer_job_id: str = ""
+    trainer_last_sequence: int = 0
+    cancel_requested: bool = False
+    outputs: Outputs = Field(default_factory=Outputs)
+    trained_tokens: int | None = None
+    estimated_finish: int | None = None
+    finished_at: int | None = None
+    error: JobError | None = None
+
+    @property
+    def status(
+        self,
+    ) -> Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]:
+        """The OpenAI status."""
+        if self.stage in TERMINAL:
+            return self.stage.value  # type: ignore[return-value]
+        if self.stage is Stage.VALIDATING_FILES:
+            return "validating_files"
+        if self.stage is Stage.TRAINING and self.trainer_state in ("", "QUEUED"):
+            return "queued"
+        if self.stage is Stage.TRAINING and self.trainer_state == "VALIDATING":
+            return "validating_files"
+        return "running"
+
+
+class EventRecord(BaseModel):
+    """One event of a job, in OpenAI's terms."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str
+    sequence: int
+    created_at: int
+    level: Literal["info", "warn", "error"]
+    type: Literal["message", "metrics"]
+    message: str
+    data: dict[str, Any] | None = None

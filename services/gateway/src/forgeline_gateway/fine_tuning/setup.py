@@ -1,0 +1,55 @@
+"""Building the pipeline from the gateway's settings, and closing what it opened."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from forgeline_gateway.deployments.manager import DeploymentManager
+from forgeline_gateway.files.service import FileService
+from forgeline_gateway.fine_tuning.files import UploadedDatasets
+from forgeline_gateway.fine_tuning.pipeline import Pipeline
+from forgeline_gateway.fine_tuning.store import JobStore
+from forgeline_gateway.settings import GatewaySettings
+from forgeline_kit.grpc.client import make_channel
+from forgeline_proto.converter.v1 import converter_pb2_grpc
+from forgeline_proto.trainer.v1 import trainer_pb2_grpc
+from forgeline_registry.client import RegistryClient
+
+__all__ = ["open_pipeline"]
+
+
+@asynccontextmanager
+async def open_pipeline(
+    settings: GatewaySettings,
+    registry: RegistryClient | None,
+    files: FileService,
+    deployments: DeploymentManager,
+) -> AsyncIterator[Pipeline | None]:
+    """The pipeline, resuming unfinished jobs; None when the trainer, converter or registry is
+    not configured (the fine-tuning endpoints then say which setting is missing)."""
+    if registry is None or not settings.trainer_target or not settings.converter_target:
+        yield None
+        return
+    # Jobs outlive any one call: services may restart while a job waits on them, so calls wait
+    # for the connection (wait_for_ready) rather than fail at once.
+    trainer = make_channel(settings.trainer_target)
+    converter = make_channel(settings.converter_target)
+    store = JobStore.open(settings.database)
+    pipeline = Pipeline(
+        store,
+        trainer=trainer_pb2_grpc.TrainerServiceStub(trainer),
+        converter=converter_pb2_grpc.ConverterServiceStub(converter),
+        registry=registry.stub,
+        files=UploadedDatasets(files),
+        deployments=deployments,
+        organization=settings.organization,
+    )
+    try:
+        await pipeline.start()
+        yield pipeline
+    finally:
+        await pipeline.close()
+        await trainer.close()
+        await converter.close()
+        store.close()

@@ -1,0 +1,76 @@
+"""Run the trainer service: ``forgeline-trainer`` (settings from FORGELINE_TRAINER_*)."""
+
+from __future__ import annotations
+
+import logging
+
+from forgeline_kit.grpc.server import Service, run_grpc_service
+from forgeline_kit.subprocesses import offline_env
+from forgeline_proto.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from forgeline_registry.client import RegistryClient
+from forgeline_trainer.grpc_api import TrainerServicer
+from forgeline_trainer.jobs.store import JobStore
+from forgeline_trainer.llamafactory.combinations import DeviceKind
+from forgeline_trainer.service import Trainer
+from forgeline_trainer.settings import TrainerSettings
+
+__all__ = ["build", "detect_device", "main"]
+
+log = logging.getLogger("forgeline_trainer")
+
+
+def detect_device(setting: str) -> tuple[DeviceKind, str]:
+    """The device kind the checks use and the device name jobs report."""
+    if setting == "cpu":
+        return "cpu", "cpu"
+    if setting == "auto":
+        import torch
+
+        if not torch.cuda.is_available():
+            return "cpu", "cpu"
+    return "cuda", "cuda:0"
+
+
+async def build(settings: TrainerSettings) -> list[Service]:
+    """The trainer service on the state directory `settings` name, unfinished jobs resumed."""
+    device_kind, device = detect_device(settings.device)
+    state_dir = settings.state_dir.resolve()
+    settings = settings.model_copy(update={"state_dir": state_dir})
+    store = JobStore(state_dir / "jobs.db")
+
+    def registry() -> RegistryClient:
+        return RegistryClient(settings.registry_target, timeout=settings.registry_timeout_seconds)
+
+    trainer = Trainer(
+        settings,
+        store,
+        device_kind=device_kind,
+        device=device,
+        env=offline_env(state_dir / "hf-home"),
+        registry=registry,
+    )
+    trainer.recover()
+    log.info("trainer on %s, state in %s", device, state_dir)
+
+    async def on_stopped() -> None:
+        store.close()
+
+    descriptor = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"]
+    return [
+        Service.of(
+            TrainerServicer(trainer),
+            trainer_pb2_grpc.add_TrainerServiceServicer_to_server,
+            descriptor,
+            on_draining=trainer.stop,
+            on_stopped=on_stopped,
+        )
+    ]
+
+
+def main() -> None:
+    """Entry point of the ``forgeline-trainer`` console script."""
+    run_grpc_service(TrainerSettings, build)
+
+
+if __name__ == "__main__":
+    main()

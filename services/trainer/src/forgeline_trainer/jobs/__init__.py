@@ -1,0 +1,1 @@
+"""Fine-tuning jobs: persistence, the run of one job, and the queue."""

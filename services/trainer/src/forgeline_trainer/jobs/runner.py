@@ -1,0 +1,430 @@
+"""One job from VALIDATING to SUCCEEDED: fetch, check, train, merge, register.
+
+Each stage starts from what is persisted (the job record, its checkpoints, its work directory),
+so a job found mid-way after a restart continues where it was: TRAINING resumes from its last
+checkpoint, EXPORTING and REGISTERING are redone. A failure ends the job FAILED with an
+OperationError code of the contract and nothing registered. Cancellation (the task is cancelled)
+stops the job's process group before the task ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.struct_pb2 import Struct
+
+from forgeline_kit import datasets as kit_datasets
+from forgeline_kit.datasets import DatasetSpec, InvalidDataset, validate_dataset
+from forgeline_kit.errors import (
+    ForgelineError,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    error_from_rpc_error,
+)
+from forgeline_proto.common.v1 import common_pb2
+from forgeline_proto.trainer.v1 import trainer_pb2 as pb
+from forgeline_registry.client import RegistryClient
+from forgeline_trainer.jobs.hub import JobHub, now
+from forgeline_trainer.jobs.progress_events import (
+    checkpoint_of,
+    metrics_message,
+    metrics_of,
+    numeric,
+    saved_checkpoints,
+)
+from forgeline_trainer.jobs.registration import register_results
+from forgeline_trainer.jobs.workspace import (
+    DatasetRecord,
+    JobWorkspace,
+    Validated,
+    text_argument,
+)
+from forgeline_trainer.llamafactory.arguments import ExportArguments, TrainArguments
+from forgeline_trainer.llamafactory.chat_template import TemplateMismatch, check_chat_template
+from forgeline_trainer.llamafactory.cli import LLAMAFACTORY_CLI, start_training
+from forgeline_trainer.llamafactory.combinations import DeviceKind
+from forgeline_trainer.llamafactory.failure import explain_failure
+from forgeline_trainer.llamafactory.process import TrainingProcess
+from forgeline_trainer.llamafactory.progress import ProgressReader
+from forgeline_trainer.settings import TrainerSettings
+from forgeline_trainer.submission import DatasetPlan, plan_job
+
+__all__ = ["JobError", "JobRunner"]
+
+log = logging.getLogger(__name__)
+
+#: Share of a job's progress taken by training; export and registering share the rest.
+_TRAINING_SHARE = 90.0
+
+
+class JobError(Exception):
+    """A job cannot go on; carries the contract's OperationError fields."""
+
+    def __init__(
+        self, code: str, message: str, *, field: str = "", retryable: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+        self.retryable = retryable
+
+
+def _registry_failure(error: grpc.RpcError | ForgelineError, what: str) -> JobError:
+    converted = error_from_rpc_error(error) if isinstance(error, grpc.RpcError) else error
+    if isinstance(converted, NotFound):
+        return JobError("model_not_found", f"{what}: {converted}", field=converted.field or "")
+    if isinstance(converted, Unavailable):
+        return JobError("registry_unavailable", f"{what}: {converted}", retryable=True)
+    if isinstance(converted, InvalidArgument):
+        return JobError("invalid_argument", f"{what}: {converted}", field=converted.field or "")
+    return JobError("internal", f"{what}: {converted}")
+
+
+def _reference(ref: common_pb2.VersionRef) -> str:
+    selector = ref.WhichOneof("selector")
+    if selector == "version":
+        return f"{ref.model}:{ref.version}"
+    return f"{ref.model}@{ref.alias or 'latest'}"
+
+
+@dataclass(frozen=True)
+class RunnerContext:
+    """What every job run needs from the service."""
+
+    hub: JobHub
+    settings: TrainerSettings
+    device_kind: DeviceKind
+    device: str
+    env: dict[str, str]
+    registry: Callable[[], RegistryClient]
+
+
+class JobRunner:
+    """Runs jobs, one :meth:`run` call per job."""
+
+    def __init__(self, context: RunnerContext) -> None:
+        self.context = context
+        self.hub = context.hub
+
+    async def run(self, job_id: str) -> None:
+        """Take the job from its current state to a terminal one (or until cancelled)."""
+        job = self.hub.load(job_id)
+        self.hub.attach(job)
+        workspace = JobWorkspace(self.context.settings.state_dir, job.id)
+        try:
+            await self._advance(job, workspace)
+        except JobError as failure:
+            log.warning("job %s failed: %s", job.id, failure.code)
+            self.hub.fail(
+                job,
+                failure.code,
+                failure.message,
+                field=failure.field,
+                retryable=failure.retryable,
+            )
+        except asyncio.CancelledError:
+            if job.state != pb.JOB_STATE_CANCELLING:
+                raise  # the service is stopping: the job stays where it is, to be resumed
+            self.hub.transition(job, pb.JOB_STATE_CANCELLED, "Job cancelled")
+        except Exception as error:  # a bug must not leave the job running forever
+            log.exception("job %s failed unexpectedly", job.id)
+            self.hub.fail(job, "internal", f"the trainer failed unexpectedly: {error}")
+        finally:
+            self.hub.detach(job.id)
+
+    async def _advance(self, job: pb.Job, workspace: JobWorkspace) -> None:
+        if job.state in (pb.JOB_STATE_QUEUED, pb.JOB_STATE_VALIDATING):
+            if job.state == pb.JOB_STATE_QUEUED:
+                job.start_time.CopyFrom(now())
+                job.device = self.context.device
+                self.hub.transition(job, pb.JOB_STATE_VALIDATING, "Validating training files")
+            await self._validate(job, workspace)
+            self.hub.transition(job, pb.JOB_STATE_TRAINING, "Training started")
+        validated = workspace.load_validated()
+        if validated is None:
+            raise JobError(
+                "resume_impossible",
+                f"the job's work directory {workspace.root} is gone or incomplete, so it cannot "
+                "continue; submit it again",
+            )
+        lora = text_argument(job, "finetuning_type") == "lora"
+        if job.state == pb.JOB_STATE_TRAINING:
+            metrics = await self._train(job, workspace)
+            job.result.metrics.clear()
+            job.result.metrics.update(metrics)
+            merge = lora and not job.spec.merge.skip
+            self._set_percent(job, _TRAINING_SHARE)
+            if merge:
+                self.hub.transition(job, pb.JOB_STATE_EXPORTING, "Merging the adapter")
+            else:
+                self.hub.transition(job, pb.JOB_STATE_REGISTERING, "Registering the results")
+        if job.state == pb.JOB_STATE_EXPORTING:
+            await self._export(job, workspace)
+            self._set_percent(job, 95.0)
+            self.hub.transition(job, pb.JOB_STATE_REGISTERING, "Registering the results")
+        if job.state == pb.JOB_STATE_REGISTERING:
+            merged = workspace.merged if lora and not job.spec.merge.skip else None
+            await self._register(job, workspace, validated, merged)
+            self._set_percent(job, 100.0)
+            self.hub.transition(job, pb.JOB_STATE_SUCCEEDED, "The job has successfully completed")
+
+    def _set_percent(self, job: pb.Job, percent: float) -> None:
+        job.progress.percent = percent
+        self.hub.save(job)
+
+    # --- VALIDATING
+
+    async def _validate(self, job: pb.Job, workspace: JobWorkspace) -> None:
+        try:
+            plan = plan_job(job.spec, device=self.context.device_kind)
+        except InvalidArgument as error:
+            raise JobError("invalid_argument", str(error), field=error.field or "") from error
+        shutil.rmtree(workspace.root, ignore_errors=True)
+        workspace.root.mkdir(parents=True)
+        base_ref = (
+            plan.base_model if isinstance(plan.base_model, str) else _reference(plan.base_model)
+        )
+        async with self.context.registry() as client:
+            try:
+                base = await client.pull(base_ref, workspace.base)
+            except (grpc.RpcError, ForgelineError) as error:
+                raise _registry_failure(error, f"base model '{base_ref}'") from error
+            self.hub.emit(job, f"Fetched base model {base.model}:{base.number}")
+            records = []
+            specs = []
+            for dataset in plan.datasets:
+                record, spec = await self._fetch_dataset(client, dataset, workspace)
+                records.append(record)
+                specs.append(spec)
+        self.hub.emit(job, f"Validated {len(records)} dataset(s)")
+        template = text_argument(job, "template")
+        try:
+            await asyncio.to_thread(kit_datasets.write_dataset_info, workspace.data, specs)
+            if template:
+                await asyncio.to_thread(check_chat_template, workspace.base, template)
+        except TemplateMismatch as error:
+            raise JobError("template_mismatch", str(error), field="arguments.template") from error
+        except InvalidArgument as error:
+            raise JobError("invalid_argument", str(error), field=error.field or "") from error
+        workspace.save_validated(
+            Validated(
+                base_model=base.model,
+                base_version=base.number,
+                chat_template=_chat_template(workspace.base),
+                datasets=records,
+            )
+        )
+
+    async def _fetch_dataset(
+        self, client: RegistryClient, dataset: DatasetPlan, workspace: JobWorkspace
+    ) -> tuple[DatasetRecord, DatasetSpec]:
+        where = f"dataset '{dataset.name}'"
+        target = workspace.sources / dataset.name
+        paths = [dataset.source.path] if dataset.source.path else []
+        try:
+            version = await client.pull(_reference(dataset.source.version), target, paths=paths)
+        except (grpc.RpcError, ForgelineError) as error:
+            raise _registry_failure(error, where) from error
+        artifacts = [a for a in version.artifacts if not paths or a.path in paths]
+        if len(artifacts) != 1:
+            raise JobError(
+                "invalid_argument",
+                f"{where}: {version.model}:{version.number} holds {len(artifacts)} files; name "
+                "the one to train on in source.path",
+                field="datasets.source.path",
+            )
+        artifact = artifacts[0]
+        spec = DatasetSpec(
+            name=dataset.name,
+            path=target / artifact.path,
+            format=dataset.format,
+            ranking=dataset.ranking,
+            columns=dataset.columns,
+            tags=dataset.tags,
+            num_samples=dataset.num_samples,
+        )
+        try:
+            count = await asyncio.to_thread(validate_dataset, spec)
+        except InvalidDataset as error:
+            raise JobError("invalid_dataset", str(error), field=error.field or "") from error
+        prepare: Any = getattr(kit_datasets, "prepare_for_llamafactory", None)
+        if prepare is not None:
+            spec = await asyncio.to_thread(prepare, spec, workspace.sources / f"{dataset.name}-lf")
+        record = DatasetRecord(
+            name=dataset.name,
+            model=version.model,
+            version=version.number,
+            sha256=artifact.sha256,
+            format=str(dataset.format),
+            record_count=count,
+            evaluation=dataset.evaluation,
+        )
+        return record, spec
+
+    # --- TRAINING
+
+    async def _train(self, job: pb.Job, workspace: JobWorkspace) -> dict[str, float]:
+        arguments: dict[str, Any] = MessageToDict(job.effective_arguments)
+        if job.attempt > 0:
+            saved = saved_checkpoints(workspace.output)
+            if saved:
+                step, directory = saved[-1]
+                arguments["resume_from_checkpoint"] = str(directory)
+                note = f"Resuming training from the checkpoint at step {step}"
+            else:
+                shutil.rmtree(workspace.output, ignore_errors=True)
+                note = "No checkpoint was saved before the trainer stopped: training restarts"
+            self.hub.emit(job, note, level=pb.EVENT_LEVEL_WARNING)
+        job.attempt += 1
+        self.hub.save(job)
+        train_arguments = TrainArguments(**arguments)
+        process = await asyncio.to_thread(
+            start_training, train_arguments, workspace.root, self.context.env
+        )
+        reader = ProgressReader(workspace.output)
+        try:
+            while process.poll() is None:
+                self._collect(job, reader, workspace)
+                await asyncio.sleep(self.context.settings.poll_interval_seconds)
+        except asyncio.CancelledError:
+            await asyncio.to_thread(process.cancel)
+            raise
+        self._collect(job, reader, workspace)
+        status = process.poll()
+        if status != 0:
+            failure = explain_failure(status or 0, process.log_tail())
+            raise JobError(failure.code, failure.message)
+        results = workspace.output / "all_results.json"
+        metrics = numeric(json.loads(results.read_text())) if results.is_file() else {}
+        tokens = int(metrics.get("num_input_tokens_seen", 0))
+        job.result.trained_tokens = tokens or job.progress.metrics.trained_tokens
+        return metrics
+
+    def _collect(self, job: pb.Job, reader: ProgressReader, workspace: JobWorkspace) -> None:
+        last_step = job.progress.metrics.step if job.progress.HasField("metrics") else 0
+        for record in reader.read():
+            if record.loss is None and record.eval_loss is None:
+                continue  # the end-of-training summary line
+            if record.step <= last_step and record.eval_loss is None:
+                continue  # a resumed run logs again from its checkpoint
+            metrics = metrics_of(record)
+            last_step = record.step
+            job.progress.metrics.CopyFrom(metrics)
+            if metrics.total_steps:
+                job.progress.percent = _TRAINING_SHARE * metrics.step / metrics.total_steps
+            if record.remaining_s is not None:
+                finish = now()
+                finish.FromDatetime(finish.ToDatetime() + timedelta(seconds=record.remaining_s))
+                job.progress.estimated_finish_time.CopyFrom(finish)
+            self.hub.emit(job, metrics_message(metrics), metrics=metrics)
+        store = self.hub.store
+        for step, directory in saved_checkpoints(workspace.output):
+            try:
+                checkpoint = checkpoint_of(job.id, step, directory)
+            except (OSError, ValueError):
+                continue  # removed by save_total_limit's rotation meanwhile
+            if store.add_checkpoint(job.id, checkpoint, directory):
+                self.hub.emit(job, f"Checkpoint saved at step {step}", checkpoint=checkpoint)
+
+    # --- EXPORTING
+
+    async def _export(self, job: pb.Job, workspace: JobWorkspace) -> None:
+        merge = job.spec.merge
+        shutil.rmtree(workspace.merged, ignore_errors=True)
+        arguments = ExportArguments(
+            model_name_or_path=str(workspace.base),
+            adapter_name_or_path=str(workspace.output),
+            template=text_argument(job, "template") or None,
+            export_dir=str(workspace.merged),
+            export_size=merge.export_size or 5,
+            export_device="auto" if merge.export_device == pb.EXPORT_DEVICE_AUTO else "cpu",
+            export_legacy_format=merge.export_legacy_format,
+        )
+        config = arguments.write_yaml(workspace.root / "export.yaml")
+        process = await asyncio.to_thread(
+            TrainingProcess,
+            [LLAMAFACTORY_CLI, "export", config],
+            log_path=workspace.root / "export.log",
+            env=self.context.env,
+        )
+        try:
+            await asyncio.to_thread(process.wait)
+        except asyncio.CancelledError:
+            await asyncio.to_thread(process.cancel)
+            raise
+        status = process.poll()
+        if status != 0:
+            lines = [line for line in process.log_tail().splitlines() if line.strip()][-20:]
+            raise JobError(
+                "export_failed",
+                f"llamafactory-cli export exited with {status}; its last output:\n"
+                + "\n".join(lines),
+            )
+        self.hub.emit(job, "Merged the adapter into the base model")
+
+    # --- REGISTERING
+
+    async def _register(
+        self, job: pb.Job, workspace: JobWorkspace, validated: Validated, merged: Path | None
+    ) -> None:
+        metrics = dict(job.result.metrics)
+        async with self.context.registry() as client:
+            try:
+                registered = await register_results(
+                    client,
+                    job,
+                    workspace,
+                    validated,
+                    metrics,
+                    merged_dir=merged,
+                    checkpoints=(
+                        saved_checkpoints(workspace.output)
+                        if job.spec.output.register_checkpoints
+                        else []
+                    ),
+                )
+            except (grpc.RpcError, ForgelineError) as error:
+                raise _registry_failure(error, "registering the results") from error
+        for field, ref in (
+            ("adapter", registered.adapter),
+            ("merged", registered.merged),
+            ("trained_model", registered.trained_model),
+        ):
+            if ref is not None:
+                getattr(job.result, field).CopyFrom(ref)
+                what = field.replace("_", " ")
+                self.hub.emit(job, f"Registered {what} {ref.model}:{ref.version}")
+        for step, ref in registered.checkpoints.items():
+            self.hub.store.set_checkpoint_version(job.id, step, ref)
+        if registered.checkpoints:
+            self.hub.emit(job, f"Registered {len(registered.checkpoints)} checkpoint(s)")
+
+
+def _chat_template(model_dir: Path) -> str:
+    """The tokenizer's own chat template (what the registered versions record)."""
+    config = model_dir / "tokenizer_config.json"
+    if config.is_file():
+        template = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
+        if isinstance(template, str):
+            return template
+    jinja = model_dir / "chat_template.jinja"
+    return jinja.read_text(encoding="utf-8") if jinja.is_file() else ""
+
+
+def arguments_struct(arguments: dict[str, Any]) -> Struct:
+    """Arguments as a Struct (what ``Job.effective_arguments`` holds)."""
+    struct = Struct()
+    struct.update(arguments)
+    return struct

@@ -1,0 +1,339 @@
+"""The trainer's domain logic (`Trainer`), independent of gRPC.
+
+Submitting checks a spec without fetching anything and queues the job; the queue runs each job
+through :class:`~forgeline_trainer.jobs.runner.JobRunner`. At start, jobs a previous trainer left
+unfinished are taken up again: running ones ahead of the queue, from where they were.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import string
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Final
+
+from forgeline_kit.errors import FailedPrecondition, InvalidArgument, NotFound
+from forgeline_proto.common.v1 import common_pb2
+from forgeline_proto.registry.v1 import registry_pb2 as rpb
+from forgeline_proto.trainer.v1 import trainer_pb2 as pb
+from forgeline_registry.client import RegistryClient
+from forgeline_trainer.jobs.hub import TERMINAL, JobHub, now
+from forgeline_trainer.jobs.queue import JobQueue
+from forgeline_trainer.jobs.registration import output_model
+from forgeline_trainer.jobs.runner import JobRunner, RunnerContext, arguments_struct
+from forgeline_trainer.jobs.store import JobStore
+from forgeline_trainer.jobs.workspace import JobWorkspace, effective_arguments
+from forgeline_trainer.llamafactory.combinations import DeviceKind
+from forgeline_trainer.settings import TrainerSettings
+from forgeline_trainer.submission import plan_job
+
+__all__ = ["Trainer"]
+
+log = logging.getLogger(__name__)
+
+#: Deadline of the reference checks SubmitJob makes (a down registry answers UNAVAILABLE).
+SUBMIT_REGISTRY_TIMEOUT_S: Final = 15.0
+_ID_ALPHABET: Final = string.ascii_letters + string.digits
+_ACTIVE: Final = (
+    pb.JOB_STATE_VALIDATING,
+    pb.JOB_STATE_TRAINING,
+    pb.JOB_STATE_EXPORTING,
+    pb.JOB_STATE_REGISTERING,
+)
+_STAGE_ENUM: Final = {
+    "sft": pb.STAGE_SFT,
+    "pt": pb.STAGE_PT,
+    "dpo": pb.STAGE_DPO,
+    "kto": pb.STAGE_KTO,
+    "rm": pb.STAGE_RM,
+    "ppo": pb.STAGE_PPO,
+}
+_TYPE_ENUM: Final = {
+    "lora": pb.FINETUNING_TYPE_LORA,
+    "full": pb.FINETUNING_TYPE_FULL,
+    "freeze": pb.FINETUNING_TYPE_FREEZE,
+}
+
+
+def _page_size(requested: int, default: int) -> int:
+    return default if requested <= 0 else min(requested, 1000)
+
+
+def _token(token: str) -> int | None:
+    if not token:
+        return None
+    if not token.isdigit():
+        raise InvalidArgument("page_token is not one this service returned", field="page_token")
+    return int(token)
+
+
+def _base_model_name(base: str) -> str:
+    """``tiny-llama`` of a text reference ``tiny-llama:3`` or ``tiny-llama@prod``."""
+    return base.split("@", 1)[0].split(":", 1)[0]
+
+
+def _reference(ref: common_pb2.VersionRef) -> str:
+    if ref.WhichOneof("selector") == "version":
+        return f"{ref.model}:{ref.version}"
+    return f"{ref.model}@{ref.alias or 'latest'}"
+
+
+async def _resolve(
+    client: RegistryClient, reference: str, field: str, *, full: bool = False
+) -> rpb.Version:
+    view = rpb.VERSION_VIEW_FULL if full else rpb.VERSION_VIEW_BASIC
+    try:
+        version: rpb.Version = await client.stub.ResolveVersion(
+            rpb.ResolveVersionRequest(reference=reference, view=view)
+        )
+    except (NotFound, InvalidArgument) as error:
+        # The kit's client interceptor raises the registry's status as a domain error.
+        raise InvalidArgument(
+            f"'{reference}' is not in the registry ({error}); register it first or fix the "
+            "reference",
+            field=field,
+        ) from error
+    return version
+
+
+class Trainer:
+    """Fine-tuning jobs: submit, inspect, cancel, watch."""
+
+    def __init__(
+        self,
+        settings: TrainerSettings,
+        store: JobStore,
+        *,
+        device_kind: DeviceKind,
+        device: str,
+        env: dict[str, str],
+        registry: Callable[[], RegistryClient],
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.device_kind = device_kind
+        self.hub = JobHub(store)
+        self.runner = JobRunner(
+            RunnerContext(
+                hub=self.hub,
+                settings=settings,
+                device_kind=device_kind,
+                device=device,
+                env=env,
+                registry=registry,
+            )
+        )
+        self.queue = JobQueue(self.runner.run, settings.max_concurrent_jobs)
+
+    def recover(self) -> None:
+        """Take up the jobs a previous trainer left unfinished (call once, in the event loop)."""
+        for job in self.store.in_states([pb.JOB_STATE_CANCELLING]):
+            # Its processes ended with the trainer that ran them.
+            self.hub.transition(job, pb.JOB_STATE_CANCELLED, "Job cancelled")
+        for job in reversed(self.store.in_states(_ACTIVE)):
+            log.info("resuming job %s (%s)", job.id, pb.JobState.Name(job.state))
+            self.queue.put(job.id, front=True)
+        for job in self.store.in_states([pb.JOB_STATE_QUEUED]):
+            self.queue.put(job.id)
+
+    async def stop(self) -> None:
+        """End watches and stop running jobs (they resume at the next start)."""
+        self.hub.close()
+        await self.queue.stop()
+
+    # --- jobs
+
+    async def submit(self, spec: pb.JobSpec, request_id: str, validate_only: bool) -> pb.Job:
+        """Check ``spec`` and queue it (or only check it).
+
+        Raises:
+            InvalidArgument: naming the field at fault and the fix.
+            Unavailable: the registry cannot be reached to check the references.
+        """
+        if request_id and not validate_only:
+            existing = self.store.find_by_request(request_id)
+            if existing is not None:
+                return self._view(existing)
+        plan = plan_job(spec, device=self.device_kind)
+        spec = await self._pin_references(spec, plan.base_model)
+        job_id = (
+            ""
+            if validate_only
+            else "ftjob-" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(20))
+        )
+        workspace = JobWorkspace(self.settings.state_dir, job_id or "validate-only")
+        arguments = effective_arguments(
+            plan.arguments,
+            workspace,
+            checkpoint_interval=self.settings.checkpoint_interval_steps,
+        )
+        filled = pb.JobSpec()
+        filled.CopyFrom(spec)
+        filled.stage = _STAGE_ENUM[arguments["stage"]]
+        if spec.finetuning_type != pb.FINETUNING_TYPE_QLORA:
+            filled.finetuning_type = _TYPE_ENUM[arguments["finetuning_type"]]
+        base = (
+            plan.base_model.model
+            if not isinstance(plan.base_model, str)
+            else _base_model_name(plan.base_model)
+        )
+        created = now()
+        job = pb.Job(
+            id=job_id,
+            request_id=request_id,
+            spec=filled,
+            state=pb.JOB_STATE_QUEUED,
+            effective_arguments=arguments_struct(arguments),
+            create_time=created,
+            update_time=created,
+        )
+        job.spec.output.model = output_model(job, base)
+        if validate_only:
+            return job
+        stored = self.store.create(job)
+        if stored.id != job.id:
+            return self._view(stored)  # the same request_id won a race
+        self.hub.emit(
+            job,
+            "Created fine-tuning job",
+            stage_change=pb.StageChange(
+                previous_state=pb.JOB_STATE_UNSPECIFIED, state=pb.JOB_STATE_QUEUED
+            ),
+        )
+        self.queue.put(job.id)
+        return self._view(job)
+
+    async def _pin_references(
+        self, spec: pb.JobSpec, yaml_base_model: common_pb2.VersionRef | str
+    ) -> pb.JobSpec:
+        """``spec`` with the base model and dataset versions resolved to numbers, so the job
+        (and a resumed one) uses what existed at submission; unknown references refused."""
+        pinned = pb.JobSpec()
+        pinned.CopyFrom(spec)
+        async with RegistryClient(
+            self.settings.registry_target,
+            timeout=SUBMIT_REGISTRY_TIMEOUT_S,
+            wait_for_ready=False,
+        ) as client:
+            if isinstance(yaml_base_model, str):
+                await _resolve(client, yaml_base_model, "model_name_or_path", full=False)
+            else:
+                base = await _resolve(client, _reference(spec.base_model), "base_model")
+                pinned.base_model.CopyFrom(
+                    common_pb2.VersionRef(model=base.model, version=base.number)
+                )
+            inputs = [("datasets", d) for d in pinned.datasets]
+            inputs += [("eval_datasets", d) for d in pinned.eval_datasets]
+            counters: dict[str, int] = {}
+            for group, dataset in inputs:
+                index = counters.get(group, 0)
+                counters[group] = index + 1
+                field = f"{group}[{index}].source"
+                version = await _resolve(
+                    client, _reference(dataset.source.version), f"{field}.version", full=True
+                )
+                paths = [artifact.path for artifact in version.artifacts]
+                if dataset.source.path and dataset.source.path not in paths:
+                    raise InvalidArgument(
+                        f"{version.model}:{version.number} has no file "
+                        f"'{dataset.source.path}' (it holds {', '.join(paths)})",
+                        field=f"{field}.path",
+                    )
+                dataset.source.version.CopyFrom(
+                    common_pb2.VersionRef(model=version.model, version=version.number)
+                )
+        return pinned
+
+    def get(self, job_id: str) -> pb.Job:
+        """One job, with its queue position.
+
+        Raises:
+            NotFound: no such job.
+        """
+        return self._view(self.hub.load(job_id))
+
+    def _view(self, job: pb.Job) -> pb.Job:
+        view = pb.Job()
+        view.CopyFrom(job)
+        view.queue_position = self.queue.position(job.id)
+        return view
+
+    def list_jobs(
+        self,
+        page_size: int,
+        page_token: str,
+        states: Sequence[pb.JobState.ValueType],
+        metadata: dict[str, str],
+    ) -> tuple[list[pb.Job], str]:
+        """A page of jobs, newest first, and the token of the next page."""
+        jobs, position = self.store.page(
+            before=_token(page_token),
+            states=states,
+            metadata=metadata,
+            limit=_page_size(page_size, 50),
+        )
+        views = [self.get(job.id) for job in jobs]
+        return views, "" if position is None else str(position)
+
+    def cancel(self, job_id: str) -> pb.Job:
+        """Cancel a job: at once when queued; a running one goes CANCELLING until its processes
+        are gone.
+
+        Raises:
+            NotFound: no such job.
+            FailedPrecondition: the job already ended (other than cancelled).
+        """
+        job = self.hub.load(job_id)
+        if job.state in (pb.JOB_STATE_CANCELLING, pb.JOB_STATE_CANCELLED):
+            return self._view(job)
+        if job.state in TERMINAL:
+            raise FailedPrecondition(
+                f"job '{job_id}' already ended ({pb.JobState.Name(job.state)}); only a queued or "
+                "running job can be cancelled",
+                field="job_id",
+            )
+        if self.queue.remove(job_id):
+            self.hub.transition(job, pb.JOB_STATE_CANCELLED, "Job cancelled")
+            return self._view(job)
+        self.hub.transition(job, pb.JOB_STATE_CANCELLING, "Cancelling the job")
+        if not self.queue.cancel(job_id):
+            # Not running in this trainer (it was between slots): nothing to stop.
+            self.hub.transition(job, pb.JOB_STATE_CANCELLED, "Job cancelled")
+        return self._view(job)
+
+    # --- events and checkpoints
+
+    def watch(
+        self, job_id: str, after: int, kinds: Sequence[pb.JobEventKind.ValueType]
+    ) -> AsyncIterator[pb.JobEvent]:
+        """The job's events after ``after``, then live ones, until it ends."""
+        self.hub.load(job_id)
+        return self.hub.watch(job_id, after, kinds)
+
+    def list_events(
+        self,
+        job_id: str,
+        page_size: int,
+        after: int,
+        descending: bool,
+        kinds: Sequence[pb.JobEventKind.ValueType],
+    ) -> tuple[list[pb.JobEvent], bool]:
+        """A page of past events and whether more follow."""
+        self.hub.load(job_id)
+        limit = _page_size(page_size, 20)
+        events = self.store.events(
+            job_id, after=after, limit=limit + 1, descending=descending, kinds=kinds
+        )
+        return events[:limit], len(events) > limit
+
+    def list_checkpoints(
+        self, job_id: str, page_size: int, page_token: str
+    ) -> tuple[list[pb.Checkpoint], str]:
+        """A page of checkpoints, highest step first, and the next page's token."""
+        self.hub.load(job_id)
+        limit = _page_size(page_size, 50)
+        found = self.store.checkpoints(job_id, before_step=_token(page_token), limit=limit + 1)
+        page = [checkpoint for checkpoint, _ in found[:limit]]
+        token = str(page[-1].step) if len(found) > limit else ""
+        return page, token

@@ -1,0 +1,169 @@
+"""compose.yaml as an operator runs it: with and without the CPU override."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from typing import Any
+
+import pytest
+
+from .conftest import (
+    CPU_OVERRIDE,
+    FORGELINE_SERVICES,
+    ROOT,
+    STANDINS_OVERRIDE,
+    ResolveCompose,
+)
+
+# Services that may publish a port: the gateway, and Grafana as a loopback-only console.
+PUBLISHED = {"gateway": None, "grafana": "127.0.0.1"}
+ONE_SHOT = {"minio-init"}
+
+
+@pytest.fixture(scope="module")
+def gpu_stack(resolve_compose: ResolveCompose) -> dict[str, Any]:
+    return resolve_compose()
+
+
+@pytest.fixture(scope="module")
+def cpu_stack(resolve_compose: ResolveCompose) -> dict[str, Any]:
+    return resolve_compose(CPU_OVERRIDE)
+
+
+def _gpu_reserved(service: dict[str, Any]) -> bool:
+    devices = service.get("deploy", {}).get("resources", {}).get("reservations", {})
+    return any("gpu" in d.get("capabilities", []) for d in devices.get("devices", []))
+
+
+def test_the_gpu_stack_has_every_service_and_gpus_for_trainer_and_vllm(
+    gpu_stack: dict[str, Any],
+) -> None:
+    services = gpu_stack["services"]
+    expected = {*FORGELINE_SERVICES, "minio", "minio-init", "vllm", "ollama", "prometheus",
+                "grafana"}  # fmt: skip
+    assert set(services) == expected
+    assert {name for name, s in services.items() if _gpu_reserved(s)} == {"trainer", "vllm"}
+
+
+def test_the_cpu_override_drops_gpus_and_vllm_and_trains_on_cpu(cpu_stack: dict[str, Any]) -> None:
+    services = cpu_stack["services"]
+    assert "vllm" not in services
+    assert not [name for name, s in services.items() if _gpu_reserved(s)]
+    assert services["trainer"]["environment"]["FORGELINE_TRAINER_DEVICE"] == "cpu"
+    assert services["gateway"]["environment"]["FORGELINE_GATEWAY_VLLM_URLS"] == "[]"
+    prometheus = [v["source"] for v in services["prometheus"]["volumes"]]
+    assert str(ROOT / "deploy/prometheus/prometheus.cpu.yml") in prometheus
+
+
+def test_vllm_comes_back_on_a_cpu_host_only_when_asked(resolve_compose: ResolveCompose) -> None:
+    assert "vllm" in resolve_compose(CPU_OVERRIDE, profiles=("gpu",))["services"]
+
+
+@pytest.mark.parametrize("variant", ["gpu_stack", "cpu_stack"])
+def test_every_long_running_service_has_a_healthcheck(
+    variant: str, request: pytest.FixtureRequest
+) -> None:
+    services = request.getfixturevalue(variant)["services"]
+    for name, service in services.items():
+        if name in ONE_SHOT:
+            continue
+        check = service.get("healthcheck", {})
+        assert check.get("test"), f"{name} has no healthcheck"
+        assert not check.get("disable"), f"{name} has its healthcheck disabled"
+
+
+@pytest.mark.parametrize("variant", ["gpu_stack", "cpu_stack"])
+def test_services_start_after_what_they_need_is_healthy(
+    variant: str, request: pytest.FixtureRequest
+) -> None:
+    services = request.getfixturevalue(variant)["services"]
+    for name, service in services.items():
+        for dependency, rule in service.get("depends_on", {}).items():
+            assert rule.get("condition") in {
+                "service_healthy", "service_completed_successfully", "service_started",
+            }, f"{name} -> {dependency} has no condition"  # fmt: skip
+            if rule["condition"] == "service_started":
+                # Only optional backends may be merely started (the gateway skips them).
+                assert rule.get("required") is False, f"{name} -> {dependency}"
+    needs = {name: set(services[name].get("depends_on", {})) for name in FORGELINE_SERVICES}
+    assert "minio-init" in needs["registry"]
+    assert "registry" in needs["trainer"]
+    assert "registry" in needs["converter"]
+    assert {"registry", "trainer", "converter"} <= needs["gateway"]
+
+
+@pytest.mark.parametrize("variant", ["gpu_stack", "cpu_stack"])
+def test_only_the_gateway_and_the_loopback_console_publish_ports(
+    variant: str, request: pytest.FixtureRequest
+) -> None:
+    services = request.getfixturevalue(variant)["services"]
+    publishing = {name for name, s in services.items() if s.get("ports")}
+    assert publishing == set(PUBLISHED)
+    for name, host_ip in PUBLISHED.items():
+        for port in services[name]["ports"]:
+            if host_ip is not None:
+                assert port.get("host_ip") == host_ip, f"{name} publishes {port} beyond loopback"
+
+
+def test_state_lives_in_named_volumes(gpu_stack: dict[str, Any]) -> None:
+    services = gpu_stack["services"]
+    for name, target in {
+        "minio": "/data", "trainer": "/var/lib/forgeline/trainer",
+        "converter": "/var/lib/forgeline/converter", "gateway": "/var/lib/forgeline/gateway",
+        "vllm": "/root/.cache/huggingface", "ollama": "/root/.ollama",
+    }.items():  # fmt: skip
+        mounts = {v["target"]: v for v in services[name].get("volumes", [])}
+        assert mounts[target]["type"] == "volume", f"{name} keeps {target} in the container"
+
+
+def test_forgeline_services_build_from_their_dockerfile_with_pinned_images(
+    gpu_stack: dict[str, Any],
+) -> None:
+    services = gpu_stack["services"]
+    for name in FORGELINE_SERVICES:
+        assert services[name]["build"]["dockerfile"] == f"services/{name}/Dockerfile"
+    for name in ("minio", "vllm", "ollama", "prometheus", "grafana"):
+        image = services[name]["image"]
+        assert ":" in image, f"{name} image {image} has no tag"
+        assert not image.endswith(":latest"), f"{name} image {image} is not pinned"
+
+
+def test_no_secret_is_written_in_the_compose_files() -> None:
+    for path in (ROOT / "compose.yaml", CPU_OVERRIDE, STANDINS_OVERRIDE):
+        for line in path.read_text().splitlines():
+            match = re.search(r"(PASSWORD|SECRET_KEY|TOKEN)\w*:\s*(\S+)", line)
+            if match:
+                assert match.group(2).startswith("${"), f"{path.name}: {line.strip()}"
+
+
+def test_the_required_passwords_are_refused_when_missing(compose_bin: str) -> None:
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/root")}
+    done = subprocess.run(  # noqa: S603 - a fixed argument list
+        [compose_bin, "-f", str(ROOT / "compose.yaml"), "config", "--quiet"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "MINIO_ROOT_PASSWORD" in done.stderr
+
+
+def test_the_smoke_stack_replaces_only_what_cannot_be_pulled(
+    resolve_compose: ResolveCompose,
+) -> None:
+    services = resolve_compose(CPU_OVERRIDE, STANDINS_OVERRIDE)["services"]
+    assert set(services) == {*FORGELINE_SERVICES, "minio", "minio-init", "prometheus"}
+    assert services["minio"]["image"].startswith("forgeline-standin/")
+    assert services["prometheus"]["image"].startswith("forgeline-standin/")
+    for name in FORGELINE_SERVICES:
+        assert services[name]["image"].startswith(f"forgeline/{name}:")
+
+
+def test_each_forgeline_volume_mount_point_exists_in_its_image(gpu_stack: dict[str, Any]) -> None:
+    # A named volume mounted where the image has no directory is created root-owned, and the
+    # non-root service could not write its state there.
+    for name in FORGELINE_SERVICES:
+        dockerfile = (ROOT / "services" / name / "Dockerfile").read_text()
+        made = " ".join(re.findall(r"mkdir -p ([^\n\\]+)", dockerfile))
+        for volume in gpu_stack["services"][name].get("volumes", []):
+            assert volume["target"] in made, f"{name}: {volume['target']} is not made by its image"
