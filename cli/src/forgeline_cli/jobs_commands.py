@@ -1,6 +1,6 @@
 """The trainer's job commands: ``forgeline jobs list|show|cancel|logs``.
 
-They talk to a running trainer (``--trainer HOST:PORT``, or ``FORGELINE_TRAINER_TARGET``; default
+They talk to a running trainer (``--trainer HOST:PORT``, or ``FORGELINE_CLI_TRAINER``; default
 ``127.0.0.1:50052``). ``--json`` prints the API's JSON instead of text. ``logs --follow`` streams
 a job's events until it ends, exiting 0 only when the job succeeded. ``forgeline train`` reuses the
 follower and the error handling defined here.
@@ -48,7 +48,7 @@ __all__ = [
 # The trainer's own default gRPC port is the kit's 50051, which the registry also uses on one
 # machine; a local trainer is expected next to it, on 50052.
 DEFAULT_TRAINER: Final = "127.0.0.1:50052"
-TRAINER_VARIABLE: Final = "FORGELINE_TRAINER_TARGET"
+TRAINER_VARIABLE: Final = "FORGELINE_CLI_TRAINER"
 
 #: Exit status when the trainer refused the request, or the job did not succeed.
 EXIT_FAILED: Final = 1
@@ -78,7 +78,11 @@ def print_json(message: Message | list[Message], out: TextIO | None = None) -> N
 
 def one_line(text: str) -> str:
     """Multi-line service messages (a dataset's bad records) joined into one line."""
-    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+    joined = ""
+    for line in (line.strip() for line in text.splitlines()):
+        if line:
+            joined += ("" if not joined else " " if joined.endswith(":") else "; ") + line
+    return joined
 
 
 def add_trainer_option(parser: argparse.ArgumentParser) -> None:

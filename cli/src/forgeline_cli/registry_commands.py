@@ -1,7 +1,7 @@
 """The registry's commands: ``forgeline models list|show``, ``forgeline push``, ``forgeline pull``
 and ``forgeline alias``.
 
-They talk to a running registry (``--registry HOST:PORT``, or ``FORGELINE_REGISTRY_ADDRESS``;
+They talk to a running registry (``--registry HOST:PORT``, or ``FORGELINE_CLI_REGISTRY``;
 default ``127.0.0.1:50051``). Bytes move straight between this machine and the store through
 the registry's grants; transfers show progress bars on a terminal, and ``--json`` prints the
 result as the API's JSON instead of text.
@@ -28,7 +28,7 @@ from forgeline_registry.client import RegistryClient, TransferProgress
 __all__ = ["DEFAULT_REGISTRY", "register_registry_commands"]
 
 DEFAULT_REGISTRY = "127.0.0.1:50051"
-ADDRESS_VARIABLE = "FORGELINE_REGISTRY_ADDRESS"
+ADDRESS_VARIABLE = "FORGELINE_CLI_REGISTRY"
 
 #: Exit status when the registry refused or failed the request.
 EXIT_FAILED = 1

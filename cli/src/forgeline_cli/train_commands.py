@@ -34,7 +34,7 @@ from forgeline_cli.jobs_commands import (
 )
 from forgeline_cli.registry_commands import ADDRESS_VARIABLE, DEFAULT_REGISTRY
 from forgeline_kit.datasets import DatasetFormat, DatasetSpec, detect_dataset, validate_dataset
-from forgeline_kit.errors import ForgelineError, InvalidArgument
+from forgeline_kit.errors import ForgelineError, InvalidArgument, Unavailable
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.registry.v1 import registry_pb2 as registry_pb
 from forgeline_proto.trainer.v1 import trainer_pb2 as pb
@@ -212,9 +212,17 @@ def _train(args: argparse.Namespace) -> int:
 
     try:
         inputs = _push_all(args, files)
+    except KeyboardInterrupt:
+        print("\nforgeline: interrupted while pushing data; no job was submitted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except ForgelineError as exc:
+        hint = (
+            f" (is it running? Point --registry or ${ADDRESS_VARIABLE} at it)"
+            if isinstance(exc, Unavailable)
+            else ""
+        )
         print(
-            f"forgeline: pushing the data to the registry at {args.registry} failed: "
+            f"forgeline: pushing the data to the registry at {args.registry} failed{hint}: "
             f"{one_line(exc.message)}",
             file=sys.stderr,
         )

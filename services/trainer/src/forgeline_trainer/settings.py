@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from forgeline_kit.settings import ServiceSettings
+from forgeline_kit.settings import Port, ServiceSettings
 
 __all__ = ["TrainerSettings"]
 
@@ -18,6 +18,10 @@ class TrainerSettings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="FORGELINE_TRAINER_")
 
+    # The registry listens on the kit's default gRPC port (50051); the trainer and the converter
+    # take the next ones so the embedded default runs all three on one host.
+    grpc_port: Port = Field(50052, description="gRPC port; 0 picks a free one.")
+    metrics_port: Port = Field(9465, description="Port of the /metrics endpoint; 0 picks one.")
     registry_target: str = Field(
         "127.0.0.1:50051", min_length=1, description="host:port of the registry's gRPC server."
     )

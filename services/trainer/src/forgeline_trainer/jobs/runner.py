@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -290,17 +291,22 @@ class JobRunner:
         job.attempt += 1
         self.hub.save(job)
         train_arguments = TrainArguments(**arguments)
+        started = time.monotonic()
         process = await asyncio.to_thread(
             start_training, train_arguments, workspace.root, self.context.env
         )
         reader = ProgressReader(workspace.output)
+        # A thread blocks on the process's exit, so the job moves on the moment training ends
+        # (not at the next poll) and the tool's own run time is exact.
+        exited = asyncio.ensure_future(asyncio.to_thread(process.wait))
         try:
-            while process.poll() is None:
+            while not exited.done():
                 self._collect(job, reader, workspace)
-                await asyncio.sleep(self.context.settings.poll_interval_seconds)
+                await asyncio.wait({exited}, timeout=self.context.settings.poll_interval_seconds)
         except asyncio.CancelledError:
             await asyncio.to_thread(process.cancel)
             raise
+        process_seconds = time.monotonic() - started
         self._collect(job, reader, workspace)
         status = process.poll()
         if status != 0:
@@ -308,6 +314,7 @@ class JobRunner:
             raise JobError(failure.code, failure.message)
         results = workspace.output / "all_results.json"
         metrics = numeric(json.loads(results.read_text())) if results.is_file() else {}
+        metrics["train_process_seconds"] = process_seconds
         tokens = int(metrics.get("num_input_tokens_seen", 0))
         job.result.trained_tokens = tokens or job.progress.metrics.trained_tokens
         return metrics
@@ -353,6 +360,7 @@ class JobRunner:
             export_legacy_format=merge.export_legacy_format,
         )
         config = arguments.write_yaml(workspace.root / "export.yaml")
+        started = time.monotonic()
         process = await asyncio.to_thread(
             TrainingProcess,
             [LLAMAFACTORY_CLI, "export", config],
@@ -372,6 +380,7 @@ class JobRunner:
                 f"llamafactory-cli export exited with {status}; its last output:\n"
                 + "\n".join(lines),
             )
+        job.result.metrics["export_process_seconds"] = time.monotonic() - started
         self.hub.emit(job, "Merged the adapter into the base model")
 
     # --- REGISTERING
