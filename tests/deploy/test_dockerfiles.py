@@ -116,7 +116,7 @@ def test_converter_and_gateway_share_one_llama_cpp_build_stage() -> None:
         "identical stages share the build cache: the ~9 minute llama.cpp build runs once"
     )
     build = " ".join(stages["gateway"]["toolchain"])
-    assert "forgeline-llamacpp build --portable" in build
+    assert "forgeline_kit.llamacpp build --portable" in build
 
 
 def test_the_build_context_leaves_out_venvs_env_files_and_keys() -> None:

@@ -138,12 +138,10 @@ def test_a_lora_adapter_is_served_by_llamacpp_as_the_merged_model_answers(
         suffix="lora",
         on_event=lambda _: None,
         forgeline={
-            "lora": {"rank": 64, "alpha": 128, "additional_target": None},
-            "arguments": {
-                "learning_rate": 2e-2,
-                "lr_scheduler_type": "constant",
-                "num_train_epochs": 10,
-            },
+            # Gentle on purpose: a strong LoRA (2e-2, scale 2) drives llama.cpp's F16 run-time
+            # LoRA path to NaN logits on this random model, while the merged weights stay finite.
+            "lora": {"rank": 64, "alpha": 64, "additional_target": None},
+            "arguments": {"learning_rate": 5e-3, "num_train_epochs": 10},
             "deploy": {"enabled": False},
         },
     )
@@ -157,9 +155,37 @@ def test_a_lora_adapter_is_served_by_llamacpp_as_the_merged_model_answers(
     )
     _deploy(running, "tiny-llama-lora-merged", registry_gguf=outputs["gguf"]["f16"])
     _deploy(running, "tiny-llama-f16", registry_gguf=running.base_gguf["f16"])
-    with_adapter = ask(running.client, "tiny-llama-with-adapter")
-    assert with_adapter == ask(running.client, "tiny-llama-lora-merged")
-    assert with_adapter != ask(running.client, "tiny-llama-f16"), "the adapter changed nothing"
+    # Greedy text of a random model hangs on near-ties, so compare the next-token distribution:
+    # the adapter applied at run time must match the merged weights up to F16 rounding, and
+    # differ from the base model.
+    with_adapter = _next_token_logprobs(running, "tiny-llama-with-adapter")
+    merged = _next_token_logprobs(running, "tiny-llama-lora-merged")
+    base = _next_token_logprobs(running, "tiny-llama-f16")
+    top = max(with_adapter, key=with_adapter.__getitem__)
+    assert top == max(merged, key=merged.__getitem__), (with_adapter, merged)
+    shared = with_adapter.keys() & merged.keys()
+    assert len(shared) >= 3, (with_adapter, merged)
+    # F16 rounding of the merged weights moves tail log-probabilities by a few hundredths.
+    assert max(abs(with_adapter[t] - merged[t]) for t in shared) < 0.15, (with_adapter, merged)
+    assert top not in base or abs(base[top] - with_adapter[top]) > 0.5, (
+        "the adapter changed nothing"
+    )
+
+
+def _next_token_logprobs(running: RunningStack, model: str) -> dict[str, float]:
+    """The five likeliest first tokens of the answer to the demo question, with logprobs."""
+    completion = running.client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": DEMO_FACT.question}],
+        max_tokens=1,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=5,
+    )
+    logprobs = completion.choices[0].logprobs
+    assert logprobs is not None
+    assert logprobs.content
+    return {entry.token: entry.logprob for entry in logprobs.content[0].top_logprobs}
 
 
 def test_events_and_checkpoints_are_listed_through_the_sdk(
