@@ -286,3 +286,33 @@ def test_a_job_survives_a_trainer_crash_and_a_gateway_restart(running: RunningSt
 
 class _Interrupt(Exception):  # noqa: N818 (a signal for the test, not an error)
     pass
+
+
+def test_a_cancelled_job_stops_training_and_keeps_nothing(running: RunningStack) -> None:
+    data = write_fact_dataset(running.work / "fact-cancel.jsonl")
+    client = running.client
+    with data.open("rb") as handle:
+        uploaded = client.files.create(file=handle, purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model="tiny-llama",
+        training_file=uploaded.id,
+        suffix="cancel",
+        hyperparameters={"n_epochs": 200, "batch_size": 16},
+        extra_body={"forgeline": {"arguments": {"logging_steps": 1}}},
+    )
+
+    def training(message: str) -> None:
+        if message.startswith("Step "):
+            raise _Interrupt
+
+    with contextlib.suppress(_Interrupt):
+        follow(client, job.id, training, poll_seconds=0.2)
+    cancelled = client.fine_tuning.jobs.cancel(job.id)
+    assert cancelled.status == "cancelled"
+    assert cancelled.fine_tuned_model is None
+    assert _versions_of_job(running, job.id) == []
+    assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled", "cancel is idempotent"
+    trainer_state = _job_json(running, job.id)["forgeline"]["trainer_state"]
+    assert trainer_state in ("cancelling", "cancelled")
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id)]
+    assert "The job was cancelled; nothing it made was kept" in messages

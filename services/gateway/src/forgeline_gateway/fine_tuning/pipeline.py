@@ -486,7 +486,7 @@ class Pipeline:
 
     async def _finish(self, job: JobRecord, stage: Stage, error: JobError | None) -> JobRecord:
         if stage is not Stage.SUCCEEDED:
-            await self._stop_remote_work(job)
+            job = await self._stop_remote_work(job)
             await self._roll_back(job)
         job = await self._save(job, stage=stage, error=error, finished_at=int(time.time()))
         if stage is Stage.SUCCEEDED:
@@ -500,13 +500,21 @@ class Pipeline:
         log.info("fine-tuning job finished", extra={"job": job.id, "stage": stage})
         return job
 
-    async def _stop_remote_work(self, job: JobRecord) -> None:
+    async def _stop_remote_work(self, job: JobRecord) -> JobRecord:
+        """Cancel the trainer job or conversion in progress; the job with the trainer's state."""
         if job.trainer_job_id and job.stage is Stage.TRAINING:
-            with contextlib.suppress(FailedPrecondition):
-                await self.trainer.CancelJob(
+            try:
+                trainer_job = await self.trainer.CancelJob(
                     trainer_pb2.CancelJobRequest(job_id=job.trainer_job_id),
                     timeout=_INTERACTIVE_TIMEOUT,
                 )
+            except FailedPrecondition:  # it had already ended
+                trainer_job = await self.trainer.GetJob(
+                    trainer_pb2.GetJobRequest(job_id=job.trainer_job_id),
+                    timeout=_INTERACTIVE_TIMEOUT,
+                )
+            state = trainer_pb2.JobState.Name(trainer_job.state).removeprefix("JOB_STATE_")
+            job = job.model_copy(update={"trainer_state": state})
         conversion_id = self._conversions.get(job.id)
         if conversion_id and job.stage is Stage.CONVERTING:
             with contextlib.suppress(FailedPrecondition):
@@ -514,6 +522,7 @@ class Pipeline:
                     converter_pb2.CancelConversionRequest(conversion_id=conversion_id),
                     timeout=_INTERACTIVE_TIMEOUT,
                 )
+        return job
 
     async def _roll_back(self, job: JobRecord) -> None:
         """Remove the deployment and every version the job registered, newest first."""
