@@ -150,7 +150,9 @@ class Pipeline:
             else None
         )
         base = await self._base_version(request.model)
-        spec = self._spec(request, job_id, seed, base, training, validation)
+        base_ref = common_pb2.VersionRef(model=base.model, version=base.number)
+        template = base.lineage.template or None
+        spec = self._spec(request, job_id, seed, base_ref, template, training, validation)
         # The trainer checks every argument against LLaMA-Factory's own dataclasses and the
         # stage/type/device combination; its refusal is the user's 400.
         await self.trainer.SubmitJob(
@@ -164,6 +166,8 @@ class Pipeline:
             request=request,
             fine_tuned_model=fine_tuned_model_name(request.model, owner, request.suffix, job_id),
             seed=seed,
+            base_version=_ref_text(base_ref),
+            template=template,
         )
         await self.store.run(lambda: self.store.put(job))
         await self._event(job, "info", f"Created fine-tuning job: {job.id}")
@@ -196,7 +200,7 @@ class Pipeline:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        await self._stop_remote_work(job)
+        # Driving a job that asks to be cancelled stops its remote work and rolls it back.
         await self._drive(job_id)
         return await self.get(job_id)
 
@@ -269,8 +273,10 @@ class Pipeline:
             if request.validation_file
             else None
         )
-        base = await self._base_version(request.model)
-        spec = self._spec(request, job.id, job.seed, base, training, validation)
+        # The base version was pinned when the job was created: a version pushed since then
+        # must not change what this job trains on.
+        base = _ref(job.base_version)
+        spec = self._spec(request, job.id, job.seed, base, job.template, training, validation)
         try:
             trainer_job = await self.trainer.SubmitJob(
                 trainer_pb2.SubmitJobRequest(spec=spec, request_id=job.id)
@@ -411,7 +417,7 @@ class Pipeline:
             spec = converter_pb2.ConversionSpec(
                 adapter=converter_pb2.AdapterConversion(
                     adapter=_ref(outputs.adapter),
-                    base=await self._base_ref(job),
+                    base=_ref(job.base_version),
                     outtype=converter_pb2.GGUF_OUTTYPE_F16,
                 ),
                 output=converter_pb2.OutputOptions(labels={"fine_tuning_job": job.id}),
@@ -546,7 +552,8 @@ class Pipeline:
         request: FineTuningJobCreate,
         job_id: str,
         seed: int,
-        base: registry_pb2.Version,
+        base: common_pb2.VersionRef,
+        template: str | None,
         training: DatasetFile,
         validation: DatasetFile | None,
     ) -> trainer_pb2.JobSpec:
@@ -554,8 +561,8 @@ class Pipeline:
             request,
             job_id=job_id,
             seed=seed,
-            base=common_pb2.VersionRef(model=base.model, version=base.number),
-            template=base.lineage.template or None,
+            base=base,
+            template=template,
             training=training,
             validation=validation,
             metadata={"fine_tuning_job": job_id, **(request.metadata or {})},
@@ -575,10 +582,6 @@ class Pipeline:
                 f"(`forgeline models push DIR {model}`) or pick one of `forgeline models list`",
                 field="model",
             ) from error
-
-    async def _base_ref(self, job: JobRecord) -> common_pb2.VersionRef:
-        base = await self._base_version(job.request.model)
-        return common_pb2.VersionRef(model=base.model, version=base.number)
 
     async def _save(self, job: JobRecord, **update: Any) -> JobRecord:
         job = job.model_copy(update=update)

@@ -59,6 +59,9 @@ class JobRecord(BaseModel):
     request: FineTuningJobCreate
     fine_tuned_model: str
     seed: int
+    #: The base version (``MODEL:N``) resolved when the job was created, and its training template.
+    base_version: str
+    template: str | None = None
     stage: Stage = Stage.VALIDATING_FILES
     #: The trainer's own state name while training (QUEUED, TRAINING, EXPORTING...).
     trainer_state: str = ""
