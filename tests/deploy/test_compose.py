@@ -138,14 +138,24 @@ def test_no_secret_is_written_in_the_compose_files() -> None:
                 assert match.group(2).startswith("${"), f"{path.name}: {line.strip()}"
 
 
-def test_the_required_passwords_are_refused_when_missing(compose_bin: str) -> None:
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/root")}
+@pytest.mark.parametrize(
+    ("given", "missing"),
+    [
+        ("GRAFANA_ADMIN_PASSWORD", "MINIO_ROOT_PASSWORD"),
+        ("MINIO_ROOT_PASSWORD", "GRAFANA_ADMIN_PASSWORD"),
+    ],
+)
+def test_the_required_passwords_are_refused_when_missing(
+    compose_bin: str, given: str, missing: str
+) -> None:
+    # One password at a time: with both missing, Compose names whichever it meets first.
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/root"), given: "x"}
     done = subprocess.run(  # noqa: S603 - a fixed argument list
         [compose_bin, "-f", str(ROOT / "compose.yaml"), "config", "--quiet"],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode != 0
-    assert "MINIO_ROOT_PASSWORD" in done.stderr
+    assert missing in done.stderr
 
 
 def test_the_smoke_stack_replaces_only_what_cannot_be_pulled(
