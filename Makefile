@@ -6,7 +6,7 @@ BIN := $(abspath $(VENV)/bin)
 STAMP := $(VENV)/.installed
 PYPROJECTS := $(wildcard kit/pyproject.toml proto/pyproject.toml cli/pyproject.toml services/*/pyproject.toml)
 
-.PHONY: help install system-tools lock proto proto-check lint format toolchain test pytest demo up clean
+.PHONY: help install setup system-tools lock proto proto-check lint format toolchain test pytest demo up clean
 
 help:
 	@echo "make demo   fine-tune the embedded tiny model and chat with it (CPU, no Docker)"
@@ -15,12 +15,22 @@ help:
 	@echo "make proto  regenerate the gRPC stubs after editing proto/"
 	@echo "make lock   re-resolve requirements/dev.in into requirements/lock.txt"
 
-# One virtual environment for development, tests and the embedded default.
-$(STAMP): requirements/lock.txt $(PYPROJECTS)
+# The venv's pip plus the kit and its pydantic, at the locked versions: all the llama.cpp build
+# needs, so `make demo` and CI compile llama.cpp while the rest of the venv installs.
+BOOTSTRAP := $(VENV)/.bootstrapped
+BOOTSTRAP_PINS := ^(annotated-types|pydantic|pydantic-core|typing-extensions|typing-inspection)==
+$(BOOTSTRAP): requirements/lock.txt kit/pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	grep -E '$(BOOTSTRAP_PINS)' requirements/lock.txt > $(VENV)/bootstrap.txt
+	$(BIN)/python -m pip install --quiet --no-deps -r $(VENV)/bootstrap.txt -e ./kit
+	touch $@
+
+# One virtual environment for development, tests and the embedded default.
+$(STAMP): requirements/lock.txt $(PYPROJECTS) $(BOOTSTRAP)
 	$(BIN)/python -m pip install --quiet -r requirements/lock.txt
 	touch $@
+
 
 install: $(STAMP)
 
@@ -50,18 +60,23 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 # Builds llama-quantize and llama-server from the pinned llama.cpp source, cached outside the tree.
-toolchain: $(STAMP)
+toolchain: $(BOOTSTRAP)
 	$(BIN)/forgeline-llamacpp build
+
+# The venv install and the llama.cpp build side by side (the build waits on the compiler, the
+# install mostly on the disk).
+setup:
+	@$(MAKE) --no-print-directory -j2 install toolchain
 
 pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test: install system-tools proto-check lint toolchain pytest
+test: setup system-tools proto-check lint pytest
 
-demo: install toolchain
+demo: setup
 	$(BIN)/forgeline demo
 
-up: install toolchain
+up: setup
 	$(BIN)/forgeline up
 
 clean:

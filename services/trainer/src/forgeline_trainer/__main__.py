@@ -10,6 +10,7 @@ from forgeline_proto.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from forgeline_registry.client import RegistryClient
 from forgeline_trainer.grpc_api import TrainerServicer
 from forgeline_trainer.jobs.store import JobStore
+from forgeline_trainer.llamafactory.chat_template import preload_in_background
 from forgeline_trainer.llamafactory.combinations import DeviceKind
 from forgeline_trainer.service import Trainer
 from forgeline_trainer.settings import TrainerSettings
@@ -50,6 +51,7 @@ async def build(settings: TrainerSettings) -> list[Service]:
         registry=registry,
     )
     trainer.recover()
+    preload_in_background()
     log.info("trainer on %s, state in %s", device, state_dir)
 
     async def on_stopped() -> None:

@@ -6,18 +6,24 @@ learns one format and is prompted in another — typically it never emits the st
 waits for, and "generation never stops". So one probe conversation is rendered both ways, exactly
 as training and inference would, and any difference is refused with both renderings shown.
 
-Needs ``transformers`` and ``llamafactory`` (imported on first use: seconds), so it runs in the
-job's VALIDATING state, not in SubmitJob.
+Needs ``transformers`` and ``llamafactory``, whose first import takes several seconds (torch,
+peft, datasets): the check runs in the job's VALIDATING state, not in SubmitJob, and the service
+imports them once at start with :func:`preload_in_background`, so a job does not pay for it.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
+import logging
+import threading
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
 from forgeline_kit.errors import InvalidArgument
+
+log = logging.getLogger(__name__)
 
 #: A conversation both renderings must agree on (no system prompt: not every template has one).
 PROBE: list[dict[str, str]] = [
@@ -31,6 +37,28 @@ class TemplateMismatch(InvalidArgument):
 
     #: The contract's ``OperationError.code`` for a job that fails this way.
     error_code: ClassVar[str] = "template_mismatch"
+
+
+def preload_in_background() -> threading.Thread:
+    """Import what :func:`check_chat_template` needs in a daemon thread and return it.
+
+    A job validated meanwhile simply waits on Python's import lock for the rest of the import;
+    a daemon thread keeps a service that is stopped at once from waiting for it.
+    """
+
+    def preload() -> None:
+        started = time.monotonic()
+        try:
+            import llamafactory.data.template  # noqa: F401
+            import transformers  # noqa: F401
+        except Exception:  # the check itself reports a broken install, with the job
+            log.exception("preloading the chat-template check failed")
+            return
+        log.info("chat-template check ready in %.1f s", time.monotonic() - started)
+
+    thread = threading.Thread(target=preload, name="preload-chat-template", daemon=True)
+    thread.start()
+    return thread
 
 
 def check_chat_template(model_dir: Path, template: str) -> None:
