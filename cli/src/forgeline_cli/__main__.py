@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from forgeline_cli.convert_commands import register as register_convert
 from forgeline_cli.demo import register as register_demo
+from forgeline_cli.deploy_commands import register as register_deploy
 from forgeline_cli.jobs_commands import register as register_jobs
 from forgeline_cli.registry_commands import register_registry_commands
 from forgeline_cli.train_commands import register as register_train
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_train(subparsers)
     register_jobs(subparsers)
     register_convert(subparsers)
+    register_deploy(subparsers)
     return parser
 
 

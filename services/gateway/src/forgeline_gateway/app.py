@@ -37,6 +37,7 @@ from forgeline_gateway.backends.base import Backend
 from forgeline_gateway.backends.llamacpp import LlamaCppBackend
 from forgeline_gateway.backends.ollama import OllamaBackend
 from forgeline_gateway.backends.vllm import VllmBackend
+from forgeline_gateway.backends.vllm_container import VllmContainers, VllmContainerSettings
 from forgeline_gateway.deployments.artifacts import RegistryArtifacts
 from forgeline_gateway.deployments.manager import DeploymentManager
 from forgeline_gateway.errors import install_error_handlers
@@ -64,7 +65,8 @@ BackendFactory = Callable[[GatewaySettings, httpx.AsyncClient], Mapping[str, Bac
 def default_backends(
     settings: GatewaySettings, client: httpx.AsyncClient
 ) -> Mapping[str, Backend[Any]]:
-    """llama.cpp (with the built toolchain's llama-server, if any), vLLM and Ollama."""
+    """llama.cpp (with the built toolchain's llama-server, if any), vLLM (servers, or containers
+    started through the Docker API) and Ollama."""
     try:
         llama_server = locate().llama_server
     except ToolchainError as error:
@@ -76,7 +78,16 @@ def default_backends(
         threads=settings.llama_server_threads,
         start_timeout=settings.llama_server_start_seconds,
     )
-    adapters: list[Backend[Any]] = [llamacpp, VllmBackend(client), OllamaBackend(client)]
+    containers = VllmContainers(
+        VllmContainerSettings(
+            image=settings.vllm_image,
+            model_cache=settings.model_cache,
+            model_mount=settings.vllm_model_mount,
+            network=settings.vllm_network,
+        )
+    )
+    vllm = VllmBackend(client, containers, start_timeout=settings.vllm_start_seconds)
+    adapters: list[Backend[Any]] = [llamacpp, vllm, OllamaBackend(client)]
     return {adapter.kind: adapter for adapter in adapters}
 
 

@@ -90,6 +90,31 @@ class GatewaySettings(ServiceSettings):
         default_factory=list,
         description="Base URLs of the vLLM servers deployments use by default (JSON list).",
     )
+    vllm_image: str = Field(
+        "vllm/vllm-openai:v0.11.0",
+        min_length=1,
+        description="The vLLM image of the containers started for `registry_model` deployments "
+        "(pinned; pull it on the Docker host beforehand).",
+    )
+    vllm_model_mount: str | None = Field(
+        None,
+        min_length=1,
+        description="The Docker volume or host directory holding MODEL_CACHE as the Docker "
+        "host sees it, mounted read-only into vLLM containers (default: MODEL_CACHE's absolute "
+        "path, for a gateway on the Docker host).",
+    )
+    vllm_network: str | None = Field(
+        None,
+        min_length=1,
+        description="Docker network the vLLM containers join, reached by container name (a "
+        "gateway in a container); unset: their port is published on the host's 127.0.0.1.",
+    )
+    vllm_start_seconds: float = Field(
+        1800.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="How long a new vLLM container may take to answer /health (loading weights).",
+    )
     ollama_url: str | None = Field(
         None, description="Base URL of the Ollama server deployments use by default."
     )
@@ -106,7 +131,8 @@ class GatewaySettings(ServiceSettings):
     )
     model_cache: Path = Field(
         Path(".forgeline/gateway-models"),
-        description="Where registry versions deployed on llama.cpp are cached on this host.",
+        description="Where registry versions deployed on llama.cpp, Ollama or vLLM containers "
+        "are cached on this host.",
     )
     organization: str = Field(
         "forgeline",

@@ -127,6 +127,7 @@ class OllamaBackend(Backend[OllamaSpec]):
 
     async def place(self, name: str, spec: OllamaSpec) -> Placement:
         assert spec.url is not None  # the manager fills in the gateway's default
+        assert spec.gguf is not None  # the manager fetches registry_gguf into the cache first
         url = spec.url.rstrip("/")
         path = Path(spec.gguf)
         if not await asyncio.to_thread(is_readable_file, path):

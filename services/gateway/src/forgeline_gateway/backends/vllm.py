@@ -9,7 +9,10 @@ serving LoRA Adapters", https://docs.vllm.ai/en/latest/features/lora/):
 * ``POST /v1/unload_lora_adapter`` ``{"lora_name"}`` unloads it.
 
 A base-model deployment only attaches to the servers; an adapter deployment loads the adapter
-under the public model name on every server, so requests need no renaming.
+under the public model name on every server, so requests need no renaming. A ``registry_model``
+deployment gets a vLLM container of its own (``vllm_container.py``) serving the model under the
+public name; it is placed once vLLM's ``GET /health`` answers 200 (vLLM's server: 200 once the
+engine is up), polled until a deadline while the container runs.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import logging
 import httpx
 
 from forgeline_gateway.backends.base import Backend, Capabilities, Endpoint, Placement
+from forgeline_gateway.backends.vllm_container import VllmContainers, stopped_message
 from forgeline_gateway.deployments.spec import VllmSpec
 from forgeline_kit.errors import FailedPrecondition
 
@@ -28,6 +32,8 @@ __all__ = ["VllmBackend"]
 log = logging.getLogger(__name__)
 
 ADMIN_TIMEOUT_S = 120.0  # loading an adapter reads it from disk onto the GPU
+HEALTH_POLL_S = 0.5
+HEALTH_TIMEOUT_S = 5.0
 
 # vLLM's sampling parameters beyond OpenAI's ("Extra Parameters" in vLLM's server docs).
 _VLLM_SAMPLING = frozenset(
@@ -88,8 +94,16 @@ class VllmBackend(Backend[VllmSpec]):
 
     kind = "vllm"
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        containers: VllmContainers | None = None,
+        *,
+        start_timeout: float = 1800.0,
+    ) -> None:
         self.client = client
+        self.containers = containers
+        self.start_timeout = start_timeout
         # Slow answers are normal here (loading weights); an unreachable server is not.
         self._timeout = httpx.Timeout(ADMIN_TIMEOUT_S, connect=client.timeout.connect)
 
@@ -99,10 +113,14 @@ class VllmBackend(Backend[VllmSpec]):
         return Capabilities({Endpoint.CHAT: _CHAT, Endpoint.COMPLETIONS: _COMPLETIONS}, MAX_N)
 
     async def place(self, name: str, spec: VllmSpec) -> Placement:
+        if spec.registry_model is not None:
+            return await self._place_container(name, spec)
+        base_model = spec.base_model
+        assert base_model is not None  # the spec's validator asks for it without registry_model
         urls = [url.rstrip("/") for url in spec.urls]
-        await asyncio.gather(*(self._check_base(url, spec.base_model) for url in urls))
+        await asyncio.gather(*(self._check_base(url, base_model) for url in urls))
         if spec.adapter is None:
-            return Placement(urls=urls, upstream_model=spec.base_model)
+            return Placement(urls=urls, upstream_model=base_model)
         loaded: list[str] = []
         try:
             for url in urls:
@@ -114,8 +132,50 @@ class VllmBackend(Backend[VllmSpec]):
         return Placement(urls=urls, upstream_model=name)
 
     async def release(self, name: str, spec: VllmSpec, placement: Placement) -> None:
+        if spec.registry_model is not None and self.containers is not None:
+            await self.containers.remove(name)
         if spec.adapter is not None:
             await asyncio.gather(*(self._unload(url, name) for url in placement.urls))
+
+    async def _place_container(self, name: str, spec: VllmSpec) -> Placement:
+        if self.containers is None:
+            raise FailedPrecondition(
+                "this gateway does not start vLLM containers", field="registry_model"
+            )
+        container_id, url = await self.containers.ensure(name, spec)
+        try:
+            await self._wait_healthy(url, container_id)
+            await self._check_base(url, name)
+        except BaseException:
+            await self.containers.remove(name)
+            raise
+        return Placement(urls=[url], upstream_model=name, handles=[container_id])
+
+    async def _wait_healthy(self, url: str, container_id: str) -> None:
+        """Until vLLM's ``/health`` answers 200; fails once the container stops or the
+        deadline passes."""
+        assert self.containers is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.start_timeout
+        while True:
+            try:
+                response = await self.client.get(f"{url}/health", timeout=HEALTH_TIMEOUT_S)
+                if response.status_code == 200:
+                    return
+            except (httpx.HTTPError, httpx.InvalidURL):
+                pass  # not listening yet
+            state, exit_code = await self.containers.inspect(container_id)
+            if state != "running":
+                raise FailedPrecondition(
+                    stopped_message(container_id, state, exit_code), field="registry_model"
+                )
+            if loop.time() >= deadline:
+                raise FailedPrecondition(
+                    f"vLLM in container {container_id[:12]} was not healthy within "
+                    f"{self.start_timeout:.0f} s (FORGELINE_GATEWAY_VLLM_START_SECONDS)",
+                    field="registry_model",
+                )
+            await asyncio.sleep(HEALTH_POLL_S)  # the pace of polling, not a readiness guess
 
     async def _check_base(self, url: str, base_model: str) -> None:
         try:

@@ -161,7 +161,7 @@ class DeploymentManager:
         return True
 
     def _with_defaults(self, spec: Any) -> Any:
-        if isinstance(spec, VllmSpec) and not spec.urls:
+        if isinstance(spec, VllmSpec) and not spec.urls and spec.registry_model is None:
             if not self.vllm_urls:
                 raise InvalidArgument(
                     "no vLLM server is configured: give 'urls' or set "
@@ -186,12 +186,13 @@ class DeploymentManager:
                 f"the backend '{spec.backend}' is not enabled on this gateway", field="backend"
             )
         placed = spec
-        if isinstance(spec, LlamaCppSpec) and (spec.registry_gguf or spec.registry_lora):
+        field = _registry_field(spec)
+        if field is not None:
             if self.artifacts is None:
                 raise InvalidArgument(
                     "registry versions cannot be deployed: the gateway has no registry "
                     "(set FORGELINE_GATEWAY_REGISTRY_TARGET)",
-                    field="registry_gguf",
+                    field=field,
                 )
             placed = await self.artifacts.localize(spec)
         placement = await backend.place(spec.name, placed)
@@ -218,3 +219,14 @@ class DeploymentManager:
         return DeploymentState(
             spec=route.spec, created=route.created, ready=True, instances=len(route.instances)
         )
+
+
+def _registry_field(spec: Any) -> str | None:
+    """The field of `spec` naming a registry version to fetch before placing, if any."""
+    if isinstance(spec, LlamaCppSpec) and (spec.registry_gguf or spec.registry_lora):
+        return "registry_gguf" if spec.registry_gguf else "registry_lora"
+    if isinstance(spec, OllamaSpec) and spec.registry_gguf:
+        return "registry_gguf"
+    if isinstance(spec, VllmSpec) and spec.registry_model:
+        return "registry_model"
+    return None

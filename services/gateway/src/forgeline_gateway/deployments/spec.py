@@ -6,9 +6,10 @@ every deployment again from them.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 __all__ = [
     "DeploymentName",
@@ -107,8 +108,10 @@ class LlamaCppSpec(_Spec):
 
 
 class VllmSpec(_Spec):
-    """A model on vLLM servers: the base they serve, or a LoRA adapter loaded on top at runtime
-    (``/v1/load_lora_adapter``)."""
+    """A model on vLLM: on servers already running (``urls``), as the base they serve or a LoRA
+    adapter loaded on top at runtime (``/v1/load_lora_adapter``); or an HF version of the
+    registry (``registry_model``) on a vLLM container the gateway starts through the Docker API
+    (``backends/vllm_container.py``)."""
 
     backend: Literal["vllm"]
     urls: list[BackendUrl] = Field(
@@ -116,8 +119,11 @@ class VllmSpec(_Spec):
         max_length=64,
         description="vLLM servers (default: the gateway's FORGELINE_GATEWAY_VLLM_URLS).",
     )
-    base_model: str = Field(
-        min_length=1, max_length=512, description="The model name vLLM serves (its served name)."
+    base_model: str | None = Field(
+        None,
+        min_length=1,
+        max_length=512,
+        description="The model name the vLLM servers serve (their served name); with `urls`.",
     )
     adapter: str | None = Field(
         None,
@@ -125,7 +131,54 @@ class VllmSpec(_Spec):
         max_length=4096,
         description="LoRA adapter directory as the vLLM servers see it; loaded at runtime.",
     )
+    registry_model: RegistryReference | None = Field(
+        None,
+        description="An HF version in the registry (`MODEL:VERSION`: a base, merged or fine-tuned "
+        "model), fetched into the gateway's model cache and served by a vLLM container started "
+        "for this deployment, under the deployment's name.",
+    )
+    tensor_parallel_size: int = Field(
+        1, ge=1, le=64, description="With `registry_model`: GPUs the container splits it over."
+    )
     embeddings: bool = Field(False, description="The model is an embedding model.")
+
+    _model_directory: Path | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> VllmSpec:
+        if self.registry_model is None:
+            if self.base_model is None:
+                raise ValueError(
+                    "give 'base_model' (servers already running) or 'registry_model' "
+                    "(a container started here)"
+                )
+            if self.tensor_parallel_size != 1:
+                raise ValueError("'tensor_parallel_size' applies to 'registry_model' only")
+            return self
+        if self.urls or self.base_model is not None or self.adapter is not None:
+            raise ValueError(
+                "'registry_model' starts its own vLLM container: leave out 'urls', "
+                "'base_model' and 'adapter'"
+            )
+        if self.embeddings:
+            # The container is started for generation; vLLM's pooling runner flags differ
+            # between its versions, so embedding models stay on servers run elsewhere (`urls`).
+            raise ValueError(
+                "'registry_model' serves generation models only: leave out 'embeddings'"
+            )
+        return self
+
+    @property
+    def model_directory(self) -> Path | None:
+        """Where `registry_model` was fetched to on the gateway host (set by the manager before
+        placing; never stored or shown)."""
+        return self._model_directory
+
+    def with_model_directory(self, directory: Path) -> VllmSpec:
+        """A copy carrying the local directory of `registry_model`."""
+        copy = self.model_copy()
+        copy._model_directory = directory
+        return copy
 
 
 class OllamaSpec(_Spec):
@@ -135,8 +188,13 @@ class OllamaSpec(_Spec):
     url: BackendUrl | None = Field(
         None, description="The Ollama server (default: FORGELINE_GATEWAY_OLLAMA_URL)."
     )
-    gguf: str = Field(
-        min_length=1, max_length=4096, description="Path of the GGUF file on the gateway host."
+    gguf: Annotated[str, Field(min_length=1, max_length=4096)] | None = Field(
+        None, description="Path of the GGUF file on the gateway host."
+    )
+    registry_gguf: RegistryReference | None = Field(
+        None,
+        description="A GGUF version in the registry (`MODEL:VERSION`), fetched into the "
+        "gateway's model cache and pushed to Ollama like `gguf`.",
     )
     template: str | None = Field(None, max_length=65536, description="Go chat template.")
     system: str | None = Field(None, max_length=65536, description="Default system prompt.")
@@ -144,6 +202,12 @@ class OllamaSpec(_Spec):
         default_factory=dict, description="Modelfile parameters (stop, num_ctx, ...)."
     )
     embeddings: bool = Field(False, description="The model is an embedding model.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> OllamaSpec:
+        if (self.gguf is None) == (self.registry_gguf is None):
+            raise ValueError("give exactly one of 'gguf' or 'registry_gguf'")
+        return self
 
 
 DeploymentSpec = Annotated[LlamaCppSpec | VllmSpec | OllamaSpec, Field(discriminator="backend")]

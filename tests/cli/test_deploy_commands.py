@@ -1,0 +1,353 @@
+"""``forgeline deploy``, ``undeploy`` and ``deployments`` against a real gateway over HTTP.
+
+The registry runs as a process holding the tiny model (an HF base version) and its F16 GGUF
+(converted from it); the gateway runs in a thread with the registry as its source, llama.cpp as
+the real backend (llama-server processes) and the Ollama contract fake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import openai
+import pytest
+from fakes.docker_engine import FakeDockerEngine
+from fakes.ollama import FakeOllama
+from fakes.server import FakeServer
+from gateway.harness import Gateway, make_key
+
+from forgeline_cli.stack import LocalStack
+from forgeline_gateway.security.keys import Scope
+from forgeline_kit.llamacpp import Toolchain
+from forgeline_kit.llamacpp.gguf_py import subprocess_env
+from forgeline_kit.tinymodel import TinyModel
+from forgeline_proto.common.v1 import common_pb2
+from forgeline_proto.registry.v1 import registry_pb2 as rpb
+from forgeline_registry.client import RegistryClient
+
+from .conftest import Result, forgeline
+
+pytestmark = pytest.mark.slow  # llama.cpp converts the model and serves it
+
+MODEL = "acme/tiny-llama"
+VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"  # the gateway's default
+CONVERT_TIMEOUT_S = 300
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """The running registry and gateway, keys, and the registered versions."""
+
+    registry: str
+    gateway: Gateway
+    admin_key: str
+    inference_key: str
+    base: str
+    gguf: str
+    ollama: FakeOllama
+
+    def run(self, *argv: str, key: str | None = None) -> Result:
+        """``forgeline ARGV --gateway URL --api-key KEY`` (the admin key by default)."""
+        return forgeline(*argv, "--gateway", self.gateway.url, "--api-key", key or self.admin_key)
+
+    def client(self) -> openai.OpenAI:
+        return openai.OpenAI(
+            base_url=f"{self.gateway.url}/v1", api_key=self.inference_key, max_retries=0
+        )
+
+
+def _convert(toolchain: Toolchain, model: TinyModel, out: Path) -> None:
+    done = subprocess.run(  # noqa: S603 - a fixed argument list
+        [
+            sys.executable,
+            str(toolchain.convert_hf_to_gguf),
+            str(model.path),
+            "--outfile",
+            str(out),
+            "--outtype",
+            "f16",
+        ],
+        env=subprocess_env(toolchain),
+        capture_output=True,
+        text=True,
+        timeout=CONVERT_TIMEOUT_S,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+async def _register(target: str, model: TinyModel, gguf_dir: Path) -> tuple[str, str]:
+    async with RegistryClient(target) as client:
+        base = await client.push(model.path, MODEL, kind=rpb.VERSION_KIND_BASE)
+        parent = rpb.Parent(
+            version=common_pb2.VersionRef(model=MODEL, version=base.number),
+            relation=rpb.RELATION_CONVERTED_FROM,
+        )
+        gguf = await client.push(
+            gguf_dir,
+            MODEL,
+            kind=rpb.VERSION_KIND_GGUF,
+            lineage=rpb.Lineage(parents=[parent]),
+            labels={"quantization": "f16", "file_type": "F16"},
+        )
+    return f"{MODEL}:{base.number}", f"{MODEL}:{gguf.number}"
+
+
+@pytest.fixture(scope="module")
+def deployed(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_model: TinyModel,
+    llamacpp_toolchain: Toolchain,
+) -> Iterator[Deployed]:
+    work = tmp_path_factory.mktemp("deploy-cli")
+    gguf_dir = work / "gguf"
+    gguf_dir.mkdir()
+    _convert(llamacpp_toolchain, tiny_model, gguf_dir / "tiny-f16.gguf")
+    stack = LocalStack(work / "stack")
+    ollama = FakeOllama()
+    ollama_server = FakeServer(ollama.app).start()
+    gateway: Gateway | None = None
+    try:
+        stack.start("registry")
+        base, gguf = asyncio.run(_register(stack.registry_target, tiny_model, gguf_dir))
+        database = work / "gateway.sqlite3"
+        admin_key = make_key(database, Scope.ADMIN, name="ops")
+        inference_key = make_key(database, Scope.INFERENCE, name="app")
+        gateway = Gateway(
+            database,
+            {
+                "registry_target": stack.registry_target,
+                "model_cache": work / "models",
+                "ollama_url": ollama_server.url,
+                "key_cache_seconds": 0,
+            },
+        ).start()
+        yield Deployed(stack.registry_target, gateway, admin_key, inference_key, base, gguf, ollama)
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        ollama_server.stop()
+        stack.stop("registry")
+
+
+def _one_line_error(result: Result) -> str:
+    assert result.code == 1, result
+    assert result.out == ""
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    assert lines[0].startswith("forgeline: ")
+    return lines[0]
+
+
+def test_deploy_list_show_chat_and_undeploy_on_llamacpp(deployed: Deployed) -> None:
+    result = deployed.run("deploy", deployed.gguf, "--backend", "llamacpp", "--name", "tiny")
+
+    assert result.code == 0, result.err
+    assert "deployed tiny on llamacpp (1 instance(s))" in result.out
+    listed = deployed.run("deployments")
+    assert listed.code == 0
+    assert listed.out.startswith("tiny  llamacpp ready")
+    assert deployed.gguf in listed.out
+    shown = json.loads(deployed.run("deployments", "show", "tiny", "--json").out)
+    assert shown["status"] == "ready"
+    assert shown["spec"]["registry_gguf"] == deployed.gguf
+    assert shown["spec"]["metadata"]["version"] == deployed.gguf
+    # llama-server answers through the gateway; /v1/models shows where the model comes from.
+    client = deployed.client()
+    answer = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+    )
+    assert answer.choices[0].message.content is not None
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+
+    undeployed = deployed.run("undeploy", "tiny")
+
+    assert undeployed.code == 0, undeployed.err
+    assert undeployed.out == "undeployed tiny\n"
+    assert deployed.run("deployments").out == "no deployments\n"
+    assert json.loads(deployed.run("deployments", "list", "--json").out) == []
+
+
+def test_quantization_picks_the_gguf_converted_from_the_version(deployed: Deployed) -> None:
+    result = deployed.run(
+        "deploy",
+        MODEL,  # no version: the newest f16 GGUF of the model
+        "--backend",
+        "llamacpp",
+        "--quantization",
+        "F16",
+        "--registry",
+        deployed.registry,
+        "--json",
+    )
+    try:
+        assert result.code == 0, result.err
+        view = json.loads(result.out)
+        assert view["name"] == MODEL
+        assert view["spec"]["registry_gguf"] == deployed.gguf
+        assert view["spec"]["metadata"]["quantization"] == "f16"
+    finally:
+        deployed.run("undeploy", MODEL)
+
+    # From the base version, through its lineage.
+    result = deployed.run(
+        "deploy",
+        deployed.base,
+        "--backend",
+        "llamacpp",
+        "--name",
+        "from-base",
+        "--quantization",
+        "f16",
+        "--registry",
+        deployed.registry,
+    )
+    try:
+        assert result.code == 0, result.err
+        shown = json.loads(deployed.run("deployments", "show", "from-base", "--json").out)
+        assert shown["spec"]["registry_gguf"] == deployed.gguf
+    finally:
+        deployed.run("undeploy", "from-base")
+
+
+def test_ollama_deploys_a_registry_gguf(deployed: Deployed) -> None:
+    result = deployed.run("deploy", deployed.gguf, "--backend", "ollama", "--name", "tiny-ollama")
+    try:
+        assert result.code == 0, result.err
+        # The GGUF pulled from the registry was pushed to Ollama as a blob and created there.
+        assert len(deployed.ollama.blobs) == 1
+        assert len(deployed.ollama.models) == 1
+        answer = deployed.client().chat.completions.create(
+            model="tiny-ollama", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert answer.choices[0].message.content
+    finally:
+        assert deployed.run("undeploy", "tiny-ollama").code == 0
+    assert deployed.ollama.models == {}
+
+
+def test_vllm_deploys_an_hf_version_on_a_container(
+    deployed: Deployed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = FakeDockerEngine(images={VLLM_IMAGE})
+    server = FakeServer(engine.app).start()
+    monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{server.port}")
+    try:
+        result = deployed.run(
+            "deploy", deployed.base, "--backend", "vllm", "--tensor-parallel-size", "2", "--json"
+        )
+        assert result.code == 0, result.err
+        view = json.loads(result.out)
+        assert view["spec"]["registry_model"] == deployed.base
+        assert view["spec"]["tensor_parallel_size"] == 2
+        [container] = engine.containers.values()
+        assert container.argument("--served-model-name") == MODEL
+        answer = deployed.client().chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}]
+        )
+        assert answer.choices[0].message.content
+
+        assert deployed.run("undeploy", MODEL).code == 0
+        assert engine.containers == {}
+    finally:
+        engine.close()
+        server.stop()
+
+
+def test_an_unknown_version_is_one_line(deployed: Deployed) -> None:
+    line = _one_line_error(deployed.run("deploy", f"{MODEL}:99", "--backend", "llamacpp"))
+
+    assert f"{MODEL}:99 not found" in line
+    assert f"forgeline models show {MODEL}" in line
+
+
+def test_an_unknown_model_is_one_line(deployed: Deployed) -> None:
+    line = _one_line_error(
+        deployed.run(
+            "deploy", "nobody/nothing", "--backend", "llamacpp", "--registry", deployed.registry
+        )
+    )
+
+    assert "nobody/nothing" in line
+    assert "forgeline models show" in line
+
+
+def test_a_missing_quantization_names_the_conversion(deployed: Deployed) -> None:
+    line = _one_line_error(
+        deployed.run(
+            "deploy",
+            deployed.base,
+            "--backend",
+            "llamacpp",
+            "--quantization",
+            "q4_k_m",
+            "--registry",
+            deployed.registry,
+        )
+    )
+
+    assert f"forgeline convert {deployed.base} --to q4_k_m" in line
+
+
+def test_an_hf_version_on_llamacpp_is_one_line(deployed: Deployed) -> None:
+    line = _one_line_error(deployed.run("deploy", deployed.base, "--backend", "llamacpp"))
+
+    assert "GGUF" in line
+    assert "--quantization" in line
+
+
+def test_a_gguf_version_on_vllm_is_one_line(deployed: Deployed) -> None:
+    line = _one_line_error(deployed.run("deploy", deployed.gguf, "--backend", "vllm"))
+
+    assert "not an HF model" in line
+
+
+def test_an_unreachable_gateway_is_one_line() -> None:
+    line = _one_line_error(
+        forgeline("deployments", "--gateway", "http://127.0.0.1:9", "--api-key", "x")
+    )
+
+    assert "cannot reach the gateway at http://127.0.0.1:9" in line
+    assert "--gateway" in line
+
+
+def test_a_missing_key_is_one_line(deployed: Deployed, monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable in ("FORGELINE_CLI_API_KEY", "FORGELINE_API_KEY"):
+        monkeypatch.delenv(variable, raising=False)
+
+    line = _one_line_error(forgeline("deployments", "--gateway", deployed.gateway.url))
+
+    assert "needs an API key" in line
+    assert "--api-key" in line
+
+
+def test_a_wrong_key_is_one_line(deployed: Deployed) -> None:
+    line = _one_line_error(deployed.run("deployments", key="fl-not-a-key"))
+
+    assert "refused the API key" in line
+
+
+def test_an_inference_key_lacks_the_admin_scope(deployed: Deployed) -> None:
+    line = _one_line_error(deployed.run("undeploy", "tiny", key=deployed.inference_key))
+
+    assert "admin scope" in line
+    assert "forgeline-gateway keys create" in line
+
+
+def test_the_key_and_gateway_come_from_the_environment(
+    deployed: Deployed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FORGELINE_CLI_GATEWAY", deployed.gateway.url)
+    monkeypatch.delenv("FORGELINE_CLI_API_KEY", raising=False)
+    monkeypatch.setenv("FORGELINE_API_KEY", deployed.admin_key)
+
+    result = forgeline("deployments", "--json")
+
+    assert result.code == 0, result.err
+    assert json.loads(result.out) == []
