@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from forgeline_cli.jobs_commands import JobFollower, one_line
+from forgeline_cli.console import one_line
+from forgeline_cli.jobs_commands import JobFollower
 from forgeline_cli.train_commands import UsageError, check_data
 from forgeline_kit.datasets import DatasetFormat
 from forgeline_proto.common.v1 import common_pb2

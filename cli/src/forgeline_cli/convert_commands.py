@@ -10,27 +10,27 @@ quality figure. ``--adapter`` converts a LoRA adapter version to a GGUF adapter 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
 import sys
 import uuid
 from typing import Any, Final
 
-from forgeline_cli.jobs_commands import one_line, print_json
-from forgeline_kit.errors import ForgelineError, InvalidArgument, Unavailable
+from forgeline_cli.console import (
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    add_json_option,
+    fail,
+    human_size,
+    print_json,
+)
+from forgeline_cli.services import CONVERTER, run_command
+from forgeline_kit.errors import InvalidArgument
 from forgeline_kit.grpc.client import make_channel
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.converter.v1 import converter_pb2 as pb
 from forgeline_proto.converter.v1 import converter_pb2_grpc
 from forgeline_registry.names import parse_reference
 
-__all__ = ["CONVERTER_VARIABLE", "DEFAULT_CONVERTER", "register"]
-
-DEFAULT_CONVERTER: Final = "127.0.0.1:50053"
-CONVERTER_VARIABLE: Final = "FORGELINE_CLI_CONVERTER"
-EXIT_FAILED: Final = 1
-EXIT_USAGE: Final = 2
-EXIT_INTERRUPTED: Final = 130
+__all__ = ["register"]
 
 _OUTTYPES: Final = {
     "f32": pb.GGUF_OUTTYPE_F32,
@@ -47,15 +47,6 @@ _METRICS: Final = {
 
 def _stage(state: pb.ConversionState.ValueType) -> str:
     return pb.ConversionState.Name(state).removeprefix("CONVERSION_STATE_").lower()
-
-
-def _size(count: int) -> str:
-    size = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{count} B"
 
 
 def _quality(output: pb.ConvertedOutput) -> str:
@@ -78,7 +69,7 @@ def output_line(output: pb.ConvertedOutput) -> str:
     """One registered output: reference, file type, size and quality figure."""
     ref = f"{output.version.model}:{output.version.version}"
     kind = "adapter " if output.adapter else ""
-    return f"  {ref}  {kind}{output.file_type}  {_size(output.size_bytes)}{_quality(output)}"
+    return f"  {ref}  {kind}{output.file_type}  {human_size(output.size_bytes)}{_quality(output)}"
 
 
 def build_request(args: argparse.Namespace) -> pb.ConvertRequest:
@@ -175,38 +166,20 @@ async def _convert(args: argparse.Namespace, request: pb.ConvertRequest, seen: l
                 elif kind == "error":
                     progress.close()
                     code = f" ({event.error.code})" if event.error.code else ""
-                    print(
-                        f"forgeline: conversion failed{code}: {one_line(event.error.message)}",
-                        file=sys.stderr,
-                    )
-                    return EXIT_FAILED
+                    return fail(f"conversion failed{code}: {event.error.message}")
         finally:
             progress.close()
-    print("forgeline: the converter ended the stream without a result", file=sys.stderr)
-    return EXIT_FAILED
+    return fail("the converter ended the stream without a result")
 
 
 def _run(args: argparse.Namespace) -> int:
     try:
         request = build_request(args)
     except InvalidArgument as exc:
-        print(f"forgeline: {one_line(exc.message)}", file=sys.stderr)
-        return EXIT_USAGE
+        return fail(exc.message, EXIT_USAGE)
     seen: list[str] = []
     try:
-        return asyncio.run(_convert(args, request, seen))
-    except Unavailable as exc:
-        message = one_line(exc.message)
-        if "connect" in message.lower():
-            message = (
-                f"cannot reach the converter at {args.converter}: is it running? Point "
-                f"--converter or ${CONVERTER_VARIABLE} at it ({message})"
-            )
-        print(f"forgeline: {message}", file=sys.stderr)
-        return EXIT_FAILED
-    except ForgelineError as exc:
-        print(f"forgeline: {one_line(exc.message)}", file=sys.stderr)
-        return EXIT_FAILED
+        return run_command(CONVERTER, args, _convert(args, request, seen))
     except KeyboardInterrupt:
         which = f"conversion {seen[0]}" if seen else "the conversion"
         print(f"\nstopped following; {which} goes on in the converter", file=sys.stderr)
@@ -253,12 +226,6 @@ def register(subparsers: Any) -> None:
     convert.add_argument(
         "--skip-smoke-test", action="store_true", help="skip the smoke generation check"
     )
-    convert.add_argument(
-        "--converter",
-        default=os.environ.get(CONVERTER_VARIABLE, DEFAULT_CONVERTER),
-        metavar="HOST:PORT",
-        help=f"the converter's gRPC address (default: ${CONVERTER_VARIABLE} or "
-        f"{DEFAULT_CONVERTER})",
-    )
-    convert.add_argument("--json", action="store_true", help="print the result as JSON")
+    CONVERTER.add_option(convert)
+    add_json_option(convert)
     convert.set_defaults(run=_run)

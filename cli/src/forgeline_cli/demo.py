@@ -20,7 +20,8 @@ from typing import Any
 
 from openai import OpenAI
 
-from forgeline_cli.stack import LocalStack, StackError
+from forgeline_cli.console import EXIT_FAILED
+from forgeline_cli.stack import LocalStack, run_on
 from forgeline_cli.walkthrough import (
     BASE_MODEL,
     FACT_EPOCHS,
@@ -65,19 +66,12 @@ def run(args: argparse.Namespace) -> int:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     started = time.monotonic()
-    stack = LocalStack(work / "stack")
-    try:
-        with _step("Starting the registry, trainer, converter and gateway"):
-            stack.start()
-        return _run(stack, work, started)
-    except StackError as error:
-        print(f"FAILED: {error}")
-        return 1
-    finally:
-        stack.stop()
+    return run_on(LocalStack(work / "stack"), lambda stack: _run(stack, work, started))
 
 
 def _run(stack: LocalStack, work: Path, started: float) -> int:
+    with _step("Starting the registry, trainer, converter and gateway"):
+        stack.start()
     converter = stack.services["converter"].target
     with _step("Making the tiny base model and registering it"):
         base = register_base_model(stack.registry_target, write_tiny_model(work / "base"))
@@ -95,7 +89,7 @@ def _run(stack: LocalStack, work: Path, started: float) -> int:
     if job.status != "succeeded" or job.fine_tuned_model is None:
         print(f"FAILED: the job ended {job.status}: {job.error}")
         print(f"Service logs: {stack.state_dir / 'logs'}")
-        return 1
+        return EXIT_FAILED
 
     answers = {}
     for label, model in (("base", BASE_MODEL), ("fine-tuned", job.fine_tuned_model)):
@@ -111,9 +105,9 @@ def _run(stack: LocalStack, work: Path, started: float) -> int:
     print()
     if answers["fine-tuned"] != DEMO_FACT.answer:
         print("FAILED: the fine-tuned model did not give the trained answer.")
-        return 1
+        return EXIT_FAILED
     if DEMO_FACT.answer in answers["base"]:
         print("FAILED: the base model already knew the answer, so the demo proves nothing.")
-        return 1
+        return EXIT_FAILED
     print("OK: the fine-tuned model learned the fact; the base model does not know it.")
     return 0

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,29 +29,23 @@ from typing import Any, Final, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from forgeline_cli.console import add_json_option, fail, print_listing, print_result
+from forgeline_cli.services import GATEWAY, REGISTRY
 from forgeline_kit.errors import ForgelineError, Unavailable
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.registry.v1 import registry_pb2 as rpb
 from forgeline_registry.client import RegistryClient
 
 __all__ = [
-    "DEFAULT_GATEWAY",
-    "GATEWAY_VARIABLE",
     "KEY_VARIABLES",
     "DeploymentView",
     "GatewayAdmin",
     "register",
 ]
 
-#: The gateway's default HTTP address (``FORGELINE_GATEWAY_HTTP_HOST``/``_PORT``).
-DEFAULT_GATEWAY: Final = "http://127.0.0.1:8080"
-GATEWAY_VARIABLE: Final = "FORGELINE_CLI_GATEWAY"
 #: Where the admin key is read from, first match wins (after ``--api-key``).
 KEY_VARIABLES: Final = ("FORGELINE_CLI_API_KEY", "FORGELINE_API_KEY")
-DEFAULT_REGISTRY: Final = "127.0.0.1:50051"
-REGISTRY_VARIABLE: Final = "FORGELINE_CLI_REGISTRY"
 
-EXIT_FAILED: Final = 1
 #: Placing a model may pull gigabytes or start a container: the gateway answers when it is done.
 DEPLOY_TIMEOUT_S: Final = 1800.0
 CALL_TIMEOUT_S: Final = 60.0
@@ -184,8 +176,7 @@ class GatewayAdmin:
             response = self._client.request(method, path, **kwargs)
         except httpx.TransportError as error:
             raise CommandError(
-                f"cannot reach the gateway at {self.url}: is it running? Point --gateway or "
-                f"${GATEWAY_VARIABLE} at it ({type(error).__name__}: {error})"
+                GATEWAY.unreachable(self.url, f"{type(error).__name__}: {error}")
             ) from None
         if response.is_success:
             return response
@@ -306,8 +297,8 @@ def _deploy_body(args: argparse.Namespace) -> _RegistryDeployment:
         except Unavailable as error:
             raise CommandError(
                 f"cannot reach the registry at {args.registry} to resolve {args.reference}: is "
-                f"it running? Point --registry or ${REGISTRY_VARIABLE} at it, or name a version "
-                f"(MODEL:VERSION) ({error.message})"
+                f"it running? {REGISTRY.hint}, or name a version (MODEL:VERSION) "
+                f"({error.message})"
             ) from None
         except ForgelineError as error:
             raise CommandError(
@@ -332,11 +323,6 @@ def _deploy_body(args: argparse.Namespace) -> _RegistryDeployment:
 # --- output
 
 
-def _print_json(value: Any) -> None:
-    json.dump(value, sys.stdout, indent=2, sort_keys=True)
-    sys.stdout.write("\n")
-
-
 def _source(view: DeploymentView) -> str:
     spec = view.spec
     for key in ("registry_gguf", "registry_model", "gguf", "base_model"):
@@ -354,14 +340,17 @@ def _line(view: DeploymentView) -> str:
     )
 
 
-def _show(view: DeploymentView) -> None:
-    print(_line(view))
+def _details(view: DeploymentView) -> str:
+    lines = [_line(view)]
     if view.error:
-        print(f"  error     {view.error}")
+        lines.append(f"  error     {view.error}")
     metadata = view.spec.get("metadata") or {}
-    for key in ("base", "version", "quantization"):
-        if metadata.get(key):
-            print(f"  {key:<12}{metadata[key]}")
+    lines += [
+        f"  {key:<12}{metadata[key]}"
+        for key in ("base", "version", "quantization")
+        if metadata.get(key)
+    ]
+    return "\n".join(lines)
 
 
 # --- commands
@@ -381,8 +370,7 @@ def _run(args: argparse.Namespace, action: Callable[[GatewayAdmin], int]) -> int
         with GatewayAdmin(args.gateway, _api_key(args)) as admin:
             return action(admin)
     except CommandError as error:
-        print(f"forgeline: {error}", file=sys.stderr)
-        return EXIT_FAILED
+        return fail(str(error))
 
 
 def _deploy(args: argparse.Namespace) -> int:
@@ -392,13 +380,12 @@ def _deploy(args: argparse.Namespace) -> int:
             view = admin.create(body)
         except CommandError as error:
             raise CommandError(_with_hint(str(error), error, body)) from None
-        if args.json:
-            _print_json(view.model_dump())
-        else:
-            print(f"deployed {view.name} on {view.backend} ({view.instances} instance(s))")
-            print(f"  model     {_source(view)}")
-            print(f"  call it   model='{view.name}' at {admin.url}/v1")
-        return 0
+        text = (
+            f"deployed {view.name} on {view.backend} ({view.instances} instance(s))\n"
+            f"  model     {_source(view)}\n"
+            f"  call it   model='{view.name}' at {admin.url}/v1"
+        )
+        return print_result(view, text, as_json=args.json)
 
     return _run(args, action)
 
@@ -420,11 +407,8 @@ def _with_hint(message: str, error: CommandError, body: _RegistryDeployment) -> 
 def _undeploy(args: argparse.Namespace) -> int:
     def action(admin: GatewayAdmin) -> int:
         admin.delete(args.name)
-        if args.json:
-            _print_json({"name": args.name, "deleted": True})
-        else:
-            print(f"undeployed {args.name}")
-        return 0
+        deleted = {"name": args.name, "deleted": True}
+        return print_result(deleted, f"undeployed {args.name}", as_json=args.json)
 
     return _run(args, action)
 
@@ -435,19 +419,10 @@ def _deployments(args: argparse.Namespace) -> int:
             if not args.name:
                 raise CommandError("name the deployment: forgeline deployments show NAME")
             view = admin.get(args.name)
-            if args.json:
-                _print_json(view.model_dump())
-            else:
-                _show(view)
-            return 0
+            return print_result(view, _details(view), as_json=args.json)
         views = admin.list()
-        if args.json:
-            _print_json([v.model_dump() for v in views])
-        elif not views:
-            print("no deployments")
-        for view in [] if args.json else views:
-            print(_line(view))
-        return 0
+        lines = (_line(view) for view in views)
+        return print_listing(views, lines, as_json=args.json, empty="no deployments")
 
     return _run(args, action)
 
@@ -456,18 +431,13 @@ def _deployments(args: argparse.Namespace) -> int:
 
 
 def _gateway_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--gateway",
-        default=os.environ.get(GATEWAY_VARIABLE, DEFAULT_GATEWAY),
-        metavar="URL",
-        help=f"the gateway's base URL (default: ${GATEWAY_VARIABLE} or {DEFAULT_GATEWAY})",
-    )
+    GATEWAY.add_option(parser)
     parser.add_argument(
         "--api-key",
         default=None,
         help=f"an API key with the admin scope (default: ${' or $'.join(KEY_VARIABLES)})",
     )
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_json_option(parser)
 
 
 def register(subparsers: Any) -> None:
@@ -496,13 +466,7 @@ def register(subparsers: Any) -> None:
         metavar="N",
         help="vLLM: GPUs the model is split over (default 1)",
     )
-    deploy.add_argument(
-        "--registry",
-        default=os.environ.get(REGISTRY_VARIABLE, DEFAULT_REGISTRY),
-        metavar="HOST:PORT",
-        help="the registry's gRPC address, to resolve a version-less MODEL or --quantization "
-        f"(default: ${REGISTRY_VARIABLE} or {DEFAULT_REGISTRY})",
-    )
+    REGISTRY.add_option(deploy, "to resolve a version-less MODEL or --quantization")
     _gateway_options(deploy)
     deploy.set_defaults(run=_deploy)
 

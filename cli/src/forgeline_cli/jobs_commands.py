@@ -3,23 +3,26 @@
 They talk to a running trainer (``--trainer HOST:PORT``, or ``FORGELINE_CLI_TRAINER``; default
 ``127.0.0.1:50052``). ``--json`` prints the API's JSON instead of text. ``logs --follow`` streams
 a job's events until it ends, exiting 0 only when the job succeeded. ``forgeline train`` reuses the
-follower and the error handling defined here.
+follower defined here.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import os
 import sys
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final, TextIO
+from typing import TYPE_CHECKING, Any, Final
 
-from google.protobuf import json_format
-from google.protobuf.message import Message
-
-from forgeline_kit.errors import ForgelineError, Unavailable
+from forgeline_cli.console import (
+    EXIT_INTERRUPTED,
+    add_json_option,
+    fail,
+    one_line,
+    print_json,
+    print_listing,
+    print_result,
+)
+from forgeline_cli.services import TRAINER, run_command
 from forgeline_kit.grpc.client import make_channel
 from forgeline_proto.trainer.v1 import trainer_pb2 as pb
 from forgeline_proto.trainer.v1 import trainer_pb2_grpc
@@ -31,27 +34,14 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
-    "DEFAULT_TRAINER",
-    "EXIT_FAILED",
-    "TRAINER_VARIABLE",
     "JobFollower",
     "add_trainer_option",
     "follow_hint",
     "job_outcome",
-    "one_line",
-    "print_json",
     "register",
     "run_with_trainer",
     "state_name",
 ]
-
-# The trainer's own default gRPC port is the kit's 50051, which the registry also uses on one
-# machine; a local trainer is expected next to it, on 50052.
-DEFAULT_TRAINER: Final = "127.0.0.1:50052"
-TRAINER_VARIABLE: Final = "FORGELINE_CLI_TRAINER"
-
-#: Exit status when the trainer refused the request, or the job did not succeed.
-EXIT_FAILED: Final = 1
 
 TERMINAL_STATES: Final = frozenset(
     {pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED}
@@ -65,35 +55,10 @@ def state_name(state: pb.JobState.ValueType) -> str:
     return pb.JobState.Name(state).removeprefix("JOB_STATE_").lower()
 
 
-def print_json(message: Message | list[Message], out: TextIO | None = None) -> None:
-    """Print a message (or a list of them) as the API's JSON (on stdout by default)."""
-    out = out or sys.stdout
-    if isinstance(message, list):
-        value: Any = [json_format.MessageToDict(m) for m in message]
-    else:
-        value = json_format.MessageToDict(message)
-    json.dump(value, out, indent=2, sort_keys=True)
-    out.write("\n")
-
-
-def one_line(text: str) -> str:
-    """Multi-line service messages (a dataset's bad records) joined into one line."""
-    joined = ""
-    for line in (line.strip() for line in text.splitlines()):
-        if line:
-            joined += ("" if not joined else " " if joined.endswith(":") else "; ") + line
-    return joined
-
-
 def add_trainer_option(parser: argparse.ArgumentParser) -> None:
     """``--trainer`` and ``--json``, shared by every command that talks to the trainer."""
-    parser.add_argument(
-        "--trainer",
-        default=os.environ.get(TRAINER_VARIABLE, DEFAULT_TRAINER),
-        metavar="HOST:PORT",
-        help=f"the trainer's gRPC address (default: ${TRAINER_VARIABLE} or {DEFAULT_TRAINER})",
-    )
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    TRAINER.add_option(parser)
+    add_json_option(parser)
 
 
 def run_with_trainer(
@@ -107,20 +72,7 @@ def run_with_trainer(
         async with make_channel(args.trainer, wait_for_ready=False) as channel:
             return await action(trainer_pb2_grpc.TrainerServiceStub(channel))
 
-    try:
-        return asyncio.run(main())
-    except Unavailable as exc:
-        message = exc.message
-        if "connect" in message.lower():
-            message = (
-                f"cannot reach the trainer at {args.trainer}: is it running? Point --trainer or "
-                f"${TRAINER_VARIABLE} at it ({one_line(message)})"
-            )
-        print(f"forgeline: {one_line(message)}", file=sys.stderr)
-        return EXIT_FAILED
-    except ForgelineError as exc:
-        print(f"forgeline: {one_line(exc.message)}", file=sys.stderr)
-        return EXIT_FAILED
+    return run_command(TRAINER, args, main())
 
 
 def _ref(ref: Any) -> str:
@@ -158,13 +110,14 @@ def job_outcome(job: pb.Job, *, as_json: bool) -> int:
     if job.state == pb.JOB_STATE_FAILED:
         where = f" while {state_name(job.failed_state)}" if job.failed_state else ""
         code = f" ({job.error.code})" if job.error.code else ""
-        print(
-            f"forgeline: job {job.id} failed{where}{code}: {one_line(job.error.message)}",
-            file=sys.stderr,
-        )
-    else:
-        print(f"forgeline: job {job.id} ended {state_name(job.state)}", file=sys.stderr)
-    return EXIT_FAILED
+        return fail(f"job {job.id} failed{where}{code}: {job.error.message}")
+    return fail(f"job {job.id} ended {state_name(job.state)}")
+
+
+def _event_line(event: pb.JobEvent) -> str:
+    kind = event.WhichOneof("payload")
+    text = event.message or (event.log.text if kind == "log" else "")
+    return f"{event.time.ToDatetime().strftime('%H:%M:%S')} {text}"
 
 
 def _summary(job: pb.Job) -> str:
@@ -270,13 +223,8 @@ def _list(args: argparse.Namespace) -> int:
                 break
         if args.limit:
             jobs = jobs[: args.limit]
-        if args.json:
-            print_json(list(jobs))
-        elif not jobs:
-            print("no jobs")
-        for job in [] if args.json else jobs:
-            print(_summary(job))
-        return 0
+        lines = (_summary(job) for job in jobs)
+        return print_listing(jobs, lines, as_json=args.json, empty="no jobs")
 
     return run_with_trainer(args, action)
 
@@ -288,12 +236,7 @@ def _show(args: argparse.Namespace) -> int:
             pb.ListCheckpointsRequest(job_id=args.job_id, page_size=1000)
         )
         if args.json:
-            document = {
-                "job": json_format.MessageToDict(job),
-                "checkpoints": [json_format.MessageToDict(c) for c in checkpoints.checkpoints],
-            }
-            json.dump(document, sys.stdout, indent=2, sort_keys=True)
-            sys.stdout.write("\n")
+            print_json({"job": job, "checkpoints": list(checkpoints.checkpoints)})
             return 0
         print(_summary(job))
         if job.device:
@@ -317,11 +260,7 @@ def _show(args: argparse.Namespace) -> int:
 def _cancel(args: argparse.Namespace) -> int:
     async def action(stub: TrainerStub) -> int:
         job = await stub.CancelJob(pb.CancelJobRequest(job_id=args.job_id))
-        if args.json:
-            print_json(job)
-        else:
-            print(f"job {job.id} {state_name(job.state)}")
-        return 0
+        return print_result(job, f"job {job.id} {state_name(job.state)}", as_json=args.json)
 
     return run_with_trainer(args, action)
 
@@ -342,21 +281,14 @@ def _logs(args: argparse.Namespace) -> int:
             if not page.has_more or not page.events:
                 break
             after = page.events[-1].sequence
-        if args.json:
-            print_json(list(events))
-        for event in [] if args.json else events:
-            kind = event.WhichOneof("payload")
-            text = event.message or (event.log.text if kind == "log" else "")
-            stamp = event.time.ToDatetime().strftime("%H:%M:%S")
-            print(f"{stamp} {text}")
-        return 0
+        return print_listing(events, (_event_line(e) for e in events), as_json=args.json)
 
     def detached() -> int:
         try:
             return run_with_trainer(args, action)
         except KeyboardInterrupt:
             print(f"\nstopped following; the job goes on: {follow_hint(args.job_id, args.trainer)}")
-            return 130
+            return EXIT_INTERRUPTED
 
     return detached()
 

@@ -10,30 +10,25 @@ result as the API's JSON instead of text.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import os
 import sys
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-from google.protobuf import json_format
-from google.protobuf.message import Message
-
-from forgeline_kit.errors import ForgelineError, Unavailable
+from forgeline_cli.console import (
+    EXIT_USAGE,
+    add_json_option,
+    fail,
+    human_size,
+    print_json,
+    print_listing,
+    print_result,
+)
+from forgeline_cli.services import REGISTRY, run_command
 from forgeline_proto.registry.v1 import registry_pb2 as pb
 from forgeline_registry.client import RegistryClient, TransferProgress
 
-__all__ = ["DEFAULT_REGISTRY", "register_registry_commands"]
-
-DEFAULT_REGISTRY = "127.0.0.1:50051"
-ADDRESS_VARIABLE = "FORGELINE_CLI_REGISTRY"
-
-#: Exit status when the registry refused or failed the request.
-EXIT_FAILED = 1
-#: Exit status for a malformed command line.
-EXIT_USAGE = 2
+__all__ = ["register_registry_commands"]
 
 _KINDS = {
     name.removeprefix("VERSION_KIND_").lower(): value
@@ -68,31 +63,20 @@ class _Bars(TransferProgress):
             self._bar = None
 
 
-def _print_json(message: Message | list[Message], out: TextIO) -> None:
-    if isinstance(message, list):
-        value: Any = [json_format.MessageToDict(m) for m in message]
-    else:
-        value = json_format.MessageToDict(message)
-    json.dump(value, out, indent=2, sort_keys=True)
-    out.write("\n")
-
-
-def _size(count: int) -> str:
-    size = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{count} B"
-
-
 def _version_line(version: pb.Version) -> str:
     kind = pb.VersionKind.Name(version.kind).removeprefix("VERSION_KIND_").lower()
     aliases = f"  [{', '.join(version.aliases)}]" if version.aliases else ""
     created = version.create_time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
     return (
         f"{version.model}:{version.number}  {kind}  {version.artifact_count} files  "
-        f"{_size(version.size_bytes)}  {created}{aliases}"
+        f"{human_size(version.size_bytes)}  {created}{aliases}"
+    )
+
+
+def _model_line(model: pb.Model) -> str:
+    aliases = ", ".join(f"{a}={n}" for a, n in sorted(model.aliases.items()))
+    return f"{model.name}  {model.version_count} versions  latest {model.latest_version}" + (
+        f"  [{aliases}]" if aliases else ""
     )
 
 
@@ -101,7 +85,7 @@ def _labels(pairs: Iterable[str]) -> dict[str, str] | None:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            print(f"forgeline: --label {pair!r}: use KEY=VALUE", file=sys.stderr)
+            fail(f"--label {pair!r}: use KEY=VALUE", EXIT_USAGE)
             return None
         labels[key] = value
     return labels
@@ -121,20 +105,7 @@ def _run(args: argparse.Namespace, action: Callable[[RegistryClient], Awaitable[
         async with _client(args) as client:
             return await action(client)
 
-    try:
-        return asyncio.run(main())
-    except Unavailable as exc:
-        message = exc.message
-        if "failed to connect" in message.lower():
-            message = (
-                f"cannot reach the registry at {args.registry}: is it running? Point --registry "
-                f"or ${ADDRESS_VARIABLE} at it ({message})"
-            )
-        print(f"forgeline: {message}", file=sys.stderr)
-        return EXIT_FAILED
-    except ForgelineError as exc:
-        print(f"forgeline: {exc.message}", file=sys.stderr)
-        return EXIT_FAILED
+    return run_command(REGISTRY, args, main())
 
 
 # --- commands
@@ -152,17 +123,8 @@ def _models_list(args: argparse.Namespace) -> int:
             token = page.next_page_token
             if not token:
                 break
-        if args.json:
-            _print_json(list(models), sys.stdout)
-        elif not models:
-            print("no models")
-        for model in [] if args.json else models:
-            aliases = ", ".join(f"{a}={n}" for a, n in sorted(model.aliases.items()))
-            print(
-                f"{model.name}  {model.version_count} versions  latest {model.latest_version}"
-                + (f"  [{aliases}]" if aliases else "")
-            )
-        return 0
+        lines = (_model_line(model) for model in models)
+        return print_listing(models, lines, as_json=args.json, empty="no models")
 
     return _run(args, action)
 
@@ -183,12 +145,7 @@ def _models_show(args: argparse.Namespace) -> int:
             if not token:
                 break
         if args.json:
-            document = {
-                "model": json_format.MessageToDict(model),
-                "versions": [json_format.MessageToDict(v) for v in versions],
-            }
-            json.dump(document, sys.stdout, indent=2, sort_keys=True)
-            sys.stdout.write("\n")
+            print_json({"model": model, "versions": versions})
             return 0
         print(model.name + (f"  {model.description}" if model.description else ""))
         for key, value in sorted(model.labels.items()):
@@ -215,11 +172,7 @@ def _push(args: argparse.Namespace) -> int:
             request_id=args.request_id,
             progress=_Bars(not args.json),
         )
-        if args.json:
-            _print_json(version, sys.stdout)
-        else:
-            print(f"pushed {_version_line(version)}")
-        return 0
+        return print_result(version, f"pushed {_version_line(version)}", as_json=args.json)
 
     return _run(args, action)
 
@@ -229,11 +182,8 @@ def _pull(args: argparse.Namespace) -> int:
         version = await client.pull(
             args.reference, Path(args.directory), paths=args.path, progress=_Bars(not args.json)
         )
-        if args.json:
-            _print_json(version, sys.stdout)
-        else:
-            print(f"pulled {_version_line(version)} into {args.directory}")
-        return 0
+        text = f"pulled {_version_line(version)} into {args.directory}"
+        return print_result(version, text, as_json=args.json)
 
     return _run(args, action)
 
@@ -244,11 +194,8 @@ def _alias_set(args: argparse.Namespace) -> int:
         if args.expected is not None:
             request.expected_version = args.expected
         alias = await client.stub.SetAlias(request)
-        if args.json:
-            _print_json(alias, sys.stdout)
-        else:
-            print(f"{alias.model}@{alias.name} -> {alias.version}")
-        return 0
+        text = f"{alias.model}@{alias.name} -> {alias.version}"
+        return print_result(alias, text, as_json=args.json)
 
     return _run(args, action)
 
@@ -259,12 +206,8 @@ def _alias_delete(args: argparse.Namespace) -> int:
         if args.expected is not None:
             request.expected_version = args.expected
         await client.stub.DeleteAlias(request)
-        if args.json:
-            json.dump({"model": args.model, "alias": args.alias, "deleted": True}, sys.stdout)
-            sys.stdout.write("\n")
-        else:
-            print(f"{args.model}@{args.alias} deleted")
-        return 0
+        deleted = {"model": args.model, "alias": args.alias, "deleted": True}
+        return print_result(deleted, f"{args.model}@{args.alias} deleted", as_json=args.json)
 
     return _run(args, action)
 
@@ -273,8 +216,7 @@ def _alias_list(args: argparse.Namespace) -> int:
     async def action(client: RegistryClient) -> int:
         model = await client.stub.GetModel(pb.GetModelRequest(name=args.model))
         if args.json:
-            json.dump(dict(sorted(model.aliases.items())), sys.stdout, indent=2)
-            sys.stdout.write("\n")
+            print_json(dict(model.aliases))
         for alias, number in [] if args.json else sorted(model.aliases.items()):
             print(f"{args.model}@{alias} -> {number}")
         return 0
@@ -286,13 +228,8 @@ def _alias_list(args: argparse.Namespace) -> int:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--registry",
-        default=os.environ.get(ADDRESS_VARIABLE, DEFAULT_REGISTRY),
-        metavar="HOST:PORT",
-        help=f"the registry's gRPC address (default: ${ADDRESS_VARIABLE} or {DEFAULT_REGISTRY})",
-    )
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    REGISTRY.add_option(parser)
+    add_json_option(parser)
     parser.add_argument(
         "--remote",
         action="store_true",

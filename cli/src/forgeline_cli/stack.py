@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -24,10 +24,11 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from forgeline_cli.console import EXIT_FAILED
 from forgeline_kit.llamacpp.server import free_port
 from forgeline_kit.subprocesses import offline_env
 
-__all__ = ["SERVICES", "LocalStack", "ServiceProcess", "StackError"]
+__all__ = ["SERVICES", "LocalStack", "ServiceProcess", "StackError", "run_on"]
 
 #: Start order: each service only needs those before it.
 SERVICES: Final = ("registry", "trainer", "converter", "gateway")
@@ -234,3 +235,16 @@ class LocalStack:
                 summary[f"{name} (gRPC)"] = service.target
             summary[f"{name} /metrics"] = service.metrics_url
         return summary
+
+
+def run_on(stack: LocalStack, body: Callable[[LocalStack], int]) -> int:
+    """Run ``body`` (a command that starts what it needs of ``stack``) and return its exit code;
+    a service that did not start is one ``FAILED:`` line and exit 1. Every service is stopped
+    afterwards, however ``body`` ends."""
+    try:
+        return body(stack)
+    except StackError as error:
+        print(f"FAILED: {error}")
+        return EXIT_FAILED
+    finally:
+        stack.stop()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import os
 import shutil
 import sys
 import tempfile
@@ -22,17 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from forgeline_cli.console import EXIT_INTERRUPTED, EXIT_USAGE, fail, print_result
 from forgeline_cli.jobs_commands import (
-    EXIT_FAILED,
     JobFollower,
     add_trainer_option,
     follow_hint,
     job_outcome,
-    one_line,
-    print_json,
     run_with_trainer,
 )
-from forgeline_cli.registry_commands import ADDRESS_VARIABLE, DEFAULT_REGISTRY
+from forgeline_cli.services import REGISTRY
 from forgeline_kit.datasets import DatasetFormat, DatasetSpec, detect_dataset, validate_dataset
 from forgeline_kit.errors import ForgelineError, InvalidArgument, Unavailable
 from forgeline_proto.common.v1 import common_pb2
@@ -50,10 +47,6 @@ __all__ = ["DATASET_MODEL_PREFIX", "register"]
 
 #: Registry model of a dataset given as ``--data NAME=PATH``: ``datasets/NAME``.
 DATASET_MODEL_PREFIX: Final = "datasets/"
-#: Exit status for a malformed command line or input files (as argparse's).
-EXIT_USAGE: Final = 2
-#: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
-EXIT_INTERRUPTED: Final = 130
 
 _FORMATS: Final = {
     DatasetFormat.ALPACA: pb.DATASET_FORMAT_ALPACA,
@@ -201,14 +194,11 @@ def _train(args: argparse.Namespace) -> int:
         yaml_text = config.read_text(encoding="utf-8")
         files = check_data(yaml_text, args.data)
     except OSError as exc:
-        print(f"forgeline: cannot read {config}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return fail(f"cannot read {config}: {exc.strerror or exc}", EXIT_USAGE)
     except UsageError as exc:
-        print(f"forgeline: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return fail(str(exc), EXIT_USAGE)
     except InvalidArgument as exc:
-        print(f"forgeline: {one_line(exc.message)}; nothing was uploaded", file=sys.stderr)
-        return EXIT_USAGE
+        return fail(f"{exc.message}; nothing was uploaded", EXIT_USAGE)
 
     try:
         inputs = _push_all(args, files)
@@ -216,17 +206,10 @@ def _train(args: argparse.Namespace) -> int:
         print("\nforgeline: interrupted while pushing data; no job was submitted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except ForgelineError as exc:
-        hint = (
-            f" (is it running? Point --registry or ${ADDRESS_VARIABLE} at it)"
-            if isinstance(exc, Unavailable)
-            else ""
+        hint = f" (is it running? {REGISTRY.hint})" if isinstance(exc, Unavailable) else ""
+        return fail(
+            f"pushing the data to the registry at {args.registry} failed{hint}: {exc.message}"
         )
-        print(
-            f"forgeline: pushing the data to the registry at {args.registry} failed{hint}: "
-            f"{one_line(exc.message)}",
-            file=sys.stderr,
-        )
-        return EXIT_FAILED
 
     spec = pb.JobSpec(
         llamafactory_yaml=yaml_text,
@@ -243,11 +226,8 @@ def _train(args: argparse.Namespace) -> int:
         job = await stub.SubmitJob(pb.SubmitJobRequest(spec=spec, request_id=str(uuid.uuid4())))
         submitted.append(job.id)
         if args.detach:
-            if args.json:
-                print_json(job)
-            else:
-                print(f"submitted job {job.id}; follow it with {follow_hint(job.id, args.trainer)}")
-            return 0
+            text = f"submitted job {job.id}; follow it with {follow_hint(job.id, args.trainer)}"
+            return print_result(job, text, as_json=args.json)
         if not args.json:
             print(f"submitted job {job.id}", flush=True)
         follower = JobFollower(
@@ -281,12 +261,7 @@ def register(subparsers: Any) -> None:
         metavar="NAME=PATH",
         help="a data file the YAML's dataset or eval_dataset names (repeatable)",
     )
-    train.add_argument(
-        "--registry",
-        default=os.environ.get(ADDRESS_VARIABLE, DEFAULT_REGISTRY),
-        metavar="HOST:PORT",
-        help=f"the registry's gRPC address (default: ${ADDRESS_VARIABLE} or {DEFAULT_REGISTRY})",
-    )
+    REGISTRY.add_option(train)
     train.add_argument(
         "--output-model", default="", help="registry model of the results (default: BASE-ft)"
     )

@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from forgeline_cli.stack import LocalStack, StackError
+from forgeline_cli.stack import LocalStack, run_on
 from forgeline_cli.walkthrough import BASE_MODEL, deploy_base_model, register_base_model
 from forgeline_kit.tinymodel import write_tiny_model
 
@@ -37,11 +37,11 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Start the stack, print where to look, wait for Ctrl-C or SIGTERM."""
-    stack = LocalStack(args.state_dir, gateway_port=args.port)
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopping.set())
-    try:
+
+    def serve(stack: LocalStack) -> int:
         print("Starting the registry, trainer, converter and gateway ...", flush=True)
         stack.start()
         base = register_base_model(
@@ -52,11 +52,8 @@ def run(args: argparse.Namespace) -> int:
         stopping.wait()
         print("Stopping ...", flush=True)
         return 0
-    except StackError as error:
-        print(f"FAILED: {error}")
-        return 1
-    finally:
-        stack.stop()
+
+    return run_on(LocalStack(args.state_dir, gateway_port=args.port), serve)
 
 
 def _print_summary(stack: LocalStack, base: str, gguf: str) -> None:
