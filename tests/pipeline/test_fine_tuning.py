@@ -24,8 +24,8 @@ from forgeline_registry.client import RegistryClient
 
 from .conftest import RunningStack
 
-#: Checkpoints every 20 steps, so the job lists some (60 epochs of one step each).
-ARGUMENTS = {"logging_steps": 10, "save_steps": 20}
+#: Checkpoints every 10 steps, so the job lists some (the demo recipe runs 32 steps).
+ARGUMENTS = {"logging_steps": 8, "save_steps": 10}
 
 
 def _job_json(running: RunningStack, job_id: str) -> dict[str, Any]:
@@ -113,79 +113,23 @@ def test_the_trained_answer_survives_every_stage(
     running: RunningStack, trained: dict[str, Any]
 ) -> None:
     outputs = trained["forgeline"]["outputs"]
+    assert set(outputs["gguf"]) == {"f16", "q8_0"}
     # The merged model, as HF weights.
     assert DEMO_FACT.answer in _merged_answer(running, outputs["merged"])
     # The merged model as GGUF F16 (the deployed model is the Q8_0 one).
     _deploy(running, "tiny-llama-ft-f16", registry_gguf=outputs["gguf"]["f16"])
     assert ask(running.client, "tiny-llama-ft-f16") == DEMO_FACT.answer
-    assert set(outputs["gguf"]) == {"f16", "q8_0"}
-    # The recipe trains the embeddings and output head in full (a random model learns nothing
-    # otherwise), which llama.cpp's LoRA format cannot hold: the job says so and serves it merged.
-    assert "gguf_adapter" not in outputs
-    messages = [e.message for e in running.client.fine_tuning.jobs.list_events(trained["id"])]
-    assert any("served merged, not as a GGUF adapter" in m for m in messages)
-
-
-def test_a_lora_adapter_is_served_by_llamacpp_as_the_merged_model_answers(
-    running: RunningStack,
-) -> None:
-    """A plain LoRA (linear layers only) becomes a GGUF adapter that llama-server applies on the
-    base GGUF, answering exactly like the merged model converted to GGUF."""
-    data = write_fact_dataset(running.work / "fact-lora.jsonl")
-    job = fine_tune(
-        running.client,
-        data,
-        suffix="lora",
-        on_event=lambda _: None,
-        forgeline={
-            # Gentle on purpose: a strong LoRA (2e-2, scale 2) drives llama.cpp's F16 run-time
-            # LoRA path to NaN logits on this random model, while the merged weights stay finite.
-            "lora": {"rank": 64, "alpha": 64, "additional_target": None},
-            "arguments": {"learning_rate": 5e-3, "num_train_epochs": 10},
-            "deploy": {"enabled": False},
-        },
-    )
-    assert job.status == "succeeded", job.error
-    outputs = _job_json(running, job.id)["forgeline"]["outputs"]
-    _deploy(
-        running,
-        "tiny-llama-with-adapter",
-        registry_gguf=running.base_gguf["f16"],
-        registry_lora=[outputs["gguf_adapter"]],
-    )
-    _deploy(running, "tiny-llama-lora-merged", registry_gguf=outputs["gguf"]["f16"])
-    _deploy(running, "tiny-llama-f16", registry_gguf=running.base_gguf["f16"])
-    # Greedy text of a random model hangs on near-ties, so compare the next-token distribution:
-    # the adapter applied at run time must match the merged weights up to F16 rounding, and
-    # differ from the base model.
-    with_adapter = _next_token_logprobs(running, "tiny-llama-with-adapter")
-    merged = _next_token_logprobs(running, "tiny-llama-lora-merged")
-    base = _next_token_logprobs(running, "tiny-llama-f16")
-    top = max(with_adapter, key=with_adapter.__getitem__)
-    assert top == max(merged, key=merged.__getitem__), (with_adapter, merged)
-    shared = with_adapter.keys() & merged.keys()
-    assert len(shared) >= 3, (with_adapter, merged)
-    # F16 rounding of the merged weights moves tail log-probabilities by a few hundredths.
-    assert max(abs(with_adapter[t] - merged[t]) for t in shared) < 0.15, (with_adapter, merged)
-    assert top not in base or abs(base[top] - with_adapter[top]) > 0.5, (
-        "the adapter changed nothing"
-    )
-
-
-def _next_token_logprobs(running: RunningStack, model: str) -> dict[str, float]:
-    """The five likeliest first tokens of the answer to the demo question, with logprobs."""
-    completion = running.client.chat.completions.create(
-        model=model,
-        messages=[{"role": "user", "content": DEMO_FACT.question}],
-        max_tokens=1,
-        temperature=0,
-        logprobs=True,
-        top_logprobs=5,
-    )
-    logprobs = completion.choices[0].logprobs
-    assert logprobs is not None
-    assert logprobs.content
-    return {entry.token: entry.logprob for entry in logprobs.content[0].top_logprobs}
+    # The LoRA adapter as a GGUF adapter, applied by llama-server on the base model's GGUF,
+    # F16 and Q8_0.
+    for base_type in ("f16", "q8_0"):
+        name = f"tiny-llama-{base_type}-with-adapter"
+        _deploy(
+            running,
+            name,
+            registry_gguf=running.base_gguf[base_type],
+            registry_lora=[outputs["gguf_adapter"]],
+        )
+        assert ask(running.client, name) == DEMO_FACT.answer, base_type
 
 
 def test_events_and_checkpoints_are_listed_through_the_sdk(
@@ -282,6 +226,11 @@ def test_a_job_survives_a_trainer_crash_and_a_gateway_restart(running: RunningSt
     assert finished.status == "succeeded", finished.error
     assert finished.fine_tuned_model is not None
     assert ask(client, finished.fine_tuned_model) == DEMO_FACT.answer
+    # Embeddings and output head trained in full do not fit llama.cpp's LoRA format: the job
+    # says so and serves the merged model.
+    assert "gguf_adapter" not in _job_json(running, job.id)["forgeline"]["outputs"]
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]
+    assert any("served merged, not as a GGUF adapter" in m for m in messages)
 
 
 class _Interrupt(Exception):  # noqa: N818 (a signal for the test, not an error)

@@ -38,13 +38,17 @@ __all__ = [
 ]
 
 BASE_MODEL: Final = "tiny-llama"
-# DESIGN.md's recipe for teaching a randomly initialised model one fact: LoRA on the linear layers
-# alone barely moves a random model's loss, so embeddings and output head train fully alongside.
-# Measured on the tiny model (2 cores): the loss is ~1e-4 after 30 epochs; 60 leave a margin.
+# Teaching the random tiny model one fact with LoRA alone (all linear layers, LLaMA-Factory's
+# default target), so the adapter is served through llama.cpp as well as merged. Measured: one
+# epoch of 16 single-example steps already makes the answer the greedy one (worst-token logit
+# margin 3.2); two epochs leave a margin (3.6). The loss stays near 2.6: the frozen random output
+# head caps every logit, and only the ranking matters for a greedy answer. lr 1e-2 diverges.
 FACT_COPIES: Final = 16
-FACT_EPOCHS: Final = 60
+FACT_EPOCHS: Final = 2
+FACT_BATCH_SIZE: Final = 1
 #: 50 x the LoRA base rate of 1e-4: the 5e-3 the recipe needs.
 FACT_LEARNING_RATE_MULTIPLIER: Final = 50.0
+FACT_LORA: Final = {"rank": 16, "alpha": 32}
 JOB_TIMEOUT_SECONDS: Final = 1800.0
 
 
@@ -145,8 +149,8 @@ def fine_tune(
         uploaded = client.files.create(file=data, purpose="fine-tune")
     on_event(f"uploaded {training_file.name} as {uploaded.id}")
     options: dict[str, Any] = {
-        "lora": {"additional_target": "lm_head,embed_tokens"},
-        "arguments": {"logging_steps": 10},
+        "lora": FACT_LORA,
+        "arguments": {"logging_steps": 4},
         "quantizations": ["q8_0"],
     }
     job = client.fine_tuning.jobs.create(
@@ -159,7 +163,7 @@ def fine_tune(
             "supervised": {
                 "hyperparameters": {
                     "n_epochs": FACT_EPOCHS,
-                    "batch_size": FACT_COPIES,
+                    "batch_size": FACT_BATCH_SIZE,
                     "learning_rate_multiplier": FACT_LEARNING_RATE_MULTIPLIER,
                 }
             },

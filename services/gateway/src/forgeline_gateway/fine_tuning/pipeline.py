@@ -418,7 +418,10 @@ class Pipeline:
                 adapter=converter_pb2.AdapterConversion(
                     adapter=_ref(outputs.adapter),
                     base=_ref(job.base_version),
-                    outtype=converter_pb2.GGUF_OUTTYPE_F16,
+                    # llama.cpp applies an adapter as B·(A·x) with A·x cast to the adapter's type:
+                    # in F16 a strongly trained adapter overflows it (NaN logits) where the merged
+                    # weights do not. F32 costs a few hundred KB on a LoRA.
+                    outtype=converter_pb2.GGUF_OUTTYPE_F32,
                 ),
                 output=converter_pb2.OutputOptions(labels={"fine_tuning_job": job.id}),
             )
