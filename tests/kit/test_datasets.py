@@ -562,3 +562,17 @@ def test_a_file_that_is_not_utf8_says_so(tmp_path: Path, suffix: str) -> None:
     assert problems(spec(path, DatasetFormat.ALPACA)) == [
         "the file is not UTF-8 text (byte 20 cannot be read)"
     ]
+
+
+def test_one_mapped_column_keeps_llamafactorys_defaults_for_the_others(tmp_path: Path) -> None:
+    # LLaMA-Factory reads unset columns of a mapping as None, not as its defaults.
+    kto = spec(tmp_path / "kto.jsonl", DatasetFormat.SHAREGPT, columns=DatasetColumns(kto_tag="ok"))
+    assert kto.info_entry("kto.jsonl").columns == DatasetColumns(
+        messages="conversations", kto_tag="ok"
+    )
+    pairs = spec(tmp_path / "pairs.json", DatasetFormat.ALPACA, ranking=True)
+    assert pairs.info_entry("pairs.json").columns == DatasetColumns(
+        prompt="instruction", query="input", chosen="chosen", rejected="rejected"
+    )
+    plain = spec(tmp_path / "plain.json", DatasetFormat.ALPACA)
+    assert plain.info_entry("plain.json").columns is None

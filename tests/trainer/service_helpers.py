@@ -7,6 +7,7 @@ import asyncio
 import json
 import threading
 import time
+import urllib.request
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -76,8 +77,9 @@ class Stack:
                 shutdown_grace_seconds=1,
                 **overrides,
             )
+            metrics = CollectorRegistry()
             service = GrpcService(
-                settings, await build_trainer(settings), registry=CollectorRegistry()
+                settings, await build_trainer(settings, metrics), registry=metrics
             )
             await service.start()
             return service
@@ -134,6 +136,13 @@ class Trainer:
         self.service = service
         self.channel = grpc.insecure_channel(service.grpc_address)
         self.stub = trainer_pb2_grpc.TrainerServiceStub(self.channel)
+
+    def metrics(self) -> str:
+        """The text of the trainer's ``/metrics`` page, fetched over HTTP."""
+        url = f"http://127.0.0.1:{self.service.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            text: str = answer.read().decode("utf-8")
+        return text
 
     def stop(self) -> None:
         """Shut the trainer down as SIGTERM would (running jobs are stopped, not failed)."""

@@ -126,7 +126,7 @@ def test_dpo_with_sft_data_is_refused_and_with_pairs_accepted() -> None:
         (job({"stage": "sft", "lerning_rate": 1}), "lerning_rate", "did you mean 'learning_rate'"),
         (job({"stage": "pt"}, stage=trainer_pb2.STAGE_SFT), "stage", "the spec says stage 'sft'"),
         (job({"stage": "sft", "output_dir": "/x"}), "output_dir", "set by the trainer"),
-        (job({"stage": "sft"}, gpu_count=2), "gpu_count", "this trainer has none"),
+        (job({"stage": "sft"}, gpu_count=2), "gpu_count", "runs on the CPU and has none"),
         (job({"stage": "sft"}, datasets=[]), "datasets", "at least one training dataset"),
         (
             job({"stage": "sft"}, datasets=[dataset("")]),

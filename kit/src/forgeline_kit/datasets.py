@@ -94,10 +94,24 @@ class DatasetSpec(BaseModel):
                 field=f"datasets[{self.name}]",
             )
         columns = self.columns
-        if self.format is DatasetFormat.PRETRAIN_TEXT and columns.prompt is None:
-            # LLaMA-Factory reads a .txt file into a ``text`` column; JSON records use it too.
-            columns = columns.model_copy(update={"prompt": "text"})
         sharegpt = self.format is DatasetFormat.SHAREGPT
+        if self.format is DatasetFormat.PRETRAIN_TEXT:
+            if columns.prompt is None:
+                # LLaMA-Factory reads a .txt file into a ``text`` column; JSON records use it too.
+                columns = columns.model_copy(update={"prompt": "text"})
+        elif columns != DatasetColumns() or self.ranking:
+            # LLaMA-Factory reads every column of a ``columns`` mapping, unset ones as None (not
+            # as its defaults): one mapped column (a kto_tag) would lose the conversation, and
+            # preference pairs have no default at all. Spell out the names these rules check.
+            defaults = {"messages": "conversations"} if sharegpt else {"prompt": "instruction"}
+            if not sharegpt:
+                defaults["query"] = "input"
+            if self.ranking:
+                defaults |= {"chosen": "chosen", "rejected": "rejected"}
+            elif not sharegpt:
+                defaults["response"] = "output"
+            unset = {key: name for key, name in defaults.items() if getattr(columns, key) is None}
+            columns = columns.model_copy(update=unset)
         return DatasetInfoEntry(
             file_name=file_name,
             formatting="sharegpt" if sharegpt else "alpaca",

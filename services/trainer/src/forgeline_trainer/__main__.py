@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from prometheus_client import REGISTRY, CollectorRegistry
+
 from forgeline_kit.grpc.server import Service, run_grpc_service
 from forgeline_kit.subprocesses import offline_env
 from forgeline_proto.trainer.v1 import trainer_pb2, trainer_pb2_grpc
@@ -12,10 +14,11 @@ from forgeline_trainer.grpc_api import TrainerServicer
 from forgeline_trainer.jobs.store import JobStore
 from forgeline_trainer.llamafactory.chat_template import preload_in_background
 from forgeline_trainer.llamafactory.combinations import DeviceKind
+from forgeline_trainer.metrics import TrainerMetrics
 from forgeline_trainer.service import Trainer
 from forgeline_trainer.settings import TrainerSettings
 
-__all__ = ["build", "detect_device", "main"]
+__all__ = ["build", "detect_device", "main", "visible_gpus"]
 
 log = logging.getLogger("forgeline_trainer")
 
@@ -32,14 +35,24 @@ def detect_device(setting: str) -> tuple[DeviceKind, str]:
     return "cuda", "cuda:0"
 
 
-async def build(settings: TrainerSettings) -> list[Service]:
-    """The trainer service on the state directory `settings` name, unfinished jobs resumed."""
+def visible_gpus(device_kind: DeviceKind) -> int:
+    """How many GPUs jobs may use: those torch sees (``CUDA_VISIBLE_DEVICES`` applied)."""
+    if device_kind == "cpu":
+        return 0
+    import torch
+
+    return int(torch.cuda.device_count())
+
+
+async def build(settings: TrainerSettings, registry: CollectorRegistry = REGISTRY) -> list[Service]:
+    """The trainer service on the state directory `settings` name, unfinished jobs resumed;
+    its metrics go to ``registry`` (the one the kit's ``/metrics`` serves)."""
     device_kind, device = detect_device(settings.device)
     state_dir = settings.state_dir.resolve()
     settings = settings.model_copy(update={"state_dir": state_dir})
     store = JobStore(state_dir / "jobs.db")
 
-    def registry() -> RegistryClient:
+    def registry_client() -> RegistryClient:
         return RegistryClient(settings.registry_target, timeout=settings.registry_timeout_seconds)
 
     trainer = Trainer(
@@ -48,7 +61,9 @@ async def build(settings: TrainerSettings) -> list[Service]:
         device_kind=device_kind,
         device=device,
         env=offline_env(state_dir / "hf-home"),
-        registry=registry,
+        registry=registry_client,
+        metrics=TrainerMetrics(registry, store.count_by_state()),
+        gpus=visible_gpus(device_kind),
     )
     trainer.recover()
     preload_in_background()

@@ -25,6 +25,7 @@ from forgeline_trainer.jobs.runner import JobRunner, RunnerContext, arguments_st
 from forgeline_trainer.jobs.store import JobStore
 from forgeline_trainer.jobs.workspace import JobWorkspace, effective_arguments
 from forgeline_trainer.llamafactory.combinations import DeviceKind
+from forgeline_trainer.metrics import TrainerMetrics
 from forgeline_trainer.settings import TrainerSettings
 from forgeline_trainer.submission import plan_job
 
@@ -109,11 +110,15 @@ class Trainer:
         device: str,
         env: dict[str, str],
         registry: Callable[[], RegistryClient],
+        metrics: TrainerMetrics | None = None,
+        gpus: int | None = None,
     ) -> None:
         self.settings = settings
+        #: GPUs this trainer may use (``None``: unknown, not checked at submission).
+        self.gpus = gpus
         self.store = store
         self.device_kind = device_kind
-        self.hub = JobHub(store)
+        self.hub = JobHub(store, metrics)
         self.runner = JobRunner(
             RunnerContext(
                 hub=self.hub,
@@ -155,7 +160,7 @@ class Trainer:
             existing = self.store.find_by_request(request_id)
             if existing is not None:
                 return self._view(existing)
-        plan = plan_job(spec, device=self.device_kind)
+        plan = plan_job(spec, device=self.device_kind, gpus_available=self.gpus)
         spec = await self._pin_references(spec, plan.base_model)
         job_id = (
             ""
@@ -173,6 +178,10 @@ class Trainer:
         filled.stage = _STAGE_ENUM[arguments["stage"]]
         if spec.finetuning_type != pb.FINETUNING_TYPE_QLORA:
             filled.finetuning_type = _TYPE_ENUM[arguments["finetuning_type"]]
+        if arguments["stage"] == "rm":
+            # LLaMA-Factory's export merges into a plain causal LM and drops the value head: a
+            # merged reward model would score nothing. The adapter (value head included) is it.
+            filled.merge.skip = True
         base = (
             plan.base_model.model
             if not isinstance(plan.base_model, str)

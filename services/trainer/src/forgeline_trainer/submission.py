@@ -81,8 +81,30 @@ class JobPlan:
     datasets: tuple[DatasetPlan, ...]
 
 
-def plan_job(spec: trainer_pb2.JobSpec, *, device: DeviceKind) -> JobPlan:
-    """Check ``spec`` for a trainer running on ``device``.
+def _check_gpu_count(gpu_count: int, device: DeviceKind, available: int | None) -> None:
+    if gpu_count < 0:
+        raise InvalidArgument(
+            f"gpu_count={gpu_count} is negative; use 0 or more", field="gpu_count"
+        )
+    if gpu_count > 0 and device == "cpu":
+        raise InvalidArgument(
+            f"gpu_count={gpu_count} asks for GPUs, but this trainer runs on the CPU and has none; "
+            "leave it 0 to train on the CPU, or submit the job to a trainer with GPUs",
+            field="gpu_count",
+        )
+    if available is not None and gpu_count > available:
+        raise InvalidArgument(
+            f"gpu_count={gpu_count} asks for more GPUs than this trainer has ({available}); "
+            f"ask for at most {available}, or 0 for the trainer's default",
+            field="gpu_count",
+        )
+
+
+def plan_job(
+    spec: trainer_pb2.JobSpec, *, device: DeviceKind, gpus_available: int | None = None
+) -> JobPlan:
+    """Check ``spec`` for a trainer running on ``device`` (with ``gpus_available`` GPUs, when
+    known: a job asking for more is refused).
 
     Raises:
         InvalidArgument: naming the field at fault and how to fix it.
@@ -94,11 +116,7 @@ def plan_job(spec: trainer_pb2.JobSpec, *, device: DeviceKind) -> JobPlan:
     arguments.setdefault("finetuning_type", "lora")
     if spec.finetuning_type == trainer_pb2.FINETUNING_TYPE_QLORA:
         arguments.setdefault("quantization_bit", DEFAULT_QUANTIZATION_BIT)
-    if spec.gpu_count > 0 and device == "cpu":
-        raise InvalidArgument(
-            f"gpu_count={spec.gpu_count} asks for GPUs, but this trainer has none; leave it 0",
-            field="gpu_count",
-        )
+    _check_gpu_count(spec.gpu_count, device, gpus_available)
     _check_metadata(spec)
 
     datasets = tuple(

@@ -15,6 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.trainer.v1 import trainer_pb2 as pb
 from forgeline_trainer.jobs.store import JobStore, event_kind
+from forgeline_trainer.metrics import TrainerMetrics
 
 __all__ = ["TERMINAL", "JobHub", "now"]
 
@@ -40,10 +41,12 @@ def is_terminal_event(event: pb.JobEvent) -> bool:
 
 
 class JobHub:
-    """Persists job changes and wakes the watchers of the job that changed."""
+    """Persists job changes, accounts for them in the metrics, and wakes the watchers of the
+    job that changed."""
 
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: JobStore, metrics: TrainerMetrics | None = None) -> None:
         self.store = store
+        self.metrics = metrics
         self._changed = asyncio.Condition()
         self._closed = False
         self._live: dict[str, pb.Job] = {}
@@ -94,6 +97,8 @@ class JobHub:
         )
         job.update_time.CopyFrom(event.time)
         self.store.append_event(job, event)
+        if self.metrics is not None:
+            self.metrics.observe(job, event)
         self._wake()
         return event
 

@@ -293,7 +293,12 @@ class JobRunner:
         train_arguments = TrainArguments(**arguments)
         started = time.monotonic()
         process = await asyncio.to_thread(
-            start_training, train_arguments, workspace.root, self.context.env
+            start_training,
+            train_arguments,
+            workspace.root,
+            self.context.env,
+            gpu_count=job.spec.gpu_count,
+            device=self.context.device_kind,
         )
         reader = ProgressReader(workspace.output)
         # A thread blocks on the process's exit, so the job moves on the moment training ends

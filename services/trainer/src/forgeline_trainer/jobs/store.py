@@ -107,6 +107,11 @@ class JobStore:
             (job.state, job.SerializeToString(), job.id),
         )
 
+    def count_by_state(self) -> dict[pb.JobState.ValueType, int]:
+        """How many jobs are in each state (states without jobs left out)."""
+        rows = self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        return {pb.JobState.ValueType(state): count for state, count in rows}
+
     def in_states(self, states: Iterable[pb.JobState.ValueType]) -> list[pb.Job]:
         """Jobs in any of ``states``, oldest first."""
         wanted = list(states)

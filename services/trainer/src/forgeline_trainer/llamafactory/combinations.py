@@ -6,6 +6,7 @@ Each check answers with what is wrong and how to fix it, in the user's terms.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Literal
 
 from forgeline_kit.errors import InvalidArgument
@@ -38,10 +39,22 @@ def _check_stage(arguments: Mapping[str, Any]) -> None:
         )
     if arguments["stage"] == "ppo":
         raise InvalidArgument(
-            "stage 'ppo' is not supported by Forgeline yet (it needs a separately trained reward "
-            "model served beside the policy); use 'dpo' on the same preference data instead",
+            "stage 'ppo' is not supported by this trainer: LLaMA-Factory's PPO trainer only "
+            f"runs with trl 0.8.6 to 0.9.6 (it refuses to start otherwise), this trainer has "
+            f"trl {_version('trl')}; and PPO scores each generated answer with a separately "
+            "trained reward model (its 'reward_model' argument, a local path) that the trainer "
+            "does not pull from the registry. Instead, use 'dpo' on the same preference data (or "
+            "'kto' on labelled answers): neither needs a reward model. A reward model itself "
+            "trains with stage 'rm'",
             field="stage",
         )
+
+
+def _version(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "(not installed)"
 
 
 def _check_quantization(arguments: Mapping[str, Any], device: DeviceKind) -> None:
