@@ -26,6 +26,7 @@ from .conftest import Served, StartGateway
 
 CHAT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 LONG = 1900  # tokens: long enough that the backend is still generating when a test acts
+VERY_LONG = 16000  # tokens: seconds of generation, for a test that must act mid-stream
 DEADLINE_S = 30.0
 
 
@@ -163,10 +164,13 @@ def test_a_client_that_leaves_a_stream_cancels_the_backend_work(
     start_gateway: StartGateway, tiny_gguf: Path
 ) -> None:
     served = start_gateway()
-    served.deploy(_spec(tiny_gguf))
+    # The tiny model writes LONG tokens in under a second; a busy machine may take longer than
+    # that to close the client, so this generation is made to run for seconds.
+    served.deploy(_spec(tiny_gguf, context_size=VERY_LONG + 256))
     [process] = _processes(served)
 
-    with httpx.stream(**_stream_request(served), trust_env=False, timeout=60) as response:
+    request = _stream_request(served, max_tokens=VERY_LONG)
+    with httpx.stream(**request, trust_env=False, timeout=60) as response:
         for line in response.iter_lines():
             if line.startswith("data: "):
                 break
