@@ -126,3 +126,27 @@ def test_the_build_context_leaves_out_venvs_env_files_and_keys() -> None:
     for pattern in ("**/.env", "**/*.pem", "**/*.key"):
         assert pattern in rules
     assert not [rule for rule in rules if rule.startswith("!") and ".venv" in rule]
+
+
+def test_every_file_an_image_copies_is_in_the_build_context() -> None:
+    """A COPY of a path .dockerignore leaves out fails only when that image is built (minutes
+    into `make compose-smoke`); check every Dockerfile of the repository here instead."""
+    rules = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip().startswith("!")
+    ]
+    allowed = [rule[1:].removesuffix("**") for rule in rules]
+    for dockerfile in sorted(ROOT.glob("**/Dockerfile")):
+        if ".venv" in dockerfile.parts:
+            continue
+        for line in dockerfile.read_text().splitlines():
+            words = line.split()
+            if not words or words[0] != "COPY" or any(w.startswith("--from") for w in words):
+                continue
+            sources = [w for w in words[1:-1] if not w.startswith("--")]
+            for source in sources:
+                assert any(
+                    source == rule or source.startswith(rule) or f"{source}/" == rule
+                    for rule in allowed
+                ), f"{dockerfile.relative_to(ROOT)}: COPY {source} is left out by .dockerignore"
