@@ -10,7 +10,8 @@
 #      Prometheus target up, every dashboard panel's query accepted by Prometheus,
 #   6. runs the demo loop (deploy/smoke/demo_loop.py) inside the network: the tiny model
 #      registered, converted and served, fine-tuned through the OpenAI SDK, the trained answer back,
-#   7. tears everything down (also on failure), printing each step's time and the image sizes.
+#   7. asks the fine-tuned model again through the published gateway, and repeats step 5's checks,
+#   8. tears everything down (also on failure), printing each step's time and the image sizes.
 #
 # Environment: FORGELINE_SMOKE_KEEP=1 leaves the stack up; FORGELINE_EXTRA_CA_FILE is the CA
 # bundle builds trust for downloads (default: this machine's system bundle, which holds the
@@ -199,6 +200,15 @@ done_step
 # --- 6. the demo loop --------------------------------------------------------------------------
 step "demo loop: register, convert, deploy, fine-tune and ask through the gateway (OpenAI SDK)"
 "${COMPOSE[@]}" --profile smoke run --rm --no-deps smoke-client --api-key "$api_key"
+done_step
+
+# --- 7. from outside again ---------------------------------------------------------------------
+step "the fine-tuned model through the published gateway; targets and dashboard after the job"
+FORGELINE_SMOKE_API_KEY="$api_key" "$PY" deploy/smoke/check_stack.py --fine-tuned \
+    --gateway "http://127.0.0.1:$PORT" \
+    --prometheus "http://127.0.0.1:$PROMETHEUS_PORT" \
+    --dashboard deploy/grafana/dashboards/forgeline-overview.json \
+    --expect-jobs deploy/standins/prometheus.yml
 done_step
 exit 0
 }

@@ -9,6 +9,8 @@
 2. Prometheus has scraped every job of the given scrape configuration, and every target is up.
 3. Every query of every dashboard panel is accepted by that Prometheus: the dashboard Grafana
    would load names only what Prometheus can evaluate.
+4. With ``--fine-tuned``, after the demo loop (step 6): the newest succeeded fine-tuning job's
+   model, asked through the published port with the OpenAI SDK, gives the trained answer.
 
 Exit status 0 when all pass; otherwise 1, with one line per failure.
 """
@@ -26,6 +28,8 @@ from typing import Any
 import httpx
 import yaml
 from openai import OpenAI
+
+from forgeline_kit.tinymodel import DEMO_FACT
 
 TARGETS_DEADLINE_SECONDS = 90.0
 POLL_SECONDS = 2.0
@@ -47,6 +51,26 @@ def check_gateway(base_url: str, api_key: str) -> list[str]:
     else:
         print("  the gateway does not serve /v1/fine_tuning/jobs yet: fine-tuning not exercised")
     return problems
+
+
+def check_fine_tuned(base_url: str, api_key: str) -> list[str]:
+    """The fine-tuned model answers through the published port as it did inside the network."""
+    client = OpenAI(base_url=f"{base_url}/v1", api_key=api_key, timeout=60, max_retries=0)
+    done = [job for job in client.fine_tuning.jobs.list(limit=20) if job.status == "succeeded"]
+    if not done or done[0].fine_tuned_model is None:
+        return ["no succeeded fine-tuning job with a model is listed through the published port"]
+    model = done[0].fine_tuned_model
+    completion = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": DEMO_FACT.question}],
+        max_tokens=32,
+        temperature=0,
+    )
+    answer = (completion.choices[0].message.content or "").strip()
+    print(f"  published gateway, {model}: {answer!r}")
+    if answer != DEMO_FACT.answer:
+        return [f"{model} answered {answer!r} through the published port, not the trained answer"]
+    return []
 
 
 def expected_jobs(scrape_config: Path) -> set[str]:
@@ -109,9 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prometheus", required=True, help="Prometheus base URL")
     parser.add_argument("--dashboard", type=Path, required=True)
     parser.add_argument("--expect-jobs", type=Path, required=True, help="a scrape config file")
+    parser.add_argument(
+        "--fine-tuned", action="store_true", help="also ask the demo loop's fine-tuned model"
+    )
     args = parser.parse_args(argv)
     api_key = os.environ.get("FORGELINE_SMOKE_API_KEY", "")
     problems = check_gateway(args.gateway, api_key)
+    if args.fine_tuned:
+        problems += check_fine_tuned(args.gateway, api_key)
     problems += check_targets(args.prometheus, expected_jobs(args.expect_jobs))
     problems += check_dashboard(args.prometheus, args.dashboard)
     for problem in problems:
