@@ -10,6 +10,7 @@ gateway, polled against a deadline while the process is alive.
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -34,6 +35,10 @@ __all__ = ["SERVICES", "LocalStack", "ServiceProcess", "StackError", "run_on"]
 SERVICES: Final = ("registry", "trainer", "converter", "gateway")
 START_TIMEOUT_SECONDS: Final = 120.0
 STOP_TIMEOUT_SECONDS: Final = 30.0
+#: Starts of one service whose freshly picked port another process took first.
+PORT_ATTEMPTS: Final = 3
+# What a service logs when its port is taken (the kit's gRPC and metrics listeners, uvicorn).
+_PORT_IN_USE: Final = re.compile(r"address already in use|port is in use", re.IGNORECASE)
 
 
 class StackError(RuntimeError):
@@ -86,6 +91,22 @@ class ServiceProcess:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+    def log_size(self) -> int:
+        """Bytes in the log now (where the next start's lines will begin)."""
+        try:
+            return self.log_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def log_since(self, offset: int) -> str:
+        """The log from `offset` on."""
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(offset)
+                return log.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -196,11 +217,53 @@ class LocalStack:
         self.stop()
 
     def start(self, *names: str) -> None:
-        """Start the named services (all by default) in order, each ready before the next."""
+        """Start the named services (all by default) in order, each ready before the next.
+
+        Ports are picked free when the stack is made, so another process may take one before the
+        service binds it; a service that exits at start because its port is in use gets new
+        ports (and the services not yet started the new address) and is started again.
+        """
         for name in names or SERVICES:
-            service = self.services[name]
-            service.start()
-            self.wait_ready(name)
+            for attempt in range(PORT_ATTEMPTS):
+                service = self.services[name]
+                log_start = service.log_size()
+                service.start()
+                try:
+                    self.wait_ready(name)
+                    break
+                except StackError:
+                    lost_port = _PORT_IN_USE.search(service.log_since(log_start))
+                    if not lost_port or attempt == PORT_ATTEMPTS - 1 or not self._repick(name):
+                        raise
+
+    def _repick(self, name: str) -> bool:
+        """New free ports for `name`, written into the environment of every service that is not
+        running; False when a running service already holds the old address (it cannot learn
+        the new one) or the port was chosen by the caller."""
+        service = self.services[name]
+        if name == "gateway" and self.gateway_port:
+            return False
+        old_target = service.target
+        if any(
+            other.alive() and old_target in other.env.values()
+            for other in self.services.values()
+            if other is not service
+        ):
+            return False
+        prefix = f"FORGELINE_{name.upper()}_"
+        service.port = free_port()
+        if name == "gateway":
+            service.env[f"{prefix}HTTP_PORT"] = str(service.port)
+            service.metrics_port = service.port
+        else:
+            service.metrics_port = free_port()
+            service.env[f"{prefix}METRICS_PORT"] = str(service.metrics_port)
+        service.env[f"{prefix}GRPC_PORT"] = str(service.port)
+        for other in self.services.values():
+            for key, value in other.env.items():
+                if value == old_target:
+                    other.env[key] = service.target
+        return True
 
     def wait_ready(self, name: str, timeout: float = START_TIMEOUT_SECONDS) -> None:
         service = self.services[name]
@@ -224,7 +287,8 @@ class LocalStack:
         """Stop one service (SIGKILL with `kill`: a crash) and start it again on the same ports
         and state."""
         self.services[name].stop(kill=kill)
-        self.start(name)
+        self.services[name].start()
+        self.wait_ready(name)
 
     def env_summary(self) -> dict[str, str]:
         """Where each service listens, for people."""
