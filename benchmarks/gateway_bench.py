@@ -4,6 +4,9 @@ concurrent streaming clients.
 
     .venv/bin/python benchmarks/gateway_bench.py --litellm /tmp/litellm-venv/bin/litellm
 
+A TCP relay that copies bytes and parses nothing (`gateway_relay.py`) runs beside them: what it
+adds is the price of one more process hop on this machine, the floor under any proxy's figures.
+
 Reported per target and concurrency: requests/s, latency and time to first token (p50, p99), what
 the proxy adds to both over direct calls, and the proxy's CPU seconds per request (and so its
 requests/s per core). Everything shares this machine's cores (the load generator, the upstream,
@@ -124,6 +127,16 @@ def upstream(interval_ms: float) -> Iterator[int]:
     command = [sys.executable, str(HERE / "gateway_upstream.py"), "--interval-ms", str(interval_ms)]
     with _process(command) as process:
         yield int(str(_read_json_line(process, "port")["port"]))
+
+
+@contextmanager
+def relay(upstream_port: int) -> Iterator[Target]:
+    """`gateway_relay.py`: bytes copied to the upstream, the floor of any proxy here."""
+    script = HERE / "gateway_relay.py"
+    command = [sys.executable, str(script), "--upstream-port", str(upstream_port)]
+    with _process(command) as process:
+        port = int(str(_read_json_line(process, "port")["port"]))
+        yield Target("tcp relay", port, "/v1/chat/completions", None, process.pid)
 
 
 @contextmanager
@@ -251,7 +264,7 @@ def main() -> None:
     results: dict[str, dict[int, dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp, upstream(args.interval_ms) as upstream_port:
         workdir = Path(tmp)
-        targets = [("direct", None)]
+        targets = [("direct", None), ("tcp relay", lambda: relay(upstream_port))]
         targets += [("gateway", lambda: gateway(upstream_port, workdir))]
         if args.litellm:
             targets += [("litellm", lambda: litellm(args.litellm, upstream_port, workdir))]
