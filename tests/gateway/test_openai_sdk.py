@@ -160,6 +160,30 @@ def test_stop_ends_the_answer_before_the_stop_sequence(served: Served) -> None:
     assert stopped.text == full[: full.index(stop)]
 
 
+def test_chat_logprobs_pass_through_answered_and_streamed(served: Served) -> None:
+    client = served.client()
+    answer = client.chat.completions.create(
+        model="tiny", messages=CHAT, max_tokens=3, temperature=0, logprobs=True, top_logprobs=2
+    )
+    logprobs = answer.choices[0].logprobs
+    assert logprobs is not None
+    assert logprobs.content
+    assert all(len(token.top_logprobs) == 2 and token.logprob <= 0 for token in logprobs.content)
+
+    stream = client.chat.completions.create(
+        model="tiny", messages=CHAT, max_tokens=3, temperature=0, logprobs=True, top_logprobs=2,
+        stream=True,
+    )  # fmt: skip
+    streamed = [
+        token
+        for chunk in stream
+        for choice in chunk.choices
+        if choice.logprobs is not None
+        for token in choice.logprobs.content or []
+    ]
+    assert [t.token for t in streamed] == [t.token for t in logprobs.content]
+
+
 def test_completion_and_its_stream(served: Served) -> None:
     client = served.client()
     answer = client.completions.create(model="tiny", prompt="hello", max_tokens=4)
