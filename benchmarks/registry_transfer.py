@@ -1,7 +1,7 @@
 """Push and pull of one large artifact through the registry, against the raw `minio` SDK
 (``fput_object`` / ``fget_object``) on the same S3 server, in one run.
 
-    .venv/bin/python benchmarks/registry_transfer.py --size-mib 2048
+    .venv/bin/python benchmarks/registry_transfer.py --size-mib 2048 --rounds 3
 
 Every side runs in its own process so that peak RSS is its own: the S3 server (moto's, or
 MinIO's when MINIO_ENDPOINT is set), the registry (``python -m forgeline_registry`` on the s3
@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import resource
+import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -88,16 +92,42 @@ def phase(args: argparse.Namespace) -> dict[str, float]:
         client = _minio_client(args.endpoint, args.access, args.secret)
         client.fget_object(args.bucket, "raw/blob", args.file)
     elif args.phase in ("push", "pull"):
-        from forgeline_registry.client import RegistryClient
+        from forgeline_registry.client import RegistryClient, TransferProgress
+
+        marks: dict[str, float] = {}
+
+        class Steps(TransferProgress):
+            def start(self, phase: str, total: int) -> None:
+                marks[phase] = time.perf_counter()
+
+        def uploaded(_: object) -> None:
+            marks["committing"] = time.perf_counter()
 
         async def run() -> None:
             async with RegistryClient(args.registry, accept_local_files=False, timeout=3600) as c:
                 if args.phase == "push":
-                    await c.push(Path(args.file).parent, "bench", request_id=str(uuid.uuid4()))
+                    await c.push(
+                        Path(args.file).parent,
+                        "bench",
+                        request_id=str(uuid.uuid4()),
+                        progress=Steps(),
+                        after_upload=uploaded,
+                    )
                 else:
                     await c.pull("bench@latest", Path(args.file))
 
         asyncio.run(run())
+        if args.phase == "push":
+            # Where a push's time goes: hashing the file, sending the parts, and CommitVersion
+            # (the registry reading the blob back to verify it).
+            ended = time.perf_counter()
+            steps = {"hashing": started, **marks, "end": ended}
+            names = list(steps)
+            return {
+                "seconds": ended - started,
+                "peak_rss_mib": _peak_rss_mib(),
+                **{f"{a}_s": steps[b] - steps[a] for a, b in itertools.pairwise(names)},
+            }
     return {"seconds": time.perf_counter() - started, "peak_rss_mib": _peak_rss_mib()}
 
 
@@ -125,6 +155,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=2048)
     parser.add_argument("--part-size-mib", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians")
     parser.add_argument("--phase")
     for option in ("endpoint", "access", "secret", "bucket", "file", "registry"):
         parser.add_argument(f"--{option}", default="")
@@ -135,6 +166,7 @@ def main() -> None:
 
     size = args.size_mib << 20
     processes: list[subprocess.Popen[bytes]] = []
+    results: dict[str, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="forgeline-bench-") as scratch:
         work = Path(scratch)
         try:
@@ -176,19 +208,32 @@ def main() -> None:
 
             source = work / "push" / "model.gguf"
             source.parent.mkdir()
-            _make_file(source, size)
             common = {"endpoint": endpoint, "access": access, "secret": secret, "bucket": bucket}
             registry_address = f"127.0.0.1:{grpc_port}"
-            results = {
-                "raw fput_object": _run_phase("raw-put", file=str(source), **common),
-                "registry push": _run_phase(
-                    "push", file=str(source), registry=registry_address, **common
-                ),
-                "raw fget_object": _run_phase("raw-get", file=str(work / "raw.out"), **common),
-                "registry pull": _run_phase(
-                    "pull", file=str(work / "pulled"), registry=registry_address, **common
-                ),
-            }
+            for index in range(args.rounds):
+                # New random bytes each round: the registry would skip a blob it already has.
+                _make_file(source, size)
+                pulled = work / f"pulled-{index}"
+                steps = {
+                    "raw fput_object": partial(_run_phase, "raw-put", file=str(source), **common),
+                    "registry push": partial(
+                        _run_phase, "push", file=str(source), registry=registry_address, **common
+                    ),
+                    "raw fget_object": partial(
+                        _run_phase, "raw-get", file=str(work / "raw.out"), **common
+                    ),
+                    "registry pull": partial(
+                        _run_phase, "pull", file=str(pulled), registry=registry_address, **common
+                    ),
+                }
+                # Alternate which side of each pair goes first: the server's state drifts.
+                names = list(steps)
+                if index % 2:
+                    names = [names[1], names[0], names[3], names[2]]
+                for name in names:
+                    results.setdefault(name, []).append(steps[name]())
+                shutil.rmtree(pulled, ignore_errors=True)
+                print(f"round {index + 1} of {args.rounds} done", file=sys.stderr)
             registry_rss = _hwm_mib(registry.pid)
         finally:
             for process in processes:
@@ -197,22 +242,36 @@ def main() -> None:
 
     print(
         f"{args.size_mib} MiB artifact, {server_name} S3 server on loopback, "
-        f"{os.cpu_count()} cores; registry peak RSS {registry_rss:.0f} MiB\n"
+        f"{os.cpu_count()} cores, median of {args.rounds} alternating rounds; "
+        f"registry peak RSS {registry_rss:.0f} MiB\n"
     )
     print(
         f"| {'operation':<16} | {'seconds':>8} | {'MiB/s':>7} | {'vs raw':>6} | "
-        f"{'client peak RSS':>15} |"
+        f"{'client peak RSS':>15} | {'each round (s)':<22} |"
     )
-    print(f"|{'-' * 18}|{'-' * 10}|{'-' * 9}|{'-' * 8}|{'-' * 17}|")
+    print(f"|{'-' * 18}|{'-' * 10}|{'-' * 9}|{'-' * 8}|{'-' * 17}|{'-' * 24}|")
     pairs = {"registry push": "raw fput_object", "registry pull": "raw fget_object"}
-    for name, result in results.items():
-        rate = args.size_mib / result["seconds"]
+    medians = {name: _median(runs, "seconds") for name, runs in results.items()}
+    for name, runs in results.items():
+        rate = args.size_mib / medians[name]
         raw = pairs.get(name)
-        ratio = f"{results[raw]['seconds'] / result['seconds']:.2f}x" if raw else ""
+        ratio = f"{medians[raw] / medians[name]:.2f}x" if raw else ""
+        rss = max(run["peak_rss_mib"] for run in runs)
+        each = " ".join(f"{run['seconds']:.1f}" for run in runs)
         print(
-            f"| {name:<16} | {result['seconds']:>8.2f} | {rate:>7.1f} | {ratio:>6} | "
-            f"{result['peak_rss_mib']:>11.0f} MiB |"
+            f"| {name:<16} | {medians[name]:>8.2f} | {rate:>7.1f} | {ratio:>6} | "
+            f"{rss:>11.0f} MiB | {each:<22} |"
         )
+    push = results["registry push"]
+    step_names = [key for key in push[0] if key.endswith("_s")]
+    print(
+        "\nregistry push, step by step (medians): "
+        + ", ".join(f"{key[:-2]} {_median(push, key):.2f} s" for key in step_names)
+    )
+
+
+def _median(runs: list[dict[str, float]], key: str) -> float:
+    return statistics.median(run[key] for run in runs)
 
 
 if __name__ == "__main__":

@@ -173,23 +173,22 @@ class Transfers:
         size = 0
         try:
             with os.fdopen(handle, "wb") as out:
-
-                def consume(chunk: bytes) -> None:
-                    # On the pipeline's thread: hashing and writing overlap the next read.
-                    digest.update(chunk)
-                    out.write(chunk)
-
+                # The pipeline's thread hashes while this one reads and writes: both release the
+                # GIL, and writing here rather than beside the hash measured 18 % faster against
+                # moto (benchmarks/registry_transfer.md).
                 method = grant.WhichOneof("method")
                 if method == "local_file":
                     with Path(grant.local_file.path).open("rb") as source:
                         chunks = iter(lambda: source.read(CHUNK_BYTES), b"")
-                        for chunk in pipelined(chunks, consume):
+                        for chunk in pipelined(chunks, digest.update):
+                            out.write(chunk)
                             size += len(chunk)
                             progress(len(chunk))
                 elif method == "get":
                     response = self._request(grant.get, stream=True)
                     try:
-                        for chunk in pipelined(response.stream(CHUNK_BYTES), consume):
+                        for chunk in pipelined(response.stream(CHUNK_BYTES), digest.update):
+                            out.write(chunk)
                             size += len(chunk)
                             progress(len(chunk))
                     finally:
