@@ -123,7 +123,7 @@ def test_the_build_context_leaves_out_venvs_env_files_and_keys() -> None:
     ignore = (ROOT / ".dockerignore").read_text().splitlines()
     rules = [line for line in ignore if line and not line.startswith("#")]
     assert rules[0] == "**", "deny by default, then allow what images need"
-    for pattern in ("**/.env", "**/*.pem", "**/*.key"):
+    for pattern in ("**/.env", "**/forgeline.env", "**/*.pem", "**/*.key"):
         assert pattern in rules
     assert not [rule for rule in rules if rule.startswith("!") and ".venv" in rule]
 

@@ -1,8 +1,15 @@
-""".env.example: every setting of every service, and every variable compose reads."""
+"""The example files: forgeline.env.example lists every setting of every service, .env.example
+every variable compose reads; and the credentials in .env reach only the services that use them."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,31 +21,80 @@ from forgeline_trainer.settings import TrainerSettings
 
 from .conftest import CPU_OVERRIDE, ROOT
 
-ENV_EXAMPLE = ROOT / ".env.example"
-REGENERATE = "regenerate it: .venv/bin/python deploy/env_example.py > .env.example"
+sys.path.insert(0, str(ROOT / "deploy"))
+import env_example
+
+COMPOSE_EXAMPLE = ROOT / ".env.example"
+SERVICES_EXAMPLE = ROOT / "forgeline.env.example"
+REGENERATE_COMPOSE = "regenerate it: .venv/bin/python deploy/env_example.py compose > .env.example"
+REGENERATE_SERVICES = (
+    "regenerate it: .venv/bin/python deploy/env_example.py services > forgeline.env.example"
+)
 
 
-def _listed() -> set[str]:
-    return set(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", ENV_EXAMPLE.read_text(), re.MULTILINE))
+def _listed(example: Path) -> set[str]:
+    return set(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", example.read_text(), re.MULTILINE))
 
 
 @pytest.mark.parametrize(
     "settings", [RegistrySettings, TrainerSettings, ConverterSettings, GatewaySettings]
 )
 def test_every_service_setting_is_listed(settings: type[ServiceSettings]) -> None:
-    missing = {settings.env_var(name) for name in settings.model_fields} - _listed()
-    assert not missing, f"{sorted(missing)} missing from .env.example; {REGENERATE}"
+    missing = {settings.env_var(name) for name in settings.model_fields} - _listed(SERVICES_EXAMPLE)
+    assert not missing, (
+        f"{sorted(missing)} missing from forgeline.env.example; {REGENERATE_SERVICES}"
+    )
 
 
 def test_every_variable_compose_interpolates_is_listed() -> None:
     used: set[str] = set()
     for path in (ROOT / "compose.yaml", CPU_OVERRIDE):
         used |= set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", path.read_text()))
-    missing = used - _listed()
-    assert not missing, f"{sorted(missing)} missing from .env.example; {REGENERATE}"
+    missing = used - _listed(COMPOSE_EXAMPLE)
+    assert not missing, f"{sorted(missing)} missing from .env.example; {REGENERATE_COMPOSE}"
 
 
-def test_the_example_holds_no_password() -> None:
-    for line in ENV_EXAMPLE.read_text().splitlines():
-        if re.match(r"[A-Z_]*(PASSWORD|SECRET_KEY|TOKEN)=", line):
+@pytest.mark.parametrize("example", [COMPOSE_EXAMPLE, SERVICES_EXAMPLE], ids=lambda p: p.name)
+def test_the_examples_hold_no_password(example: Path) -> None:
+    for line in example.read_text().splitlines():
+        if re.match(r"#? ?[A-Z_]*(PASSWORD|SECRET_KEY|TOKEN)=", line):
             assert line.endswith("="), line
+
+
+def test_the_examples_are_what_the_generator_writes() -> None:
+    assert COMPOSE_EXAMPLE.read_text() == env_example.render_compose(), REGENERATE_COMPOSE
+    assert SERVICES_EXAMPLE.read_text() == env_example.render_services(), REGENERATE_SERVICES
+
+
+def test_credentials_in_dot_env_reach_only_the_services_that_use_them(
+    compose_bin: str, tmp_path: Path
+) -> None:
+    # An operator's project directory: .env with the passwords, forgeline.env with a setting.
+    shutil.copy(ROOT / "compose.yaml", tmp_path / "compose.yaml")
+    (tmp_path / ".env").write_text(
+        "MINIO_ROOT_PASSWORD=minio-root-secret\nGRAFANA_ADMIN_PASSWORD=grafana-secret\n"
+    )
+    (tmp_path / "forgeline.env").write_text("FORGELINE_GATEWAY_REQUEST_TIMEOUT_SECONDS=7\n")
+    done = subprocess.run(  # noqa: S603 - a fixed argument list
+        [compose_bin, "--project-directory", str(tmp_path), "-f", str(tmp_path / "compose.yaml"),
+         "config", "--format", "json"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60, check=False,
+        env={"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/root"),
+             "DOCKER_HOST": "unix:///nonexistent/docker.sock"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    services = json.loads(done.stdout)["services"]
+
+    def holding(secret: str) -> set[str]:
+        return {
+            name
+            for name, service in services.items()
+            if secret in (service.get("environment") or {}).values()
+        }
+
+    assert holding("minio-root-secret") == {"minio", "minio-init", "registry"}
+    assert holding("grafana-secret") == {"grafana"}
+    for name in ("registry", "trainer", "converter", "gateway"):
+        environment = services[name]["environment"]
+        assert not any(key.endswith("_PASSWORD") for key in environment), name
+    assert services["gateway"]["environment"]["FORGELINE_GATEWAY_REQUEST_TIMEOUT_SECONDS"] == "7"
