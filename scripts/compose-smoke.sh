@@ -87,6 +87,15 @@ if ! docker info >/dev/null 2>&1; then
     for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
     docker info >/dev/null 2>&1 || { say "dockerd did not answer within 60 s"; exit 1; }
 fi
+# A cold build needs about 25 GiB where the engine keeps images (the CUDA torch of the trainer
+# and converter images, twice over in build cache): say so now rather than let a build die
+# half-way with "no space left on device".
+docker_root="$(docker info --format '{{.DockerRootDir}}' 2>/dev/null || echo /var/lib/docker)"
+avail_kib="$(df --output=avail -k "$docker_root" 2>/dev/null | tail -1 | tr -d ' ' || true)"
+if [[ "$avail_kib" =~ ^[0-9]+$ ]] && ((avail_kib < 25 * 1048576)); then
+    say "warning: $((avail_kib / 1048576)) GiB free under $docker_root; building every image from nothing needs"
+    say "about 25 GiB ('docker builder prune' frees old build cache, 'docker image prune' old images)"
+fi
 # BuildKit (for the extra_ca build secret): through buildx where installed, else the engine's
 # own builder through a CLI older than 23 (Debian's docker.io), which still offers it.
 if docker buildx version >/dev/null 2>&1; then

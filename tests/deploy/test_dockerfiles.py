@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,6 +107,53 @@ def test_python_packages_install_with_the_lock_file_as_constraints(name: str) ->
     script = (ROOT / "deploy/docker/pip-install.sh").read_text()
     assert '-c "$constraints"' in script
     assert "requirements/lock.txt" in script
+
+
+def _package_paths(line: str, after: str) -> list[str]:
+    """The ``/src/...`` package paths named after `after` in `line` (up to a redirection)."""
+    words = line.split(after, 1)[1].split(">", 1)[0].split()
+    return [word.strip('"') for word in words if word.strip('"').startswith("/src/")]
+
+
+@pytest.mark.parametrize("service", sorted(FORGELINE_SERVICES))
+def test_third_party_packages_are_a_layer_below_forgelines_sources(service: str) -> None:
+    """A change to Forgeline's code must not reinstall torch: the image installs the packages'
+    third-party requirements (read from their pyproject.toml alone) before it copies the sources,
+    then Forgeline's packages with --no-deps, and checks the environment is whole."""
+    build = {s.name: s.instructions for s in parse(DOCKERFILES[service])[1]}["build"]
+    copies = {i: line.split()[1] for i, line in enumerate(build) if line.startswith("COPY ")}
+    sources = [i for i, src in copies.items() if src.startswith(("proto", "kit", "services"))]
+    manifests = [i for i in sources if copies[i].endswith("pyproject.toml")]
+    trees = [i for i in sources if i not in manifests]
+    runs = {i: line for i, line in enumerate(build) if line.startswith("RUN ")}
+    third_party = next(i for i, line in runs.items() if "third-party-deps.py " in line)
+    own = next(i for i, line in runs.items() if "pip-install --no-deps" in line)
+
+    assert trees, "no Forgeline sources copied"
+    assert max(manifests) < third_party < min(trees), "sources copied before the third-party layer"
+    assert max(trees) < own
+    packages = _package_paths(build[third_party], "third-party-deps.py")
+    assert packages == _package_paths(build[own], "--no-deps")
+    assert "pip check" in build[own]
+
+
+def test_third_party_deps_reads_extras_and_leaves_out_forgelines_packages() -> None:
+    script = ROOT / "deploy/docker/third-party-deps.py"
+    done = subprocess.run(  # noqa: S603 - a fixed argument list
+        [sys.executable, str(script), str(ROOT / "kit") + "[tinymodel]",
+         str(ROOT / "services/trainer")],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    listed = done.stdout.split()
+    assert {"torch", "safetensors", "pydantic>=2", "llamafactory==0.9.5"} <= set(listed)
+    assert not [name for name in listed if name.startswith("forgeline")]
+    wrong = subprocess.run(  # noqa: S603 - a fixed argument list
+        [sys.executable, str(script), str(ROOT / "kit") + "[gpu]"],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert wrong.returncode != 0
+    assert "has no extra 'gpu'" in wrong.stderr
 
 
 def test_converter_and_gateway_share_one_llama_cpp_build_stage() -> None:
