@@ -65,23 +65,32 @@ def compose_bin() -> str:
 
 @pytest.fixture(scope="session")
 def resolve_compose(compose_bin: str) -> ResolveCompose:
-    """``docker compose -f compose.yaml [-f OVERRIDE...] config`` as a dict, with the required
-    variables set as an operator's .env would, and no Docker engine reachable."""
+    """``docker compose -f compose.yaml [-f OVERRIDE...] config`` as a dict, with no Docker
+    engine reachable. The required variables are set as an operator's .env would; a test that
+    brings its own project directory (its own .env and forgeline.env beside a copy of
+    compose.yaml) passes ``project_dir`` and sets none."""
 
-    def resolve(*overrides: Path, profiles: tuple[str, ...] = ()) -> dict[str, Any]:
-        files = [arg for path in (ROOT / "compose.yaml", *overrides) for arg in ("-f", str(path))]
+    def resolve(
+        *overrides: Path, profiles: tuple[str, ...] = (), project_dir: Path | None = None
+    ) -> dict[str, Any]:
+        directory = project_dir or ROOT
+        compose_files = (directory / "compose.yaml", *overrides)
+        files = [arg for path in compose_files for arg in ("-f", str(path))]
         env = {
             "PATH": os.environ.get("PATH", ""),
             "HOME": os.environ.get("HOME", "/root"),
             "DOCKER_HOST": "unix:///nonexistent/docker.sock",
-            "MINIO_ROOT_PASSWORD": "test-password",
-            "GRAFANA_ADMIN_PASSWORD": "test-password",
         }
+        if project_dir is None:
+            env |= {
+                "MINIO_ROOT_PASSWORD": "test-password",
+                "GRAFANA_ADMIN_PASSWORD": "test-password",
+            }
         profile_args = [arg for profile in profiles for arg in ("--profile", profile)]
         done = subprocess.run(  # noqa: S603 - a fixed argument list
-            [compose_bin, "--project-directory", str(ROOT), *files, *profile_args,
+            [compose_bin, "--project-directory", str(directory), *files, *profile_args,
              "config", "--format", "json"],
-            capture_output=True, text=True, env=env, cwd=ROOT, timeout=60, check=False,
+            capture_output=True, text=True, env=env, cwd=directory, timeout=60, check=False,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
         config: dict[str, Any] = json.loads(done.stdout)

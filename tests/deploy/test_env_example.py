@@ -3,8 +3,6 @@ every variable compose reads; and the credentials in .env reach only the service
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import shutil
 import subprocess
@@ -19,7 +17,7 @@ from forgeline_kit.settings import ServiceSettings
 from forgeline_registry.settings import RegistrySettings
 from forgeline_trainer.settings import TrainerSettings
 
-from .conftest import CPU_OVERRIDE, ROOT
+from .conftest import CPU_OVERRIDE, ROOT, ResolveCompose
 
 COMPOSE_EXAMPLE = ROOT / ".env.example"
 SERVICES_EXAMPLE = ROOT / "forgeline.env.example"
@@ -76,7 +74,7 @@ def test_the_examples_are_what_the_generator_writes(
 
 
 def test_credentials_in_dot_env_reach_only_the_services_that_use_them(
-    compose_bin: str, tmp_path: Path
+    resolve_compose: ResolveCompose, tmp_path: Path
 ) -> None:
     # An operator's project directory: .env with the passwords, forgeline.env with a setting.
     shutil.copy(ROOT / "compose.yaml", tmp_path / "compose.yaml")
@@ -84,15 +82,7 @@ def test_credentials_in_dot_env_reach_only_the_services_that_use_them(
         "MINIO_ROOT_PASSWORD=minio-root-secret\nGRAFANA_ADMIN_PASSWORD=grafana-secret\n"
     )
     (tmp_path / "forgeline.env").write_text("FORGELINE_GATEWAY_REQUEST_TIMEOUT_SECONDS=7\n")
-    done = subprocess.run(  # noqa: S603 - a fixed argument list
-        [compose_bin, "--project-directory", str(tmp_path), "-f", str(tmp_path / "compose.yaml"),
-         "config", "--format", "json"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=60, check=False,
-        env={"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/root"),
-             "DOCKER_HOST": "unix:///nonexistent/docker.sock"},
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    services = json.loads(done.stdout)["services"]
+    services = resolve_compose(project_dir=tmp_path)["services"]
 
     def holding(secret: str) -> set[str]:
         return {

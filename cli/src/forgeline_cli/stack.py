@@ -92,6 +92,17 @@ class ServiceProcess:
                 self.process.wait()
         self.process = None
 
+    def use_ports(self, port: int, metrics_port: int) -> None:
+        """Listen on `port` (gRPC, or HTTP for the gateway, which serves /metrics there too) and
+        `metrics_port`, through the service's own settings variables."""
+        prefix = f"FORGELINE_{self.name.upper()}_"
+        if self.name == "gateway":
+            self.env[f"{prefix}HTTP_PORT"] = str(port)
+            metrics_port = port
+        self.env[f"{prefix}GRPC_PORT"] = str(port)
+        self.env[f"{prefix}METRICS_PORT"] = str(metrics_port)
+        self.port, self.metrics_port = port, metrics_port
+
     def log_size(self) -> int:
         """Bytes in the log now (where the next start's lines will begin)."""
         try:
@@ -167,7 +178,6 @@ class LocalStack:
                 "FORGELINE_CONVERTER_STATE_DB": str(state / "converter" / "state.sqlite3"),
             },
             "gateway": {
-                "FORGELINE_GATEWAY_HTTP_PORT": str(ports["gateway"]),
                 "FORGELINE_GATEWAY_DATABASE": str(state / "gateway" / "gateway.sqlite3"),
                 "FORGELINE_GATEWAY_MODEL_CACHE": str(state / "gateway" / "models"),
                 "FORGELINE_GATEWAY_AUTH_REQUIRED": str(self.auth_required).lower(),
@@ -179,22 +189,16 @@ class LocalStack:
         for name in SERVICES:
             prefix = f"FORGELINE_{name.upper()}_"
             env = {k: v for k, v in base.items() if not k.startswith(prefix)}
-            env |= {
-                f"{prefix}GRPC_PORT": str(ports[name]),
-                f"{prefix}METRICS_PORT": str(metrics[name]),
-                f"{prefix}LOG_FORMAT": "json",
-                **settings[name],
-            }
-            if name == "gateway":
-                # The gateway serves /metrics on its HTTP port.
-                metrics[name] = ports[name]
-            self.services[name] = ServiceProcess(
+            env |= {f"{prefix}LOG_FORMAT": "json", **settings[name]}
+            service = ServiceProcess(
                 name=name,
                 env=env,
                 log_path=self.state_dir / "logs" / f"{name}.log",
-                port=ports[name],
-                metrics_port=metrics[name],
+                port=0,
+                metrics_port=0,
             )
+            service.use_ports(ports[name], metrics[name])
+            self.services[name] = service
 
     @property
     def gateway_url(self) -> str:
@@ -250,15 +254,7 @@ class LocalStack:
             if other is not service
         ):
             return False
-        prefix = f"FORGELINE_{name.upper()}_"
-        service.port = free_port()
-        if name == "gateway":
-            service.env[f"{prefix}HTTP_PORT"] = str(service.port)
-            service.metrics_port = service.port
-        else:
-            service.metrics_port = free_port()
-            service.env[f"{prefix}METRICS_PORT"] = str(service.metrics_port)
-        service.env[f"{prefix}GRPC_PORT"] = str(service.port)
+        service.use_ports(free_port(), free_port())
         for other in self.services.values():
             for key, value in other.env.items():
                 if value == old_target:
