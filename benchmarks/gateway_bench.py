@@ -9,8 +9,13 @@ adds is the price of one more process hop on this machine, the floor under any p
 
 Reported per target and concurrency: requests/s, latency and time to first token (p50, p99), what
 the proxy adds to both over direct calls, and the proxy's CPU seconds per request (and so its
-requests/s per core). Everything shares this machine's cores (the load generator, the upstream,
-the proxy), so CPU per request is the fairest comparison. LiteLLM is optional: install it apart
+requests/s per core). With ``--rounds N`` every target is measured N times, the targets taking
+turns within each round, and each figure is the median over the rounds; what a proxy adds is the
+median of its per-round differences from the direct calls of the same round. Single windows on a
+shared machine vary by more than the differences being measured.
+
+Everything shares this machine's cores (the load generator, the upstream, the proxy), so CPU per
+request is the fairest comparison. LiteLLM is optional: install it apart
 (``python3.11 -m venv /tmp/litellm-venv && /tmp/litellm-venv/bin/pip install 'litellm[proxy]'``).
 """
 
@@ -20,13 +25,14 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -222,24 +228,34 @@ def measure(target: Target, concurrency: int, warmup: float, window: float) -> d
     return summary
 
 
-def _row(name: str, s: dict[str, float], direct: dict[str, float] | None) -> str:
-    added = ""
+def _median(rounds: list[dict[str, float]], key: str) -> float:
+    return statistics.median(r[key] for r in rounds)
+
+
+def _added(rounds: list[dict[str, float]], direct: list[dict[str, float]], key: str) -> float:
+    """The median over rounds of what the target added to the direct calls of the same round."""
+    return statistics.median(r[key] - d[key] for r, d in zip(rounds, direct, strict=True))
+
+
+def _row(name: str, rounds: list[dict[str, float]], direct: list[dict[str, float]] | None) -> str:
+    s = {key: _median(rounds, key) for key in rounds[0]}
     if direct is not None:
         added = (
-            f"{s['latency_p50_ms'] - direct['latency_p50_ms']:+.2f} / "
-            f"{s['latency_p99_ms'] - direct['latency_p99_ms']:+.2f} | "
-            f"{s['ttft_p50_ms'] - direct['ttft_p50_ms']:+.2f} / "
-            f"{s['ttft_p99_ms'] - direct['ttft_p99_ms']:+.2f}"
+            f"{_added(rounds, direct, 'latency_p50_ms'):+.2f} / "
+            f"{_added(rounds, direct, 'latency_p99_ms'):+.2f} | "
+            f"{_added(rounds, direct, 'ttft_p50_ms'):+.2f} / "
+            f"{_added(rounds, direct, 'ttft_p99_ms'):+.2f}"
         )
     else:
         added = "- | -"
     cpu = s.get("proxy_cpu_ms_per_request")
     per_core = s.get("proxy_rps_per_core")
+    errors = sum(int(r["errors"]) for r in rounds)
     return (
         f"| {name} | {int(s['concurrency'])} | {s['rps']:.0f} | {s['latency_p50_ms']:.2f} / "
         f"{s['latency_p99_ms']:.2f} | {s['ttft_p50_ms']:.2f} / {s['ttft_p99_ms']:.2f} | {added} | "
         f"{'-' if cpu is None else f'{cpu:.2f}'} | {'-' if per_core is None else f'{per_core:.0f}'}"
-        f" | {int(s['errors'])} |"
+        f" | {errors} |"
     )
 
 
@@ -252,6 +268,9 @@ def main() -> None:
     parser.add_argument(
         "--interval-ms", type=float, default=0.0, help="pause between the upstream's chunks"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="measure every target this many times, in turns"
+    )
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
     try:
@@ -261,36 +280,41 @@ def main() -> None:
     except ImportError:
         pass
 
-    results: dict[str, dict[int, dict[str, float]]] = {}
-    with tempfile.TemporaryDirectory() as tmp, upstream(args.interval_ms) as upstream_port:
-        workdir = Path(tmp)
-        targets = [("direct", None), ("tcp relay", lambda: relay(upstream_port))]
-        targets += [("gateway", lambda: gateway(upstream_port, workdir))]
+    results: dict[str, dict[int, list[dict[str, float]]]] = {}
+    with ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        upstream_port = stack.enter_context(upstream(args.interval_ms))
+        starts: list[Callable[[], AbstractContextManager[Target]]] = [
+            lambda: relay(upstream_port),
+            lambda: gateway(upstream_port, workdir),
+        ]
         if args.litellm:
-            targets += [("litellm", lambda: litellm(args.litellm, upstream_port, workdir))]
-        for name, start in targets:
-            if start is None:
-                target = Target("direct", upstream_port, "/v1/chat/completions", None, None)
-                results[name] = {c: measure(target, c, args.warmup, args.window)
-                                 for c in args.concurrency}  # fmt: skip
-                continue
-            with start() as target:
-                results[name] = {c: measure(target, c, args.warmup, args.window)
-                                 for c in args.concurrency}  # fmt: skip
-            print(f"measured {name}", file=sys.stderr)
+            starts.append(lambda: litellm(args.litellm, upstream_port, workdir))
+        # Every proxy is up for the whole run (an idle one costs nothing), so rounds can take
+        # turns between them.
+        targets = [Target("direct", upstream_port, "/v1/chat/completions", None, None)]
+        targets += [stack.enter_context(start()) for start in starts]
+        for number in range(1, args.rounds + 1):
+            for concurrency in args.concurrency:
+                for target in targets:
+                    summary = measure(target, concurrency, args.warmup, args.window)
+                    by_concurrency = results.setdefault(target.name, {})
+                    by_concurrency.setdefault(concurrency, []).append(summary)
+            print(f"round {number}/{args.rounds} measured", file=sys.stderr)
 
+    rounds = f"medians of {args.rounds} rounds" if args.rounds > 1 else "one round"
     print(
         f"\nUpstream: 16 chunks, {args.interval_ms:g} ms apart. Window {args.window:g} s after "
-        f"{args.warmup:g} s warm-up; {os.cpu_count()} CPUs shared by everything.\n"
+        f"{args.warmup:g} s warm-up, {rounds}; {os.cpu_count()} CPUs shared by everything.\n"
     )
     print("| target | streams | req/s | latency p50 / p99 ms | TTFT p50 / p99 ms | "
           "added latency p50 / p99 ms | added TTFT p50 / p99 ms | proxy CPU ms/req | "
           "proxy req/s per core | errors |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, by_concurrency in results.items():
-        for concurrency, summary in by_concurrency.items():
+        for concurrency, summaries in by_concurrency.items():
             direct = results["direct"][concurrency] if name != "direct" else None
-            print(_row(name, summary, direct))
+            print(_row(name, summaries, direct))
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
 

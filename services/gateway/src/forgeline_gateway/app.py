@@ -110,11 +110,14 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = Store.open(settings.database)
+        # One pool of backend connections: the proxy sends inference through it directly, the
+        # backend adapters' management calls go through an httpx client on top of it.
+        transport = PooledTransport()
         client = httpx.AsyncClient(
             timeout=httpx.Timeout(
                 settings.request_timeout_seconds, connect=settings.connect_timeout_seconds
             ),
-            transport=PooledTransport(),
+            transport=transport,
             # Backends are reached directly; an HTTP(S)_PROXY meant for the internet is not
             # for them.
             trust_env=False,
@@ -136,10 +139,11 @@ def create_app(
         )
         proxy = Proxy(
             router,
-            client,
+            transport,
             metrics,
             ProxySettings(
                 request_timeout=settings.request_timeout_seconds,
+                connect_timeout=settings.connect_timeout_seconds,
                 retry_after=settings.retry_after_seconds,
                 unhealthy_seconds=settings.unhealthy_seconds,
             ),

@@ -4,9 +4,13 @@
 * Instances are chosen by `Route.acquire` (least in flight, bounded); a connection failure or a
   5xx before the first byte moves on to another instance; once bytes of a stream went to the
   client, nothing is retried.
-* A client that goes away cancels the upstream call: the connection to the backend is closed,
-  which llama-server, vLLM and Ollama all take as a cancellation.
+* A client that goes away cancels the upstream call (`ClientWatch`): the connection to the
+  backend is closed, which llama-server, vLLM and Ollama all take as a cancellation.
 * Streams pass through event by event (`forgeline_gateway.sse`); nothing is buffered whole.
+
+This is the gateway's hot path, so requests go straight to the pooled transport rather than
+through `httpx.AsyncClient.send`, whose redirect, cookie, auth and logging layers cost more per
+request than the transport itself and do nothing for a backend call.
 """
 
 from __future__ import annotations
@@ -16,21 +20,23 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Any
 
-import anyio
 import httpx
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from forgeline_gateway.api.common import OpenAIRequest
 from forgeline_gateway.backends.base import Endpoint
 from forgeline_gateway.errors import BadGateway, Overloaded
 from forgeline_gateway.metrics import UNKNOWN_MODEL, GatewayMetrics
+from forgeline_gateway.routing.client_watch import ClientDisconnectedError, ClientWatch
+from forgeline_gateway.routing.event_stream import EventStreamResponse
 from forgeline_gateway.routing.router import Instance, Route, Router
+from forgeline_gateway.routing.transport import PooledTransport
 from forgeline_gateway.sse import StreamRelay, error_event
 from forgeline_kit.errors import (
     DeadlineExceeded,
@@ -40,11 +46,9 @@ from forgeline_kit.errors import (
     http_status_for,
 )
 
-__all__ = ["ClientDisconnectedError", "Proxy", "ProxySettings"]
+__all__ = ["Proxy", "ProxySettings"]
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 #: The status logged and counted for a request whose client went away (nginx's convention).
 CLIENT_CLOSED = 499
@@ -59,12 +63,9 @@ _UPSTREAM_HEADERS = httpx.Headers(
 @dataclass(frozen=True)
 class ProxySettings:
     request_timeout: float
+    connect_timeout: float
     retry_after: int
     unhealthy_seconds: float
-
-
-class ClientDisconnectedError(Exception):
-    """The client closed its connection before the answer was complete."""
 
 
 @dataclass
@@ -89,22 +90,23 @@ class _Call:
 
 
 class Proxy:
-    """Serves inference requests over the routing table with one shared HTTP client."""
+    """Serves inference requests over the routing table, through the gateway's one pool of
+    backend connections (the transport its shared HTTP client uses too)."""
 
     def __init__(
         self,
         router: Router,
-        client: httpx.AsyncClient,
+        transport: PooledTransport,
         metrics: GatewayMetrics,
         settings: ProxySettings,
     ) -> None:
         self.router = router
-        self.client = client
+        self.transport = transport
         self.metrics = metrics
         self.settings = settings
-        # Requests are built here rather than by client.build_request, which re-parses the URL
-        # and merges the client's defaults on every call (a third of a millisecond).
-        self._timeout = client.timeout.as_dict()
+        self._timeout = httpx.Timeout(
+            settings.request_timeout, connect=settings.connect_timeout
+        ).as_dict()
 
     async def serve(
         self,
@@ -134,36 +136,32 @@ class Proxy:
         self.metrics.in_flight.labels(route.name, route.backend_kind).inc()
         stream = bool(params.get("stream"))
         content = self._upstream_body(route, endpoint, params, stream)
-        if not stream:
-            try:
-                return await _until_disconnect(
-                    request, self._complete(call, content, response_model)
-                )
-            except ClientDisconnectedError:
-                call.finish(CLIENT_CLOSED)
-                return Response(status_code=CLIENT_CLOSED)
-            except BaseException as error:
-                call.finish(http_status_for(error))
-                raise
+        # From here to the answer's last byte, a client that leaves cancels the work.
+        watch = ClientWatch(request.receive)
+        opened = False
         try:
-            instance, upstream = await _until_disconnect(request, self._open(call, content))
+            with watch.guard():
+                if not stream:
+                    return await self._complete(call, content, response_model)
+                instance, upstream = await self._open(call, content)
+                opened = True  # the stream's response takes the watch over
         except ClientDisconnectedError:
             call.finish(CLIENT_CLOSED)
             return Response(status_code=CLIENT_CLOSED)
         except BaseException as error:
             call.finish(http_status_for(error))
             raise
+        finally:
+            if not opened:
+                watch.stop()
         options = params.get("stream_options") or {}
         relay = StreamRelay(
             include_usage=bool(options.get("include_usage")),
             n=int(params.get("n") or 1),
             model=route.name if route.rewrite_model else None,
         )
-        return StreamingResponse(
-            self._relay(call, instance, upstream, relay),
-            media_type="text/event-stream",
-            headers=_SSE_HEADERS,
-        )
+        events = _Relay(call, instance, upstream, relay, self.settings.request_timeout)
+        return EventStreamResponse(events, watch, headers=_SSE_HEADERS)
 
     @staticmethod
     def _upstream_body(
@@ -203,7 +201,7 @@ class Proxy:
                 extensions={"timeout": self._timeout},
             )
             try:
-                upstream = await self.client.send(request, stream=True)
+                upstream = await self.transport.handle_async_request(request)
             except (httpx.NetworkError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as error:
                 # Nothing came back: the request can go to another instance.
                 instance.release()
@@ -281,7 +279,7 @@ class Proxy:
     ) -> Response:
         """A non-streamed request, start to end, within the request timeout."""
         try:
-            with anyio.fail_after(self.settings.request_timeout):
+            async with asyncio.timeout(self.settings.request_timeout):
                 instance, upstream = await self._open(call, content)
                 try:
                     raw = await upstream.aread()
@@ -317,84 +315,77 @@ class Proxy:
             answer.model_dump_json(exclude_unset=True).encode(), media_type="application/json"
         )
 
-    async def _relay(
-        self, call: _Call, instance: Instance, upstream: httpx.Response, relay: StreamRelay
-    ) -> AsyncIterator[bytes]:
-        status = 200
+
+@dataclass(eq=False)
+class _Relay:
+    """A backend's event stream on its way to the client: the events, and the clean-up that
+    follows whether the stream ran to its end, broke off, or was never started (a client that
+    left between the status line and the first event)."""
+
+    call: _Call
+    instance: Instance
+    upstream: httpx.Response
+    relay: StreamRelay
+    request_timeout: float
+    #: Counted as the client's departure unless the stream reaches its end.
+    status: int = CLIENT_CLOSED
+    _closed: bool = field(default=False)
+
+    async def __aiter__(self) -> AsyncGenerator[bytes, None]:
+        call, relay = self.call, self.relay
+        body = self.upstream.stream
+        assert isinstance(body, httpx.AsyncByteStream)  # the transport streams every body
         first = True
         try:
-            async for data in upstream.aiter_raw():
+            async for data in body:
                 out = relay.feed(data)
                 if out:
                     if first:
                         first = False
-                        self.metrics.ttft.labels(
+                        call.metrics.ttft.labels(
                             call.route.name, call.route.backend_kind, call.endpoint.label
                         ).observe(time.perf_counter() - call.started)
                     yield out
             tail = relay.finish()
             if tail:
                 yield tail
+            self.status = 200
         except httpx.TimeoutException:
             call.upstream_error("timeout")
+            self.status = 200
             yield error_event(
                 f"The model '{call.route.name}' sent nothing for "
-                f"{self.settings.request_timeout:.0f} s; the response is incomplete.",
+                f"{self.request_timeout:.0f} s; the response is incomplete.",
                 "server_error",
                 "backend_timeout",
             )
         except httpx.HTTPError:
             call.upstream_error("broken_stream")
+            self.status = 200
             yield error_event(
                 f"The backend serving '{call.route.name}' broke off the stream; "
                 "the response is incomplete.",
                 "server_error",
                 "bad_gateway",
             )
-        except BaseException:
-            status = CLIENT_CLOSED
-            raise
         finally:
-            await _close(upstream)
-            instance.release()
-            call.finish(status, relay.prompt_tokens, relay.completion_tokens)
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Hang up on the backend unless its answer was read to the end, give the instance
+        back, and count the request. Runs once, however often it is called."""
+        if self._closed:
+            return
+        self._closed = True
+        await _close(self.upstream)
+        self.instance.release()
+        self.call.finish(self.status, self.relay.prompt_tokens, self.relay.completion_tokens)
 
 
 async def _close(upstream: httpx.Response) -> None:
-    # Shielded: when the client went away this runs inside a cancelled scope, and an interrupted
-    # close could leave the backend's connection (and its generation) running.
-    with anyio.CancelScope(shield=True):
-        await upstream.aclose()
-
-
-async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Await `work`, cancelling it if the client disconnects first.
-
-    Raises:
-        ClientDisconnectedError: the client went away; `work` was cancelled.
-    """
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request))
-    try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        # Whichever is still running goes: the watcher when the work is done, the work when the
-        # client left (or when this request itself is being cancelled).
-        for pending in (task, watcher):
-            if not pending.done():
-                pending.cancel()
-        with anyio.CancelScope(shield=True):
-            await asyncio.gather(task, watcher, return_exceptions=True)
-    if task.cancelled():
-        raise ClientDisconnectedError
-    return task.result()
-
-
-async def _disconnected(request: Request) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
+    # Nothing here waits on the network (a finished body goes back to the pool, any other is
+    # closed), so a task being cancelled for its client's departure still gets it done.
+    await upstream.aclose()
 
 
 def _upstream_message(raw: bytes) -> tuple[str, str | None]:
