@@ -149,6 +149,35 @@ async def test_failures_are_httpx_errors() -> None:
             await client.get("http://127.0.0.1:9")  # nothing listens on the discard port
 
 
+async def test_a_body_times_out_when_the_backend_stalls_not_while_it_trickles() -> None:
+    events = 6
+
+    async def trickle_then_stall(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await _request_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        # Paced well inside the read timeout, for twice as long as the timeout in all.
+        for _ in range(events):
+            writer.write(b"1\r\nx\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(5)  # then the backend hangs
+
+    server, url = await _serve(trickle_then_stall)
+    client = httpx.AsyncClient(transport=PooledTransport(), timeout=0.3)
+    received = bytearray()
+
+    async def read_all(response: httpx.Response) -> None:
+        async for data in response.aiter_raw():
+            received.extend(data)
+
+    async with server, client, client.stream("GET", url) as response:
+        with pytest.raises(httpx.ReadTimeout):
+            await read_all(response)
+    assert received == b"x" * events
+
+
 async def test_a_streamed_request_body_is_sent_chunked() -> None:
     received: list[bytes] = []
 

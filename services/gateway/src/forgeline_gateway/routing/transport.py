@@ -53,6 +53,58 @@ class _Connection:
         self.writer.close()
 
 
+class _ReadDeadline:
+    """A body's read timeout: a read that waits `seconds` for bytes is cancelled (and raises
+    `TimeoutError`). One timer serves every read of the body: each read only notes when it
+    started, and the timer, when it fires, re-arms itself for the read in progress if that one
+    has not waited long enough. An ``asyncio.timeout`` per read, which schedules and cancels a
+    timer each time, was 5% of the gateway's CPU with 64 streams in flight."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self._loop = asyncio.get_running_loop()
+        self._task: asyncio.Task[object] | None = None
+        self._waiting_since: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._expired = False
+
+    async def read(self, reader: asyncio.StreamReader, size: int) -> bytes:
+        if self.seconds is None:
+            return await reader.read(size)
+        task = self._task = asyncio.current_task()
+        assert task is not None
+        now = self._loop.time()
+        self._waiting_since = now
+        if self._timer is None:
+            self._timer = self._loop.call_at(now + self.seconds, self._check)
+        try:
+            return await reader.read(size)
+        except asyncio.CancelledError:
+            if self._expired:
+                self._expired = False
+                if task.uncancel() == 0:  # ours alone: any other cancellation goes on
+                    raise TimeoutError from None
+            raise
+        finally:
+            self._waiting_since = None
+
+    def _check(self) -> None:
+        self._timer = None
+        since = self._waiting_since
+        if since is None or self._task is None or self.seconds is None:
+            return  # no read in progress; the next one arms the timer again
+        if self._loop.time() - since >= self.seconds:
+            self._expired = True
+            self._task.cancel()
+        else:
+            self._timer = self._loop.call_at(since + self.seconds, self._check)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 @dataclass(eq=False)
 class _ResponseBody(httpx.AsyncByteStream):
     """A response body read off its connection as it arrives."""
@@ -66,6 +118,10 @@ class _ResponseBody(httpx.AsyncByteStream):
     keep_alive: bool
     _done: bool = field(default=False)
     _closed: bool = field(default=False)
+    _deadline: _ReadDeadline = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._deadline = _ReadDeadline(self.read_timeout)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
@@ -101,8 +157,7 @@ class _ResponseBody(httpx.AsyncByteStream):
             raise httpx.ReadError(str(error) or repr(error), request=self.request) from None
 
     async def _read(self, size: int) -> bytes:
-        async with _deadline(self.read_timeout):
-            return await self.connection.reader.read(min(size, _READ_SIZE))
+        return await self._deadline.read(self.connection.reader, min(size, _READ_SIZE))
 
     async def _chunked(self) -> AsyncIterator[bytes]:
         """The payload of a chunked body, yielded as it arrives: whatever is readable at once
@@ -165,6 +220,7 @@ class _ResponseBody(httpx.AsyncByteStream):
         if self._closed:
             return
         self._closed = True
+        self._deadline.close()
         if self._done and self.keep_alive:
             self.transport._release(self.connection)
         else:
