@@ -320,7 +320,11 @@ class Proxy:
 class _Relay:
     """A backend's event stream on its way to the client: the events, and the clean-up that
     follows whether the stream ran to its end, broke off, or was never started (a client that
-    left between the status line and the first event)."""
+    left between the status line and the first event).
+
+    The clean-up is `aclose`, which the response calls once the stream's last byte is sent:
+    counting the request and returning the connection can wait until the client has its answer.
+    """
 
     call: _Call
     instance: Instance
@@ -368,8 +372,6 @@ class _Relay:
                 "server_error",
                 "bad_gateway",
             )
-        finally:
-            await self.aclose()
 
     async def aclose(self) -> None:
         """Hang up on the backend unless its answer was read to the end, give the instance
