@@ -14,6 +14,10 @@ turns within each round, and each figure is the median over the rounds; what a p
 median of its per-round differences from the direct calls of the same round. Single windows on a
 shared machine vary by more than the differences being measured.
 
+``--baseline-src DIR`` adds a second gateway run from another checkout's
+``services/gateway/src`` (``git worktree add /tmp/base <commit>``): a change and what it
+replaces, measured side by side in the same rounds.
+
 Everything shares this machine's cores (the load generator, the upstream, the proxy), so CPU per
 request is the fairest comparison. LiteLLM is optional: install it apart
 (``python3.11 -m venv /tmp/litellm-venv && /tmp/litellm-venv/bin/pip install 'litellm[proxy]'``).
@@ -146,10 +150,16 @@ def relay(upstream_port: int) -> Iterator[Target]:
 
 
 @contextmanager
-def gateway(upstream_port: int, workdir: Path) -> Iterator[Target]:
+def gateway(
+    upstream_port: int, workdir: Path, source: Path | None = None, name: str = "gateway"
+) -> Iterator[Target]:
+    """The gateway, from this checkout or (`source`) from another one's gateway sources."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FORGELINE_GATEWAY_")}
+    if source is not None:
+        # Ahead of the installed (editable) package, so these sources are the ones imported.
+        env["PYTHONPATH"] = os.pathsep.join([str(source), env.get("PYTHONPATH", "")])
     env |= {
-        "FORGELINE_GATEWAY_DATABASE": str(workdir / "gateway.sqlite3"),
+        "FORGELINE_GATEWAY_DATABASE": str(workdir / f"{name}.sqlite3"),
         "FORGELINE_GATEWAY_HTTP_PORT": "0",
         "FORGELINE_GATEWAY_LOG_FORMAT": "json",
         # The benchmark drives up to 512 streams at one upstream that can take them all.
@@ -172,7 +182,7 @@ def gateway(upstream_port: int, workdir: Path) -> Iterator[Target]:
             timeout=30, trust_env=False,
         )  # fmt: skip
         response.raise_for_status()
-        yield Target("gateway", port, "/v1/chat/completions", key, process.pid)
+        yield Target(name, port, "/v1/chat/completions", key, process.pid)
 
 
 @contextmanager
@@ -271,6 +281,11 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=1, help="measure every target this many times, in turns"
     )
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        help="also run the gateway from this directory (another checkout's services/gateway/src)",
+    )
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
     try:
@@ -288,6 +303,11 @@ def main() -> None:
             lambda: relay(upstream_port),
             lambda: gateway(upstream_port, workdir),
         ]
+        if args.baseline_src:
+            baseline = args.baseline_src.resolve()
+            if not (baseline / "forgeline_gateway").is_dir():
+                parser.error(f"--baseline-src {baseline} has no forgeline_gateway package")
+            starts.append(lambda: gateway(upstream_port, workdir, baseline, "gateway (baseline)"))
         if args.litellm:
             starts.append(lambda: litellm(args.litellm, upstream_port, workdir))
         # Every proxy is up for the whole run (an idle one costs nothing), so rounds can take
