@@ -14,7 +14,8 @@ It follows vLLM's documentation, and only what the gateway relies on:
   name (listed by ``/v1/models`` with ``parent`` = the base model).
 
 Knobs for tests: `fail_next` answers that many inference requests with a 500; `chunk_delay`
-slows streams down and `answer_delay` non-streamed answers; `requests` records every inference
+slows streams down, `first_event_delay` holds a stream's first event back (a long prompt being
+read) and `answer_delay` slows non-streamed answers; `requests` records every inference
 body; `cancelled` counts requests whose client went away before the answer was complete.
 """
 
@@ -49,6 +50,7 @@ class FakeVllm:
         self.requests: list[dict[str, Any]] = []
         self.fail_next = 0
         self.chunk_delay = 0.0
+        self.first_event_delay = 0.0
         self.answer_delay = 0.0
         self.cancelled = 0
         self.created = int(time.time())
@@ -119,7 +121,9 @@ class FakeVllm:
             return _error(404, f"The model `{model}` does not exist.", "NotFoundError")
         if body.get("stream"):
             return StreamingResponse(
-                self._watched(openai_text.stream(body, chat, self.chunk_delay)),
+                self._watched(
+                    openai_text.stream(body, chat, self.chunk_delay), self.first_event_delay
+                ),
                 media_type="text/event-stream",
             )
         if await self._client_left_within(request, self.answer_delay):
@@ -137,8 +141,11 @@ class FakeVllm:
             await asyncio.sleep(0.02)
         return False
 
-    async def _watched(self, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async def _watched(
+        self, events: AsyncIterator[bytes], first_event_delay: float = 0.0
+    ) -> AsyncIterator[bytes]:
         try:
+            await asyncio.sleep(first_event_delay)
             async for event in events:
                 yield event
         except asyncio.CancelledError:

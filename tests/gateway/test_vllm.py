@@ -303,6 +303,32 @@ def test_a_client_leaving_a_stream_cancels_it_at_vllm(
     assert fake.cancelled == 1
 
 
+def test_a_client_leaving_before_the_first_event_cancels_it_at_vllm(
+    start_gateway: StartGateway, vllms: list[tuple[FakeVllm, FakeServer]]
+) -> None:
+    (fake, server) = vllms[0]
+    fake.first_event_delay = 10.0
+    served = start_gateway()
+    served.deploy({"name": "tiny", "backend": "vllm", "base_model": BASE, "urls": [server.url]})
+
+    with httpx.stream(
+        "POST",
+        f"{served.url}/v1/chat/completions",
+        json={"model": "tiny", "messages": CHAT, "max_tokens": 50, "stream": True},
+        headers={"Authorization": f"Bearer {served.inference_key}"},
+        trust_env=False,
+    ) as response:
+        assert response.status_code == 200  # the status line is in; no event has come yet
+
+    deadline = time.monotonic() + 5  # far less than the 10 s before the first event
+    while fake.cancelled == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert fake.cancelled == 1
+    route = served.gateway.app.state.router.get("tiny")
+    assert route.instances[0].in_flight == 0
+    assert 'status="499"' in served.metrics()
+
+
 def test_adapter_deployments_survive_a_gateway_restart(
     start_gateway: StartGateway,
     vllms: list[tuple[FakeVllm, FakeServer]],
