@@ -3,12 +3,19 @@
 
     .venv/bin/python benchmarks/registry_transfer.py --size-mib 2048 --rounds 3
 
-Every side runs in its own process so that peak RSS is its own: the S3 server (moto's, or
-MinIO's when MINIO_ENDPOINT is set), the registry (``python -m forgeline_registry`` on the s3
-driver), and each client phase. A push through the registry is: hash the file, BeginVersion,
-upload the parts straight to the store with presigned URLs, CommitVersion (which reads the blob
-back and hashes it before the manifest is written). A pull is: GetDownloadGrants, then a
-presigned GET hashed on the way, the file appearing only once verified. Prints a table.
+The S3 server is moto's (in memory, Python) unless ``--s3rver PATH`` names the executable of
+s3rver, a Node.js S3 server that keeps objects on disk (``npm install s3rver`` in any directory;
+the benchmark starts it on a free port with a scratch directory), or MINIO_ENDPOINT (with
+MINIO_ACCESS_KEY, MINIO_SECRET_KEY) points at a running server such as MinIO. The ratio depends
+on the server: the registry's verification (hashing the file, reading the blob back) is a fixed
+cost beside the server's own upload, assembly and GET.
+
+Every side runs in its own process so that peak RSS is its own: the S3 server, the registry
+(``python -m forgeline_registry`` on the s3 driver), and each client phase. A push through the
+registry is: hash the file, BeginVersion, upload the parts straight to the store with presigned
+URLs, CommitVersion (which reads the blob back and hashes it before the manifest is written). A
+pull is: GetDownloadGrants, then a presigned GET hashed on the way, the file appearing only once
+verified. Prints a table.
 """
 
 from __future__ import annotations
@@ -142,6 +149,13 @@ def _run_phase(name: str, **options: str) -> dict[str, float]:
     return values
 
 
+def _version(executable: Path) -> str:
+    result = subprocess.run(  # noqa: S603
+        [str(executable), "--version"], capture_output=True, text=True, check=False
+    )
+    return result.stdout.strip() or "(version unknown)"
+
+
 def _make_file(path: Path, size: int) -> None:
     block = os.urandom(1 << 20)
     with path.open("wb") as out:
@@ -156,6 +170,9 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=2048)
     parser.add_argument("--part-size-mib", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians")
+    parser.add_argument(
+        "--s3rver", type=Path, help="the s3rver executable: run against it instead of moto"
+    )
     parser.add_argument("--phase")
     for option in ("endpoint", "access", "secret", "bucket", "file", "registry"):
         parser.add_argument(f"--{option}", default="")
@@ -173,8 +190,22 @@ def main() -> None:
             endpoint = os.environ.get("MINIO_ENDPOINT", "").removeprefix("http://")
             access = os.environ.get("MINIO_ACCESS_KEY", ACCESS_KEY)
             secret = os.environ.get("MINIO_SECRET_KEY", SECRET_KEY)
-            server_name = "MinIO" if endpoint else "moto"
-            if not endpoint:
+            server_name = f"the S3 server at {endpoint}" if endpoint else "moto's S3 server"
+            if args.s3rver:
+                port = _free_port()
+                data = work / "s3rver"
+                data.mkdir()
+                s3rver = subprocess.Popen(  # noqa: S603
+                    [str(args.s3rver), "-d", str(data), "-a", "127.0.0.1", "-p", str(port), "-s"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                processes.append(s3rver)
+                _wait_port(port, s3rver)
+                endpoint = f"127.0.0.1:{port}"
+                access = secret = "S3RVER"  # the only credentials s3rver accepts
+                server_name = "s3rver " + _version(args.s3rver)
+            elif not endpoint:
                 port = _free_port()
                 moto = subprocess.Popen(  # noqa: S603
                     [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -241,7 +272,7 @@ def main() -> None:
                 process.wait(60)
 
     print(
-        f"{args.size_mib} MiB artifact, {server_name} S3 server on loopback, "
+        f"{args.size_mib} MiB artifact, {server_name} on loopback, "
         f"{os.cpu_count()} cores, median of {args.rounds} alternating rounds; "
         f"registry peak RSS {registry_rss:.0f} MiB\n"
     )
