@@ -113,10 +113,11 @@ def create_app(
         # One pool of backend connections: the proxy sends inference through it directly, the
         # backend adapters' management calls go through an httpx client on top of it.
         transport = PooledTransport()
+        timeout = httpx.Timeout(
+            settings.request_timeout_seconds, connect=settings.connect_timeout_seconds
+        )
         client = httpx.AsyncClient(
-            timeout=httpx.Timeout(
-                settings.request_timeout_seconds, connect=settings.connect_timeout_seconds
-            ),
+            timeout=timeout,
             transport=transport,
             # Backends are reached directly; an HTTP(S)_PROXY meant for the internet is not
             # for them.
@@ -143,7 +144,7 @@ def create_app(
             metrics,
             ProxySettings(
                 request_timeout=settings.request_timeout_seconds,
-                connect_timeout=settings.connect_timeout_seconds,
+                timeout=timeout,
                 retry_after=settings.retry_after_seconds,
                 unhealthy_seconds=settings.unhealthy_seconds,
             ),

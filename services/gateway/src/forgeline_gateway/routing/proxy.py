@@ -63,7 +63,8 @@ _UPSTREAM_HEADERS = httpx.Headers(
 @dataclass(frozen=True)
 class ProxySettings:
     request_timeout: float
-    connect_timeout: float
+    #: Per-operation timeouts of a backend call (the shared HTTP client's own).
+    timeout: httpx.Timeout
     retry_after: int
     unhealthy_seconds: float
 
@@ -104,9 +105,7 @@ class Proxy:
         self.transport = transport
         self.metrics = metrics
         self.settings = settings
-        self._timeout = httpx.Timeout(
-            settings.request_timeout, connect=settings.connect_timeout
-        ).as_dict()
+        self._timeout = settings.timeout.as_dict()
 
     async def serve(
         self,
