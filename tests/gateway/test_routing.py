@@ -25,8 +25,11 @@ from forgeline_gateway.backends.llamacpp_process import LlamaServerProcess
 from .conftest import Served, StartGateway
 
 CHAT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
-LONG = 1900  # tokens: long enough that the backend is still generating when a test acts
-VERY_LONG = 16000  # tokens: seconds of generation, for a test that must act mid-stream
+LONG = 1900  # tokens: longer than a 50 ms request timeout takes to pass
+# Tokens: seconds of generation, for a test that must act mid-stream. The tiny model writes LONG
+# tokens in under a second, and a busy machine can take longer than that between reading the first
+# event and acting on it (a kill, a disconnect), so a LONG stream may already be over by then.
+VERY_LONG = 16000
 DEADLINE_S = 30.0
 
 
@@ -77,7 +80,7 @@ def _sample(served: Served, name: str, **labels: str) -> float:
     return total
 
 
-def _stream_request(served: Served, max_tokens: int = LONG) -> dict[str, Any]:
+def _stream_request(served: Served, max_tokens: int = VERY_LONG) -> dict[str, Any]:
     return {
         "method": "POST",
         "url": f"{served.url}/v1/chat/completions",
@@ -140,7 +143,7 @@ def test_all_instances_down_is_503_without_the_backend_address(
 
 def test_no_retry_once_the_stream_has_started(start_gateway: StartGateway, tiny_gguf: Path) -> None:
     served = start_gateway()
-    served.deploy(_spec(tiny_gguf, replicas=2))
+    served.deploy(_spec(tiny_gguf, replicas=2, context_size=VERY_LONG + 256))
     processes = _processes(served)
     route = served.gateway.app.state.router.get("tiny")
 
@@ -166,13 +169,10 @@ def test_a_client_that_leaves_a_stream_cancels_the_backend_work(
     start_gateway: StartGateway, tiny_gguf: Path
 ) -> None:
     served = start_gateway()
-    # The tiny model writes LONG tokens in under a second; a busy machine may take longer than
-    # that to close the client, so this generation is made to run for seconds.
     served.deploy(_spec(tiny_gguf, context_size=VERY_LONG + 256))
     [process] = _processes(served)
 
-    request = _stream_request(served, max_tokens=VERY_LONG)
-    with httpx.stream(**request, trust_env=False, timeout=60) as response:
+    with httpx.stream(**_stream_request(served), trust_env=False, timeout=60) as response:
         for line in response.iter_lines():
             if line.startswith("data: "):
                 break
