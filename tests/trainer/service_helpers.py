@@ -64,7 +64,13 @@ class Stack:
         return service
 
     def start_trainer(self, state_dir: Path, **overrides: Any) -> Trainer:
-        """A trainer on ``state_dir`` (CPU), served on a free port."""
+        """A trainer on ``state_dir`` (CPU unless ``device`` is overridden), served on a free
+        port."""
+        values: dict[str, Any] = {
+            "device": "cpu",
+            "poll_interval_seconds": 0.2,
+            "shutdown_grace_seconds": 1,
+        }
 
         async def serve() -> GrpcService:
             settings = TrainerSettings(
@@ -72,10 +78,7 @@ class Stack:
                 state_dir=state_dir,
                 grpc_port=0,
                 metrics_port=0,
-                device="cpu",
-                poll_interval_seconds=0.2,
-                shutdown_grace_seconds=1,
-                **overrides,
+                **(values | overrides),
             )
             metrics = CollectorRegistry()
             service = GrpcService(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 import pytest
@@ -48,6 +49,13 @@ def test_qlora_on_a_gpu_passes() -> None:
     check_combinations(
         {"stage": "sft", "dataset": "sft", "quantization_bit": 4}, device="cuda", datasets=DATASETS
     )
+
+
+def test_the_qlora_runtime_is_installed_beside_llamafactory() -> None:
+    # LLaMA-Factory loads bitsandbytes only when a job quantizes, and does not depend on it:
+    # without it every QLoRA job the check above accepts fails once training starts
+    # (test_gpu.py runs one on a GPU host).
+    assert importlib.util.find_spec("bitsandbytes") is not None
 
 
 @pytest.mark.parametrize("stage", ["dpo", "rm"])
