@@ -1,5 +1,5 @@
-"""A job's GPU count drives how ``llamafactory-cli train`` is launched (torchrun above one), and
-SubmitJob refuses counts the trainer cannot give.
+"""The GPUs a job is given drive how ``llamafactory-cli train`` is launched (torchrun above one),
+and SubmitJob refuses counts the trainer cannot give.
 
 The torchrun path is run for real on the CPU: LLaMA-Factory's own launcher starts two gloo workers
 on the tiny model (what NCCL workers do on a multi-GPU host, same environment variables).
@@ -27,30 +27,27 @@ BIN = str(Path(sys.executable).parent)
 
 
 def test_one_process_keeps_llamafactorys_own_launch() -> None:
-    env = launch_environment({"PATH": "/usr/bin"}, gpu_count=0, device="cpu")
+    env = launch_environment({"PATH": "/usr/bin"}, gpus=(), device="cpu")
     assert env == {"PATH": f"{BIN}:/usr/bin"}
 
 
-def test_several_gpus_run_torchrun_on_exactly_that_many() -> None:
-    env = launch_environment({"PATH": "/usr/bin"}, gpu_count=2, device="cuda")
+def test_several_gpus_run_torchrun_on_exactly_those() -> None:
+    env = launch_environment({"PATH": "/usr/bin"}, gpus=("2", "3"), device="cuda")
     assert env["FORCE_TORCHRUN"] == "1"
     assert env["NPROC_PER_NODE"] == "2"
-    assert env["CUDA_VISIBLE_DEVICES"] == "0,1"
+    assert env["CUDA_VISIBLE_DEVICES"] == "2,3"
     assert env["PATH"].split(":")[0] == BIN  # where torchrun is
 
 
-def test_a_gpu_count_takes_the_first_gpus_the_trainer_may_use() -> None:
+def test_a_job_sees_only_the_gpus_it_was_given() -> None:
     operator = {"CUDA_VISIBLE_DEVICES": "4,5,6,7"}
-    one = launch_environment(operator, gpu_count=1, device="cuda")
-    assert one["CUDA_VISIBLE_DEVICES"] == "4"
+    one = launch_environment(operator, gpus=("6",), device="cuda")
+    assert one["CUDA_VISIBLE_DEVICES"] == "6"
     assert "FORCE_TORCHRUN" not in one  # one visible GPU: LLaMA-Factory runs it in-process
-    three = launch_environment(operator, gpu_count=3, device="cuda")
-    assert three["CUDA_VISIBLE_DEVICES"] == "4,5,6"
-    assert three["NPROC_PER_NODE"] == "3"
 
 
 def test_deepspeed_runs_under_torchrun_even_on_one_gpu() -> None:
-    env = launch_environment({}, gpu_count=1, device="cuda", deepspeed=True)
+    env = launch_environment({}, gpus=("0",), device="cuda", deepspeed=True)
     assert env["FORCE_TORCHRUN"] == "1"
     assert env["NPROC_PER_NODE"] == "1"
 
@@ -118,7 +115,7 @@ def test_two_processes_train_data_parallel_under_torchrun(
         "PATH": "/usr/bin:/bin"
     }
 
-    run = start_training(arguments, tmp_path, env, gpu_count=2, device="cpu")
+    run = start_training(arguments, tmp_path, env, gpus=("0", "1"), device="cpu")
     deadline = time.monotonic() + 500
     while run.poll() is None:
         assert time.monotonic() < deadline, run.log_tail()

@@ -18,6 +18,7 @@ from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.registry.v1 import registry_pb2 as rpb
 from forgeline_proto.trainer.v1 import trainer_pb2 as pb
 from forgeline_registry.client import RegistryClient
+from forgeline_trainer.jobs.gpus import GpuPool
 from forgeline_trainer.jobs.hub import TERMINAL, JobHub, now
 from forgeline_trainer.jobs.queue import JobQueue
 from forgeline_trainer.jobs.registration import output_model
@@ -129,7 +130,13 @@ class Trainer:
                 registry=registry,
             )
         )
-        self.queue = JobQueue(self.runner.run, settings.max_concurrent_jobs)
+        self.gpu_pool = GpuPool.visible(env, gpus or 0)
+        self.queue = JobQueue(
+            self.runner.run,
+            settings.max_concurrent_jobs,
+            self.gpu_pool,
+            demand=lambda job_id: self.store.get(job_id).spec.gpu_count,
+        )
 
     def recover(self) -> None:
         """Take up the jobs a previous trainer left unfinished (call once, in the event loop)."""

@@ -31,7 +31,10 @@ class TrainerSettings(ServiceSettings):
         "restarted trainer resumes the jobs it finds there.",
     )
     max_concurrent_jobs: int = Field(
-        1, ge=1, le=64, description="How many jobs run at once (GPU concurrency)."
+        1,
+        ge=1,
+        le=64,
+        description="How many jobs run at once (on a GPU host, each on GPUs of its own).",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto (cuda when torch sees a GPU, else cpu), cpu or cuda."

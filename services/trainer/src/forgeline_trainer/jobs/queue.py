@@ -1,4 +1,5 @@
-"""The job queue: jobs wait in order for one of ``max_concurrent`` slots."""
+"""The job queue: jobs wait in order for one of ``max_concurrent`` slots and for the GPUs they
+ask for."""
 
 from __future__ import annotations
 
@@ -7,19 +8,39 @@ import contextlib
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from forgeline_trainer.jobs.gpus import GpuPool
+
 __all__ = ["JobQueue"]
+
+Run = Callable[[str, tuple[str, ...]], Coroutine[Any, Any, None]]
+
+
+def _no_gpus(_: str) -> int:
+    return 0
 
 
 class JobQueue:
-    """Starts ``run(job_id)`` for queued jobs, at most ``max_concurrent`` at once."""
+    """Starts ``run(job_id, gpus)`` for queued jobs, at most ``max_concurrent`` at once, each
+    with GPUs of its own from ``gpus`` (``demand(job_id)`` of them).
+
+    First come, first served: a job waiting for GPUs holds back the jobs behind it, so a job
+    that needs every GPU is not passed over forever by smaller ones.
+    """
 
     def __init__(
-        self, run: Callable[[str], Coroutine[Any, Any, None]], max_concurrent: int
+        self,
+        run: Run,
+        max_concurrent: int,
+        gpus: GpuPool | None = None,
+        demand: Callable[[str], int] = _no_gpus,
     ) -> None:
         self._run = run
         self._max = max_concurrent
+        self._gpus = gpus or GpuPool(())
+        self._demand = demand
         self._pending: list[str] = []
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._held: dict[str, tuple[str, ...]] = {}
         self._stopped = False
 
     def put(self, job_id: str, *, front: bool = False) -> None:
@@ -54,13 +75,19 @@ class JobQueue:
 
     def _pump(self) -> None:
         while not self._stopped and self._pending and len(self._running) < self._max:
-            job_id = self._pending.pop(0)
-            task = asyncio.get_running_loop().create_task(self._run(job_id), name=job_id)
+            job_id = self._pending[0]
+            gpus = self._gpus.take(self._gpus.demand(self._demand(job_id)))
+            if gpus is None:
+                break  # it waits for running jobs to give GPUs back
+            self._pending.pop(0)
+            task = asyncio.get_running_loop().create_task(self._run(job_id, gpus), name=job_id)
             self._running[job_id] = task
+            self._held[job_id] = gpus
             task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task.get_name(), None)
+        self._gpus.give_back(self._held.pop(task.get_name(), ()))
         self._pump()
 
     async def stop(self) -> None:

@@ -53,7 +53,11 @@ from forgeline_trainer.jobs.workspace import (
 )
 from forgeline_trainer.llamafactory.arguments import ExportArguments, TrainArguments
 from forgeline_trainer.llamafactory.chat_template import TemplateMismatch, check_chat_template
-from forgeline_trainer.llamafactory.cli import LLAMAFACTORY_CLI, start_training
+from forgeline_trainer.llamafactory.cli import (
+    LLAMAFACTORY_CLI,
+    device_environment,
+    start_training,
+)
 from forgeline_trainer.llamafactory.combinations import DeviceKind
 from forgeline_trainer.llamafactory.failure import explain_failure
 from forgeline_trainer.llamafactory.process import TrainingProcess
@@ -119,13 +123,14 @@ class JobRunner:
         self.context = context
         self.hub = context.hub
 
-    async def run(self, job_id: str) -> None:
-        """Take the job from its current state to a terminal one (or until cancelled)."""
+    async def run(self, job_id: str, gpus: tuple[str, ...] = ()) -> None:
+        """Take the job from its current state to a terminal one (or until cancelled), its
+        processes on ``gpus`` alone (the GPUs the queue gave it; none on a CPU trainer)."""
         job = self.hub.load(job_id)
         self.hub.attach(job)
         workspace = JobWorkspace(self.context.settings.state_dir, job.id)
         try:
-            await self._advance(job, workspace)
+            await self._advance(job, workspace, gpus)
         except JobError as failure:
             log.warning("job %s failed: %s", job.id, failure.code)
             self.hub.fail(
@@ -145,11 +150,12 @@ class JobRunner:
         finally:
             self.hub.detach(job.id)
 
-    async def _advance(self, job: pb.Job, workspace: JobWorkspace) -> None:
+    async def _advance(self, job: pb.Job, workspace: JobWorkspace, gpus: tuple[str, ...]) -> None:
+        # A job resumed after a restart may be given other GPUs than before.
+        job.device = self._device_name(gpus)
         if job.state in (pb.JOB_STATE_QUEUED, pb.JOB_STATE_VALIDATING):
             if job.state == pb.JOB_STATE_QUEUED:
                 job.start_time.CopyFrom(now())
-                job.device = self.context.device
                 self.hub.transition(job, pb.JOB_STATE_VALIDATING, "Validating training files")
             await self._validate(job, workspace)
             self.hub.transition(job, pb.JOB_STATE_TRAINING, "Training started")
@@ -162,7 +168,7 @@ class JobRunner:
             )
         lora = text_argument(job, "finetuning_type") == "lora"
         if job.state == pb.JOB_STATE_TRAINING:
-            metrics = await self._train(job, workspace)
+            metrics = await self._train(job, workspace, gpus)
             job.result.metrics.clear()
             job.result.metrics.update(metrics)
             merge = lora and not job.spec.merge.skip
@@ -172,7 +178,7 @@ class JobRunner:
             else:
                 self.hub.transition(job, pb.JOB_STATE_REGISTERING, "Registering the results")
         if job.state == pb.JOB_STATE_EXPORTING:
-            await self._export(job, workspace)
+            await self._export(job, workspace, gpus)
             self._set_percent(job, 95.0)
             self.hub.transition(job, pb.JOB_STATE_REGISTERING, "Registering the results")
         if job.state == pb.JOB_STATE_REGISTERING:
@@ -180,6 +186,11 @@ class JobRunner:
             await self._register(job, workspace, validated, merged)
             self._set_percent(job, 100.0)
             self.hub.transition(job, pb.JOB_STATE_SUCCEEDED, "The job has successfully completed")
+
+    def _device_name(self, gpus: tuple[str, ...]) -> str:
+        if self.context.device_kind == "cuda" and gpus:
+            return "cuda:" + ",".join(gpus)
+        return self.context.device
 
     def _set_percent(self, job: pb.Job, percent: float) -> None:
         job.progress.percent = percent
@@ -276,7 +287,9 @@ class JobRunner:
 
     # --- TRAINING
 
-    async def _train(self, job: pb.Job, workspace: JobWorkspace) -> dict[str, float]:
+    async def _train(
+        self, job: pb.Job, workspace: JobWorkspace, gpus: tuple[str, ...]
+    ) -> dict[str, float]:
         arguments: dict[str, Any] = MessageToDict(job.effective_arguments)
         if job.attempt > 0:
             saved = saved_checkpoints(workspace.output)
@@ -297,7 +310,7 @@ class JobRunner:
             train_arguments,
             workspace.root,
             self.context.env,
-            gpu_count=job.spec.gpu_count,
+            gpus=gpus,
             device=self.context.device_kind,
         )
         reader = ProgressReader(workspace.output)
@@ -352,7 +365,7 @@ class JobRunner:
 
     # --- EXPORTING
 
-    async def _export(self, job: pb.Job, workspace: JobWorkspace) -> None:
+    async def _export(self, job: pb.Job, workspace: JobWorkspace, gpus: tuple[str, ...]) -> None:
         merge = job.spec.merge
         shutil.rmtree(workspace.merged, ignore_errors=True)
         arguments = ExportArguments(
@@ -370,7 +383,8 @@ class JobRunner:
             TrainingProcess,
             [LLAMAFACTORY_CLI, "export", config],
             log_path=workspace.root / "export.log",
-            env=self.context.env,
+            # export_device "auto" spreads the merge over the GPUs it sees: only the job's own.
+            env=device_environment(self.context.env, gpus=gpus, device=self.context.device_kind),
         )
         try:
             await asyncio.to_thread(process.wait)

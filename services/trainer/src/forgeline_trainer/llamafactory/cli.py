@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,29 +44,36 @@ def train(args: TrainArguments, workdir: Path, env: Mapping[str, str]) -> TrainR
     return TrainResult(output_dir=output_dir, losses=read_losses(output_dir), run=run)
 
 
-def launch_environment(
-    env: Mapping[str, str], *, gpu_count: int, device: DeviceKind, deepspeed: bool = False
+def device_environment(
+    env: Mapping[str, str], *, gpus: Sequence[str], device: DeviceKind
 ) -> dict[str, str]:
-    """The environment ``llamafactory-cli train`` needs to run on ``gpu_count`` devices.
-
-    LLaMA-Factory starts ``torchrun`` itself when ``FORCE_TORCHRUN`` is set or when it sees more
-    than one GPU, with ``NPROC_PER_NODE`` processes (default: every visible GPU). So a count
-    above one forces torchrun with that many processes, and on a GPU host the job sees exactly
-    ``gpu_count`` GPUs (the first ones the trainer may use), so a one-GPU job on an 8-GPU host
-    does not silently spread over all eight. DeepSpeed also runs under torchrun only. ``0`` keeps
-    LLaMA-Factory's own choice. ``torchrun`` is found beside the interpreter (the trainer's
-    environment need not have its ``bin`` directory on ``PATH``).
-    """
+    """``env`` for a LLaMA-Factory process that may use only ``gpus`` (on a CUDA trainer), with
+    the interpreter's ``bin`` first on ``PATH`` (where ``torchrun`` is, whether or not the
+    trainer's environment has it on ``PATH``)."""
     values = dict(env)
     bindir = str(Path(sys.executable).parent)
     values["PATH"] = os.pathsep.join([bindir, values["PATH"]]) if values.get("PATH") else bindir
-    if gpu_count > 0 and device == "cuda":
-        visible = values.get("CUDA_VISIBLE_DEVICES")
-        devices = visible.split(",") if visible else [str(i) for i in range(gpu_count)]
-        values["CUDA_VISIBLE_DEVICES"] = ",".join(devices[:gpu_count])
-    if gpu_count > 1 or deepspeed:
+    if device == "cuda" and gpus:
+        values["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    return values
+
+
+def launch_environment(
+    env: Mapping[str, str], *, gpus: Sequence[str], device: DeviceKind, deepspeed: bool = False
+) -> dict[str, str]:
+    """The environment ``llamafactory-cli train`` needs to run on ``gpus``.
+
+    The job sees exactly those GPUs (``CUDA_VISIBLE_DEVICES``), the ones the trainer gave it, so
+    concurrent jobs never share a GPU and a one-GPU job on an 8-GPU host does not spread over all
+    eight. LLaMA-Factory starts ``torchrun`` itself when ``FORCE_TORCHRUN`` is set or when it sees
+    more than one GPU, with ``NPROC_PER_NODE`` processes, so more than one GPU runs torchrun with
+    one process each. DeepSpeed also runs under torchrun only. (On the CPU, ``gpus`` only counts
+    the processes: LLaMA-Factory runs gloo workers.)
+    """
+    values = device_environment(env, gpus=gpus, device=device)
+    if len(gpus) > 1 or deepspeed:
         values["FORCE_TORCHRUN"] = "1"
-        values["NPROC_PER_NODE"] = str(max(gpu_count, 1))
+        values["NPROC_PER_NODE"] = str(max(len(gpus), 1))
     return values
 
 
@@ -75,20 +82,20 @@ def start_training(
     workdir: Path,
     env: Mapping[str, str],
     *,
-    gpu_count: int = 0,
+    gpus: Sequence[str] = (),
     device: DeviceKind = "cpu",
 ) -> TrainingProcess:
     """Start ``llamafactory-cli train`` in its own process group and return at once; follow it
     with a :class:`~forgeline_trainer.llamafactory.progress.ProgressReader` on
     ``args.output_dir``, stop it with :meth:`TrainingProcess.cancel`. Output goes to
-    ``workdir/train.log``. With ``gpu_count`` above one it runs under torchrun (see
+    ``workdir/train.log``. On more than one of ``gpus`` it runs under torchrun (see
     :func:`launch_environment`); cancelling still stops every worker (one process group)."""
     config = args.write_yaml(workdir / "train.yaml")
     deepspeed = bool((args.model_extra or {}).get("deepspeed"))
     return TrainingProcess(
         [LLAMAFACTORY_CLI, "train", config],
         log_path=workdir / "train.log",
-        env=launch_environment(env, gpu_count=gpu_count, device=device, deepspeed=deepspeed),
+        env=launch_environment(env, gpus=gpus, device=device, deepspeed=deepspeed),
     )
 
 
