@@ -54,7 +54,7 @@ class Jobs:
 async def test_concurrent_jobs_get_gpus_of_their_own() -> None:
     jobs = Jobs({"a": 1, "b": 2, "c": 1})
     pool = GpuPool(["0", "1", "2", "3"])
-    queue = JobQueue(jobs.run, max_concurrent=4, gpus=pool, demand=jobs.wants.__getitem__)
+    queue = JobQueue(jobs.run, max_concurrent=4, gpus=pool, gpu_count=jobs.wants.__getitem__)
     for name in jobs.wants:
         queue.put(name)
     await asyncio.sleep(0)
@@ -70,7 +70,7 @@ async def test_concurrent_jobs_get_gpus_of_their_own() -> None:
 async def test_a_job_waits_for_gpus_and_keeps_its_place_in_the_queue() -> None:
     jobs = Jobs({"one": 1, "all": 0, "small": 1})
     pool = GpuPool(["0", "1"])
-    queue = JobQueue(jobs.run, max_concurrent=4, gpus=pool, demand=jobs.wants.__getitem__)
+    queue = JobQueue(jobs.run, max_concurrent=4, gpus=pool, gpu_count=jobs.wants.__getitem__)
     for name in jobs.wants:
         queue.put(name)
     await asyncio.sleep(0)
@@ -101,7 +101,7 @@ async def test_gpus_come_back_when_a_job_fails_or_is_cancelled() -> None:
             raise RuntimeError("the job's own failure")
         await asyncio.Event().wait()
 
-    queue = JobQueue(run, max_concurrent=2, gpus=pool, demand=lambda _: 1)
+    queue = JobQueue(run, max_concurrent=2, gpus=pool, gpu_count=lambda _: 1)
     queue.put("broken")
     queue.put("long")
     queue.put("after")

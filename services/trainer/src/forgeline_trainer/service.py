@@ -130,12 +130,11 @@ class Trainer:
                 registry=registry,
             )
         )
-        self.gpu_pool = GpuPool.visible(env, gpus or 0)
         self.queue = JobQueue(
             self.runner.run,
             settings.max_concurrent_jobs,
-            self.gpu_pool,
-            demand=lambda job_id: self.store.get(job_id).spec.gpu_count,
+            GpuPool.visible(env, gpus or 0),
+            gpu_count=lambda job_id: self.store.get(job_id).spec.gpu_count,
         )
 
     def recover(self) -> None:

@@ -15,13 +15,14 @@ __all__ = ["JobQueue"]
 Run = Callable[[str, tuple[str, ...]], Coroutine[Any, Any, None]]
 
 
-def _no_gpus(_: str) -> int:
+def _asks_for_none(_: str) -> int:
     return 0
 
 
 class JobQueue:
     """Starts ``run(job_id, gpus)`` for queued jobs, at most ``max_concurrent`` at once, each
-    with GPUs of its own from ``gpus`` (``demand(job_id)`` of them).
+    with GPUs of its own from ``gpus``: as many as the pool gives for the job's
+    ``gpu_count(job_id)``.
 
     First come, first served: a job waiting for GPUs holds back the jobs behind it, so a job
     that needs every GPU is not passed over forever by smaller ones.
@@ -32,12 +33,12 @@ class JobQueue:
         run: Run,
         max_concurrent: int,
         gpus: GpuPool | None = None,
-        demand: Callable[[str], int] = _no_gpus,
+        gpu_count: Callable[[str], int] = _asks_for_none,
     ) -> None:
         self._run = run
         self._max = max_concurrent
         self._gpus = gpus or GpuPool(())
-        self._demand = demand
+        self._gpu_count = gpu_count
         self._pending: list[str] = []
         self._running: dict[str, asyncio.Task[None]] = {}
         self._held: dict[str, tuple[str, ...]] = {}
@@ -76,7 +77,7 @@ class JobQueue:
     def _pump(self) -> None:
         while not self._stopped and self._pending and len(self._running) < self._max:
             job_id = self._pending[0]
-            gpus = self._gpus.take(self._gpus.demand(self._demand(job_id)))
+            gpus = self._gpus.take(self._gpus.demand(self._gpu_count(job_id)))
             if gpus is None:
                 break  # it waits for running jobs to give GPUs back
             self._pending.pop(0)
