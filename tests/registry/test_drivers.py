@@ -129,6 +129,55 @@ async def test_an_unfinished_multipart_upload_is_reported_incomplete(
     assert await store.blob_size(digest) is None
 
 
+@pytest.mark.parametrize("store_kind", ["s3", "minio"], indirect=True)
+async def test_s3_parts_are_write_once_resumable_and_collected_with_their_blob(
+    store: ObjectStore, tmp_path: Path
+) -> None:
+    source = random_file(tmp_path / "blob.bin", (10 << 20) + 5)
+    data = source.read_bytes()
+    digest = sha256_of(data)
+    expiry = now() + timedelta(minutes=5)
+    state = await store.start_blob_upload("up-parts", digest, len(data), 5 << 20)
+    grant = upload_grant_to_pb(
+        await store.upload_grant(state, accept_local_files=False, expire_time=expiry)
+    )
+    transfers = Transfers()
+    try:
+        sent = await asyncio.to_thread(transfers.upload, grant, source)
+        resumed = await asyncio.to_thread(transfers.upload, grant, source)
+        assert [p.etag for p in resumed] == ["", "", ""]  # every part had arrived already
+        forged = [UploadedPart(p.part_number, "0" * 32) for p in sent]
+        with pytest.raises(BlobIncomplete, match="part 1 changed after it was sent"):
+            await store.finish_blob_upload(state, forged)
+        await store.finish_blob_upload(state, [UploadedPart(p.part_number, p.etag) for p in sent])
+        assert await store.hash_uploaded(state) == (digest, len(data))
+        await store.publish_blob(state)
+        await store.discard_blob_upload(state)  # what sweeping the committed upload does
+
+        artifact = ArtifactRecord(
+            path="blob.bin", kind="ARTIFACT_KIND_OTHER", sha256=digest, size_bytes=len(data)
+        )
+        download = download_grant_to_pb(
+            artifact,
+            await store.download_grant(digest, accept_local_files=False, expire_time=expiry),
+        )
+        assert download.WhichOneof("method") == "multipart"
+        assert [p.offset for p in download.multipart.parts] == [0, 5 << 20, 10 << 20]
+        await asyncio.to_thread(transfers.download, download, tmp_path / "out.bin")
+        assert (tmp_path / "out.bin").read_bytes() == data
+
+        await store.write(keys.blob_part(digest, "up-parts", 2), b"short")
+        with pytest.raises(FailedPrecondition, match=r"offset 5242880 has 5 bytes.*damaged"):
+            await asyncio.to_thread(transfers.download, download, tmp_path / "bad.bin")
+        assert not (tmp_path / "bad.bin").exists()
+
+        await store.delete_blob(digest)
+        assert await store.blob_size(digest) is None
+        assert await store.list_keys(f"parts/sha256/{digest}/") == []
+    finally:
+        transfers.close()
+
+
 async def test_fs_driver_refuses_clients_that_cannot_share_its_files(fs_store: StoreConfig) -> None:
     store = fs_store.store()
     await store.ensure_ready()

@@ -63,17 +63,16 @@ async def _send(registry: Registry, upload_id: str, source: Path) -> list[Upload
 
 
 async def test_bytes_that_arrived_but_were_never_verified_are_verified_by_the_next_commit(
-    registry: Registry, store_kind: StoreConfig, tmp_path: Path
+    registry: Registry, tmp_path: Path
 ) -> None:
     source = random_file(tmp_path / "weights.bin", 1 << 20)
     first = await registry.begin_version(_new(source))
     await _send(registry, first.upload_id, source)
     record = await registry._get(keys.upload(first.upload_id), UploadRecord)
     assert record is not None
-    # What a registry killed after assembling the blob, before recording it verified, leaves.
+    # What a registry killed after publishing the blob, before recording it verified, leaves.
     await registry.store.finish_blob_upload(record[0].blobs[0], None)
-    if store_kind.kind == "fs":
-        await registry.store.publish_blob(record[0].blobs[0])  # fs: bytes are hashed first
+    await registry.store.publish_blob(record[0].blobs[0])
 
     second = await registry.begin_version(_new(source))
     assert second.present == (sha256_of(source.read_bytes()),)
@@ -83,35 +82,36 @@ async def test_bytes_that_arrived_but_were_never_verified_are_verified_by_the_ne
 
 
 @pytest.mark.parametrize("store_kind", ["s3", "minio"], indirect=True)
-async def test_damaged_bytes_left_behind_are_discarded_and_a_retry_succeeds(
+async def test_a_damaged_unverified_blob_is_discarded_and_a_retry_succeeds(
     registry: Registry, tmp_path: Path
 ) -> None:
-    # On S3 the bytes are assembled at the blob's key before they can be hashed; on the
-    # filesystem unverified bytes never reach it, so there is nothing to leave behind there.
-    source = random_file(tmp_path / "weights.bin", 1 << 20)
+    source = random_file(tmp_path / "weights.bin", 6 << 20)
     declared = _new(source)
+    digest = declared.artifacts[0].sha256
     good = source.read_bytes()
     first = await registry.begin_version(declared)
-    source.write_bytes(b"\1" * len(good))  # the bytes change under the upload ...
     await _send(registry, first.upload_id, source)
     record = await registry._get(keys.upload(first.upload_id), UploadRecord)
     assert record is not None
-    await registry.store.finish_blob_upload(record[0].blobs[0], None)  # ... and the registry dies
+    state = record[0].blobs[0]
+    await registry.store.finish_blob_upload(state, None)
+    await registry.store.publish_blob(state)  # ... and the registry dies before verifying it
+    # Meanwhile a part is replaced, as a client that kept its grant could do.
+    await registry.store.write(keys.blob_part(digest, first.upload_id, 1), b"\1" * 1000)
 
     second = await registry.begin_version(declared)
-    assert second.grants == ()  # the damaged bytes sit at the blob's key, unverified
+    assert second.grants == ()  # the blob is published, but nobody recorded it verified
     with pytest.raises(FailedPrecondition, match="nothing was stored"):
         await registry.commit_version(second.upload_id)
-    source.write_bytes(good)
+    assert await registry.store.blob_size(digest) is None
+    assert await registry.store.list_keys(f"parts/sha256/{digest}/") == []
+
     retry = await registry.begin_version(declared)
     assert len(retry.grants) == 1
     parts = await _send(registry, retry.upload_id, source)
-    version = await registry.commit_version(retry.upload_id, {declared.artifacts[0].sha256: parts})
+    version = await registry.commit_version(retry.upload_id, {digest: parts})
     assert version.manifest.number == 1
-    assert await registry.store.hash_blob(declared.artifacts[0].sha256) == (
-        sha256_of(good),
-        len(good),
-    )
+    assert await registry.store.hash_blob(digest) == (sha256_of(good), len(good))
 
 
 async def test_a_commit_interrupted_after_its_manifest_is_finished_not_repeated(

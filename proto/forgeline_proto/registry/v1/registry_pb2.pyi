@@ -867,7 +867,10 @@ class UploadPart(_message.Message):
     """Number of bytes in the part."""
     @_builtins.property
     def request(self) -> Global___HttpRequest:
-        """The request that uploads the part; its response's `ETag` header goes into CommitVersion."""
+        """The request that uploads the part; its response's `ETag` header may go into CommitVersion.
+        A `412 Precondition Failed` answer to a request that carries `If-None-Match: *` means the
+        part arrived earlier (an interrupted upload being resumed): count it as sent.
+        """
 
     def __init__(
         self,
@@ -887,7 +890,7 @@ Global___UploadPart: _TypeAlias = UploadPart  # noqa: Y015
 
 @_typing.final
 class MultipartUpload(_message.Message):
-    """Upload of a large blob in parts (S3 multipart upload), which may be sent in parallel."""
+    """Upload of a blob in parts, which may be sent in parallel and in any order."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -974,6 +977,7 @@ class DownloadGrant(_message.Message):
     ARTIFACT_FIELD_NUMBER: _builtins.int
     GET_FIELD_NUMBER: _builtins.int
     LOCAL_FILE_FIELD_NUMBER: _builtins.int
+    MULTIPART_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def artifact(self) -> Global___Artifact:
@@ -988,6 +992,10 @@ class DownloadGrant(_message.Message):
         """Read the blob from a file on a shared filesystem."""
 
     @_builtins.property
+    def multipart(self) -> Global___MultipartDownload:
+        """Several requests, one per part, whose bodies laid end to end are the blob."""
+
+    @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp:
         """When the grant stops working; ask again after that."""
 
@@ -997,17 +1005,74 @@ class DownloadGrant(_message.Message):
         artifact: Global___Artifact | None = ...,
         get: Global___HttpRequest | None = ...,
         local_file: Global___LocalFile | None = ...,
+        multipart: Global___MultipartDownload | None = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "expire_time", b"expire_time", "get", b"get", "local_file", b"local_file", "method", b"method"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "expire_time", b"expire_time", "get", b"get", "local_file", b"local_file", "method", b"method", "multipart", b"multipart"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "expire_time", b"expire_time", "get", b"get", "local_file", b"local_file", "method", b"method"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "expire_time", b"expire_time", "get", b"get", "local_file", b"local_file", "method", b"method", "multipart", b"multipart"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_method: _TypeAlias = _typing.Literal["get", "local_file"]  # noqa: Y015
+    _WhichOneofReturnType_method: _TypeAlias = _typing.Literal["get", "local_file", "multipart"]  # noqa: Y015
     _WhichOneofArgType_method: _TypeAlias = _typing.Literal["method", b"method"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_method) -> _WhichOneofReturnType_method | None: ...
 
 Global___DownloadGrant: _TypeAlias = DownloadGrant  # noqa: Y015
+
+@_typing.final
+class DownloadPart(_message.Message):
+    """One part of a blob stored in parts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OFFSET_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
+    offset: _builtins.int
+    """Offset of the part's first byte in the blob."""
+    size_bytes: _builtins.int
+    """Number of bytes in the part."""
+    @_builtins.property
+    def request(self) -> Global___HttpRequest:
+        """The request that returns the part's bytes (supports `Range` for resuming)."""
+
+    def __init__(
+        self,
+        *,
+        offset: _builtins.int = ...,
+        size_bytes: _builtins.int = ...,
+        request: Global___HttpRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset", "request", b"request", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DownloadPart: _TypeAlias = DownloadPart  # noqa: Y015
+
+@_typing.final
+class MultipartDownload(_message.Message):
+    """Download of a blob stored in parts; the parts may be fetched in parallel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def parts(self) -> _containers.RepeatedCompositeFieldContainer[Global___DownloadPart]:
+        """Every part, in order."""
+
+    def __init__(
+        self,
+        *,
+        parts: _abc.Iterable[Global___DownloadPart] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parts", b"parts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MultipartDownload: _TypeAlias = MultipartDownload  # noqa: Y015
 
 @_typing.final
 class TransferOptions(_message.Message):
@@ -1435,7 +1500,9 @@ class CompletedPart(_message.Message):
     part_number: _builtins.int
     """Part number, as in the grant."""
     etag: _builtins.str
-    """The `ETag` response header of the part's upload request, verbatim."""
+    """The `ETag` response header of the part's upload request, verbatim; empty when the part had
+    arrived earlier. The registry refuses a part whose stored ETag differs (it changed since).
+    """
     def __init__(
         self,
         *,
@@ -1490,7 +1557,9 @@ class CommitVersionRequest(_message.Message):
     """The upload to commit."""
     @_builtins.property
     def multipart_uploads(self) -> _containers.RepeatedCompositeFieldContainer[Global___CompletedMultipartUpload]:
-        """For each blob sent with a MultipartUpload grant, its parts; nothing is needed for other grants."""
+        """For each blob sent with a MultipartUpload grant, its parts (optional: the registry finds what
+        arrived by itself, and uses these only to check that no part changed since it was sent).
+        """
 
     def __init__(
         self,

@@ -223,4 +223,13 @@ def download_grant_to_pb(artifact: ArtifactRecord, grant: DownloadGrantSpec) -> 
         message.local_file.path = grant.local_path
     elif grant.get is not None:
         message.get.CopyFrom(_http(grant.get))
+    elif grant.parts is not None:
+        # An empty blob is one empty part, so the oneof is set even then.
+        message.multipart.SetInParent()
+        for part in grant.parts:
+            message.multipart.parts.append(
+                pb.DownloadPart(
+                    offset=part.offset, size_bytes=part.size_bytes, request=_http(part.request)
+                )
+            )
     return message

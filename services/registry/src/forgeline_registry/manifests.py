@@ -3,7 +3,9 @@
 Layout in the store (``~`` stands for the ``/`` of a two-segment model name, so that one model's
 keys never fall under another's prefix)::
 
-    blobs/sha256/<digest>                     artifact bytes, content-addressed, write-once
+    blobs/sha256/<digest>                     artifact bytes, content-addressed, write-once (fs
+                                              driver), or a BlobIndex of their parts (S3 driver)
+    parts/sha256/<digest>/<upload id>/<n>     S3 driver: part n of an upload of the blob
     verified/sha256/<digest>                  marker: the blob was hashed and matched its digest
     refs/sha256/<digest>/<upload id>          marker: an upload (and its version) uses the blob
     gc/sha256/<digest>                        marker: the blob is being garbage-collected
@@ -30,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = [
     "AliasRecord",
     "ArtifactRecord",
+    "BlobIndex",
     "BlobUploadState",
     "ChildRecord",
     "DatasetRecord",
@@ -159,11 +162,26 @@ class BlobUploadState(_Record):
 
     sha256: str
     size_bytes: int
-    #: ``local``: the client writes ``staging_path``; ``multipart``: S3 multipart upload.
-    method: Literal["local", "multipart"]
+    #: ``local``: the client writes ``staging_path``; ``parts``: the client PUTs each part as an
+    #: object of its own under ``parts/sha256/<digest>/<upload_id>/``.
+    method: Literal["local", "parts"]
     staging_path: str = ""
-    multipart_upload_id: str = ""
+    upload_id: str = ""
     part_size_bytes: int = 0
+
+
+class BlobIndex(_Record):
+    """A verified blob stored in parts (S3 driver): the parts of which upload make it up.
+
+    Written with an atomic create once every part was hashed, so it is the blob's commit point;
+    the parts' sizes follow from `size_bytes` and `part_size_bytes`.
+    """
+
+    schema_version: Literal[1] = 1
+    sha256: str
+    size_bytes: int
+    upload_id: str
+    part_size_bytes: int
 
 
 class UploadRecord(_Record):
@@ -247,6 +265,15 @@ class keys:  # noqa: N801 (a namespace of key builders)
     @staticmethod
     def blob(digest: str) -> str:
         return f"blobs/sha256/{digest}"
+
+    @staticmethod
+    def blob_parts(digest: str, upload_id: str) -> str:
+        return f"parts/sha256/{digest}/{upload_id}/"
+
+    @staticmethod
+    def blob_part(digest: str, upload_id: str, number: int) -> str:
+        # Zero-padded so that listing order is part order (S3 allows 10,000 parts).
+        return f"{keys.blob_parts(digest, upload_id)}{number:05d}"
 
     @staticmethod
     def verified(digest: str) -> str:

@@ -863,7 +863,7 @@ class Registry:
             if state is not None:
                 await self.store.discard_blob_upload(state, delete_arrived=True)
             else:
-                await self.store.delete(keys.blob(digest))
+                await self.store.delete_blob(digest)
             raise _DigestMismatch(
                 f"artifact {path!r}: the uploaded bytes have sha256 {got_digest} and size "
                 f"{got_size}, not the declared sha256 {digest} and size {size}; nothing was "
@@ -1014,7 +1014,7 @@ class Registry:
                 return None
             size = await self.store.blob_size(digest)
             await self.store.delete(keys.verified(digest))
-            await self.store.delete(keys.blob(digest))
+            await self.store.delete_blob(digest)
             return size or 0
         finally:
             await self.store.delete(keys.gc(digest))

@@ -5,7 +5,8 @@ and written whole, with the two conditional writes the registry builds its guara
 only if absent (``if_none_match``), and replace only if unchanged since read (``if_match`` an
 ETag). Large *blobs* never pass through the registry: the driver sets up an upload for a missing
 blob, hands out grants with which a client sends the bytes straight to the store, hashes what
-arrived at commit, and publishes it under ``blobs/sha256/<digest>``.
+arrived at commit, and only then publishes it under ``blobs/sha256/<digest>`` (the bytes
+themselves, or a record of where their parts are), so nothing unverified is ever at a blob's key.
 
 Drivers turn an unreachable store into `forgeline_kit.errors.Unavailable`.
 """
@@ -70,7 +71,7 @@ class HttpRequestSpec:
 
 @dataclass(frozen=True)
 class PartSpec:
-    """One part of a multipart upload."""
+    """One part of a blob sent or fetched in parts."""
 
     part_number: int
     offset: int
@@ -93,10 +94,11 @@ class UploadGrantSpec:
 
 @dataclass(frozen=True)
 class DownloadGrantSpec:
-    """How a client fetches one blob: exactly one of `get` and `local_path` is set."""
+    """How a client fetches one blob: exactly one of `get`, `parts` and `local_path` is set."""
 
     expire_time: datetime
     get: HttpRequestSpec | None = None
+    parts: tuple[PartSpec, ...] | None = None
     local_path: str | None = None
 
 
@@ -238,8 +240,9 @@ class ObjectStore(abc.ABC):
     async def finish_blob_upload(
         self, state: BlobUploadState, parts: list[UploadedPart] | None
     ) -> None:
-        """Assemble what the client sent (S3: complete the multipart upload). Raises
-        BlobIncomplete when bytes are missing."""
+        """Check that every byte the client was to send has arrived; `parts` are what the client
+        reported sending, when it used a part grant. Raises BlobIncomplete when bytes are
+        missing or changed since they were reported."""
 
     @abc.abstractmethod
     async def hash_uploaded(self, state: BlobUploadState) -> tuple[str, int] | None:
@@ -254,8 +257,12 @@ class ObjectStore(abc.ABC):
     async def discard_blob_upload(
         self, state: BlobUploadState, *, delete_arrived: bool = False
     ) -> None:
-        """Forget an upload: staged files, unfinished multipart uploads and, with
-        `delete_arrived`, bytes that arrived but failed verification."""
+        """Forget an upload: staged files and parts, unless they were published as the blob,
+        and with `delete_arrived`, bytes that arrived but failed verification."""
+
+    @abc.abstractmethod
+    async def delete_blob(self, digest: str) -> None:
+        """Remove the blob and every byte stored for it; removing a missing one succeeds."""
 
     @abc.abstractmethod
     async def download_grant(

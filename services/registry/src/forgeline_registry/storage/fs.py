@@ -277,6 +277,9 @@ class FsStore(ObjectStore):
 
         await self._run(discard)
 
+    async def delete_blob(self, digest: str) -> None:
+        await self.delete(keys.blob(digest))
+
     async def download_grant(
         self, digest: str, *, accept_local_files: bool, expire_time: datetime
     ) -> DownloadGrantSpec:

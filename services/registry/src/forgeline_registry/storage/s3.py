@@ -3,29 +3,38 @@
 Records are objects written with S3 conditional writes (``If-None-Match: *`` to create,
 ``If-Match: <etag>`` to compare-and-swap), which MinIO and AWS S3 apply atomically.
 
-Every blob is sent as an S3 multipart upload that targets its final key,
-``blobs/sha256/<digest>``, with presigned part URLs (one part for a small blob). Clients upload
-parts straight to the store; only the registry completes the upload, with ``If-None-Match: *``,
-so a blob key is written once and never overwritten. The registry then reads the blob back and
-hashes it: a mismatch deletes it before anything refers to it.
+A blob is stored in parts, each an object of its own: clients PUT them in parallel, straight to
+the store, through presigned URLs under ``parts/sha256/<digest>/<upload id>/`` (one part for a
+small blob). At commit the registry reads the parts back in order and hashes them, and only if
+the bytes match their digest does it create ``blobs/sha256/<digest>``, a `BlobIndex` naming the
+upload whose parts make up the blob, with ``If-None-Match: *``: a blob is published once and
+never overwritten, and nothing unverified is ever at a blob's key. Downloads get one presigned
+GET per part.
+
+Parts rather than an S3 multipart upload, because S3 cannot read the parts of a multipart upload
+before it is completed, and completing one makes the store copy or join every byte once more
+(most of a 2 GiB push on the servers measured in benchmarks/registry_transfer.md), after which
+the registry would still have to read the result back to verify it. Part grants carry
+``If-None-Match: *`` so that a part, once arrived, is not overwritten by a resumed upload; a
+client that drops the header can still replace a part until its grant expires, which every
+reader's digest check then reports.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
-from xml.etree import ElementTree
 
 import urllib3
 from minio import Minio
-from minio.datatypes import Part
+from minio.deleteobjects import DeleteObject
 from minio.error import S3Error, ServerError
+from pydantic import ValidationError
 
-from forgeline_kit.errors import Unavailable
-from forgeline_registry.manifests import BlobUploadState, keys
+from forgeline_kit.errors import FailedPrecondition, Internal, Unavailable
+from forgeline_registry.manifests import BlobIndex, BlobUploadState, dump, keys
 from forgeline_registry.settings import RegistrySettings
 from forgeline_registry.storage.base import (
     HASH_CHUNK_BYTES,
@@ -47,8 +56,6 @@ __all__ = ["S3Store"]
 T = TypeVar("T")
 
 _MISSING_CODES = frozenset({"NoSuchKey", "NoSuchObject", "ResourceNotFound", "NoSuchUpload"})
-#: ListParts pages (1,000 parts each) to read at most: S3 allows 10,000 parts.
-MAX_LIST_PAGES = 10
 _ONE_SECOND = timedelta(seconds=1)
 _UNAVAILABLE_CODES = frozenset(
     {"ServiceUnavailable", "SlowDown", "InternalError", "XMinioServerNotInitialized"}
@@ -245,44 +252,90 @@ class S3Store(ObjectStore):
 
     # --- blobs
 
+    async def _index(self, digest: str) -> BlobIndex | None:
+        try:
+            data, _ = await self.read(keys.blob(digest))
+        except ObjectNotFound:
+            return None
+        try:
+            return BlobIndex.model_validate_json(data)
+        except ValidationError:
+            raise FailedPrecondition(
+                f"blob {digest} in {self.location} is not stored as this registry stores blobs "
+                f"(its key {keys.blob(digest)} holds no part index); delete the versions that "
+                "use it and push them again"
+            ) from None
+
+    @staticmethod
+    def _part_keys(digest: str, upload_id: str, size: int, part_size: int) -> list[str]:
+        return [
+            keys.blob_part(digest, upload_id, number)
+            for number, _, _ in part_layout(size, part_size)
+        ]
+
+    def _hash_parts(self, part_keys: list[str]) -> tuple[str, int]:
+        """SHA-256 and size of the parts laid end to end; a missing part ends the bytes early,
+        so the digest then differs from the one declared."""
+
+        def chunks() -> Iterator[bytes]:
+            for key in part_keys:
+                try:
+                    response = self._client.get_object(self.bucket, key)
+                except S3Error as exc:
+                    if exc.code in _MISSING_CODES:
+                        return
+                    raise
+                try:
+                    yield from response.stream(HASH_CHUNK_BYTES)
+                finally:
+                    response.close()
+                    response.release_conn()
+
+        return hash_chunks(chunks())
+
+    def _remove(self, names: list[str]) -> None:
+        errors = self._client.remove_objects(self.bucket, (DeleteObject(n) for n in names))
+        failed = [error for error in errors if error.code not in _MISSING_CODES]
+        if failed:
+            raise Internal(
+                f"the object store at {self.location} refused to delete {len(failed)} "
+                f"object(s), {failed[0].name} first: {failed[0].code}: {failed[0].message}"
+            )
+
+    def _remove_prefix(self, prefix: str) -> None:
+        names = [
+            str(item.object_name)
+            for item in self._client.list_objects(self.bucket, prefix, recursive=True)
+        ]
+        if names:
+            self._remove(names)
+
     async def blob_size(self, digest: str) -> int | None:
-        return await self._run(self._size, keys.blob(digest))
+        index = await self._index(digest)
+        return None if index is None else index.size_bytes
 
     async def start_blob_upload(
         self, upload_id: str, digest: str, size: int, part_size: int
     ) -> BlobUploadState:
-        key = keys.blob(digest)
-        headers = {"Content-Type": "application/octet-stream"}
-        multipart_id = await self._run(
-            self._client._create_multipart_upload, self.bucket, key, headers
-        )
         layout = part_layout(size, part_size)
         return BlobUploadState(
             sha256=digest,
             size_bytes=size,
-            method="multipart",
-            multipart_upload_id=multipart_id,
+            method="parts",
+            upload_id=upload_id,
             part_size_bytes=layout[0][2] if len(layout) > 1 else max(size, 1),
         )
 
     async def upload_grant(
         self, state: BlobUploadState, *, accept_local_files: bool, expire_time: datetime
     ) -> UploadGrantSpec:
-        key = keys.blob(state.sha256)
         expires = max(expire_time - datetime.now(UTC), _ONE_SECOND)
         parts = []
         for number, offset, size in part_layout(state.size_bytes, state.part_size_bytes):
-            url = self._presigner.get_presigned_url(
-                "PUT",
-                self.bucket,
-                key,
-                expires=expires,
-                extra_query_params={
-                    "partNumber": str(number),
-                    "uploadId": state.multipart_upload_id,
-                },
-            )
-            parts.append(PartSpec(number, offset, size, HttpRequestSpec("PUT", url)))
+            key = keys.blob_part(state.sha256, state.upload_id, number)
+            url = self._presigner.get_presigned_url("PUT", self.bucket, key, expires=expires)
+            request = HttpRequestSpec("PUT", url, {"If-None-Match": "*"})
+            parts.append(PartSpec(number, offset, size, request))
         return UploadGrantSpec(
             sha256=state.sha256,
             size_bytes=state.size_bytes,
@@ -291,136 +344,100 @@ class S3Store(ObjectStore):
             part_size_bytes=state.part_size_bytes,
         )
 
-    def _uploaded_parts(self, key: str, upload_id: str) -> list[Part]:
-        parts: list[Part] = []
-        marker: str | None = None
-        for _ in range(MAX_LIST_PAGES):
-            result = self._client._list_parts(
-                self.bucket, key, upload_id, part_number_marker=marker
-            )
-            parts.extend(result.parts)
-            if not result.is_truncated:
-                break
-            marker = str(result.next_part_number_marker)
-        return parts
-
     async def finish_blob_upload(
         self, state: BlobUploadState, parts: list[UploadedPart] | None
     ) -> None:
-        key = keys.blob(state.sha256)
+        prefix = keys.blob_parts(state.sha256, state.upload_id)
         expected = part_layout(state.size_bytes, state.part_size_bytes)
 
-        def complete() -> None:
-            reported = {p.part_number: p.etag for p in parts or ()}
-            if set(reported) >= {number for number, _, _ in expected}:
-                # Every part reported: the store checks the ETags when completing.
-                return self._complete(key, state, expected, reported)
-            try:
-                stored = self._uploaded_parts(key, state.multipart_upload_id)
-            except S3Error as exc:
-                if exc.code in _MISSING_CODES:
-                    # Completed by an earlier commit that did not finish, or never begun.
-                    if self._size(key) is not None:
-                        return
-                    raise BlobIncomplete(
-                        f"the upload of blob {state.sha256} is gone from the store; "
-                        "begin the version again"
-                    ) from None
-                raise
-            by_number = {part.part_number: part.etag for part in stored}
-            missing = [number for number, _, _ in expected if number not in by_number]
-            if missing:
-                raise BlobIncomplete(
-                    f"blob {state.sha256}: part(s) {', '.join(map(str, missing[:10]))} of "
-                    f"{len(expected)} were not uploaded"
-                )
-            return self._complete(key, state, expected, by_number)
+        def stored() -> dict[str, tuple[int, str]]:
+            return {
+                str(item.object_name): (int(item.size or 0), str(item.etag or "").strip('"'))
+                for item in self._client.list_objects(self.bucket, prefix, recursive=True)
+            }
 
-        await self._run(complete)
-
-    def _complete(
-        self,
-        key: str,
-        state: BlobUploadState,
-        expected: list[tuple[int, int, int]],
-        etags: dict[int, str],
-    ) -> None:
-        root = ElementTree.Element("CompleteMultipartUpload")
-        for number, _, _ in expected:
-            part = ElementTree.SubElement(root, "Part")
-            ElementTree.SubElement(part, "PartNumber").text = str(number)
-            ElementTree.SubElement(part, "ETag").text = '"' + etags[number].strip('"') + '"'
-        body = io.BytesIO()
-        ElementTree.ElementTree(root).write(body)
-        headers: dict[str, str | list[str] | tuple[str]] = {
-            "Content-Type": "application/xml",
-            # Only the first completion creates the blob; a blob key is never overwritten.
-            "If-None-Match": "*",
-        }
-        try:
-            self._client._execute(
-                "POST",
-                self.bucket,
-                key,
-                body=body.getvalue(),
-                headers=headers,
-                query_params={"uploadId": state.multipart_upload_id},
+        found = await self._run(stored)
+        reported = {p.part_number: p.etag.strip('"') for p in parts or () if p.etag}
+        missing, wrong = [], []
+        for number, _, size in expected:
+            arrived = found.get(keys.blob_part(state.sha256, state.upload_id, number))
+            if arrived is None:
+                missing.append(str(number))
+            elif arrived[0] != size:
+                wrong.append(f"part {number} has {arrived[0]} bytes, not {size}")
+            elif number in reported and reported[number] != arrived[1]:
+                wrong.append(f"part {number} changed after it was sent")
+        if missing:
+            raise BlobIncomplete(
+                f"blob {state.sha256}: part(s) {', '.join(missing[:10])} of {len(expected)} "
+                "were not uploaded"
             )
-        except S3Error as exc:
-            if exc.code in ("PreconditionFailed", "ConditionalRequestConflict"):
-                # Another upload published the blob first: ours is not needed.
-                self._abort(key, state.multipart_upload_id)
-            elif exc.code in _MISSING_CODES and self._size(key) is not None:
-                pass  # completed by an earlier commit of this upload that did not finish
-            elif exc.code in ("InvalidPart", "InvalidPartOrder", "EntityTooSmall", *_MISSING_CODES):
-                raise BlobIncomplete(
-                    f"the store refused to assemble blob {state.sha256}: {exc.message}"
-                ) from None
-            else:
-                raise
-
-    def _abort(self, key: str, upload_id: str) -> None:
-        try:
-            self._client._abort_multipart_upload(self.bucket, key, upload_id)
-        except S3Error as exc:
-            if exc.code not in _MISSING_CODES:
-                raise
-
-    def _hash_object(self, key: str) -> tuple[str, int] | None:
-        try:
-            response = self._client.get_object(self.bucket, key)
-        except S3Error as exc:
-            if exc.code in _MISSING_CODES:
-                return None
-            raise
-        try:
-            chunks: Iterator[bytes] = response.stream(HASH_CHUNK_BYTES)
-            return hash_chunks(chunks)
-        finally:
-            response.close()
-            response.release_conn()
+        if wrong:
+            raise BlobIncomplete(f"blob {state.sha256}: {'; '.join(wrong[:5])}")
 
     async def hash_uploaded(self, state: BlobUploadState) -> tuple[str, int] | None:
-        return await self._run(self._hash_object, keys.blob(state.sha256))
+        part_keys = self._part_keys(
+            state.sha256, state.upload_id, state.size_bytes, state.part_size_bytes
+        )
+        if await self._run(self._size, part_keys[0]) is None:
+            return None
+        return await self._run(self._hash_parts, part_keys)
 
     async def hash_blob(self, digest: str) -> tuple[str, int] | None:
-        return await self._run(self._hash_object, keys.blob(digest))
+        index = await self._index(digest)
+        if index is None:
+            return None
+        part_keys = self._part_keys(
+            digest, index.upload_id, index.size_bytes, index.part_size_bytes
+        )
+        return await self._run(self._hash_parts, part_keys)
 
     async def publish_blob(self, state: BlobUploadState) -> None:
-        return None  # completing the multipart upload put it in place
+        index = BlobIndex(
+            sha256=state.sha256,
+            size_bytes=state.size_bytes,
+            upload_id=state.upload_id,
+            part_size_bytes=state.part_size_bytes,
+        )
+        try:
+            await self.write(keys.blob(state.sha256), dump(index), if_none_match=True)
+        except PreconditionFailed:
+            # Published already: by an earlier commit of this upload that did not finish, or by
+            # another upload of the same bytes, whose parts then make up the blob.
+            await self.discard_blob_upload(state)
 
     async def discard_blob_upload(
         self, state: BlobUploadState, *, delete_arrived: bool = False
     ) -> None:
-        key = keys.blob(state.sha256)
-        if state.multipart_upload_id:
-            await self._run(self._abort, key, state.multipart_upload_id)
-        if delete_arrived:
-            await self._run(self._client.remove_object, self.bucket, key)
+        if not delete_arrived:
+            index = await self._index(state.sha256)
+            if index is not None and index.upload_id == state.upload_id:
+                return  # these parts are the published blob
+        await self._run(self._remove_prefix, keys.blob_parts(state.sha256, state.upload_id))
+
+    async def delete_blob(self, digest: str) -> None:
+        try:
+            index = await self._index(digest)
+        except FailedPrecondition:
+            index = None
+        # The index first: the blob is gone at once, and parts left by a crash hold no key.
+        await self.delete(keys.blob(digest))
+        if index is not None:
+            await self._run(self._remove_prefix, keys.blob_parts(digest, index.upload_id))
 
     async def download_grant(
         self, digest: str, *, accept_local_files: bool, expire_time: datetime
     ) -> DownloadGrantSpec:
+        index = await self._index(digest)
+        if index is None:
+            raise FailedPrecondition(
+                f"blob {digest} is missing from {self.location}: the store lost it; delete the "
+                "versions that use it and push them again"
+            )
         expires = max(expire_time - datetime.now(UTC), _ONE_SECOND)
-        url = self._presigner.get_presigned_url("GET", self.bucket, keys.blob(digest), expires)
-        return DownloadGrantSpec(expire_time=expire_time, get=HttpRequestSpec("GET", url))
+        parts = []
+        for number, offset, size in part_layout(index.size_bytes, index.part_size_bytes):
+            key = keys.blob_part(digest, index.upload_id, number)
+            url = self._presigner.get_presigned_url("GET", self.bucket, key, expires=expires)
+            parts.append(PartSpec(number, offset, size, HttpRequestSpec("GET", url)))
+        return DownloadGrantSpec(expire_time=expire_time, parts=tuple(parts))
