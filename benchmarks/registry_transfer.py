@@ -7,15 +7,16 @@ The S3 server is moto's (in memory, Python) unless ``--s3rver PATH`` names the e
 s3rver, a Node.js S3 server that keeps objects on disk (``npm install s3rver`` in any directory;
 the benchmark starts it on a free port with a scratch directory), or MINIO_ENDPOINT (with
 MINIO_ACCESS_KEY, MINIO_SECRET_KEY) points at a running server such as MinIO. The ratio depends
-on the server: the registry's verification (hashing the file, reading the blob back) is a fixed
-cost beside the server's own upload, assembly and GET.
+on the server: the registry's verification (hashing the file, reading the parts back) is a fixed
+cost beside the server's own upload and GET, and raw `fput_object` pays the server's assembly of
+its multipart upload, which the registry's part objects avoid.
 
 Every side runs in its own process so that peak RSS is its own: the S3 server, the registry
 (``python -m forgeline_registry`` on the s3 driver), and each client phase. A push through the
 registry is: hash the file, BeginVersion, upload the parts straight to the store with presigned
-URLs, CommitVersion (which reads the blob back and hashes it before the manifest is written). A
-pull is: GetDownloadGrants, then a presigned GET hashed on the way, the file appearing only once
-verified. Prints a table.
+URLs, CommitVersion (which reads the parts back and hashes them before the manifest is written).
+A pull is: GetDownloadGrants, then one presigned GET per part, hashed on the way, the file
+appearing only once verified. Prints a table.
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ def phase(args: argparse.Namespace) -> dict[str, float]:
         asyncio.run(run())
         if args.phase == "push":
             # Where a push's time goes: hashing the file, sending the parts, and CommitVersion
-            # (the registry reading the blob back to verify it).
+            # (the registry reading the parts back to verify them).
             ended = time.perf_counter()
             steps = {"hashing": started, **marks, "end": ended}
             names = list(steps)

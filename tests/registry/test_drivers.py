@@ -178,6 +178,35 @@ async def test_s3_parts_are_write_once_resumable_and_collected_with_their_blob(
         transfers.close()
 
 
+@pytest.mark.parametrize("store_kind", ["s3", "minio"], indirect=True)
+@pytest.mark.parametrize("size", [0, 100, 6 << 20])
+async def test_s3_blobs_stored_whole_by_an_earlier_release_still_work(
+    store: ObjectStore, tmp_path: Path, size: int
+) -> None:
+    data = random_file(tmp_path / "old.bin", size).read_bytes()
+    digest = sha256_of(data)
+    await store.write(keys.blob(digest), data)  # one object at the blob's key, as it used to be
+    assert await store.blob_size(digest) == size
+    assert await store.hash_blob(digest) == (digest, size)
+    artifact = ArtifactRecord(
+        path="old.bin", kind="ARTIFACT_KIND_OTHER", sha256=digest, size_bytes=size
+    )
+    grant = download_grant_to_pb(
+        artifact,
+        await store.download_grant(
+            digest, accept_local_files=False, expire_time=now() + timedelta(minutes=5)
+        ),
+    )
+    transfers = Transfers()
+    try:
+        await asyncio.to_thread(transfers.download, grant, tmp_path / "out.bin")
+    finally:
+        transfers.close()
+    assert (tmp_path / "out.bin").read_bytes() == data
+    await store.delete_blob(digest)
+    assert await store.blob_size(digest) is None
+
+
 async def test_fs_driver_refuses_clients_that_cannot_share_its_files(fs_store: StoreConfig) -> None:
     store = fs_store.store()
     await store.ensure_ready()

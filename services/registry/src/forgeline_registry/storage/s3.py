@@ -18,11 +18,16 @@ the registry would still have to read the result back to verify it. Part grants 
 ``If-None-Match: *`` so that a part, once arrived, is not overwritten by a resumed upload; a
 client that drops the header can still replace a part until its grant expires, which every
 reader's digest check then reports.
+
+A blob key that holds bytes rather than an index was written by a registry from before blobs
+were kept in parts (one object, the whole blob): it is read, verified and collected as a blob of
+one part, so a bucket from an earlier release keeps working.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -56,6 +61,8 @@ __all__ = ["S3Store"]
 T = TypeVar("T")
 
 _MISSING_CODES = frozenset({"NoSuchKey", "NoSuchObject", "ResourceNotFound", "NoSuchUpload"})
+#: A BlobIndex is a few hundred bytes: anything larger at a blob's key is the blob's bytes.
+MAX_INDEX_BYTES = 4096
 _ONE_SECOND = timedelta(seconds=1)
 _UNAVAILABLE_CODES = frozenset(
     {"ServiceUnavailable", "SlowDown", "InternalError", "XMinioServerNotInitialized"}
@@ -253,24 +260,31 @@ class S3Store(ObjectStore):
     # --- blobs
 
     async def _index(self, digest: str) -> BlobIndex | None:
-        try:
-            data, _ = await self.read(keys.blob(digest))
-        except ObjectNotFound:
+        key = keys.blob(digest)
+        size = await self._run(self._size, key)
+        if size is None:
             return None
-        try:
-            return BlobIndex.model_validate_json(data)
-        except ValidationError:
-            raise FailedPrecondition(
-                f"blob {digest} in {self.location} is not stored as this registry stores blobs "
-                f"(its key {keys.blob(digest)} holds no part index); delete the versions that "
-                "use it and push them again"
-            ) from None
+        if size <= MAX_INDEX_BYTES:
+            try:
+                data, _ = await self.read(key)
+            except ObjectNotFound:
+                return None
+            with contextlib.suppress(ValidationError):
+                index = BlobIndex.model_validate_json(data)
+                # No blob can hold an index naming its own digest, so this is never a blob.
+                if index.sha256 == digest:
+                    return index
+        # Stored by a registry from before blobs were kept in parts: the bytes are at the key.
+        return BlobIndex(sha256=digest, size_bytes=size, upload_id="", part_size_bytes=size)
 
     @staticmethod
-    def _part_keys(digest: str, upload_id: str, size: int, part_size: int) -> list[str]:
+    def _stored_parts(index: BlobIndex) -> list[tuple[str, int, int]]:
+        """(key, offset, size) of each part of a published blob."""
+        if not index.upload_id:
+            return [(keys.blob(index.sha256), 0, index.size_bytes)]
         return [
-            keys.blob_part(digest, upload_id, number)
-            for number, _, _ in part_layout(size, part_size)
+            (keys.blob_part(index.sha256, index.upload_id, number), offset, size)
+            for number, offset, size in part_layout(index.size_bytes, index.part_size_bytes)
         ]
 
     def _hash_parts(self, part_keys: list[str]) -> tuple[str, int]:
@@ -376,9 +390,10 @@ class S3Store(ObjectStore):
             raise BlobIncomplete(f"blob {state.sha256}: {'; '.join(wrong[:5])}")
 
     async def hash_uploaded(self, state: BlobUploadState) -> tuple[str, int] | None:
-        part_keys = self._part_keys(
-            state.sha256, state.upload_id, state.size_bytes, state.part_size_bytes
-        )
+        part_keys = [
+            keys.blob_part(state.sha256, state.upload_id, number)
+            for number, _, _ in part_layout(state.size_bytes, state.part_size_bytes)
+        ]
         if await self._run(self._size, part_keys[0]) is None:
             return None
         return await self._run(self._hash_parts, part_keys)
@@ -387,9 +402,7 @@ class S3Store(ObjectStore):
         index = await self._index(digest)
         if index is None:
             return None
-        part_keys = self._part_keys(
-            digest, index.upload_id, index.size_bytes, index.part_size_bytes
-        )
+        part_keys = [key for key, _, _ in self._stored_parts(index)]
         return await self._run(self._hash_parts, part_keys)
 
     async def publish_blob(self, state: BlobUploadState) -> None:
@@ -416,13 +429,10 @@ class S3Store(ObjectStore):
         await self._run(self._remove_prefix, keys.blob_parts(state.sha256, state.upload_id))
 
     async def delete_blob(self, digest: str) -> None:
-        try:
-            index = await self._index(digest)
-        except FailedPrecondition:
-            index = None
+        index = await self._index(digest)
         # The index first: the blob is gone at once, and parts left by a crash hold no key.
         await self.delete(keys.blob(digest))
-        if index is not None:
+        if index is not None and index.upload_id:
             await self._run(self._remove_prefix, keys.blob_parts(digest, index.upload_id))
 
     async def download_grant(
@@ -436,8 +446,7 @@ class S3Store(ObjectStore):
             )
         expires = max(expire_time - datetime.now(UTC), _ONE_SECOND)
         parts = []
-        for number, offset, size in part_layout(index.size_bytes, index.part_size_bytes):
-            key = keys.blob_part(digest, index.upload_id, number)
+        for number, (key, offset, size) in enumerate(self._stored_parts(index), start=1):
             url = self._presigner.get_presigned_url("GET", self.bucket, key, expires=expires)
             parts.append(PartSpec(number, offset, size, HttpRequestSpec("GET", url)))
         return DownloadGrantSpec(expire_time=expire_time, parts=tuple(parts))
