@@ -430,7 +430,8 @@ class S3Store(ObjectStore):
 
     async def delete_blob(self, digest: str) -> None:
         index = await self._index(digest)
-        # The index first: the blob is gone at once, and parts left by a crash hold no key.
+        # The index first, so the blob is gone at once: a crash before its parts are deleted
+        # leaves parts nothing refers to (space lost, never a wrong read).
         await self.delete(keys.blob(digest))
         if index is not None and index.upload_id:
             await self._run(self._remove_prefix, keys.blob_parts(digest, index.upload_id))
