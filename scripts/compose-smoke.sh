@@ -88,13 +88,22 @@ if ! docker info >/dev/null 2>&1; then
     docker info >/dev/null 2>&1 || { say "dockerd did not answer within 60 s"; exit 1; }
 fi
 # A cold build needs about 25 GiB where the engine keeps images (the CUDA torch of the trainer
-# and converter images, twice over in build cache): say so now rather than let a build die
-# half-way with "no space left on device".
+# and converter images, twice over in build cache). Each run re-tags the images it builds,
+# leaving the previous run's untagged: on a machine that keeps its engine between runs, those
+# and stale build cache filled the development machine's disk within a day, and a build died
+# half-way with "no space left on device". So untagged images of earlier smoke runs always go
+# (they carry SMOKE_LABEL, nothing else does), and build cache unused for an hour goes when
+# space is short (a warm rebuild needs the recent cache).
+SMOKE_LABEL=org.forgeline.smoke-build=1
+docker image prune --force --filter "label=$SMOKE_LABEL" >/dev/null 2>&1 || true
 docker_root="$(docker info --format '{{.DockerRootDir}}' 2>/dev/null || echo /var/lib/docker)"
-avail_kib="$(df --output=avail -k "$docker_root" 2>/dev/null | tail -1 | tr -d ' ' || true)"
-if [[ "$avail_kib" =~ ^[0-9]+$ ]] && ((avail_kib < 25 * 1048576)); then
-    say "warning: $((avail_kib / 1048576)) GiB free under $docker_root; building every image from nothing needs"
-    say "about 25 GiB ('docker builder prune' frees old build cache, 'docker image prune' old images)"
+free_gib() { df --output=avail -k "$docker_root" 2>/dev/null | tail -1 | tr -d ' ' | awk '{print int($1 / 1048576)}'; }
+if [[ "$(free_gib)" =~ ^[0-9]+$ ]] && (($(free_gib) < 25)); then
+    say "$(free_gib) GiB free under $docker_root, a cold build needs about 25: freeing build cache unused for an hour"
+    docker builder prune --force --filter until=1h >/dev/null 2>&1 || true
+    if (($(free_gib) < 25)); then
+        say "warning: still $(free_gib) GiB free; 'docker image prune -a' frees unused images"
+    fi
 fi
 # BuildKit (for the extra_ca build secret): through buildx where installed, else the engine's
 # own builder through a CLI older than 23 (Debian's docker.io), which still offers it.
@@ -180,7 +189,7 @@ build() {  # build NAME DOCKERFILE [BUILD-ARG...]
     local args=()
     for a in "$@"; do args+=(--build-arg "$a"); done
     if ! nice_run "${BUILD[@]}" --progress=plain --secret "id=extra_ca,src=$EXTRA_CA" \
-            "${args[@]}" -f "$dockerfile" -t "$name" . >"$LOG_DIR/build-${name//[\/:]/_}.log" 2>&1; then
+            --label "$SMOKE_LABEL" "${args[@]}" -f "$dockerfile" -t "$name" . >"$LOG_DIR/build-${name//[\/:]/_}.log" 2>&1; then
         tail -n 40 "$LOG_DIR/build-${name//[\/:]/_}.log"
         say "build of $name failed (log: $LOG_DIR/build-${name//[\/:]/_}.log)"; return 1
     fi
