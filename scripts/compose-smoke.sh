@@ -88,12 +88,14 @@ if ! docker info >/dev/null 2>&1; then
     docker info >/dev/null 2>&1 || { say "dockerd did not answer within 60 s"; exit 1; }
 fi
 # A cold build needs about 25 GiB where the engine keeps images (the CUDA torch of the trainer
-# and converter images, twice over in build cache). Each run re-tags the images it builds,
-# leaving the previous run's untagged: on a machine that keeps its engine between runs, those
-# and stale build cache filled the development machine's disk within a day, and a build died
-# half-way with "no space left on device". So untagged images of earlier smoke runs always go
-# (they carry SMOKE_LABEL, nothing else does), and build cache unused for an hour goes when
-# space is short (a warm rebuild needs the recent cache).
+# and converter images, twice over in build cache); a warm one, after a change to Forgeline's
+# code, needs little: the images copy the third-party venv from a stage that only the lock file
+# changes (tests/deploy/test_dockerfiles.py). Each run re-tags the images it builds, leaving the
+# previous run's untagged; on a machine that keeps its engine between runs those and stale build
+# cache once filled the disk, and a build died half-way with "no space left on device". So
+# untagged images of earlier smoke runs always go (they carry SMOKE_LABEL, nothing else does),
+# build cache unused for an hour goes when space is short (a warm rebuild needs the recent
+# cache), and all unused build cache goes when even a warm build would not fit.
 SMOKE_LABEL=org.forgeline.smoke-build=1
 docker image prune --force --filter "label=$SMOKE_LABEL" >/dev/null 2>&1 || true
 docker_root="$(docker info --format '{{.DockerRootDir}}' 2>/dev/null || echo /var/lib/docker)"
@@ -101,8 +103,12 @@ free_gib() { df --output=avail -k "$docker_root" 2>/dev/null | tail -1 | tr -d '
 if [[ "$(free_gib)" =~ ^[0-9]+$ ]] && (($(free_gib) < 25)); then
     say "$(free_gib) GiB free under $docker_root, a cold build needs about 25: freeing build cache unused for an hour"
     docker builder prune --force --filter until=1h >/dev/null 2>&1 || true
+    if (($(free_gib) < 10)); then
+        say "still $(free_gib) GiB free: freeing all build cache (this build starts cold)"
+        docker builder prune --all --force >/dev/null 2>&1 || true
+    fi
     if (($(free_gib) < 25)); then
-        say "warning: still $(free_gib) GiB free; 'docker image prune -a' frees unused images"
+        say "warning: $(free_gib) GiB free; 'docker image prune -a' frees unused images"
     fi
 fi
 # BuildKit (for the extra_ca build secret): through buildx where installed, else the engine's

@@ -65,7 +65,10 @@ def test_each_service_image_is_multi_stage_on_a_pinned_base_argument(service: st
     image = base[0].split("=", 1)[1]
     assert ":" in image, f"base {image} has no tag"
     assert not image.endswith(":latest"), f"base {image} is not pinned"
-    assert all(re.match(r"FROM \$\{\w*BASE_IMAGE\}", s.instructions[0]) for s in stages)
+    for index, stage in enumerate(stages):
+        parent = stage.instructions[0].split()[1]
+        earlier = {s.name for s in stages[:index]}
+        assert re.match(r"\$\{\w*BASE_IMAGE\}", parent) or parent in earlier, stage.instructions[0]
 
 
 @pytest.mark.parametrize("name", sorted(DOCKERFILES))
@@ -118,23 +121,44 @@ def _package_paths(line: str, after: str) -> list[str]:
 @pytest.mark.parametrize("service", sorted(FORGELINE_SERVICES))
 def test_third_party_packages_are_a_layer_below_forgelines_sources(service: str) -> None:
     """A change to Forgeline's code must not reinstall torch: the image installs the packages'
-    third-party requirements (read from their pyproject.toml alone) before it copies the sources,
-    then Forgeline's packages with --no-deps, and checks the environment is whole."""
-    build = {s.name: s.instructions for s in parse(DOCKERFILES[service])[1]}["build"]
-    copies = {i: line.split()[1] for i, line in enumerate(build) if line.startswith("COPY ")}
-    sources = [i for i, src in copies.items() if src.startswith(("proto", "kit", "services"))]
-    manifests = [i for i in sources if copies[i].endswith("pyproject.toml")]
-    trees = [i for i in sources if i not in manifests]
-    runs = {i: line for i, line in enumerate(build) if line.startswith("RUN ")}
-    third_party = next(i for i, line in runs.items() if "third-party-deps.py " in line)
-    own = next(i for i, line in runs.items() if "pip-install --no-deps" in line)
+    third-party requirements (read from their pyproject.toml alone) in a `deps` stage that never
+    sees the sources, then Forgeline's packages with --no-deps in a `build` stage on top, and
+    checks the environment is whole."""
+    stages = {s.name: s.instructions for s in parse(DOCKERFILES[service])[1]}
+    deps, build = stages["deps"], stages["build"]
+    assert build[0] == "FROM deps AS build"
 
-    assert trees, "no Forgeline sources copied"
-    assert max(manifests) < third_party < min(trees), "sources copied before the third-party layer"
-    assert max(trees) < own
-    packages = _package_paths(build[third_party], "third-party-deps.py")
-    assert packages == _package_paths(build[own], "--no-deps")
-    assert "pip check" in build[own]
+    def copied(stage: list[str]) -> list[str]:
+        sources = [line.split()[1] for line in stage if line.startswith("COPY ")]
+        return [src for src in sources if src.startswith(("proto", "kit", "services"))]
+
+    assert copied(deps), "no package manifests copied"
+    assert all(src.endswith("pyproject.toml") for src in copied(deps)), "sources in the deps stage"
+    assert copied(build), "no Forgeline sources copied"
+    third_party = next(
+        line for line in deps if line.startswith("RUN ") and "third-party-deps.py " in line
+    )
+    own = next(line for line in build if "pip-install --no-deps" in line)
+    assert _package_paths(third_party, "third-party-deps.py") == _package_paths(own, "--no-deps")
+    assert "pip check" in own
+
+
+@pytest.mark.parametrize("service", sorted(FORGELINE_SERVICES))
+def test_a_code_change_adds_megabytes_to_an_image_not_another_copy_of_the_venv(
+    service: str,
+) -> None:
+    """The runtime stage copies the third-party venv (gigabytes with torch) from `deps`, whose
+    layers change only with the lock or a manifest, and Forgeline's packages from `build`, where
+    pip installed them under a staging root. Copying the whole venv from `build` instead made
+    every commit's images a fresh multi-gigabyte layer, and CI's disk filled up."""
+    stages = {s.name: s.instructions for s in parse(DOCKERFILES[service])[1]}
+    own = next(line for line in stages["build"] if "pip-install --no-deps" in line)
+    assert "--root /staging" in own
+    assert "compileall -q -s /staging -p / /staging" in own, "bytecode names the installed paths"
+    copies = [line for line in stages["runtime"] if line.startswith("COPY --from=")]
+    assert "COPY --from=deps /opt/venv /opt/venv" in copies
+    assert "COPY --from=build /staging/opt/venv /opt/venv" in copies
+    assert not [line for line in copies if line.startswith("COPY --from=build /opt/venv")]
 
 
 def test_third_party_deps_reads_extras_and_leaves_out_forgelines_packages() -> None:
