@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -11,6 +13,7 @@ from forgeline_kit.settings import LogFormat, SettingsError, load_settings
 
 from .conftest import StartService
 from .echo_service import EchoSettings
+from .harness import ECHO_SERVICE
 
 
 @pytest.fixture(autouse=True)
@@ -120,3 +123,31 @@ def test_a_grpc_port_in_use_stops_the_second_instance(start_service: StartServic
     (error,) = [r for r in second.records(strict=False) if r["level"] == "ERROR"]
     assert f"cannot listen for gRPC on 127.0.0.1:{first.grpc_port}" in error["message"]
     assert "FORGELINE_ECHO_GRPC_PORT" in error["message"]
+
+
+def _run_echo(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 - a fixed argument list
+        [sys.executable, str(ECHO_SERVICE), *args],
+        capture_output=True, text=True, check=False, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def test_help_lists_every_variable_with_its_default_and_serves_nothing() -> None:
+    done = _run_echo("--help")
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: forgeline-echo\n")
+    for field in EchoSettings.model_fields:
+        assert f"  {EchoSettings.env_var(field)} (" in done.stdout
+    assert "  FORGELINE_ECHO_GRPC_PORT (default '50051')\n      gRPC port" in done.stdout
+    assert "serving" not in done.stderr
+
+
+def test_a_command_line_option_is_refused_with_where_settings_go() -> None:
+    done = _run_echo("--grpc-port", "7000")
+
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "forgeline-echo: unexpected argument '--grpc-port': settings come from "
+        "FORGELINE_ECHO_* environment variables (forgeline-echo --help lists them)"
+    )

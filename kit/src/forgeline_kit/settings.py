@@ -32,6 +32,7 @@ __all__ = [
     "ServiceSettings",
     "SettingsError",
     "load_settings",
+    "settings_help",
 ]
 
 #: Prefix shared by every Forgeline variable. Settings that use it bare are not checked for
@@ -141,6 +142,21 @@ def load_settings(cls: type[S]) -> S:
     if problems:
         raise SettingsError(problems)
     return settings
+
+
+def settings_help(cls: type[ServiceSettings]) -> str:
+    """One line per environment variable `cls` reads: its name, default and description."""
+    lines = []
+    for name, field in cls.model_fields.items():
+        if field.is_required():
+            default = "required"
+        else:
+            value = field.get_default(call_default_factory=True)
+            default = f"default {str(value.value if isinstance(value, enum.Enum) else value)!r}"
+        lines.append(f"  {cls.env_var(name)} ({default})")
+        if field.description:
+            lines.append(f"      {field.description}")
+    return "\n".join(lines)
 
 
 def _describe(cls: type[ServiceSettings], error: Any) -> str:

@@ -37,7 +37,7 @@ from forgeline_kit.grpc.health import HEALTH_SERVICE_NAME, SERVING, HealthServic
 from forgeline_kit.grpc.interceptors import ErrorInterceptor, PrometheusInterceptor
 from forgeline_kit.logging import configure_logging
 from forgeline_kit.metrics import MetricsServer, start_metrics_server
-from forgeline_kit.settings import ServiceSettings, SettingsError, load_settings
+from forgeline_kit.settings import ServiceSettings, SettingsError, load_settings, settings_help
 
 __all__ = ["GrpcService", "Service", "ServiceStartError", "run_grpc_service"]
 
@@ -267,25 +267,43 @@ S = TypeVar("S", bound=ServiceSettings)
 Build = Callable[[S], Sequence[Service] | Awaitable[Sequence[Service]]]
 
 
-def run_grpc_service(settings_cls: type[S], build: Build[S]) -> NoReturn:
+def run_grpc_service(
+    settings_cls: type[S], build: Build[S], argv: Sequence[str] | None = None
+) -> NoReturn:
     """Run a service until it is told to stop, then exit the process.
 
     Reads `settings_cls` from the environment, configures logging, calls `build(settings)` (which
-    may be async) for the services to host, and serves them with `GrpcService`.
+    may be async) for the services to host, and serves them with `GrpcService`. The command line
+    (`argv`, default ``sys.argv[1:]``) takes only ``--help``, which lists the variables and exits:
+    an operator who tries ``--grpc-port 7000`` is told where settings go instead of getting a
+    server on the default port.
 
-    Exit status: 0 after a graceful shutdown, 2 for invalid settings (each bad variable named on
-    stderr), 1 when the service cannot start.
+    Exit status: 0 after a graceful shutdown or ``--help``, 2 for invalid settings or arguments
+    (each named on stderr), 1 when the service cannot start.
     """
+    program = _program(settings_cls)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args in (["--help"], ["-h"]):
+        print(f"usage: {program}\n\nSettings are environment variables:\n")
+        print(settings_help(settings_cls))
+        sys.exit(0)
+    if args:
+        print(
+            f"{program}: unexpected argument {args[0]!r}: settings come from "
+            f"{settings_cls.env_prefix()}* environment variables ({program} --help lists them)",
+            file=sys.stderr,
+        )
+        sys.exit(EXIT_BAD_SETTINGS)
     try:
         settings = load_settings(settings_cls)
     except SettingsError as exc:
-        print(f"{_program(settings_cls)}: {exc}", file=sys.stderr)
+        print(f"{program}: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_SETTINGS)
     configure_logging(settings.log_level, settings.log_format)
     try:
         asyncio.run(_serve(settings, build))
     except SettingsError as exc:
-        print(f"{_program(settings_cls)}: {exc}", file=sys.stderr)
+        print(f"{program}: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_SETTINGS)
     except ServiceStartError as exc:
         log.error("%s", exc)
