@@ -1,15 +1,18 @@
 """What crashes leave behind never blocks a retry: uploads completed but never verified, commits
-interrupted after the manifest, expired uploads; plus renewing and aborting uploads."""
+interrupted after the manifest, deletions and collections cut short, expired uploads; plus
+renewing and aborting uploads."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from forgeline_kit.errors import FailedPrecondition, NotFound
+from forgeline_kit.errors import Aborted, FailedPrecondition, NotFound
+from forgeline_registry import service
 from forgeline_registry.convert import upload_grant_to_pb
 from forgeline_registry.manifests import ArtifactRecord, UploadRecord, dump, keys
 from forgeline_registry.service import NewVersion, Registry
@@ -165,3 +168,114 @@ async def test_expired_uploads_are_swept_and_renew_and_abort_work(
     assert not await registry.store.exists(keys.upload(stale.upload_id))
     assert await registry.store.list_keys("refs/") == []
     assert not await registry.store.exists(keys.version("m", 1))
+
+
+class _Died(Exception):  # noqa: N818 (a stand-in for a kill, not an error)
+    """Stands for the registry process being killed at this point."""
+
+
+async def _push(registry: Registry, source: Path) -> int:
+    declared = _new(source)
+    begun = await registry.begin_version(declared)
+    parts = await _send(registry, begun.upload_id, source)
+    digest = declared.artifacts[0].sha256
+    version = await registry.commit_version(begun.upload_id, {digest: parts} if parts else None)
+    return version.manifest.number
+
+
+async def _delete_and_die_after_the_tombstone(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch, number: int
+) -> None:
+    async def died(*_: object) -> tuple[int, int]:
+        raise _Died
+
+    with monkeypatch.context() as patch:
+        patch.setattr(registry, "_finish_deletion", died)
+        with pytest.raises(_Died):
+            await registry.delete_version("m", number)
+
+
+async def test_a_deletion_cut_short_is_finished_by_the_janitor_and_its_blob_collected(
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = random_file(tmp_path / "weights.bin", 6 << 20)
+    digest = sha256_of(source.read_bytes())
+    assert await _push(registry, source) == 1
+    await _delete_and_die_after_the_tombstone(registry, monkeypatch, 1)
+    # Left half-done: @latest names the deleted version, and the blob is still stored.
+    with pytest.raises(NotFound, match="points at version 1, which was deleted"):
+        await registry.resolve("m")
+    assert await registry.store.blob_size(digest) == 6 << 20
+
+    assert await registry.finish_interrupted_collections() == 0, "too recent to be a dead one's"
+    monkeypatch.setattr(service, "GC_STALE_SECONDS", 0.0)
+    assert await registry.finish_interrupted_collections() == 1
+
+    with pytest.raises(NotFound, match="has no versions"):
+        await registry.resolve("m")
+    assert await registry.store.blob_size(digest) is None
+    assert await registry.store.list_keys(f"parts/sha256/{digest}/") == []
+    assert await registry.store.list_keys(keys.GC) == []
+    assert await _push(registry, source) == 2
+
+
+async def test_a_push_of_bytes_a_dead_deletion_held_succeeds_once_the_janitor_ran(
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = random_file(tmp_path / "weights.bin", 6 << 20)
+    digest = sha256_of(source.read_bytes())
+    await _push(registry, source)
+    await _push(registry, source)
+    await _delete_and_die_after_the_tombstone(registry, monkeypatch, 2)
+    monkeypatch.setattr(service, "GC_WAIT_SECONDS", 0.2)
+
+    retry = await registry.begin_version(_new(source))
+    assert retry.present == (digest,)
+    with pytest.raises(Aborted, match=f"blob {digest} is being garbage-collected"):
+        await registry.commit_version(retry.upload_id)
+
+    monkeypatch.setattr(service, "GC_STALE_SECONDS", 0.0)
+    assert await registry.finish_interrupted_collections() == 1
+    version = await registry.commit_version(retry.upload_id)
+    assert version.manifest.number == 3
+    assert version.aliases == ("latest",)
+    assert await registry.store.hash_blob(digest) == (digest, 6 << 20)
+
+
+@pytest.mark.parametrize("store_kind", ["s3", "minio"], indirect=True)
+async def test_parts_of_a_blob_whose_deletion_died_midway_are_removed_by_the_janitor(
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = random_file(tmp_path / "weights.bin", 6 << 20)
+    digest = sha256_of(source.read_bytes())
+    await _push(registry, source)
+    store: Any = registry.store
+
+    def died(*_: object) -> None:
+        raise _Died
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "_remove_prefix", died)  # after the index went, before the parts
+        with pytest.raises(_Died):
+            await registry.delete_version("m", 1)
+    assert await registry.store.blob_size(digest) is None
+    assert await registry.store.list_keys(f"parts/sha256/{digest}/") != []
+
+    assert await registry.finish_interrupted_collections() == 1
+    assert await registry.store.list_keys(f"parts/sha256/{digest}/") == []
+    assert await registry.store.list_keys(keys.DELETING) == []
+
+
+async def test_a_collection_marker_of_an_earlier_release_is_cleared(
+    registry: Registry, tmp_path: Path
+) -> None:
+    source = random_file(tmp_path / "weights.bin", 1000)
+    digest = sha256_of(source.read_bytes())
+    await _push(registry, source)
+    # Earlier releases kept one empty marker per blob, at the key that is now its prefix.
+    await registry.store.write(keys.gc(digest).rstrip("/"), b"")
+
+    assert await registry.finish_interrupted_collections() == 1
+    assert await registry.store.list_keys(keys.GC) == []
+    assert await registry.store.blob_size(digest) == 1000, "still used by version 1"
+    assert await registry.delete_version("m", 1) == (1, 1000)

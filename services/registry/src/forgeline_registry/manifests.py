@@ -8,7 +8,9 @@ keys never fall under another's prefix)::
     parts/sha256/<digest>/<upload id>/<n>     S3 driver: part n of an upload of the blob
     verified/sha256/<digest>                  marker: the blob was hashed and matched its digest
     refs/sha256/<digest>/<upload id>          marker: an upload (and its version) uses the blob
-    gc/sha256/<digest>                        marker: the blob is being garbage-collected
+    gc/sha256/<digest>/<collection id>        CollectionMarker: a collection of the blob is under
+                                              way (or was, in a registry that died)
+    deleting/sha256/<digest>/<upload id>      S3 driver: marker: those parts are being deleted
     models/<model>/model.json                 ModelRecord
     models/<model>/versions/<number>.json     VersionManifest (a tombstone once deleted)
     models/<model>/aliases/<alias>.json       AliasRecord
@@ -35,6 +37,7 @@ __all__ = [
     "BlobIndex",
     "BlobUploadState",
     "ChildRecord",
+    "CollectionMarker",
     "DatasetRecord",
     "LineageRecord",
     "ModelRecord",
@@ -184,6 +187,20 @@ class BlobIndex(_Record):
     part_size_bytes: int
 
 
+class CollectionMarker(_Record):
+    """A garbage collection of one blob under way: commits of the blob wait while one exists.
+
+    A registry that dies mid-collection leaves it behind; the janitor finishes the collection once
+    `start_time` is old enough. One written for a version's deletion names that version, so the
+    janitor can finish the deletion too (and release the version's reference to the blob).
+    """
+
+    start_time: datetime
+    model: str = ""
+    version: int = 0
+    upload_id: str = ""
+
+
 class UploadRecord(_Record):
     """An upload begun with BeginVersion: what the version will be and how its blobs arrive."""
 
@@ -287,6 +304,21 @@ class keys:  # noqa: N801 (a namespace of key builders)
     def ref(digest: str, upload_id: str) -> str:
         return f"{keys.refs(digest)}{upload_id}"
 
+    #: Every collection marker is under this prefix.
+    GC = "gc/sha256/"
+
     @staticmethod
     def gc(digest: str) -> str:
-        return f"gc/sha256/{digest}"
+        """The prefix of the blob's collection markers (one per collection under way)."""
+        return f"{keys.GC}{digest}/"
+
+    @staticmethod
+    def gc_marker(digest: str, collection_id: str) -> str:
+        return f"{keys.gc(digest)}{collection_id}"
+
+    #: Every parts-deletion marker (S3 driver) is under this prefix.
+    DELETING = "deleting/sha256/"
+
+    @staticmethod
+    def parts_deletion(digest: str, upload_id: str) -> str:
+        return f"{keys.DELETING}{digest}/{upload_id}"

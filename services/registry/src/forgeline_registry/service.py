@@ -45,6 +45,7 @@ from forgeline_registry.manifests import (
     ArtifactRecord,
     BlobUploadState,
     ChildRecord,
+    CollectionMarker,
     LineageRecord,
     ModelRecord,
     RequestRecord,
@@ -87,6 +88,9 @@ MAX_LINEAGE_DEPTH = 64
 MAX_CAS_ATTEMPTS = 100
 #: How long a commit waits for a collection of one of its blobs to finish.
 GC_WAIT_SECONDS = 10.0
+#: A collection marker this old belongs to a registry that died (a collection takes seconds); the
+#: janitor then finishes that collection, and the version deletion that started it.
+GC_STALE_SECONDS = 300.0
 
 _MEDIA_TYPES = {
     ".safetensors": "application/octet-stream",
@@ -877,7 +881,7 @@ class Registry:
     async def _wait_for_collection(self, digest: str) -> None:
         deadline = asyncio.get_running_loop().time() + GC_WAIT_SECONDS
         delay = 0.02
-        while await self.store.exists(keys.gc(digest)):
+        while await self.store.list_keys(keys.gc(digest)):
             if asyncio.get_running_loop().time() > deadline:
                 raise Aborted(f"blob {digest} is being garbage-collected by another request; retry")
             await asyncio.sleep(delay)  # backoff between polls of a real marker
@@ -966,6 +970,15 @@ class Registry:
                 "them first, or set force to remove them",
                 field="force",
             )
+        # The blobs' collection markers go first: a registry that dies anywhere after the
+        # tombstone leaves them behind, and the janitor finishes the deletion from them.
+        collection = uuid.uuid4().hex
+        pending = CollectionMarker(
+            start_time=now(), model=model, version=number, upload_id=manifest.upload_id
+        )
+        digests = sorted({a.sha256 for a in manifest.artifacts})
+        for digest in digests:
+            await self.store.write(keys.gc_marker(digest, collection), dump(pending))
         try:
             await self.store.write(
                 keys.version(model, number),
@@ -973,10 +986,25 @@ class Registry:
                 if_match=etag,
             )
         except PreconditionFailed:
+            for digest in digests:
+                await self.store.delete(keys.gc_marker(digest, collection))
             raise Aborted(f"version {model}:{number} changed meanwhile; retry") from None
+        collected, reclaimed = await self._finish_deletion(manifest, collection)
+        log.info(
+            "version deleted",
+            extra={"model": model, "version": number, "collected_blobs": collected},
+        )
+        return collected, reclaimed
+
+    async def _finish_deletion(self, manifest: VersionManifest, collection: str) -> tuple[int, int]:
+        """Everything a deletion does after the tombstone, each step safe to run again: the
+        janitor runs it for a deletion whose registry died. (blobs, bytes) collected."""
+        model, number = manifest.model, manifest.number
         await self.store.write(f"{keys.model_dir(model)}deleted/{number:010d}", b"")
-        for alias in pinned:
-            await self.store.delete(keys.alias(model, alias))
+        aliases = await self._aliases(model)
+        for alias, record in aliases.items():
+            if record.version == number and alias != LATEST:
+                await self.store.delete(keys.alias(model, alias))
         remaining = await self._numbers(model)
 
         def move_latest(current: AliasRecord | None) -> AliasRecord | None:
@@ -996,19 +1024,23 @@ class Registry:
         collected = reclaimed = 0
         for digest in sorted({a.sha256 for a in manifest.artifacts}):
             await self.store.delete(keys.ref(digest, manifest.upload_id))
-            freed = await self._collect(digest)
+            freed = await self._collect(digest, keys.gc_marker(digest, collection))
             if freed is not None:
                 collected += 1
                 reclaimed += freed
-        log.info(
-            "version deleted",
-            extra={"model": model, "version": number, "collected_blobs": collected},
-        )
         return collected, reclaimed
 
-    async def _collect(self, digest: str) -> int | None:
-        """Remove the blob if no upload refers to it; its size if removed."""
-        await self.store.write(keys.gc(digest), b"")
+    async def _collect(self, digest: str, marker: str | None = None) -> int | None:
+        """Remove the blob if no upload refers to it; its size if removed.
+
+        `marker` is this collection's marker if written already (by a deletion); otherwise one
+        is written here. Each collection has a marker of its own, so one finishing never uncovers
+        another still deleting. The marker stays if the process dies, holding off commits of the
+        blob until the janitor finishes the collection.
+        """
+        if marker is None:
+            marker = keys.gc_marker(digest, uuid.uuid4().hex)
+            await self.store.write(marker, dump(CollectionMarker(start_time=now())))
         try:
             if await self.store.list_keys(keys.refs(digest)):
                 return None
@@ -1017,7 +1049,7 @@ class Registry:
             await self.store.delete_blob(digest)
             return size or 0
         finally:
-            await self.store.delete(keys.gc(digest))
+            await self.store.delete(marker)
 
     # --- aliases
 
@@ -1119,13 +1151,57 @@ class Registry:
             swept += 1
         return swept
 
+    async def finish_interrupted_collections(self) -> int:
+        """Finish the collections (and the version deletions that started them) whose registry
+        died, judged by markers older than `GC_STALE_SECONDS`; how many."""
+        finished = 0
+        cutoff = now() - timedelta(seconds=GC_STALE_SECONDS)
+        for key in await self.store.list_keys(keys.GC):
+            digest, _, collection = key.removeprefix(keys.GC).partition("/")
+            if not collection:
+                # An earlier release's marker, one per blob, holding nothing: run it again.
+                await self.store.delete(key)
+                await self._collect(digest)
+                finished += 1
+                continue
+            found = await self._get(key, CollectionMarker)
+            if found is None or found[0].start_time > cutoff:
+                continue  # finished meanwhile, or still running
+            marker = found[0]
+            deleted = None
+            if marker.model:
+                deleted = await self._get(
+                    keys.version(marker.model, marker.version), VersionManifest
+                )
+            if (
+                deleted is not None
+                and deleted[0].deleted
+                and (deleted[0].upload_id == marker.upload_id)
+            ):
+                # Collects every blob of that deletion, removing their markers.
+                await self._finish_deletion(deleted[0], collection)
+                log.info(
+                    "finished an interrupted deletion",
+                    extra={"model": marker.model, "version": marker.version},
+                )
+            elif marker.model:
+                await self.store.delete(key)  # the deletion never happened: nothing to collect
+            else:
+                await self._collect(digest, key)
+                log.info("finished an interrupted collection", extra={"sha256": digest})
+            finished += 1
+        finished += await self.store.finish_interrupted_deletions()
+        return finished
+
     async def run_janitor(self, stop: asyncio.Event) -> None:
-        """Sweep every `janitor_interval_seconds` until `stop` is set."""
+        """Sweep every `janitor_interval_seconds` until `stop` is set: expired uploads, and what
+        a registry that died left half-done."""
         while not stop.is_set():
             try:
                 await self.sweep()
+                await self.finish_interrupted_collections()
             except Exception:
-                log.warning("sweeping expired uploads failed; trying again later", exc_info=True)
+                log.warning("housekeeping failed; trying again later", exc_info=True)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.janitor_interval_seconds)
 

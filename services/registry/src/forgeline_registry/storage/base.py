@@ -264,6 +264,11 @@ class ObjectStore(abc.ABC):
     async def delete_blob(self, digest: str) -> None:
         """Remove the blob and every byte stored for it; removing a missing one succeeds."""
 
+    async def finish_interrupted_deletions(self) -> int:
+        """Finish blob deletions a dying process left half-done; how many. A driver whose
+        deletions are a single step has none to finish."""
+        return 0
+
     @abc.abstractmethod
     async def download_grant(
         self, digest: str, *, accept_local_files: bool, expire_time: datetime

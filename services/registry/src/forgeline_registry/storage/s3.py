@@ -430,11 +430,31 @@ class S3Store(ObjectStore):
 
     async def delete_blob(self, digest: str) -> None:
         index = await self._index(digest)
-        # The index first, so the blob is gone at once: a crash before its parts are deleted
-        # leaves parts nothing refers to (space lost, never a wrong read).
+        if index is None or not index.upload_id:
+            await self.delete(keys.blob(digest))
+            return
+        # The index goes first, so the blob is gone at once (never read half-deleted); the
+        # marker written before it names the parts, so that a process dying before they are
+        # deleted leaves them to finish_interrupted_deletions rather than to nobody.
+        marker = keys.parts_deletion(digest, index.upload_id)
+        await self.write(marker, b"")
         await self.delete(keys.blob(digest))
-        if index is not None and index.upload_id:
-            await self._run(self._remove_prefix, keys.blob_parts(digest, index.upload_id))
+        await self._run(self._remove_prefix, keys.blob_parts(digest, index.upload_id))
+        await self.delete(marker)
+
+    async def finish_interrupted_deletions(self) -> int:
+        finished = 0
+        for marker in await self.list_keys(keys.DELETING):
+            digest, _, upload_id = marker.removeprefix(keys.DELETING).partition("/")
+            index = await self._index(digest)
+            if index is not None and index.upload_id == upload_id:
+                # Not begun, or begun by a live process: the blob is whole, and a collection that
+                # deletes it (or the janitor's, finishing a dead one) writes this marker again.
+                continue
+            await self._run(self._remove_prefix, keys.blob_parts(digest, upload_id))
+            await self.delete(marker)
+            finished += 1
+        return finished
 
     async def download_grant(
         self, digest: str, *, accept_local_files: bool, expire_time: datetime
