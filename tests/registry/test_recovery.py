@@ -266,7 +266,7 @@ async def test_parts_of_a_blob_whose_deletion_died_midway_are_removed_by_the_jan
     assert await registry.store.list_keys(keys.DELETING) == []
 
 
-async def test_a_collection_marker_of_an_earlier_release_is_cleared(
+async def test_collection_markers_of_an_earlier_release_or_unreadable_are_cleared(
     registry: Registry, tmp_path: Path
 ) -> None:
     source = random_file(tmp_path / "weights.bin", 1000)
@@ -278,4 +278,9 @@ async def test_a_collection_marker_of_an_earlier_release_is_cleared(
     assert await registry.finish_interrupted_collections() == 1
     assert await registry.store.list_keys(keys.GC) == []
     assert await registry.store.blob_size(digest) == 1000, "still used by version 1"
+    # One whose content cannot be read is of unknown age: collected at once, and removed.
+    await registry.store.write(keys.gc_marker(digest, "damaged"), b"{not json")
+    assert await registry.finish_interrupted_collections() == 1
+    assert await registry.store.list_keys(keys.GC) == []
+    assert await registry.store.blob_size(digest) == 1000
     assert await registry.delete_version("m", 1) == (1, 1000)

@@ -1164,7 +1164,14 @@ class Registry:
                 await self._collect(digest)
                 finished += 1
                 continue
-            found = await self._get(key, CollectionMarker)
+            try:
+                found = await self._get(key, CollectionMarker)
+            except Internal:
+                # Unreadable, so of unknown age and version: collecting is safe whatever it
+                # was (references are checked), and removes it.
+                await self._collect(digest, key)
+                finished += 1
+                continue
             if found is None or found[0].start_time > cutoff:
                 continue  # finished meanwhile, or still running
             marker = found[0]
