@@ -267,14 +267,12 @@ S = TypeVar("S", bound=ServiceSettings)
 Build = Callable[[S], Sequence[Service] | Awaitable[Sequence[Service]]]
 
 
-def run_grpc_service(
-    settings_cls: type[S], build: Build[S], argv: Sequence[str] | None = None
-) -> NoReturn:
+def run_grpc_service(settings_cls: type[S], build: Build[S]) -> NoReturn:
     """Run a service until it is told to stop, then exit the process.
 
     Reads `settings_cls` from the environment, configures logging, calls `build(settings)` (which
     may be async) for the services to host, and serves them with `GrpcService`. The command line
-    (`argv`, default ``sys.argv[1:]``) takes only ``--help``, which lists the variables and exits:
+    takes only ``--help``, which lists the variables and exits:
     an operator who tries ``--grpc-port 7000`` is told where settings go instead of getting a
     server on the default port.
 
@@ -282,7 +280,7 @@ def run_grpc_service(
     (each named on stderr), 1 when the service cannot start.
     """
     program = _program(settings_cls)
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = sys.argv[1:]
     if args in (["--help"], ["-h"]):
         print(f"usage: {program}\n\nSettings are environment variables:\n")
         print(settings_help(settings_cls))

@@ -221,8 +221,6 @@ def download_grant_to_pb(artifact: ArtifactRecord, grant: DownloadGrantSpec) -> 
     )
     if grant.local_path is not None:
         message.local_file.path = grant.local_path
-    elif grant.get is not None:
-        message.get.CopyFrom(_http(grant.get))
     elif grant.parts is not None:
         # An empty blob is one empty part, so the oneof is set even then.
         message.multipart.SetInParent()

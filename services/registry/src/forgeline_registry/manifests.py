@@ -128,6 +128,11 @@ class VersionManifest(_Record):
         """Sum of the artifacts' sizes."""
         return sum(a.size_bytes for a in self.artifacts)
 
+    @property
+    def blob_digests(self) -> list[str]:
+        """The digests of the blobs the version uses, each once, in order."""
+        return sorted({a.sha256 for a in self.artifacts})
+
     def content_sha256(self) -> str:
         """SHA-256 of the immutable content (what the version is, not its labels or state)."""
         content = self.model_dump(

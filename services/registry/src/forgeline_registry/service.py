@@ -26,7 +26,7 @@ import mimetypes
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -976,8 +976,7 @@ class Registry:
         pending = CollectionMarker(
             start_time=now(), model=model, version=number, upload_id=manifest.upload_id
         )
-        digests = sorted({a.sha256 for a in manifest.artifacts})
-        for digest in digests:
+        for digest in manifest.blob_digests:
             await self.store.write(keys.gc_marker(digest, collection), dump(pending))
         try:
             await self.store.write(
@@ -986,7 +985,7 @@ class Registry:
                 if_match=etag,
             )
         except PreconditionFailed:
-            for digest in digests:
+            for digest in manifest.blob_digests:
                 await self.store.delete(keys.gc_marker(digest, collection))
             raise Aborted(f"version {model}:{number} changed meanwhile; retry") from None
         collected, reclaimed = await self._finish_deletion(manifest, collection)
@@ -1022,7 +1021,7 @@ class Registry:
         for key in await self.store.list_keys(keys.children(model, number)):
             await self.store.delete(key)
         collected = reclaimed = 0
-        for digest in sorted({a.sha256 for a in manifest.artifacts}):
+        for digest in manifest.blob_digests:
             await self.store.delete(keys.ref(digest, manifest.upload_id))
             freed = await self._collect(digest, keys.gc_marker(digest, collection))
             if freed is not None:
@@ -1164,29 +1163,16 @@ class Registry:
                 await self._collect(digest)
                 finished += 1
                 continue
-            try:
-                found = await self._get(key, CollectionMarker)
-            except Internal:
-                # Unreadable, so of unknown age and version: collecting is safe whatever it
-                # was (references are checked), and removes it.
-                await self._collect(digest, key)
-                finished += 1
-                continue
-            if found is None or found[0].start_time > cutoff:
+            marker = await self._collection_marker(key)
+            if marker is None or marker.start_time > cutoff:
                 continue  # finished meanwhile, or still running
-            marker = found[0]
             deleted = None
             if marker.model:
-                deleted = await self._get(
-                    keys.version(marker.model, marker.version), VersionManifest
-                )
-            if (
-                deleted is not None
-                and deleted[0].deleted
-                and (deleted[0].upload_id == marker.upload_id)
-            ):
+                found = await self._get(keys.version(marker.model, marker.version), VersionManifest)
+                deleted = found[0] if found is not None else None
+            if deleted is not None and deleted.deleted and deleted.upload_id == marker.upload_id:
                 # Collects every blob of that deletion, removing their markers.
-                await self._finish_deletion(deleted[0], collection)
+                await self._finish_deletion(deleted, collection)
                 log.info(
                     "finished an interrupted deletion",
                     extra={"model": marker.model, "version": marker.version},
@@ -1199,6 +1185,15 @@ class Registry:
             finished += 1
         finished += await self.store.finish_interrupted_deletions()
         return finished
+
+    async def _collection_marker(self, key: str) -> CollectionMarker | None:
+        """The marker at `key`, None if gone; one that cannot be read counts as of unknown age
+        and version (collecting is safe whatever it was: references are checked first)."""
+        try:
+            found = await self._get(key, CollectionMarker)
+        except Internal:
+            return CollectionMarker(start_time=datetime.min.replace(tzinfo=UTC))
+        return found[0] if found is not None else None
 
     async def run_janitor(self, stop: asyncio.Event) -> None:
         """Sweep every `janitor_interval_seconds` until `stop` is set: expired uploads, and what

@@ -212,7 +212,7 @@ class Transfers:
             with Path(grant.local_file.path).open("rb") as source:
                 yield from iter(lambda: source.read(CHUNK_BYTES), b"")
         elif method == "get":
-            yield from self._get(grant.get)
+            yield from self._stream(self._request(grant.get, stream=True))
         elif method == "multipart":
             yield from self._part_chunks(grant)
         else:
@@ -237,12 +237,10 @@ class Transfers:
                     if index + 1 < len(parts):
                         pending = ahead.submit(self._request, parts[index + 1].request, stream=True)
                     received = 0
-                    try:
-                        for chunk in response.stream(CHUNK_BYTES):
+                    with contextlib.closing(self._stream(response)) as body:
+                        for chunk in body:
                             received += len(chunk)
                             yield chunk
-                    finally:
-                        response.release_conn()
                     if received != part.size_bytes:
                         raise FailedPrecondition(
                             f"{grant.artifact.path}: the part at offset {part.offset} has "
@@ -254,8 +252,9 @@ class Transfers:
                     with contextlib.suppress(Exception):
                         pending.result().close()
 
-    def _get(self, request: pb.HttpRequest) -> Generator[bytes]:
-        response = self._request(request, stream=True)
+    @staticmethod
+    def _stream(response: urllib3.BaseHTTPResponse) -> Generator[bytes]:
+        """The body of a streamed response, in chunks; its connection goes back to the pool."""
         try:
             yield from response.stream(CHUNK_BYTES)
         finally:

@@ -94,10 +94,9 @@ class UploadGrantSpec:
 
 @dataclass(frozen=True)
 class DownloadGrantSpec:
-    """How a client fetches one blob: exactly one of `get`, `parts` and `local_path` is set."""
+    """How a client fetches one blob: exactly one of `parts` and `local_path` is set."""
 
     expire_time: datetime
-    get: HttpRequestSpec | None = None
     parts: tuple[PartSpec, ...] | None = None
     local_path: str | None = None
 

@@ -85,6 +85,16 @@ def _etag(response: Any) -> str:
     return str(response.headers.get("etag", "")).strip('"')
 
 
+def _part_objects(
+    digest: str, upload_id: str, size: int, part_size: int
+) -> list[tuple[int, str, int, int]]:
+    """(number, key, offset, size) of each part object of an upload of a blob."""
+    return [
+        (number, keys.blob_part(digest, upload_id, number), offset, length)
+        for number, offset, length in part_layout(size, part_size)
+    ]
+
+
 class S3Store(ObjectStore):
     """Objects in one bucket of an S3-protocol store."""
 
@@ -278,14 +288,16 @@ class S3Store(ObjectStore):
         return BlobIndex(sha256=digest, size_bytes=size, upload_id="", part_size_bytes=size)
 
     @staticmethod
-    def _stored_parts(index: BlobIndex) -> list[tuple[str, int, int]]:
-        """(key, offset, size) of each part of a published blob."""
+    def _stored_parts(index: BlobIndex) -> list[tuple[int, str, int, int]]:
+        """(number, key, offset, size) of each part of a published blob."""
         if not index.upload_id:
-            return [(keys.blob(index.sha256), 0, index.size_bytes)]
-        return [
-            (keys.blob_part(index.sha256, index.upload_id, number), offset, size)
-            for number, offset, size in part_layout(index.size_bytes, index.part_size_bytes)
-        ]
+            return [(1, keys.blob(index.sha256), 0, index.size_bytes)]
+        return _part_objects(index.sha256, index.upload_id, index.size_bytes, index.part_size_bytes)
+
+    @staticmethod
+    def _upload_parts(state: BlobUploadState) -> list[tuple[int, str, int, int]]:
+        """(number, key, offset, size) of each part object an upload sends."""
+        return _part_objects(state.sha256, state.upload_id, state.size_bytes, state.part_size_bytes)
 
     def _hash_parts(self, part_keys: list[str]) -> tuple[str, int]:
         """SHA-256 and size of the parts laid end to end; a missing part ends the bytes early,
@@ -345,8 +357,7 @@ class S3Store(ObjectStore):
     ) -> UploadGrantSpec:
         expires = max(expire_time - datetime.now(UTC), _ONE_SECOND)
         parts = []
-        for number, offset, size in part_layout(state.size_bytes, state.part_size_bytes):
-            key = keys.blob_part(state.sha256, state.upload_id, number)
+        for number, key, offset, size in self._upload_parts(state):
             url = self._presigner.get_presigned_url("PUT", self.bucket, key, expires=expires)
             request = HttpRequestSpec("PUT", url, {"If-None-Match": "*"})
             parts.append(PartSpec(number, offset, size, request))
@@ -362,7 +373,7 @@ class S3Store(ObjectStore):
         self, state: BlobUploadState, parts: list[UploadedPart] | None
     ) -> None:
         prefix = keys.blob_parts(state.sha256, state.upload_id)
-        expected = part_layout(state.size_bytes, state.part_size_bytes)
+        expected = self._upload_parts(state)
 
         def stored() -> dict[str, tuple[int, str]]:
             return {
@@ -373,8 +384,8 @@ class S3Store(ObjectStore):
         found = await self._run(stored)
         reported = {p.part_number: p.etag.strip('"') for p in parts or () if p.etag}
         missing, wrong = [], []
-        for number, _, size in expected:
-            arrived = found.get(keys.blob_part(state.sha256, state.upload_id, number))
+        for number, key, _, size in expected:
+            arrived = found.get(key)
             if arrived is None:
                 missing.append(str(number))
             elif arrived[0] != size:
@@ -390,10 +401,7 @@ class S3Store(ObjectStore):
             raise BlobIncomplete(f"blob {state.sha256}: {'; '.join(wrong[:5])}")
 
     async def hash_uploaded(self, state: BlobUploadState) -> tuple[str, int] | None:
-        part_keys = [
-            keys.blob_part(state.sha256, state.upload_id, number)
-            for number, _, _ in part_layout(state.size_bytes, state.part_size_bytes)
-        ]
+        part_keys = [key for _, key, _, _ in self._upload_parts(state)]
         if await self._run(self._size, part_keys[0]) is None:
             return None
         return await self._run(self._hash_parts, part_keys)
@@ -402,7 +410,7 @@ class S3Store(ObjectStore):
         index = await self._index(digest)
         if index is None:
             return None
-        part_keys = [key for key, _, _ in self._stored_parts(index)]
+        part_keys = [key for _, key, _, _ in self._stored_parts(index)]
         return await self._run(self._hash_parts, part_keys)
 
     async def publish_blob(self, state: BlobUploadState) -> None:
@@ -467,7 +475,7 @@ class S3Store(ObjectStore):
             )
         expires = max(expire_time - datetime.now(UTC), _ONE_SECOND)
         parts = []
-        for number, (key, offset, size) in enumerate(self._stored_parts(index), start=1):
+        for number, key, offset, size in self._stored_parts(index):
             url = self._presigner.get_presigned_url("GET", self.bucket, key, expires=expires)
             parts.append(PartSpec(number, offset, size, HttpRequestSpec("GET", url)))
         return DownloadGrantSpec(expire_time=expire_time, parts=tuple(parts))
