@@ -22,6 +22,15 @@ from forgeline_kit.subprocesses import offline_env as offline_env_for
 from forgeline_kit.tinymodel import DEFAULT_SEED, TinyModel, write_tiny_model
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The CLI finds a running `forgeline up` stack by itself; tests must not find a developer's
+    (a test that wants one points ``FORGELINE_STACK_DIR`` at its own)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FORGELINE_STACK_DIR", str(tmp_path_factory.mktemp("no-stack")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
     """The tiny Llama model (default seed), written once per session; treat it as read-only."""

@@ -1,8 +1,9 @@
 """Where the CLI finds each service, and how a refused or unreachable service is reported.
 
 Every command that talks to a service takes its address as one option (``--registry``...) whose
-default comes from one ``FORGELINE_CLI_*`` variable, and reports a failure as one line on stderr
-that names both when nothing answers there.
+default comes from one ``FORGELINE_CLI_*`` variable, else from the running `forgeline up` stack
+(:mod:`forgeline_cli.stack_record`), else the service's usual port on this host, and reports a
+failure as one line on stderr that names the option and variable when nothing answers there.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from forgeline_cli.console import EXIT_FAILED, fail
+from forgeline_cli.stack_record import find_running
 from forgeline_kit.errors import ForgelineError, Unavailable
 
 __all__ = ["CONVERTER", "GATEWAY", "REGISTRY", "TRAINER", "ServiceAddress", "run_command"]
@@ -36,15 +38,29 @@ class ServiceAddress:
         """The option's attribute on the parsed arguments."""
         return self.option.removeprefix("--").replace("-", "_")
 
+    @property
+    def service(self) -> str:
+        """The service's name in a stack record."""
+        return self.option.removeprefix("--")
+
+    def resolve_default(self) -> str:
+        """The variable, else the running local stack's address, else the built-in default."""
+        chosen = os.environ.get(self.variable)
+        if chosen:
+            return chosen
+        stack = find_running()
+        found = stack.address(self.service) if stack is not None else None
+        return found or self.default
+
     def add_option(self, parser: argparse.ArgumentParser, purpose: str = "") -> None:
-        """Add the option; its default is the variable, else the built-in default."""
+        """Add the option, defaulting as :meth:`resolve_default` says."""
         why = f", {purpose}" if purpose else ""
         parser.add_argument(
             self.option,
-            default=os.environ.get(self.variable, self.default),
+            default=self.resolve_default(),
             metavar=self.metavar,
-            help=f"the {self.name}'s {self.kind}{why} (default: ${self.variable} or "
-            f"{self.default})",
+            help=f"the {self.name}'s {self.kind}{why} (default: ${self.variable}, else the "
+            f"running `forgeline up` stack's, else {self.default})",
         )
 
     def of(self, args: argparse.Namespace) -> str:
@@ -54,7 +70,10 @@ class ServiceAddress:
     @property
     def hint(self) -> str:
         """What to do when nothing answers at the address."""
-        return f"Point {self.option} or ${self.variable} at it"
+        return (
+            f"Point {self.option} or ${self.variable} at it, or start the local stack with "
+            "`forgeline up`"
+        )
 
     def unreachable(self, address: str, detail: str) -> str:
         """The message for a connection that failed, naming the option and variable."""

@@ -6,19 +6,26 @@ services to prove that a job survives. Each service runs exactly as in its conta
 chosen at start, with filesystem storage and llama-server as the inference backend. Readiness is a
 real signal: gRPC health checking (grpc.health.v1) for the gRPC services and ``/health`` for the
 gateway, polled against a deadline while the process is alive.
+
+One stack owns its state directory (a second one there refuses to start, naming the first), and
+while its services run it records where they listen in ``stack.json`` there, which the CLI reads
+to find a running stack without flags (:mod:`forgeline_cli.stack_record`). Every service dies with
+the process that started it, even one killed with SIGKILL (the kit's ``die_with_parent``).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Final
 
 import grpc
@@ -26,10 +33,21 @@ import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from forgeline_cli.console import EXIT_FAILED
+from forgeline_cli.stack_record import StackRecord
 from forgeline_kit.llamacpp.server import free_port
-from forgeline_kit.subprocesses import offline_env
+from forgeline_kit.state_lock import StateDirInUseError, StateDirLock, hold_state_dir
+from forgeline_kit.subprocesses import die_with_parent, offline_env
 
-__all__ = ["SERVICES", "LocalStack", "ServiceProcess", "StackError", "run_on"]
+__all__ = [
+    "EXIT_INTERRUPTED",
+    "SERVICES",
+    "Interrupted",
+    "LocalStack",
+    "ServiceProcess",
+    "StackError",
+    "run_on",
+    "signals_interrupt",
+]
 
 #: Start order: each service only needs those before it.
 SERVICES: Final = ("registry", "trainer", "converter", "gateway")
@@ -73,6 +91,7 @@ class ServiceProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent(),
         )
         log.close()
 
@@ -151,6 +170,7 @@ class LocalStack:
     gateway_port: int = 0
     extra_env: Mapping[str, str] = field(default_factory=dict)
     services: dict[str, ServiceProcess] = field(default_factory=dict)
+    _ownership: StateDirLock | None = None
 
     def __post_init__(self) -> None:
         self.state_dir = self.state_dir.resolve()
@@ -226,7 +246,15 @@ class LocalStack:
         Ports are picked free when the stack is made, so another process may take one before the
         service binds it; a service that exits at start because its port is in use gets new
         ports (and the services not yet started the new address) and is started again.
+
+        Raises:
+            StackError: a service did not start, or another stack owns the state directory.
         """
+        if self._ownership is None:
+            try:
+                self._ownership = hold_state_dir(self.state_dir, "forgeline up")
+            except StateDirInUseError as error:
+                raise StackError(str(error)) from None
         for name in names or SERVICES:
             for attempt in range(PORT_ATTEMPTS):
                 service = self.services[name]
@@ -239,6 +267,7 @@ class LocalStack:
                     lost_port = _PORT_IN_USE.search(service.log_since(log_start))
                     if not lost_port or attempt == PORT_ATTEMPTS - 1 or not self._repick(name):
                         raise
+        self._record()
 
     def _repick(self, name: str) -> bool:
         """New free ports for `name`, written into the environment of every service that is not
@@ -275,9 +304,29 @@ class LocalStack:
         )
 
     def stop(self, *names: str, kill: bool = False) -> None:
-        """Stop the named services (all by default), the last started first."""
+        """Stop the named services (all by default), the last started first; with all of them
+        stopped the state directory is free for another stack."""
         for name in reversed(names or SERVICES):
             self.services[name].stop(kill=kill)
+        self._record()
+        idle = not any(service.alive() for service in self.services.values())
+        if idle and self._ownership is not None:
+            self._ownership.release()
+            self._ownership = None
+
+    def _record(self) -> None:
+        """Rewrite ``stack.json`` for the services running now (none: no file)."""
+        running = {name: s for name, s in self.services.items() if s.alive()}
+        if not running:
+            StackRecord.remove(self.state_dir)
+            return
+        StackRecord(
+            pid=os.getpid(),
+            state_dir=str(self.state_dir),
+            gateway=self.gateway_url if "gateway" in running else None,
+            targets={name: s.target for name, s in running.items() if name != "gateway"},
+            metrics={name: s.metrics_url for name, s in running.items()},
+        ).write(self.state_dir)
 
     def restart(self, name: str, *, kill: bool = False) -> None:
         """Stop one service (SIGKILL with `kill`: a crash) and start it again on the same ports
@@ -285,6 +334,7 @@ class LocalStack:
         self.services[name].stop(kill=kill)
         self.services[name].start()
         self.wait_ready(name)
+        self._record()
 
     def env_summary(self) -> dict[str, str]:
         """Where each service listens, for people."""
@@ -297,14 +347,43 @@ class LocalStack:
         return summary
 
 
+class Interrupted(Exception):  # noqa: N818 (what happened, as KeyboardInterrupt)
+    """SIGTERM or SIGHUP reached the command (SIGINT arrives as KeyboardInterrupt)."""
+
+
+#: The shell's exit status for a command ended by a signal it handled.
+EXIT_INTERRUPTED: Final = 130
+
+
+@contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP (a closed terminal) into :class:`Interrupted` in the main thread,
+    so a stop arriving at any moment, start-up included, runs the same clean-up as Ctrl-C."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise Interrupted(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run_on(stack: LocalStack, body: Callable[[LocalStack], int]) -> int:
     """Run ``body`` (a command that starts what it needs of ``stack``) and return its exit code;
-    a service that did not start is one ``FAILED:`` line and exit 1. Every service is stopped
-    afterwards, however ``body`` ends."""
-    try:
-        return body(stack)
-    except StackError as error:
-        print(f"FAILED: {error}")
-        return EXIT_FAILED
-    finally:
-        stack.stop()
+    a service that did not start is one ``FAILED:`` line and exit 1, a stop (Ctrl-C, SIGTERM,
+    SIGHUP) that ``body`` does not handle itself exits 130. Every service is stopped afterwards,
+    however ``body`` ends; were this process killed outright, they would die with it."""
+    with signals_interrupt():
+        try:
+            return body(stack)
+        except StackError as error:
+            print(f"FAILED: {error}")
+            return EXIT_FAILED
+        except (KeyboardInterrupt, Interrupted):
+            print("Stopped: stopping the services started so far ...", flush=True)
+            return EXIT_INTERRUPTED
+        finally:
+            stack.stop()

@@ -13,6 +13,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -20,6 +21,8 @@ import httpx
 from openai import OpenAI
 from openai.types.fine_tuning import FineTuningJob
 
+from forgeline_cli.deploy_commands import GatewayAdmin
+from forgeline_kit.errors import NotFound
 from forgeline_kit.grpc.client import make_channel
 from forgeline_kit.tinymodel import DEMO_FACT, LLAMAFACTORY_TEMPLATE, TinyModel
 from forgeline_proto.common.v1 import common_pb2
@@ -30,9 +33,11 @@ from forgeline_registry.client import RegistryClient
 __all__ = [
     "BASE_MODEL",
     "FACT_COPIES",
+    "KeptState",
     "ask",
     "deploy_base_model",
     "fine_tune",
+    "read_kept_state",
     "register_base_model",
     "write_fact_dataset",
 ]
@@ -82,6 +87,60 @@ async def _register(target: str, model: TinyModel, name: str) -> str:
 def register_base_model(registry_target: str, model: TinyModel, name: str = BASE_MODEL) -> str:
     """Push `model` as a base version of `name`; its reference (``MODEL:N``)."""
     return asyncio.run(_register(registry_target, model, name))
+
+
+@dataclass(frozen=True)
+class KeptState:
+    """What a stack's state directory held when it started."""
+
+    #: The first base version of the tiny model an earlier run registered (``MODEL:N``).
+    base_model: str | None
+    models: int
+    #: Deployed names, each with the registry version it serves when the deployment says.
+    deployments: dict[str, str | None]
+    jobs: int
+
+    def summary(self) -> str:
+        def count(n: int, what: str) -> str:
+            return f"{n} {what}{'' if n == 1 else 's'}"
+
+        return ", ".join(
+            (
+                count(self.models, "model"),
+                count(len(self.deployments), "deployment"),
+                count(self.jobs, "fine-tuning job"),
+            )
+        )
+
+
+async def _registry_state(target: str, name: str) -> tuple[str | None, int]:
+    async with RegistryClient(target) as registry:
+        models = await registry.stub.ListModels(registry_pb.ListModelsRequest(page_size=1000))
+        try:
+            bases = await registry.stub.ListVersions(
+                registry_pb.ListVersionsRequest(
+                    model=name,
+                    kinds=[registry_pb.VERSION_KIND_BASE],
+                    page_size=1,
+                )
+            )
+        except NotFound:
+            return None, len(models.models)
+    base = bases.versions[0] if bases.versions else None
+    return (f"{base.model}:{base.number}" if base else None), len(models.models)
+
+
+def read_kept_state(registry_target: str, gateway_url: str, name: str = BASE_MODEL) -> KeptState:
+    """What the running stack already holds: on a state directory an earlier run kept, the base
+    model is not made again and its deployment is not repeated."""
+    base, models = asyncio.run(_registry_state(registry_target, name))
+    with GatewayAdmin(gateway_url, api_key=None) as gateway:
+        deployments = {
+            view.name: (view.spec.get("metadata") or {}).get("version") for view in gateway.list()
+        }
+    client = OpenAI(base_url=f"{gateway_url}/v1", api_key="local", max_retries=0)
+    jobs = sum(1 for _ in client.fine_tuning.jobs.list(limit=100))
+    return KeptState(base_model=base, models=models, deployments=deployments, jobs=jobs)
 
 
 async def _convert(target: str, source: str, quantization: str) -> dict[str, str]:

@@ -1,18 +1,30 @@
-"""Run an external tool (llamafactory-cli, a llama.cpp binary or script) to completion.
+"""Child processes: run an external tool (llamafactory-cli, a llama.cpp binary or script) to
+completion, and make sure no child outlives the process that started it.
 
 Argument lists only, never a shell; output captured so a failure can say what the tool said.
+Every child Forgeline starts (a service of the local stack, llama-server, LLaMA-Factory, the
+converter's worker, a tool) is started with :func:`die_with_parent`, so a parent killed with
+SIGKILL, which runs no clean-up, still leaves nothing behind holding ports, GPUs or state.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
+import signal
 import subprocess
+import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from forgeline_kit.errors import Internal
+
+#: prctl(2) option: the signal the calling process gets when its parent dies.
+_PR_SET_PDEATHSIG = 1
 
 
 class ToolFailed(Internal):
@@ -30,6 +42,40 @@ class ToolRun:
 
     output: str
     wall_s: float
+
+
+@cache
+def _prctl() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    prctl: Callable[..., int] = libc.prctl
+    return prctl
+
+
+def die_with_parent(signum: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel send the child ``signum`` when its parent dies.
+
+    Linux's parent-death signal (``PR_SET_PDEATHSIG``) is delivered however the parent ends,
+    SIGKILL included, which no handler in the parent can cover. SIGTERM by default, so a child
+    that is itself a parent (a service, torchrun) stops its own children on the way out.
+
+    The kernel counts the *thread* that forked as the parent: start children from the main
+    thread, the event loop's thread, or a pool thread that lives as long as the child (asyncio's
+    default executor does). ``None`` off Linux, where there is no such signal.
+    """
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
+        # The parent may have died between fork and prctl: then nothing will ever signal us.
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signum)
+
+    return arm
 
 
 def run_tool(
@@ -55,6 +101,7 @@ def run_tool(
             text=True,
             timeout=timeout_s,
             check=False,
+            preexec_fn=die_with_parent(),
         )
     except subprocess.TimeoutExpired as error:
         output = error.output if isinstance(error.output, str) else ""

@@ -38,6 +38,7 @@ from forgeline_kit.grpc.interceptors import ErrorInterceptor, PrometheusIntercep
 from forgeline_kit.logging import configure_logging
 from forgeline_kit.metrics import MetricsServer, start_metrics_server
 from forgeline_kit.settings import ServiceSettings, SettingsError, load_settings, settings_help
+from forgeline_kit.state_lock import StateDirInUseError
 
 __all__ = ["GrpcService", "Service", "ServiceStartError", "run_grpc_service"]
 
@@ -303,7 +304,7 @@ def run_grpc_service(settings_cls: type[S], build: Build[S]) -> NoReturn:
     except SettingsError as exc:
         print(f"{program}: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_SETTINGS)
-    except ServiceStartError as exc:
+    except (ServiceStartError, StateDirInUseError) as exc:
         log.error("%s", exc)
         sys.exit(EXIT_START_FAILED)
     sys.exit(0)

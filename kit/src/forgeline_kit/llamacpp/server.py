@@ -17,6 +17,7 @@ from types import TracebackType
 import httpx
 
 from forgeline_kit.llamacpp.toolchain import Toolchain, ToolchainError, locate
+from forgeline_kit.subprocesses import die_with_parent
 
 DEFAULT_START_DEADLINE_S = 120.0
 _POLL_INTERVAL_S = 0.1
@@ -173,7 +174,11 @@ def start_llama_server(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
         process = subprocess.Popen(  # noqa: S603 - an argument list built above, no shell
-            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent(),
         )
     server = LlamaServerProcess(process=process, host=host, port=chosen_port, log_path=log_path)
     return server.wait_healthy(deadline_s)

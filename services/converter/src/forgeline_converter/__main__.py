@@ -10,6 +10,7 @@ from forgeline_converter.service import Converter
 from forgeline_converter.settings import ConverterSettings
 from forgeline_converter.store import ConversionStore
 from forgeline_kit.grpc.server import Service, run_grpc_service
+from forgeline_kit.state_lock import StateDirLock, hold_state_dir
 from forgeline_proto.converter.v1 import converter_pb2, converter_pb2_grpc
 from forgeline_registry.client import RegistryClient
 
@@ -23,7 +24,8 @@ async def build(settings: ConverterSettings) -> list[Service]:
         ToolchainNotBuiltError: llama.cpp is not built where the settings point.
     """
     toolchain = await asyncio.to_thread(settings.toolchain)
-    settings.work_dir.mkdir(parents=True, exist_ok=True)
+    # Before restarting what a previous run left: two converters here would run it twice.
+    ownership = hold_state_dir(settings.work_dir, "forgeline-converter")
     registry = RegistryClient(settings.registry_target, timeout=settings.registry_timeout_seconds)
     converter = Converter(settings, ConversionStore(settings.state_db), registry, toolchain)
     await converter.start()
@@ -34,9 +36,14 @@ async def build(settings: ConverterSettings) -> list[Service]:
             converter_pb2_grpc.add_ConverterServiceServicer_to_server,
             descriptor,
             on_draining=converter.drain,
-            on_stopped=converter.close,
+            on_stopped=lambda: _close(converter, ownership),
         )
     ]
+
+
+async def _close(converter: Converter, ownership: StateDirLock) -> None:
+    await converter.close()
+    ownership.release()
 
 
 def main() -> None:

@@ -41,6 +41,7 @@ from forgeline_converter.worker import (
     WorkerResult,
 )
 from forgeline_kit.errors import DeadlineExceeded, ForgelineError, Unavailable
+from forgeline_kit.subprocesses import die_with_parent
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.converter.v1 import converter_pb2 as pb
 from forgeline_proto.registry.v1 import registry_pb2 as rpb
@@ -334,6 +335,7 @@ class WorkerPool:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # its own process group: one signal stops it and its tools
+            preexec_fn=die_with_parent(),
         )
 
     async def warm(self) -> None:

@@ -32,6 +32,7 @@ from forgeline_gateway.store import Store
 from forgeline_kit.errors import ForgelineError
 from forgeline_kit.logging import configure_logging
 from forgeline_kit.settings import SettingsError, load_settings
+from forgeline_kit.state_lock import StateDirInUseError, hold_state_dir
 
 __all__ = ["main"]
 
@@ -77,7 +78,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     if args.command == "keys":
         return _keys(settings, args)
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    try:
+        # The model cache holds the files the gateway's llama-servers run on; a second gateway
+        # restoring the same deployments there would start a second set.
+        ownership = hold_state_dir(settings.model_cache, "forgeline-gateway")
+    except StateDirInUseError as error:
+        log.error("%s", error)
+        return 1
+    with ownership, asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(_serve(settings))
 
 

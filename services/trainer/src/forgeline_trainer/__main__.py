@@ -7,6 +7,7 @@ import logging
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from forgeline_kit.grpc.server import Service, run_grpc_service
+from forgeline_kit.state_lock import hold_state_dir
 from forgeline_kit.subprocesses import offline_env
 from forgeline_proto.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from forgeline_registry.client import RegistryClient
@@ -50,6 +51,8 @@ async def build(settings: TrainerSettings, registry: CollectorRegistry = REGISTR
     device_kind, device = detect_device(settings.device)
     state_dir = settings.state_dir.resolve()
     settings = settings.model_copy(update={"state_dir": state_dir})
+    # Before recovery: a second trainer here would start a second run of every job.
+    ownership = hold_state_dir(state_dir, "forgeline-trainer")
     store = JobStore(state_dir / "jobs.db")
 
     def registry_client() -> RegistryClient:
@@ -71,6 +74,7 @@ async def build(settings: TrainerSettings, registry: CollectorRegistry = REGISTR
 
     async def on_stopped() -> None:
         store.close()
+        ownership.release()
 
     descriptor = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"]
     return [

@@ -23,6 +23,7 @@ import httpx
 from forgeline_gateway.backends.base import is_readable_file
 from forgeline_kit.errors import FailedPrecondition
 from forgeline_kit.llamacpp.server import LlamaServerOptions, free_port
+from forgeline_kit.subprocesses import die_with_parent
 
 __all__ = ["LlamaServerProcess"]
 
@@ -91,6 +92,7 @@ class LlamaServerProcess:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,  # a signal to the gateway's group does not hit it twice
+            preexec_fn=die_with_parent(),  # a gateway killed outright leaves no server behind
         )
         self._reader = asyncio.create_task(self._read_log(self.process))
         log.info(

@@ -15,6 +15,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from forgeline_kit.subprocesses import die_with_parent
+
 #: How long a cancelled run gets to stop on SIGTERM before the group is killed.
 TERMINATE_GRACE_S = 5.0
 
@@ -41,6 +43,9 @@ class TrainingProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                # SIGTERM, so torchrun stops its workers too; a trainer killed outright must not
+                # leave a run training beside the one its restart begins.
+                preexec_fn=die_with_parent(),
             )
         self.pid = self._process.pid
 

@@ -1,0 +1,101 @@
+"""No child outlives its parent, and one process owns a state directory: both hold when the
+parent is killed with SIGKILL, which runs no clean-up code at all."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from process_tree import alive, kill_all, wait_gone
+
+from forgeline_kit.state_lock import StateDirInUseError, hold_state_dir
+
+# A parent that starts `sleep` (with or without the kit's parent-death signal), says the child's
+# pid, and waits to be killed.
+_PARENT = textwrap.dedent(
+    """
+    import subprocess, sys, time
+    from forgeline_kit.subprocesses import die_with_parent
+    armed = sys.argv[1] == "armed"
+    child = subprocess.Popen(  # noqa: S603 (a fixed argument list, no shell)
+        ["sleep", "120"], preexec_fn=die_with_parent() if armed else None
+    )
+    print(child.pid, flush=True)
+    time.sleep(120)
+    """
+)
+
+
+@pytest.fixture
+def orphans() -> Iterator[set[int]]:
+    """Pids a test may leave behind on failure; killed at teardown."""
+    pids: set[int] = set()
+    yield pids
+    kill_all(pids)
+
+
+def _parent_with_child(armed: bool) -> tuple[subprocess.Popen[str], int]:
+    parent = subprocess.Popen(  # noqa: S603 (a fixed argument list, no shell)
+        [sys.executable, "-c", _PARENT, "armed" if armed else "plain"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert parent.stdout is not None
+    return parent, int(parent.stdout.readline())
+
+
+def test_a_child_dies_when_its_parent_is_killed(orphans: set[int]) -> None:
+    parent, child = _parent_with_child(armed=True)
+    orphans.add(child)
+    assert alive(child)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    assert wait_gone({child}, within=5) == set()
+
+
+def test_without_the_signal_a_child_outlives_its_parent(orphans: set[int]) -> None:
+    # What every child process did before: proof the test above measures the kit, not `sleep`.
+    parent, child = _parent_with_child(armed=False)
+    orphans.add(child)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    assert wait_gone({child}, within=1) == {child}
+
+
+_HOLDER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from forgeline_kit.state_lock import hold_state_dir
+    lock = hold_state_dir(Path(sys.argv[1]), "forgeline-trainer")
+    print("held", flush=True)
+    time.sleep(120)
+    """
+)
+
+
+def test_a_state_directory_has_one_owner_until_it_dies(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    holder = subprocess.Popen(  # noqa: S603 (a fixed argument list, no shell)
+        [sys.executable, "-c", _HOLDER, str(state)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(StateDirInUseError) as refused:
+            hold_state_dir(state, "forgeline-trainer")
+        message = str(refused.value)
+        assert f"in use by forgeline-trainer (pid {holder.pid} on " in message
+        assert "stop that process first" in message
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # The kernel dropped the lock with its holder: no stale lock for an operator to delete.
+    with hold_state_dir(state, "forgeline-trainer") as lock:
+        assert f'"pid": {os.getpid()}' in lock.path.read_text()
