@@ -403,6 +403,54 @@ def test_an_uploads_layout_is_detected_and_validates(
     assert validate_dataset(detected) == len(records)
 
 
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_pretraining_text_is_detected_in_llamafactorys_layout(tmp_path: Path, suffix: str) -> None:
+    path = write(tmp_path, [{"text": "Forgeline turns data into models."}] * 3, suffix)
+
+    detected = detect_dataset(path)
+
+    assert detected.format is DatasetFormat.PRETRAIN_TEXT
+    assert validate_dataset(detected) == 3
+    entry = detected.info_entry(path.name)
+    assert entry.columns is not None
+    assert entry.columns.prompt == "text"  # LLaMA-Factory's pt reads the "prompt" column
+
+
+@pytest.mark.parametrize(
+    ("records", "suffix", "fmt"),
+    [
+        # OpenAI-style messages with a label: kept as sharegpt, so the label survives.
+        ([{**PLAIN_CHAT[0], "kto_tag": True}], ".jsonl", DatasetFormat.SHAREGPT),
+        (
+            [{"conversations": [turn("human", "q"), turn("gpt", "a")], "kto_tag": False}],
+            ".json",
+            DatasetFormat.SHAREGPT,
+        ),
+        ([{**alpaca(1), "kto_tag": True}], ".jsonl", DatasetFormat.ALPACA),
+    ],
+)
+def test_kto_labelled_records_keep_their_tag_column(
+    tmp_path: Path, records: Any, suffix: str, fmt: DatasetFormat
+) -> None:
+    path = write(tmp_path, records, suffix)
+
+    detected = detect_dataset(path)
+
+    assert detected.format is fmt
+    assert detected.columns.kto_tag == "kto_tag"
+    assert validate_dataset(detected) == 1
+
+
+def test_a_kto_label_that_is_not_a_boolean_names_the_record(tmp_path: Path) -> None:
+    records = [{**PLAIN_CHAT[0], "kto_tag": True}, {**PLAIN_CHAT[0], "kto_tag": "yes"}]
+    path = write(tmp_path, records, ".jsonl")
+
+    with pytest.raises(InvalidDataset) as caught:
+        validate_dataset(detect_dataset(path))
+
+    assert "record 2: 'kto_tag' must be true or false" in caught.value.message
+
+
 def test_an_unknown_layout_lists_the_accepted_ones(tmp_path: Path) -> None:
     path = write(tmp_path, [{"question": "q", "answer": "a"}], ".jsonl")
 
@@ -411,7 +459,14 @@ def test_an_unknown_layout_lists_the_accepted_ones(tmp_path: Path) -> None:
 
     message = caught.value.message
     assert "record 1 (answer, question) is in no layout the Files API accepts" in message
-    for layout in ("OpenAI chat JSONL", "OpenAI preference JSONL", "alpaca", "sharegpt"):
+    for layout in (
+        "OpenAI chat JSONL",
+        "OpenAI preference JSONL",
+        "alpaca",
+        "sharegpt",
+        "pre-training text",
+        "KTO",
+    ):
         assert layout in message
 
 

@@ -25,7 +25,8 @@ class RunningStack:
     work: Path
 
 
-@pytest.fixture(scope="module")
+# One stack for the whole package: every module's jobs run on it, as on a user's stack.
+@pytest.fixture(scope="package")
 def running(
     tmp_path_factory: pytest.TempPathFactory,
     tiny_model: TinyModel,

@@ -699,7 +699,16 @@ ACCEPTED_LAYOUTS: Final = (
     '(preference: "chosen" and "rejected" instead of "output")',
     'sharegpt JSON or JSONL: {"conversations": [{"from": ..., "value": ...}, ...]} records '
     '(preference: with "chosen" and "rejected")',
+    'pre-training text JSON or JSONL: {"text": ...} records',
+    'KTO: any of the chat layouts above with a boolean "kto_tag" in each record (true: a '
+    "desirable answer)",
 )
+
+#: The record keys that name a chat layout; a record with none of them but "text" is pre-training
+#: text.
+_CHAT_KEYS: Final = frozenset({"messages", "conversations", "instruction", "input"})
+#: The field LLaMA-Factory's KTO datasets label each answer with (its data/README's name).
+KTO_TAG: Final = "kto_tag"
 
 
 def detect_dataset(path: Path, name: str = "dataset") -> DatasetSpec:
@@ -712,11 +721,17 @@ def detect_dataset(path: Path, name: str = "dataset") -> DatasetSpec:
     keys = set(first) if isinstance(first, dict) else set()
     jsonl = path.suffix.lower() == ".jsonl"
     ranking = {"chosen", "rejected"} <= keys
+    kto_tag = KTO_TAG if KTO_TAG in keys else None
+    if "text" in keys and not keys & _CHAT_KEYS:
+        return DatasetSpec(name=name, path=path, format=DatasetFormat.PRETRAIN_TEXT)
     # Alpaca records have an "input" too: only the outputs tell OpenAI's preference layout.
     if jsonl and {"preferred_output", "non_preferred_output"} & keys:
         return DatasetSpec(name=name, path=path, format=DatasetFormat.OPENAI_PREFERENCE)
     messages = first.get("messages") if isinstance(first, dict) else None
-    if jsonl and isinstance(messages, list) and _looks_openai(messages) and not ranking:
+    # OpenAI's chat layout has no label: labelled (KTO) records are read as sharegpt below,
+    # which keeps the tag column (preparing OpenAI chat data for LLaMA-Factory would drop it).
+    openai_chat = isinstance(messages, list) and _looks_openai(messages)
+    if jsonl and openai_chat and not ranking and kto_tag is None:
         return DatasetSpec(name=name, path=path, format=DatasetFormat.OPENAI_CHAT)
     if "conversations" in keys or "messages" in keys:
         column = "conversations" if "conversations" in keys else "messages"
@@ -731,11 +746,18 @@ def detect_dataset(path: Path, name: str = "dataset") -> DatasetSpec:
                 messages=None if column == "conversations" else column,
                 chosen="chosen" if ranking else None,
                 rejected="rejected" if ranking else None,
+                kto_tag=kto_tag,
             ),
             tags=OPENAI_SHAREGPT_TAGS if role_content else DatasetTags(),
         )
     if "instruction" in keys:
-        return DatasetSpec(name=name, path=path, format=DatasetFormat.ALPACA, ranking=ranking)
+        return DatasetSpec(
+            name=name,
+            path=path,
+            format=DatasetFormat.ALPACA,
+            ranking=ranking,
+            columns=DatasetColumns(kto_tag=kto_tag),
+        )
     shown = ", ".join(sorted(keys)[:8]) or type(first).__name__
     raise InvalidDataset(
         name,

@@ -320,13 +320,26 @@ class Pipeline:
                 ),
             }
         )
+        trained_tokens = result.trained_tokens or job.trained_tokens
+        if job.request.training_stage() == "rm":
+            job = await self._save(
+                job, trainer_state="SUCCEEDED", outputs=outputs, trained_tokens=trained_tokens
+            )
+            await self._event(
+                job,
+                "info",
+                f"Training finished. A reward model scores answers instead of writing them: it "
+                f"is registered as {outputs.adapter} (adapter and value head), and not converted "
+                "to GGUF or deployed",
+            )
+            return await self._finish(job, Stage.SUCCEEDED, None)
         await self._event(job, "info", "Training finished; converting the model to GGUF")
         return await self._save(
             job,
             stage=Stage.CONVERTING,
             trainer_state="SUCCEEDED",
             outputs=outputs,
-            trained_tokens=result.trained_tokens or job.trained_tokens,
+            trained_tokens=trained_tokens,
         )
 
     async def _mirror(self, job: JobRecord, event: trainer_pb2.JobEvent) -> JobRecord:

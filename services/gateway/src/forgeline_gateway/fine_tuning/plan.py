@@ -31,6 +31,13 @@ AUTO_DEFAULTS: Final = {
     "learning_rate": {"lora": 1e-4, "qlora": 1e-4, "full": 1e-5, "freeze": 1e-5},
 }
 
+_STAGES: Final = {
+    "sft": trainer_pb2.STAGE_SFT,
+    "dpo": trainer_pb2.STAGE_DPO,
+    "pt": trainer_pb2.STAGE_PT,
+    "kto": trainer_pb2.STAGE_KTO,
+    "rm": trainer_pb2.STAGE_RM,
+}
 _TYPES: Final = {
     "lora": trainer_pb2.FINETUNING_TYPE_LORA,
     "qlora": trainer_pb2.FINETUNING_TYPE_QLORA,
@@ -98,7 +105,7 @@ def trainer_spec(
         base_model=base,
         datasets=[_input(training, "train")],
         eval_datasets=[_input(validation, "validation")] if validation else [],
-        stage=trainer_pb2.STAGE_DPO if request.method_type() == "dpo" else trainer_pb2.STAGE_SFT,
+        stage=_STAGES[request.training_stage()],
         finetuning_type=_TYPES[options.finetuning_type],
         arguments=struct,
         output=trainer_pb2.OutputOptions(

@@ -28,9 +28,15 @@ __all__ = [
     "LoraOptions",
     "Method",
     "SupervisedHyperparameters",
+    "TrainingStage",
 ]
 
 Auto = Literal["auto"]
+#: LLaMA-Factory's training stages reachable through the API (PPO needs a separately served
+#: reward model and is refused by the trainer).
+TrainingStage = Literal["sft", "dpo", "pt", "kto", "rm"]
+#: Stages OpenAI's ``method.type: "supervised"`` can carry: each takes plain hyperparameters.
+SUPERVISED_STAGES: frozenset[str] = frozenset({"sft", "pt", "kto", "rm"})
 JobStatus = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
 FileId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 #: OpenAI's metadata: at most 16 pairs, keys up to 64 and values up to 512 characters.
@@ -113,6 +119,13 @@ class ForgelineOptions(_Body):
     ``extra_body={"forgeline": {...}}``)."""
 
     finetuning_type: Literal["lora", "qlora", "full", "freeze"] = "lora"
+    stage: TrainingStage | None = Field(
+        None,
+        description="LLaMA-Factory's training stage, for those OpenAI's `method` cannot name: "
+        '`pt` (continued pre-training on `{"text": ...}` records), `kto` (answers labelled '
+        "desirable or not by a boolean `kto_tag`), `rm` (a reward model on preference pairs; "
+        "registered, not deployed). Default: `sft`, or `dpo` with `method.type: dpo`.",
+    )
     lora: LoraOptions = Field(default_factory=LoraOptions)
     arguments: dict[str, Any] = Field(
         default_factory=dict,
@@ -163,10 +176,27 @@ class FineTuningJobCreate(_Body):
             raise ValueError("give hyperparameters in 'method' or in 'hyperparameters', not both")
         if self.integrations:
             raise ValueError("integrations (wandb) are not supported by Forgeline")
+        stage = self.forgeline.stage
+        if stage is not None and self.method is not None:
+            allowed = {"dpo"} if self.method.type == "dpo" else SUPERVISED_STAGES
+            if stage not in allowed:
+                raise ValueError(
+                    f"method.type '{self.method.type}' and forgeline.stage '{stage}' disagree: "
+                    f"stage '{stage}' takes method.type "
+                    f"'{'dpo' if stage == 'dpo' else 'supervised'}' (or no method)"
+                )
         return self
 
     def method_type(self) -> Literal["supervised", "dpo"]:
-        return self.method.type if self.method is not None else "supervised"
+        if self.method is not None:
+            return self.method.type
+        return "dpo" if self.forgeline.stage == "dpo" else "supervised"
+
+    def training_stage(self) -> TrainingStage:
+        """The LLaMA-Factory stage the job trains with."""
+        if self.forgeline.stage is not None:
+            return self.forgeline.stage
+        return "dpo" if self.method_type() == "dpo" else "sft"
 
     def effective_hyperparameters(self) -> SupervisedHyperparameters | DpoHyperparameters:
         """The hyperparameters from `method`, else from the deprecated field, else all auto."""

@@ -96,7 +96,12 @@ class FineTuningServing:
             id=job.id,
             created_at=job.created_at,
             error=job.error,
-            fine_tuned_model=job.fine_tuned_model if job.status == "succeeded" else None,
+            # A reward model is registered, never served: there is no model to ask.
+            fine_tuned_model=(
+                job.fine_tuned_model
+                if job.status == "succeeded" and request.training_stage() != "rm"
+                else None
+            ),
             finished_at=job.finished_at,
             hyperparameters=Hyperparameters(
                 batch_size=(
@@ -126,6 +131,7 @@ class FineTuningServing:
                 "trainer_state": job.trainer_state.lower() or None,
                 "outputs": job.outputs.model_dump(exclude_none=True),
                 "finetuning_type": request.forgeline.finetuning_type,
+                "training_stage": request.training_stage(),
             },
         )
 
