@@ -4,6 +4,7 @@ text the model's own chat template gives through transformers."""
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 from transformers import AutoTokenizer
 
 from forgeline_converter.modelfile import (
@@ -17,6 +18,7 @@ from forgeline_converter.modelfile import (
 from forgeline_kit.tinymodel import CHATML_TEMPLATE, IM_END, TinyModel
 
 from .gotemplate import GoTemplateError, render
+from .modelfile_parser import parse
 
 CONVERSATION = [
     Message(role="system", content="You are a terse assistant. {{ not a Go action }}"),
@@ -73,3 +75,46 @@ def test_a_template_that_merges_messages_is_refused() -> None:
 def test_the_test_renderer_refuses_what_it_does_not_implement() -> None:
     with pytest.raises(GoTemplateError):
         render("{{ range $i, $m := .Messages }}{{ end }}", {"Messages": []})
+
+
+TRICKY_VALUES = [
+    "0.2",
+    "<|im_end|>",
+    "two words",
+    'say "hi"',
+    '"',
+    'ends with a quote"',
+    "line one\nFROM /etc/passwd",
+    'x"\nADAPTER /etc/shadow',
+    "  padded  ",
+    "# not a comment",
+    "",
+]
+
+
+@pytest.mark.parametrize("value", TRICKY_VALUES)
+def test_ollama_reads_every_value_back_as_written_and_nothing_more(value: str) -> None:
+    text = render_modelfile(
+        "m.gguf",
+        '{{ .Prompt }}"',
+        [value],
+        system=f"System: {value}",
+        parameters=[ModelfileParameter(name="seed", value=value)],
+    )
+
+    assert parse(text) == [
+        ("model", "./m.gguf"),
+        ("template", '{{ .Prompt }}"'),
+        ("stop", value),
+        ("seed", value),
+        ("system", f"System: {value}"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("temperature 1\nFROM", "x"), ("seed", 'a"""\nFROM /etc/passwd'), ("seed", "a\rFROM b")],
+)
+def test_what_no_quoting_can_carry_is_refused(name: str, value: str) -> None:
+    with pytest.raises(ValidationError):
+        ModelfileParameter(name=name, value=value)

@@ -238,6 +238,25 @@ async def test_an_impossible_quantization_is_refused_before_anything_runs(
     assert await versions_of(stack, output) == []
 
 
+@pytest.mark.parametrize(
+    ("parameter", "field"),
+    [
+        (pb.ModelfileParameter(name="num_ctx 1\nADAPTER", value="1"), "parameters[0].name"),
+        (pb.ModelfileParameter(name="stop", value='a"""\nFROM /etc/passwd'), "parameters[0].value"),
+    ],
+)
+async def test_a_modelfile_value_that_would_inject_an_instruction_is_refused(
+    converter: RunningConverter, stack: Stack, parameter: pb.ModelfileParameter, field: str
+) -> None:
+    output = f"refused-{uuid.uuid4().hex[:8]}"
+    spec = model_spec(BASE, ("Q8_0",), output=output)
+    spec.model.modelfile.parameters.append(parameter)
+    with pytest.raises(InvalidArgument) as refused:
+        await collect(converter.stub.Convert(pb.ConvertRequest(spec=spec)))
+    assert refused.value.field == f"spec.model.modelfile.{field}"
+    assert await versions_of(stack, output) == []
+
+
 async def test_an_unknown_source_is_not_found(converter: RunningConverter) -> None:
     request = pb.ConvertRequest(spec=model_spec(f"missing-{TOKEN}"))
     with pytest.raises(NotFound):

@@ -9,10 +9,12 @@ the system prompt, say) is refused with a message asking for a template override
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from typing import Annotated, Final
 
 import jinja2.sandbox
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, StringConstraints, field_validator
 
 from forgeline_converter.errors import ConversionError
 
@@ -139,19 +141,65 @@ def ollama_template(chat: ChatFormat) -> str:
     )
 
 
+#: What Ollama's Modelfile parser reads as a PARAMETER name (parser/parser.go, stateParameter).
+PARAMETER_NAME: Final = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+# Ollama's parser silently drops non-printable characters, and reads a carriage return as a line
+# end: of the control characters only tab and newline are read back as given.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_WORD = re.compile(r"^[A-Za-z0-9._+-]+$")
+
+
 class ModelfileParameter(BaseModel):
-    """One PARAMETER line."""
+    """One PARAMETER line: a name Ollama's parser reads as one, a value it reads back whole."""
 
     model_config = ConfigDict(frozen=True)
 
-    name: str
+    name: Annotated[str, StringConstraints(pattern=PARAMETER_NAME.pattern)]
     value: str
+
+    @field_validator("value")
+    @classmethod
+    def _quotable(cls, value: str) -> str:
+        modelfile_value(value)
+        return value
+
+
+def modelfile_value(value: str) -> str:
+    """``value`` written so that Ollama's parser reads back exactly ``value`` and nothing else.
+
+    Ollama's Modelfile has no escape sequences (parser/parser.go, ``unquote``): a value is a bare
+    word, ``"..."`` or a triple-quoted string, and it ends at the first line end after which
+    what was read unquotes. So a value with a quote in it goes in triple quotes (which cannot
+    close early: the value holds no triple quote), anything else but a plain word in double
+    quotes: a newline or quote inside can never end the value and start a new instruction
+    (``FROM``, ``ADAPTER``) in the file.
+
+    Raises:
+        ValueError: the value holds a triple quote or a control character, which no quoting
+            can carry.
+    """
+    if '"""' in value:
+        raise ValueError('a Modelfile value cannot contain """ (Ollama has no escape for it)')
+    if _CONTROL.search(value):
+        raise ValueError(
+            "a Modelfile value cannot contain control characters other than tab and newline"
+        )
+    if _WORD.match(value):
+        return value
+    return f'"""{value}"""' if '"' in value else f'"{value}"'
 
 
 def _quoted(value: str) -> str:
-    if '"""' in value:
-        raise ConversionError('a Modelfile value cannot contain """')
+    """TEMPLATE and SYSTEM text: always triple-quoted, as people write them."""
+    _value(value)
     return f'"""{value}"""'
+
+
+def _value(value: str) -> str:
+    try:
+        return modelfile_value(value)
+    except ValueError as error:
+        raise ConversionError(str(error)) from error
 
 
 def render_modelfile(
@@ -164,8 +212,8 @@ def render_modelfile(
 ) -> str:
     """The Modelfile text: FROM, TEMPLATE, stop PARAMETERs, then SYSTEM and extra PARAMETERs."""
     lines = [f"FROM ./{gguf_name}", f"TEMPLATE {_quoted(template)}"]
-    lines += [f'PARAMETER stop "{stop}"' for stop in stops]
-    lines += [f"PARAMETER {p.name} {p.value}" for p in parameters]
+    lines += [f"PARAMETER stop {_value(stop)}" for stop in stops]
+    lines += [f"PARAMETER {p.name} {_value(p.value)}" for p in parameters]
     if system:
         lines.append(f"SYSTEM {_quoted(system)}")
     return "\n".join(lines) + "\n"

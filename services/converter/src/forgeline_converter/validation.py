@@ -11,6 +11,7 @@ from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from forgeline_converter.llamacpp_tools import requires_imatrix
+from forgeline_converter.modelfile import PARAMETER_NAME, modelfile_value
 from forgeline_kit.errors import InvalidArgument, NotFound
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.converter.v1 import converter_pb2 as pb
@@ -88,6 +89,7 @@ def _check_model(task: pb.ModelConversion, offered: Collection[str], has_imatrix
             override.type = _check_type(
                 override.type, offered, f"{where}.tensor_types[{position}].type"
             )
+    _check_modelfile(task.modelfile, f"{field}.modelfile")
     if task.outtype == pb.GGUF_OUTTYPE_Q8_0 and task.quantizations and not task.allow_requantize:
         raise InvalidArgument(
             "quantizing from a Q8_0 intermediate loses quality: use outtype F16 (or BF16/F32), "
@@ -108,6 +110,29 @@ def _check_model(task: pb.ModelConversion, offered: Collection[str], has_imatrix
                 "calibration_text_inline is over 1 MiB: register the text and refer to it",
                 field=f"{field}.imatrix.calibration_text_inline",
             )
+
+
+def _check_modelfile(options: pb.ModelfileOptions, field: str) -> None:
+    """Refuse what the Modelfile could not carry as given (a value that would end early and
+    inject an instruction), before any work is done."""
+    for index, parameter in enumerate(options.parameters):
+        where = f"{field}.parameters[{index}]"
+        if not PARAMETER_NAME.match(parameter.name):
+            raise InvalidArgument(
+                f"'{parameter.name}' is not a Modelfile parameter name: use Ollama's names "
+                "(letters, digits and _), such as temperature or num_ctx",
+                field=f"{where}.name",
+            )
+        _check_modelfile_text(parameter.value, f"{where}.value")
+    for name in ("system", "template_override"):
+        _check_modelfile_text(getattr(options, name), f"{field}.{name}")
+
+
+def _check_modelfile_text(value: str, field: str) -> None:
+    try:
+        modelfile_value(value)
+    except ValueError as error:
+        raise InvalidArgument(f"{field}: {error}", field=field) from None
 
 
 def _check_gguf_source(source: rpb.Version, task: pb.ModelConversion) -> None:
