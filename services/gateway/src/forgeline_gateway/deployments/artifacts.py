@@ -2,15 +2,21 @@
 
 A deployment names a GGUF version (``registry_gguf``, ``registry_lora``) or an HF version
 (``registry_model``, vLLM); before placing it the gateway pulls the version into its model
-cache, one directory per version (``<model with / as -->/<number>``; a vLLM container mounts
-the cache and reads the directory). Versions are immutable, so a cached one is reused as is; a
-pull goes to a temporary directory renamed into place when complete (every file's digest
-verified by the registry client), so an interrupted pull leaves nothing that looks usable.
+cache, one directory per version (``<model with / as +>/<number>``: ``+`` is in no model name,
+so no two names share a directory; a vLLM container mounts the cache and reads the directory).
+A pull goes to a temporary directory renamed into place when complete (every file's digest
+verified by the registry client), with the version's digests recorded beside it
+(``<number>.digests.json``), so an interrupted pull leaves nothing that looks usable. A cached
+version is reused only when its files still have those digests: a file changed or added on
+the host since the pull is not served; the version is pulled again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
+import logging
 import shutil
 import uuid
 from pathlib import Path
@@ -19,10 +25,15 @@ from typing import TypeVar
 from forgeline_gateway.deployments.spec import LlamaCppSpec, OllamaSpec, VllmSpec
 from forgeline_kit.errors import FailedPrecondition, InvalidArgument
 from forgeline_registry.client import RegistryClient
+from forgeline_registry.names import check_model_name
 
 __all__ = ["RegistryArtifacts"]
 
 SpecT = TypeVar("SpecT", LlamaCppSpec, OllamaSpec, VllmSpec)
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 4 << 20
 
 
 class RegistryArtifacts:
@@ -72,18 +83,35 @@ class RegistryArtifacts:
                 f"'{field}' needs the registry: set FORGELINE_GATEWAY_REGISTRY_TARGET",
                 field=field,
             )
-        model, _, number = reference.rpartition(":")
-        directory = self.cache_dir / model.replace("/", "--") / number
+        directory = self.cache_directory(reference, field)
+        digests = directory.with_name(f"{directory.name}.digests.json")
         lock = self._locks.setdefault(reference, asyncio.Lock())
         async with lock:
+            if directory.is_dir() and not await asyncio.to_thread(_intact, directory, digests):
+                log.warning(
+                    "cached version changed on disk since it was pulled; pulling it again",
+                    extra={"version": reference, "directory": str(directory)},
+                )
+                shutil.rmtree(directory)
             if not directory.is_dir():
-                partial = directory.with_name(f".{number}.{uuid.uuid4().hex}.partial")
+                digests.unlink(missing_ok=True)
+                partial = directory.with_name(f".{directory.name}.{uuid.uuid4().hex}.partial")
                 try:
-                    await self.registry.pull(reference, partial)
+                    version = await self.registry.pull(reference, partial)
+                    record = {a.path: a.sha256 for a in version.artifacts}
+                    digests.write_text(json.dumps(record, sort_keys=True), encoding="utf-8")
                     partial.rename(directory)
                 finally:
                     shutil.rmtree(partial, ignore_errors=True)
         return directory
+
+    def cache_directory(self, reference: str, field: str) -> Path:
+        """Where the version ``MODEL:NUMBER`` is cached; two names never share a directory."""
+        model, _, number = reference.rpartition(":")
+        check_model_name(model, field)
+        if not number.isdigit():
+            raise InvalidArgument(f"'{reference}' names no version number", field=field)
+        return self.cache_dir / model.replace("/", "+") / number
 
     async def gguf_file(self, reference: str, field: str) -> Path:
         """The one ``.gguf`` file of the version `reference`, pulled if not cached yet."""
@@ -96,3 +124,31 @@ class RegistryArtifacts:
                 field=field,
             )
         return files[0]
+
+
+def _intact(directory: Path, digests: Path) -> bool:
+    """Whether ``directory`` holds exactly the files recorded in ``digests``, with their
+    digests (a cache written before digests were recorded counts as changed)."""
+    try:
+        recorded = json.loads(digests.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(recorded, dict):
+        return False
+    present = {
+        path.relative_to(directory).as_posix(): path
+        for path in directory.rglob("*")
+        if path.is_file() or path.is_symlink()
+    }
+    if set(present) != set(recorded):
+        return False
+    for name, path in present.items():
+        if path.is_symlink():
+            return False
+        sha = hashlib.sha256()
+        with path.open("rb") as content:
+            while chunk := content.read(_CHUNK):
+                sha.update(chunk)
+        if sha.hexdigest() != recorded[name]:
+            return False
+    return True
