@@ -50,6 +50,16 @@ def _etag(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:32]
 
 
+def _fsync(path: Path) -> None:
+    """Flush a file's or a directory's entries to the disk: a rename or link is durable only once
+    its directory is, and a version must not become visible before its blobs are on the disk."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 def _file_chunks(path: Path) -> Iterator[bytes]:
     with path.open("rb") as stream:
         while chunk := stream.read(HASH_CHUNK_BYTES):
@@ -151,6 +161,7 @@ class FsStore(ObjectStore):
                         os.replace(temporary, target)
                 else:
                     os.replace(temporary, target)
+                _fsync(target.parent)
             finally:
                 temporary.unlink(missing_ok=True)
             return _etag(data)
@@ -254,9 +265,12 @@ class FsStore(ObjectStore):
         def publish() -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             staging.chmod(0o444)
+            # The client wrote the staged file; its bytes reach the disk before the blob exists.
+            _fsync(staging)
             # Exists already: the same content, verified by whoever put it there.
             with contextlib.suppress(FileExistsError):
                 os.link(staging, target)
+            _fsync(target.parent)
             staging.unlink(missing_ok=True)
             # Fails while other blobs of the upload are still staged.
             with contextlib.suppress(OSError):
