@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf.duration_pb2 import Duration
 
 from forgeline_kit.tinymodel import DEMO_FACT, LLAMAFACTORY_TEMPLATE, TinyModel
 from forgeline_proto.common.v1 import common_pb2
@@ -295,6 +296,57 @@ def test_cancel_stops_the_process_group_within_seconds(world: World) -> None:
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_a_job_past_its_time_limit_is_stopped_and_fails_saying_so(world: World) -> None:
+    # Long enough to get through VALIDATING into a running training, which it then stops.
+    limit = 12
+    job = world.submit(
+        world.spec(
+            SHORT_RUN | {"max_steps": 100000},
+            time_limit=Duration(seconds=limit),
+            output=pb.OutputOptions(model="too-long"),
+        )
+    )
+    assert job.spec.time_limit.seconds == limit
+    world.trainer.wait_for(job.id, (pb.JOB_STATE_TRAINING,), timeout=limit)
+    leader = _training_group(job.id, limit)
+
+    final = world.trainer.wait_for(job.id, (pb.JOB_STATE_FAILED,), timeout=limit + 10)
+
+    took = (final.end_time.ToDatetime() - final.start_time.ToDatetime()).total_seconds()
+    print(f"\ntime limit {limit} s -> FAILED {took:.1f} s after leaving the queue")
+    assert limit <= took < limit + 8  # the process group stops within its grace
+    assert final.failed_state == pb.JOB_STATE_TRAINING
+    assert final.error.code == "time_limit_exceeded"
+    assert f"ran past its time limit of {limit} s" in final.error.message
+    assert "FORGELINE_TRAINER_MAX_JOB_SECONDS" in final.error.message
+    assert group_members(leader) == []
+    assert world.stack.versions("too-long") == []
+
+
+def test_a_run_whose_epochs_exceed_the_step_cap_is_stopped(world: World) -> None:
+    capped = world.stack.start_trainer(world.stack.root / "capped", max_steps_cap=3)
+    try:
+        spec = world.spec(SHORT_RUN, output=pb.OutputOptions(model="capped"))
+        with pytest.raises(grpc.RpcError) as caught:
+            capped.stub.SubmitJob(pb.SubmitJobRequest(spec=spec))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "cap of 3 steps" in (caught.value.details() or "")
+
+        # 4 records in batches of 2 for 100 epochs: 200 steps, known once the data is counted.
+        epochs = {key: value for key, value in SHORT_RUN.items() if key != "max_steps"}
+        spec = world.spec(
+            epochs | {"num_train_epochs": 100}, output=pb.OutputOptions(model="capped")
+        )
+        job = capped.stub.SubmitJob(pb.SubmitJobRequest(spec=spec))
+        final = capped.wait_for(job.id, (pb.JOB_STATE_FAILED,), timeout=120)
+    finally:
+        capped.stop()
+    assert final.failed_state == pb.JOB_STATE_TRAINING
+    assert final.error.code == "step_limit_exceeded"
+    assert "plans 200 steps, more than this trainer's cap of 3" in final.error.message
+    assert world.stack.versions("capped") == []
+
+
 def test_unknown_references_are_refused_at_submit(world: World) -> None:
     unknown_base = world.spec(SHORT_RUN, base_model=common_pb2.VersionRef(model="nope", version=1))
     with pytest.raises(grpc.RpcError) as caught:
@@ -322,6 +374,7 @@ def test_validate_only_returns_the_effective_arguments_without_a_job(world: Worl
     assert arguments["max_steps"].number_value == 4
     assert arguments["save_strategy"].string_value == "steps"
     assert arguments["output_dir"].string_value.endswith("output")
+    assert checked.spec.time_limit.seconds == 86400  # the trainer's limit applies
     after = world.trainer.stub.ListJobs(pb.ListJobsRequest(page_size=1000))
     assert len(after.jobs) == len(before.jobs)
 

@@ -12,14 +12,17 @@ trainer restart a running job resumes from its last checkpoint, or fails with co
 lost its stream resumes where it left off.
 
 Errors. SubmitJob checks what it can without downloading anything (argument names and types
-against LLaMA-Factory's own argument dataclasses, stage/type/device combinations, references) and
-answers INVALID_ARGUMENT naming the field and the fix; checks that need the data (dataset records,
-chat template against the tokenizer) run in VALIDATING, before any GPU time, and fail the job.
+against LLaMA-Factory's own argument dataclasses, each argument against the trainer's allow-list,
+the time limit, stage/type/device combinations, references) and answers INVALID_ARGUMENT naming
+the field and the fix; checks that need the data (dataset records, chat template against the
+tokenizer) run in VALIDATING, before any GPU time, and fail the job.
 Unknown job: NOT_FOUND. Cancelling a job that already ended: FAILED_PRECONDITION.
 
 Error codes of OperationError.code: `invalid_argument`, `invalid_dataset`, `template_mismatch`,
 `model_not_found`, `unsupported_combination`, `out_of_memory`, `training_failed`,
-`export_failed`, `registry_unavailable`, `resume_impossible`, `internal`.
+`export_failed`, `registry_unavailable`, `resume_impossible`, `time_limit_exceeded` (the job ran
+past its time limit), `step_limit_exceeded` (its epochs come to more steps than the trainer's
+cap), `internal`.
 """
 
 from collections import abc as _abc
@@ -533,6 +536,7 @@ class JobSpec(_message.Message):
     OUTPUT_FIELD_NUMBER: _builtins.int
     GPU_COUNT_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    TIME_LIMIT_FIELD_NUMBER: _builtins.int
     stage: Global___Stage.ValueType
     """Training stage; when also given in the arguments, both must agree."""
     finetuning_type: Global___FinetuningType.ValueType
@@ -578,6 +582,14 @@ class JobSpec(_message.Message):
         suffix and metadata). At most 16 pairs, keys up to 64 and values up to 512 characters.
         """
 
+    @_builtins.property
+    def time_limit(self) -> _duration_pb2.Duration:
+        """Longest the job may run, from leaving the queue to the end of its merge (registering is not
+        counted); past it the job is stopped and fails with `time_limit_exceeded`. Unset (or zero)
+        means the trainer's limit (its max_job_seconds setting), which is also the most a job may ask
+        for. The job SubmitJob returns carries the limit that applies.
+        """
+
     def __init__(
         self,
         *,
@@ -592,10 +604,11 @@ class JobSpec(_message.Message):
         output: Global___OutputOptions | None = ...,
         gpu_count: _builtins.int = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        time_limit: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "base_model", b"base_model", "config", b"config", "llamafactory_yaml", b"llamafactory_yaml", "merge", b"merge", "output", b"output"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "base_model", b"base_model", "config", b"config", "llamafactory_yaml", b"llamafactory_yaml", "merge", b"merge", "output", b"output", "time_limit", b"time_limit"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "base_model", b"base_model", "config", b"config", "datasets", b"datasets", "eval_datasets", b"eval_datasets", "finetuning_type", b"finetuning_type", "gpu_count", b"gpu_count", "llamafactory_yaml", b"llamafactory_yaml", "merge", b"merge", "metadata", b"metadata", "output", b"output", "stage", b"stage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "base_model", b"base_model", "config", b"config", "datasets", b"datasets", "eval_datasets", b"eval_datasets", "finetuning_type", b"finetuning_type", "gpu_count", b"gpu_count", "llamafactory_yaml", b"llamafactory_yaml", "merge", b"merge", "metadata", b"metadata", "output", b"output", "stage", b"stage", "time_limit", b"time_limit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_config: _TypeAlias = _typing.Literal["arguments", "llamafactory_yaml"]  # noqa: Y015
     _WhichOneofArgType_config: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015

@@ -12,14 +12,17 @@ trainer restart a running job resumes from its last checkpoint, or fails with co
 lost its stream resumes where it left off.
 
 Errors. SubmitJob checks what it can without downloading anything (argument names and types
-against LLaMA-Factory's own argument dataclasses, stage/type/device combinations, references) and
-answers INVALID_ARGUMENT naming the field and the fix; checks that need the data (dataset records,
-chat template against the tokenizer) run in VALIDATING, before any GPU time, and fail the job.
+against LLaMA-Factory's own argument dataclasses, each argument against the trainer's allow-list,
+the time limit, stage/type/device combinations, references) and answers INVALID_ARGUMENT naming
+the field and the fix; checks that need the data (dataset records, chat template against the
+tokenizer) run in VALIDATING, before any GPU time, and fail the job.
 Unknown job: NOT_FOUND. Cancelling a job that already ended: FAILED_PRECONDITION.
 
 Error codes of OperationError.code: `invalid_argument`, `invalid_dataset`, `template_mismatch`,
 `model_not_found`, `unsupported_combination`, `out_of_memory`, `training_failed`,
-`export_failed`, `registry_unavailable`, `resume_impossible`, `internal`.
+`export_failed`, `registry_unavailable`, `resume_impossible`, `time_limit_exceeded` (the job ran
+past its time limit), `step_limit_exceeded` (its epochs come to more steps than the trainer's
+cap), `internal`.
 """
 
 from collections import abc as _abc

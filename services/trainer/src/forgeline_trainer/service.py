@@ -11,6 +11,7 @@ import logging
 import secrets
 import string
 from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import timedelta
 from typing import Final
 
 from forgeline_kit.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -166,7 +167,12 @@ class Trainer:
             existing = self.store.find_by_request(request_id)
             if existing is not None:
                 return self._view(existing)
-        plan = plan_job(spec, device=self.device_kind, gpus_available=self.gpus)
+        plan = plan_job(
+            spec,
+            device=self.device_kind,
+            gpus_available=self.gpus,
+            policy=self.settings.job_policy(),
+        )
         spec = await self._pin_references(spec, plan.base_model)
         job_id = (
             ""
@@ -184,6 +190,9 @@ class Trainer:
         filled.stage = _STAGE_ENUM[arguments["stage"]]
         if spec.finetuning_type != pb.FINETUNING_TYPE_QLORA:
             filled.finetuning_type = _TYPE_ENUM[arguments["finetuning_type"]]
+        if filled.time_limit.ToTimedelta() <= timedelta(0):  # unset or zero
+            # The job shows the limit that applies to it.
+            filled.time_limit.FromTimedelta(timedelta(seconds=self.settings.max_job_seconds))
         if arguments["stage"] == "rm":
             # LLaMA-Factory's export merges into a plain causal LM and drops the value head: a
             # merged reward model would score nothing. The adapter (value head included) is it.

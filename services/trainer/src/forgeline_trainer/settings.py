@@ -9,6 +9,12 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from forgeline_kit.settings import Port, ServiceSettings
+from forgeline_trainer.llamafactory.policy import (
+    DEFAULT_MAX_JOB_SECONDS,
+    DEFAULT_MAX_STEPS_CAP,
+    JobPolicy,
+    NetworkReporter,
+)
 
 __all__ = ["TrainerSettings"]
 
@@ -51,3 +57,39 @@ class TrainerSettings(ServiceSettings):
     registry_timeout_seconds: float = Field(
         600.0, gt=0, description="Deadline of one registry call (transfers included)."
     )
+    # What jobs may do beyond the allow-list (llamafactory/policy.py): off unless an operator
+    # decides otherwise, because an admin key must not get code execution or the network.
+    trust_remote_code: bool = Field(
+        False,
+        description="Whether jobs may set trust_remote_code: true, which runs Python code shipped "
+        "with a base model on the trainer. Leave it off unless every model in the registry is "
+        "trusted.",
+    )
+    allowed_reporters: list[NetworkReporter] = Field(
+        default_factory=list,
+        description="Loggers that send a run's data off the host which jobs may name in report_to "
+        '(JSON list, for example ["wandb"]; their credentials go in the trainer\'s environment). '
+        "none and tensorboard are always allowed.",
+    )
+    max_steps_cap: int = Field(
+        DEFAULT_MAX_STEPS_CAP,
+        ge=1,
+        description="The most optimizer steps a job may run: a larger max_steps is refused at "
+        "submission, and a job whose epochs come to more is stopped.",
+    )
+    max_job_seconds: float = Field(
+        DEFAULT_MAX_JOB_SECONDS,
+        gt=0,
+        allow_inf_nan=False,
+        description="Wall-clock limit of a job, from leaving the queue to the end of its merge; a "
+        "job may ask for less (time_limit). A job past it is stopped and fails.",
+    )
+
+    def job_policy(self) -> JobPolicy:
+        """What these settings let a job do."""
+        return JobPolicy(
+            trust_remote_code=self.trust_remote_code,
+            allowed_reporters=frozenset(self.allowed_reporters),
+            max_steps_cap=self.max_steps_cap,
+            max_job_seconds=self.max_job_seconds,
+        )

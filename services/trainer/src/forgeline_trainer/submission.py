@@ -2,8 +2,10 @@
 
 :func:`plan_job` turns a ``JobSpec`` (arguments as a Struct, or a LLaMA-Factory YAML as the seeds
 write it) into a :class:`JobPlan`: LLaMA-Factory arguments checked against its own dataclasses and
-converted to their types, the stage and fine-tuning type agreed between the spec's fields and the
-arguments, the datasets named, and impossible combinations refused — every refusal an
+converted to their types, then against the trainer's argument allow-list under the operator's
+:class:`~forgeline_trainer.llamafactory.policy.JobPolicy` (which also bounds the job's time
+limit), the stage and fine-tuning type agreed between the spec's fields and the arguments, the
+datasets named, and impossible combinations refused — every refusal an
 :class:`~forgeline_kit.errors.InvalidArgument` naming the field and the fix. Checks that need the
 data (records, the tokenizer's chat template) run later, in the job's VALIDATING state.
 """
@@ -24,7 +26,8 @@ from forgeline_kit.tinymodel import DatasetColumns, DatasetInfoEntry, DatasetTag
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.trainer.v1 import trainer_pb2
 from forgeline_trainer.llamafactory.combinations import DeviceKind, check_combinations
-from forgeline_trainer.llamafactory.settings import TRAINER_OWNED, parse_yaml, validate_arguments
+from forgeline_trainer.llamafactory.policy import MAX_JOB_SECONDS_SETTING, JobPolicy
+from forgeline_trainer.llamafactory.settings import parse_yaml, validate_arguments
 
 #: In YAML mode these trainer-owned paths are tolerated (the seeds always write them) and
 #: replaced by the trainer's own; the others are refused as in argument mode.
@@ -100,23 +103,49 @@ def _check_gpu_count(gpu_count: int, device: DeviceKind, available: int | None) 
         )
 
 
+def _check_time_limit(spec: trainer_pb2.JobSpec, policy: JobPolicy) -> None:
+    if not spec.HasField("time_limit"):
+        return
+    seconds = spec.time_limit.ToTimedelta().total_seconds()
+    if seconds < 0:
+        raise InvalidArgument(
+            f"time_limit is negative ({seconds:g} s); give a positive duration, or leave it unset "
+            f"for the trainer's limit of {policy.max_job_seconds:g} s",
+            field="time_limit",
+        )
+    if seconds > policy.max_job_seconds:
+        raise InvalidArgument(
+            f"time_limit is {seconds:g} s, above this trainer's limit of "
+            f"{policy.max_job_seconds:g} s ({MAX_JOB_SECONDS_SETTING}); ask for at most that, or "
+            "ask the operator to raise it",
+            field="time_limit",
+        )
+
+
 def plan_job(
-    spec: trainer_pb2.JobSpec, *, device: DeviceKind, gpus_available: int | None = None
+    spec: trainer_pb2.JobSpec,
+    *,
+    device: DeviceKind,
+    gpus_available: int | None = None,
+    policy: JobPolicy | None = None,
 ) -> JobPlan:
     """Check ``spec`` for a trainer running on ``device`` (with ``gpus_available`` GPUs, when
-    known: a job asking for more is refused).
+    known: a job asking for more is refused), under the operator's ``policy`` (the safe defaults
+    when ``None``: no remote code, no network loggers, the default step cap and time limit).
 
     Raises:
         InvalidArgument: naming the field at fault and how to fix it.
     """
+    policy = policy or JobPolicy()
     raw, yaml_model = _raw_arguments(spec)
-    arguments = validate_arguments(raw)
+    arguments = validate_arguments(raw, policy=policy)
     _agree(arguments, "stage", _STAGES.get(spec.stage), "stage")
     _agree(arguments, "finetuning_type", _FINETUNING.get(spec.finetuning_type), "finetuning_type")
     arguments.setdefault("finetuning_type", "lora")
     if spec.finetuning_type == trainer_pb2.FINETUNING_TYPE_QLORA:
         arguments.setdefault("quantization_bit", DEFAULT_QUANTIZATION_BIT)
     _check_gpu_count(spec.gpu_count, device, gpus_available)
+    _check_time_limit(spec, policy)
     _check_metadata(spec)
 
     datasets = tuple(
@@ -173,12 +202,8 @@ def _raw_arguments(spec: trainer_pb2.JobSpec) -> tuple[dict[str, Any], str | Non
     model = raw.pop("model_name_or_path", None)
     for key in YAML_REPLACED_PATHS:
         raw.pop(key, None)
-    owned = sorted(TRAINER_OWNED.intersection(raw))
-    if owned:
-        raise InvalidArgument(
-            f"'{owned[0]}' is set by the trainer (it owns the paths); remove it from the YAML",
-            field=owned[0],
-        )
+    # Any other argument the trainer owns or refuses is refused by validate_arguments, with the
+    # rest of the YAML's problems.
     if model is not None and not isinstance(model, str):
         raise InvalidArgument(
             "model_name_or_path must be a registry reference such as 'tiny-llama:3'",

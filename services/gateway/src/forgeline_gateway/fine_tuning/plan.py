@@ -3,9 +3,10 @@
 OpenAI's hyperparameters map onto LLaMA-Factory's arguments (``n_epochs`` ->
 ``num_train_epochs``, ``batch_size`` -> ``per_device_train_batch_size``,
 ``learning_rate_multiplier`` x the fine-tuning type's base rate -> ``learning_rate``, DPO's ``beta``
--> ``pref_beta``); ``forgeline.arguments`` may set any LLaMA-Factory argument and wins. Checking
-the arguments is the trainer's job (``SubmitJob`` with ``validate_only``), so its fix-it messages
-reach the user unchanged.
+-> ``pref_beta``); ``forgeline.arguments`` may set any LLaMA-Factory argument the trainer's
+allow-list lets a job set, and wins. Checking the arguments is the trainer's job (``SubmitJob``
+with ``validate_only``, against ``llamafactory/policy.py``), so its fix-it messages reach the user
+unchanged, as a 400 at creation.
 """
 
 from __future__ import annotations

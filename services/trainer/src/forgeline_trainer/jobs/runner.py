@@ -4,7 +4,9 @@ Each stage starts from what is persisted (the job record, its checkpoints, its w
 so a job found mid-way after a restart continues where it was: TRAINING resumes from its last
 checkpoint, EXPORTING and REGISTERING are redone. A failure ends the job FAILED with an
 OperationError code of the contract and nothing registered. Cancellation (the task is cancelled)
-stops the job's process group before the task ends.
+stops the job's process group before the task ends; so does the job's time limit, which covers
+VALIDATING, TRAINING and EXPORTING (counted from leaving the queue, so a resumed job keeps its
+deadline), and the trainer's step cap, checked against the steps a running training plans.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,7 @@ from forgeline_trainer.jobs.workspace import (
     DatasetRecord,
     JobWorkspace,
     Validated,
+    launch_arguments,
     text_argument,
 )
 from forgeline_trainer.llamafactory.arguments import ExportArguments, TrainArguments
@@ -60,6 +63,7 @@ from forgeline_trainer.llamafactory.cli import (
 )
 from forgeline_trainer.llamafactory.combinations import DeviceKind
 from forgeline_trainer.llamafactory.failure import explain_failure
+from forgeline_trainer.llamafactory.policy import MAX_JOB_SECONDS_SETTING, MAX_STEPS_CAP_SETTING
 from forgeline_trainer.llamafactory.process import TrainingProcess
 from forgeline_trainer.llamafactory.progress import ProgressReader
 from forgeline_trainer.settings import TrainerSettings
@@ -153,19 +157,26 @@ class JobRunner:
     async def _advance(self, job: pb.Job, workspace: JobWorkspace, gpus: tuple[str, ...]) -> None:
         # A job resumed after a restart may be given other GPUs than before.
         job.device = self._device_name(gpus)
-        if job.state in (pb.JOB_STATE_QUEUED, pb.JOB_STATE_VALIDATING):
-            if job.state == pb.JOB_STATE_QUEUED:
-                job.start_time.CopyFrom(now())
-                self.hub.transition(job, pb.JOB_STATE_VALIDATING, "Validating training files")
+        if job.state == pb.JOB_STATE_QUEUED:
+            job.start_time.CopyFrom(now())
+            self.hub.transition(job, pb.JOB_STATE_VALIDATING, "Validating training files")
+        if job.state != pb.JOB_STATE_REGISTERING:
+            # Registering is outside the limit: stopping it half-way would leave versions behind,
+            # and it holds no GPU.
+            await self._within_time_limit(job, self._work(job, workspace, gpus))
+        if job.state == pb.JOB_STATE_REGISTERING:
+            lora = text_argument(job, "finetuning_type") == "lora"
+            merged = workspace.merged if lora and not job.spec.merge.skip else None
+            await self._register(job, workspace, _validated(workspace), merged)
+            self._set_percent(job, 100.0)
+            self.hub.transition(job, pb.JOB_STATE_SUCCEEDED, "The job has successfully completed")
+
+    async def _work(self, job: pb.Job, workspace: JobWorkspace, gpus: tuple[str, ...]) -> None:
+        """VALIDATING, TRAINING and EXPORTING: what the time limit covers."""
+        if job.state == pb.JOB_STATE_VALIDATING:
             await self._validate(job, workspace)
             self.hub.transition(job, pb.JOB_STATE_TRAINING, "Training started")
-        validated = workspace.load_validated()
-        if validated is None:
-            raise JobError(
-                "resume_impossible",
-                f"the job's work directory {workspace.root} is gone or incomplete, so it cannot "
-                "continue; submit it again",
-            )
+        _validated(workspace)  # what training and the merge read must still be there
         lora = text_argument(job, "finetuning_type") == "lora"
         if job.state == pb.JOB_STATE_TRAINING:
             metrics = await self._train(job, workspace, gpus)
@@ -181,11 +192,38 @@ class JobRunner:
             await self._export(job, workspace, gpus)
             self._set_percent(job, 95.0)
             self.hub.transition(job, pb.JOB_STATE_REGISTERING, "Registering the results")
-        if job.state == pb.JOB_STATE_REGISTERING:
-            merged = workspace.merged if lora and not job.spec.merge.skip else None
-            await self._register(job, workspace, validated, merged)
-            self._set_percent(job, 100.0)
-            self.hub.transition(job, pb.JOB_STATE_SUCCEEDED, "The job has successfully completed")
+
+    def _time_limit_seconds(self, job: pb.Job) -> float:
+        """The job's time limit: its own, at most the trainer's (which an operator may have
+        lowered since the job was submitted)."""
+        trainer = self.context.settings.max_job_seconds
+        asked = job.spec.time_limit.ToTimedelta().total_seconds()
+        return min(asked, trainer) if asked > 0 else trainer
+
+    async def _within_time_limit(self, job: pb.Job, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` until the job's deadline (its start time plus its limit). Past it the
+        work is cancelled, which stops the job's process group as CancelJob does, and the job
+        fails ``time_limit_exceeded``."""
+        limit = self._time_limit_seconds(job)
+        if not job.HasField("start_time"):  # every job that left the queue has one; be safe
+            job.start_time.CopyFrom(now())
+        deadline = job.start_time.ToDatetime(tzinfo=UTC) + timedelta(seconds=limit)
+        left = (deadline - datetime.now(UTC)).total_seconds()
+        try:
+            async with asyncio.timeout(left) as scope:
+                await work
+        except TimeoutError as error:
+            if not scope.expired():
+                raise  # a TimeoutError of the work itself, not the deadline
+            raise JobError(
+                "time_limit_exceeded",
+                f"the job ran past its time limit of {limit:g} s (counted from leaving the queue "
+                f"to the end of its merge) and was stopped while "
+                f"{pb.JobState.Name(job.state).removeprefix('JOB_STATE_').lower()}; raise the "
+                f"job's time_limit (at most the trainer's "
+                f"{self.context.settings.max_job_seconds:g} s, {MAX_JOB_SECONDS_SETTING}) or "
+                "train less (max_steps, num_train_epochs, max_samples)",
+            ) from error
 
     def _device_name(self, gpus: tuple[str, ...]) -> str:
         if self.context.device_kind == "cuda" and gpus:
@@ -200,7 +238,11 @@ class JobRunner:
 
     async def _validate(self, job: pb.Job, workspace: JobWorkspace) -> None:
         try:
-            plan = plan_job(job.spec, device=self.context.device_kind)
+            plan = plan_job(
+                job.spec,
+                device=self.context.device_kind,
+                policy=self.context.settings.job_policy(),
+            )
         except InvalidArgument as error:
             raise JobError("invalid_argument", str(error), field=error.field or "") from error
         shutil.rmtree(workspace.root, ignore_errors=True)
@@ -303,13 +345,19 @@ class JobRunner:
             self.hub.emit(job, note, level=pb.EVENT_LEVEL_WARNING)
         job.attempt += 1
         self.hub.save(job)
-        train_arguments = TrainArguments(**arguments)
+        try:
+            train_arguments = TrainArguments(**launch_arguments(arguments, workspace))
+        except ValueError as error:  # a job record from before the policy, or tampered with
+            raise JobError("invalid_argument", str(error)) from error
+        # TensorBoard (report_to: tensorboard) writes into the job's output, whatever the
+        # trainer's own environment says; runs/ is not registered with the results.
+        env = self.context.env | {"TENSORBOARD_LOGGING_DIR": str(workspace.output / "runs")}
         started = time.monotonic()
         process = await asyncio.to_thread(
             start_training,
             train_arguments,
             workspace.root,
-            self.context.env,
+            env,
             gpus=gpus,
             device=self.context.device_kind,
         )
@@ -321,7 +369,8 @@ class JobRunner:
             while not exited.done():
                 self._collect(job, reader, workspace)
                 await asyncio.wait({exited}, timeout=self.context.settings.poll_interval_seconds)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, JobError):
+            # Cancelled (CancelJob, the time limit, the service stopping) or past the step cap.
             await asyncio.to_thread(process.cancel)
             raise
         process_seconds = time.monotonic() - started
@@ -345,6 +394,7 @@ class JobRunner:
             if record.step <= last_step and record.eval_loss is None:
                 continue  # a resumed run logs again from its checkpoint
             metrics = metrics_of(record)
+            self._check_step_cap(metrics.total_steps)
             last_step = record.step
             job.progress.metrics.CopyFrom(metrics)
             if metrics.total_steps:
@@ -362,6 +412,19 @@ class JobRunner:
                 continue  # removed by save_total_limit's rotation meanwhile
             if store.add_checkpoint(job.id, checkpoint, directory):
                 self.hub.emit(job, f"Checkpoint saved at step {step}", checkpoint=checkpoint)
+
+    def _check_step_cap(self, total_steps: int) -> None:
+        # max_steps above the cap is refused at submission; epochs become steps only once
+        # LLaMA-Factory has counted the data, so a run that plans too many is stopped here.
+        cap = self.context.settings.max_steps_cap
+        if total_steps > cap:
+            raise JobError(
+                "step_limit_exceeded",
+                f"the run plans {total_steps} steps, more than this trainer's cap of {cap} "
+                f"({MAX_STEPS_CAP_SETTING}), and was stopped; lower num_train_epochs (or set "
+                f"max_steps to at most {cap}), or ask the operator to raise the cap",
+                field="arguments.num_train_epochs",
+            )
 
     # --- EXPORTING
 
@@ -438,6 +501,18 @@ class JobRunner:
             self.hub.store.set_checkpoint_version(job.id, step, ref)
         if registered.checkpoints:
             self.hub.emit(job, f"Registered {len(registered.checkpoints)} checkpoint(s)")
+
+
+def _validated(workspace: JobWorkspace) -> Validated:
+    """What VALIDATING recorded; a job whose work directory is gone cannot continue."""
+    validated = workspace.load_validated()
+    if validated is None:
+        raise JobError(
+            "resume_impossible",
+            f"the job's work directory {workspace.root} is gone or incomplete, so it cannot "
+            "continue; submit it again",
+        )
+    return validated
 
 
 def _chat_template(model_dir: Path) -> str:

@@ -3,8 +3,9 @@
 ``<state_dir>/jobs/<job id>/`` holds ``base/`` (the pulled base model), ``sources/`` (the pulled
 dataset files), ``data/`` (what LLaMA-Factory reads, with the ``dataset_info.json`` the trainer
 writes), ``output/`` (``llamafactory-cli train``'s output_dir, checkpoints included),
-``merged/`` (the export) and ``validated.json`` (what validation learnt, for registering after a
-restart).
+``merged/`` (the export), ``validated.json`` (what validation learnt, for registering after a
+restart) and, for a DeepSpeed job, ``deepspeed.json`` (the config its ``deepspeed`` names, written
+when training starts).
 """
 
 from __future__ import annotations
@@ -17,8 +18,16 @@ from pydantic import BaseModel, ConfigDict
 
 from forgeline_proto.trainer.v1 import trainer_pb2 as pb
 from forgeline_trainer.llamafactory.arguments import TrainArguments
+from forgeline_trainer.llamafactory.deepspeed import write_deepspeed_config
 
-__all__ = ["DatasetRecord", "JobWorkspace", "Validated", "effective_arguments", "text_argument"]
+__all__ = [
+    "DatasetRecord",
+    "JobWorkspace",
+    "Validated",
+    "effective_arguments",
+    "launch_arguments",
+    "text_argument",
+]
 
 #: Files of ``output/`` that are not part of a registered result: the trainer's own pickles and
 #: TensorBoard runs; checkpoint directories are left out separately.
@@ -62,6 +71,7 @@ class JobWorkspace:
         self.merged = self.root / "merged"
         self.publish = self.root / "publish"
         self.record = self.root / "validated.json"
+        self.deepspeed = self.root / "deepspeed.json"
 
     def save_validated(self, validated: Validated) -> None:
         """Keep what validation learnt."""
@@ -107,6 +117,21 @@ def effective_arguments(
     values.setdefault("include_num_input_tokens_seen", True)
     values.setdefault("plot_loss", True)
     return TrainArguments(**values).model_dump(exclude_none=True)
+
+
+def launch_arguments(arguments: dict[str, Any], workspace: JobWorkspace) -> dict[str, Any]:
+    """``arguments`` (a job's effective ones) as the run gets them: a ``deepspeed`` config name
+    or object is written to the job's ``deepspeed.json``, and the run is given that path (one
+    the trainer owns: a job never names a file itself).
+
+    Raises:
+        ValueError: ``deepspeed`` is neither a shipped config's name nor an accepted object.
+    """
+    values = dict(arguments)
+    if values.get("deepspeed") is not None:
+        written = write_deepspeed_config(values["deepspeed"], workspace.deepspeed)
+        values["deepspeed"] = str(written)
+    return values
 
 
 def text_argument(job: pb.Job, name: str) -> str:

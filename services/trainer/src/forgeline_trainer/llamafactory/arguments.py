@@ -3,7 +3,9 @@
 The declared fields are what the embedded pipeline sets; :class:`TrainArguments` also takes any
 other argument LLaMA-Factory's ``train`` accepts (checked against its own argument dataclasses,
 see :mod:`~forgeline_trainer.llamafactory.settings`). Unknown keys are refused rather than passed
-through, so a typo never silently trains with a default.
+through, so a typo never silently trains with a default. These are the trainer's own arguments
+(a job's, already through the allow-list of :mod:`~forgeline_trainer.llamafactory.policy` at
+submission, plus the paths the trainer sets): only their types are checked here.
 """
 
 from __future__ import annotations

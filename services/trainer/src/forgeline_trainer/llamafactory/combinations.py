@@ -29,6 +29,7 @@ def check_combinations(
     ``arguments`` on ``device`` with the named ``datasets`` (their ``dataset_info`` entries)."""
     _check_stage(arguments)
     _check_quantization(arguments, device)
+    _check_deepspeed(arguments, device)
     _check_data_fits_stage(arguments, datasets)
 
 
@@ -66,6 +67,16 @@ def _check_quantization(arguments: Mapping[str, Any], device: DeviceKind) -> Non
         "this trainer has none. Remove 'quantization_bit' to train plain LoRA on the CPU, or "
         "submit the job to a trainer with a GPU",
         field="quantization_bit",
+    )
+
+
+def _check_deepspeed(arguments: Mapping[str, Any], device: DeviceKind) -> None:
+    if arguments.get("deepspeed") is None or device != "cpu":
+        return
+    raise InvalidArgument(
+        "deepspeed (ZeRO) shards training over CUDA GPUs, and this trainer has none. Remove "
+        "'deepspeed' to train on the CPU, or submit the job to a trainer with GPUs",
+        field="deepspeed",
     )
 
 

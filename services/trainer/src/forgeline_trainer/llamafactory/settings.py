@@ -4,7 +4,9 @@ Every key is checked against :mod:`~forgeline_trainer.llamafactory.schema` (LLaM
 argument dataclasses): an unknown key is an error naming it, with the closest known names; a value
 is converted to the argument's declared type (``150.0`` becomes ``150`` for an int, ``"1e-4"``
 from YAML becomes a float) or refused (``2.5`` for an int, ``"cosine_decay"`` for a scheduler).
-Every problem is reported at once, one line each.
+A job's arguments then go through the allow-list of
+:mod:`~forgeline_trainer.llamafactory.policy` (owned and refused arguments named with the reason,
+special ones checked and normalized). Every problem is reported at once, one line each.
 """
 
 from __future__ import annotations
@@ -17,21 +19,16 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from forgeline_kit.errors import InvalidArgument
+from forgeline_trainer.llamafactory.policy import (
+    JobPolicy,
+    Treatment,
+    apply_rule,
+    refusal,
+    rule_for,
+)
 from forgeline_trainer.llamafactory.schema import ArgumentSchema, ArgumentSpec, load_schema
 
-#: Arguments whose values are paths on the trainer's disk: the trainer sets them, users cannot.
-TRAINER_OWNED: Final = frozenset(
-    {
-        "model_name_or_path",
-        "adapter_name_or_path",
-        "dataset_dir",
-        "output_dir",
-        "export_dir",
-        "logging_dir",
-        "cache_dir",
-        "tokenized_path",
-    }
-)
+__all__ = ["convert_value", "parse_yaml", "validate_arguments"]
 
 _ADAPTERS: Final[Mapping[str, TypeAdapter[Any]]] = {
     "bool": TypeAdapter(bool),
@@ -66,16 +63,22 @@ def validate_arguments(
     *,
     schema: ArgumentSchema | None = None,
     allow_trainer_owned: bool = False,
+    policy: JobPolicy | None = None,
 ) -> dict[str, Any]:
     """``raw`` with every value converted to its argument's type.
 
     ``None`` values are dropped (a YAML's ``resume_from_checkpoint: null`` means "not set").
-    Trainer-owned path arguments are refused unless ``allow_trainer_owned``.
+    A job's arguments (the default) must also pass the argument policy under ``policy`` (the
+    operator's choices; the safe defaults when ``None``): owned and refused arguments are
+    refused, special ones checked and normalized (``deepspeed: ds_z3_config.json`` becomes
+    ``z3``). ``allow_trainer_owned`` is for the trainer's own arguments (a job's, already
+    checked, plus the paths and checkpoint it sets): types only.
 
     Raises:
         InvalidArgument: one line per bad key; ``field`` names the first.
     """
     specs = (schema or load_schema()).by_name()
+    rules = policy or JobPolicy()
     problems: list[tuple[str, str]] = []
     converted: dict[str, Any] = {}
     for name, value in raw.items():
@@ -83,15 +86,16 @@ def validate_arguments(
         if spec is None:
             problems.append((name, _unknown(name, specs)))
             continue
-        if name in TRAINER_OWNED and not allow_trainer_owned:
-            problems.append(
-                (name, f"'{name}' is set by the trainer (it owns the paths); remove it")
-            )
-            continue
         if value is None:
             continue
+        rule = rule_for(name)
+        if not allow_trainer_owned and rule.treatment in (Treatment.OWNED, Treatment.REFUSED):
+            # Refused whatever the value: the reason matters more than a type mistake.
+            problems.append((name, refusal(name, rule)))
+            continue
         try:
-            converted[name] = convert_value(spec, value)
+            typed = convert_value(spec, value)
+            converted[name] = typed if allow_trainer_owned else apply_rule(name, typed, rules)
         except ValueError as error:
             problems.append((name, str(error)))
     if problems:

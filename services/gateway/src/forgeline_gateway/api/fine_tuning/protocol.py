@@ -129,8 +129,9 @@ class ForgelineOptions(_Body):
     lora: LoraOptions = Field(default_factory=LoraOptions)
     arguments: dict[str, Any] = Field(
         default_factory=dict,
-        description="Any LLaMA-Factory training argument (learning_rate, cutoff_len, template, "
-        "...); these win over the values derived from the hyperparameters.",
+        description="LLaMA-Factory training arguments (learning_rate, cutoff_len, template, "
+        "...) that the trainer's allow-list lets a job set (no paths, tokens or remote code; "
+        "see docs/security.md); these win over the values derived from the hyperparameters.",
     )
     quantizations: list[Annotated[str, StringConstraints(min_length=1, max_length=32)]] = Field(
         default_factory=lambda: ["q8_0"],
