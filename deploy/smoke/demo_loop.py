@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         base = register_base_model(args.registry, write_tiny_model(work / "base"))
         say(f"registered the tiny base model as {base}")
-        ggufs = deploy_base_model(args.gateway, args.converter, base)
+        ggufs = deploy_base_model(args.gateway, args.converter, base, api_key=args.api_key)
         say(f"converted to {', '.join(ggufs.values())}; serving {ggufs['q8_0']} as {BASE_MODEL}")
         client = OpenAI(base_url=f"{args.gateway}/v1", api_key=args.api_key, max_retries=0)
         job = fine_tune(

@@ -12,6 +12,8 @@ from fakes.server import FakeServer
 from fakes.vllm import FakeVllm
 
 from forgeline_gateway.security.keys import hash_key
+from forgeline_gateway.settings import GatewaySettings
+from forgeline_kit.settings import SettingsError, load_settings
 
 from .conftest import Served, StartGateway
 
@@ -143,3 +145,54 @@ def test_without_auth_required_no_key_is_needed(
     served.deploy({"name": "m", "backend": "vllm", "base_model": "base", "urls": [vllm.url]})
 
     assert _chat(served, {}).status_code == 200
+
+
+def test_keys_cannot_be_switched_off_on_an_address_others_reach(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FORGELINE_GATEWAY_HTTP_HOST", "0.0.0.0")
+    monkeypatch.setenv("FORGELINE_GATEWAY_AUTH_REQUIRED", "false")
+
+    with pytest.raises(SettingsError) as refused:
+        load_settings(GatewaySettings)
+
+    message = str(refused.value)
+    assert "FORGELINE_GATEWAY_AUTH_REQUIRED='false' is not valid" in message
+    assert "only on a loopback address" in message
+    assert "forgeline-gateway keys create" in message
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost"])
+def test_keys_may_be_switched_off_on_loopback(monkeypatch: pytest.MonkeyPatch, host: str) -> None:
+    monkeypatch.setenv("FORGELINE_GATEWAY_HTTP_HOST", host)
+    monkeypatch.setenv("FORGELINE_GATEWAY_AUTH_REQUIRED", "false")
+
+    assert load_settings(GatewaySettings).auth_required is False
+
+
+def _models(served: Served, host: str, key: str | None = None) -> httpx.Response:
+    headers = {"Host": host} | ({"Authorization": f"Bearer {key}"} if key else {})
+    return httpx.get(f"{served.url}/v1/models", headers=headers)
+
+
+def test_a_keyless_gateway_answers_only_to_loopback_names(start_gateway: StartGateway) -> None:
+    # DNS rebinding: a web page at attacker.example, its name re-pointed at 127.0.0.1, sends
+    # requests from the user's browser carrying its own name as Host.
+    served = start_gateway({"auth_required": False})
+    port = served.url.rpartition(":")[2]
+
+    refused = _models(served, f"attacker.example:{port}")
+
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "invalid_host"
+    for name in ("localhost", "127.0.0.1", "[::1]"):
+        assert _models(served, f"{name}:{port}").status_code == 200, name
+
+
+def test_trusted_hosts_limit_the_names_a_gateway_answers_to(start_gateway: StartGateway) -> None:
+    served = start_gateway({"trusted_hosts": ["api.example.com", "*.internal.example"]})
+    key = served.inference_key
+
+    assert _models(served, "api.example.com", key).status_code == 200
+    assert _models(served, "gw.internal.example:8080", key).status_code == 200
+    assert _models(served, "elsewhere.example", key).status_code == 400

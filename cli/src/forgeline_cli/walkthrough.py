@@ -171,10 +171,16 @@ async def _convert(target: str, source: str, quantization: str) -> dict[str, str
 
 
 def deploy_base_model(
-    gateway_url: str, converter_target: str, source: str, name: str = BASE_MODEL
+    gateway_url: str,
+    converter_target: str,
+    source: str,
+    name: str = BASE_MODEL,
+    *,
+    api_key: str | None = None,
 ) -> dict[str, str]:
     """Convert `source` to GGUF F16 and Q8_0 (both registered) and serve the Q8_0 on the gateway
-    as `name`; the GGUF versions by file type."""
+    as `name` (with `api_key`, an admin key, where the gateway requires keys); the GGUF versions
+    by file type."""
     ggufs = asyncio.run(_convert(converter_target, source, "q8_0"))
     response = httpx.post(
         f"{gateway_url}/v1/deployments",
@@ -184,6 +190,7 @@ def deploy_base_model(
             "registry_gguf": ggufs["q8_0"],
             "metadata": {"version": ggufs["q8_0"], "quantization": "q8_0"},
         },
+        headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
         timeout=300,
     )
     if response.status_code != 201:

@@ -1,19 +1,62 @@
-"""The request body limit, as plain ASGI (Starlette's BaseHTTPMiddleware would buffer streams).
+"""The gateway's checks before any route: the Host header and the request body limit, as plain
+ASGI (Starlette's BaseHTTPMiddleware would buffer streams).
 
-A declared ``Content-Length`` over the limit is refused before a byte is read; a body without one
-(chunked) is counted as it arrives and refused the moment it passes the limit. Either way the
+Host: a request whose ``Host`` is not one the gateway answers to (``TRUSTED_HOSTS``; without
+keys, the loopback names only) is refused with 400 before anything else runs, so a web page whose
+domain was rebound to 127.0.0.1 cannot drive a keyless local gateway from the user's browser.
+
+Body: a declared ``Content-Length`` over the limit is refused before a byte is read; a body without
+one (chunked) is counted as it arrives and refused the moment it passes the limit. Either way the
 client gets OpenAI's error shape with 413.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from forgeline_gateway.errors import PayloadTooLarge, error_response
+from forgeline_kit.errors import InvalidArgument
 
-__all__ = ["BodyLimitMiddleware"]
+__all__ = ["BodyLimitMiddleware", "TrustedHostMiddleware"]
+
+
+class TrustedHostMiddleware:
+    """Refuses HTTP requests whose ``Host`` (port aside) matches none of `allowed` (``"*"``: any;
+    ``"*.example.com"``: that domain's subdomains) with OpenAI's error shape and 400."""
+
+    def __init__(self, app: ASGIApp, allowed: Sequence[str]) -> None:
+        self.app = app
+        self.any = "*" in allowed
+        self.exact = {host.lower() for host in allowed if not host.startswith("*.")}
+        self.suffixes = tuple(host[1:].lower() for host in allowed if host.startswith("*."))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.any or self._trusted(_host(scope)):
+            await self.app(scope, receive, send)
+            return
+        error = InvalidArgument(
+            "This gateway does not answer to the host this request names. Call it by one of "
+            "the names in FORGELINE_GATEWAY_TRUSTED_HOSTS (without API keys: localhost or "
+            "127.0.0.1), or add the name there.",
+            field="Host",
+        )
+        await error_response(error, code="invalid_host")(scope, receive, send)
+
+    def _trusted(self, host: str) -> bool:
+        return host in self.exact or (bool(self.suffixes) and host.endswith(self.suffixes))
+
+
+def _host(scope: Scope) -> str:
+    """The Host header without its port (``[::1]:8080`` gives ``[::1]``), lower case."""
+    for name, value in scope.get("headers", ()):
+        if name == b"host":
+            host = value.decode("latin-1").lower()
+            if host.startswith("["):
+                return host.partition("]")[0] + "]"
+            return host.rpartition(":")[0] if ":" in host else host
+    return ""
 
 
 class BodyLimitMiddleware:

@@ -7,14 +7,30 @@ malformed or unknown variable. The gRPC fields inherited from the kit are unused
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
+from typing import Final
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from forgeline_kit.settings import Port, ServiceSettings
 
 __all__ = ["GatewaySettings"]
+
+
+#: The names a loopback gateway without keys answers to (a browser's Host header for it).
+LOOPBACK_HOSTS: Final = ("localhost", "127.0.0.1", "[::1]", "::1")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen address is reachable from this host only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class GatewaySettings(ServiceSettings):
@@ -36,7 +52,15 @@ class GatewaySettings(ServiceSettings):
     )
     auth_required: bool = Field(
         True,
-        description="Require a Bearer API key on every API call (false only for a loopback demo).",
+        description="Require a Bearer API key on every API call. false is refused unless HTTP_HOST "
+        "is a loopback address: without keys, whoever reaches the port is an admin.",
+    )
+    trusted_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names the API answers to (JSON list; '*.example.com' matches "
+        "subdomains). Empty: any host when keys are required, else the loopback names only "
+        "(localhost, 127.0.0.1, ::1), so a web page cannot reach a keyless gateway through DNS "
+        "rebinding.",
     )
     key_cache_seconds: float = Field(
         5.0,
@@ -141,3 +165,22 @@ class GatewaySettings(ServiceSettings):
         description="The `organization_id` of fine-tuning jobs, and their owner in "
         "`fine_tuned_model` when authentication is off.",
     )
+
+    @field_validator("auth_required")
+    @classmethod
+    def _keys_off_only_on_loopback(cls, required: bool, info: ValidationInfo) -> bool:
+        host = info.data.get("http_host", "127.0.0.1")
+        if not required and not is_loopback(host):
+            raise ValueError(
+                f"API keys can be switched off only on a loopback address, and the gateway "
+                f"listens on {host}: anyone who reaches it would be an admin. Create a key "
+                "(forgeline-gateway keys create NAME --scope inference --scope admin) and keep "
+                "keys required, or listen on 127.0.0.1"
+            )
+        return required
+
+    def allowed_hosts(self) -> tuple[str, ...]:
+        """The Host header values the API answers to ("*" for any)."""
+        if self.trusted_hosts:
+            return tuple(self.trusted_hosts)
+        return ("*",) if self.auth_required else LOOPBACK_HOSTS
