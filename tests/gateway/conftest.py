@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -22,6 +23,17 @@ from forgeline_kit.tinymodel import TinyModel
 from .harness import Gateway, make_key
 
 CONVERT_TIMEOUT_S = 300
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_files_are_deployable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Gateways here serve GGUF files the tests write under pytest's temporary directory: it is
+    the operator's MODEL_DIRS (a deployment may name no other file)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(
+            "FORGELINE_GATEWAY_MODEL_DIRS", json.dumps([str(tmp_path_factory.getbasetemp())])
+        )
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -177,3 +177,84 @@ def test_admin_endpoints_take_names_with_colons_and_slashes(
     assert served.client().models.retrieve(name).id == name
     assert httpx.get(f"{served.url}/v1/models/{name}", trust_env=False).status_code == 401
     assert served.admin("DELETE", f"/v1/deployments/{name}").status_code == 204
+
+
+@pytest.mark.parametrize(
+    ("spec", "param", "allowed_by"),
+    [
+        # Ollama is handed the file and the server: together, a way to copy any host file out.
+        (
+            {"name": "x", "backend": "ollama", "gguf": "/etc/passwd", "url": "http://127.0.0.1:1"},
+            "gguf",
+            "FORGELINE_GATEWAY_MODEL_DIRS",
+        ),
+        (
+            {"name": "x", "backend": "llamacpp", "gguf": "{cache}/../../etc/passwd"},
+            "gguf",
+            "FORGELINE_GATEWAY_MODEL_DIRS",
+        ),
+        (
+            {"name": "x", "backend": "vllm", "base_model": "m", "urls": ["http://10.1.2.3:8000"]},
+            "urls[0]",
+            "FORGELINE_GATEWAY_BACKEND_HOSTS",
+        ),
+        (
+            {"name": "x", "backend": "ollama", "registry_gguf": "a:1", "url": "http://metadata:80"},
+            "url",
+            "FORGELINE_GATEWAY_BACKEND_HOSTS",
+        ),
+    ],
+)
+def test_a_deployment_names_only_files_and_servers_the_operator_allows(
+    start_gateway: StartGateway,
+    tmp_path: Path,
+    spec: dict[str, object],
+    param: str,
+    allowed_by: str,
+) -> None:
+    cache = tmp_path / "cache"
+    served = start_gateway({"model_cache": cache, "model_dirs": []})
+    if isinstance(spec.get("gguf"), str):
+        spec["gguf"] = str(spec["gguf"]).format(cache=cache)
+
+    response = served.admin("POST", "/v1/deployments", json=spec)
+
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param
+    assert allowed_by in error["message"]
+    assert served.admin("GET", "/v1/deployments").json()["data"] == []
+
+
+def test_a_symlink_in_the_model_cache_cannot_lead_out_of_it(
+    start_gateway: StartGateway, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "model.gguf").symlink_to("/etc/passwd")
+    served = start_gateway({"model_cache": cache, "model_dirs": []})
+
+    response = served.admin(
+        "POST", "/v1/deployments", json=_spec(cache / "model.gguf", name="linked")
+    )
+
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "gguf"
+
+
+def test_a_configured_backend_host_is_allowed(start_gateway: StartGateway) -> None:
+    served = start_gateway({"backend_hosts": ["vllm.internal"]})
+
+    response = served.admin(
+        "POST",
+        "/v1/deployments",
+        json={
+            "name": "x",
+            "backend": "vllm",
+            "base_model": "m",
+            "urls": ["http://vllm.internal:1"],
+        },
+    )
+
+    # Past the boundary: the server itself does not answer, which is another error.
+    assert response.json()["error"].get("param") != "urls[0]"

@@ -39,6 +39,7 @@ from forgeline_gateway.backends.ollama import OllamaBackend
 from forgeline_gateway.backends.vllm import VllmBackend
 from forgeline_gateway.backends.vllm_container import VllmContainers, VllmContainerSettings
 from forgeline_gateway.deployments.artifacts import RegistryArtifacts
+from forgeline_gateway.deployments.boundaries import DeploymentBoundaries
 from forgeline_gateway.deployments.manager import DeploymentManager
 from forgeline_gateway.errors import install_error_handlers
 from forgeline_gateway.fine_tuning.setup import open_pipeline
@@ -134,6 +135,7 @@ def create_app(
             vllm_urls=list(settings.vllm_urls),
             ollama_url=settings.ollama_url,
             artifacts=artifacts,
+            boundaries=DeploymentBoundaries.of(settings),
         )
         authenticator = Authenticator(
             store, required=settings.auth_required, cache_seconds=settings.key_cache_seconds

@@ -52,7 +52,7 @@ def _host(scope: Scope) -> str:
     """The Host header without its port (``[::1]:8080`` gives ``[::1]``), lower case."""
     for name, value in scope.get("headers", ()):
         if name == b"host":
-            host = value.decode("latin-1").lower()
+            host: str = bytes(value).decode("latin-1").lower()
             if host.startswith("["):
                 return host.partition("]")[0] + "]"
             return host.rpartition(":")[0] if ":" in host else host

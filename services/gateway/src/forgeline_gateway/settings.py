@@ -142,6 +142,16 @@ class GatewaySettings(ServiceSettings):
     ollama_url: str | None = Field(
         None, description="Base URL of the Ollama server deployments use by default."
     )
+    backend_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts deployments may name in 'urls'/'url' besides loopback and the hosts "
+        "of VLLM_URLS and OLLAMA_URL (JSON list): the gateway calls no other server.",
+    )
+    model_dirs: list[Path] = Field(
+        default_factory=list,
+        description="Directories besides MODEL_CACHE whose GGUF files deployments may name by "
+        "path ('gguf', 'lora'; JSON list): no other file of the host can be served or pushed.",
+    )
     registry_target: str | None = Field(
         None,
         description="host:port of the registry's gRPC API: files, fine-tuning jobs and "

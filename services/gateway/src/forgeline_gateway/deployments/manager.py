@@ -18,6 +18,7 @@ from pydantic import TypeAdapter
 
 from forgeline_gateway.backends.base import Backend
 from forgeline_gateway.deployments.artifacts import RegistryArtifacts
+from forgeline_gateway.deployments.boundaries import DeploymentBoundaries
 from forgeline_gateway.deployments.spec import DeploymentSpec, LlamaCppSpec, OllamaSpec, VllmSpec
 from forgeline_gateway.routing.router import Instance, Route, Router
 from forgeline_gateway.store import DeploymentRecord, Store
@@ -54,6 +55,7 @@ class DeploymentManager:
         vllm_urls: list[str],
         ollama_url: str | None,
         artifacts: RegistryArtifacts | None = None,
+        boundaries: DeploymentBoundaries | None = None,
     ) -> None:
         self.store = store
         self.backends = backends
@@ -62,6 +64,7 @@ class DeploymentManager:
         self.vllm_urls = vllm_urls
         self.ollama_url = ollama_url
         self.artifacts = artifacts
+        self.boundaries = boundaries
         self._busy: set[str] = set()
         self._failed: dict[str, DeploymentState] = {}
 
@@ -185,6 +188,10 @@ class DeploymentManager:
             raise InvalidArgument(
                 f"the backend '{spec.backend}' is not enabled on this gateway", field="backend"
             )
+        # Here rather than at create: a stored deployment outside boundaries the operator has
+        # since narrowed is not placed again either.
+        if self.boundaries is not None:
+            self.boundaries.check(spec)
         placed = spec
         field = _registry_field(spec)
         if field is not None:
