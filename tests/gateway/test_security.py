@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 from collections.abc import Iterator
 
@@ -11,6 +12,7 @@ import pytest
 from fakes.server import FakeServer
 from fakes.vllm import FakeVllm
 
+from forgeline_gateway.security import keys
 from forgeline_gateway.security.keys import hash_key
 from forgeline_gateway.settings import GatewaySettings
 from forgeline_kit.settings import SettingsError, load_settings
@@ -196,3 +198,35 @@ def test_trusted_hosts_limit_the_names_a_gateway_answers_to(start_gateway: Start
     assert _models(served, "api.example.com", key).status_code == 200
     assert _models(served, "gw.internal.example:8080", key).status_code == 200
     assert _models(served, "elsewhere.example", key).status_code == 400
+
+
+def test_a_request_without_a_valid_key_is_refused_before_its_body_is_read(
+    served: Served,
+) -> None:
+    # Declares a body far over the limit and sends none of it: an answer can only come before
+    # the body is read, and without a key it must be the 401, not the 413.
+    with socket.create_connection(("127.0.0.1", int(served.url.rpartition(":")[2]))) as conn:
+        conn.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Authorization: Bearer flk-made-up\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000000000\r\n\r\n"
+        )
+        conn.settimeout(10)
+        head = conn.recv(65536).decode(errors="replace")
+    assert head.startswith("HTTP/1.1 401"), head
+
+
+def test_made_up_keys_do_not_push_real_ones_out_of_the_cache(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(keys, "_CACHE_LIMIT", 10)
+    authenticator = served.gateway.app.state.authenticator
+    monkeypatch.setattr(authenticator, "cache_seconds", 3600)
+    assert _chat(served, {"Authorization": f"Bearer {served.inference_key}"}).status_code == 200
+    known = dict(authenticator._known)
+
+    for attempt in range(50):  # five times what the cache holds
+        _chat(served, {"Authorization": f"Bearer flk-made-up-{attempt}"})
+
+    assert authenticator._known == known  # the real key is still answered from the cache
+    assert len(authenticator._unknown) == 10  # and the made-up ones stay bounded

@@ -1,9 +1,13 @@
-"""The gateway's checks before any route: the Host header and the request body limit, as plain
-ASGI (Starlette's BaseHTTPMiddleware would buffer streams).
+"""The gateway's checks before any route: the Host header, the API key and the request body
+limit, in that order, as plain ASGI (Starlette's BaseHTTPMiddleware would buffer streams).
 
 Host: a request whose ``Host`` is not one the gateway answers to (``TRUSTED_HOSTS``; without
 keys, the loopback names only) is refused with 400 before anything else runs, so a web page whose
 domain was rebound to 127.0.0.1 cannot drive a keyless local gateway from the user's browser.
+
+Key: a request to the API (``/v1/``) without a valid key is answered 401 before its body is read,
+so nobody without a key can make the gateway buffer or parse megabytes; the route then checks the
+key's scope with the caller found here.
 
 Body: a declared ``Content-Length`` over the limit is refused before a byte is read; a body without
 one (chunked) is counted as it arrives and refused the moment it passes the limit. Either way the
@@ -17,9 +21,43 @@ from collections.abc import Callable, Sequence
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from forgeline_gateway.errors import PayloadTooLarge, error_response
-from forgeline_kit.errors import InvalidArgument
+from forgeline_gateway.security.auth import PRINCIPAL_STATE
+from forgeline_gateway.security.keys import Authenticator
+from forgeline_kit.errors import InvalidArgument, Unauthenticated
 
-__all__ = ["BodyLimitMiddleware", "TrustedHostMiddleware"]
+__all__ = ["BodyLimitMiddleware", "KeyBeforeBodyMiddleware", "TrustedHostMiddleware"]
+
+
+class KeyBeforeBodyMiddleware:
+    """Answers 401 to an API request (a path under ``/v1/``) without a valid key before anything
+    reads its body; the caller found is left in the request's state for the route's scope check.
+    The authenticator is the app's (``app.state.authenticator``, made at start-up)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not str(scope.get("path", "")).startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        authenticator: Authenticator | None = getattr(scope["app"].state, "authenticator", None)
+        if authenticator is not None and authenticator.required:
+            try:
+                principal = await authenticator.authenticate(_header(scope, b"authorization"))
+            except Unauthenticated as error:
+                response = error_response(error)
+                response.headers["Connection"] = "close"  # the unread body goes with it
+                await response(scope, receive, send)
+                return
+            scope.setdefault("state", {})[PRINCIPAL_STATE] = principal
+        await self.app(scope, receive, send)
+
+
+def _header(scope: Scope, wanted: bytes) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name == wanted:
+            return bytes(value).decode("latin-1")
+    return None
 
 
 class TrustedHostMiddleware:
@@ -50,13 +88,10 @@ class TrustedHostMiddleware:
 
 def _host(scope: Scope) -> str:
     """The Host header without its port (``[::1]:8080`` gives ``[::1]``), lower case."""
-    for name, value in scope.get("headers", ()):
-        if name == b"host":
-            host: str = bytes(value).decode("latin-1").lower()
-            if host.startswith("["):
-                return host.partition("]")[0] + "]"
-            return host.rpartition(":")[0] if ":" in host else host
-    return ""
+    host = (_header(scope, b"host") or "").lower()
+    if host.startswith("["):
+        return host.partition("]")[0] + "]"
+    return host.rpartition(":")[0] if ":" in host else host
 
 
 class BodyLimitMiddleware:

@@ -11,7 +11,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from forgeline_gateway.security.keys import Authenticator, Principal, Scope, require_scope
 
-__all__ = ["BEARER_SECURITY", "admit", "requires"]
+__all__ = ["BEARER_SECURITY", "PRINCIPAL_STATE", "admit", "requires"]
+
+#: Where the middleware that checks the key before the body leaves the caller it found.
+PRINCIPAL_STATE = "forgeline_principal"
 
 # Declares Bearer auth in the OpenAPI document; checking is ours (OpenAI-shaped 401s).
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer flk-...`")
@@ -27,8 +30,10 @@ async def admit(request: Request, scope: Scope) -> Principal:
         Unauthenticated: no valid key (401).
         PermissionDenied: the key lacks `scope` (403).
     """
-    authenticator: Authenticator = request.app.state.authenticator
-    principal = await authenticator.authenticate(request.headers.get("authorization"))
+    principal = request.scope.get("state", {}).get(PRINCIPAL_STATE)
+    if not isinstance(principal, Principal):
+        authenticator: Authenticator = request.app.state.authenticator
+        principal = await authenticator.authenticate(request.headers.get("authorization"))
     require_scope(principal, scope)
     return principal
 

@@ -12,6 +12,7 @@ import enum
 import hashlib
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from forgeline_gateway.store import KeyRecord, Store
@@ -100,7 +101,10 @@ class Authenticator:
         self.store = store
         self.required = required
         self.cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[KeyRecord | None, float]] = {}
+        # Keys that exist and keys that do not are cached apart: a flood of made-up keys fills
+        # and evicts only its own bounded cache, never the entries of real keys.
+        self._known: dict[str, tuple[KeyRecord, float]] = {}
+        self._unknown: OrderedDict[str, float] = OrderedDict()
 
     async def authenticate(self, authorization: str | None) -> Principal:
         """The caller behind `authorization` (``Bearer KEY``).
@@ -124,17 +128,30 @@ class Authenticator:
 
     def forget(self) -> None:
         """Drop cached keys (after this process changed one)."""
-        self._cache.clear()
+        self._known.clear()
+        self._unknown.clear()
 
     async def _lookup(self, digest: str) -> KeyRecord | None:
         now = time.monotonic()
-        cached = self._cache.get(digest)
-        if cached is not None and cached[1] > now:
-            return cached[0]
+        known = self._known.get(digest)
+        if known is not None and known[1] > now:
+            return known[0]
+        unknown_until = self._unknown.get(digest)
+        if unknown_until is not None and unknown_until > now:
+            return None
         record = await self.store.run(lambda: self.store.key_by_hash(digest))
-        if len(self._cache) >= _CACHE_LIMIT:
-            self._cache.clear()  # bounded: a flood of made-up keys cannot grow it without end
-        self._cache[digest] = (record, now + self.cache_seconds)
+        until = now + self.cache_seconds
+        if record is None:
+            self._unknown[digest] = until
+            self._unknown.move_to_end(digest)
+            while len(self._unknown) > _CACHE_LIMIT:
+                self._unknown.popitem(last=False)
+        else:
+            self._unknown.pop(digest, None)
+            if len(self._known) >= _CACHE_LIMIT:
+                # Only as many entries as the database holds keys: clearing is a safety net.
+                self._known.clear()
+            self._known[digest] = (record, until)
         return record
 
 
