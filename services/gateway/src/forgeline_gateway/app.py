@@ -44,7 +44,11 @@ from forgeline_gateway.deployments.manager import DeploymentManager
 from forgeline_gateway.errors import install_error_handlers
 from forgeline_gateway.fine_tuning.setup import open_pipeline
 from forgeline_gateway.metrics import GatewayMetrics
-from forgeline_gateway.middleware import BodyLimitMiddleware
+from forgeline_gateway.middleware import (
+    BodyLimitMiddleware,
+    KeyBeforeBodyMiddleware,
+    TrustedHostMiddleware,
+)
 from forgeline_gateway.routing.proxy import Proxy, ProxySettings
 from forgeline_gateway.routing.router import Router
 from forgeline_gateway.routing.transport import PooledTransport
@@ -208,6 +212,9 @@ def create_app(
         max_bytes=settings.max_body_bytes,
         exempt=files_api.counts_its_own_body,
     )
+    app.add_middleware(KeyBeforeBodyMiddleware)
+    # Added last, so it runs first: nothing, not even a body, is read for a foreign host.
+    app.add_middleware(TrustedHostMiddleware, allowed=settings.allowed_hosts())
     _document_bodies(app, ChatCompletionRequest, CompletionRequest, EmbeddingRequest)
     return app
 
