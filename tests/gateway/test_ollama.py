@@ -11,7 +11,7 @@ import openai
 import pytest
 from fakes.ollama import FakeOllama
 from fakes.server import FakeServer
-from openai.types.chat import ChatCompletionMessageParam
+from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
 from forgeline_gateway.backends.ollama import OllamaBackend, ollama_model_name
 
@@ -118,6 +118,42 @@ def test_what_ollama_cannot_honour_is_refused_before_it_is_sent(
     # What Ollama does support is passed on.
     client.completions.create(model=FT, prompt="a", suffix="b", seed=3, max_tokens=2)
     assert fake.requests[-1]["suffix"] == "b"
+
+
+def test_bookkeeping_parameters_are_accepted_and_not_sent_to_ollama(
+    with_ollama: Served, ollama: tuple[FakeOllama, FakeServer], tiny_gguf: Path
+) -> None:
+    fake, _ = ollama
+    with_ollama.deploy(_spec(tiny_gguf))
+    client = with_ollama.client()
+    tool: ChatCompletionToolParam = {
+        "type": "function",
+        "function": {"name": "f", "parameters": {"type": "object", "properties": {}}},
+    }
+
+    client.chat.completions.create(
+        model=FT,
+        messages=CHAT,
+        max_tokens=2,
+        user="user-1",
+        metadata={"team": "search"},
+        store=False,
+        service_tier="auto",
+        parallel_tool_calls=False,
+    )
+    client.chat.completions.create(
+        model=FT, messages=CHAT, max_tokens=2, tools=[tool], tool_choice="auto"
+    )
+    with pytest.raises(openai.BadRequestError) as parallel:
+        client.chat.completions.create(
+            model=FT, messages=CHAT, tools=[tool], parallel_tool_calls=False
+        )
+
+    plain, with_tools = fake.requests
+    assert set(plain) == {"model", "messages", "max_tokens"}
+    assert set(with_tools) == {"model", "messages", "max_tokens", "tools"}
+    # With tools, one call at most is something Ollama's API cannot be asked for.
+    assert parallel.value.response.json()["error"]["param"] == "parallel_tool_calls"
 
 
 def test_undeploy_deletes_the_model_from_ollama(

@@ -26,7 +26,7 @@ from .conftest import Served, StartGateway
 
 SCHEMATHESIS = Path(sys.executable).with_name("st")
 MODEL = "schemathesis-target-model"
-INFERENCE = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+INFERENCE = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
 RUN_TIMEOUT_S = 300
 
 
@@ -92,7 +92,7 @@ def test_no_request_makes_the_gateway_fail(served: Served, tmp_path: Path) -> No
         key,
         str(tmp_path / "pinned.json"),
         "--include-path-regex",
-        "^/v1/(chat/completions|completions|embeddings)$",
+        "^/v1/(chat/completions|completions|embeddings|responses)$",
     )
     whole = _run(
         served, key, str(tmp_path / "openapi.json"), "--phases", "examples,coverage,fuzzing"

@@ -130,6 +130,25 @@ def test_default_values_of_unknown_parameters_are_honoured_and_left_out() -> Non
     assert caps.upstream_params(Endpoint.COMPLETIONS, body) == {"model": "m", "prompt": "p"}
 
 
+def test_bookkeeping_parameters_are_accepted_everywhere_and_never_sent() -> None:
+    caps = Capabilities({Endpoint.CHAT: frozenset({"messages", "tools"})})
+    bookkeeping = {"user": "u", "metadata": {"k": "v"}, "store": True, "service_tier": "flex"}
+    body = {"model": "m", "messages": [], **bookkeeping}
+
+    caps.check(Endpoint.CHAT, "m", "b", body)
+    # Tool options ask for nothing without tools; "auto" is the default with them.
+    caps.check(Endpoint.CHAT, "m", "b", {**body, "parallel_tool_calls": False})
+    caps.check(Endpoint.CHAT, "m", "b", {**body, "tools": [{}], "tool_choice": "auto"})
+    with pytest.raises(InvalidArgument) as parallel:
+        caps.check(Endpoint.CHAT, "m", "b", {**body, "tools": [{}], "parallel_tool_calls": False})
+
+    assert parallel.value.field == "parallel_tool_calls"
+    assert caps.upstream_params(Endpoint.CHAT, {**body, "tool_choice": "auto"}) == {
+        "model": "m",
+        "messages": [],
+    }
+
+
 @pytest.mark.parametrize(
     ("loc", "body", "param"),
     [

@@ -134,6 +134,28 @@ def test_vllm_parameters_pass_through_and_unknown_ones_are_refused(
     assert caught.value.response.json()["error"]["param"] == "suffix"
 
 
+def test_bookkeeping_parameters_are_accepted_and_not_sent_to_vllm(
+    start_gateway: StartGateway, vllms: list[tuple[FakeVllm, FakeServer]]
+) -> None:
+    served = _gateway(start_gateway, vllms)
+    served.deploy({"name": "tiny", "backend": "vllm", "base_model": BASE})
+
+    served.client().chat.completions.create(
+        model="tiny",
+        messages=CHAT,
+        max_tokens=2,
+        user="user-1",
+        metadata={"team": "search"},
+        store=True,
+        service_tier="flex",
+        parallel_tool_calls=False,
+    )
+
+    [sent] = [r for fake, _ in vllms for r in fake.requests]
+    assert not {"user", "metadata", "store", "service_tier"} & set(sent)
+    assert sent["parallel_tool_calls"] is False  # vLLM honours it
+
+
 def test_an_adapter_vllm_refuses_is_a_400_and_loads_nowhere(
     start_gateway: StartGateway, vllms: list[tuple[FakeVllm, FakeServer]], tmp_path: Path
 ) -> None:

@@ -194,6 +194,50 @@ def test_llamafactory_chatml_template_encodes_exactly_like_the_tokenizer(
     assert tokenizer.eos_token == IM_END  # so its stop word is the model's EOS
 
 
+def test_chat_template_writes_tools_and_tool_calls_in_the_hermes_format(
+    tiny_model: TinyModel,
+) -> None:
+    tokenizer, _ = _load(tiny_model.path)
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+
+    def conversation(arguments: object) -> list[dict[str, Any]]:
+        function = {"name": "get_weather", "arguments": arguments}
+        call = {"id": "c1", "type": "function", "function": function}
+        return [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "content": "clear"},
+        ]
+
+    # OpenAI sends arguments as a JSON string; transformers callers often as an object.
+    as_string = tokenizer.apply_chat_template(
+        conversation('{"city": "Paris"}'), tools=[tool], tokenize=False, add_generation_prompt=True
+    )
+    as_object = tokenizer.apply_chat_template(
+        conversation({"city": "Paris"}), tools=[tool], tokenize=False, add_generation_prompt=True
+    )
+
+    assert as_string == as_object
+    assert as_string.startswith(
+        f"{IM_START}system\nYou are terse.\n\n# Tools\n\n"
+    )  # the system prompt, then the tools, in one system turn
+    assert f"<tools>\n{json.dumps(tool)}\n</tools>" in as_string
+    assert as_string.endswith(
+        f"{IM_START}user\nWeather in Paris?{IM_END}\n"
+        f"{IM_START}assistant\n<tool_call>\n"
+        f'{{"name": "get_weather", "arguments": {{"city": "Paris"}}}}\n</tool_call>{IM_END}\n'
+        f"{IM_START}tool\nclear{IM_END}\n"
+        f"{IM_START}assistant\n"
+    )
+
+
 @pytest.mark.parametrize(
     "text",
     [

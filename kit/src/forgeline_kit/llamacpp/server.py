@@ -79,6 +79,9 @@ class LlamaServerOptions:
             "--threads-http", "2",
             "--no-webui",
             "--metrics",
+            # The model's own Jinja chat template (the default of this llama.cpp, said so that
+            # LLAMA_ARG_JINJA cannot turn it off): tool calling needs it.
+            "--jinja",
         ]  # fmt: skip
         for adapter in self.lora_adapters:
             command += ["--lora", str(adapter)]

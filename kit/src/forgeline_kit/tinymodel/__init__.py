@@ -1,8 +1,9 @@
 """The tiny test model and the demo datasets.
 
 ``write_tiny_model(out_dir, seed=...)`` writes a randomly initialised Llama model (hidden 256,
-intermediate 512, two layers) with a SentencePiece BPE tokenizer and a ChatML chat template,
-deterministically and offline. It is small enough for LLaMA-Factory to fine-tune on a CPU in
+intermediate 512, two layers) with a SentencePiece BPE tokenizer and a ChatML chat template
+(tools and tool calls in the Hermes 2 Pro format llama.cpp parses), deterministically and
+offline. It is small enough for LLaMA-Factory to fine-tune on a CPU in
 seconds, and shaped so llama.cpp converts it to GGUF and k-quantizes it. Train it with
 LLaMA-Factory's ``template: chatml`` (:data:`LLAMAFACTORY_TEMPLATE`).
 

@@ -42,9 +42,49 @@ SPECIAL_TOKENS: Final = (UNK_TOKEN, BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, IM_START, I
 # user, assistant and tool turns each as `<|im_start|>ROLE\nCONTENT<|im_end|>\n`, then the
 # generation prompt `<|im_start|>assistant\n`; no default system prompt and no BOS. llama.cpp
 # recognises this template too. If training and serving disagree, generation never stops.
+#
+# Plus what serving needs for tool calling, in the Hermes 2 Pro / Qwen 2.5 format: with `tools`
+# the function signatures go first in a system turn (after the system prompt, if any), and an
+# assistant turn with `tool_calls` writes each call as `<tool_call>\n{"name": ..., "arguments":
+# ...}\n</tool_call>`. llama.cpp derives its tool-call parser and grammar from exactly this
+# (`/props` reports `supports_tools` and `supports_tool_calls`). Conversations without tools or
+# tool calls render byte for byte as before, which is what LLaMA-Factory's `chatml` agrees on; it
+# has no tool format of its own (it would train ReAct-style "Action:" lines), so tool data is not
+# trained in this format.
 CHATML_TEMPLATE: Final = (
+    "{% if tools is defined and tools %}"
+    "{{ '<|im_start|>system\\n' }}"
+    "{% if messages and messages[0]['role'] == 'system' %}"
+    "{{ messages[0]['content'] + '\\n\\n' }}"
+    "{% endif %}"
+    "{{ '# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\\n<tools>' }}"
+    "{% for tool in tools %}{{ '\\n' }}{{ tool | tojson }}{% endfor %}"
+    "{{ '\\n</tools>\\n\\nFor each function call, return a json object with function name and "
+    "arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n"
+    '{"name": <function-name>, "arguments": <args-json-object>}\\n</tool_call><|im_end|>\\n\' }}'
+    "{% endif %}"
     "{% for message in messages %}"
+    # The system prompt went into the tools turn above.
+    "{% if loop.first and message['role'] == 'system' and tools is defined and tools %}"
+    "{% elif message['role'] == 'assistant' and message['tool_calls'] is defined "
+    "and message['tool_calls'] %}"
+    "{{ '<|im_start|>assistant' }}"
+    "{% if message['content'] %}{{ '\\n' + message['content'] }}{% endif %}"
+    "{% for tool_call in message['tool_calls'] %}"
+    "{% if tool_call['function'] is defined %}"
+    "{% set tool_call = tool_call['function'] %}"
+    "{% endif %}"
+    "{{ '\\n<tool_call>\\n{\"name\": \"' + tool_call['name'] + '\", \"arguments\": ' }}"
+    # OpenAI sends the arguments as a JSON string, transformers callers often as an object.
+    "{% if tool_call['arguments'] is string %}{{ tool_call['arguments'] }}"
+    "{% else %}{{ tool_call['arguments'] | tojson }}{% endif %}"
+    "{{ '}\\n</tool_call>' }}"
+    "{% endfor %}"
+    "{{ '<|im_end|>\\n' }}"
+    "{% else %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )

@@ -33,6 +33,9 @@ from forgeline_gateway.api.keys import api_router as keys_api
 from forgeline_gateway.api.keys.serving import KeyServing
 from forgeline_gateway.api.models import api_router as models_api
 from forgeline_gateway.api.models.serving import ModelServing
+from forgeline_gateway.api.responses import api_router as responses_api
+from forgeline_gateway.api.responses.protocol import ResponsesRequest
+from forgeline_gateway.api.responses.serving import ResponsesServing
 from forgeline_gateway.backends.base import Backend
 from forgeline_gateway.backends.llamacpp import LlamaCppBackend
 from forgeline_gateway.backends.ollama import OllamaBackend
@@ -165,6 +168,7 @@ def create_app(
         state.chat = ChatServing(proxy)
         state.completions = CompletionServing(proxy)
         state.embeddings = EmbeddingServing(proxy)
+        state.responses = ResponsesServing(proxy)
         state.models = ModelServing(router)
         state.deployments = DeploymentServing(manager)
         state.keys = KeyServing(store, authenticator)
@@ -191,7 +195,7 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (chat_api, completions_api, embeddings_api, models_api):
+    for module in (chat_api, completions_api, embeddings_api, responses_api, models_api):
         app.include_router(module.router)
     for module in (deployments_api, keys_api):
         app.include_router(module.router)
@@ -215,7 +219,9 @@ def create_app(
     app.add_middleware(KeyBeforeBodyMiddleware)
     # Added last, so it runs first: nothing, not even a body, is read for a foreign host.
     app.add_middleware(TrustedHostMiddleware, allowed=settings.allowed_hosts())
-    _document_bodies(app, ChatCompletionRequest, CompletionRequest, EmbeddingRequest)
+    _document_bodies(
+        app, ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ResponsesRequest
+    )
     return app
 
 

@@ -2,7 +2,7 @@
 
 Label values stay bounded: ``model`` is a deployed model's name (requests for unknown models are
 counted under ``model="unknown"``), ``backend`` a backend kind, ``endpoint`` one of chat,
-completions, embeddings, ``status`` an HTTP status code.
+completions, embeddings, responses, ``status`` an HTTP status code.
 """
 
 from __future__ import annotations

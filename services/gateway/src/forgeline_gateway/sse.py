@@ -90,6 +90,10 @@ class StreamRelay:
             out += self._done()
         return out
 
+    def fail(self, message: str, error_type: str, code: str) -> bytes:
+        """The backend's stream broke off: the error event that ends the client's."""
+        return error_event(message, error_type, code)
+
     def _event(self, event: bytes) -> bytes:
         if self.model is None and b"[DONE]" not in event and b'"usage"' not in event:
             return event + b"\n\n"  # the common case, kept cheap

@@ -10,7 +10,9 @@ An adapter does two jobs:
   the backend expects. All three backends speak OpenAI's HTTP API for inference, so the routing
   and streaming code is shared and knows nothing about any one of them.
 
-A parameter outside a deployment's capabilities is an OpenAI 400 naming it: never dropped.
+A parameter outside a deployment's capabilities is an OpenAI 400 naming it: never dropped. The
+exceptions are bookkeeping parameters (`BOOKKEEPING_PARAMS`), which change nothing in what is
+generated: accepted everywhere, never sent to a backend.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from forgeline_kit.errors import InvalidArgument
 
 __all__ = [
+    "BOOKKEEPING_PARAMS",
     "GATEWAY_PARAMS",
     "Backend",
     "Capabilities",
@@ -49,8 +52,13 @@ class Endpoint(enum.StrEnum):
         )
 
 
+#: Parameters that only describe a request (who asks, labels, OpenAI-side storage and processing
+#: tier) and change nothing in the answer: accepted on every endpoint and backend, never sent
+#: upstream. The gateway stores no completions, so ``store: true`` is accepted and ignored.
+BOOKKEEPING_PARAMS = frozenset({"user", "metadata", "store", "service_tier"})
+
 #: Parameters the gateway itself handles on every endpoint and backend.
-GATEWAY_PARAMS = frozenset({"model", "stream", "stream_options", "user"})
+GATEWAY_PARAMS = frozenset({"model", "stream", "stream_options"}) | BOOKKEEPING_PARAMS
 
 # Values that ask for nothing beyond the default: always honoured, even by a backend that does
 # not know the parameter (it is then left out of the upstream body).
@@ -60,8 +68,11 @@ _NEUTRAL: Mapping[str, tuple[Any, ...]] = {
     "echo": (False,),
     "best_of": (1,),
     "parallel_tool_calls": (True,),
+    "tool_choice": ("auto",),
     "encoding_format": ("float",),
 }
+# Parameters that ask for nothing unless the request names tools.
+_TOOL_OPTIONS = frozenset({"parallel_tool_calls"})
 
 
 def _is_neutral(name: str, value: Any) -> bool:
@@ -95,8 +106,11 @@ class Capabilities:
                 + ", ".join(sorted(e.value for e in self.params)),
                 field="model",
             )
+        tools = bool(body.get("tools"))
         for name, value in body.items():
             if name in GATEWAY_PARAMS or _is_neutral(name, value):
+                continue
+            if name in _TOOL_OPTIONS and not tools:
                 continue
             if name not in honoured:
                 raise InvalidArgument(
@@ -118,12 +132,13 @@ class Capabilities:
             )
 
     def upstream_params(self, endpoint: Endpoint, body: Mapping[str, Any]) -> dict[str, Any]:
-        """`body` without the neutral parameters the backend does not know."""
+        """`body` without bookkeeping and without the neutral parameters the backend does not
+        know."""
         honoured = self.params.get(endpoint, frozenset())
         return {
             name: value
             for name, value in body.items()
-            if name in GATEWAY_PARAMS or name in honoured
+            if name not in BOOKKEEPING_PARAMS and (name in GATEWAY_PARAMS or name in honoured)
         }
 
 
@@ -183,8 +198,9 @@ class Backend(ABC, Generic[SpecT]):
             InvalidArgument: naming the parameter.
         """
 
-    def prepare(self, endpoint: Endpoint, params: dict[str, Any]) -> dict[str, Any]:
-        """Adjust checked parameters to the backend's dialect (default: unchanged)."""
+    def prepare(self, endpoint: Endpoint, model: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Adjust checked parameters to the backend's dialect for deployment `model` (default:
+        unchanged)."""
         return params
 
     async def close(self) -> None:

@@ -5,23 +5,43 @@ ADAPTER]`` on a free loopback port, healthy once ``/health`` says so), or attach
 already running elsewhere (a container). Inference goes to the server's OpenAI API; the server's
 own parameter schema (tools/server/server-schema.cpp at the pinned commit) is what the
 capabilities below declare.
+
+Tool calling is llama-server's own (``--jinja``): it renders ``tools`` with the model's Jinja chat
+template and derives the call format, its parser and its grammar from that template. Whether a
+template can carry tools at all is the server's verdict, read from ``/props``
+(``chat_template_caps``) when a deployment is placed and kept here per deployment
+(:class:`TemplateTools`): a model whose template cannot is refused ``tools`` with a 400 rather
+than answering in plain text. Two gaps of the pinned llama-server are closed here:
+
+* a named ``tool_choice`` (``{"type": "function", "function": {"name": ...}}``) is read as
+  ``"auto"`` (its ``json_value`` takes only strings; reported in llama.cpp PR 26849), so the
+  gateway sends ``"required"`` with that one tool;
+* ``"required"`` lets the model write any text before its first call (llama.cpp issue 27217:
+  ``until(<marker>)? tool-calls`` in the grammar), so a model can use up ``max_tokens`` without
+  calling. Where the template opens each call with a marker (``<tool_call>`` and a line break in
+  the Hermes 2 Pro and Qwen 2.5 format) the gateway starts the answer with it, as an assistant
+  message the server continues (its assistant prefill), so the grammar holds from the first
+  token and the answer is a call. The marker is read off the server's own rendering
+  (``/apply-template``) when the deployment is placed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from forgeline_gateway.backends.base import Backend, Capabilities, Endpoint, Placement
 from forgeline_gateway.backends.llamacpp_process import LlamaServerProcess
 from forgeline_gateway.deployments.spec import LlamaCppSpec
-from forgeline_kit.errors import FailedPrecondition
+from forgeline_kit.errors import FailedPrecondition, InvalidArgument
 from forgeline_kit.llamacpp.server import LlamaServerOptions
 
-__all__ = ["LlamaCppBackend"]
+__all__ = ["LlamaCppBackend", "TemplateTools", "read_template_tools"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +108,119 @@ _COMPLETIONS = _COMMON | _LLAMA_SAMPLING | {"prompt"}
 _EMBEDDINGS = frozenset({"input", "encoding_format"})
 
 
+@dataclass(frozen=True)
+class TemplateTools:
+    """What the chat template a llama-server applies does with tools, as the server reports it.
+
+    Attributes:
+        supported: the template shows ``tools`` to the model and writes its ``tool_calls``
+            (``/props`` ``chat_template_caps``: ``supports_tools`` and ``supports_tool_calls``);
+            None when the server did not say (an older llama-server, or it did not answer).
+        call_opener: the text the template writes before the JSON of each call, which the
+            gateway starts a forced answer with (``<tool_call>`` and a line break); empty
+            where the template writes no such marker or the server does not continue an
+            assistant message.
+    """
+
+    supported: bool | None
+    call_opener: str = ""
+
+
+UNKNOWN_TOOLS = TemplateTools(supported=None)
+
+_PROBE_NAME = "forgeline_probe"
+_PROBE_TOOL = {
+    "type": "function",
+    "function": {
+        "name": _PROBE_NAME,
+        "description": "",
+        "parameters": {"type": "object", "properties": {}},
+    },
+}
+_PROBE_USER: list[dict[str, Any]] = [{"role": "user", "content": "hi"}]
+# Nine alphanumerics: Mistral's templates refuse other call ids (llama.cpp probes with this one).
+_PROBE_CALL_ID = "call00001"
+_PROBE_CALLED: list[dict[str, Any]] = [
+    *_PROBE_USER,
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {
+                "id": _PROBE_CALL_ID,
+                "type": "function",
+                "function": {"name": _PROBE_NAME, "arguments": "{}"},
+            }
+        ],
+    },
+    # A turn after the call, so the server does not take the call as an answer to continue.
+    {"role": "tool", "tool_call_id": _PROBE_CALL_ID, "content": "ok"},
+]
+
+
+async def read_template_tools(
+    client: httpx.AsyncClient, url: str, limits: httpx.Timeout
+) -> TemplateTools:
+    """Ask the llama-server at `url` what its chat template does with tools.
+
+    Never raises: a server that cannot say gives :data:`UNKNOWN_TOOLS` (requests then go to it
+    as they are, and it decides).
+    """
+    try:
+        response = await client.get(f"{url}/props", timeout=limits)
+        response.raise_for_status()
+        caps = response.json().get("chat_template_caps")
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError, AttributeError) as error:
+        log.warning("llama-server did not report its chat template", exc_info=error)
+        return UNKNOWN_TOOLS
+    if not isinstance(caps, dict):
+        return UNKNOWN_TOOLS
+    if not (caps.get("supports_tools") is True and caps.get("supports_tool_calls") is True):
+        return TemplateTools(supported=False)
+    try:
+        opener = await _call_opener(client, url, limits)
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError, KeyError, TypeError) as error:
+        log.warning("llama-server could not render a tool call", exc_info=error)
+        opener = ""
+    return TemplateTools(supported=True, call_opener=opener)
+
+
+async def _call_opener(client: httpx.AsyncClient, url: str, limits: httpx.Timeout) -> str:
+    """The text the template writes between the generation prompt and the JSON object of a call,
+    checked to be what the server continues when given it as the start of the answer; "" if
+    there is none."""
+
+    async def render(messages: list[dict[str, Any]]) -> str:
+        body = {"messages": messages, "tools": [_PROBE_TOOL]}
+        response = await client.post(f"{url}/apply-template", json=body, timeout=limits)
+        response.raise_for_status()
+        return str(response.json()["prompt"])
+
+    prompt = await render(_PROBE_USER)
+    called = await render(_PROBE_CALLED)
+    if not called.startswith(prompt):
+        return ""
+    rest = called[len(prompt) :]
+    name_at = rest.find(f'"{_PROBE_NAME}"')
+    start = rest.rfind("{", 0, name_at) if name_at > 0 else -1
+    opener = rest[:start] if start > 0 else ""
+    if not opener.strip():
+        return ""  # the call is bare JSON (Llama 3.x): nothing to open the answer with
+    continued = await render([*_PROBE_USER, {"role": "assistant", "content": opener}])
+    return opener if continued == prompt + opener else ""
+
+
+def _tool_name(tool: Any) -> str | None:
+    function = tool.get("function") if isinstance(tool, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def _named_choice(choice: Any) -> str | None:
+    """The function a ``tool_choice`` object names, or None for the string choices."""
+    return _tool_name(choice) if isinstance(choice, dict) else None
+
+
 class LlamaCppBackend(Backend[LlamaCppSpec]):
     """Places GGUF models on llama-server processes it manages (or on running servers)."""
 
@@ -103,7 +236,8 @@ class LlamaCppBackend(Backend[LlamaCppSpec]):
     ) -> None:
         """
         Args:
-            client: the gateway's shared HTTP client (for attached servers).
+            client: the gateway's shared HTTP client (for attached servers, and to ask each
+                server what its chat template does with tools).
             llama_server: the binary (``forgeline_kit.llamacpp.locate().llama_server``); None
                 when no toolchain is built, so only attaching to running servers works.
             threads: CPU threads per process.
@@ -116,6 +250,7 @@ class LlamaCppBackend(Backend[LlamaCppSpec]):
         self.threads = threads
         self.start_timeout = start_timeout
         self._processes: dict[str, list[LlamaServerProcess]] = {}
+        self._tools: dict[str, TemplateTools] = {}
 
     def capabilities(self, spec: LlamaCppSpec) -> Capabilities:
         if spec.embeddings:
@@ -126,10 +261,72 @@ class LlamaCppBackend(Backend[LlamaCppSpec]):
             max_n=spec.parallel if spec.gguf is not None else 128,
         )
 
+    def check(self, endpoint: Endpoint, model: str, params: dict[str, Any]) -> None:
+        if endpoint is not Endpoint.CHAT:
+            return
+        tools = params.get("tools") or []
+        if self._tools.get(model, UNKNOWN_TOOLS).supported is False:
+            if tools:
+                raise InvalidArgument(
+                    f"The model '{model}' cannot call tools: its chat template has no way to show "
+                    "tools to the model or to write its tool calls (llama-server reports "
+                    "supports_tools/supports_tool_calls false). Remove 'tools', or deploy a model "
+                    "whose chat template supports tool calling.",
+                    field="tools",
+                )
+            for index, message in enumerate(params.get("messages") or []):
+                if isinstance(message, dict) and message.get("tool_calls"):
+                    raise InvalidArgument(
+                        f"The model '{model}' cannot call tools: its chat template cannot write "
+                        "the tool calls of earlier assistant messages.",
+                        field=f"messages[{index}].tool_calls",
+                    )
+        choice = params.get("tool_choice")
+        if choice not in (None, "none", "auto") and not tools:
+            raise InvalidArgument(
+                "The parameter 'tool_choice' asks for a tool call, which needs 'tools'.",
+                field="tool_choice",
+            )
+        named = _named_choice(choice)
+        if named is not None and named not in {_tool_name(tool) for tool in tools}:
+            raise InvalidArgument(
+                f"The parameter 'tool_choice' names the function '{named}', which is not in "
+                "'tools'.",
+                field="tool_choice",
+            )
+
+    def prepare(self, endpoint: Endpoint, model: str, params: dict[str, Any]) -> dict[str, Any]:
+        if endpoint is not Endpoint.CHAT or not params.get("tools"):
+            return params
+        choice = params.get("tool_choice")
+        named = _named_choice(choice)
+        if named is None and choice != "required":
+            return params
+        params = dict(params)
+        if named is not None:
+            # The one tool the client named, required: what llama-server can express of it.
+            params["tools"] = [tool for tool in params["tools"] if _tool_name(tool) == named]
+            params["tool_choice"] = "required"
+        opener = self._tools.get(model, UNKNOWN_TOOLS).call_opener
+        messages = params.get("messages") or []
+        # Not under a response format (its grammar, not the tools', constrains the answer), nor
+        # after an assistant message of the client's own (which the server continues instead).
+        if (
+            opener
+            and "response_format" not in params
+            and messages
+            and messages[-1].get("role") != "assistant"
+        ):
+            # The answer starts as a call: the server continues this message under the grammar.
+            params["messages"] = [*messages, {"role": "assistant", "content": opener}]
+        return params
+
     async def place(self, name: str, spec: LlamaCppSpec) -> Placement:
         if spec.gguf is None:
             urls = [url.rstrip("/") for url in spec.urls]
-            return Placement(urls=urls, upstream_model=await self._served_name(urls))
+            placement = Placement(urls=urls, upstream_model=await self._served_name(urls))
+            await self._learn_template(name, spec, urls)
+            return placement
         if self.llama_server is None:
             raise FailedPrecondition(
                 "llama-server is not built on the gateway host: run `make toolchain`, or deploy "
@@ -154,11 +351,13 @@ class LlamaCppBackend(Backend[LlamaCppSpec]):
             await asyncio.gather(*(p.stop() for p in processes))
             raise failures[0]
         self._processes[name] = processes
+        await self._learn_template(name, spec, [processes[0].url])
         return Placement(
             urls=[p.url for p in processes], upstream_model=name, handles=list(processes)
         )
 
     async def release(self, name: str, spec: LlamaCppSpec, placement: Placement) -> None:
+        self._tools.pop(name, None)
         processes = self._processes.pop(name, [])
         await asyncio.gather(*(p.stop() for p in processes))
 
@@ -178,10 +377,35 @@ class LlamaCppBackend(Backend[LlamaCppSpec]):
             "none of the llama-server instances given in 'urls' answered /v1/models", field="urls"
         )
 
+    async def _learn_template(self, name: str, spec: LlamaCppSpec, urls: list[str]) -> None:
+        """Keep what the template of deployment `name` does with tools (from its first server
+        that says; every replica serves the same model)."""
+        if spec.embeddings:
+            return
+        tools = UNKNOWN_TOOLS
+        for url in urls:
+            tools = await read_template_tools(self.client, url, self._timeout)
+            if tools.supported is not None:
+                break
+        self._tools[name] = tools
+        log.info(
+            "llama-server chat template read",
+            extra={
+                "model": name,
+                "tool_calling": {True: "yes", False: "no", None: "unknown"}[tools.supported],
+                "tool_call_opener": tools.call_opener,
+            },
+        )
+
+    def template_tools(self, name: str) -> TemplateTools:
+        """What deployment `name`'s chat template does with tools (unknown if not placed)."""
+        return self._tools.get(name, UNKNOWN_TOOLS)
+
     def processes(self, name: str) -> list[LlamaServerProcess]:
         """The processes serving deployment `name` (empty when attached or unknown)."""
         return list(self._processes.get(name, []))
 
     async def close(self) -> None:
+        self._tools.clear()
         names = list(self._processes)
         await asyncio.gather(*(p.stop() for n in names for p in self._processes.pop(n, [])))

@@ -118,7 +118,7 @@ class OllamaBackend(Backend[OllamaSpec]):
                 field="input",
             )
 
-    def prepare(self, endpoint: Endpoint, params: dict[str, Any]) -> dict[str, Any]:
+    def prepare(self, endpoint: Endpoint, model: str, params: dict[str, Any]) -> dict[str, Any]:
         if "max_completion_tokens" in params:
             params = dict(params)
             params.setdefault("max_tokens", params.pop("max_completion_tokens"))

@@ -7,6 +7,8 @@
 * A client that goes away cancels the upstream call (`ClientWatch`): the connection to the
   backend is closed, which llama-server, vLLM and Ollama all take as a cancellation.
 * Streams pass through event by event (`forgeline_gateway.sse`); nothing is buffered whole.
+* Another API served over an endpoint's backends (the Responses API over chat) gives a
+  `Translation`: routed, watched and counted the same, only its answers and events differ.
 
 This is the gateway's hot path, so requests go straight to the pooled transport rather than
 through `httpx.AsyncClient.send`, whose redirect, cookie, auth and logging layers cost more per
@@ -36,8 +38,9 @@ from forgeline_gateway.metrics import UNKNOWN_MODEL, GatewayMetrics
 from forgeline_gateway.routing.client_watch import ClientDisconnectedError, ClientWatch
 from forgeline_gateway.routing.event_stream import EventStreamResponse
 from forgeline_gateway.routing.router import Instance, Route, Router
+from forgeline_gateway.routing.translation import StreamTranslator, Translation
 from forgeline_gateway.routing.transport import PooledTransport
-from forgeline_gateway.sse import StreamRelay, error_event
+from forgeline_gateway.sse import StreamRelay
 from forgeline_kit.errors import (
     DeadlineExceeded,
     ForgelineError,
@@ -77,12 +80,12 @@ class _Call:
     endpoint: Endpoint
     metrics: GatewayMetrics
     started: float
+    #: The ``endpoint`` label of its metrics.
+    label: str
 
     def finish(self, status: int, prompt: int = 0, completion: int = 0) -> None:
         labels = (self.route.name, self.route.backend_kind)
-        self.metrics.observe(
-            *labels, self.endpoint.label, status, time.perf_counter() - self.started
-        )
+        self.metrics.observe(*labels, self.label, status, time.perf_counter() - self.started)
         self.metrics.tokens(*labels, prompt, completion)
         self.metrics.in_flight.labels(*labels).dec()
 
@@ -113,9 +116,12 @@ class Proxy:
         endpoint: Endpoint,
         body: OpenAIRequest,
         response_model: type[BaseModel],
+        translation: Translation | None = None,
     ) -> Response:
-        """Answer `body` (already validated against OpenAI's schema) from a backend."""
+        """Answer `body` (already validated against OpenAI's schema) from a backend; with a
+        `translation`, the client gets its answers and events instead of the endpoint's."""
         started = time.perf_counter()
+        label = translation.label if translation is not None else endpoint.label
         params = body.upstream_params()
         route: Route | None = None
         try:
@@ -126,12 +132,12 @@ class Proxy:
             self.metrics.observe(
                 route.name if route else UNKNOWN_MODEL,
                 route.backend_kind if route else "none",
-                endpoint.label,
+                label,
                 http_status_for(error),
                 time.perf_counter() - started,
             )
             raise
-        call = _Call(route, endpoint, self.metrics, started)
+        call = _Call(route, endpoint, self.metrics, started, label)
         self.metrics.in_flight.labels(route.name, route.backend_kind).inc()
         stream = bool(params.get("stream"))
         content = self._upstream_body(route, endpoint, params, stream)
@@ -141,7 +147,7 @@ class Proxy:
         try:
             with watch.guard():
                 if not stream:
-                    return await self._complete(call, content, response_model)
+                    return await self._complete(call, content, response_model, translation)
                 instance, upstream = await self._open(call, content)
                 opened = True  # the stream's response takes the watch over
         except ClientDisconnectedError:
@@ -153,12 +159,16 @@ class Proxy:
         finally:
             if not opened:
                 watch.stop()
-        options = params.get("stream_options") or {}
-        relay = StreamRelay(
-            include_usage=bool(options.get("include_usage")),
-            n=int(params.get("n") or 1),
-            model=route.name if route.rewrite_model else None,
-        )
+        relay: StreamTranslator
+        if translation is not None:
+            relay = translation.events()
+        else:
+            options = params.get("stream_options") or {}
+            relay = StreamRelay(
+                include_usage=bool(options.get("include_usage")),
+                n=int(params.get("n") or 1),
+                model=route.name if route.rewrite_model else None,
+            )
         events = _Relay(call, instance, upstream, relay, self.settings.request_timeout)
         return EventStreamResponse(events, watch, headers=_SSE_HEADERS)
 
@@ -173,7 +183,7 @@ class Proxy:
             # Always ask for usage: the gateway counts tokens; the client gets the usage chunk
             # only if it asked (see StreamRelay).
             body["stream_options"] = {"include_usage": True}
-        return json.dumps(route.backend.prepare(endpoint, body)).encode()
+        return json.dumps(route.backend.prepare(endpoint, route.name, body)).encode()
 
     async def _open(self, call: _Call, content: bytes) -> tuple[Instance, httpx.Response]:
         """Send the request to an instance and return once its status line is in, failing over
@@ -274,7 +284,11 @@ class Proxy:
         return InvalidArgument(message or f"The model '{name}' refused the request.", field=param)
 
     async def _complete(
-        self, call: _Call, content: bytes, response_model: type[BaseModel]
+        self,
+        call: _Call,
+        content: bytes,
+        response_model: type[BaseModel],
+        translation: Translation | None,
     ) -> Response:
         """A non-streamed request, start to end, within the request timeout."""
         try:
@@ -309,10 +323,12 @@ class Proxy:
         usage = getattr(answer, "usage", None)
         prompt = getattr(usage, "prompt_tokens", 0) or 0
         completion = getattr(usage, "completion_tokens", 0) or 0
+        if translation is not None:
+            out = translation.answer(answer)
+        else:
+            out = answer.model_dump_json(exclude_unset=True).encode()
         call.finish(200, prompt, completion)
-        return Response(
-            answer.model_dump_json(exclude_unset=True).encode(), media_type="application/json"
-        )
+        return Response(out, media_type="application/json")
 
 
 @dataclass(eq=False)
@@ -328,7 +344,7 @@ class _Relay:
     call: _Call
     instance: Instance
     upstream: httpx.Response
-    relay: StreamRelay
+    relay: StreamTranslator
     request_timeout: float
     #: Counted as the client's departure unless the stream reaches its end.
     status: int = CLIENT_CLOSED
@@ -346,7 +362,7 @@ class _Relay:
                     if first:
                         first = False
                         call.metrics.ttft.labels(
-                            call.route.name, call.route.backend_kind, call.endpoint.label
+                            call.route.name, call.route.backend_kind, call.label
                         ).observe(time.perf_counter() - call.started)
                     yield out
             tail = relay.finish()
@@ -356,7 +372,7 @@ class _Relay:
         except httpx.TimeoutException:
             call.upstream_error("timeout")
             self.status = 200
-            yield error_event(
+            yield relay.fail(
                 f"The model '{call.route.name}' sent nothing for "
                 f"{self.request_timeout:.0f} s; the response is incomplete.",
                 "server_error",
@@ -365,7 +381,7 @@ class _Relay:
         except httpx.HTTPError:
             call.upstream_error("broken_stream")
             self.status = 200
-            yield error_event(
+            yield relay.fail(
                 f"The backend serving '{call.route.name}' broke off the stream; "
                 "the response is incomplete.",
                 "server_error",

@@ -191,6 +191,13 @@ ResponseFormat = Annotated[
 ]
 
 
+#: OpenAI's metadata: up to 16 string pairs, keys up to 64 characters, values up to 512.
+Metadata = Annotated[
+    dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]],
+    Field(max_length=16),
+]
+
+
 class ChatCompletionRequest(OpenAIRequest):
     """A chat completion request."""
 
@@ -214,7 +221,12 @@ class ChatCompletionRequest(OpenAIRequest):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
+    # Bookkeeping: accepted and never sent to a backend (they change nothing in the answer; the
+    # gateway stores no completions and has one processing tier).
     user: str | None = None
+    metadata: Metadata | None = None
+    store: bool | None = None
+    service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
 
 
 class ChatCompletionMessage(BaseModel):
