@@ -45,6 +45,12 @@ COMPOSE_VARIABLES: list[tuple[str, str | None, str]] = [
     ("MINIO_ROOT_PASSWORD", "", "Required: MinIO's root password (the registry's secret key)."),
     ("GRAFANA_ADMIN_USER", "admin", "Grafana's admin user."),
     ("GRAFANA_ADMIN_PASSWORD", "", "Required: Grafana's admin password."),
+    (
+        "FORGELINE_INTERNAL_TOKEN",
+        "",
+        "Required: the secret every internal gRPC call carries (16+ characters; for example "
+        "openssl rand -hex 24).",
+    ),
     ("GATEWAY_PUBLISH_PORT", None, "Host port (or ADDRESS:PORT) of the gateway; 8080."),
     ("GRAFANA_PUBLISH_PORT", None, "Loopback port of the Grafana console; 3000."),
     ("FORGELINE_TAG", None, "Tag of the forgeline/* images built and run; latest."),

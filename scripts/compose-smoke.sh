@@ -146,6 +146,7 @@ umask 077
 cat >"$ENV_FILE" <<ENV
 MINIO_ROOT_PASSWORD=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
 GRAFANA_ADMIN_PASSWORD=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
+FORGELINE_INTERNAL_TOKEN=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
 FORGELINE_TAG=$TAG
 GATEWAY_PUBLISH_PORT=127.0.0.1:$PORT
 SMOKE_PROMETHEUS_PORT=$PROMETHEUS_PORT

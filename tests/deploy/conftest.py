@@ -85,6 +85,7 @@ def resolve_compose(compose_bin: str) -> ResolveCompose:
             env |= {
                 "MINIO_ROOT_PASSWORD": "test-password",
                 "GRAFANA_ADMIN_PASSWORD": "test-password",
+                "FORGELINE_INTERNAL_TOKEN": "test-internal-token-0123",
             }
         profile_args = [arg for profile in profiles for arg in ("--profile", profile)]
         done = subprocess.run(  # noqa: S603 - a fixed argument list

@@ -138,18 +138,14 @@ def test_no_secret_is_written_in_the_compose_files() -> None:
                 assert match.group(2).startswith("${"), f"{path.name}: {line.strip()}"
 
 
-@pytest.mark.parametrize(
-    ("given", "missing"),
-    [
-        ("GRAFANA_ADMIN_PASSWORD", "MINIO_ROOT_PASSWORD"),
-        ("MINIO_ROOT_PASSWORD", "GRAFANA_ADMIN_PASSWORD"),
-    ],
-)
-def test_the_required_passwords_are_refused_when_missing(
-    compose_bin: str, given: str, missing: str
-) -> None:
-    # One password at a time: with both missing, Compose names whichever it meets first.
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/root"), given: "x"}
+REQUIRED_SECRETS = ("MINIO_ROOT_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "FORGELINE_INTERNAL_TOKEN")
+
+
+@pytest.mark.parametrize("missing", REQUIRED_SECRETS)
+def test_the_required_passwords_are_refused_when_missing(compose_bin: str, missing: str) -> None:
+    # One secret missing at a time: with several missing, Compose names whichever it meets first.
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/root")}
+    env |= {secret: "x" * 24 for secret in REQUIRED_SECRETS if secret != missing}
     done = subprocess.run(  # noqa: S603 - a fixed argument list
         [compose_bin, "-f", str(ROOT / "compose.yaml"), "config", "--quiet"],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=60, check=False,
@@ -177,3 +173,13 @@ def test_each_forgeline_volume_mount_point_exists_in_its_image(gpu_stack: dict[s
         made = " ".join(re.findall(r"mkdir -p ([^\n\\]+)", dockerfile))
         for volume in gpu_stack["services"][name].get("volumes", []):
             assert volume["target"] in made, f"{name}: {volume['target']} is not made by its image"
+
+
+def test_every_forgeline_service_carries_the_internal_token_and_runs_an_init(
+    gpu_stack: dict[str, Any],
+) -> None:
+    services = gpu_stack["services"]
+    for name in ("registry", "trainer", "converter", "gateway"):
+        service = services[name]
+        assert service["environment"]["FORGELINE_INTERNAL_TOKEN"] == "test-internal-token-0123"
+        assert service.get("init") is True, name

@@ -80,6 +80,7 @@ def test_credentials_in_dot_env_reach_only_the_services_that_use_them(
     shutil.copy(ROOT / "compose.yaml", tmp_path / "compose.yaml")
     (tmp_path / ".env").write_text(
         "MINIO_ROOT_PASSWORD=minio-root-secret\nGRAFANA_ADMIN_PASSWORD=grafana-secret\n"
+        "FORGELINE_INTERNAL_TOKEN=internal-token-secret\n"
     )
     (tmp_path / "forgeline.env").write_text("FORGELINE_GATEWAY_REQUEST_TIMEOUT_SECONDS=7\n")
     services = resolve_compose(project_dir=tmp_path)["services"]
@@ -93,6 +94,7 @@ def test_credentials_in_dot_env_reach_only_the_services_that_use_them(
 
     assert holding("minio-root-secret") == {"minio", "minio-init", "registry"}
     assert holding("grafana-secret") == {"grafana"}
+    assert holding("internal-token-secret") == {"registry", "trainer", "converter", "gateway"}
     for name in ("registry", "trainer", "converter", "gateway"):
         environment = services[name]["environment"]
         assert not any(key.endswith("_PASSWORD") for key in environment), name

@@ -126,3 +126,64 @@ def test_prometheus_scrapes_every_forgeline_pod(resources: Resources) -> None:
         annotations = resources[("Deployment", name)]["spec"]["template"]["metadata"]["annotations"]
         assert annotations["prometheus.io/scrape"] == "true", name
     assert resources[("Role", "prometheus")]["rules"][0]["verbs"] == ["get", "list", "watch"]
+
+
+def _admitted(policy: dict[str, Any], pod: dict[str, str], port: int) -> set[str]:
+    """The app names a policy lets reach `port` of a pod with labels `pod` ("*": anyone)."""
+    selector = policy["spec"]["podSelector"]
+    if not _selects(selector, pod):
+        return set()
+    admitted: set[str] = set()
+    for rule in policy["spec"].get("ingress", []):
+        ports = {p["port"] for p in rule.get("ports", [])}
+        if ports and port not in ports:
+            continue
+        if "from" not in rule:
+            return {"*"}
+        for peer in rule["from"]:
+            selector = peer["podSelector"]
+            names = selector.get("matchLabels", {}).get("app.kubernetes.io/name")
+            if names:
+                admitted.add(names)
+            for expression in selector.get("matchExpressions", []):
+                if expression["key"] == "app.kubernetes.io/name":
+                    admitted |= set(expression["values"])
+    return admitted
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        value = labels.get(expression["key"])
+        if expression["operator"] == "In" and value not in expression["values"]:
+            return False
+        if expression["operator"] == "Exists" and value is None:
+            return False
+    return True
+
+
+def _callers(resources: Resources, app: str, port: int) -> set[str]:
+    policies = [r for (kind, _), r in resources.items() if kind == "NetworkPolicy"]
+    return set().union(*(_admitted(p, {"app.kubernetes.io/name": app}, port) for p in policies))
+
+
+def test_ingress_is_denied_unless_a_policy_allows_it(resources: Resources) -> None:
+    deny = resources[("NetworkPolicy", "default-deny-ingress")]["spec"]
+    assert deny == {"podSelector": {}, "policyTypes": ["Ingress"]}
+    assert _callers(resources, "gateway", 8080) == {"*"}
+    assert _callers(resources, "registry", 50051) == {"gateway", "trainer", "converter"}
+    assert _callers(resources, "trainer", 50051) == {"gateway"}
+    assert _callers(resources, "converter", 50051) == {"gateway"}
+    assert _callers(resources, "vllm", 8000) == {"gateway", "prometheus"}
+    assert "registry" in _callers(resources, "minio", 9000)
+    assert _callers(resources, "minio", 9001) == set()  # the console: kubectl port-forward only
+    for app in ("registry", "trainer", "converter"):
+        assert _callers(resources, app, 9464) == {"prometheus"}
+
+
+def test_the_services_carry_the_internal_token_from_a_secret(resources: Resources) -> None:
+    for name in ("registry", "trainer", "converter", "gateway"):
+        env = {v["name"]: v for v in _container(resources[("Deployment", name)])["env"]}
+        token = env["FORGELINE_INTERNAL_TOKEN"]["valueFrom"]["secretKeyRef"]
+        assert token == {"name": "forgeline-internal", "key": "token"}, name

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_serializer
 from pydantic.alias_generators import to_camel
 
 from forgeline_kit.errors import error_from_rpc_error
+from forgeline_kit.grpc.internal_token import call_metadata, internal_token
 
 __all__ = [
     "DEFAULT_TIMEOUT_SECONDS",
@@ -118,17 +119,31 @@ class _DomainErrors:
 
     def __init__(self, default_timeout: float | None) -> None:
         self._default_timeout = default_timeout
+        # Read once per channel: every call of the channel carries the same internal token.
+        self._token_metadata = call_metadata(internal_token())
 
     def _with_deadline(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
         if details.timeout is None and self._default_timeout is not None:
-            return grpc.aio.ClientCallDetails(
+            details = grpc.aio.ClientCallDetails(
                 method=details.method,
                 timeout=self._default_timeout,
                 metadata=details.metadata,
                 credentials=details.credentials,
                 wait_for_ready=details.wait_for_ready,
             )
-        return details
+        return self._with_token(details)
+
+    def _with_token(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        if not self._token_metadata:
+            return details
+        metadata = grpc.aio.Metadata(*(details.metadata or ()), *self._token_metadata)
+        return grpc.aio.ClientCallDetails(
+            method=details.method,
+            timeout=details.timeout,
+            metadata=metadata,
+            credentials=details.credentials,
+            wait_for_ready=details.wait_for_ready,
+        )
 
     @staticmethod
     async def _response(call: Awaitable[_TResponse]) -> _TResponse:
@@ -184,7 +199,7 @@ class _UnaryStream(_DomainErrors, grpc.aio.UnaryStreamClientInterceptor):
         client_call_details: grpc.aio.ClientCallDetails,
         request: _TRequest,
     ) -> AsyncIterator[_TResponse]:
-        return self._responses(await continuation(client_call_details, request))
+        return self._responses(await continuation(self._with_token(client_call_details), request))
 
 
 class _StreamStream(_DomainErrors, grpc.aio.StreamStreamClientInterceptor):
@@ -197,7 +212,8 @@ class _StreamStream(_DomainErrors, grpc.aio.StreamStreamClientInterceptor):
         client_call_details: grpc.aio.ClientCallDetails,
         request_iterator: _Requests[_TRequest],
     ) -> AsyncIterator[_TResponse]:
-        return self._responses(await continuation(client_call_details, request_iterator))
+        details = self._with_token(client_call_details)
+        return self._responses(await continuation(details, request_iterator))
 
 
 def domain_error_interceptors(

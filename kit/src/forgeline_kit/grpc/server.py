@@ -35,6 +35,11 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from forgeline_kit.grpc.health import HEALTH_SERVICE_NAME, SERVING, HealthServicer
 from forgeline_kit.grpc.interceptors import ErrorInterceptor, PrometheusInterceptor
+from forgeline_kit.grpc.internal_token import (
+    InternalTokenError,
+    InternalTokenInterceptor,
+    internal_token,
+)
 from forgeline_kit.logging import configure_logging
 from forgeline_kit.metrics import MetricsServer, start_metrics_server
 from forgeline_kit.settings import ServiceSettings, SettingsError, load_settings, settings_help
@@ -107,7 +112,8 @@ class GrpcService:
         settings: where to listen, and the shutdown grace period.
         services: the services to host.
         registry: the Prometheus registry for the gRPC metrics and ``/metrics``.
-        interceptors: extra server interceptors, run inside the kit's two.
+        interceptors: extra server interceptors, run inside the kit's (metrics, errors and,
+            with FORGELINE_INTERNAL_TOKEN set, the internal token check).
     """
 
     def __init__(
@@ -122,7 +128,14 @@ class GrpcService:
         self.services = tuple(services)
         self.health = HealthServicer(service.name for service in self.services)
         self._registry = registry
-        self._interceptors = (PrometheusInterceptor(registry), ErrorInterceptor(), *interceptors)
+        token = internal_token()
+        checks = (InternalTokenInterceptor(token),) if token else ()
+        self._interceptors = (
+            PrometheusInterceptor(registry),
+            ErrorInterceptor(),
+            *checks,
+            *interceptors,
+        )
         self._server: grpc.aio.Server | None = None
         self._metrics: MetricsServer | None = None
         self._stopping: asyncio.Task[None] | None = None
@@ -295,7 +308,8 @@ def run_grpc_service(settings_cls: type[S], build: Build[S]) -> NoReturn:
         sys.exit(EXIT_BAD_SETTINGS)
     try:
         settings = load_settings(settings_cls)
-    except SettingsError as exc:
+        internal_token()
+    except (SettingsError, InternalTokenError) as exc:
         print(f"{program}: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_SETTINGS)
     configure_logging(settings.log_level, settings.log_format)

@@ -30,6 +30,7 @@ from forgeline_gateway.security.keys import Scope, create_key, revoke_key
 from forgeline_gateway.settings import GatewaySettings
 from forgeline_gateway.store import Store
 from forgeline_kit.errors import ForgelineError
+from forgeline_kit.grpc.internal_token import InternalTokenError, internal_token
 from forgeline_kit.logging import configure_logging
 from forgeline_kit.settings import SettingsError, load_settings
 from forgeline_kit.state_lock import StateDirInUseError, hold_state_dir
@@ -72,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = load_settings(GatewaySettings)
-    except SettingsError as error:
+        internal_token()  # the gateway calls the services with it: checked before it starts
+    except (SettingsError, InternalTokenError) as error:
         print(f"forgeline-gateway: {error}", file=sys.stderr)
         return EXIT_BAD_SETTINGS
     configure_logging(settings.log_level, settings.log_format)
