@@ -6,7 +6,7 @@ BIN := $(abspath $(VENV)/bin)
 STAMP := $(VENV)/.installed
 PYPROJECTS := $(wildcard kit/pyproject.toml proto/pyproject.toml cli/pyproject.toml services/*/pyproject.toml)
 
-.PHONY: help install setup system-tools lock proto proto-check lint format toolchain test pytest demo up clean
+.PHONY: help install setup system-tools lock proto proto-check lint format toolchain test pytest fuzz demo up clean
 
 help:
 	@echo "make demo   fine-tune the embedded tiny model and chat with it (CPU, no Docker)"
@@ -72,6 +72,11 @@ pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: setup system-tools proto-check lint pytest
+
+# The long fuzz run: schemathesis over the gateway's whole OpenAPI document with 150 examples per
+# operation (thousands of generated requests; `make test` runs 25). Prints the count.
+fuzz: $(STAMP)
+	FORGELINE_FUZZ_EXAMPLES=150 $(BIN)/pytest -q -s tests/gateway/test_schemathesis.py
 
 demo: setup
 	$(BIN)/forgeline demo

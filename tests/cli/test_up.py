@@ -80,7 +80,7 @@ class UpProcess:
 
 
 @pytest.fixture
-def user_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def user_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A working directory with no address variables set, as a new user's shell has."""
     for variable in [v for v in os.environ if v.startswith("FORGELINE_CLI_")]:
         monkeypatch.delenv(variable)

@@ -9,6 +9,8 @@ requests go all the way through routing to a backend (the vLLM contract fake).
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,7 +29,10 @@ from .conftest import Served, StartGateway
 SCHEMATHESIS = Path(sys.executable).with_name("st")
 MODEL = "schemathesis-target-model"
 INFERENCE = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
-RUN_TIMEOUT_S = 300
+#: Examples per operation: a short run in `make test`; `make fuzz` sets more
+#: (FORGELINE_FUZZ_EXAMPLES).
+EXAMPLES = int(os.environ.get("FORGELINE_FUZZ_EXAMPLES", "25"))
+RUN_TIMEOUT_S = 300 + 12 * EXAMPLES
 
 
 @pytest.fixture
@@ -53,7 +58,7 @@ def _run(served: Served, key: str, schema: str, *extra: str) -> subprocess.Compl
             "--checks",
             "not_a_server_error,status_code_conformance,content_type_conformance",
             "--max-examples",
-            "25",
+            str(EXAMPLES),
             "--workers",
             "1",
             "--seed",
@@ -100,6 +105,8 @@ def test_no_request_makes_the_gateway_fail(served: Served, tmp_path: Path) -> No
 
     assert inference.returncode == 0, inference.stdout[-6000:] + inference.stderr[-2000:]
     assert whole.returncode == 0, whole.stdout[-6000:] + whole.stderr[-2000:]
+    generated = _generated(inference.stdout) + _generated(whole.stdout)
+    print(f"schemathesis: {generated} generated requests, no server error")  # `make fuzz` shows it
     # The pinned run did reach the backend, not just the gateway's validation.
     answered = [
         sample
@@ -110,3 +117,10 @@ def test_no_request_makes_the_gateway_fail(served: Served, tmp_path: Path) -> No
         and sample.labels["status"] == "200"
     ]
     assert sum(sample.value for sample in answered) > 0
+
+
+def _generated(output: str) -> int:
+    """How many test cases a schemathesis run reports it generated."""
+    found = re.search(r"Test cases:\s*(\d+) generated", output)
+    assert found, output[-3000:]
+    return int(found.group(1))
