@@ -51,15 +51,16 @@ class Stack:
     def registry_target(self) -> str:
         return f"127.0.0.1:{self.registry_service.grpc_port}"
 
-    async def start_converter(self, name: str = "converter") -> RunningConverter:
-        """A converter whose state and work directories are ``root/name``: starting a second
-        one with the same name is a restart of the first."""
+    async def start_converter(self, name: str = "converter", **overrides: Any) -> RunningConverter:
+        """A converter whose state and work directories are ``root/name`` (other settings in
+        ``overrides``): starting a second one with the same name is a restart of the first."""
         settings = ConverterSettings(
             grpc_port=0,
             metrics_port=0,
             registry_target=self.registry_target,
             work_dir=self.root / name / "work",
             state_db=self.root / name / "state.db",
+            **overrides,
         )
         service = GrpcService(
             settings, await build_converter(settings), registry=CollectorRegistry()

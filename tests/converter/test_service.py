@@ -3,6 +3,8 @@ quantized by the real llama.cpp tools, every output registered with its lineage.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 import pytest_asyncio
+from process_tree import kill_busy_converter_worker
 
 from forgeline_kit.errors import InvalidArgument, NotFound
 from forgeline_kit.llamacpp import Toolchain
@@ -340,6 +343,53 @@ async def test_a_conversion_cut_by_a_restart_runs_again_to_success(stack: Stack)
     assert rest[-1].WhichOneof("payload") == "result"
     assert [o.file_type for o in rest[-1].result.outputs] == ["F16"]
     assert len(await versions_of(stack, f"restart-{TOKEN}")) == 1
+
+
+async def _convert_killing_the_worker(
+    converter: RunningConverter, output: str
+) -> list[pb.ConversionEvent]:
+    """A small conversion whose busy worker is SIGKILLed once, mid-conversion; its events."""
+    spec = model_spec(BASE, output=output, quality=False, smoke=False)
+    stream = converter.stub.Convert(pb.ConvertRequest(spec=spec))
+    killer = asyncio.create_task(asyncio.to_thread(kill_busy_converter_worker, os.getpid(), 120))
+    events = await collect(stream)
+    assert await killer is not None, "no worker ran a tool"
+    return events
+
+
+async def test_a_killed_worker_runs_again_on_the_downloaded_inputs(stack: Stack) -> None:
+    converter = await stack.start_converter("killed", worker_retry_seconds=0.2)
+    output = f"killed-{TOKEN}"
+    events = await _convert_killing_the_worker(converter, output)
+
+    retries = [e.retry for e in events if e.WhichOneof("payload") == "retry"]
+    assert len(retries) == 1
+    assert retries[0].error.code in ("worker_killed", "tool_killed")
+    assert (retries[0].attempt, retries[0].max_attempts) == (2, 3)
+    assert retries[0].delay.ToTimedelta().total_seconds() == pytest.approx(0.2)
+    downloads = [
+        e
+        for e in events
+        if e.WhichOneof("payload") == "progress"
+        and e.progress.stage == pb.CONVERSION_STATE_DOWNLOADING
+    ]
+    assert len(downloads) == 1, "the inputs are not downloaded again"
+    assert events[-1].WhichOneof("payload") == "result"
+    assert len(await versions_of(stack, output)) == 1
+    assert not (converter.settings.work_dir / events[0].conversion_id).exists()
+
+
+async def test_a_worker_killed_on_every_attempt_fails_the_conversion(stack: Stack) -> None:
+    converter = await stack.start_converter("killed-once", worker_attempts=1)
+    output = f"killed-once-{TOKEN}"
+    events = await _convert_killing_the_worker(converter, output)
+
+    assert not [e for e in events if e.WhichOneof("payload") == "retry"]
+    error = events[-1].error
+    assert error.code in ("worker_killed", "tool_killed")
+    assert error.retryable
+    assert "signal 9" in error.message or "-9" in error.message
+    assert await versions_of(stack, output) == []
 
 
 async def test_an_adapter_converts_and_loads_on_the_base_gguf(

@@ -26,12 +26,40 @@ def test_a_kill_by_signal_is_named() -> None:
     assert "killed by signal 9" in failure.message
 
 
-def test_other_failures_keep_the_end_of_the_output() -> None:
+def test_other_failures_say_the_exception_the_run_ended_with() -> None:
     output = "\n".join(f"line {i}" for i in range(100)) + "\nValueError: Cannot find dataset."
 
     failure = explain_failure(1, output)
 
     assert failure.code == "training_failed"
-    assert failure.message.startswith("llamafactory-cli train exited with 1")
-    assert failure.message.endswith("ValueError: Cannot find dataset.")
-    assert "line 80" not in failure.message
+    assert failure.message == (
+        "llamafactory-cli train exited with 1: ValueError: Cannot find dataset. "
+        "(the whole output is in the job's log)"
+    )
+
+
+def test_a_failure_shows_no_traceback_and_no_host_path() -> None:
+    output = """Traceback (most recent call last):
+  File "/opt/venv/lib/python3.11/site-packages/llamafactory/train/tuner.py", line 72, in run_exp
+    _training_function(config={"args": args, "callbacks": callbacks})
+  File "/var/lib/forgeline/trainer/jobs/job-1/work/peft/tuners/tuners_utils.py", line 3, in x
+ValueError: Target modules {'no_such_module'} not found in the base model. Please check them.
+[rank0]: some teardown noise
+"""
+
+    message = explain_failure(1, output).message
+
+    assert "ValueError: Target modules {'no_such_module'} not found in the base model." in message
+    assert "Traceback" not in message
+    assert "/opt" not in message
+    assert "/var/lib" not in message
+    assert "tuner.py" not in message  # only the exception line, not the frames
+
+
+def test_a_path_in_the_exception_is_cut_to_its_file_name() -> None:
+    output = "OSError: Can't load /var/lib/forgeline/trainer/jobs/j/base/config.json, check it\n"
+
+    message = explain_failure(1, output).message
+
+    assert "OSError: Can't load .../config.json, check it" in message
+    assert "/var" not in message

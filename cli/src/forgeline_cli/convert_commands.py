@@ -20,6 +20,7 @@ from forgeline_cli.console import (
     add_json_option,
     fail,
     human_size,
+    one_line,
     print_json,
 )
 from forgeline_cli.services import CONVERTER, run_command
@@ -135,6 +136,15 @@ class _Progress:
             print(f"[{label}] {progress.percent:.0f}%", flush=True)
         self._last = label
 
+    def note(self, text: str) -> None:
+        """A line above the bar (or on its own without one)."""
+        if self._quiet:
+            return
+        if self._bar is not None:
+            self._bar.write(text, file=sys.stderr)
+        else:
+            print(text, flush=True)
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
@@ -154,6 +164,13 @@ async def _convert(args: argparse.Namespace, request: pb.ConvertRequest, seen: l
                         print(f"conversion {event.accepted.id} of {args.source}", flush=True)
                 elif kind == "progress":
                     progress.update(event.progress)
+                elif kind == "retry":
+                    retry = event.retry
+                    delay = retry.delay.ToTimedelta().total_seconds()
+                    progress.note(
+                        f"{one_line(retry.error.message)}; retrying (attempt {retry.attempt} of "
+                        f"{retry.max_attempts}) in {delay:g} s"
+                    )
                 elif kind == "result":
                     progress.close()
                     if args.json:

@@ -171,6 +171,11 @@ class GatewayAdmin:
     def delete(self, name: str) -> None:
         self._call("DELETE", f"/v1/deployments/{name}", timeout=DEPLOY_TIMEOUT_S)
 
+    def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Any admin endpoint (``forgeline fine-tuning`` uses it): the response of a successful
+        call, else a `CommandError`."""
+        return self._call(method, path, **kwargs)
+
     def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self._client.request(method, path, **kwargs)
@@ -193,8 +198,8 @@ class GatewayAdmin:
             )
         if response.status_code == 403:
             raise CommandError(
-                f"the API key lacks the admin scope that deployments need: use a key made "
-                f"with: {KEY_HINT}"
+                "the API key lacks the admin scope that deployments and fine-tuning jobs need: "
+                f"use a key made with: {KEY_HINT}"
             )
         raise CommandError(message, status=response.status_code, param=param)
 

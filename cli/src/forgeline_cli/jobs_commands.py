@@ -295,7 +295,13 @@ def _logs(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add ``jobs list|show|cancel|logs`` to the ``forgeline`` command."""
-    jobs = subparsers.add_parser("jobs", help="list, inspect, cancel and follow training jobs")
+    jobs = subparsers.add_parser(
+        "jobs",
+        help="list, inspect, cancel and follow the trainer's jobs",
+        description="The trainer's jobs (the training stage of a fine-tuning job); the "
+        "gateway's OpenAI fine-tuning jobs, which can also be retried, are `forgeline "
+        "fine-tuning`.",
+    )
     commands = jobs.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
 
     listing = commands.add_parser("list", help="list jobs, newest first")

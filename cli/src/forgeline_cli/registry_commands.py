@@ -1,5 +1,6 @@
-"""The registry's commands: ``forgeline models list|show``, ``forgeline push``, ``forgeline pull``
-and ``forgeline alias``.
+"""The registry's commands: ``forgeline models list|show``, ``forgeline push``, ``forgeline pull``,
+``forgeline import`` (a base model from Hugging Face or ModelScope by hub id) and
+``forgeline alias``.
 
 They talk to a running registry (``--registry HOST:PORT``, or ``FORGELINE_CLI_REGISTRY``;
 default ``127.0.0.1:50051``). Bytes move straight between this machine and the store through
@@ -27,6 +28,7 @@ from forgeline_cli.console import (
 from forgeline_cli.services import REGISTRY, run_command
 from forgeline_proto.registry.v1 import registry_pb2 as pb
 from forgeline_registry.client import RegistryClient, TransferProgress
+from forgeline_registry.hub import default_cache_dir, import_model
 
 __all__ = ["register_registry_commands"]
 
@@ -188,6 +190,46 @@ def _pull(args: argparse.Namespace) -> int:
     return _run(args, action)
 
 
+def _import(args: argparse.Namespace) -> int:
+    def step(message: str) -> None:
+        if not args.json:
+            print(message, file=sys.stderr)
+
+    async def action(client: RegistryClient) -> int:
+        result = await import_model(
+            client,
+            args.hub_id,
+            name=args.name,
+            trust_remote_code=args.trust_remote_code,
+            template=args.template,
+            cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+            keep_cache=args.keep_cache,
+            progress=_Bars(not args.json),
+            on_step=step,
+        )
+        version = result.version
+        if args.json:
+            print_json(
+                {
+                    "version": version,
+                    "reused": result.reused,
+                    "commit": result.commit,
+                    "skipped": result.skipped,
+                }
+            )
+            return 0
+        done = "already imported" if result.reused else "imported"
+        print(
+            f"{done} {result.hub_id} (commit {result.commit[:12] or 'unknown'}) as "
+            f"{_version_line(version)}"
+        )
+        for path, why in result.skipped.items():
+            print(f"  left out {path}: {why}")
+        return 0
+
+    return _run(args, action)
+
+
 def _alias_set(args: argparse.Namespace) -> int:
     async def action(client: RegistryClient) -> int:
         request = pb.SetAliasRequest(model=args.model, alias=args.alias, version=args.version)
@@ -241,7 +283,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def register_registry_commands(subparsers: Any) -> None:
-    """Add ``models``, ``push``, ``pull`` and ``alias`` to the ``forgeline`` command."""
+    """Add ``models``, ``push``, ``import``, ``pull`` and ``alias`` to the ``forgeline``
+    command."""
     models = subparsers.add_parser("models", help="list and inspect registered models")
     models_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     listing = models_commands.add_parser("list", help="list models")
@@ -266,6 +309,43 @@ def register_registry_commands(subparsers: Any) -> None:
     )
     _common(push)
     push.set_defaults(run=_push)
+
+    imported = subparsers.add_parser(
+        "import",
+        help="import a base model from Hugging Face or ModelScope by hub id",
+        description="Download a model with the hub's own client (HF_ENDPOINT, HF_TOKEN, "
+        "MODELSCOPE_ENDPOINT, MODELSCOPE_API_TOKEN and proxy variables apply) and register it "
+        "as a base version with its provenance. Only what the model needs is downloaded; "
+        "importing the same commit again finds the earlier version.",
+    )
+    imported.add_argument(
+        "hub_id", metavar="HUB_ID", help="hf:ORG/NAME[@REVISION] or modelscope:ORG/NAME[@REVISION]"
+    )
+    imported.add_argument(
+        "--name", help="registry model name (default: the repository id, e.g. Qwen/Qwen2.5-0.5B)"
+    )
+    imported.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="import a repository whose config needs its own Python code (auto_map, "
+        "modeling_*.py): review that code first; refused without this flag",
+    )
+    imported.add_argument(
+        "--template",
+        default="",
+        help="the LLaMA-Factory template fine-tuning jobs use (qwen, llama3, ...; default: the "
+        "trainer's choice)",
+    )
+    imported.add_argument(
+        "--cache-dir",
+        help=f"download cache, kept when an import fails so the next one resumes (default: "
+        f"{default_cache_dir()}, from $FORGELINE_CACHE_DIR)",
+    )
+    imported.add_argument(
+        "--keep-cache", action="store_true", help="keep the downloaded files after the import"
+    )
+    _common(imported)
+    imported.set_defaults(run=_import)
 
     pull = subparsers.add_parser("pull", help="pull a version into a directory")
     pull.add_argument("reference", metavar="MODEL[:VERSION|@ALIAS]")

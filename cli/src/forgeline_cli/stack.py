@@ -59,6 +59,11 @@ PORT_ATTEMPTS: Final = 3
 _PORT_IN_USE: Final = re.compile(r"address already in use|port is in use", re.IGNORECASE)
 
 
+def _true(value: str) -> bool:
+    """A boolean setting's value as pydantic reads it."""
+    return value.strip().lower() in ("1", "true", "t", "yes", "y", "on")
+
+
 class StackError(RuntimeError):
     """A service did not start; the message carries the end of its log."""
 
@@ -200,6 +205,7 @@ class LocalStack:
             "gateway": {
                 "FORGELINE_GATEWAY_DATABASE": str(state / "gateway" / "gateway.sqlite3"),
                 "FORGELINE_GATEWAY_MODEL_CACHE": str(state / "gateway" / "models"),
+                "FORGELINE_GATEWAY_HUB_CACHE": str(state / "gateway" / "hub"),
                 "FORGELINE_GATEWAY_AUTH_REQUIRED": str(self.auth_required).lower(),
                 "FORGELINE_GATEWAY_REGISTRY_TARGET": registry,
                 "FORGELINE_GATEWAY_TRAINER_TARGET": f"127.0.0.1:{ports['trainer']}",
@@ -210,6 +216,16 @@ class LocalStack:
             prefix = f"FORGELINE_{name.upper()}_"
             env = {k: v for k, v in base.items() if not k.startswith(prefix)}
             env |= {f"{prefix}LOG_FORMAT": "json", **settings[name]}
+            # The caller's own settings of this service (extra_env) win over the stack's.
+            env |= {k: v for k, v in self.extra_env.items() if k.startswith(prefix)}
+            if name == "gateway" and _true(env.get(f"{prefix}HUB_IMPORTS", "")):
+                # The gateway imports hf:/modelscope: base models itself: its hub client must
+                # reach the hub, with the operator's token for gated repositories.
+                env.pop("HF_HUB_OFFLINE", None)
+                env.pop("TRANSFORMERS_OFFLINE", None)
+                token = self.extra_env.get("HF_TOKEN") or os.environ.get("HF_TOKEN")
+                if token:
+                    env["HF_TOKEN"] = token
             service = ServiceProcess(
                 name=name,
                 env=env,

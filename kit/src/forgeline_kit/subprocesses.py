@@ -28,12 +28,16 @@ _PR_SET_PDEATHSIG = 1
 
 
 class ToolFailed(Internal):
-    """A tool exited non-zero or ran past its time limit; carries the end of its output."""
+    """A tool exited non-zero or ran past its time limit; carries the end of its output and its
+    exit status (negative: killed by that signal; ``None``: stopped at its time limit)."""
 
-    def __init__(self, name: str, message: str, output: str) -> None:
+    def __init__(
+        self, name: str, message: str, output: str, *, returncode: int | None = None
+    ) -> None:
         super().__init__(f"{name} {message}\n{output}")
         self.tool = name
         self.output = output
+        self.returncode = returncode
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,10 @@ def run_tool(
         raise ToolFailed(name, f"ran past {timeout_s} s", output[-output_tail_chars:]) from error
     if result.returncode != 0:
         raise ToolFailed(
-            name, f"exited with {result.returncode}", result.stdout[-output_tail_chars:]
+            name,
+            f"exited with {result.returncode}",
+            result.stdout[-output_tail_chars:],
+            returncode=result.returncode,
         )
     return ToolRun(output=result.stdout, wall_s=time.monotonic() - started)
 

@@ -22,23 +22,26 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n forgeline/common/v1/common.proto\x12\x13\x66orgeline.common.v1\"K\n\nVersionRef\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\x07version\x18\x02 \x01(\x05H\x00\x12\x0f\n\x05\x61lias\x18\x03 \x01(\tH\x00\x42\n\n\x08selector\"M\n\x0b\x41rtifactRef\x12\x30\n\x07version\x18\x01 \x01(\x0b\x32\x1f.forgeline.common.v1.VersionRef\x12\x0c\n\x04path\x18\x02 \x01(\t\"G\n\x07LogLine\x12.\n\x06source\x18\x01 \x01(\x0e\x32\x1e.forgeline.common.v1.LogSource\x12\x0c\n\x04text\x18\x02 \x01(\t\"Q\n\x0eOperationError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\x12\x11\n\tretryable\x18\x04 \x01(\x08*m\n\tLogSource\x12\x1a\n\x16LOG_SOURCE_UNSPECIFIED\x10\x00\x12\x16\n\x12LOG_SOURCE_SERVICE\x10\x01\x12\x15\n\x11LOG_SOURCE_STDOUT\x10\x02\x12\x15\n\x11LOG_SOURCE_STDERR\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n forgeline/common/v1/common.proto\x12\x13\x66orgeline.common.v1\x1a\x1egoogle/protobuf/duration.proto\"K\n\nVersionRef\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\x07version\x18\x02 \x01(\x05H\x00\x12\x0f\n\x05\x61lias\x18\x03 \x01(\tH\x00\x42\n\n\x08selector\"M\n\x0b\x41rtifactRef\x12\x30\n\x07version\x18\x01 \x01(\x0b\x32\x1f.forgeline.common.v1.VersionRef\x12\x0c\n\x04path\x18\x02 \x01(\t\"G\n\x07LogLine\x12.\n\x06source\x18\x01 \x01(\x0e\x32\x1e.forgeline.common.v1.LogSource\x12\x0c\n\x04text\x18\x02 \x01(\t\"Q\n\x0eOperationError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\x12\x11\n\tretryable\x18\x04 \x01(\x08\"\x8c\x01\n\x05Retry\x12\x32\n\x05\x65rror\x18\x01 \x01(\x0b\x32#.forgeline.common.v1.OperationError\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x03 \x01(\x05\x12(\n\x05\x64\x65lay\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration*m\n\tLogSource\x12\x1a\n\x16LOG_SOURCE_UNSPECIFIED\x10\x00\x12\x16\n\x12LOG_SOURCE_SERVICE\x10\x01\x12\x15\n\x11LOG_SOURCE_STDOUT\x10\x02\x12\x15\n\x11LOG_SOURCE_STDERR\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'forgeline_proto.common.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LOGSOURCE']._serialized_start=369
-  _globals['_LOGSOURCE']._serialized_end=478
-  _globals['_VERSIONREF']._serialized_start=57
-  _globals['_VERSIONREF']._serialized_end=132
-  _globals['_ARTIFACTREF']._serialized_start=134
-  _globals['_ARTIFACTREF']._serialized_end=211
-  _globals['_LOGLINE']._serialized_start=213
-  _globals['_LOGLINE']._serialized_end=284
-  _globals['_OPERATIONERROR']._serialized_start=286
-  _globals['_OPERATIONERROR']._serialized_end=367
+  _globals['_LOGSOURCE']._serialized_start=544
+  _globals['_LOGSOURCE']._serialized_end=653
+  _globals['_VERSIONREF']._serialized_start=89
+  _globals['_VERSIONREF']._serialized_end=164
+  _globals['_ARTIFACTREF']._serialized_start=166
+  _globals['_ARTIFACTREF']._serialized_end=243
+  _globals['_LOGLINE']._serialized_start=245
+  _globals['_LOGLINE']._serialized_end=316
+  _globals['_OPERATIONERROR']._serialized_start=318
+  _globals['_OPERATIONERROR']._serialized_end=399
+  _globals['_RETRY']._serialized_start=402
+  _globals['_RETRY']._serialized_end=542
 # @@protoc_insertion_point(module_scope)

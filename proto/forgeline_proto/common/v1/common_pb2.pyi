@@ -5,10 +5,12 @@ isort:skip_file
 Messages shared by every Forgeline service contract.
 
 Only messages that mean exactly the same thing in several services live here: a reference to a
-registry version or artifact, a log line, and the error record of a long-running operation.
+registry version or artifact, a log line, the error record of a long-running operation and the
+record of one of its steps being run again.
 """
 
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
@@ -187,3 +189,45 @@ class OperationError(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OperationError: _TypeAlias = OperationError  # noqa: Y015
+
+@_typing.final
+class Retry(_message.Message):
+    """A step of a long-running operation failed for a reason that is not the request's (a process
+    killed by a signal: the OOM killer, a preempted node) and is run again, from what the earlier
+    attempt left (the downloaded inputs, the last checkpoint). At most `max_attempts` runs; after
+    the last one the operation fails with `error`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ERROR_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    DELAY_FIELD_NUMBER: _builtins.int
+    attempt: _builtins.int
+    """The attempt about to start: 2 for the first retry."""
+    max_attempts: _builtins.int
+    """How many attempts the service makes in all (its setting)."""
+    @_builtins.property
+    def error(self) -> Global___OperationError:
+        """Why the attempt that just ended failed (for example code `worker_killed`)."""
+
+    @_builtins.property
+    def delay(self) -> _duration_pb2.Duration:
+        """How long the service waits before the attempt starts."""
+
+    def __init__(
+        self,
+        *,
+        error: Global___OperationError | None = ...,
+        attempt: _builtins.int = ...,
+        max_attempts: _builtins.int = ...,
+        delay: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delay", b"delay", "error", b"error"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "delay", b"delay", "error", b"error", "max_attempts", b"max_attempts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Retry: _TypeAlias = Retry  # noqa: Y015

@@ -905,6 +905,7 @@ class ConversionEvent(_message.Message):
     LOG_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    RETRY_FIELD_NUMBER: _builtins.int
     conversion_id: _builtins.str
     """The conversion."""
     sequence: _builtins.int
@@ -933,6 +934,12 @@ class ConversionEvent(_message.Message):
     def error(self) -> _common_pb2.OperationError:
         """The conversion failed; the last event."""
 
+    @_builtins.property
+    def retry(self) -> _common_pb2.Retry:
+        """The worker (or a llama.cpp tool it ran) was killed by a signal and the tool work runs again
+        on the inputs already downloaded; the conversion goes on.
+        """
+
     def __init__(
         self,
         *,
@@ -944,12 +951,13 @@ class ConversionEvent(_message.Message):
         log: _common_pb2.LogLine | None = ...,
         result: Global___ConversionResult | None = ...,
         error: _common_pb2.OperationError | None = ...,
+        retry: _common_pb2.Retry | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "error", b"error", "log", b"log", "payload", b"payload", "progress", b"progress", "result", b"result", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "error", b"error", "log", b"log", "payload", b"payload", "progress", b"progress", "result", b"result", "retry", b"retry", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "conversion_id", b"conversion_id", "error", b"error", "log", b"log", "payload", b"payload", "progress", b"progress", "result", b"result", "sequence", b"sequence", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "conversion_id", b"conversion_id", "error", b"error", "log", b"log", "payload", b"payload", "progress", b"progress", "result", b"result", "retry", b"retry", "sequence", b"sequence", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["accepted", "progress", "log", "result", "error"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["accepted", "progress", "log", "result", "error", "retry"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 

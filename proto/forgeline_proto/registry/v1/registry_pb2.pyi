@@ -581,6 +581,7 @@ class Lineage(_message.Message):
     METRICS_FIELD_NUMBER: _builtins.int
     TOOL_VERSIONS_FIELD_NUMBER: _builtins.int
     PRODUCED_BY_FIELD_NUMBER: _builtins.int
+    PROVENANCE_FIELD_NUMBER: _builtins.int
     template: _builtins.str
     """LLaMA-Factory template name used for training (for example `chatml`, `qwen`, `llama3`)."""
     chat_template: _builtins.str
@@ -615,6 +616,12 @@ class Lineage(_message.Message):
         `llama.cpp=b6500`, `transformers=4.57.1`).
         """
 
+    @_builtins.property
+    def provenance(self) -> Global___Provenance:
+        """For a version imported from a model hub (`forgeline import hf:ORG/NAME`): the repository, commit
+        and files it was taken from. Absent otherwise.
+        """
+
     def __init__(
         self,
         *,
@@ -626,14 +633,104 @@ class Lineage(_message.Message):
         metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         tool_versions: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         produced_by: _builtins.str = ...,
+        provenance: Global___Provenance | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["training_config", b"training_config"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["provenance", b"provenance", "training_config", b"training_config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat_template", b"chat_template", "datasets", b"datasets", "metrics", b"metrics", "parents", b"parents", "produced_by", b"produced_by", "template", b"template", "tool_versions", b"tool_versions", "training_config", b"training_config"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat_template", b"chat_template", "datasets", b"datasets", "metrics", b"metrics", "parents", b"parents", "produced_by", b"produced_by", "provenance", b"provenance", "template", b"template", "tool_versions", b"tool_versions", "training_config", b"training_config"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Lineage: _TypeAlias = Lineage  # noqa: Y015
+
+@_typing.final
+class Provenance(_message.Message):
+    """Where an imported version came from: one commit of a repository on a model hub. The registry
+    checks that every file named here is an artifact of the version with the same digest.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HUB_FIELD_NUMBER: _builtins.int
+    REPO_ID_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    COMMIT_FIELD_NUMBER: _builtins.int
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
+    hub: _builtins.str
+    """The hub: `huggingface` or `modelscope`."""
+    repo_id: _builtins.str
+    """The repository on the hub, `ORG/NAME`."""
+    revision: _builtins.str
+    """The revision asked for (a branch, tag or commit; the hub's default branch when none was
+    given: `main` on Hugging Face, `master` on ModelScope).
+    """
+    commit: _builtins.str
+    """The commit the revision resolved to when the files were listed. On ModelScope, whose API names
+    no repository commit, the commit of the most recently committed file of the repository.
+    """
+    endpoint: _builtins.str
+    """The hub endpoint the files came from (a mirror when `HF_ENDPOINT` or `MODELSCOPE_ENDPOINT`
+    pointed at one), without credentials.
+    """
+    @_builtins.property
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProvenanceFile]:
+        """Every file taken from the repository, in path order."""
+
+    def __init__(
+        self,
+        *,
+        hub: _builtins.str = ...,
+        repo_id: _builtins.str = ...,
+        revision: _builtins.str = ...,
+        commit: _builtins.str = ...,
+        endpoint: _builtins.str = ...,
+        files: _abc.Iterable[Global___ProvenanceFile] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commit", b"commit", "endpoint", b"endpoint", "files", b"files", "hub", b"hub", "repo_id", b"repo_id", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Provenance: _TypeAlias = Provenance  # noqa: Y015
+
+@_typing.final
+class ProvenanceFile(_message.Message):
+    """One file of a hub repository, as imported."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    HUB_DIGEST_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """Its path in the repository, which is also the artifact's path in the version."""
+    sha256: _builtins.str
+    """SHA-256 of the downloaded content, 64 lowercase hexadecimal characters (the artifact's)."""
+    size_bytes: _builtins.int
+    """Its size in bytes."""
+    hub_digest: _builtins.str
+    """The hub's own digest of the file, which the import checked against the content:
+    `sha256:<hex>` (a Git LFS object, or ModelScope's `Sha256`) or `git-blob-sha1:<hex>` (a file
+    stored in Git itself, identified by its Git blob id).
+    """
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        sha256: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+        hub_digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hub_digest", b"hub_digest", "path", b"path", "sha256", b"sha256", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProvenanceFile: _TypeAlias = ProvenanceFile  # noqa: Y015
 
 @_typing.final
 class Version(_message.Message):

@@ -287,6 +287,8 @@ class _JobEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobEvent
     """`checkpoint`."""
     JOB_EVENT_KIND_ERROR: _JobEventKind.ValueType  # 5
     """`error`."""
+    JOB_EVENT_KIND_RETRY: _JobEventKind.ValueType  # 6
+    """`retry`."""
 
 class JobEventKind(_JobEventKind, metaclass=_JobEventKindEnumTypeWrapper):
     """The kinds of event, one per `JobEvent.payload` case, for filtering."""
@@ -303,6 +305,8 @@ JOB_EVENT_KIND_CHECKPOINT: JobEventKind.ValueType  # 4
 """`checkpoint`."""
 JOB_EVENT_KIND_ERROR: JobEventKind.ValueType  # 5
 """`error`."""
+JOB_EVENT_KIND_RETRY: JobEventKind.ValueType  # 6
+"""`retry`."""
 Global___JobEventKind: _TypeAlias = JobEventKind  # noqa: Y015
 
 @_typing.final
@@ -1041,6 +1045,7 @@ class JobEvent(_message.Message):
     LOG_FIELD_NUMBER: _builtins.int
     CHECKPOINT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    RETRY_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job."""
     sequence: _builtins.int
@@ -1073,6 +1078,12 @@ class JobEvent(_message.Message):
     def error(self) -> _common_pb2.OperationError:
         """The job failed; the same error as `Job.error`."""
 
+    @_builtins.property
+    def retry(self) -> _common_pb2.Retry:
+        """A run of LLaMA-Factory was killed by a signal and is started again (training resumes from
+        its last checkpoint); the job goes on in the same state.
+        """
+
     def __init__(
         self,
         *,
@@ -1086,12 +1097,13 @@ class JobEvent(_message.Message):
         log: _common_pb2.LogLine | None = ...,
         checkpoint: Global___Checkpoint | None = ...,
         error: _common_pb2.OperationError | None = ...,
+        retry: _common_pb2.Retry | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "error", b"error", "log", b"log", "metrics", b"metrics", "payload", b"payload", "stage_change", b"stage_change", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "error", b"error", "log", b"log", "metrics", b"metrics", "payload", b"payload", "retry", b"retry", "stage_change", b"stage_change", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "error", b"error", "job_id", b"job_id", "level", b"level", "log", b"log", "message", b"message", "metrics", b"metrics", "payload", b"payload", "sequence", b"sequence", "stage_change", b"stage_change", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "error", b"error", "job_id", b"job_id", "level", b"level", "log", b"log", "message", b"message", "metrics", b"metrics", "payload", b"payload", "retry", b"retry", "sequence", b"sequence", "stage_change", b"stage_change", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["stage_change", "metrics", "log", "checkpoint", "error"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["stage_change", "metrics", "log", "checkpoint", "error", "retry"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 

@@ -3,7 +3,9 @@ worker process, then every output registered as a child version.
 
 Nothing is registered until every output is verified; if registering one fails, the versions
 already registered by this run are deleted again. The work directory is removed however the run
-ends (success, failure, cancellation).
+ends (success, failure, cancellation). A worker (or a tool it started) killed by a signal, which
+is the OOM killer or a preempted node rather than the input, is run again on the inputs already
+downloaded, up to ``WORKER_ATTEMPTS`` runs, each retry an event.
 """
 
 from __future__ import annotations
@@ -64,6 +66,12 @@ _STAGES = {
     "VERIFYING": pb.CONVERSION_STATE_VERIFYING,
 }
 _WORKER_STOP_GRACE_S = 5.0
+#: Failures of the tool work that are not the input's: run it again.
+_KILLED = frozenset({"worker_killed", "tool_killed"})
+#: What ``_download`` puts in the work directory: kept when the tool work runs again.
+_INPUTS = frozenset(
+    {"source", "adapter", "base", "base-gguf", "evaluation", "imatrix", "calibration.txt"}
+)
 # Room needed beyond the source's own size while downloading it.
 _DISK_MARGIN = 1.10
 
@@ -94,6 +102,9 @@ class Reporter:
 
     def log(self, text: str, source: common_pb2.LogSource.ValueType) -> None:
         """A log line of the service or of the worker."""
+
+    def retry(self, retry: common_pb2.Retry) -> None:
+        """The tool work failed for a reason not the input's and runs again."""
 
 
 @dataclass
@@ -403,12 +414,74 @@ async def _run_worker(
     finally:
         await _stop_worker(process)
     if failure is not None:
-        raise OperationFailed(failure.code, failure.text, field=failure.field)
+        raise OperationFailed(
+            failure.code, failure.text, field=failure.field, retryable=failure.code in _KILLED
+        )
+    if code < 0:
+        raise OperationFailed(
+            "worker_killed", f"the conversion worker was killed by signal {-code}", retryable=True
+        )
     if code != 0:
         raise OperationFailed(
             "internal", f"the conversion worker exited with {code}: " + "\n".join(tail[-10:])
         )
     return WorkerResult.model_validate_json(job.result_file.read_text(encoding="utf-8"))
+
+
+async def _run_worker_retrying(
+    job: WorkerJob, work: Path, steps: _Steps, reporter: Reporter, context: RunContext
+) -> WorkerResult:
+    """The tool work, run again while its worker or a tool is killed by a signal, up to
+    ``WORKER_ATTEMPTS`` runs in all; the inputs stay, what a killed run wrote is removed."""
+    settings = context.settings
+    attempts = settings.worker_attempts
+    attempt = 1
+    done = steps.done
+    while True:
+        try:
+            return await _run_worker(job, work, steps, reporter, context.workers)
+        except OperationFailed as failure:
+            error = failure.error
+            if error.code not in _KILLED:
+                raise
+            if attempt >= attempts:
+                if attempts > 1:
+                    error.message += f" ({attempts} attempts, each killed)"
+                raise
+            delay = settings.worker_retry_seconds * 2 ** (attempt - 1)
+            attempt += 1
+            reason = error.message.splitlines()[0] if error.message else error.code
+            log.warning(
+                "%s; running the tool work again (attempt %d of %d) in %g s",
+                reason,
+                attempt,
+                attempts,
+                delay,
+            )
+            reporter.retry(
+                common_pb2.Retry(
+                    error=common_pb2.OperationError(
+                        code=error.code, message=reason, retryable=True
+                    ),
+                    attempt=attempt,
+                    max_attempts=attempts,
+                    delay=_duration(delay),
+                )
+            )
+            await asyncio.to_thread(_clear_worker_files, work)
+            steps.done = done
+            await asyncio.sleep(delay)
+
+
+def _clear_worker_files(work: Path) -> None:
+    """Remove what a killed worker left in ``work``, keeping the downloaded inputs."""
+    for entry in work.iterdir():
+        if entry.name in _INPUTS:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def _file_type_name(info: GgufInfo, fallback: str) -> str:
@@ -591,7 +664,7 @@ async def run_conversion(
         job, evaluation_sha256 = await _download(conversion, context, work, steps)
         timings["download"] = time.monotonic() - started
         started = time.monotonic()
-        result = await _run_worker(job, work, steps, reporter, context.workers)
+        result = await _run_worker_retrying(job, work, steps, reporter, context)
         timings["worker"] = time.monotonic() - started
         timings |= result.timings
         started = time.monotonic()

@@ -85,6 +85,9 @@ class _EventReporter(Reporter):
     def log(self, text: str, source: common_pb2.LogSource.ValueType) -> None:
         self.converter.record(self.conversion, log=common_pb2.LogLine(source=source, text=text))
 
+    def retry(self, retry: common_pb2.Retry) -> None:
+        self.converter.record(self.conversion, retry=retry)
+
 
 class Converter:
     """Conversions: accepted, queued, run, watched, cancelled, resumed after restarts."""

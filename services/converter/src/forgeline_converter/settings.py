@@ -47,6 +47,21 @@ class ConverterSettings(ServiceSettings):
     registry_timeout_seconds: float = Field(
         60.0, gt=0, description="Deadline of each registry call made by the converter."
     )
+    worker_attempts: int = Field(
+        3,
+        ge=1,
+        le=20,
+        description="How many times a conversion's tool work runs in all when its worker process "
+        "or a llama.cpp tool it started is killed by a signal (the OOM killer, a preempted "
+        "node); the downloaded inputs are reused. A tool that fails on its own is not run "
+        "again. 1: never retried.",
+    )
+    worker_retry_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=3600,
+        description="Wait before running killed tool work again; doubled for each further attempt.",
+    )
 
     def toolchain(self) -> Toolchain:
         """The llama.cpp toolchain these settings select.

@@ -393,7 +393,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_FAILED
     except ToolFailed as error:
-        _emit(WorkerMessage(type="error", code="tool_failed", text=str(error)[-4000:]))
+        # A tool killed by a signal (the OOM killer) did not fail on the input: the service
+        # runs the work again (code tool_killed, as a killed worker).
+        killed = error.returncode is not None and error.returncode < 0
+        code = "tool_killed" if killed else "tool_failed"
+        _emit(WorkerMessage(type="error", code=code, text=str(error)[-4000:]))
         return EXIT_FAILED
     except OSError as error:
         code = "insufficient_disk" if error.errno == 28 else "internal"  # ENOSPC

@@ -163,6 +163,22 @@ class GatewaySettings(ServiceSettings):
     converter_target: str | None = Field(
         None, description="host:port of the converter's gRPC API (fine-tuning jobs need it)."
     )
+    fine_tuning_attempts: int = Field(
+        10,
+        ge=1,
+        le=100,
+        description="How many times in a row a fine-tuning job's stage is run when a service it "
+        "needs (the trainer, the converter, the registry behind them) cannot be reached or does "
+        "not answer in time, before the job fails; the count starts again whenever the job moves "
+        "on. A failed job can be retried: POST /v1/fine_tuning/jobs/{id}/retry.",
+    )
+    fine_tuning_retry_seconds: float = Field(
+        2.0,
+        ge=0,
+        le=600,
+        description="Wait before the first of those retries; doubled for each further one, at "
+        "most 60 s.",
+    )
     model_cache: Path = Field(
         Path(".forgeline/gateway-models"),
         description="Where registry versions deployed on llama.cpp, Ollama or vLLM containers "
@@ -174,6 +190,20 @@ class GatewaySettings(ServiceSettings):
         max_length=64,
         description="The `organization_id` of fine-tuning jobs, and their owner in "
         "`fine_tuned_model` when authentication is off.",
+    )
+    hub_imports: bool = Field(
+        False,
+        description="Let a fine-tuning job name its base model by hub id (hf:ORG/NAME[@REV], "
+        "modelscope:ORG/NAME[@REV]): the gateway imports it into the registry first, or uses "
+        "an import of the same commit. Off, only models imported earlier (`forgeline import`) "
+        "are found by hub id. The hub clients' own variables apply (HF_ENDPOINT, HF_TOKEN, "
+        "MODELSCOPE_ENDPOINT, MODELSCOPE_API_TOKEN, HTTPS_PROXY); a repository that needs "
+        "its own code to load, or whose weights are PyTorch pickles, is never imported here.",
+    )
+    hub_cache: Path = Field(
+        Path(".forgeline/gateway-hub"),
+        description="Download cache of hub imports; what a failed import downloaded stays "
+        "there, so the next attempt resumes.",
     )
 
     @field_validator("auth_required")

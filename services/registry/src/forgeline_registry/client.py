@@ -136,11 +136,40 @@ class RegistryClient:
         """Push every file of `directory` as the next version of `model`."""
         progress = progress or TransferProgress()
         plan, guessed = await self.plan(directory, progress)
+        return await self.push_plan(
+            plan,
+            model,
+            kind=kind or guessed,
+            lineage=lineage,
+            labels=labels,
+            description=description,
+            request_id=request_id,
+            create_model=create_model,
+            progress=progress,
+            after_upload=after_upload,
+        )
+
+    async def push_plan(
+        self,
+        plan: PushPlan,
+        model: str,
+        *,
+        kind: pb.VersionKind.ValueType,
+        lineage: pb.Lineage | None = None,
+        labels: dict[str, str] | None = None,
+        description: str = "",
+        request_id: str = "",
+        create_model: bool = True,
+        progress: TransferProgress | None = None,
+        after_upload: Callable[[pb.BeginVersionResponse], None] | None = None,
+    ) -> pb.Version:
+        """Push files already hashed (`plan`) as the next version of `model`."""
+        progress = progress or TransferProgress()
         begin = await self.stub.BeginVersion(
             pb.BeginVersionRequest(
                 model=model,
                 create_model=create_model,
-                kind=kind or guessed,
+                kind=kind,
                 artifacts=plan.artifacts,
                 lineage=lineage,
                 labels=labels,

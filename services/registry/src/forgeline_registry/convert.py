@@ -16,6 +16,8 @@ from forgeline_registry.manifests import (
     DatasetRecord,
     LineageRecord,
     ParentRecord,
+    ProvenanceFileRecord,
+    ProvenanceRecord,
 )
 from forgeline_registry.service import ModelView, VersionView
 from forgeline_registry.storage.base import (
@@ -115,6 +117,41 @@ def lineage_from_pb(lineage: pb.Lineage, resolved: list[tuple[str, int]]) -> Lin
         metrics=dict(lineage.metrics),
         tool_versions=dict(lineage.tool_versions),
         produced_by=lineage.produced_by,
+        provenance=(
+            _provenance_from_pb(lineage.provenance) if lineage.HasField("provenance") else None
+        ),
+    )
+
+
+def _provenance_from_pb(provenance: pb.Provenance) -> ProvenanceRecord:
+    return ProvenanceRecord(
+        hub=provenance.hub,
+        repo_id=provenance.repo_id,
+        revision=provenance.revision,
+        commit=provenance.commit,
+        endpoint=provenance.endpoint,
+        files=tuple(
+            ProvenanceFileRecord(
+                path=f.path, sha256=f.sha256, size_bytes=f.size_bytes, hub_digest=f.hub_digest
+            )
+            for f in provenance.files
+        ),
+    )
+
+
+def _provenance_to_pb(provenance: ProvenanceRecord) -> pb.Provenance:
+    return pb.Provenance(
+        hub=provenance.hub,
+        repo_id=provenance.repo_id,
+        revision=provenance.revision,
+        commit=provenance.commit,
+        endpoint=provenance.endpoint,
+        files=[
+            pb.ProvenanceFile(
+                path=f.path, sha256=f.sha256, size_bytes=f.size_bytes, hub_digest=f.hub_digest
+            )
+            for f in provenance.files
+        ],
     )
 
 
@@ -143,6 +180,8 @@ def _lineage_to_pb(lineage: LineageRecord) -> pb.Lineage:
         config = struct_pb2.Struct()
         config.update(lineage.training_config)
         message.training_config.CopyFrom(config)
+    if lineage.provenance is not None:
+        message.provenance.CopyFrom(_provenance_to_pb(lineage.provenance))
     return message
 
 

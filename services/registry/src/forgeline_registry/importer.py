@@ -19,7 +19,13 @@ from forgeline_proto.registry.v1 import registry_pb2 as pb
 from forgeline_registry.names import check_artifact_path
 from forgeline_registry.service import guess_media_type
 
-__all__ = ["LocalArtifact", "guess_version_kind", "safe_target", "scan_directory"]
+__all__ = [
+    "LocalArtifact",
+    "guess_version_kind",
+    "local_artifact",
+    "safe_target",
+    "scan_directory",
+]
 
 #: Files and directories that download tools keep for themselves, never part of a model.
 _SKIPPED_DIRS = frozenset({".git", ".cache", ".huggingface", "__pycache__", ".ipynb_checkpoints"})
@@ -100,6 +106,14 @@ def _kind(path: str) -> tuple[pb.ArtifactKind.ValueType, str]:
     if re.match(r"(checkpoint-\d+|global_step\d+)/", path):
         return pb.ARTIFACT_KIND_CHECKPOINT, ""
     return pb.ARTIFACT_KIND_OTHER, ""
+
+
+def local_artifact(file: Path, path: str) -> LocalArtifact:
+    """`file`, pushed as the artifact at `path`, with its kind (for files chosen one by one, as
+    a hub import does, rather than a whole directory)."""
+    path = check_artifact_path(path, f"file {path}")
+    kind, gguf_type = _kind(path)
+    return LocalArtifact(path, file, kind, guess_media_type(path), gguf_type)
 
 
 def scan_directory(directory: Path) -> list[LocalArtifact]:

@@ -42,6 +42,8 @@ __all__ = [
     "LineageRecord",
     "ModelRecord",
     "ParentRecord",
+    "ProvenanceFileRecord",
+    "ProvenanceRecord",
     "RequestRecord",
     "UploadRecord",
     "VersionManifest",
@@ -94,6 +96,26 @@ class DatasetRecord(_Record):
     record_count: int = 0
 
 
+class ProvenanceFileRecord(_Record):
+    """One file of a hub repository, as imported."""
+
+    path: str
+    sha256: str
+    size_bytes: int = 0
+    hub_digest: str = ""
+
+
+class ProvenanceRecord(_Record):
+    """The hub repository and commit an imported version was taken from."""
+
+    hub: str
+    repo_id: str
+    revision: str = ""
+    commit: str = ""
+    endpoint: str = ""
+    files: tuple[ProvenanceFileRecord, ...] = ()
+
+
 class LineageRecord(_Record):
     """Where a version came from, as its writer recorded it."""
 
@@ -105,6 +127,9 @@ class LineageRecord(_Record):
     metrics: dict[str, float] = Field(default_factory=dict)
     tool_versions: dict[str, str] = Field(default_factory=dict)
     produced_by: str = ""
+    #: Set on imports from a model hub. Older registries ignore it (records ignore unknown
+    #: fields), and manifests written before it existed read as None.
+    provenance: ProvenanceRecord | None = None
 
 
 class VersionManifest(_Record):
@@ -138,6 +163,9 @@ class VersionManifest(_Record):
         content = self.model_dump(
             mode="json", include={"model", "number", "kind", "artifacts", "lineage"}
         )
+        if content["lineage"].get("provenance") is None:
+            # Versions without provenance keep the digest they had before the field existed.
+            content["lineage"].pop("provenance", None)
         canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 

@@ -596,6 +596,33 @@ class Registry:
                     f"lineage.parents[{index}].relation is not set",
                     field=f"lineage.parents[{index}].relation",
                 )
+        if new.lineage.provenance is not None:
+            self._check_provenance(new)
+
+    @staticmethod
+    def _check_provenance(new: NewVersion) -> None:
+        """A hub import's provenance names a repository and only files of the version, each with
+        the artifact's digest: what the registry verifies at commit is what the hub served."""
+        provenance = new.lineage.provenance
+        assert provenance is not None
+        for name in ("hub", "repo_id"):
+            if not getattr(provenance, name):
+                raise InvalidArgument(
+                    f"lineage.provenance.{name} is empty", field=f"lineage.provenance.{name}"
+                )
+        digests = {a.path: a.sha256 for a in new.artifacts}
+        for index, file in enumerate(provenance.files):
+            where = f"lineage.provenance.files[{index}]"
+            if file.path not in digests:
+                raise InvalidArgument(
+                    f"{where}.path {file.path!r} is not an artifact of the version",
+                    field=f"{where}.path",
+                )
+            if file.sha256 != digests[file.path]:
+                raise InvalidArgument(
+                    f"{where}.sha256 differs from the digest of artifact {file.path!r}",
+                    field=f"{where}.sha256",
+                )
 
     async def begin_version(self, new: NewVersion) -> BeginResult:
         """Declare a version's artifacts and get grants for the blobs the store lacks."""

@@ -57,6 +57,21 @@ class TrainerSettings(ServiceSettings):
     registry_timeout_seconds: float = Field(
         600.0, gt=0, description="Deadline of one registry call (transfers included)."
     )
+    run_attempts: int = Field(
+        3,
+        ge=1,
+        le=20,
+        description="How many times a job's llamafactory-cli run (train or export) is started "
+        "in all when it is killed by a signal (the OOM killer, a preempted node): training "
+        "resumes from its last checkpoint. A run that fails on its own (an exception, bad "
+        "arguments, NaN) is not run again. 1: never retried.",
+    )
+    run_retry_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=3600,
+        description="Wait before running a killed run again; doubled for each further attempt.",
+    )
     # What jobs may do beyond the allow-list (llamafactory/policy.py): off unless an operator
     # decides otherwise, because an admin key must not get code execution or the network.
     trust_remote_code: bool = Field(

@@ -7,8 +7,16 @@
 The gateway owns the pipeline and persists it (`JobStore`) after every step, so it survives a
 restart of any service: each stage's remote work is keyed by the job id (the trainer's and the
 converter's `request_id`, the deployment's name), so redoing a stage after a restart re-attaches
-to the work already done instead of repeating it. A job that fails or is cancelled leaves nothing
-behind: what it registered is deleted and what it deployed is removed.
+to the work already done instead of repeating it.
+
+Failures that are not the user's do not cost the training. A killed LLaMA-Factory run or
+conversion worker is run again by the trainer or converter (they hold the checkpoints and
+inputs); their retries are mirrored as events. A service that cannot be reached, or does not
+answer in time, makes the pipeline run the stage again, a bounded number of times with backoff
+(`attempts`, `retry_seconds`), then the job fails. A failed job keeps what it registered
+(labelled ``fine_tuning_job_status=failed``) and can be retried from the stage that failed
+(`retry`); a cancelled job leaves nothing behind: what it registered is deleted and what it
+deployed is removed.
 """
 
 from __future__ import annotations
@@ -23,25 +31,29 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal, Protocol
 
 import grpc
+from google.protobuf import field_mask_pb2
 
 from forgeline_gateway.api.fine_tuning.protocol import FineTuningJobCreate, JobError
 from forgeline_gateway.deployments.manager import DeploymentManager
 from forgeline_gateway.deployments.spec import LlamaCppSpec, ModelMetadata
 from forgeline_gateway.fine_tuning.plan import DatasetFile, trainer_spec
-from forgeline_gateway.fine_tuning.records import TERMINAL, JobRecord, Stage
+from forgeline_gateway.fine_tuning.records import TERMINAL, JobRecord, Outputs, Stage
 from forgeline_gateway.fine_tuning.store import JobStore
 from forgeline_kit.errors import (
     AlreadyExists,
+    DeadlineExceeded,
     FailedPrecondition,
     ForgelineError,
     InvalidArgument,
     NotFound,
+    Unavailable,
     error_from_rpc_error,
 )
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.converter.v1 import converter_pb2, converter_pb2_grpc
 from forgeline_proto.registry.v1 import registry_pb2, registry_pb2_grpc
 from forgeline_proto.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from forgeline_registry.hub import HubImporter, is_hub_id
 
 __all__ = ["DatasetFiles", "Pipeline", "StageFailedError", "fine_tuned_model_name"]
 
@@ -49,8 +61,10 @@ log = logging.getLogger(__name__)
 
 #: Longest wait for a service while a user waits on the HTTP answer (creating a job).
 _INTERACTIVE_TIMEOUT = 30.0
-#: Backoff between attempts while a service the job needs is unreachable.
-_RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0)
+#: Longest wait between two runs of a stage whose service could not be reached.
+_MAX_RETRY_SECONDS = 60.0
+#: The label put on what a failed job registered (removed when a retry succeeds).
+FAILED_LABEL = "fine_tuning_job_status"
 _OWNER = re.compile(r"[^A-Za-z0-9_-]+")
 
 
@@ -106,6 +120,9 @@ class Pipeline:
         files: DatasetFiles,
         deployments: DeploymentManager,
         organization: str,
+        hub: HubImporter | None = None,
+        attempts: int = 10,
+        retry_seconds: float = 2.0,
     ) -> None:
         self.store = store
         self.trainer = trainer
@@ -114,8 +131,12 @@ class Pipeline:
         self.files = files
         self.deployments = deployments
         self.organization = organization
+        self.hub = hub
+        self.attempts = attempts
+        self.retry_seconds = retry_seconds
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._conversions: dict[str, str] = {}
+        self._retrying = asyncio.Lock()
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -164,7 +185,12 @@ class Pipeline:
             created_at=int(time.time()),
             owner=owner,
             request=request,
-            fine_tuned_model=fine_tuned_model_name(request.model, owner, request.suffix, job_id),
+            fine_tuned_model=fine_tuned_model_name(
+                base.model if is_hub_id(request.model) else request.model,
+                owner,
+                request.suffix,
+                job_id,
+            ),
             seed=seed,
             base_version=_ref_text(base_ref),
             template=template,
@@ -204,6 +230,51 @@ class Pipeline:
         await self._drive(job_id)
         return await self.get(job_id)
 
+    async def retry(self, job_id: str) -> JobRecord:
+        """Run a failed job again from the stage that failed, reusing what earlier stages made
+        (a job that failed converting does not train again). It keeps its id and events.
+
+        Raises:
+            FailedPrecondition: the job did not fail.
+        """
+        async with self._retrying:
+            job = await self.get(job_id)
+            if job.stage is not Stage.FAILED:
+                raise FailedPrecondition(
+                    f"the job {job_id} is {job.status}; only a failed job can be retried",
+                    field="fine_tuning_job_id",
+                )
+            update: dict[str, Any] = {
+                "stage": job.failed_stage or Stage.VALIDATING_FILES,
+                "failed_stage": None,
+                "error": None,
+                "finished_at": None,
+                "estimated_finish": None,
+                "cancel_requested": False,
+                "retries": job.retries + 1,
+            }
+            if job.failed_stage is None:
+                # Stored before failed jobs kept their outputs (they were deleted): start over.
+                update["outputs"] = Outputs()
+            if update["stage"] is Stage.TRAINING and job.trainer_state in (
+                "",
+                "FAILED",
+                "CANCELLING",
+                "CANCELLED",
+            ):
+                update["stage"] = Stage.VALIDATING_FILES  # the trainer job ended: a new one
+            if update["stage"] is Stage.VALIDATING_FILES:
+                update |= {"trainer_job_id": "", "trainer_state": "", "trainer_last_sequence": 0}
+            job = await self._save(job, **update)
+            await self._event(
+                job,
+                "info",
+                f"Retrying the job from the {job.stage.value} stage (retry {job.retries}); what "
+                "earlier stages made is reused",
+            )
+            self._spawn(job.id)
+        return job
+
     async def checkpoints(self, job: JobRecord) -> list[trainer_pb2.Checkpoint]:
         """The trainer's checkpoints of the job, newest first."""
         if not job.trainer_job_id:
@@ -224,29 +295,67 @@ class Pipeline:
         )
 
     async def _drive_with_retries(self, job_id: str) -> None:
-        attempt = 0
+        """Drive the job; a stage interrupted (a service unreachable or past its deadline, a
+        stream cut, a bug) is run again up to `attempts` times in a row with backoff, each
+        retry an event, then the job fails. Running a stage again re-attaches to its remote
+        work. The count starts again whenever the job moved on since the last interruption."""
+        failures = 0
+        mark: tuple[Any, ...] | None = None
         while True:
             try:
                 await self._drive(job_id)
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception as error:  # a service down or a bug: retry, never lose the job
-                wait = _RETRY_SECONDS[min(attempt, len(_RETRY_SECONDS) - 1)]
+            except Exception as error:
                 job = await self.get(job_id)
-                if attempt == 0:
-                    await self._event(
-                        job,
-                        "warn",
-                        f"Waiting for a service during {job.stage.value}: {_describe(error)}",
+                if job.stage in TERMINAL:
+                    return
+                progress = (
+                    job.stage,
+                    job.trainer_job_id,
+                    job.trainer_last_sequence,
+                    job.outputs.model_dump_json(),
+                )
+                if progress != mark:
+                    failures, mark = 0, progress
+                failures += 1
+                if failures >= self.attempts:
+                    log.error(
+                        "fine-tuning job interrupted too often; it fails",
+                        extra={"job": job_id, "stage": job.stage},
+                        exc_info=error,
                     )
+                    await self._give_up(job, error, failures)
+                    return
+                wait = min(self.retry_seconds * 2 ** (failures - 1), _MAX_RETRY_SECONDS)
+                await self._event(
+                    job,
+                    "warn",
+                    f"The {job.stage.value} stage was interrupted: {_describe(error)}; retrying "
+                    f"(attempt {failures + 1} of {self.attempts}) in {wait:g} s",
+                )
                 log.warning(
                     "fine-tuning job interrupted; retrying",
                     extra={"job": job_id, "stage": job.stage, "wait": wait},
                     exc_info=error,
                 )
-                attempt += 1
                 await asyncio.sleep(wait)
+
+    async def _give_up(self, job: JobRecord, error: Exception, attempts: int) -> None:
+        """End a job whose stage was interrupted `attempts` times in a row: FAILED (CANCELLED
+        when a cancel was asked for), reaching the other services only as far as they answer."""
+        if job.cancel_requested:
+            await self._finish(job, Stage.CANCELLED, None, best_effort=True)
+            return
+        unreachable = isinstance(error, Unavailable | DeadlineExceeded | ConnectionError)
+        failure = JobError(
+            code="service_unavailable" if unreachable else "internal",
+            message=f"the {job.stage.value} stage was interrupted {attempts} times in a row "
+            f"(last: {_describe(error)}); what the job made so far is kept: retry it with POST "
+            f"/v1/fine_tuning/jobs/{job.id}/retry once the services are back",
+        )
+        await self._finish(job, Stage.FAILED, failure, best_effort=True)
 
     async def _drive(self, job_id: str) -> None:
         steps: dict[Stage, Callable[[JobRecord], Awaitable[JobRecord]]] = {
@@ -279,7 +388,7 @@ class Pipeline:
         spec = self._spec(request, job.id, job.seed, base, job.template, training, validation)
         try:
             trainer_job = await self.trainer.SubmitJob(
-                trainer_pb2.SubmitJobRequest(spec=spec, request_id=job.id)
+                trainer_pb2.SubmitJobRequest(spec=spec, request_id=job.request_id())
             )
         except (InvalidArgument, NotFound) as error:
             raise StageFailedError(
@@ -381,6 +490,9 @@ class Pipeline:
             await self._event(job, "info", event.message or "Checkpoint saved")
         elif kind == "error":
             await self._event(job, "error", event.error.message or event.message)
+        elif kind == "retry":
+            # A LLaMA-Factory run killed by a signal, started again by the trainer.
+            await self._event(job, "warn", event.message or _retry_message(event.retry))
         # Log lines stay in the trainer's own event history: they are not OpenAI events.
         return await self._save(job, **update)
 
@@ -407,7 +519,7 @@ class Pipeline:
                 ),
                 output=converter_pb2.OutputOptions(labels={"fine_tuning_job": job.id}),
             )
-            result = await self._conversion(job, spec, f"{job.id}-gguf")
+            job, result = await self._conversion(job, spec, job.request_id("gguf"))
             gguf = {
                 output.file_type.lower(): _ref_text(output.version)
                 for output in result.outputs
@@ -438,7 +550,7 @@ class Pipeline:
                 ),
                 output=converter_pb2.OutputOptions(labels={"fine_tuning_job": job.id}),
             )
-            result = await self._conversion(job, spec, f"{job.id}-lora")
+            job, result = await self._conversion(job, spec, job.request_id("lora"))
             adapters = [_ref_text(o.version) for o in result.outputs if o.adapter]
             outputs = outputs.model_copy(update={"gguf_adapter": adapters[0] if adapters else None})
             job = await self._save(job, outputs=outputs)
@@ -447,8 +559,12 @@ class Pipeline:
 
     async def _conversion(
         self, job: JobRecord, spec: converter_pb2.ConversionSpec, request_id: str
-    ) -> converter_pb2.ConversionResult:
-        """Run (or re-attach to) one conversion; its result, or `StageFailedError`."""
+    ) -> tuple[JobRecord, converter_pb2.ConversionResult]:
+        """Run (or re-attach to) one conversion; the job (with the converter's retries
+        mirrored as events) and the result, or `StageFailedError`.
+
+        A conversion that failed because the converter could not reach the registry is run
+        afresh (a new request id) by the pipeline's retries: `Unavailable` is raised."""
         stream = self.converter.Convert(
             converter_pb2.ConvertRequest(spec=spec, request_id=request_id)
         )
@@ -458,10 +574,17 @@ class Pipeline:
             if kind == "accepted":
                 self._conversions[job.id] = event.accepted.id
             elif kind == "result":
-                return event.result
+                return job, event.result
+            elif kind == "retry" and event.sequence > job.conversion_sequences.get(request_id, 0):
+                await self._event(job, "warn", _retry_message(event.retry))
+                sequences = job.conversion_sequences | {request_id: event.sequence}
+                job = await self._save(job, conversion_sequences=sequences)
             elif kind == "error":
                 if (await self.get(job.id)).cancel_requested:
                     break
+                if event.error.code == "registry_unavailable":
+                    await self._save(job, retries=job.retries + 1)
+                    raise Unavailable(f"the conversion failed: {event.error.message}")
                 raise StageFailedError(_error(event.error, "conversion_failed"))
         conversion_id = self._conversions.get(job.id, "")
         if conversion_id:
@@ -469,7 +592,7 @@ class Pipeline:
                 converter_pb2.GetConversionRequest(conversion_id=conversion_id)
             )
             if conversion.state == converter_pb2.CONVERSION_STATE_SUCCEEDED:
-                return conversion.result
+                return job, conversion.result
         raise ConnectionError("the conversion stream ended without a result")
 
     async def _deploy(self, job: JobRecord) -> JobRecord:
@@ -498,6 +621,8 @@ class Pipeline:
                 await self.deployments.create(spec)
             except AlreadyExists:
                 pass  # placed before a restart: the deployment is keyed by the model name
+            except (Unavailable, DeadlineExceeded):
+                raise  # the registry out of reach: the pipeline's retries run the stage again
             except ForgelineError as error:
                 raise StageFailedError(
                     JobError(code="deployment_failed", message=error.message)
@@ -506,11 +631,27 @@ class Pipeline:
             job = await self._save(job, outputs=outputs)
         return await self._finish(job, Stage.SUCCEEDED, None)
 
-    async def _finish(self, job: JobRecord, stage: Stage, error: JobError | None) -> JobRecord:
+    async def _finish(
+        self, job: JobRecord, stage: Stage, error: JobError | None, *, best_effort: bool = False
+    ) -> JobRecord:
+        """End the job in `stage`. A cancelled job's outputs are removed; a failed job's are
+        kept, labelled, for a retry (or the user) to use. With `best_effort` (and always for a
+        failure) a service that does not answer does not stop the job from ending."""
+        failed = stage is Stage.FAILED
         if stage is not Stage.SUCCEEDED:
-            job = await self._stop_remote_work(job)
+            job = await self._stop_remote_work(job, best_effort=best_effort or failed)
+        if stage is Stage.CANCELLED:
             await self._roll_back(job)
-        job = await self._save(job, stage=stage, error=error, finished_at=int(time.time()))
+        elif failed:
+            await self._label_outputs(job, "failed")
+        elif job.retries:
+            await self._label_outputs(job, None)  # no longer the outputs of a failed job
+        update: dict[str, Any] = {}
+        if failed and job.stage not in TERMINAL:
+            update["failed_stage"] = job.stage
+        job = await self._save(
+            job, stage=stage, error=error, finished_at=int(time.time()), **update
+        )
         if stage is Stage.SUCCEEDED:
             await self._event(job, "info", f"New fine-tuned model created: {job.fine_tuned_model}")
             await self._event(job, "info", "The job has successfully completed")
@@ -519,11 +660,35 @@ class Pipeline:
         else:
             assert error is not None
             await self._event(job, "error", f"The job failed: {error.message}")
+            kept = job.outputs.registered()
+            if kept:
+                where = (job.failed_stage or Stage.VALIDATING_FILES).value
+                await self._event(
+                    job,
+                    "info",
+                    f"Kept what the job made ({', '.join(reversed(kept))}), labelled "
+                    f"{FAILED_LABEL}=failed: retry the job from the {where} stage with POST "
+                    f"/v1/fine_tuning/jobs/{job.id}/retry, or delete them",
+                )
         log.info("fine-tuning job finished", extra={"job": job.id, "stage": stage})
         return job
 
-    async def _stop_remote_work(self, job: JobRecord) -> JobRecord:
-        """Cancel the trainer job or conversion in progress; the job with the trainer's state."""
+    async def _stop_remote_work(self, job: JobRecord, *, best_effort: bool = False) -> JobRecord:
+        """Cancel the trainer job or conversion in progress; the job with the trainer's state.
+        With `best_effort`, a service that cannot be reached is left alone (logged)."""
+        try:
+            return await self._cancel_remote_work(job)
+        except (ForgelineError, ConnectionError) as error:
+            if not best_effort:
+                raise
+            log.warning(
+                "could not stop the remote work of a fine-tuning job",
+                extra={"job": job.id, "stage": job.stage},
+                exc_info=error,
+            )
+            return job
+
+    async def _cancel_remote_work(self, job: JobRecord) -> JobRecord:
         if job.trainer_job_id and job.stage is Stage.TRAINING:
             try:
                 trainer_job = await self.trainer.CancelJob(
@@ -546,8 +711,44 @@ class Pipeline:
                 )
         return job
 
+    async def _label_outputs(self, job: JobRecord, status: str | None) -> None:
+        """Set (or, with None, remove) the ``fine_tuning_job_status`` label on every version the
+        job registered; best effort: a version deleted or a registry out of reach is logged."""
+        for reference in job.outputs.registered():
+            ref = _ref(reference)
+            try:
+                version = await self.registry.GetVersion(
+                    registry_pb2.GetVersionRequest(
+                        model=ref.model, version=ref.version, view=registry_pb2.VERSION_VIEW_BASIC
+                    ),
+                    timeout=_INTERACTIVE_TIMEOUT,
+                )
+                labels = dict(version.labels)
+                if labels.get(FAILED_LABEL) == status:
+                    continue
+                if status is None:
+                    labels.pop(FAILED_LABEL, None)
+                else:
+                    labels[FAILED_LABEL] = status
+                await self.registry.UpdateVersion(
+                    registry_pb2.UpdateVersionRequest(
+                        version=registry_pb2.Version(
+                            model=ref.model, number=ref.version, labels=labels
+                        ),
+                        update_mask=field_mask_pb2.FieldMask(paths=["labels"]),
+                    ),
+                    timeout=_INTERACTIVE_TIMEOUT,
+                )
+            except (ForgelineError, ConnectionError) as error:
+                log.warning(
+                    "could not label a version of a fine-tuning job",
+                    extra={"job": job.id, "version": reference},
+                    exc_info=error,
+                )
+
     async def _roll_back(self, job: JobRecord) -> None:
-        """Remove the deployment and every version the job registered, newest first."""
+        """Remove the deployment and every version the job registered, newest first (a
+        cancelled job keeps nothing)."""
         if job.outputs.deployment:
             with contextlib.suppress(NotFound):
                 await self.deployments.delete(job.outputs.deployment)
@@ -585,6 +786,17 @@ class Pipeline:
         )
 
     async def _base_version(self, model: str) -> registry_pb2.Version:
+        if is_hub_id(model):
+            if self.hub is None:
+                raise FailedPrecondition(
+                    "this gateway cannot resolve hub ids (hf:, modelscope:): name a registry model",
+                    field="model",
+                )
+            # Imported now (or found imported): the job then pins that version like any other.
+            try:
+                return await self.hub.base_version(model, "model")
+            except NotFound as error:  # no such repository or revision on the hub
+                raise InvalidArgument(error.message, field="model") from error
         try:
             return await self.registry.ResolveVersion(
                 registry_pb2.ResolveVersionRequest(
@@ -638,3 +850,11 @@ def _fully_trained_modules(request: FineTuningJobCreate) -> str | None:
 
 def _describe(error: BaseException) -> str:
     return error.message if isinstance(error, ForgelineError) else repr(error)
+
+
+def _retry_message(retry: common_pb2.Retry) -> str:
+    """What a service's retry of a killed process tells the user."""
+    reason = retry.error.message.splitlines()[0] if retry.error.message else retry.error.code
+    reason = reason[:1].upper() + reason[1:]
+    delay = retry.delay.ToTimedelta().total_seconds()
+    return f"{reason}; retrying (attempt {retry.attempt} of {retry.max_attempts}) in {delay:g} s"

@@ -73,6 +73,22 @@ class JobRecord(BaseModel):
     estimated_finish: int | None = None
     finished_at: int | None = None
     error: JobError | None = None
+    # The fields below came with retries (issue 18); records stored before have their defaults.
+    #: Where a FAILED job stopped: the stage a retry runs again.
+    failed_stage: Stage | None = None
+    #: How many times a failed stage was started afresh (a retry by the user, or the pipeline's
+    #: after a conversion could not reach the registry): the trainer's and converter's request
+    #: ids of a stage run afresh carry it, so the work is new rather than the failed one found.
+    retries: int = 0
+    #: Per conversion request id, the last converter event mirrored as a job event, so a stream
+    #: replayed after a restart does not repeat the conversion's retry events.
+    conversion_sequences: dict[str, int] = Field(default_factory=dict)
+
+    def request_id(self, name: str = "") -> str:
+        """The trainer's (no ``name``) or converter's (``gguf``, ``lora``) request id of the
+        job's current run of a stage."""
+        base = f"{self.id}-{name}" if name else self.id
+        return f"{base}-retry-{self.retries}" if self.retries else base
 
     @property
     def status(

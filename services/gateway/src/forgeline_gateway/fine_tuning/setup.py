@@ -15,6 +15,7 @@ from forgeline_kit.grpc.client import make_channel
 from forgeline_proto.converter.v1 import converter_pb2_grpc
 from forgeline_proto.trainer.v1 import trainer_pb2_grpc
 from forgeline_registry.client import RegistryClient
+from forgeline_registry.hub import HubImporter
 
 __all__ = ["open_pipeline"]
 
@@ -36,6 +37,10 @@ async def open_pipeline(
     trainer = make_channel(settings.trainer_target)
     converter = make_channel(settings.converter_target)
     store = JobStore.open(settings.database)
+    # Base models named by hub id (hf:ORG/NAME): imported only when the operator allows it.
+    hub = HubImporter(
+        registry, allow_downloads=settings.hub_imports, cache_dir=settings.hub_cache.absolute()
+    )
     pipeline = Pipeline(
         store,
         trainer=trainer_pb2_grpc.TrainerServiceStub(trainer),
@@ -44,12 +49,16 @@ async def open_pipeline(
         files=UploadedDatasets(files),
         deployments=deployments,
         organization=settings.organization,
+        hub=hub,
+        attempts=settings.fine_tuning_attempts,
+        retry_seconds=settings.fine_tuning_retry_seconds,
     )
     try:
         await pipeline.start()
         yield pipeline
     finally:
         await pipeline.close()
+        await hub.close()
         await trainer.close()
         await converter.close()
         store.close()

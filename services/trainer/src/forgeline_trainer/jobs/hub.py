@@ -80,10 +80,11 @@ class JobHub:
         log: common_pb2.LogLine | None = None,
         checkpoint: pb.Checkpoint | None = None,
         error: common_pb2.OperationError | None = None,
+        retry: common_pb2.Retry | None = None,
     ) -> pb.JobEvent:
         """Record one event of ``job`` (and the job as it is now); without another payload, the
         message is the service's log line."""
-        if not any((stage_change, metrics, log, checkpoint, error)):
+        if not any((stage_change, metrics, log, checkpoint, error, retry)):
             log = common_pb2.LogLine(source=common_pb2.LOG_SOURCE_SERVICE, text=message[:8192])
         event = pb.JobEvent(
             time=now(),
@@ -94,6 +95,7 @@ class JobHub:
             log=log,
             checkpoint=checkpoint,
             error=error,
+            retry=retry,
         )
         job.update_time.CopyFrom(event.time)
         self.store.append_event(job, event)

@@ -2,11 +2,14 @@
 
 Each stage starts from what is persisted (the job record, its checkpoints, its work directory),
 so a job found mid-way after a restart continues where it was: TRAINING resumes from its last
-checkpoint, EXPORTING and REGISTERING are redone. A failure ends the job FAILED with an
-OperationError code of the contract and nothing registered. Cancellation (the task is cancelled)
-stops the job's process group before the task ends; so does the job's time limit, which covers
-VALIDATING, TRAINING and EXPORTING (counted from leaving the queue, so a resumed job keeps its
-deadline), and the trainer's step cap, checked against the steps a running training plans.
+checkpoint, EXPORTING and REGISTERING are redone. A LLaMA-Factory run killed by a signal (the OOM
+killer, a preempted node: not the run's own failure) is started again the same way, up to the
+trainer's ``RUN_ATTEMPTS``, each retry an event with a ``retry`` payload. A failure ends the job
+FAILED with an OperationError code of the contract and nothing registered. Cancellation (the
+task is cancelled) stops the job's process group before the task ends; so does the job's time
+limit, which covers VALIDATING, TRAINING and EXPORTING (counted from leaving the queue, so a
+resumed job keeps its deadline), and the trainer's step cap, checked against the steps a running
+training plans.
 """
 
 from __future__ import annotations
@@ -16,13 +19,14 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.struct_pb2 import Struct
 
@@ -69,9 +73,11 @@ from forgeline_trainer.llamafactory.progress import ProgressReader
 from forgeline_trainer.settings import TrainerSettings
 from forgeline_trainer.submission import DatasetPlan, plan_job
 
-__all__ = ["JobError", "JobRunner"]
+__all__ = ["JobError", "JobRunner", "ProcessKilledError"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Share of a job's progress taken by training; export and registering share the rest.
 _TRAINING_SHARE = 90.0
@@ -88,6 +94,16 @@ class JobError(Exception):
         self.message = message
         self.field = field
         self.retryable = retryable
+
+
+class ProcessKilledError(JobError):
+    """A LLaMA-Factory run was ended by a signal (``-status``): the OOM killer, a preempted node,
+    someone's ``kill``; not a failure of the run itself, so it is started again."""
+
+    def __init__(self, code: str, message: str, *, tool: str, signum: int) -> None:
+        super().__init__(code, message)
+        self.tool = tool
+        self.signum = signum
 
 
 def _registry_failure(error: grpc.RpcError | ForgelineError, what: str) -> JobError:
@@ -179,7 +195,7 @@ class JobRunner:
         _validated(workspace)  # what training and the merge read must still be there
         lora = text_argument(job, "finetuning_type") == "lora"
         if job.state == pb.JOB_STATE_TRAINING:
-            metrics = await self._train(job, workspace, gpus)
+            metrics = await self._retrying(job, lambda: self._train(job, workspace, gpus))
             job.result.metrics.clear()
             job.result.metrics.update(metrics)
             merge = lora and not job.spec.merge.skip
@@ -189,9 +205,49 @@ class JobRunner:
             else:
                 self.hub.transition(job, pb.JOB_STATE_REGISTERING, "Registering the results")
         if job.state == pb.JOB_STATE_EXPORTING:
-            await self._export(job, workspace, gpus)
+            await self._retrying(job, lambda: self._export(job, workspace, gpus))
             self._set_percent(job, 95.0)
             self.hub.transition(job, pb.JOB_STATE_REGISTERING, "Registering the results")
+
+    async def _retrying(self, job: pb.Job, run: Callable[[], Awaitable[T]]) -> T:
+        """``run()``, started again while its LLaMA-Factory process is killed by a signal, up to
+        ``RUN_ATTEMPTS`` runs in all; each retry is an event. A training run started again
+        resumes from its last checkpoint (``_train`` does so whenever ``job.attempt`` > 0)."""
+        settings = self.context.settings
+        attempts = settings.run_attempts
+        attempt = 1
+        while True:
+            try:
+                return await run()
+            except ProcessKilledError as killed:
+                if attempt >= attempts:
+                    if attempts > 1:
+                        killed.message += f" ({attempts} attempts, each killed)"
+                    raise
+                delay = settings.run_retry_seconds * 2 ** (attempt - 1)
+                attempt += 1
+                after = " from the last checkpoint" if killed.tool == "training" else ""
+                message = (
+                    f"The {killed.tool} process was killed (signal {killed.signum}); retrying"
+                    f"{after} (attempt {attempt} of {attempts}) in {delay:g} s"
+                )
+                log.warning("job %s: %s", job.id, message)
+                duration = Duration()
+                duration.FromNanoseconds(int(delay * 1e9))
+                self.hub.emit(
+                    job,
+                    message,
+                    level=pb.EVENT_LEVEL_WARNING,
+                    retry=common_pb2.Retry(
+                        error=common_pb2.OperationError(
+                            code=killed.code, message=killed.message, retryable=True
+                        ),
+                        attempt=attempt,
+                        max_attempts=attempts,
+                        delay=duration,
+                    ),
+                )
+                await asyncio.sleep(delay)
 
     def _time_limit_seconds(self, job: pb.Job) -> float:
         """The job's time limit: its own, at most the trainer's (which an operator may have
@@ -341,7 +397,7 @@ class JobRunner:
                 note = f"Resuming training from the checkpoint at step {step}"
             else:
                 shutil.rmtree(workspace.output, ignore_errors=True)
-                note = "No checkpoint was saved before the trainer stopped: training restarts"
+                note = "No checkpoint was saved before the run stopped: training restarts"
             self.hub.emit(job, note, level=pb.EVENT_LEVEL_WARNING)
         job.attempt += 1
         self.hub.save(job)
@@ -378,6 +434,10 @@ class JobRunner:
         status = process.poll()
         if status != 0:
             failure = explain_failure(status or 0, process.log_tail())
+            if status is not None and status < 0:
+                raise ProcessKilledError(
+                    failure.code, failure.message, tool="training", signum=-status
+                )
             raise JobError(failure.code, failure.message)
         results = workspace.output / "all_results.json"
         metrics = numeric(json.loads(results.read_text())) if results.is_file() else {}
@@ -455,6 +515,13 @@ class JobRunner:
             await asyncio.to_thread(process.cancel)
             raise
         status = process.poll()
+        if status is not None and status < 0:
+            raise ProcessKilledError(
+                "export_failed",
+                f"llamafactory-cli export was killed by signal {-status}",
+                tool="merge",
+                signum=-status,
+            )
         if status != 0:
             lines = [line for line in process.log_tail().splitlines() if line.strip()][-20:]
             raise JobError(

@@ -48,6 +48,7 @@ _KINDS = {
     "log": pb.JOB_EVENT_KIND_LOG,
     "checkpoint": pb.JOB_EVENT_KIND_CHECKPOINT,
     "error": pb.JOB_EVENT_KIND_ERROR,
+    "retry": pb.JOB_EVENT_KIND_RETRY,
 }
 
 

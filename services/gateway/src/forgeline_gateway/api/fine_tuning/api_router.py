@@ -79,6 +79,19 @@ async def cancel_job(fine_tuning_job_id: str, request: Request) -> FineTuningJob
     return await _serving(request).cancel(fine_tuning_job_id)
 
 
+@router.post(
+    "/v1/fine_tuning/jobs/{fine_tuning_job_id}/retry",
+    responses=ADMIN_ERRORS,
+    summary="Retry a failed fine-tuning job from the stage that failed (Forgeline's own)",
+    description="Not in OpenAI's API. A failed job runs again from the stage that failed, "
+    "reusing what earlier stages registered (a job that failed converting is not trained "
+    "again); it keeps its id, and its events go on. A job that is not `failed` is a 400.",
+    dependencies=[Depends(_admin)],
+)
+async def retry_job(fine_tuning_job_id: str, request: Request) -> FineTuningJob:
+    return await _serving(request).retry(fine_tuning_job_id)
+
+
 @router.get(
     "/v1/fine_tuning/jobs/{fine_tuning_job_id}/events",
     responses=ADMIN_ERRORS,

@@ -23,7 +23,7 @@ __all__ = ["FineTuningServing"]
 
 
 class FineTuningServing:
-    """Create, list, retrieve and cancel jobs; list their events and checkpoints."""
+    """Create, list, retrieve, cancel and retry jobs; list their events and checkpoints."""
 
     def __init__(self, pipeline: Pipeline, organization: str) -> None:
         self.pipeline = pipeline
@@ -37,6 +37,9 @@ class FineTuningServing:
 
     async def cancel(self, job_id: str) -> FineTuningJob:
         return self._view(await self.pipeline.cancel(job_id))
+
+    async def retry(self, job_id: str) -> FineTuningJob:
+        return self._view(await self.pipeline.retry(job_id))
 
     async def list(self, after: str | None, limit: int) -> FineTuningJobList:
         store = self.pipeline.store
@@ -130,6 +133,8 @@ class FineTuningServing:
                 "trainer_job_id": job.trainer_job_id or None,
                 "trainer_state": job.trainer_state.lower() or None,
                 "outputs": job.outputs.model_dump(exclude_none=True),
+                "failed_stage": job.failed_stage.value if job.failed_stage else None,
+                "retries": job.retries,
                 "finetuning_type": request.forgeline.finetuning_type,
                 "training_stage": request.training_stage(),
             },
