@@ -494,3 +494,33 @@ def test_a_seeds_yaml_with_a_registry_reference_is_accepted(world: World) -> Non
         world.trainer.stub.SubmitJob(pb.SubmitJobRequest(spec=unknown, validate_only=True))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "missing-llama:1" in (caught.value.details() or "")
+
+
+def test_a_full_queue_refuses_new_jobs_until_one_starts(world: World) -> None:
+    queued = world.stack.start_trainer(world.stack.root / "queued", max_queued_jobs=1)
+    try:
+        long_run = world.spec(
+            SHORT_RUN | {"max_steps": 2000, "logging_steps": 1},
+            output=pb.OutputOptions(model="queued"),
+        )
+        running = queued.stub.SubmitJob(pb.SubmitJobRequest(spec=long_run))
+        queued.wait_for(running.id, (pb.JOB_STATE_TRAINING,), timeout=120)
+        waiting = queued.stub.SubmitJob(pb.SubmitJobRequest(spec=long_run))
+        assert waiting.state == pb.JOB_STATE_QUEUED
+
+        for validate_only in (False, True):  # the gateway's check before it accepts a job
+            with pytest.raises(grpc.RpcError) as refused:
+                queued.stub.SubmitJob(
+                    pb.SubmitJobRequest(spec=long_run, validate_only=validate_only)
+                )
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "FORGELINE_TRAINER_MAX_QUEUED_JOBS=1" in (refused.value.details() or "")
+
+        queued.stub.CancelJob(pb.CancelJobRequest(job_id=waiting.id))
+        queued.wait_for(waiting.id, (pb.JOB_STATE_CANCELLED,), timeout=60)
+        again = queued.stub.SubmitJob(pb.SubmitJobRequest(spec=long_run))
+        assert again.state == pb.JOB_STATE_QUEUED
+        for job in (running, again):
+            queued.stub.CancelJob(pb.CancelJobRequest(job_id=job.id))
+    finally:
+        queued.stop()

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import timedelta
 from typing import Final
 
-from forgeline_kit.errors import FailedPrecondition, InvalidArgument, NotFound
+from forgeline_kit.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.registry.v1 import registry_pb2 as rpb
 from forgeline_proto.trainer.v1 import trainer_pb2 as pb
@@ -156,17 +156,31 @@ class Trainer:
 
     # --- jobs
 
+    def _check_queue_room(self) -> None:
+        waiting = self.store.count_by_state().get(pb.JOB_STATE_QUEUED, 0)
+        cap = self.settings.max_queued_jobs
+        if waiting >= cap:
+            raise ResourceExhausted(
+                f"the trainer already has {waiting} jobs waiting for a slot, its limit "
+                f"(FORGELINE_TRAINER_MAX_QUEUED_JOBS={cap}): submit again once some have started, "
+                "or cancel jobs you no longer need"
+            )
+
     async def submit(self, spec: pb.JobSpec, request_id: str, validate_only: bool) -> pb.Job:
         """Check ``spec`` and queue it (or only check it).
 
         Raises:
             InvalidArgument: naming the field at fault and the fix.
             Unavailable: the registry cannot be reached to check the references.
+            ResourceExhausted: as many jobs as the settings allow are waiting already.
         """
         if request_id and not validate_only:
             existing = self.store.find_by_request(request_id)
             if existing is not None:
                 return self._view(existing)
+        # Checked on validate_only too: the gateway asks it before it accepts a job, so a full
+        # queue is a 429 at creation rather than a job that fails later.
+        self._check_queue_room()
         plan = plan_job(
             spec,
             device=self.device_kind,

@@ -42,6 +42,13 @@ class TrainerSettings(ServiceSettings):
         le=64,
         description="How many jobs run at once (on a GPU host, each on GPUs of its own).",
     )
+    max_queued_jobs: int = Field(
+        100,
+        ge=1,
+        description="How many jobs may wait for a slot; a job submitted beyond that is refused "
+        "(RESOURCE_EXHAUSTED, a 429 through the gateway) instead of growing the queue without "
+        "end.",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto (cuda when torch sees a GPU, else cpu), cpu or cuda."
     )
