@@ -75,3 +75,26 @@ def test_export_paths_cannot_leave_the_target(tmp_path: Path) -> None:
             safe_target(tmp_path, path)
     with pytest.raises(InvalidArgument, match="not a directory"):
         scan_directory(tmp_path / "missing")
+
+
+def test_a_link_out_of_the_directory_is_refused_and_one_inside_is_read(tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "weights").mkdir()
+    (model / "weights" / "model.safetensors").write_bytes(b"w")
+    (model / "model.safetensors").symlink_to(model / "weights" / "model.safetensors")
+
+    assert {a.path for a in scan_directory(model)} == {
+        "config.json",
+        "model.safetensors",
+        "weights/model.safetensors",
+    }
+
+    secret = tmp_path / "id_rsa"
+    secret.write_text("PRIVATE KEY")
+    (model / "tokenizer.model").symlink_to(secret)
+    with pytest.raises(InvalidArgument) as refused:
+        scan_directory(model)
+    assert "tokenizer.model is a symbolic link to" in refused.value.message
+    assert "cp -L" in refused.value.message

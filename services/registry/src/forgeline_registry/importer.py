@@ -137,6 +137,14 @@ def scan_directory(directory: Path) -> list[LocalArtifact]:
             or (file.is_symlink() and not file.exists())
         ):
             continue
+        if file.is_symlink() and not file.resolve().is_relative_to(root.resolve()):
+            # Following it would push whatever the link names (a key, another user's file).
+            raise InvalidArgument(
+                f"{relative} is a symbolic link to {file.resolve()}, outside {directory}: a "
+                "push reads only the directory's own files. Copy the file in (cp -L) and push "
+                "again",
+                field="directory",
+            )
         path = check_artifact_path(relative.as_posix(), f"file {relative}")
         kind, gguf_type = _kind(path)
         found.append(LocalArtifact(path, file, kind, guess_media_type(path), gguf_type))
