@@ -392,6 +392,25 @@ async def test_a_worker_killed_on_every_attempt_fails_the_conversion(stack: Stac
     assert await versions_of(stack, output) == []
 
 
+async def test_tool_work_past_its_time_limit_is_stopped_and_fails_saying_so(
+    stack: Stack,
+) -> None:
+    # The tiny model's conversion, quantization and checks take seconds: far over 0.5 s.
+    converter = await stack.start_converter("hung", max_tool_seconds=0.5)
+    output = f"hung-{TOKEN}"
+
+    events = await collect(
+        converter.stub.Convert(pb.ConvertRequest(spec=model_spec(BASE, ("Q8_0",), output=output)))
+    )
+
+    error = events[-1].error
+    assert error.code == "deadline_exceeded"
+    assert "ran past its time limit of 0.5 s" in error.message
+    assert "FORGELINE_CONVERTER_MAX_TOOL_SECONDS" in error.message
+    assert await versions_of(stack, output) == []
+    assert not (converter.settings.work_dir / events[0].conversion_id).exists()
+
+
 async def test_an_adapter_converts_and_loads_on_the_base_gguf(
     converted: Converted,
     converter: RunningConverter,

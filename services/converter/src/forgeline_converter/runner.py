@@ -385,32 +385,25 @@ class WorkerPool:
 
 
 async def _run_worker(
-    job: WorkerJob, work: Path, steps: _Steps, reporter: Reporter, pool: WorkerPool
+    job: WorkerJob,
+    work: Path,
+    steps: _Steps,
+    reporter: Reporter,
+    pool: WorkerPool,
+    deadline_s: float,
 ) -> WorkerResult:
     job_file = work / "job.json"
     job_file.write_text(job.model_dump_json(), encoding="utf-8")
     process = await pool.run(job_file)
-    failure: WorkerMessage | None = None
-    tail: list[str] = []
     try:
-        assert process.stdout is not None
-        async for raw in process.stdout:
-            line = raw.decode(errors="replace").rstrip()
-            if not line:
-                continue
-            try:
-                message = WorkerMessage.model_validate_json(line)
-            except ValidationError:
-                tail = [*tail[-20:], line]
-                reporter.log(line, common_pb2.LOG_SOURCE_STDERR)
-                continue
-            if message.type == "stage" and message.stage is not None:
-                steps.enter(_STAGES[message.stage], message.target)
-            elif message.type == "log":
-                reporter.log(message.text, common_pb2.LOG_SOURCE_STDOUT)
-            else:
-                failure = message
-        code = await process.wait()
+        async with asyncio.timeout(deadline_s):
+            failure, tail, code = await _follow_worker(process, steps, reporter)
+    except TimeoutError:
+        raise OperationFailed(
+            "deadline_exceeded",
+            f"the conversion's tool work ran past its time limit of {deadline_s:g} s and was "
+            "stopped; raise FORGELINE_CONVERTER_MAX_TOOL_SECONDS for models this large",
+        ) from None
     finally:
         await _stop_worker(process)
     if failure is not None:
@@ -428,6 +421,34 @@ async def _run_worker(
     return WorkerResult.model_validate_json(job.result_file.read_text(encoding="utf-8"))
 
 
+async def _follow_worker(
+    process: asyncio.subprocess.Process, steps: _Steps, reporter: Reporter
+) -> tuple[WorkerMessage | None, list[str], int]:
+    """Relay a worker's messages until it exits: its failure message (if any), the last lines it
+    wrote that were not messages, and its exit status."""
+    failure: WorkerMessage | None = None
+    tail: list[str] = []
+    assert process.stdout is not None
+    async for raw in process.stdout:
+        line = raw.decode(errors="replace").rstrip()
+        if not line:
+            continue
+        try:
+            message = WorkerMessage.model_validate_json(line)
+        except ValidationError:
+            tail = [*tail[-20:], line]
+            reporter.log(line, common_pb2.LOG_SOURCE_STDERR)
+            continue
+        if message.type == "stage" and message.stage is not None:
+            steps.enter(_STAGES[message.stage], message.target)
+        elif message.type == "log":
+            reporter.log(message.text, common_pb2.LOG_SOURCE_STDOUT)
+        else:
+            failure = message
+    code = await process.wait()
+    return failure, tail, code
+
+
 async def _run_worker_retrying(
     job: WorkerJob, work: Path, steps: _Steps, reporter: Reporter, context: RunContext
 ) -> WorkerResult:
@@ -439,7 +460,9 @@ async def _run_worker_retrying(
     done = steps.done
     while True:
         try:
-            return await _run_worker(job, work, steps, reporter, context.workers)
+            return await _run_worker(
+                job, work, steps, reporter, context.workers, settings.max_tool_seconds
+            )
         except OperationFailed as failure:
             error = failure.error
             if error.code not in _KILLED:

@@ -47,6 +47,13 @@ class ConverterSettings(ServiceSettings):
     registry_timeout_seconds: float = Field(
         60.0, gt=0, description="Deadline of each registry call made by the converter."
     )
+    max_tool_seconds: float = Field(
+        6 * 3600.0,
+        gt=0,
+        description="Wall-clock limit of one run of a conversion's tool work (converting, "
+        "quantizing, verifying): past it the worker and its tools are stopped and the conversion "
+        "fails, instead of a hung tool holding the converter forever.",
+    )
     worker_attempts: int = Field(
         3,
         ge=1,
