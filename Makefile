@@ -6,7 +6,7 @@ BIN := $(abspath $(VENV)/bin)
 STAMP := $(VENV)/.installed
 PYPROJECTS := $(wildcard kit/pyproject.toml proto/pyproject.toml cli/pyproject.toml services/*/pyproject.toml)
 
-.PHONY: help install setup system-tools lock proto proto-check lint format toolchain test pytest fuzz demo up clean
+.PHONY: help install clients setup system-tools lock proto proto-check lint format toolchain test pytest fuzz demo up clean
 
 help:
 	@echo "make demo   fine-tune the embedded tiny model and chat with it (CPU, no Docker)"
@@ -34,6 +34,17 @@ $(STAMP): requirements/lock.txt $(PYPROJECTS) $(BOOTSTRAP)
 
 install: $(STAMP)
 
+# Third-party clients that pin what the project cannot share (LlamaIndex: openai<3), in an
+# environment of their own, as applications would have them; the gateway's client tests run them.
+CLIENTS_VENV := .venv-clients
+CLIENTS_STAMP := $(CLIENTS_VENV)/.installed
+$(CLIENTS_STAMP): requirements/clients-lock.txt
+	test -x $(CLIENTS_VENV)/bin/python || $(PY) -m venv $(CLIENTS_VENV)
+	$(CLIENTS_VENV)/bin/python -m pip install --quiet -r requirements/clients-lock.txt
+	touch $@
+
+clients: $(CLIENTS_STAMP)
+
 # Debian packages the tests use: promtool checks the gateway's /metrics exposition.
 system-tools:
 	@command -v promtool >/dev/null || { \
@@ -43,6 +54,8 @@ system-tools:
 lock: $(STAMP)
 	$(BIN)/uv pip compile requirements/dev.in -o requirements/lock.txt --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 --quiet
+	$(BIN)/uv pip compile requirements/clients.in -o requirements/clients-lock.txt \
+		--python-version 3.11 --python-platform x86_64-manylinux_2_28 --quiet
 
 proto: $(STAMP)
 	$(BIN)/python proto/generate.py
@@ -68,7 +81,7 @@ toolchain: $(BOOTSTRAP)
 setup:
 	@$(MAKE) --no-print-directory -j2 install toolchain
 
-pytest: $(STAMP)
+pytest: $(STAMP) $(CLIENTS_STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: setup system-tools proto-check lint pytest
@@ -85,7 +98,7 @@ up: setup
 	$(BIN)/forgeline up
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(CLIENTS_VENV) .mypy_cache .ruff_cache .pytest_cache
 
 # --- Docker Compose and Kubernetes (deploy/, compose*.yaml) ------------------------------------
 .PHONY: compose-config compose-smoke k8s-validate

@@ -1,10 +1,15 @@
 """Third-party OpenAI-compatible clients against the gateway over real llama-server processes:
-LangChain's ``ChatOpenAI`` and ``OpenAIEmbeddings``, as applications configure them for a
-self-hosted endpoint (``base_url`` and ``api_key``, nothing else of Forgeline's)."""
+LangChain's ``ChatOpenAI`` and ``OpenAIEmbeddings``, and LlamaIndex's ``OpenAILike``, as
+applications configure them for a self-hosted endpoint (``base_url`` and ``api_key``, nothing
+else of Forgeline's). LlamaIndex pins openai<3, so it runs in an environment of its own
+(``.venv-clients``, made by ``make clients``), as it would in an application."""
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+from pathlib import Path
 
 import pytest
 from langchain_core.messages import AIMessageChunk, HumanMessage, SystemMessage
@@ -82,3 +87,40 @@ def test_langchain_sees_an_unknown_model_as_openai_reports_it(served: Served) ->
         ).invoke("hello")
 
     assert "no-such-model" in str(missing.value)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+CLIENTS_PYTHON = ROOT / ".venv-clients" / "bin" / "python"
+LLAMAINDEX = Path(__file__).with_name("clients") / "llamaindex_chat.py"
+
+
+def test_llamaindex_chat_stream_and_complete(served: Served) -> None:
+    assert CLIENTS_PYTHON.exists(), "the clients' environment is missing: run `make clients`"
+    done = subprocess.run(  # noqa: S603 - a fixed argument list
+        [str(CLIENTS_PYTHON), str(LLAMAINDEX), f"{served.url}/v1", served.inference_key, "tiny"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout)
+
+    expected = (
+        served.client()
+        .chat.completions.create(
+            model="tiny",
+            messages=[
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "hello"},
+            ],
+            max_tokens=6,
+            temperature=0,
+        )
+        .choices[0]
+        .message.content
+    )
+    assert seen["chat"] == expected  # greedy: the SDK and LlamaIndex get the same answer
+    assert len(seen["stream"]) > 1
+    assert "".join(seen["stream"]) == expected
+    assert seen["complete"]
