@@ -8,11 +8,12 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from process_tree import alive, kill_all, wait_gone
+from process_tree import alive, command_line, kill_all, wait_gone
 
 from forgeline_kit.state_lock import StateDirInUseError, hold_state_dir
 
@@ -23,9 +24,8 @@ _PARENT = textwrap.dedent(
     import subprocess, sys, time
     from forgeline_kit.subprocesses import die_with_parent
     armed = sys.argv[1] == "armed"
-    child = subprocess.Popen(  # noqa: S603 (a fixed argument list, no shell)
-        ["sleep", "120"], preexec_fn=die_with_parent() if armed else None
-    )
+    command = ["sleep", "120"]
+    child = subprocess.Popen(die_with_parent(command) if armed else command)
     print(child.pid, flush=True)
     time.sleep(120)
     """
@@ -57,6 +57,20 @@ def test_a_child_dies_when_its_parent_is_killed(orphans: set[int]) -> None:
     parent.send_signal(signal.SIGKILL)
     parent.wait()
     assert wait_gone({child}, within=5) == set()
+
+
+def test_the_child_keeps_the_pid_it_was_started_with(orphans: set[int]) -> None:
+    # The launcher sets the signal and execs the program: the pid a caller holds is the child's.
+    parent, child = _parent_with_child(armed=True)
+    orphans.add(child)
+    try:
+        deadline = time.monotonic() + 10
+        while not command_line(child).startswith("sleep 120") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert command_line(child).startswith("sleep 120")
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
 
 
 def test_without_the_signal_a_child_outlives_its_parent(orphans: set[int]) -> None:

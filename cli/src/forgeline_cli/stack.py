@@ -90,13 +90,12 @@ class ServiceProcess:
     def start(self) -> None:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(  # noqa: S603 (a fixed argument list, no shell)
-            [sys.executable, "-m", f"forgeline_{self.name}"],
+            die_with_parent([sys.executable, "-m", f"forgeline_{self.name}"]),
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=die_with_parent(),
         )
         log.close()
 

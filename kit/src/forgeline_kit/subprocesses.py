@@ -9,22 +9,18 @@ SIGKILL, which runs no clean-up, still leaves nothing behind holding ports, GPUs
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
+from typing import Final
 
 from forgeline_kit.errors import Internal
-
-#: prctl(2) option: the signal the calling process gets when its parent dies.
-_PR_SET_PDEATHSIG = 1
 
 
 class ToolFailed(Internal):
@@ -48,38 +44,42 @@ class ToolRun:
     wall_s: float
 
 
-@cache
-def _prctl() -> Callable[..., int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    prctl: Callable[..., int] = libc.prctl
-    return prctl
+# Run as `python -S -E -c _LAUNCHER PARENT_PID SIGNAL PROGRAM ARGS...`: sets the parent-death
+# signal, then becomes PROGRAM (the setting survives exec). A preexec_fn would do the same from
+# the forked child, but it makes CPython run every os.register_at_fork handler there, and in a
+# threaded parent those handlers (filelock's, for one) can take locks another thread held at the
+# fork and abort the child.
+_LAUNCHER: Final = (
+    "import ctypes,os,signal,sys\n"
+    "parent,signum=int(sys.argv[1]),int(sys.argv[2])\n"
+    "ctypes.CDLL(None,use_errno=True).prctl(1,signum,0,0,0)\n"
+    "os.getppid()==parent or os.kill(os.getpid(),signum)\n"
+    "os.execvp(sys.argv[3],sys.argv[3:])\n"
+)
 
 
-def die_with_parent(signum: int = signal.SIGTERM) -> Callable[[], None] | None:
-    """A ``preexec_fn`` that has the kernel send the child ``signum`` when its parent dies.
+def die_with_parent(command: Sequence[str | Path], signum: int = signal.SIGTERM) -> list[str]:
+    """``command`` made to receive ``signum`` when the process that starts it dies.
 
     Linux's parent-death signal (``PR_SET_PDEATHSIG``) is delivered however the parent ends,
     SIGKILL included, which no handler in the parent can cover. SIGTERM by default, so a child
-    that is itself a parent (a service, torchrun) stops its own children on the way out.
+    that is itself a parent (a service, torchrun) stops its own children on the way out. The
+    child keeps the pid it starts with (the launcher execs the program).
 
     The kernel counts the *thread* that forked as the parent: start children from the main
     thread, the event loop's thread, or a pool thread that lives as long as the child (asyncio's
-    default executor does). ``None`` off Linux, where there is no such signal.
+    default executor does). Off Linux the command is returned unchanged.
+
+    Raises:
+        FileNotFoundError: the program is not there (as starting it directly would).
     """
-    prctl = _prctl()
-    if prctl is None:
-        return None
-    parent = os.getpid()
-
-    def arm() -> None:
-        prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
-        # The parent may have died between fork and prctl: then nothing will ever signal us.
-        if os.getppid() != parent:
-            os.kill(os.getpid(), signum)
-
-    return arm
+    argv = [str(part) for part in command]
+    if not sys.platform.startswith("linux"):
+        return argv
+    if shutil.which(argv[0]) is None:
+        raise FileNotFoundError(f"{argv[0]}: no such program")
+    launcher = [sys.executable, "-S", "-E", "-c", _LAUNCHER, str(os.getpid()), str(signum)]
+    return [*launcher, *argv]
 
 
 def run_tool(
@@ -92,7 +92,7 @@ def run_tool(
     output_tail_chars: int = 6000,
 ) -> ToolRun:
     """Run ``command`` and wait; raise :class:`ToolFailed` with its output if it fails."""
-    argv = [str(part) for part in command]
+    argv = die_with_parent(command)
     started = time.monotonic()
     try:
         result = subprocess.run(  # noqa: S603 - an argument list, no shell
@@ -105,7 +105,6 @@ def run_tool(
             text=True,
             timeout=timeout_s,
             check=False,
-            preexec_fn=die_with_parent(),
         )
     except subprocess.TimeoutExpired as error:
         output = error.output if isinstance(error.output, str) else ""

@@ -177,11 +177,10 @@ def start_llama_server(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
         process = subprocess.Popen(  # noqa: S603 - an argument list built above, no shell
-            command,
+            die_with_parent(command),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=die_with_parent(),
         )
     server = LlamaServerProcess(process=process, host=host, port=chosen_port, log_path=log_path)
     return server.wait_healthy(deadline_s)

@@ -337,16 +337,13 @@ class WorkerPool:
     async def _spawn(self) -> asyncio.subprocess.Process:
         home = [str(self._home.absolute())] if self._home is not None else []
         return await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "forgeline_converter.worker",
-            "--stdin",
-            *home,
+            *die_with_parent(
+                [sys.executable, "-m", "forgeline_converter.worker", "--stdin", *home]
+            ),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # its own process group: one signal stops it and its tools
-            preexec_fn=die_with_parent(),
         )
 
     async def warm(self) -> None:

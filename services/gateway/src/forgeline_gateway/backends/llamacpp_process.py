@@ -87,12 +87,12 @@ class LlamaServerProcess:
     async def _spawn_and_wait(self, within: float) -> None:
         self.log_tail.clear()
         self.process = await asyncio.create_subprocess_exec(
-            *self.options.arguments(self.binary, self.host, self.port),
+            # A gateway killed outright leaves no server behind.
+            *die_with_parent(self.options.arguments(self.binary, self.host, self.port)),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,  # a signal to the gateway's group does not hit it twice
-            preexec_fn=die_with_parent(),  # a gateway killed outright leaves no server behind
         )
         self._reader = asyncio.create_task(self._read_log(self.process))
         log.info(

@@ -36,16 +36,15 @@ class TrainingProcess:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log:
             self._process = subprocess.Popen(  # noqa: S603 - an argument list, no shell
-                [str(part) for part in command],
+                # SIGTERM at the trainer's death, so torchrun stops its workers too; a trainer
+                # killed outright must not leave a run training beside the one its restart begins.
+                die_with_parent(command),
                 env=None if env is None else dict(env),
                 cwd=cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                # SIGTERM, so torchrun stops its workers too; a trainer killed outright must not
-                # leave a run training beside the one its restart begins.
-                preexec_fn=die_with_parent(),
             )
         self.pid = self._process.pid
 
