@@ -45,11 +45,15 @@ $(CLIENTS_STAMP): requirements/clients-lock.txt
 
 clients: $(CLIENTS_STAMP)
 
-# Debian packages the tests use: promtool checks the gateway's /metrics exposition.
+# Debian packages the tests use: promtool checks the gateway's /metrics exposition; chromium is
+# the browser the console's tests drive (Playwright, tests/console; its own download is unused).
 system-tools:
 	@command -v promtool >/dev/null || { \
 		echo "installing Debian's prometheus package for promtool"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
+	@test -x /usr/bin/chromium || { \
+		echo "installing Debian's chromium for the console's browser tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 lock: $(STAMP)
 	$(BIN)/uv pip compile requirements/dev.in -o requirements/lock.txt --python-version 3.11 \

@@ -156,6 +156,7 @@ def test_up_restarts_on_its_state_and_leaves_nothing_behind(
     gateway_url = next(
         line.split()[-1] for line in again.lines if line.strip().startswith("gateway  ")
     )
+    assert f"console (web UI)       {gateway_url}/console/" in again.output
     client = OpenAI(base_url=f"{gateway_url}/v1", api_key="local", max_retries=0)
     answer = client.chat.completions.create(
         model="tiny-llama", messages=[{"role": "user", "content": "Hello"}], max_tokens=4

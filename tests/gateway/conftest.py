@@ -1,10 +1,8 @@
-"""Fixtures for the gateway: the tiny model as GGUF, gateways on loopback, API keys."""
+"""Fixtures for the gateway: gateways on loopback, API keys (tiny_gguf: tests/conftest.py)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,13 +14,8 @@ import pytest
 
 from forgeline_gateway.app import BackendFactory, default_backends
 from forgeline_gateway.security.keys import Scope
-from forgeline_kit.llamacpp import Toolchain
-from forgeline_kit.llamacpp.gguf_py import subprocess_env
-from forgeline_kit.tinymodel import TinyModel
 
 from .harness import Gateway, make_key
-
-CONVERT_TIMEOUT_S = 300
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -34,32 +27,6 @@ def test_files_are_deployable(tmp_path_factory: pytest.TempPathFactory) -> Itera
             "FORGELINE_GATEWAY_MODEL_DIRS", json.dumps([str(tmp_path_factory.getbasetemp())])
         )
         yield
-
-
-@pytest.fixture(scope="session")
-def tiny_gguf(
-    tiny_model: TinyModel, llamacpp_toolchain: Toolchain, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    """The tiny model converted to an f16 GGUF with the pinned llama.cpp (once per session)."""
-    out = tmp_path_factory.mktemp("gguf") / "tiny-f16.gguf"
-    done = subprocess.run(  # noqa: S603 - a fixed argument list
-        [
-            sys.executable,
-            str(llamacpp_toolchain.convert_hf_to_gguf),
-            str(tiny_model.path),
-            "--outfile",
-            str(out),
-            "--outtype",
-            "f16",
-        ],
-        env=subprocess_env(llamacpp_toolchain),
-        capture_output=True,
-        text=True,
-        timeout=CONVERT_TIMEOUT_S,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out
 
 
 @dataclass

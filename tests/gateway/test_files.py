@@ -200,12 +200,12 @@ async def test_a_file_in_no_known_layout_lists_the_accepted_ones(files_gateway: 
     assert "sharegpt" in caught.value.message
 
 
-async def test_only_the_fine_tune_purpose_is_accepted(files_gateway: Served) -> None:
+async def test_only_the_fine_tune_and_evals_purposes_are_accepted(files_gateway: Served) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         await sdk(files_gateway).files.create(file=("chat.jsonl", CHAT), purpose="batch")
 
     assert caught.value.param == "purpose"
-    assert "use 'fine-tune' (got 'batch')" in caught.value.message
+    assert "use 'fine-tune' or 'evals' (got 'batch')" in caught.value.message
 
 
 async def test_a_file_over_the_limit_is_413(

@@ -87,6 +87,7 @@ def _print_summary(stack: LocalStack, base: str, gguf: str) -> None:
     print()
     for name, where in stack.env_summary().items():
         print(f"  {name:<22} {where}")
+    print(f"  {'console (web UI)':<22} {url}/console/")
     print(f"  {'registry contents':<22} {base} (HF), {gguf} (GGUF, served as '{BASE_MODEL}')")
     print(f"  {'logs':<22} {stack.state_dir / 'logs'}")
     print(

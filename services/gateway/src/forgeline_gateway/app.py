@@ -25,6 +25,8 @@ from forgeline_gateway.api.deployments.serving import DeploymentServing
 from forgeline_gateway.api.embeddings import api_router as embeddings_api
 from forgeline_gateway.api.embeddings.protocol import EmbeddingRequest
 from forgeline_gateway.api.embeddings.serving import EmbeddingServing
+from forgeline_gateway.api.evals import api_router as evals_api
+from forgeline_gateway.api.evals.serving import EvalServing
 from forgeline_gateway.api.files import api_router as files_api
 from forgeline_gateway.api.files.serving import FileServing
 from forgeline_gateway.api.fine_tuning import api_router as fine_tuning_api
@@ -41,6 +43,7 @@ from forgeline_gateway.backends.llamacpp import LlamaCppBackend
 from forgeline_gateway.backends.ollama import OllamaBackend
 from forgeline_gateway.backends.vllm import VllmBackend
 from forgeline_gateway.backends.vllm_container import VllmContainers, VllmContainerSettings
+from forgeline_gateway.console import install_console
 from forgeline_gateway.deployments.artifacts import RegistryArtifacts
 from forgeline_gateway.deployments.boundaries import DeploymentBoundaries
 from forgeline_gateway.deployments.manager import DeploymentManager
@@ -173,14 +176,17 @@ def create_app(
         state.deployments = DeploymentServing(manager)
         state.keys = KeyServing(store, authenticator)
         state.files = files = FileServing.open(settings, store)
+        state.evals = evals = EvalServing.open(settings.database, proxy, router, files.service)
         state.fine_tuning = None
         try:
             await manager.restore()
-            async with open_pipeline(settings, registry, files.service, manager) as pipeline:
+            await evals.start()
+            async with open_pipeline(settings, registry, files.service, manager, proxy) as pipeline:
                 if pipeline is not None:
                     state.fine_tuning = FineTuningServing(pipeline, settings.organization)
                 yield
         finally:
+            await evals.close()
             await manager.close()
             await files.close()
             if registry is not None:
@@ -201,6 +207,8 @@ def create_app(
         app.include_router(module.router)
     app.include_router(files_api.router)
     app.include_router(fine_tuning_api.router)
+    app.include_router(evals_api.router)
+    install_console(app)  # the web UI at /console/, a client of the API above
 
     @app.get("/health", tags=["ops"], summary="Liveness")
     async def health() -> dict[str, str]:

@@ -5,7 +5,9 @@ Fine-tuning resolves a file id with `FileService.resolve` (``app.state.files.ser
 
 from forgeline_gateway.files.blobs import RegistryFiles, RegistryUnavailable, file_model
 from forgeline_gateway.files.service import (
+    EVALS,
     FINE_TUNE,
+    EvalRowsLayout,
     FileLayout,
     FileService,
     InvalidFile,
@@ -14,7 +16,9 @@ from forgeline_gateway.files.service import (
 )
 
 __all__ = [
+    "EVALS",
     "FINE_TUNE",
+    "EvalRowsLayout",
     "FileLayout",
     "FileService",
     "InvalidFile",

@@ -2,8 +2,10 @@
 in the gateway's store; list, read back and delete files; resolve a file id for fine-tuning.
 
 An upload is checked whole before anything is stored (`forgeline_kit.datasets`, the trainer's own
-rules), so a stored file always trains. The registry version is written before the record, and
-the record is deleted before the version is: a file that is listed can always be read.
+rules, for purpose ``fine-tune``; `forgeline_gateway.evals.rows` for purpose ``evals``), so a
+stored file always trains, or always feeds an eval run. The registry version is written before
+the record, and the record is deleted before the version is: a file that is listed can always be
+read.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Final
+from typing import ClassVar, Final, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from forgeline_gateway.evals.rows import InvalidRows, read_rows
 from forgeline_gateway.files.blobs import RegistryFiles
 from forgeline_gateway.store import FileRecord, Store
 from forgeline_kit.datasets import (
@@ -36,23 +39,31 @@ from forgeline_kit.tinymodel import DatasetColumns, DatasetTags
 from forgeline_proto.common.v1 import common_pb2
 
 __all__ = [
+    "EVALS",
     "FINE_TUNE",
+    "PURPOSES",
+    "EvalRowsLayout",
     "FileLayout",
     "FileService",
     "InvalidFile",
     "ResolvedFile",
     "Upload",
+    "load_layout",
 ]
 
-#: The one purpose the gateway stores files for.
+#: Fine-tuning data.
 FINE_TUNE: Final = "fine-tune"
+#: Rows of an eval data source (`forgeline_gateway.evals`).
+EVALS: Final = "evals"
+#: The purposes the gateway stores files for.
+PURPOSES: Final = (FINE_TUNE, EVALS)
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class InvalidFile(InvalidArgument):
-    """An upload that is not valid fine-tuning data (400, ``param: file``)."""
+    """An upload that is not valid data for its purpose (400, ``param: file``)."""
 
     openai_code: ClassVar[str] = "invalid_file"
 
@@ -75,6 +86,28 @@ class FileLayout(BaseModel):
     @classmethod
     def of(cls, spec: DatasetSpec) -> FileLayout:
         return cls(format=spec.format, ranking=spec.ranking, columns=spec.columns, tags=spec.tags)
+
+
+class EvalRowsLayout(BaseModel):
+    """A file of purpose ``evals``: JSONL rows ``{"item": {...}, "sample": {...}}``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: Literal["eval_rows"] = "eval_rows"
+    rows: int
+    #: How many rows give a ``sample`` (the answer graded, for runs without a model).
+    samples: int = 0
+
+    @property
+    def preference(self) -> bool:
+        return False
+
+
+def load_layout(record: FileRecord) -> FileLayout | EvalRowsLayout:
+    """The layout stored with `record`."""
+    if record.purpose == EVALS:
+        return EvalRowsLayout.model_validate_json(record.layout_json)
+    return FileLayout.model_validate_json(record.layout_json)
 
 
 @dataclass(frozen=True)
@@ -122,11 +155,11 @@ class FileService:
     async def close(self) -> None:
         await self.registry.close()
 
-    async def create(self, upload: Upload) -> tuple[FileRecord, FileLayout]:
+    async def create(self, upload: Upload) -> tuple[FileRecord, FileLayout | EvalRowsLayout]:
         """Check `upload` and store it.
 
         Raises:
-            InvalidArgument: a purpose other than ``fine-tune`` (``param: purpose``).
+            InvalidArgument: a purpose other than ``fine-tune`` or ``evals`` (``param: purpose``).
             InvalidFile: the file is in no accepted layout or has bad records; the message names
                 the line and field of each (up to 20).
             RegistryUnavailable: the registry cannot be reached (503); nothing is stored.
@@ -140,14 +173,21 @@ class FileService:
             directory.mkdir()
             staged = directory / _artifact_name(upload.filename)
             await asyncio.to_thread(shutil.move, upload.path, staged)
-            spec = await asyncio.to_thread(_checked, staged, upload.filename)
-            layout = FileLayout.of(spec)
+            layout: FileLayout | EvalRowsLayout
+            shown: str
+            if upload.purpose == EVALS:
+                layout = await asyncio.to_thread(_checked_rows, staged, upload.filename)
+                shown = layout.format
+            else:
+                spec = await asyncio.to_thread(_checked, staged, upload.filename)
+                layout = FileLayout.of(spec)
+                shown = spec.format.value
             ref = await self.registry.put(
                 file_id,
                 directory,
                 {
                     "purpose": upload.purpose,
-                    "format": spec.format.value,
+                    "format": shown,
                     "preference": str(layout.preference).lower(),
                     "filename": _CONTROL.sub("", upload.filename)[:256],
                 },
@@ -249,15 +289,15 @@ class FileService:
 
 
 def check_purpose(purpose: str) -> None:
-    """Refuse every purpose but ``fine-tune``.
+    """Refuse every purpose but ``fine-tune`` and ``evals``.
 
     Raises:
-        InvalidArgument: naming the accepted purpose (``param: purpose``).
+        InvalidArgument: naming the accepted purposes (``param: purpose``).
     """
-    if purpose != FINE_TUNE:
+    if purpose not in PURPOSES:
         raise InvalidArgument(
-            f"Invalid value for 'purpose': this gateway stores files for fine-tuning only; "
-            f"use '{FINE_TUNE}' (got {purpose!r}).",
+            f"Invalid value for 'purpose': this gateway stores files for fine-tuning and evals "
+            f"only; use '{FINE_TUNE}' or '{EVALS}' (got {purpose!r}).",
             field="purpose",
         )
 
@@ -282,6 +322,19 @@ def _checked(path: Path, filename: str) -> DatasetSpec:
             f"'{filename}' is not valid fine-tuning data{layout}:\n{listed}", field="file"
         ) from error
     return spec
+
+
+def _checked_rows(path: Path, filename: str) -> EvalRowsLayout:
+    """Check that every line of `path` is an eval data source row."""
+    try:
+        rows = read_rows(path)
+    except InvalidRows as error:
+        raise InvalidFile(
+            f"'{filename}' is not valid eval data (one JSON object a line, "
+            f'{{"item": {{...}}, "sample": {{...}}}}, the sample optional):\n{error.listed()}',
+            field="file",
+        ) from error
+    return EvalRowsLayout(rows=len(rows), samples=sum(row.sample is not None for row in rows))
 
 
 def _ref(record: FileRecord) -> common_pb2.ArtifactRef:

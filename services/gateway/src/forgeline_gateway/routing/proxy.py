@@ -9,6 +9,8 @@
 * Streams pass through event by event (`forgeline_gateway.sse`); nothing is buffered whole.
 * Another API served over an endpoint's backends (the Responses API over chat) gives a
   `Translation`: routed, watched and counted the same, only its answers and events differ.
+* The gateway's own work (eval runs) asks for answers with `Proxy.complete`: routed, failed over
+  and counted the same, with no client connection to watch.
 
 This is the gateway's hot path, so requests go straight to the pooled transport rather than
 through `httpx.AsyncClient.send`, whose redirect, cookie, auth and logging layers cost more per
@@ -24,7 +26,7 @@ import re
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -52,6 +54,8 @@ from forgeline_kit.errors import (
 __all__ = ["Proxy", "ProxySettings"]
 
 log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
 
 #: The status logged and counted for a request whose client went away (nginx's convention).
 CLIENT_CLOSED = 499
@@ -123,20 +127,7 @@ class Proxy:
         started = time.perf_counter()
         label = translation.label if translation is not None else endpoint.label
         params = body.upstream_params()
-        route: Route | None = None
-        try:
-            route = self.router.get(str(params.get("model")))
-            route.capabilities.check(endpoint, route.name, route.backend_kind, params)
-            route.backend.check(endpoint, route.name, params)
-        except ForgelineError as error:
-            self.metrics.observe(
-                route.name if route else UNKNOWN_MODEL,
-                route.backend_kind if route else "none",
-                label,
-                http_status_for(error),
-                time.perf_counter() - started,
-            )
-            raise
+        route = self._route(endpoint, params, label, started)
         call = _Call(route, endpoint, self.metrics, started, label)
         self.metrics.in_flight.labels(route.name, route.backend_kind).inc()
         stream = bool(params.get("stream"))
@@ -171,6 +162,59 @@ class Proxy:
             )
         events = _Relay(call, instance, upstream, relay, self.settings.request_timeout)
         return EventStreamResponse(events, watch, headers=_SSE_HEADERS)
+
+    async def complete(
+        self, endpoint: Endpoint, body: OpenAIRequest, response_model: type[M], *, label: str
+    ) -> M:
+        """The backend's non-streamed answer to `body`, for the gateway's own work (eval runs):
+        checked, routed, failed over and counted (its metrics under the endpoint `label`) as a
+        client's request is, with no client connection to watch.
+
+        Raises:
+            ForgelineError: as `serve` answers them (unknown model, overloaded, bad gateway...).
+        """
+        started = time.perf_counter()
+        params = body.upstream_params()
+        params.pop("stream", None)
+        route = self._route(endpoint, params, label, started)
+        call = _Call(route, endpoint, self.metrics, started, label)
+        self.metrics.in_flight.labels(route.name, route.backend_kind).inc()
+        content = self._upstream_body(route, endpoint, params, False)
+        try:
+            answer = await self._answer(call, content, response_model)
+        except asyncio.CancelledError:
+            call.finish(CLIENT_CLOSED)
+            raise
+        except BaseException as error:
+            call.finish(http_status_for(error))
+            raise
+        usage = getattr(answer, "usage", None)
+        call.finish(
+            200,
+            getattr(usage, "prompt_tokens", 0) or 0,
+            getattr(usage, "completion_tokens", 0) or 0,
+        )
+        return answer
+
+    def _route(
+        self, endpoint: Endpoint, params: dict[str, Any], label: str, started: float
+    ) -> Route:
+        """The route of the request's model, once the request is checked against it."""
+        route: Route | None = None
+        try:
+            route = self.router.get(str(params.get("model")))
+            route.capabilities.check(endpoint, route.name, route.backend_kind, params)
+            route.backend.check(endpoint, route.name, params)
+        except ForgelineError as error:
+            self.metrics.observe(
+                route.name if route else UNKNOWN_MODEL,
+                route.backend_kind if route else "none",
+                label,
+                http_status_for(error),
+                time.perf_counter() - started,
+            )
+            raise
+        return route
 
     @staticmethod
     def _upstream_body(
@@ -291,6 +335,19 @@ class Proxy:
         translation: Translation | None,
     ) -> Response:
         """A non-streamed request, start to end, within the request timeout."""
+        answer = await self._answer(call, content, response_model)
+        usage = getattr(answer, "usage", None)
+        prompt = getattr(usage, "prompt_tokens", 0) or 0
+        completion = getattr(usage, "completion_tokens", 0) or 0
+        if translation is not None:
+            out = translation.answer(answer)
+        else:
+            out = answer.model_dump_json(exclude_unset=True).encode()
+        call.finish(200, prompt, completion)
+        return Response(out, media_type="application/json")
+
+    async def _answer(self, call: _Call, content: bytes, response_model: type[M]) -> M:
+        """A non-streamed answer, within the request timeout, validated as `response_model`."""
         try:
             async with asyncio.timeout(self.settings.request_timeout):
                 instance, upstream = await self._open(call, content)
@@ -320,15 +377,7 @@ class Proxy:
             ) from None
         if call.route.rewrite_model and hasattr(answer, "model"):
             answer.model = call.route.name
-        usage = getattr(answer, "usage", None)
-        prompt = getattr(usage, "prompt_tokens", 0) or 0
-        completion = getattr(usage, "completion_tokens", 0) or 0
-        if translation is not None:
-            out = translation.answer(answer)
-        else:
-            out = answer.model_dump_json(exclude_unset=True).encode()
-        call.finish(200, prompt, completion)
-        return Response(out, media_type="application/json")
+        return answer
 
 
 @dataclass(eq=False)

@@ -31,7 +31,7 @@ _UPLOAD_BODY: dict[str, Any] = {
                     "required": ["file", "purpose"],
                     "properties": {
                         "file": {"type": "string", "format": "binary"},
-                        "purpose": {"type": "string", "enum": ["fine-tune"]},
+                        "purpose": {"type": "string", "enum": ["fine-tune", "evals"]},
                     },
                 }
             }
@@ -54,9 +54,10 @@ def _serving(request: Request) -> FileServing:
 @router.post(
     "/v1/files",
     responses=ADMIN_ERRORS,
-    summary="Upload a fine-tuning file",
-    description="OpenAI chat or preference JSONL, or alpaca/sharegpt JSON(L); checked whole "
-    "(errors name the line and field), then kept in the registry.",
+    summary="Upload a fine-tuning or eval file",
+    description="Purpose `fine-tune`: OpenAI chat or preference JSONL, or alpaca/sharegpt "
+    'JSON(L); purpose `evals`: JSONL rows `{"item": {...}, "sample": {...}}`. Checked '
+    "whole (errors name the line and field), then kept in the registry.",
     openapi_extra=_UPLOAD_BODY,
 )
 async def create_file(request: Request) -> FileObject:

@@ -26,7 +26,7 @@ class FileObject(BaseModel):
     bytes: int = Field(description="Size of the file in bytes.")
     created_at: int = Field(description="Unix time (seconds) of the upload.")
     filename: str
-    purpose: str = Field(description="Always `fine-tune` on this gateway.")
+    purpose: str = Field(description="`fine-tune` or `evals` on this gateway.")
     status: Literal["uploaded", "processed", "error"] = Field(
         "processed", description="Always `processed`: a file is checked whole before it is kept."
     )
@@ -34,7 +34,7 @@ class FileObject(BaseModel):
     status_details: str | None = None
     format: str = Field(
         description="Forgeline: the layout detected at upload: `openai_chat`, "
-        "`openai_preference`, `alpaca` or `sharegpt`."
+        "`openai_preference`, `alpaca` or `sharegpt`; `eval_rows` for purpose `evals`."
     )
     preference: bool = Field(
         description="Forgeline: the records are preference pairs (chosen and rejected answers)."

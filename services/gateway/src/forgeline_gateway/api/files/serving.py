@@ -26,7 +26,14 @@ from forgeline_gateway.api.files.protocol import (
 )
 from forgeline_gateway.errors import PayloadTooLarge
 from forgeline_gateway.files.blobs import RegistryFiles
-from forgeline_gateway.files.service import FileLayout, FileService, Upload, check_purpose
+from forgeline_gateway.files.service import (
+    EvalRowsLayout,
+    FileLayout,
+    FileService,
+    Upload,
+    check_purpose,
+    load_layout,
+)
 from forgeline_gateway.settings import GatewaySettings
 from forgeline_gateway.store import FileRecord, Store
 from forgeline_kit.errors import InvalidArgument
@@ -161,15 +168,15 @@ def _copy(file: UploadFile, target: Path) -> None:
         shutil.copyfileobj(file.file, out, _CHUNK)
 
 
-def _view(record: FileRecord, layout: FileLayout | None = None) -> FileObject:
-    layout = layout or FileLayout.model_validate_json(record.layout_json)
+def _view(record: FileRecord, layout: FileLayout | EvalRowsLayout | None = None) -> FileObject:
+    layout = layout or load_layout(record)
     return FileObject(
         id=record.id,
         bytes=record.bytes,
         created_at=record.created_at,
         filename=record.filename,
         purpose=record.purpose,
-        format=layout.format.value,
+        format=layout.format if isinstance(layout, EvalRowsLayout) else layout.format.value,
         preference=layout.preference,
         registry=RegistryLocation(model=record.model, version=record.version, path=record.path),
     )

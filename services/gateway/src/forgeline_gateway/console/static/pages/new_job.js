@@ -1,0 +1,358 @@
+// New fine-tune: a form that creates an ordinary job through POST /v1/fine_tuning/jobs, with the
+// OpenAI SDK call that does the same written out live beside it.
+
+import { api, query } from "../api.js";
+import { bytes, card, errorNotice, h, link, pageHeader, replace } from "../ui.js";
+
+const METHODS = [
+  ["supervised", "Supervised (SFT)", "Chat or instruction data; learns the answers."],
+  ["dpo", "DPO", "Preference pairs: a preferred and a rejected answer per prompt."],
+  ["kto", "KTO", "Answers each labelled desirable or not (kto_tag)."],
+  ["pt", "Continued pre-training", "Plain text records ({\"text\": ...})."],
+  ["rm", "Reward model", "Preference pairs; the model is registered, not served."],
+];
+const TYPES = [
+  ["lora", "LoRA"],
+  ["qlora", "QLoRA (4-bit base, GPU)"],
+  ["full", "Full"],
+  ["freeze", "Freeze (last layers)"],
+];
+const QUANTIZATIONS = ["q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0"];
+/** The snippet's line length: what its panel shows without scrolling. */
+const WIDTH = 64;
+
+// --- the request, and the SDK call that sends it ----------------------------------------------
+
+function numberOrAuto(text, integer) {
+  const value = String(text ?? "").trim();
+  if (!value || value.toLowerCase() === "auto") return "auto";
+  const number = integer ? Number.parseInt(value, 10) : Number.parseFloat(value);
+  return Number.isFinite(number) ? number : "auto";
+}
+
+/** The POST /v1/fine_tuning/jobs body for the form's values (auto values are left out). */
+export function buildRequest(v) {
+  const body = { model: v.model.trim(), training_file: v.training_file };
+  if (v.validation_file) body.validation_file = v.validation_file;
+  if (v.suffix.trim()) body.suffix = v.suffix.trim();
+  if (String(v.seed).trim()) body.seed = Number.parseInt(v.seed, 10);
+  const type = v.method === "dpo" ? "dpo" : "supervised";
+  const hyperparameters = {};
+  const add = (name, value) => {
+    if (value !== "auto") hyperparameters[name] = value;
+  };
+  add("n_epochs", numberOrAuto(v.n_epochs, true));
+  add("batch_size", numberOrAuto(v.batch_size, true));
+  add("learning_rate_multiplier", numberOrAuto(v.learning_rate_multiplier, false));
+  if (type === "dpo") add("beta", numberOrAuto(v.beta, false));
+  body.method = { type };
+  if (Object.keys(hyperparameters).length) body.method[type] = { hyperparameters };
+
+  const forgeline = {};
+  if (["pt", "kto", "rm"].includes(v.method)) forgeline.stage = v.method;
+  if (v.finetuning_type !== "lora") forgeline.finetuning_type = v.finetuning_type;
+  if (v.finetuning_type === "lora" || v.finetuning_type === "qlora") {
+    const lora = {};
+    const rank = numberOrAuto(v.lora_rank, true);
+    const alpha = numberOrAuto(v.lora_alpha, false);
+    if (rank !== "auto") lora.rank = rank;
+    if (alpha !== "auto") lora.alpha = alpha;
+    if (Object.keys(lora).length) forgeline.lora = lora;
+  }
+  const quantizations = v.quantizations.length ? v.quantizations : ["q8_0"];
+  if (quantizations.join() !== "q8_0") forgeline.quantizations = quantizations;
+  if (!v.deploy) forgeline.deploy = { enabled: false };
+  else if (v.deploy_quantization && v.deploy_quantization !== "q8_0") {
+    forgeline.deploy = { quantization: v.deploy_quantization };
+  }
+  if (Object.keys(forgeline).length) body.forgeline = forgeline;
+  return body;
+}
+
+/**
+ * A Python literal for a JSON value: on one line if it fits in `width` from `column`, else one
+ * item a line, indented from `level`.
+ */
+export function python(value, level = 0, column = level, width = WIDTH) {
+  const flat = pythonFlat(value);
+  if (column + flat.length + 1 <= width || value === null || typeof value !== "object") return flat;
+  const pad = " ".repeat(level + 4);
+  const close = " ".repeat(level);
+  if (Array.isArray(value)) {
+    const items = value.map((item) => `${pad}${python(item, level + 4, level + 4, width)},`);
+    return `[\n${items.join("\n")}\n${close}]`;
+  }
+  const items = Object.entries(value).map(([key, item]) => {
+    const name = JSON.stringify(key);
+    return `${pad}${name}: ${python(item, level + 4, level + 4 + name.length + 2, width)},`;
+  });
+  return `{\n${items.join("\n")}\n${close}}`;
+}
+
+function pythonFlat(value) {
+  if (value === null || value === undefined) return "None";
+  if (value === true) return "True";
+  if (value === false) return "False";
+  if (typeof value === "number" || typeof value === "string") return JSON.stringify(value);
+  if (Array.isArray(value)) return `[${value.map(pythonFlat).join(", ")}]`;
+  return `{${Object.entries(value).map(([k, v]) => `${JSON.stringify(k)}: ${pythonFlat(v)}`).join(", ")}}`;
+}
+
+/** The OpenAI SDK code that creates the job `body` on the gateway at `origin`. */
+export function sdkSnippet(body, { origin, keyed }) {
+  const args = [];
+  const order = ["model", "training_file", "validation_file", "suffix", "seed", "method"];
+  for (const name of order) {
+    if (body[name] === undefined) continue;
+    const value = name === "training_file" && !body[name] ? "FILE_ID" : body[name];
+    args.push(`    ${name}=${python(value, 4, 4 + name.length + 1)},`);
+  }
+  if (body.forgeline) {
+    args.push(`    extra_body=${python({ forgeline: body.forgeline }, 4, 4 + "extra_body=".length)},`);
+  }
+  const key = keyed ? 'os.environ["FORGELINE_API_KEY"]' : '"local"';
+  return [
+    ...(keyed ? ["import os", ""] : []),
+    "from openai import OpenAI",
+    "",
+    keyed ? "# An API key with the admin scope." : "# This gateway needs no API key: any string will do.",
+    `client = OpenAI(base_url="${origin}/v1", api_key=${key})`.length <= WIDTH
+      ? `client = OpenAI(base_url="${origin}/v1", api_key=${key})`
+      : `client = OpenAI(\n    base_url="${origin}/v1",\n    api_key=${key},\n)`,
+    "",
+    "job = client.fine_tuning.jobs.create(",
+    ...args,
+    ")",
+    "print(job.id, job.status)",
+  ].join("\n");
+}
+
+// --- the page ---------------------------------------------------------------------------------
+
+function field(label, control, hint = null, { id = control.id } = {}) {
+  return h(
+    "div",
+    { class: "field" },
+    h("label", { class: "label", for: id, text: label }),
+    control,
+    hint ? h("p", { class: "hint" }, hint) : null,
+  );
+}
+
+function select(id, options, value) {
+  return h(
+    "select",
+    { id, name: id },
+    options.map(([optionValue, label]) => h("option", { value: optionValue, selected: optionValue === value }, label)),
+  );
+}
+
+function autoNumber(id, { step = "1", min = null, placeholder = "auto" } = {}) {
+  return h("input", { id, name: id, type: "number", inputmode: step === "1" ? "numeric" : "decimal", step, min, placeholder });
+}
+
+export default {
+  title: "New fine-tune",
+  nav: "new",
+  async render({ root, signal, query: params, navigate, access }) {
+    const model = h("input", { id: "ft-model", name: "model", required: true, list: "ft-model-list", autocomplete: "off", spellcheck: "false", placeholder: "a model in the registry, e.g. tiny-llama" });
+    const modelList = h("datalist", { id: "ft-model-list" });
+    const training = h("select", { id: "ft-training-file", name: "training_file", required: true }, h("option", { value: "", text: "Loading files…" }));
+    const validation = h("select", { id: "ft-validation-file", name: "validation_file" }, h("option", { value: "", text: "None" }));
+    const method = select("ft-method", METHODS.map(([v, l]) => [v, l]), params.get("method") || "supervised");
+    const methodHint = h("p", { class: "hint" });
+    const type = select("ft-type", TYPES, "lora");
+    const epochs = autoNumber("ft-epochs", { min: "1" });
+    const batch = autoNumber("ft-batch-size", { min: "1" });
+    const lr = autoNumber("ft-lr", { step: "any", min: "0" });
+    const beta = autoNumber("ft-beta", { step: "any", min: "0" });
+    const betaField = field("DPO beta", beta, "How far the model may move from the base.");
+    const rank = autoNumber("ft-lora-rank", { min: "1" });
+    const alpha = autoNumber("ft-lora-alpha", { step: "any", min: "0" });
+    const loraFields = h("div", { class: "form-row" }, field("LoRA rank", rank, "auto: the trainer's default (8)."), field("LoRA alpha", alpha, "auto: twice the rank."));
+    const quantBoxes = QUANTIZATIONS.map((q) => h("input", { type: "checkbox", name: "quantization", value: q, id: `ft-quant-${q}`, checked: q === "q8_0" }));
+    const deploy = h("input", { type: "checkbox", id: "ft-deploy", name: "deploy", checked: true });
+    const deployQuant = h("select", { id: "ft-deploy-quantization", name: "deploy_quantization" });
+    const suffix = h("input", { id: "ft-suffix", name: "suffix", maxlength: "64", pattern: "[A-Za-z0-9_\\-]*", placeholder: "e.g. support-bot", autocomplete: "off", spellcheck: "false" });
+    const seed = h("input", { id: "ft-seed", name: "seed", type: "number", min: "0", step: "1", placeholder: "random" });
+    const code = h("code", { id: "sdk-snippet", class: "language-python" });
+    const problems = h("div", { class: "stack" });
+    const submit = h("button", { type: "submit", class: "button primary", id: "ft-submit", text: "Start fine-tuning" });
+
+    const form = h(
+      "form",
+      { class: "form", id: "new-job-form", novalidate: true },
+      card(
+        "Model and data",
+        {},
+        field("Base model", h("div", {}, model, modelList), "A model registered in Forgeline's registry.", { id: "ft-model" }),
+        h(
+          "div",
+          { class: "form-row" },
+          field("Training file", training, h("span", {}, "Upload one on the ", link("/console/datasets", "Datasets"), " page.")),
+          field("Validation file", validation, "Optional: its loss is plotted as validation loss."),
+        ),
+      ),
+      card(
+        "Method",
+        {},
+        h("div", { class: "form-row" }, h("div", {}, field("Training method", method), methodHint), field("Fine-tuning type", type)),
+      ),
+      card(
+        "Hyperparameters",
+        {},
+        h("p", { class: "hint" }, "Leave a field empty for ", h("strong", { text: "auto" }), ": Forgeline picks it from the data."),
+        h(
+          "div",
+          { class: "form-row form-row-3" },
+          field("Epochs", epochs),
+          field("Batch size", batch),
+          field("Learning rate multiplier", lr),
+        ),
+        betaField,
+        loraFields,
+      ),
+      card(
+        "Output",
+        {},
+        h(
+          "fieldset",
+          { class: "field" },
+          h("legend", { class: "label", text: "GGUF quantizations" }),
+          h("div", { class: "checks" }, quantBoxes.map((box) => h("label", { class: "check" }, box, h("span", { text: box.value })))),
+          h("p", { class: "hint", text: "Each is made from the merged model's F16 GGUF and registered." }),
+        ),
+        h(
+          "div",
+          { class: "form-row" },
+          h("div", { class: "field" }, h("label", { class: "check" }, deploy, h("span", { text: "Deploy the result on llama.cpp" })), field("Served quantization", deployQuant)),
+          h("div", {}, field("Suffix", suffix, "Part of the model's name: ft:BASE:OWNER:SUFFIX:ID."), field("Seed", seed)),
+        ),
+      ),
+      problems,
+      h("div", { class: "actions" }, submit),
+    );
+
+    const snippetCard = card(
+      "Same job from Python",
+      { actions: h("span", { class: "copy-slot" }), class: "snippet-card" },
+      h("p", { class: "hint", text: "The OpenAI SDK call this form makes, updated as you type." }),
+      h("pre", { class: "code" }, code),
+    );
+    root.append(
+      pageHeader("New fine-tune", "Creates an ordinary fine-tuning job: the same one the OpenAI SDK call beside it would."),
+      h("div", { class: "split" }, form, h("aside", { class: "split-side" }, snippetCard)),
+    );
+
+    const values = () => ({
+      model: model.value,
+      training_file: training.value,
+      validation_file: validation.value,
+      method: method.value,
+      finetuning_type: type.value,
+      n_epochs: epochs.value,
+      batch_size: batch.value,
+      learning_rate_multiplier: lr.value,
+      beta: beta.value,
+      lora_rank: rank.value,
+      lora_alpha: alpha.value,
+      quantizations: quantBoxes.filter((b) => b.checked).map((b) => b.value),
+      deploy: deploy.checked,
+      deploy_quantization: deployQuant.value,
+      suffix: suffix.value,
+      seed: seed.value,
+    });
+
+    const snippet = () => sdkSnippet(buildRequest(values()), { origin: location.origin, keyed: access.mode === "key" });
+    snippetCard.querySelector(".copy-slot").append(
+      h("button", {
+        type: "button",
+        class: "button small ghost",
+        text: "Copy",
+        onclick: async (event) => {
+          const button = event.currentTarget;
+          try {
+            await navigator.clipboard.writeText(snippet());
+            button.textContent = "Copied";
+          } catch {
+            button.textContent = "Select and copy";
+          }
+          setTimeout(() => (button.textContent = "Copy"), 1500);
+        },
+      }),
+    );
+
+    const sync = () => {
+      const chosen = quantBoxes.filter((b) => b.checked).map((b) => b.value);
+      const served = [...chosen, "f16"];
+      const previous = deployQuant.value || "q8_0";
+      replace(deployQuant, served.map((q) => h("option", { value: q, selected: q === previous, text: q })));
+      if (!served.includes(previous)) deployQuant.value = served[0];
+      deployQuant.disabled = !deploy.checked;
+      betaField.hidden = method.value !== "dpo";
+      loraFields.hidden = !["lora", "qlora"].includes(type.value);
+      methodHint.textContent = METHODS.find(([v]) => v === method.value)?.[2] ?? "";
+      code.textContent = snippet();
+    };
+    form.addEventListener("input", sync);
+    form.addEventListener("change", sync);
+    sync();
+
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      replace(problems);
+      for (const control of form.querySelectorAll("[aria-invalid]")) control.removeAttribute("aria-invalid");
+      const missing = [
+        [model, "Choose the base model."],
+        [training, "Choose a training file (upload one on the Datasets page)."],
+      ].filter(([control]) => !control.value.trim());
+      if (!suffix.checkValidity()) missing.push([suffix, "The suffix may hold only letters, digits, - and _."]);
+      if (missing.length) {
+        for (const [control] of missing) control.setAttribute("aria-invalid", "true");
+        replace(problems, h("div", { class: "alert alert-error", role: "alert" }, h("span", { class: "alert-text", text: missing.map(([, m]) => m).join(" ") })));
+        missing[0][0].focus();
+        return;
+      }
+      submit.disabled = true;
+      submit.textContent = "Starting…";
+      try {
+        const job = await api.post("/v1/fine_tuning/jobs", buildRequest(values()), { signal });
+        navigate(`/console/jobs/${encodeURIComponent(job.id)}`);
+      } catch (error) {
+        if (error.name === "AbortError") return;
+        const control = error.param ? form.querySelector(`[name="${CSS.escape(error.param.split(".")[0])}"]`) : null;
+        control?.setAttribute("aria-invalid", "true");
+        replace(problems, errorNotice(error, { title: "The job was not created." }));
+        submit.disabled = false;
+        submit.textContent = "Start fine-tuning";
+      }
+    });
+
+    // Suggestions and choices from the API: deployed models' bases, uploaded files.
+    const [models, files] = await Promise.allSettled([
+      api.get("/v1/models", { signal }),
+      api.get(`/v1/files${query({ purpose: "fine-tune", limit: 1000 })}`, { signal }),
+    ]);
+    if (models.status === "fulfilled") {
+      const names = new Set();
+      for (const m of models.value.data) {
+        if (m.metadata?.base) names.add(m.metadata.base);
+        else if (!m.id.startsWith("ft:") && m.endpoints.includes("/v1/chat/completions")) names.add(m.id);
+      }
+      replace(modelList, [...names].map((name) => h("option", { value: name })));
+      if (!model.value && names.size) model.value = params.get("model") || [...names][0];
+    }
+    if (params.get("model")) model.value = params.get("model");
+    if (files.status === "fulfilled") {
+      const wanted = params.get("training_file") || "";
+      const options = files.value.data.map((f) => h("option", { value: f.id, text: `${f.filename} · ${f.format ?? ""}${f.preference ? " pairs" : ""} · ${bytes(f.bytes)} · ${f.id}` }));
+      replace(training, h("option", { value: "", text: options.length ? "Choose a training file" : "No file uploaded yet" }), options);
+      replace(validation, h("option", { value: "", text: "None" }), options.map((o) => o.cloneNode(true)));
+      if (files.value.data.some((f) => f.id === wanted)) training.value = wanted;
+    } else {
+      replace(training, h("option", { value: "", text: "Files could not be listed" }));
+      problems.append(errorNotice(files.reason, { title: "The uploaded files could not be listed." }));
+    }
+    sync();
+  },
+};

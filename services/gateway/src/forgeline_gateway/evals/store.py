@@ -1,0 +1,303 @@
+"""Evals, runs, their rows and output items in the gateway's SQLite file (the embedded
+default's one owner of this state; at scale the same tables move with the rest of the gateway's).
+
+A separate connection from the key/deployment store: the tables share nothing but the file. A
+run's rows are written with the run, so a run never needs its data source again (a file deleted
+meanwhile does not matter), and a restarted gateway resumes it from the rows without an output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from forgeline_gateway.evals.records import TERMINAL, EvalRecord, OutputRecord, RunRecord
+from forgeline_gateway.evals.rows import Row
+
+__all__ = ["EvalStore"]
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS evals (
+    id          TEXT PRIMARY KEY,
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    record      TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS eval_runs (
+    id          TEXT PRIMARY KEY,
+    eval_id     TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    status      TEXT NOT NULL,
+    record      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS eval_runs_by_eval ON eval_runs (eval_id, created_at, id);
+CREATE TABLE IF NOT EXISTS eval_run_rows (
+    run_id      TEXT NOT NULL,
+    position    INTEGER NOT NULL,
+    row         TEXT NOT NULL,
+    PRIMARY KEY (run_id, position)
+);
+CREATE TABLE IF NOT EXISTS eval_output_items (
+    id          TEXT PRIMARY KEY,
+    run_id      TEXT NOT NULL,
+    position    INTEGER NOT NULL,
+    status      TEXT NOT NULL,
+    record      TEXT NOT NULL,
+    UNIQUE (run_id, position)
+);
+"""
+
+_UNFINISHED = "('queued', 'in_progress')"
+Order = Literal["asc", "desc"]
+
+
+class EvalStore:
+    """Every call is short and runs on a worker thread through `run`; writes that must agree
+    (an output item and its run's counts) happen in one transaction."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._db = connection
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, path: Path) -> EvalStore:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA busy_timeout=5000")
+        connection.executescript(_SCHEMA)
+        return cls(connection)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    async def run(self, function: Callable[[], T]) -> T:
+        return await asyncio.to_thread(function)
+
+    # --- evals ----------------------------------------------------------------------------
+
+    def put_eval(self, record: EvalRecord) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO evals (id, created_at, updated_at, record) "
+                "VALUES (?, ?, ?, ?)",
+                (record.id, record.created_at, record.updated_at, record.model_dump_json()),
+            )
+
+    def get_eval(self, eval_id: str) -> EvalRecord | None:
+        with self._lock:
+            row = self._db.execute("SELECT record FROM evals WHERE id = ?", (eval_id,)).fetchone()
+        return EvalRecord.model_validate_json(row[0]) if row else None
+
+    def list_evals(
+        self,
+        *,
+        after: EvalRecord | None,
+        limit: int,
+        order: Order,
+        order_by: Literal["created_at", "updated_at"],
+    ) -> tuple[list[EvalRecord], bool]:
+        """A page of evals ordered by `order_by` (then id), those after `after` only; and
+        whether more follow."""
+        column = "updated_at" if order_by == "updated_at" else "created_at"
+        query, params = "SELECT record FROM evals", list[Any]()
+        if after is not None:
+            query += f" WHERE ({column}, id) {'<' if order == 'desc' else '>'} (?, ?)"
+            params += [getattr(after, column), after.id]
+        direction = "DESC" if order == "desc" else "ASC"
+        # Only fixed fragments are formatted in; the values are bound.
+        query += f" ORDER BY {column} {direction}, id {direction} LIMIT ?"
+        rows = self._fetch(query, [*params, limit + 1])
+        records = [EvalRecord.model_validate_json(r[0]) for r in rows]
+        return records[:limit], len(records) > limit
+
+    def delete_eval(self, eval_id: str) -> bool:
+        """Forget an eval with its runs, rows and output items; False if there was none."""
+        with self._lock, self._transaction():
+            runs = [r[0] for r in self._db.execute(
+                "SELECT id FROM eval_runs WHERE eval_id = ?", (eval_id,)
+            ).fetchall()]  # fmt: skip
+            for run_id in runs:
+                self._delete_run(run_id)
+            cursor = self._db.execute("DELETE FROM evals WHERE id = ?", (eval_id,))
+        return cursor.rowcount > 0
+
+    # --- runs -----------------------------------------------------------------------------
+
+    def create_run(self, run: RunRecord, rows: list[Row]) -> None:
+        """Store a new run with its rows."""
+        with self._lock, self._transaction():
+            self._db.execute(
+                "INSERT INTO eval_runs (id, eval_id, created_at, status, record) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (run.id, run.eval_id, run.created_at, run.status, run.model_dump_json()),
+            )
+            self._db.executemany(
+                "INSERT INTO eval_run_rows (run_id, position, row) VALUES (?, ?, ?)",
+                (
+                    (run.id, position, json.dumps(row.as_json(), ensure_ascii=False))
+                    for position, row in enumerate(rows)
+                ),
+            )
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT record FROM eval_runs WHERE id = ?", (run_id,)
+            ).fetchone()
+        return RunRecord.model_validate_json(row[0]) if row else None
+
+    def update_run(self, run: RunRecord, *, only_unfinished: bool = True) -> bool:
+        """Replace a run's record; with `only_unfinished`, only while it is queued or in
+        progress (a run that was cancelled meanwhile stays cancelled). Whether it was written."""
+        query = "UPDATE eval_runs SET status = ?, record = ? WHERE id = ?"
+        if only_unfinished:
+            query += f" AND status IN {_UNFINISHED}"
+        with self._lock:
+            cursor = self._db.execute(query, (run.status, run.model_dump_json(), run.id))
+        return cursor.rowcount > 0
+
+    def list_runs(
+        self,
+        eval_id: str,
+        *,
+        after: RunRecord | None,
+        limit: int,
+        order: Order,
+        status: str | None,
+    ) -> tuple[list[RunRecord], bool]:
+        query, params = "SELECT record FROM eval_runs WHERE eval_id = ?", list[Any]([eval_id])
+        if status is not None:
+            query += " AND status = ?"
+            params.append(status)
+        if after is not None:
+            query += f" AND (created_at, id) {'<' if order == 'desc' else '>'} (?, ?)"
+            params += [after.created_at, after.id]
+        direction = "DESC" if order == "desc" else "ASC"
+        query += f" ORDER BY created_at {direction}, id {direction} LIMIT ?"
+        rows = self._fetch(query, [*params, limit + 1])
+        records = [RunRecord.model_validate_json(r[0]) for r in rows]
+        return records[:limit], len(records) > limit
+
+    def unfinished_runs(self) -> list[RunRecord]:
+        """Runs queued or in progress, oldest first (the ones to resume at start)."""
+        rows = self._fetch(
+            f"SELECT record FROM eval_runs WHERE status IN {_UNFINISHED} ORDER BY created_at, id",
+            [],
+        )
+        return [RunRecord.model_validate_json(r[0]) for r in rows]
+
+    def delete_run(self, run_id: str) -> bool:
+        with self._lock, self._transaction():
+            return self._delete_run(run_id)
+
+    def _delete_run(self, run_id: str) -> bool:
+        self._db.execute("DELETE FROM eval_output_items WHERE run_id = ?", (run_id,))
+        self._db.execute("DELETE FROM eval_run_rows WHERE run_id = ?", (run_id,))
+        cursor = self._db.execute("DELETE FROM eval_runs WHERE id = ?", (run_id,))
+        return cursor.rowcount > 0
+
+    # --- rows and output items --------------------------------------------------------------
+
+    def pending_rows(self, run_id: str) -> list[tuple[int, Row]]:
+        """The run's rows that have no output item yet, in order."""
+        rows = self._fetch(
+            "SELECT r.position, r.row FROM eval_run_rows r WHERE r.run_id = ? AND NOT EXISTS "
+            "(SELECT 1 FROM eval_output_items o WHERE o.run_id = r.run_id "
+            "AND o.position = r.position) ORDER BY r.position",
+            [run_id],
+        )
+        out: list[tuple[int, Row]] = []
+        for position, raw in rows:
+            data = json.loads(raw)
+            out.append((int(position), Row(data["item"], data.get("sample"))))
+        return out
+
+    def record_output(self, output: OutputRecord) -> RunRecord | None:
+        """Store `output` and count it in its run, in one transaction; nothing is written (None)
+        once the run is finished (cancelled while the row was being sampled)."""
+        with self._lock, self._transaction():
+            row = self._db.execute(
+                "SELECT record FROM eval_runs WHERE id = ?", (output.run_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            run = RunRecord.model_validate_json(row[0])
+            if run.status in TERMINAL:
+                return None
+            self._db.execute(
+                "INSERT OR REPLACE INTO eval_output_items (id, run_id, position, status, record) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (output.id, output.run_id, output.index, output.status, output.model_dump_json()),
+            )
+            run = run.counted(output)
+            self._db.execute(
+                "UPDATE eval_runs SET record = ? WHERE id = ?", (run.model_dump_json(), run.id)
+            )
+        return run
+
+    def outputs(self, run_id: str) -> list[OutputRecord]:
+        rows = self._fetch(
+            "SELECT record FROM eval_output_items WHERE run_id = ? ORDER BY position", [run_id]
+        )
+        return [OutputRecord.model_validate_json(r[0]) for r in rows]
+
+    def get_output(self, output_id: str) -> OutputRecord | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT record FROM eval_output_items WHERE id = ?", (output_id,)
+            ).fetchone()
+        return OutputRecord.model_validate_json(row[0]) if row else None
+
+    def list_outputs(
+        self,
+        run_id: str,
+        *,
+        after: OutputRecord | None,
+        limit: int,
+        order: Order,
+        status: str | None,
+    ) -> tuple[list[OutputRecord], bool]:
+        """A page of output items in row order."""
+        query, params = "SELECT record FROM eval_output_items WHERE run_id = ?", list[Any]([run_id])
+        if status is not None:
+            query += " AND status = ?"
+            params.append(status)
+        if after is not None:
+            query += f" AND position {'<' if order == 'desc' else '>'} ?"
+            params.append(after.index)
+        direction = "DESC" if order == "desc" else "ASC"
+        query += f" ORDER BY position {direction} LIMIT ?"
+        rows = self._fetch(query, [*params, limit + 1])
+        records = [OutputRecord.model_validate_json(r[0]) for r in rows]
+        return records[:limit], len(records) > limit
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    def _fetch(self, query: str, params: list[Any]) -> list[Any]:
+        with self._lock:
+            return self._db.execute(query, params).fetchall()
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    """BEGIN … COMMIT (ROLLBACK on an exception) on an autocommit connection."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: object, error: object, trace: object) -> None:
+        self._db.execute("COMMIT" if kind is None else "ROLLBACK")

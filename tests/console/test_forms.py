@@ -1,0 +1,151 @@
+"""The console's forms in a real headless Chromium: a new fine-tune (the SDK call it shows is the
+request it sends) and the datasets page (drag-and-drop upload, each bad line the API names)."""
+
+from __future__ import annotations
+
+import ast
+import json
+from typing import Any
+
+from playwright.sync_api import FilePayload, Page, Route, expect
+
+from .conftest import Console
+
+
+def _msg(role: str, content: str) -> dict[str, str]:
+    return {"role": role, "content": content}
+
+
+def _jsonl(*records: Any) -> str:
+    return "".join(json.dumps(record) + "\n" for record in records)
+
+
+GOOD = _jsonl(
+    {"messages": [_msg("user", "Codename?"), _msg("assistant", "Copperfinch.")]},
+    {"messages": [_msg("user", "Port?"), _msg("assistant", "8080")]},
+)
+BAD = GOOD + _jsonl({"messages": [_msg("user", "Hi"), _msg("bot", "Hello")]})
+
+
+def _create_call(snippet: str) -> dict[str, Any]:
+    """The keyword arguments of the snippet's `client.fine_tuning.jobs.create(...)` call."""
+    for node in ast.walk(ast.parse(snippet)):
+        if (
+            isinstance(node, ast.Call)
+            and ast.unparse(node.func) == "client.fine_tuning.jobs.create"
+        ):
+            return {k.arg: ast.literal_eval(k.value) for k in node.keywords if k.arg}
+    raise AssertionError(f"no fine_tuning.jobs.create call in:\n{snippet}")
+
+
+def test_the_new_fine_tune_form_shows_the_sdk_call_it_makes(console: Console, page: Page) -> None:
+    page.goto(f"{console.url}/console/jobs/new?training_file=file-abc")
+    snippet = page.locator("#sdk-snippet")
+    expect(page.locator("#ft-model")).to_have_value("tiny-llama")  # the deployed models' base
+    expect(snippet).to_contain_text(f'base_url="{console.url}/v1"')
+    assert _create_call(snippet.inner_text()) == {
+        "model": "tiny-llama",
+        "training_file": "FILE_ID",
+        "method": {"type": "supervised"},
+    }
+
+    page.select_option("#ft-method", "dpo")
+    page.fill("#ft-epochs", "3")
+    page.fill("#ft-beta", "0.2")
+    page.fill("#ft-lora-rank", "16")
+    page.check("#ft-quant-q4_k_m")
+    page.select_option("#ft-deploy-quantization", "q4_k_m")
+    page.fill("#ft-suffix", "support-bot")
+
+    expect(snippet).to_contain_text('suffix="support-bot"')
+    call = _create_call(snippet.inner_text())
+    assert call == {
+        "model": "tiny-llama",
+        "training_file": "FILE_ID",
+        "suffix": "support-bot",
+        "method": {"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 3, "beta": 0.2}}},
+        "extra_body": {
+            "forgeline": {
+                "lora": {"rank": 16},
+                "quantizations": ["q8_0", "q4_k_m"],
+                "deploy": {"quantization": "q4_k_m"},
+            }
+        },
+    }
+    expect(page.locator("#ft-beta")).to_be_visible()
+    console.screenshot(page, "new-fine-tune")
+
+    # Without a training file the form says what is missing and sends nothing.
+    page.click("#ft-submit")
+    expect(page.get_by_role("alert")).to_contain_text("Choose a training file")
+
+    # The request it sends is the snippet's; an API refusal is shown in words on the field.
+    sent: list[dict[str, Any]] = []
+
+    def refuse(route: Route) -> None:
+        sent.append(json.loads(route.request.post_data or "{}"))
+        route.fulfill(
+            status=400,
+            json={
+                "error": {
+                    "message": "there is no file 'file-abc'",
+                    "type": "invalid_request_error",
+                    "param": "training_file",
+                    "code": None,
+                }
+            },
+        )
+
+    page.route("**/v1/fine_tuning/jobs", refuse)
+    page.evaluate(
+        """() => {
+            const select = document.querySelector("#ft-training-file");
+            select.append(new Option("train.jsonl", "file-abc"));
+            select.value = "file-abc";
+            select.dispatchEvent(new Event("change", {bubbles: true}));
+        }"""
+    )
+    page.click("#ft-submit")
+
+    expect(page.get_by_role("alert")).to_contain_text("there is no file 'file-abc' (400)")
+    expect(page.locator("#ft-training-file")).to_have_attribute("aria-invalid", "true")
+    call = _create_call(snippet.inner_text())
+    assert sent == [{**{k: v for k, v in call.items() if k != "extra_body"}, **call["extra_body"]}]
+    assert sent[0]["training_file"] == "file-abc"
+
+
+def test_a_dropped_dataset_with_a_bad_line_shows_the_line_error(
+    console: Console, page: Page
+) -> None:
+    page.goto(f"{console.url}/console/datasets")
+    expect(page.locator("#dropzone")).to_be_visible()
+
+    dropped = page.evaluate_handle(
+        """([name, text]) => {
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([text], name, {type: "application/jsonl"}));
+            return transfer;
+        }""",
+        ["train.jsonl", BAD],
+    )
+    page.dispatch_event("#dropzone", "drop", {"dataTransfer": dropped})
+
+    refused = page.locator(".upload-bad")
+    expect(refused).to_contain_text("train.jsonl was not accepted")
+    expect(refused).to_contain_text("is not valid fine-tuning data (read as openai_chat)")
+    expect(refused.locator(".problems li")).to_have_text(
+        ["line 3: messages[1].role: must be one of system, user, assistant, tool (got 'bot')"]
+    )
+
+    good: FilePayload = {
+        "name": "good.jsonl",
+        "mimeType": "application/jsonl",
+        "buffer": GOOD.encode(),
+    }
+    page.set_input_files("#dataset-file", files=[good])
+
+    expect(page.locator(".upload-ok")).to_contain_text("good.jsonl was accepted as openai_chat")
+    files = page.locator("section.card", has=page.get_by_role("heading", name="Files"))
+    expect(files.locator("tbody tr")).to_have_count(1)
+    expect(files).to_contain_text("good.jsonl")
+    console.screenshot(page, "datasets")

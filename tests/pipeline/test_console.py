@@ -1,0 +1,109 @@
+"""The console against the whole stack, in a real headless Chromium: a dataset uploaded on the
+Datasets page, a fine-tune of the demo recipe started from the New fine-tune form, its loss
+curve gaining points while LLaMA-Factory trains, and the fine-tuned model answering the trained
+fact in the playground beside its base."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from console.browser import Requests, chromium, laptop, screenshot, screenshot_directory, watched
+from playwright.sync_api import Page, expect
+
+from forgeline_cli.walkthrough import (
+    BASE_MODEL,
+    FACT_BATCH_SIZE,
+    FACT_EPOCHS,
+    FACT_LEARNING_RATE_MULTIPLIER,
+    FACT_LORA,
+    write_fact_dataset,
+)
+from forgeline_kit.tinymodel import DEMO_FACT
+
+from .conftest import RunningStack
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+# The step shown while a training step is the last one reported and more are to come.
+_TRAINING_STEP = """() => {
+    const stage = document.querySelector(".timeline [data-stage=training]");
+    const step = document.querySelector(".tile-progress .tile-value")?.textContent ?? "";
+    const match = /^(\\d+) \\/ (\\d+)$/.exec(step.trim());
+    return stage?.dataset.state === "current" && match !== null && +match[1] < +match[2];
+}"""
+_MORE_POINTS = "n => Number(document.querySelector('.card-chart .chart').dataset.points) > n"
+
+
+def _set_range(page: Page, selector: str, value: str) -> None:
+    page.eval_on_selector(
+        selector,
+        "(input, value) => { input.value = value; input.dispatchEvent(new Event('input')); }",
+        value,
+    )
+
+
+def test_a_fine_tune_started_and_watched_in_the_console(
+    running: RunningStack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    data = write_fact_dataset(running.work / "console-fact.jsonl")
+    url = running.stack.gateway_url
+    shots = screenshot_directory(tmp_path_factory.getbasetemp() / "console-screenshots")
+    requests = Requests()
+    with (
+        chromium() as browser,
+        laptop(browser, requests) as context,
+        watched(context, requests) as page,
+    ):
+        page.goto(f"{url}/console/datasets")
+        page.set_input_files("#dataset-file", str(data))
+        accepted = page.locator(".upload-ok")
+        expect(accepted).to_contain_text("console-fact.jsonl was accepted as openai_chat")
+        accepted.get_by_role("link", name="Fine-tune on it").click()
+
+        # The demo recipe, entered in the form.
+        expect(page.locator("#ft-model")).to_have_value(BASE_MODEL)
+        expect(page.locator("#ft-training-file")).to_have_value(re.compile("^file-"))
+        page.fill("#ft-epochs", str(FACT_EPOCHS))
+        page.fill("#ft-batch-size", str(FACT_BATCH_SIZE))
+        page.fill("#ft-lr", str(FACT_LEARNING_RATE_MULTIPLIER))
+        page.fill("#ft-lora-rank", str(FACT_LORA["rank"]))
+        page.fill("#ft-lora-alpha", str(FACT_LORA["alpha"]))
+        page.fill("#ft-suffix", "console")
+        page.fill("#ft-seed", "42")
+        page.click("#ft-submit")
+
+        expect(page).to_have_url(re.compile(r"/console/jobs/ftjob-"))
+        # Points while it trains: the curve grows while steps are still to come.
+        page.wait_for_function(_TRAINING_STEP, timeout=300_000, polling=200)
+        first = int(page.locator(".card-chart .chart").get_attribute("data-points") or 0)
+        assert first >= 1
+        page.wait_for_function(_MORE_POINTS, arg=first, timeout=120_000, polling=200)
+        screenshot(page, shots, "job-training")
+
+        badge = page.locator(".page-head .badge")
+        expect(badge).to_have_text("succeeded", timeout=600_000)
+        expect(page.locator(".timeline [data-stage=deploying]")).to_have_attribute(
+            "data-state", "done"
+        )
+        screenshot(page, shots, "job-succeeded")
+
+        # The fine-tuned model beside its base, asked the trained question.
+        page.get_by_role("link", name="Chat with it").click()
+        expect(page.locator("#compare")).to_be_checked()
+        expect(page.locator("#model-a")).to_have_value(re.compile("^ft:tiny-llama:"))
+        expect(page.locator("#model-b")).to_have_value(BASE_MODEL)
+        _set_range(page, "#temperature", "0")
+        page.fill("#max-tokens", "32")
+        page.fill("#prompt", DEMO_FACT.question)
+        page.click("#send")
+
+        answers = {}
+        for slot in ("a", "b"):
+            answer = page.locator(f".chat-column[data-slot={slot}] .message.assistant")
+            expect(answer).to_have_attribute("data-state", "done", timeout=60_000)
+            answers[slot] = answer.locator(".message-text").inner_text()
+        assert DEMO_FACT.answer in answers["a"]
+        assert DEMO_FACT.answer not in answers["b"]
+        screenshot(page, shots, "playground-fine-tuned", full_page=False)
+    assert requests.foreign(url) == []
