@@ -1,7 +1,7 @@
-"""The console against the whole stack, in a real headless Chromium: a dataset uploaded on the
-Datasets page, a fine-tune of the demo recipe started from the New fine-tune form, its loss
-curve gaining points while LLaMA-Factory trains, and the fine-tuned model answering the trained
-fact in the playground beside its base."""
+"""The console against the whole stack, in a real headless Chromium: a long fine-tune's loss
+curve gaining points while LLaMA-Factory trains, then cancelled from its page; a dataset uploaded
+on the Datasets page, a fine-tune of the demo recipe started from the New fine-tune form, and the
+fine-tuned model answering the trained fact in the playground beside its base."""
 
 from __future__ import annotations
 
@@ -43,6 +43,48 @@ def _set_range(page: Page, selector: str, value: str) -> None:
     )
 
 
+# Long enough that no machine finishes it while the page is watched (the tiny model trains the
+# demo's 32 steps in under a second): the job is cancelled once its curve has been seen growing.
+_LONG_EPOCHS = 10_000
+
+
+def test_a_long_fine_tune_watched_live_and_cancelled(
+    running: RunningStack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    shots = screenshot_directory(tmp_path_factory.getbasetemp() / "console-screenshots")
+    data = write_fact_dataset(running.work / "console-long.jsonl")
+    training_file = running.client.files.create(file=data.open("rb"), purpose="fine-tune")
+    job = running.client.fine_tuning.jobs.create(
+        model=BASE_MODEL,
+        training_file=training_file.id,
+        suffix="long",
+        hyperparameters={"n_epochs": _LONG_EPOCHS, "batch_size": FACT_BATCH_SIZE},
+    )
+    url = running.stack.gateway_url
+    requests = Requests()
+    with (
+        chromium() as browser,
+        laptop(browser, requests) as context,
+        watched(context, requests) as page,
+    ):
+        page.goto(f"{url}/console/jobs/{job.id}")
+        # Points while it trains: the curve grows while steps are still to come.
+        page.wait_for_function(_TRAINING_STEP, timeout=300_000, polling=200)
+        first = int(page.locator(".card-chart .chart").get_attribute("data-points") or 0)
+        assert first >= 1
+        page.wait_for_function(_MORE_POINTS, arg=first, timeout=120_000, polling=200)
+        page.wait_for_function(_TRAINING_STEP, polling=200)
+        screenshot(page, shots, "job-training")
+
+        page.click("#cancel-job")
+        page.click("#confirm-cancel")
+        expect(page.locator(".page-head .badge")).to_have_text("cancelled", timeout=120_000)
+    cancelled = running.client.fine_tuning.jobs.retrieve(job.id)
+    assert cancelled.status == "cancelled"
+    assert cancelled.fine_tuned_model is None
+    assert requests.foreign(url) == []
+
+
 def test_a_fine_tune_started_and_watched_in_the_console(
     running: RunningStack, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -74,15 +116,12 @@ def test_a_fine_tune_started_and_watched_in_the_console(
         page.click("#ft-submit")
 
         expect(page).to_have_url(re.compile(r"/console/jobs/ftjob-"))
-        # Points while it trains: the curve grows while steps are still to come.
-        page.wait_for_function(_TRAINING_STEP, timeout=300_000, polling=200)
-        first = int(page.locator(".card-chart .chart").get_attribute("data-points") or 0)
-        assert first >= 1
-        page.wait_for_function(_MORE_POINTS, arg=first, timeout=120_000, polling=200)
-        screenshot(page, shots, "job-training")
+        screenshot(page, shots, "job-started")
 
         badge = page.locator(".page-head .badge")
         expect(badge).to_have_text("succeeded", timeout=600_000)
+        # Every step's loss on the curve: 16 records, batch size 1, 2 epochs.
+        expect(page.locator(".card-chart .chart")).to_have_attribute("data-points", "32")
         expect(page.locator(".timeline [data-stage=deploying]")).to_have_attribute(
             "data-state", "done"
         )
