@@ -21,6 +21,7 @@ from fakes.docker_engine import FakeDockerEngine
 from fakes.ollama import FakeOllama
 from fakes.server import FakeServer
 from gateway.harness import Gateway, make_key
+from gguf_adapters import make_gguf_adapter
 
 from forgeline_cli.stack import LocalStack
 from forgeline_gateway.security.keys import Scope
@@ -214,6 +215,63 @@ def test_quantization_picks_the_gguf_converted_from_the_version(deployed: Deploy
         assert shown["spec"]["registry_gguf"] == deployed.gguf
     finally:
         deployed.run("undeploy", "from-base")
+
+
+def test_a_gguf_adapter_is_deployed_on_a_base_deployment(
+    deployed: Deployed, tiny_model: TinyModel, llamacpp_toolchain: Toolchain, tmp_path: Path
+) -> None:
+    made = make_gguf_adapter(tiny_model.path, tmp_path, llamacpp_toolchain, seed=5)
+
+    async def push() -> None:
+        async with RegistryClient(deployed.registry) as client:
+            await client.push(
+                made.gguf.parent, "acme/tiny-adapter", kind=rpb.VERSION_KIND_GGUF_ADAPTER
+            )
+
+    asyncio.run(push())
+    assert (
+        deployed.run("deploy", deployed.gguf, "--backend", "llamacpp", "--name", "base").code == 0
+    )
+    try:
+        result = deployed.run(
+            "deploy",
+            "acme/tiny-adapter",  # no version: the newest, which must be a GGUF adapter
+            "--backend",
+            "llamacpp",
+            "--base",
+            "base",
+            "--name",
+            "ft:tiny:cli",
+            "--registry",
+            deployed.registry,
+        )
+
+        assert result.code == 0, result.err
+        assert "deployed ft:tiny:cli on llamacpp (1 instance(s))" in result.out
+        assert "acme/tiny-adapter:1 on base" in result.out
+        assert "  adapters    ft:tiny:cli" in deployed.run("deployments", "show", "base").out
+        client = deployed.client()
+        answers = {
+            name: client.chat.completions.create(
+                model=name,
+                messages=[{"role": "user", "content": "hi"}],
+                max_tokens=8,
+                temperature=0,
+            )
+            .choices[0]
+            .message.content
+            for name in ("base", "ft:tiny:cli")
+        }
+        assert answers["base"] != answers["ft:tiny:cli"]
+        refused = _one_line_error(deployed.run("undeploy", "base"))
+        assert "adapter deployments ft:tiny:cli: delete them first" in refused
+        wrong = _one_line_error(
+            deployed.run("deploy", "acme/tiny-adapter:1", "--backend", "ollama", "--base", "base")
+        )
+        assert "--backend llamacpp" in wrong
+    finally:
+        deployed.run("undeploy", "ft:tiny:cli")
+        deployed.run("undeploy", "base")
 
 
 def test_ollama_deploys_a_registry_gguf(deployed: Deployed) -> None:

@@ -6,9 +6,12 @@ scope (``--api-key``, or ``FORGELINE_CLI_API_KEY``, or ``FORGELINE_API_KEY``).
 
 ``forgeline deploy MODEL:VERSION`` puts a registry version on a backend: a GGUF version on
 llama.cpp or Ollama (``registry_gguf``; the gateway pulls it into its model cache), an HF model
-(base, merged or fully fine-tuned) on a vLLM container (``registry_model``). The registry
-(``--registry``) is asked only to resolve what the gateway cannot: a reference without a version
-(the newest one) and ``--quantization`` (the GGUF of that type converted from the version).
+(base, merged or fully fine-tuned) on a vLLM container (``registry_model``). With ``--base
+DEPLOYMENT`` a GGUF adapter version is served as an adapter on that llama.cpp deployment's
+processes (``registry_lora`` and ``base``: one process for the base and all its fine-tunes). The
+registry (``--registry``) is asked only to resolve what the gateway cannot: a reference without a
+version (the newest one) and ``--quantization`` (the GGUF of that type converted from the
+version).
 
 The CLI keeps its own small pydantic models of the API's bodies rather than importing the
 gateway's: it is a client of a versioned HTTP API, so it reads only the fields it shows and
@@ -94,6 +97,7 @@ class DeploymentView(BaseModel):
     status: str
     error: str | None = None
     instances: int = 0
+    adapters: list[str] = Field(default_factory=list)
     created: int = 0
     spec: dict[str, Any] = Field(default_factory=dict)
 
@@ -116,6 +120,8 @@ class _RegistryDeployment(BaseModel):
     name: str
     backend: Backend
     registry_gguf: str | None = None
+    registry_lora: list[str] | None = None
+    base: str | None = None
     registry_model: str | None = None
     tensor_parallel_size: int | None = None
     metadata: _Metadata
@@ -237,12 +243,33 @@ def _quantization(version: rpb.Version) -> str | None:
 
 
 async def _resolve(
-    registry: str, model: str, number: int | None, backend: str, quantization: str | None
+    registry: str,
+    model: str,
+    number: int | None,
+    backend: str,
+    quantization: str | None,
+    *,
+    adapter: bool = False,
 ) -> _Resolved:
     """The concrete version to deploy: for llama.cpp and Ollama a GGUF (of `quantization`, if
-    given), for vLLM an HF model."""
+    given; a GGUF adapter with `adapter`), for vLLM an HF model."""
     async with RegistryClient(registry, wait_for_ready=False) as client:
         stub = client.stub
+        if adapter:
+            version = await stub.ResolveVersion(
+                rpb.ResolveVersionRequest(
+                    reference=model if number is None else f"{model}:{number}",
+                    view=rpb.VERSION_VIEW_BASIC,
+                )
+            )
+            reference = f"{version.model}:{version.number}"
+            if version.kind != rpb.VERSION_KIND_GGUF_ADAPTER:
+                kind = rpb.VersionKind.Name(version.kind).removeprefix("VERSION_KIND_").lower()
+                raise CommandError(
+                    f"{reference} is a {kind} version, not a GGUF adapter: --base serves GGUF "
+                    f"adapters (forgeline convert ADAPTER --adapter makes one)"
+                )
+            return _Resolved(reference, None)
         if quantization and backend in _GGUF_BACKENDS:
             request = rpb.ListVersionsRequest(
                 model=model,
@@ -293,11 +320,23 @@ async def _resolve(
 
 def _deploy_body(args: argparse.Namespace) -> _RegistryDeployment:
     model, number = _split(args.reference)
+    if args.base and (args.backend != "llamacpp" or args.quantization):
+        raise CommandError(
+            "--base serves a GGUF adapter on a llama.cpp deployment: use --backend llamacpp, "
+            "without --quantization"
+        )
     needs_registry = number is None or args.quantization is not None
     if needs_registry:
         try:
             resolved = asyncio.run(
-                _resolve(args.registry, model, number, args.backend, args.quantization)
+                _resolve(
+                    args.registry,
+                    model,
+                    number,
+                    args.backend,
+                    args.quantization,
+                    adapter=bool(args.base),
+                )
             )
         except Unavailable as error:
             raise CommandError(
@@ -311,6 +350,14 @@ def _deploy_body(args: argparse.Namespace) -> _RegistryDeployment:
             ) from None
     else:
         resolved = _Resolved(f"{model}:{number}", args.quantization)
+    if args.base:
+        return _RegistryDeployment(
+            name=args.name or model,
+            backend=args.backend,
+            registry_lora=[resolved.reference],
+            base=args.base,
+            metadata=_Metadata(version=resolved.reference),
+        )
     gguf = args.backend in _GGUF_BACKENDS
     return _RegistryDeployment(
         name=args.name or model,
@@ -333,6 +380,9 @@ def _source(view: DeploymentView) -> str:
     for key in ("registry_gguf", "registry_model", "gguf", "base_model"):
         if spec.get(key):
             return str(spec[key])
+    adapters = [*(spec.get("registry_lora") or []), *(spec.get("lora") or [])]
+    if spec.get("base"):
+        return f"{', '.join(adapters)} on {spec['base']}"
     urls = spec.get("urls") or []
     return f"{len(urls)} url(s)" if urls else ""
 
@@ -355,6 +405,8 @@ def _details(view: DeploymentView) -> str:
         for key in ("base", "version", "quantization")
         if metadata.get(key)
     ]
+    if view.adapters:
+        lines.append(f"  {'adapters':<12}{', '.join(view.adapters)}")
     return "\n".join(lines)
 
 
@@ -463,6 +515,13 @@ def register(subparsers: Any) -> None:
         default=None,
         metavar="TYPE",
         help="deploy the GGUF of this type (q8_0, q4_k_m, f16...) converted from the version",
+    )
+    deploy.add_argument(
+        "--base",
+        default=None,
+        metavar="DEPLOYMENT",
+        help="serve the GGUF adapter version as an adapter on this llama.cpp deployment's "
+        "processes (shared with the base and its other adapters)",
     )
     deploy.add_argument(
         "--tensor-parallel-size",

@@ -146,6 +146,9 @@ def create_app(
             ollama_url=settings.ollama_url,
             artifacts=artifacts,
             boundaries=DeploymentBoundaries.of(settings),
+            # Old processes of a base restarted for its adapters serve what is in flight on
+            # them; no request runs longer than this.
+            drain_seconds=settings.request_timeout_seconds,
         )
         authenticator = Authenticator(
             store, required=settings.auth_required, cache_seconds=settings.key_cache_seconds
@@ -181,7 +184,7 @@ def create_app(
         try:
             await manager.restore()
             await evals.start()
-            async with open_pipeline(settings, registry, files.service, manager) as pipeline:
+            async with open_pipeline(settings, registry, files.service, manager, proxy) as pipeline:
                 if pipeline is not None:
                     state.fine_tuning = FineTuningServing(pipeline, settings.organization)
                 yield

@@ -159,11 +159,17 @@ class Placement:
             OpenAI's HTTP API under ``/v1``.
         upstream_model: the name to send as ``model`` to those instances.
         handles: whatever the adapter needs to release the placement (processes, names).
+        request_fields: fields added to the body of every inference request sent for the
+            deployment, over what the client sent (llama.cpp: the ``lora`` selection of a
+            deployment served on a shared base, `backends/llamacpp.py`). Set by the backend
+            with the placement, so a request always carries the selection of the processes
+            its route leads to.
     """
 
     urls: list[str]
     upstream_model: str
     handles: list[Any] = field(default_factory=list)
+    request_fields: dict[str, Any] = field(default_factory=dict)
 
 
 SpecT = TypeVar("SpecT")

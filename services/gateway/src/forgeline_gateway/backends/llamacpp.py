@@ -23,13 +23,28 @@ than answering in plain text. Two gaps of the pinned llama-server are closed her
   message the server continues (its assistant prefill), so the grammar holds from the first
   token and the answer is a call. The marker is read off the server's own rendering
   (``/apply-template``) when the deployment is placed.
+
+Adapters on a shared base (`place_shared`): the base deployment's processes are started with
+every adapter attached to it loaded (``--lora-init-without-apply --lora A --lora B ...``), one
+process and one copy of the base for all of them, and each request says which adapters apply
+(the ``lora`` field, ``[{"id": N, "scale": S}, ...]``; the ids are read back from ``GET
+/lora-adapters``). At the pinned commit two things make the selection explicit for every
+adapter loaded, the base's requests included, rather than left to the server's defaults: the
+flag keeps the adapters off the context at load but leaves their default scales at 1.0, which a
+request without ``lora`` gets; and such a request takes a slot's cached prompt computed under
+another adapter as its own (``launch_slot_with_task`` clears the cache only when the request
+names its adapters). So the global scales are set to 0 once each process is healthy (``POST
+/lora-adapters``), and the gateway sends every request the full list, scale 1.0 for its
+deployment's adapters and 0.0 for the others (`Placement.request_fields`). Requests for
+different adapters are not batched together by llama-server; they share its slots.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +56,15 @@ from forgeline_gateway.deployments.spec import LlamaCppSpec
 from forgeline_kit.errors import FailedPrecondition, InvalidArgument
 from forgeline_kit.llamacpp.server import LlamaServerOptions
 
-__all__ = ["LlamaCppBackend", "TemplateTools", "read_template_tools"]
+__all__ = ["LlamaCppBackend", "SharedPlacement", "TemplateTools", "read_template_tools"]
 
 log = logging.getLogger(__name__)
 
 ATTACH_TIMEOUT_S = 10.0
+#: Adapter files one base's processes load at most (each adds its tensors to every process).
+MAX_SHARED_ADAPTERS = 64
+#: Loads adapters without applying them to the context (their scales are set per request).
+_LORA_UNAPPLIED = "--lora-init-without-apply"
 
 # Sampling parameters llama-server reads besides OpenAI's (its own names).
 _LLAMA_SAMPLING = frozenset(
@@ -106,6 +125,20 @@ _CHAT = (
 # logprobs in the chat shape, not the completions one, and neither echoes nor ranks.
 _COMPLETIONS = _COMMON | _LLAMA_SAMPLING | {"prompt"}
 _EMBEDDINGS = frozenset({"input", "encoding_format"})
+
+
+@dataclass(frozen=True)
+class SharedPlacement:
+    """A base deployment's processes started with the adapters of the deployments attached to it.
+
+    Attributes:
+        base: the base deployment's placement (its processes are its handles).
+        adapters: each attached deployment's placement: the base's processes, no handles of
+            its own, and the ``lora`` selection its requests carry.
+    """
+
+    base: Placement
+    adapters: dict[str, Placement] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -249,7 +282,10 @@ class LlamaCppBackend(Backend[LlamaCppSpec]):
         self.llama_server = llama_server
         self.threads = threads
         self.start_timeout = start_timeout
-        self._processes: dict[str, list[LlamaServerProcess]] = {}
+        # Per deployment, the generations of its processes still running, oldest first: a base
+        # restarted with another set of adapters serves from the new one while the old one
+        # drains (the manager releases it then).
+        self._generations: dict[str, list[list[LlamaServerProcess]]] = {}
         self._tools: dict[str, TemplateTools] = {}
 
     def capabilities(self, spec: LlamaCppSpec) -> Capabilities:
@@ -322,25 +358,115 @@ class LlamaCppBackend(Backend[LlamaCppSpec]):
         return params
 
     async def place(self, name: str, spec: LlamaCppSpec) -> Placement:
+        if spec.adapter:
+            raise InvalidArgument(
+                f"'{name}' is an adapter deployment: it is placed with its base '{spec.base}'",
+                field="base",
+            )
         if spec.gguf is None:
             urls = [url.rstrip("/") for url in spec.urls]
             placement = Placement(urls=urls, upstream_model=await self._served_name(urls))
             await self._learn_template(name, spec, urls)
             return placement
+        processes = await self._start(name, spec, self._options(name, spec, ()))
+        await self._learn_template(name, spec, [processes[0].url])
+        return Placement(
+            urls=[p.url for p in processes], upstream_model=name, handles=list(processes)
+        )
+
+    async def place_shared(
+        self, name: str, spec: LlamaCppSpec, attached: Mapping[str, Sequence[str]]
+    ) -> SharedPlacement:
+        """Start the processes of base deployment `name` (`spec`, its files local) with the
+        adapter files of every deployment in `attached` loaded, unapplied; each placement's
+        ``request_fields`` select its adapters (the base's own ``lora`` apply to all of them).
+        With nothing attached, the base is placed as `place` places it. The processes serving
+        the base before keep running: `release` their placement once drained.
+
+        Raises:
+            InvalidArgument: the base cannot carry adapters (embeddings, attached servers).
+            FailedPrecondition: a file is missing, or a process did not become healthy.
+        """
+        if not attached:
+            return SharedPlacement(base=await self.place(name, spec))
+        if spec.gguf is None or spec.embeddings or spec.adapter:
+            raise InvalidArgument(
+                f"adapters can be served only on a llama.cpp deployment of generation whose "
+                f"llama-server processes the gateway starts ('gguf' or 'registry_gguf'); "
+                f"'{name}' is not one",
+                field="base",
+            )
+        own = _unique(spec.lora)
+        files = _unique([*own, *(path for paths in attached.values() for path in paths)])
+        if len(files) > MAX_SHARED_ADAPTERS:
+            raise InvalidArgument(
+                f"the deployment '{name}' would load {len(files)} adapters; at most "
+                f"{MAX_SHARED_ADAPTERS} are served on one base",
+                field="base",
+            )
+        processes = await self._start(
+            name, spec, self._options(name, spec, files, extra_args=(_LORA_UNAPPLIED,))
+        )
+        try:
+            ids = await self._adapter_ids(processes, files)
+        except BaseException as error:
+            await self._stop(name, processes)
+            if isinstance(error, httpx.HTTPError | ValueError | KeyError | TypeError):
+                raise FailedPrecondition(
+                    f"llama-server for '{name}' did not report the adapters it loaded: {error!r}"
+                ) from error
+            raise
+        await self._learn_template(name, spec, [processes[0].url])
+        urls = [p.url for p in processes]
+
+        def selection(applied: Sequence[str]) -> dict[str, Any]:
+            chosen = set(_unique(applied))
+            lora = [{"id": ids[f], "scale": 1.0 if f in chosen else 0.0} for f in files]
+            return {"lora": lora}
+
+        adapters: dict[str, Placement] = {}
+        for adapter, paths in attached.items():
+            adapters[adapter] = Placement(
+                urls=urls, upstream_model=name, request_fields=selection([*own, *paths])
+            )
+            self._tools[adapter] = self._tools.get(name, UNKNOWN_TOOLS)
+        base = Placement(
+            urls=urls, upstream_model=name, handles=list(processes), request_fields=selection(own)
+        )
+        log.info(
+            "llama-server processes started with shared adapters",
+            extra={"model": name, "adapters": sorted(attached), "files": len(files)},
+        )
+        return SharedPlacement(base=base, adapters=adapters)
+
+    def _options(
+        self,
+        name: str,
+        spec: LlamaCppSpec,
+        lora: Sequence[str],
+        extra_args: tuple[str, ...] = (),
+    ) -> LlamaServerOptions:
+        assert spec.gguf is not None
+        return LlamaServerOptions(
+            model=Path(spec.gguf),
+            alias=name,
+            lora_adapters=tuple(Path(p) for p in (lora or spec.lora)),
+            context_size=spec.context_size,
+            parallel=spec.parallel,
+            threads=self.threads,
+            embeddings=spec.embeddings,
+            extra_args=extra_args,
+        )
+
+    async def _start(
+        self, name: str, spec: LlamaCppSpec, options: LlamaServerOptions
+    ) -> list[LlamaServerProcess]:
+        """Start `spec.replicas` processes, all healthy, as a new generation of `name`'s."""
         if self.llama_server is None:
             raise FailedPrecondition(
                 "llama-server is not built on the gateway host: run `make toolchain`, or deploy "
                 "with 'urls' pointing at running llama-server instances"
             )
-        options = LlamaServerOptions(
-            model=Path(spec.gguf),
-            alias=name,
-            lora_adapters=tuple(Path(p) for p in spec.lora),
-            context_size=spec.context_size,
-            parallel=spec.parallel,
-            threads=self.threads,
-            embeddings=spec.embeddings,
-        )
         binary = self.llama_server
         processes = [LlamaServerProcess(options, binary) for _ in range(spec.replicas)]
         results = await asyncio.gather(
@@ -350,15 +476,47 @@ class LlamaCppBackend(Backend[LlamaCppSpec]):
         if failures:
             await asyncio.gather(*(p.stop() for p in processes))
             raise failures[0]
-        self._processes[name] = processes
-        await self._learn_template(name, spec, [processes[0].url])
-        return Placement(
-            urls=[p.url for p in processes], upstream_model=name, handles=list(processes)
-        )
+        self._generations.setdefault(name, []).append(processes)
+        return processes
+
+    async def _adapter_ids(
+        self, processes: Sequence[LlamaServerProcess], files: Sequence[str]
+    ) -> dict[str, int]:
+        """Each adapter file's id in the processes (``GET /lora-adapters``, the same in every
+        replica: the order of the command line), after setting every adapter's global scale to
+        0, so a request that names no adapters is answered by the base alone."""
+        ids: dict[str, int] = {}
+        for process in processes:
+            response = await self.client.get(f"{process.url}/lora-adapters", timeout=self._timeout)
+            response.raise_for_status()
+            loaded = {str(entry["path"]): int(entry["id"]) for entry in response.json()}
+            missing = [f for f in files if f not in loaded]
+            if missing or (ids and ids != {f: loaded[f] for f in files}):
+                raise FailedPrecondition(
+                    f"llama-server did not load the adapters it was given (missing: {missing})"
+                )
+            ids = {f: loaded[f] for f in files}
+            zero = [{"id": i, "scale": 0.0} for i in sorted(loaded.values())]
+            answer = await self.client.post(
+                f"{process.url}/lora-adapters", json=zero, timeout=self._timeout
+            )
+            answer.raise_for_status()
+        return ids
 
     async def release(self, name: str, spec: LlamaCppSpec, placement: Placement) -> None:
-        self._tools.pop(name, None)
-        processes = self._processes.pop(name, [])
+        processes = [h for h in placement.handles if isinstance(h, LlamaServerProcess)]
+        await self._stop(name, processes)
+
+    async def _stop(self, name: str, processes: Sequence[LlamaServerProcess]) -> None:
+        """Stop one generation of `name`'s processes; with the last one, forget `name`."""
+        generations = [
+            g for g in self._generations.get(name, []) if not any(p in processes for p in g)
+        ]
+        if generations:
+            self._generations[name] = generations
+        else:
+            self._generations.pop(name, None)
+            self._tools.pop(name, None)
         await asyncio.gather(*(p.stop() for p in processes))
 
     async def _served_name(self, urls: list[str]) -> str:
@@ -402,10 +560,21 @@ class LlamaCppBackend(Backend[LlamaCppSpec]):
         return self._tools.get(name, UNKNOWN_TOOLS)
 
     def processes(self, name: str) -> list[LlamaServerProcess]:
-        """The processes serving deployment `name` (empty when attached or unknown)."""
-        return list(self._processes.get(name, []))
+        """The newest processes started for deployment `name` (empty when attached, unknown or
+        an adapter deployment: those are served by their base's)."""
+        generations = self._generations.get(name)
+        return list(generations[-1]) if generations else []
+
+    def running_processes(self) -> list[LlamaServerProcess]:
+        """Every llama-server process this backend runs, draining generations included."""
+        return [p for gs in self._generations.values() for g in gs for p in g if p.running]
 
     async def close(self) -> None:
         self._tools.clear()
-        names = list(self._processes)
-        await asyncio.gather(*(p.stop() for n in names for p in self._processes.pop(n, [])))
+        generations, self._generations = self._generations, {}
+        await asyncio.gather(*(p.stop() for gs in generations.values() for g in gs for p in g))
+
+
+def _unique(paths: Sequence[str]) -> list[str]:
+    """`paths` in order, each once (two deployments of one adapter file load it once)."""
+    return list(dict.fromkeys(str(Path(p)) for p in paths))

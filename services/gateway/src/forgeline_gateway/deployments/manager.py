@@ -3,32 +3,57 @@
 A deployment is stored only once it is placed, and the routing table learns of it last; removing
 goes the other way round (routing first, so no new request reaches it). At start, `restore` places
 every stored deployment again, so deployments survive a gateway restart.
+
+Adapter deployments (a llama.cpp spec with `base`) are served by their base deployment's
+llama-server processes, which load every adapter attached to the base (`backends/llamacpp.py`,
+`place_shared`). Attaching or detaching one restarts the base blue-green, one change per base at
+a time: new processes start with the new set of adapters and become healthy while the old ones
+serve; then the routes of the base and of all its adapters are replaced at once (no await
+between the routing-table writes, so no request sees half of it); the old processes are released
+once the requests in flight on them, streams included, have finished (`_drain`). A request that
+took a route before the switch keeps the old processes and the adapter ids valid in them: each
+route carries its own instances and its own ``lora`` selection (`Placement.request_fields`). At
+start, a base is placed once with all its stored adapters.
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
+import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import TypeAdapter
 
-from forgeline_gateway.backends.base import Backend
+from forgeline_gateway.backends.base import Backend, Placement
+from forgeline_gateway.backends.llamacpp import LlamaCppBackend, SharedPlacement
 from forgeline_gateway.deployments.artifacts import RegistryArtifacts
 from forgeline_gateway.deployments.boundaries import DeploymentBoundaries
 from forgeline_gateway.deployments.spec import DeploymentSpec, LlamaCppSpec, OllamaSpec, VllmSpec
 from forgeline_gateway.routing.router import Instance, Route, Router
 from forgeline_gateway.store import DeploymentRecord, Store
-from forgeline_kit.errors import AlreadyExists, ForgelineError, InvalidArgument, NotFound
+from forgeline_kit.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    ForgelineError,
+    InvalidArgument,
+    NotFound,
+)
 
 __all__ = ["DeploymentManager", "DeploymentState"]
 
 log = logging.getLogger(__name__)
 
 _SPEC: TypeAdapter[DeploymentSpec] = TypeAdapter(DeploymentSpec)
+
+#: How long old processes of a restarted base wait before they count their requests in flight:
+#: a request that took the old route just before the switch has reached its instance by then.
+DRAIN_GRACE_SECONDS = 1.0
+_DRAIN_POLL_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -40,6 +65,23 @@ class DeploymentState:
     ready: bool
     instances: int
     error: str | None = None
+    #: For a base deployment: the adapter deployments served on its processes.
+    adapters: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Attached:
+    """An adapter deployment placed on its base: what the base's processes load for it."""
+
+    spec: LlamaCppSpec
+    #: Its adapter files on the gateway host (registry versions pulled into the model cache).
+    files: tuple[str, ...]
+    created: int
+
+    @property
+    def base(self) -> str:
+        assert self.spec.base is not None
+        return self.spec.base
 
 
 class DeploymentManager:
@@ -56,7 +98,14 @@ class DeploymentManager:
         ollama_url: str | None,
         artifacts: RegistryArtifacts | None = None,
         boundaries: DeploymentBoundaries | None = None,
+        drain_seconds: float = 600.0,
     ) -> None:
+        """
+        Args:
+            drain_seconds: how long the old processes of a restarted base serve the requests
+                in flight on them before they are stopped anyway (the gateway's request
+                timeout: no request runs longer).
+        """
         self.store = store
         self.backends = backends
         self.router = router
@@ -65,29 +114,63 @@ class DeploymentManager:
         self.ollama_url = ollama_url
         self.artifacts = artifacts
         self.boundaries = boundaries
+        self.drain_seconds = drain_seconds
         self._busy: set[str] = set()
         self._failed: dict[str, DeploymentState] = {}
+        #: Each placed deployment's spec with its files local: a base is restarted from it.
+        self._placed: dict[str, Any] = {}
+        #: Adapter deployments placed on their bases, by name.
+        self._attached: dict[str, _Attached] = {}
+        self._base_locks: dict[str, asyncio.Lock] = {}
+        self._drains: set[asyncio.Task[None]] = set()
 
     async def restore(self) -> None:
-        """Place every stored deployment again; one that fails is listed as failed."""
+        """Place every stored deployment again; one that fails is listed as failed. A base is
+        placed once, with every stored adapter deployment on it."""
         records = await self.store.run(self.store.list_deployments)
+        specs = {r.name: (_SPEC.validate_json(r.spec_json), r.created_at) for r in records}
+        on_base: dict[str, dict[str, tuple[LlamaCppSpec, int]]] = {}
+        for name, (spec, created) in specs.items():
+            if isinstance(spec, LlamaCppSpec) and spec.base is not None:
+                on_base.setdefault(spec.base, {})[name] = (spec, created)
 
-        async def restore_one(record: DeploymentRecord) -> None:
-            spec = _SPEC.validate_json(record.spec_json)
+        async def restore_one(name: str, spec: Any, created: int) -> None:
+            attached = on_base.pop(name, {})
             try:
-                await self._place(spec, record.created_at)
+                await self._place(spec, created, attached=attached)
             except Exception as error:
-                message = error.message if isinstance(error, ForgelineError) else repr(error)
-                log.error(
-                    "deployment could not be restored",
-                    extra={"model": record.name, "error": message},
-                )
-                self._failed[record.name] = DeploymentState(
-                    spec=spec, created=record.created_at, ready=False, instances=0, error=message
-                )
-                self.router.mark_unavailable(record.name, message)
+                self._restore_failed(name, spec, created, error)
+                for child, (child_spec, child_created) in attached.items():
+                    self._restore_failed(
+                        child,
+                        child_spec,
+                        child_created,
+                        FailedPrecondition(f"its base deployment '{name}' could not be placed"),
+                    )
 
-        await asyncio.gather(*(restore_one(r) for r in records))
+        await asyncio.gather(
+            *(
+                restore_one(name, spec, created)
+                for name, (spec, created) in specs.items()
+                if not (isinstance(spec, LlamaCppSpec) and spec.base is not None)
+            )
+        )
+        for base, orphans in on_base.items():
+            for child, (child_spec, child_created) in orphans.items():
+                self._restore_failed(
+                    child,
+                    child_spec,
+                    child_created,
+                    FailedPrecondition(f"its base deployment '{base}' does not exist"),
+                )
+
+    def _restore_failed(self, name: str, spec: Any, created: int, error: Exception) -> None:
+        message = error.message if isinstance(error, ForgelineError) else repr(error)
+        log.error("deployment could not be restored", extra={"model": name, "error": message})
+        self._failed[name] = DeploymentState(
+            spec=spec, created=created, ready=False, instances=0, error=message
+        )
+        self.router.mark_unavailable(name, message)
 
     async def create(self, spec: Any) -> DeploymentState:
         """Place `spec` and remember it.
@@ -104,14 +187,17 @@ class DeploymentManager:
         spec = self._with_defaults(spec)
         self._busy.add(name)
         try:
+            if isinstance(spec, LlamaCppSpec) and spec.base is not None:
+                return await self._create_attached(spec)
             created = int(time.time())
-            route = await self._place(spec, created, publish=False)
+            route, placed = await self._place(spec, created, publish=False)
             try:
                 record = DeploymentRecord(name, spec.model_dump_json(), created)
                 await self.store.run(lambda: self.store.put_deployment(record))
             except BaseException:
                 await route.backend.release(name, spec, route.placement)
                 raise
+            self._placed[name] = placed
             self.router.add(route)
             log.info("deployment created", extra={"model": name, "backend": spec.backend})
             return self._state(route)
@@ -123,22 +209,36 @@ class DeploymentManager:
 
         Raises:
             NotFound: no deployment has that name.
+            FailedPrecondition: adapter deployments are served on it (delete them first).
         """
         if name in self._busy:
             raise AlreadyExists(f"the deployment '{name}' is being changed; retry shortly")
-        failed = self._failed.pop(name, None)
-        route = self.router.remove(name)
-        if route is None and failed is None:
-            raise NotFound(f"there is no deployment named '{name}'", field="name")
-        self._busy.add(name)
-        try:
-            await self.store.run(lambda: self.store.delete_deployment(name))
-            self.router.clear_unavailable(name)
-            if route is not None:
-                await route.backend.release(name, route.spec, route.placement)
-            log.info("deployment deleted", extra={"model": name})
-        finally:
-            self._busy.discard(name)
+        if name in self._attached:
+            await self._delete_attached(name)
+            return
+        # Held while adapters are attached to `name`, so it is not removed under one.
+        async with self._base_lock(name):
+            attached = self._adapters_of(name)
+            if attached:
+                raise FailedPrecondition(
+                    f"the deployment '{name}' is the base of the adapter deployments "
+                    f"{', '.join(attached)}: delete them first",
+                    field="name",
+                )
+            failed = self._failed.pop(name, None)
+            route = self.router.remove(name)
+            if route is None and failed is None:
+                raise NotFound(f"there is no deployment named '{name}'", field="name")
+            self._busy.add(name)
+            try:
+                await self.store.run(lambda: self.store.delete_deployment(name))
+                self.router.clear_unavailable(name)
+                self._placed.pop(name, None)
+                if route is not None:
+                    await route.backend.release(name, route.spec, route.placement)
+                log.info("deployment deleted", extra={"model": name})
+            finally:
+                self._busy.discard(name)
 
     def list(self) -> list[DeploymentState]:
         states = [self._state(route) for route in self.router.routes()]
@@ -151,10 +251,21 @@ class DeploymentManager:
                 return state
         raise NotFound(f"there is no deployment named '{name}'", field="name")
 
+    async def settle(self) -> None:
+        """Wait until the old processes of restarted bases have drained and stopped."""
+        while self._drains:
+            await asyncio.gather(*list(self._drains), return_exceptions=True)
+
     async def close(self) -> None:
         """Release what the backends hold in this process (llama-server processes); stored
         deployments stay, to be restored at the next start."""
+        drains = list(self._drains)
+        for task in drains:
+            task.cancel()
+        await asyncio.gather(*drains, return_exceptions=True)
         await asyncio.gather(*(backend.close() for backend in self.backends.values()))
+
+    # --- placing -------------------------------------------------------------------------------
 
     def _exists(self, name: str) -> bool:
         try:
@@ -182,29 +293,86 @@ class DeploymentManager:
             return spec.model_copy(update={"url": self.ollama_url})
         return spec
 
-    async def _place(self, spec: Any, created: int, *, publish: bool = True) -> Route:
+    def _backend(self, spec: Any) -> Backend[Any]:
         backend = self.backends.get(spec.backend)
         if backend is None:
             raise InvalidArgument(
                 f"the backend '{spec.backend}' is not enabled on this gateway", field="backend"
             )
+        return backend
+
+    async def _localize(self, spec: Any) -> Any:
+        """`spec` checked against the operator's boundaries, with its registry versions pulled
+        into the model cache and named by their local files."""
         # Here rather than at create: a stored deployment outside boundaries the operator has
         # since narrowed is not placed again either.
         if self.boundaries is not None:
             self.boundaries.check(spec)
-        placed = spec
         field = _registry_field(spec)
-        if field is not None:
-            if self.artifacts is None:
-                raise InvalidArgument(
-                    "registry versions cannot be deployed: the gateway has no registry "
-                    "(set FORGELINE_GATEWAY_REGISTRY_TARGET)",
-                    field=field,
-                )
-            placed = await self.artifacts.localize(spec)
-        placement = await backend.place(spec.name, placed)
+        if field is None:
+            return spec
+        if self.artifacts is None:
+            raise InvalidArgument(
+                "registry versions cannot be deployed: the gateway has no registry "
+                "(set FORGELINE_GATEWAY_REGISTRY_TARGET)",
+                field=field,
+            )
+        return await self.artifacts.localize(spec)
+
+    async def _place(
+        self,
+        spec: Any,
+        created: int,
+        *,
+        publish: bool = True,
+        attached: Mapping[str, tuple[LlamaCppSpec, int]] | None = None,
+    ) -> tuple[Route, Any]:
+        """Place `spec` (with `attached`, a base with these adapter deployments: at restore);
+        its route and its localized spec."""
+        backend = self._backend(spec)
+        placed = await self._localize(spec)
+        # A base restored with its adapters: one start of its processes for all of them.
+        adapters: dict[str, _Attached] = {}
+        for name, (child, child_created) in (attached or {}).items():
+            try:
+                if not isinstance(backend, LlamaCppBackend):
+                    raise InvalidArgument(
+                        f"its base '{spec.name}' is not a llama.cpp deployment", field="base"
+                    )
+                adapters[name] = await self._attachable(child, child_created)
+            except Exception as error:
+                self._restore_failed(name, child, child_created, error)
+        if not adapters or not isinstance(backend, LlamaCppBackend):
+            placement = await backend.place(spec.name, placed)
+            route = self._route(spec, backend, placement, created)
+            if publish:
+                self._publish([route])
+                self._placed[spec.name] = placed
+            return route, placed
+        shared = await backend.place_shared(
+            spec.name, placed, {name: a.files for name, a in adapters.items()}
+        )
+        routes = self._shared_routes(spec, created, backend, shared, adapters)
+        self._publish(routes)
+        self._placed[spec.name] = placed
+        self._attached.update(adapters)
+        return routes[0], placed
+
+    def _publish(self, routes: Sequence[Route]) -> None:
+        for route in routes:
+            self._failed.pop(route.name, None)
+            self.router.clear_unavailable(route.name)
+            self.router.add(route)
+
+    def _route(
+        self,
+        spec: Any,
+        backend: Backend[Any],
+        placement: Placement,
+        created: int,
+    ) -> Route:
         limit = spec.max_in_flight or self.max_in_flight
-        route = Route(
+        return Route(
             name=spec.name,
             backend=backend,
             spec=spec,
@@ -215,16 +383,201 @@ class DeploymentManager:
             created=created,
             placement=placement,
         )
-        if publish:
-            self._failed.pop(spec.name, None)
-            self.router.clear_unavailable(spec.name)
-            self.router.add(route)
+
+    # --- adapters on a shared base -------------------------------------------------------------
+
+    def _adapters_of(self, base: str) -> builtins.list[str]:
+        """The adapter deployments, placed or failed, whose base is `base`."""
+        names = [n for n, a in self._attached.items() if a.base == base]
+        names += [n for n, s in self._failed.items() if getattr(s.spec, "base", None) == base]
+        return sorted(names)
+
+    def _base_lock(self, base: str) -> asyncio.Lock:
+        return self._base_locks.setdefault(base, asyncio.Lock())
+
+    async def _attachable(self, spec: LlamaCppSpec, created: int) -> _Attached:
+        """An adapter deployment with its files local, ready to load on its base."""
+        placed = await self._localize(spec)
+        return _Attached(spec=spec, files=tuple(placed.lora), created=created)
+
+    def _serving_base(self, spec: LlamaCppSpec) -> Route:
+        """The route of `spec`'s base, once it is known to carry adapters.
+
+        Raises:
+            InvalidArgument: naming `base`, when it is no deployment, not serving, or one that
+                cannot carry adapters.
+        """
+        assert spec.base is not None
+        base = spec.base
+        try:
+            route = self.router.get(base)
+        except ForgelineError:
+            state = (
+                "is not serving (GET /v1/deployments says why)"
+                if base in self._failed
+                else ("does not exist")
+            )
+            raise InvalidArgument(
+                f"the base deployment '{base}' {state}: adapters are served on a llama.cpp "
+                "deployment that is serving",
+                field="base",
+            ) from None
+        base_spec = route.spec
+        if (
+            not isinstance(base_spec, LlamaCppSpec)
+            or base_spec.adapter
+            or base_spec.urls
+            or base_spec.embeddings
+        ):
+            raise InvalidArgument(
+                f"the deployment '{base}' cannot carry adapters: a base is a llama.cpp "
+                "deployment of generation whose processes the gateway starts ('gguf' or "
+                "'registry_gguf'), not an adapter deployment itself",
+                field="base",
+            )
         return route
 
-    @staticmethod
-    def _state(route: Route) -> DeploymentState:
+    async def _create_attached(self, spec: LlamaCppSpec) -> DeploymentState:
+        assert spec.base is not None
+        async with self._base_lock(spec.base):
+            base = self._serving_base(spec)
+            attached = await self._attachable(spec, int(time.time()))
+            record = DeploymentRecord(spec.name, spec.model_dump_json(), attached.created)
+            adapters = {n: a for n, a in self._attached.items() if a.base == spec.base}
+            await self._restart_base(
+                base,
+                adapters | {spec.name: attached},
+                commit=lambda: self.store.run(lambda: self.store.put_deployment(record)),
+            )
+        log.info("adapter deployment created", extra={"model": spec.name, "base": spec.base})
+        return self._state(self.router.get(spec.name))
+
+    async def _delete_attached(self, name: str) -> None:
+        attached = self._attached[name]
+        self._busy.add(name)
+        try:
+            async with self._base_lock(attached.base):
+                base = self.router.get(attached.base)
+                adapters = {
+                    n: a for n, a in self._attached.items() if a.base == attached.base and n != name
+                }
+                await self._restart_base(
+                    base,
+                    adapters,
+                    commit=lambda: self.store.run(lambda: self.store.delete_deployment(name)),
+                    detached=(name,),
+                )
+            log.info("adapter deployment deleted", extra={"model": name, "base": attached.base})
+        finally:
+            self._busy.discard(name)
+
+    async def _restart_base(
+        self,
+        base: Route,
+        adapters: dict[str, _Attached],
+        *,
+        commit: Callable[[], Awaitable[None]],
+        detached: tuple[str, ...] = (),
+    ) -> None:
+        """Serve `base` and exactly `adapters` on new processes, blue-green: start them, run
+        `commit` (the store's change), switch every route of the base at once, and release the
+        old processes once drained. Until the switch nothing changes for clients; a failure
+        before it stops the new processes and leaves everything as it was."""
+        backend = base.backend
+        assert isinstance(backend, LlamaCppBackend)
+        placed = self._placed[base.name]
+        shared = await backend.place_shared(
+            base.name, placed, {name: a.files for name, a in adapters.items()}
+        )
+        try:
+            await commit()
+        except BaseException:
+            await backend.release(base.name, placed, shared.base)
+            for name, placement in shared.adapters.items():
+                if name not in self._attached:
+                    await backend.release(name, adapters[name].spec, placement)
+            raise
+        old_detached = [self.router.get(n) for n in detached]
+        routes = self._shared_routes(base.spec, base.created, backend, shared, adapters)
+        # The switch: the routing table and the bookkeeping change together, with no await.
+        for route in routes:
+            self.router.add(route)
+        for name in detached:
+            self.router.remove(name)
+            self._attached.pop(name, None)
+        self._attached.update(adapters)
+        releases = [(base.name, placed, base.placement)]
+        releases += [(r.name, r.spec, r.placement) for r in old_detached]
+        task = asyncio.create_task(
+            self._drain(backend, base.instances, releases), name=f"drain {base.name}"
+        )
+        self._drains.add(task)
+        task.add_done_callback(self._drains.discard)
+
+    def _shared_routes(
+        self,
+        spec: LlamaCppSpec,
+        created: int,
+        backend: LlamaCppBackend,
+        shared: SharedPlacement,
+        adapters: Mapping[str, _Attached],
+    ) -> builtins.list[Route]:
+        """The base's route, then each adapter deployment's, all on the same instances: the
+        bound on requests in flight is the base's, per process, whatever they ask for."""
+        base = self._route(spec, backend, shared.base, created)
+        routes = [base]
+        for name, attached in adapters.items():
+            metadata = attached.spec.metadata
+            if metadata.base is None:
+                metadata = metadata.model_copy(update={"base": spec.name})
+            routes.append(
+                Route(
+                    name=name,
+                    backend=backend,
+                    spec=attached.spec,
+                    capabilities=base.capabilities,
+                    upstream_model=shared.adapters[name].upstream_model,
+                    instances=list(base.instances),
+                    metadata=metadata,
+                    created=attached.created,
+                    placement=shared.adapters[name],
+                )
+            )
+        return routes
+
+    async def _drain(
+        self,
+        backend: Backend[Any],
+        instances: Sequence[Instance],
+        releases: Sequence[tuple[str, Any, Placement]],
+    ) -> None:
+        """Release `releases` once no request is in flight on `instances` (or after
+        `drain_seconds`)."""
+        try:
+            await asyncio.sleep(DRAIN_GRACE_SECONDS)
+            deadline = time.monotonic() + self.drain_seconds
+            # `in_flight` is a plain counter on the hot path: polled here rather than signalled
+            # by every request that ends.
+            while any(i.in_flight > 0 for i in instances) and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(_DRAIN_POLL_SECONDS)
+            if any(i.in_flight > 0 for i in instances):
+                log.warning(
+                    "old processes stopped with requests in flight",
+                    extra={"model": releases[0][0], "drain_seconds": self.drain_seconds},
+                )
+        finally:
+            for name, spec, placement in releases:
+                with contextlib.suppress(Exception):
+                    await backend.release(name, spec, placement)
+            log.info("old processes drained and stopped", extra={"model": releases[0][0]})
+
+    def _state(self, route: Route) -> DeploymentState:
         return DeploymentState(
-            spec=route.spec, created=route.created, ready=True, instances=len(route.instances)
+            spec=route.spec,
+            created=route.created,
+            ready=True,
+            instances=len(route.instances),
+            adapters=tuple(n for n, a in self._attached.items() if a.base == route.name),
         )
 
 

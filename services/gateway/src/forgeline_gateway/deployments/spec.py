@@ -62,11 +62,26 @@ class _Spec(BaseModel):
     )
 
 
+#: What an adapter deployment (`LlamaCppSpec.base`) takes from its base deployment and so may not
+#: set itself.
+BASE_OWNED_FIELDS = ("replicas", "context_size", "parallel", "embeddings", "max_in_flight")
+
+
 class LlamaCppSpec(_Spec):
     """A GGUF served by llama.cpp's ``llama-server``: processes the gateway starts (``gguf``),
-    or servers already running elsewhere (``urls``)."""
+    or servers already running elsewhere (``urls``); or LoRA adapters served on the processes
+    of another llama.cpp deployment (``base``), shared with the base and its other adapters."""
 
     backend: Literal["llamacpp"]
+    base: DeploymentName | None = Field(
+        None,
+        description="Serve this deployment's adapters (`lora`, `registry_lora`) on the "
+        "llama-server processes of the llama.cpp deployment of this name instead of starting "
+        "processes of its own: the base's processes are restarted (blue-green) with every "
+        "adapter attached to it loaded, and each request for this deployment selects its "
+        "adapters. Leave out `gguf`, `registry_gguf`, `urls` and what the base decides "
+        "(`replicas`, `context_size`, `parallel`, `embeddings`, `max_in_flight`).",
+    )
     gguf: Annotated[str, Field(min_length=1, max_length=4096)] | None = Field(
         None, description="Path of the GGUF file on the gateway host."
     )
@@ -93,6 +108,8 @@ class LlamaCppSpec(_Spec):
 
     @model_validator(mode="after")
     def _one_source(self) -> LlamaCppSpec:
+        if self.base is not None:
+            return self._adapter_on_base()
         sources = [self.gguf is not None, self.registry_gguf is not None, bool(self.urls)]
         if sum(sources) != 1:
             raise ValueError(
@@ -105,6 +122,34 @@ class LlamaCppSpec(_Spec):
                 "applied to processes started here"
             )
         return self
+
+    def _adapter_on_base(self) -> LlamaCppSpec:
+        if self.gguf is not None or self.registry_gguf is not None or self.urls:
+            raise ValueError(
+                "an adapter deployment ('base') is served on its base's processes: leave out "
+                "'gguf', 'registry_gguf' and 'urls'"
+            )
+        if not (self.lora or self.registry_lora):
+            raise ValueError("an adapter deployment ('base') needs 'lora' or 'registry_lora'")
+        if self.base == self.name:
+            raise ValueError("a deployment cannot be its own base")
+        # Compared with the defaults, not by being set: a stored spec has every field written.
+        owned = [
+            f
+            for f in BASE_OWNED_FIELDS
+            if getattr(self, f) != type(self).model_fields[f].get_default(call_default_factory=True)
+        ]
+        if owned:
+            raise ValueError(
+                f"an adapter deployment ('base') takes {', '.join(repr(f) for f in owned)} from "
+                "its base deployment: leave it out"
+            )
+        return self
+
+    @property
+    def adapter(self) -> bool:
+        """Whether this deployment is adapters served on a shared base (`base`)."""
+        return self.base is not None
 
 
 class VllmSpec(_Spec):

@@ -36,6 +36,7 @@ from google.protobuf import field_mask_pb2
 from forgeline_gateway.api.fine_tuning.protocol import FineTuningJobCreate, JobError
 from forgeline_gateway.deployments.manager import DeploymentManager
 from forgeline_gateway.deployments.spec import LlamaCppSpec, ModelMetadata
+from forgeline_gateway.fine_tuning.agreement import PROMPTS, Agreement, Messages, compare
 from forgeline_gateway.fine_tuning.plan import DatasetFile, trainer_spec
 from forgeline_gateway.fine_tuning.records import TERMINAL, JobRecord, Outputs, Stage
 from forgeline_gateway.fine_tuning.store import JobStore
@@ -55,7 +56,13 @@ from forgeline_proto.registry.v1 import registry_pb2, registry_pb2_grpc
 from forgeline_proto.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from forgeline_registry.hub import HubImporter, is_hub_id
 
-__all__ = ["DatasetFiles", "Pipeline", "StageFailedError", "fine_tuned_model_name"]
+__all__ = [
+    "AdapterCheck",
+    "DatasetFiles",
+    "Pipeline",
+    "StageFailedError",
+    "fine_tuned_model_name",
+]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +80,19 @@ class DatasetFiles(Protocol):
 
     async def dataset_file(self, file_id: str, param: str) -> DatasetFile:
         """The dataset of `file_id`; a `ForgelineError` naming `param` when there is none."""
+        ...
+
+
+class AdapterCheck(Protocol):
+    """What the check of an adapter against its merged model reads and asks
+    (`fine_tuning/answers.py`)."""
+
+    async def prompts(self, file_id: str, limit: int) -> list[Messages]:
+        """Up to `limit` distinct prompts of the uploaded file `file_id`."""
+        ...
+
+    async def answer(self, model: str, messages: Messages) -> str:
+        """The deployment `model`'s greedy answer to `messages`."""
         ...
 
 
@@ -123,7 +143,13 @@ class Pipeline:
         hub: HubImporter | None = None,
         attempts: int = 10,
         retry_seconds: float = 2.0,
+        adapter_check: AdapterCheck | None = None,
     ) -> None:
+        """
+        Args:
+            adapter_check: prompts and answers for checking an adapter against its merged
+                model; without it every job is served merged.
+        """
         self.store = store
         self.trainer = trainer
         self.converter = converter
@@ -134,6 +160,7 @@ class Pipeline:
         self.hub = hub
         self.attempts = attempts
         self.retry_seconds = retry_seconds
+        self.adapter_check = adapter_check
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._conversions: dict[str, str] = {}
         self._retrying = asyncio.Lock()
@@ -608,28 +635,216 @@ class Pipeline:
                         f"{sorted(job.outputs.gguf)})",
                     )
                 )
-            spec = LlamaCppSpec(
-                name=job.fine_tuned_model,
-                backend="llamacpp",
-                registry_gguf=version,
-                context_size=options.context_size,
-                metadata=ModelMetadata(
-                    base=job.request.model, version=version, quantization=quantization
-                ),
-            )
-            try:
-                await self.deployments.create(spec)
-            except AlreadyExists:
-                pass  # placed before a restart: the deployment is keyed by the model name
-            except (Unavailable, DeadlineExceeded):
-                raise  # the registry out of reach: the pipeline's retries run the stage again
-            except ForgelineError as error:
-                raise StageFailedError(
-                    JobError(code="deployment_failed", message=error.message)
-                ) from error
+            if job.outputs.served_as is None:
+                job = await self._choose_serving(job, version, quantization)
+            if job.outputs.served_as == "merged":
+                await self._create_deployment(
+                    LlamaCppSpec(
+                        name=job.fine_tuned_model,
+                        backend="llamacpp",
+                        registry_gguf=version,
+                        context_size=options.context_size,
+                        metadata=ModelMetadata(
+                            base=job.request.model, version=version, quantization=quantization
+                        ),
+                    )
+                )
             outputs = job.outputs.model_copy(update={"deployment": job.fine_tuned_model})
             job = await self._save(job, outputs=outputs)
         return await self._finish(job, Stage.SUCCEEDED, None)
+
+    async def _create_deployment(self, spec: LlamaCppSpec) -> bool:
+        """Deploy `spec`; False when a deployment of its name already exists (placed before a
+        restart: the deployments of a job are keyed by their names)."""
+        try:
+            await self.deployments.create(spec)
+        except AlreadyExists:
+            return False
+        except (Unavailable, DeadlineExceeded):
+            raise  # the registry out of reach: the pipeline's retries run the stage again
+        except ForgelineError as error:
+            raise StageFailedError(
+                JobError(code="deployment_failed", message=error.message)
+            ) from error
+        return True
+
+    async def _choose_serving(self, job: JobRecord, merged: str, quantization: str) -> JobRecord:
+        """Decide how the job's model is served (`deploy.serve`, on evidence), and record it.
+        Served as an adapter, its deployment is placed here; merged, it is placed by the
+        caller."""
+        options = job.request.forgeline.deploy
+        outputs = job.outputs
+        base: str | None = None
+        reason: str | None
+        if options.serve == "merged":
+            reason = "deploy.serve is 'merged'"
+        elif not outputs.gguf_adapter:
+            full = _fully_trained_modules(job.request)
+            reason = (
+                f"its adapter trains {full} in full (additional_target), which a GGUF adapter "
+                "cannot hold"
+                if outputs.adapter and full
+                else "the job made no GGUF adapter "
+                f"(finetuning_type {job.request.forgeline.finetuning_type})"
+            )
+        elif self.adapter_check is None:
+            reason = "this gateway cannot compare the adapter's answers with the merged model's"
+        else:
+            base, reason = await self._base_deployment(job, quantization)
+        agreement = None
+        if base is not None:
+            agreement, reason = await self._check_adapter(job, base, merged, quantization)
+        if agreement is not None and reason is None:
+            job = await self._save(
+                job,
+                outputs=outputs.model_copy(
+                    update={
+                        "served_as": "adapter",
+                        "base_deployment": base,
+                        "agreement": agreement.text,
+                    }
+                ),
+            )
+            await self._event(
+                job,
+                "info",
+                f"Serving {job.fine_tuned_model} as an adapter on the base deployment "
+                f"'{base}' (one process and one copy of the base for all its fine-tunes): "
+                f"{agreement.describe()}",
+            )
+            return job
+        job = await self._save(
+            job,
+            outputs=outputs.model_copy(
+                update={
+                    "served_as": "merged",
+                    "agreement": agreement.text if agreement is not None else None,
+                }
+            ),
+        )
+        await self._event(
+            job,
+            "info",
+            f"Serving {job.fine_tuned_model} merged (its {quantization} GGUF on a process of "
+            f"its own), not as an adapter: {reason}",
+        )
+        return job
+
+    async def _base_deployment(
+        self, job: JobRecord, quantization: str
+    ) -> tuple[str | None, str | None]:
+        """The llama.cpp deployment serving a GGUF converted from the job's base version (by
+        its `registry_gguf` or `metadata.version`; one of `quantization` first, then the
+        oldest), or None and why there is none."""
+        found: list[tuple[bool, int, str]] = []
+        for state in self.deployments.list():
+            spec = state.spec
+            if (
+                not state.ready
+                or not isinstance(spec, LlamaCppSpec)
+                or spec.adapter
+                or spec.urls
+                or spec.embeddings
+                or spec.name == job.fine_tuned_model
+            ):
+                continue
+            version = spec.registry_gguf or spec.metadata.version
+            if version and await self._converted_from(version, job.base_version):
+                other = (spec.metadata.quantization or "").lower() != quantization
+                found.append((other, state.created, spec.name))
+        if found:
+            return min(found)[2], None
+        return None, (
+            f"no llama.cpp deployment serves a GGUF of the base model {job.base_version} (one "
+            "whose registry_gguf or metadata.version names a GGUF converted from it); deploy "
+            f"one (forgeline deploy {job.base_version} --backend llamacpp --quantization "
+            f"{quantization}) to serve fine-tunes on it as adapters"
+        )
+
+    async def _converted_from(self, reference: str, base: str) -> bool:
+        """Whether the registry version `reference` was converted from the version `base`."""
+        model, _, number = reference.rpartition(":")
+        if not model or not number.isdigit():
+            return False
+        try:
+            version = await self.registry.GetVersion(
+                registry_pb2.GetVersionRequest(
+                    model=model, version=int(number), view=registry_pb2.VERSION_VIEW_BASIC
+                ),
+                timeout=_INTERACTIVE_TIMEOUT,
+            )
+        except (NotFound, InvalidArgument):
+            return False
+        return any(
+            parent.relation == registry_pb2.RELATION_CONVERTED_FROM
+            and _ref_text(parent.version) == base
+            for parent in version.lineage.parents
+        )
+
+    async def _check_adapter(
+        self, job: JobRecord, base: str, merged: str, quantization: str
+    ) -> tuple[Agreement | None, str | None]:
+        """Deploy the job's adapter on `base` and compare its greedy answers with the merged
+        GGUF's (deployed for the check, then removed): the comparison, and None if the adapter
+        stays deployed, else why it was removed."""
+        assert self.adapter_check is not None
+        assert job.outputs.gguf_adapter is not None
+        name = job.fine_tuned_model
+        request = job.request
+        base_spec = self.deployments.get(base).spec
+        adapter = LlamaCppSpec(
+            name=name,
+            backend="llamacpp",
+            base=base,
+            registry_lora=[job.outputs.gguf_adapter],
+            metadata=ModelMetadata(
+                base=request.model,
+                version=job.outputs.gguf_adapter,
+                quantization=base_spec.metadata.quantization,
+            ),
+        )
+        try:
+            if not await self._create_deployment(adapter):
+                existing = self.deployments.get(name).spec
+                if getattr(existing, "base", None) != base:
+                    return None, f"{name} is already deployed otherwise"
+        except StageFailedError as failure:
+            return None, f"the adapter could not be served on '{base}': {failure.error.message}"
+        source = "validation" if request.validation_file else "training"
+        prompts = await self.adapter_check.prompts(
+            request.validation_file or request.training_file, PROMPTS
+        )
+        agreement = None
+        if prompts:
+            check = _check_name(job)
+            await self._create_deployment(
+                LlamaCppSpec(
+                    name=check,
+                    backend="llamacpp",
+                    registry_gguf=merged,
+                    context_size=request.forgeline.deploy.context_size,
+                    parallel=1,
+                    metadata=ModelMetadata(
+                        base=request.model, version=merged, quantization=quantization
+                    ),
+                )
+            )
+            try:
+                agreement = await compare(self.adapter_check.answer, name, check, prompts)
+            finally:
+                with contextlib.suppress(NotFound):
+                    await self.deployments.delete(check)
+            if agreement.holds:
+                return agreement, None
+            reason = (
+                f"on the {source} file's prompts the adapter does not hold the merged model's "
+                f"quality: {agreement.describe()}"
+            )
+        else:
+            reason = f"the {source} file has no chat prompts to compare the adapter's answers on"
+        with contextlib.suppress(NotFound):
+            await self.deployments.delete(name)
+        return agreement, reason
 
     async def _finish(
         self, job: JobRecord, stage: Stage, error: JobError | None, *, best_effort: bool = False
@@ -749,9 +964,13 @@ class Pipeline:
     async def _roll_back(self, job: JobRecord) -> None:
         """Remove the deployment and every version the job registered, newest first (a
         cancelled job keeps nothing)."""
-        if job.outputs.deployment:
+        # The job's deployment, and the merged model an adapter check was comparing with, also
+        # when the job was cancelled before it recorded them.
+        for name in dict.fromkeys(
+            [job.outputs.deployment or job.fine_tuned_model, job.fine_tuned_model, _check_name(job)]
+        ):
             with contextlib.suppress(NotFound):
-                await self.deployments.delete(job.outputs.deployment)
+                await self.deployments.delete(name)
         for reference in job.outputs.registered():
             ref = _ref(reference)
             with contextlib.suppress(NotFound):
@@ -846,6 +1065,11 @@ def _fully_trained_modules(request: FineTuningJobCreate) -> str | None:
         "additional_target", request.forgeline.lora.additional_target
     )
     return str(value) if value else None
+
+
+def _check_name(job: JobRecord) -> str:
+    """The deployment of the merged GGUF an adapter check compares the adapter with."""
+    return f"{job.id}:adapter-check-merged"
 
 
 def _describe(error: BaseException) -> str:

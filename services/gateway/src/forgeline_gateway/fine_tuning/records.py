@@ -40,6 +40,12 @@ class Outputs(BaseModel):
     gguf: dict[str, str] = Field(default_factory=dict, description="file type -> reference")
     gguf_adapter: str | None = None
     deployment: str | None = None
+    #: How `deployment` is served: the GGUF adapter on a shared base, or the merged GGUF.
+    served_as: Literal["adapter", "merged"] | None = None
+    #: With `served_as` adapter: the base deployment whose processes apply it.
+    base_deployment: str | None = None
+    #: The adapter check's identical greedy answers of those compared (``7/8``), when it ran.
+    agreement: str | None = None
 
     def registered(self) -> list[str]:
         """Every registered reference, last made first (the order to delete them in)."""

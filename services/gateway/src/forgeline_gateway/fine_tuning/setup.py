@@ -7,9 +7,11 @@ from contextlib import asynccontextmanager
 
 from forgeline_gateway.deployments.manager import DeploymentManager
 from forgeline_gateway.files.service import FileService
+from forgeline_gateway.fine_tuning.answers import ServedAnswers
 from forgeline_gateway.fine_tuning.files import UploadedDatasets
 from forgeline_gateway.fine_tuning.pipeline import Pipeline
 from forgeline_gateway.fine_tuning.store import JobStore
+from forgeline_gateway.routing.proxy import Proxy
 from forgeline_gateway.settings import GatewaySettings
 from forgeline_kit.grpc.client import make_channel
 from forgeline_proto.converter.v1 import converter_pb2_grpc
@@ -26,9 +28,12 @@ async def open_pipeline(
     registry: RegistryClient | None,
     files: FileService,
     deployments: DeploymentManager,
+    proxy: Proxy | None = None,
 ) -> AsyncIterator[Pipeline | None]:
     """The pipeline, resuming unfinished jobs; None when the trainer, converter or registry is
-    not configured (the fine-tuning endpoints then say which setting is missing)."""
+    not configured (the fine-tuning endpoints then say which setting is missing). With the
+    gateway's `proxy`, jobs are served as adapters on a shared base where that holds the
+    quality (`deploy.serve`); without it, merged."""
     if registry is None or not settings.trainer_target or not settings.converter_target:
         yield None
         return
@@ -52,6 +57,7 @@ async def open_pipeline(
         hub=hub,
         attempts=settings.fine_tuning_attempts,
         retry_seconds=settings.fine_tuning_retry_seconds,
+        adapter_check=ServedAnswers(files, proxy) if proxy is not None else None,
     )
     try:
         await pipeline.start()

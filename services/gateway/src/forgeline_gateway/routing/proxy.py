@@ -223,6 +223,9 @@ class Proxy:
         body = route.capabilities.upstream_params(endpoint, params)
         body.pop("user", None)
         body["model"] = route.upstream_model
+        # What the placement asks of every request (llama.cpp: which adapters of a shared base
+        # apply). Clients cannot set these fields: they are not among the capabilities.
+        body.update(route.placement.request_fields)
         if stream:
             # Always ask for usage: the gateway counts tokens; the client gets the usage chunk
             # only if it asked (see StreamRelay).

@@ -20,6 +20,10 @@ class Deployment(BaseModel):
     status: Literal["ready", "failed"]
     error: str | None = Field(None, description="Why a failed deployment is not served.")
     instances: int = Field(description="Backend instances serving it.")
+    adapters: list[str] = Field(
+        default_factory=list,
+        description="For a base deployment: the adapter deployments served on its processes.",
+    )
     created: int
     spec: DeploymentSpec
 

@@ -34,6 +34,7 @@ def _view(state: DeploymentState) -> Deployment:
         status="ready" if state.ready else "failed",
         error=state.error,
         instances=state.instances,
+        adapters=list(state.adapters),
         created=state.created,
         spec=state.spec,
     )

@@ -22,6 +22,11 @@ class Model(BaseModel):
     backend: str = Field(description="Which kind of backend serves it: llamacpp, vllm, ollama.")
     endpoints: list[str] = Field(description="The API paths it answers.")
     metadata: ModelMetadata = Field(default_factory=ModelMetadata)
+    base_deployment: str | None = Field(
+        None,
+        description="For a fine-tune served as an adapter on a shared base: the base deployment "
+        "whose processes apply it.",
+    )
 
 
 class ModelList(BaseModel):

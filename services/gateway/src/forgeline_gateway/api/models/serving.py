@@ -33,4 +33,5 @@ class ModelServing:
             backend=route.backend_kind,
             endpoints=sorted(e.value for e in route.capabilities.params),
             metadata=route.metadata,
+            base_deployment=getattr(route.spec, "base", None),
         )

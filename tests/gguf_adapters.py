@@ -1,0 +1,96 @@
+"""Small LoRA fine-tunes of the tiny model without training, as GGUF adapters (and, when asked,
+their merged GGUFs): for the gateway's adapter deployments, their tests and the benchmark.
+
+Each adapter has random (not zero) B matrices on every linear module, so it changes what the
+model answers; different seeds give adapters that answer differently from each other. They are
+converted with the pinned llama.cpp's ``convert_lora_to_gguf.py`` (through the converter's
+`convert_adapter`, F32 as the pipeline converts them), the merged model with
+``convert_hf_to_gguf.py``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from forgeline_converter.adapter import convert_adapter
+from forgeline_kit.llamacpp import Toolchain
+from forgeline_kit.llamacpp.gguf_py import subprocess_env
+
+__all__ = ["GgufAdapter", "make_gguf_adapter"]
+
+#: Every linear module of the tiny Llama model.
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+CONVERT_TIMEOUT_S = 300
+
+
+@dataclass(frozen=True)
+class GgufAdapter:
+    """A GGUF adapter of the tiny model, and its merged GGUF when one was made."""
+
+    seed: int
+    gguf: Path
+    merged_gguf: Path | None = None
+
+
+def make_gguf_adapter(
+    model_dir: Path,
+    work: Path,
+    toolchain: Toolchain,
+    *,
+    seed: int,
+    merged: bool = False,
+    merged_outtype: str = "f16",
+    std: float = 0.2,
+) -> GgufAdapter:
+    """A LoRA adapter of the HF model in `model_dir` with random B matrices (normal, `std`),
+    as a GGUF adapter under `work`; with `merged`, the same adapter merged into the model and
+    converted to a GGUF of `merged_outtype` too."""
+    import torch  # imported here: only building adapters needs torch in the test process
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    work.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=list(TARGETS), init_lora_weights=False)
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, std)
+    adapter_dir = work / f"adapter-{seed}"
+    peft_model.save_pretrained(str(adapter_dir))
+    env = subprocess_env(toolchain)
+    converted = convert_adapter(
+        adapter_dir, model_dir, work / f"gguf-{seed}", toolchain, env, outtype="f32"
+    )
+    merged_gguf: Path | None = None
+    if merged:
+        merged_dir = work / f"merged-{seed}"
+        peft_model.merge_and_unload().save_pretrained(merged_dir)
+        for name in ("tokenizer.model", "tokenizer_config.json"):
+            shutil.copy2(model_dir / name, merged_dir / name)
+        merged_gguf = work / f"merged-{seed}-{merged_outtype}.gguf"
+        done = subprocess.run(  # noqa: S603 - a fixed argument list
+            [
+                sys.executable,
+                str(toolchain.convert_hf_to_gguf),
+                str(merged_dir),
+                "--outfile",
+                str(merged_gguf),
+                "--outtype",
+                merged_outtype,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=CONVERT_TIMEOUT_S,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"converting the merged model failed:\n{done.stderr[-3000:]}")
+    return GgufAdapter(seed=seed, gguf=converted.path, merged_gguf=merged_gguf)
