@@ -1,31 +1,35 @@
-"""N fine-tunes of one base served as adapters on a shared llama.cpp base, against the same N served
-merged (issue 21), through the real gateway; one command, prints a table.
+"""1, 4 and 8 fine-tunes of one base served as adapters on a shared llama.cpp base, against the
+same number served merged (issue 21), through the real gateway; one command, prints the tables.
 
-    .venv/bin/python benchmarks/adapter_serving.py [--fine-tunes 3]
+    .venv/bin/python benchmarks/adapter_serving.py [--fine-tunes 1 4 8]
 
 The fine-tunes are LoRA adapters of the tiny model with random B matrices (`tests/gguf_adapters.py`,
 the helper the gateway's tests use): each converted to an F32 GGUF adapter, and merged into the
-model and converted to an F16 GGUF, the type of the base GGUF here. Side by side:
+model and converted to an F16 GGUF, the type of the base GGUF here. Side by side, for each N:
 
 * adapters: the base deployment (its F16 GGUF) and N adapter deployments on it (``base``), one
   llama-server process loading the N adapters;
-* merged: N deployments of the merged GGUFs, a process each (a base served as well adds one).
+* merged: N deployments of the merged GGUFs, a process each.
 
 Reported: llama-server processes, their resident memory (RSS, and PSS, which splits pages two
-processes share), the GGUF files served (disk), the median latency of a short greedy answer, and
-how many fine-tunes answer the same through both (greedy, 12 tokens: with random weights longer
-answers part at rounding differences; see tests/gateway/test_adapter_serving_choice.py). Every
-deployment has the gateway's defaults (context 2048, 4 slots).
+processes share), the GGUF files served (disk), the median time to the first streamed token, the
+completion tokens per second with 1 stream and with 8 concurrent streams (requests spread over
+the N fine-tunes), and how many fine-tunes answer the same through both (greedy, 12 tokens: with
+random weights longer answers part at rounding differences; see
+tests/gateway/test_adapter_serving_choice.py). Every deployment has the gateway's defaults
+(context 2048, 4 slots).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,13 +43,18 @@ from gguf_adapters import GgufAdapter, make_gguf_adapter  # noqa: E402
 
 from forgeline_gateway.backends.llamacpp import LlamaCppBackend  # noqa: E402
 from forgeline_gateway.security.keys import Scope  # noqa: E402
-from forgeline_kit.llamacpp import locate  # noqa: E402
+from forgeline_kit.llamacpp import Toolchain, locate  # noqa: E402
 from forgeline_kit.llamacpp.gguf_py import subprocess_env  # noqa: E402
 from forgeline_kit.tinymodel import DEFAULT_SEED, write_tiny_model  # noqa: E402
 
 QUESTION = [{"role": "user", "content": "hello"}]
-REQUESTS = 20
 ANSWER_TOKENS = 12
+#: Streamed requests timed for the first token, per fine-tune.
+TTFT_ROUNDS = 5
+#: Tokens asked for in the throughput runs, and requests per stream.
+THROUGHPUT_TOKENS = 48
+REQUESTS_PER_STREAM = 6
+CONCURRENT_STREAMS = 8
 
 
 @dataclass
@@ -54,7 +63,9 @@ class Measured:
     rss_mib: float
     pss_mib: float
     disk_mib: float
-    latency_ms: float
+    ttft_ms: float
+    tokens_per_s_1: float
+    tokens_per_s_8: float
     answers: dict[str, str]
 
 
@@ -66,17 +77,62 @@ def _memory_kib(pid: int, field: str) -> int:
     return 0
 
 
-def _ask(gateway: Gateway, key: str, model: str) -> tuple[str, float]:
+def _body(model: str, max_tokens: int, *, stream: bool = False) -> dict[str, Any]:
+    return {
+        "model": model,
+        "messages": QUESTION,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": stream,
+    }
+
+
+def _ask(http: httpx.Client, model: str, max_tokens: int = ANSWER_TOKENS) -> tuple[str, int]:
+    """A greedy answer and its completion tokens."""
+    response = http.post("/v1/chat/completions", json=_body(model, max_tokens))
+    response.raise_for_status()
+    body = response.json()
+    return body["choices"][0]["message"]["content"], body["usage"]["completion_tokens"]
+
+
+def _first_token_s(http: httpx.Client, model: str) -> float:
+    """Seconds from sending a streamed request to its first content delta."""
     started = time.perf_counter()
-    response = httpx.post(
-        f"{gateway.url}/v1/chat/completions",
+    with http.stream("POST", "/v1/chat/completions", json=_body(model, 8, stream=True)) as reply:
+        reply.raise_for_status()
+        for line in reply.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            choices = json.loads(line.removeprefix("data: "))["choices"]
+            if choices and choices[0]["delta"].get("content"):
+                return time.perf_counter() - started
+    raise RuntimeError(f"{model} streamed no content")
+
+
+def _tokens_per_s(gateway: Gateway, key: str, models: list[str], streams: int) -> float:
+    """Completion tokens per second of `streams` clients, each sending requests in turn over
+    `models`."""
+
+    def client_run(offset: int) -> int:
+        with _client(gateway, key) as http:
+            return sum(
+                _ask(http, models[(offset + i) % len(models)], THROUGHPUT_TOKENS)[1]
+                for i in range(REQUESTS_PER_STREAM)
+            )
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(streams) as pool:
+        tokens = sum(pool.map(client_run, range(streams)))
+    return tokens / (time.perf_counter() - started)
+
+
+def _client(gateway: Gateway, key: str) -> httpx.Client:
+    return httpx.Client(
+        base_url=gateway.url,
         headers={"Authorization": f"Bearer {key}"},
-        json={"model": model, "messages": QUESTION, "max_tokens": ANSWER_TOKENS, "temperature": 0},
-        timeout=60,
+        timeout=300,
         trust_env=False,
     )
-    response.raise_for_status()
-    return response.json()["choices"][0]["message"]["content"], time.perf_counter() - started
 
 
 def _measure(
@@ -101,97 +157,122 @@ def _measure(
         gateway.call(manager.settle())
         backend = manager.backends["llamacpp"]
         assert isinstance(backend, LlamaCppBackend)
-        answers: dict[str, str] = {}
-        latencies: list[float] = []
-        for _ in range(REQUESTS // len(asked) + 1):
-            for model in asked:
-                answers[model], seconds = _ask(gateway, key, model)
-                latencies.append(seconds)
+        with _client(gateway, key) as http:
+            answers = {model: _ask(http, model)[0] for model in asked}
+            ttft = [_first_token_s(http, m) for _ in range(TTFT_ROUNDS) for m in asked]
+        single = _tokens_per_s(gateway, key, asked, 1)
+        concurrent = _tokens_per_s(gateway, key, asked, CONCURRENT_STREAMS)
         pids = [p.pid for p in backend.running_processes() if p.pid is not None]
         return Measured(
             processes=len(pids),
             rss_mib=sum(_memory_kib(pid, "Rss:") for pid in pids) / 1024,
             pss_mib=sum(_memory_kib(pid, "Pss:") for pid in pids) / 1024,
             disk_mib=sum(f.stat().st_size for f in files) / (1 << 20),
-            latency_ms=statistics.median(latencies) * 1000,
+            ttft_ms=statistics.median(ttft) * 1000,
+            tokens_per_s_1=single,
+            tokens_per_s_8=concurrent,
             answers=answers,
         )
     finally:
         gateway.stop()
 
 
+def _gguf(toolchain: Toolchain, model_dir: Path, out: Path) -> Path:
+    subprocess.run(  # noqa: S603 - a fixed argument list
+        [
+            sys.executable,
+            str(toolchain.convert_hf_to_gguf),
+            str(model_dir),
+            "--outfile",
+            str(out),
+            "--outtype",
+            "f16",
+        ],
+        env=subprocess_env(toolchain),
+        check=True,
+        capture_output=True,
+    )
+    return out
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--fine-tunes", type=int, default=3, metavar="N")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--fine-tunes", type=int, nargs="+", default=[1, 4, 8], metavar="N")
     args = parser.parse_args()
+    counts: list[int] = sorted(set(args.fine_tunes))
     toolchain = locate()
+    results: list[tuple[int, Measured, Measured]] = []
     with tempfile.TemporaryDirectory(prefix="forgeline-adapter-bench-") as scratch:
         work = Path(scratch)
         model = write_tiny_model(work / "model", seed=DEFAULT_SEED)
-        base = work / "tiny-f16.gguf"
-        subprocess.run(  # noqa: S603 - a fixed argument list
-            [
-                sys.executable,
-                str(toolchain.convert_hf_to_gguf),
-                str(model.path),
-                "--outfile",
-                str(base),
-                "--outtype",
-                "f16",
-            ],
-            env=subprocess_env(toolchain),
-            check=True,
-            capture_output=True,
-        )
-        print(f"making {args.fine_tunes} fine-tunes (GGUF adapters and merged GGUFs)...")
+        base = _gguf(toolchain, model.path, work / "tiny-f16.gguf")
+        print(f"making {max(counts)} fine-tunes (GGUF adapters and merged GGUFs)...")
         tunes: list[GgufAdapter] = [
             make_gguf_adapter(model.path, work / "tunes", toolchain, seed=seed, merged=True)
-            for seed in range(1, args.fine_tunes + 1)
+            for seed in range(1, max(counts) + 1)
         ]
-        names = [f"ft:tiny:{t.seed}" for t in tunes]
         base_spec = {"name": "tiny", "backend": "llamacpp", "gguf": str(base)}
-        adapters = _measure(
-            work,
-            [base_spec]
-            + [
-                {"name": n, "backend": "llamacpp", "base": "tiny", "lora": [str(t.gguf)]}
-                for n, t in zip(names, tunes, strict=True)
-            ],
-            names,
-            [base, *(t.gguf for t in tunes)],
-        )
-        merged_files = [t.merged_gguf for t in tunes if t.merged_gguf is not None]
-        merged = _measure(
-            work,
-            [
-                {"name": n, "backend": "llamacpp", "gguf": str(f)}
-                for n, f in zip(names, merged_files, strict=True)
-            ],
-            names,
-            merged_files,
-        )
         base_only = _measure(work, [base_spec], ["tiny"], [base])
-    same = sum(adapters.answers[n] == merged.answers[n] for n in names)
-    n = args.fine_tunes
-    rows = [
-        (f"{n} adapters on the base (and the base)", adapters),
-        (f"{n} merged", merged),
-        ("the base alone", base_only),
-    ]
+        for n in counts:
+            print(f"measuring {n} fine-tune(s), as adapters and merged...")
+            chosen = tunes[:n]
+            names = [f"ft:tiny:{t.seed}" for t in chosen]
+            adapter_specs = [
+                {"name": name, "backend": "llamacpp", "base": "tiny", "lora": [str(t.gguf)]}
+                for name, t in zip(names, chosen, strict=True)
+            ]
+            adapters = _measure(
+                work, [base_spec, *adapter_specs], names, [base, *(t.gguf for t in chosen)]
+            )
+            merged_files = [t.merged_gguf for t in chosen if t.merged_gguf is not None]
+            merged = _measure(
+                work,
+                [
+                    {"name": name, "backend": "llamacpp", "gguf": str(f)}
+                    for name, f in zip(names, merged_files, strict=True)
+                ],
+                names,
+                merged_files,
+            )
+            results.append((n, adapters, merged))
+    _report(results, base_only)
+
+
+def _report(results: list[tuple[int, Measured, Measured]], base_only: Measured) -> None:
     print()
-    print(f"| served | llama-server processes | RSS MiB | PSS MiB | GGUF on disk MiB | "
-          f"median latency ms ({ANSWER_TOKENS} tokens) |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|")
-    for label, m in rows:
+    print(
+        "| fine-tunes | served as | llama-server processes | RSS MiB | PSS MiB | GGUF on disk MiB "
+        f"| TTFT p50 ms | tokens/s, 1 stream | tokens/s, {CONCURRENT_STREAMS} streams |"
+    )
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    rows = [("-", "the base alone", base_only)]
+    for n, adapters, merged in results:
+        rows += [(str(n), "adapters on the base", adapters), (str(n), "merged", merged)]
+    for n_text, label, m in rows:
         print(
-            f"| {label} | {m.processes} | {m.rss_mib:.1f} | {m.pss_mib:.1f} | "
-            f"{m.disk_mib:.2f} | {m.latency_ms:.1f} |"
+            f"| {n_text} | {label} | {m.processes} | {m.rss_mib:.1f} | {m.pss_mib:.1f} | "
+            f"{m.disk_mib:.2f} | {m.ttft_ms:.1f} | {m.tokens_per_s_1:.0f} | "
+            f"{m.tokens_per_s_8:.0f} |"
         )
     print()
     print(
-        f"adapters vs merged: memory (RSS) {adapters.rss_mib / merged.rss_mib:.2f}x, disk "
-        f"{adapters.disk_mib / merged.disk_mib:.2f}x; the same greedy answer through both: "
-        f"{same} of {n} fine-tunes"
+        "| fine-tunes | RSS, adapters vs the base alone | RSS, adapters vs merged | "
+        "TTFT, adapters vs merged | tokens/s (8 streams), adapters vs merged | "
+        "same greedy answer |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|")
+    for n, adapters, merged in results:
+        same = sum(adapters.answers[k] == merged.answers[k] for k in merged.answers)
+        print(
+            f"| {n} | {adapters.rss_mib / base_only.rss_mib:.2f}x | "
+            f"{adapters.rss_mib / merged.rss_mib:.2f}x | "
+            f"{adapters.ttft_ms / merged.ttft_ms:.2f}x | "
+            f"{adapters.tokens_per_s_8 / merged.tokens_per_s_8:.2f}x | {same} of {n} |"
+        )
+    print()
+    print(
+        "Goals (issue 21): 8 fine-tunes within 1.3x the memory of one model; time to first "
+        "token within 10% of the merged deployments."
     )
 
 
