@@ -63,6 +63,7 @@ class ServiceArm:
             grpc_port=0,
             metrics_port=0,
             registry_target=f"127.0.0.1:{registry.grpc_port}",
+            registry_local_files=True,
             work_dir=self.root / "converter" / "work",
             state_db=self.root / "converter" / "state.db",
         )
@@ -73,7 +74,7 @@ class ServiceArm:
         )
         await converter.start()
         self.services = [converter, registry]
-        self.registry = RegistryClient(f"127.0.0.1:{registry.grpc_port}")
+        self.registry = RegistryClient(f"127.0.0.1:{registry.grpc_port}", accept_local_files=True)
         self.channel = make_channel(f"127.0.0.1:{converter.grpc_port}")
         self.stub = converter_pb2_grpc.ConverterServiceStub(self.channel)
         started = time.perf_counter()

@@ -292,6 +292,7 @@ class ServiceArm:
         self.state_dir = self.root / "trainer"
         settings = TrainerSettings(
             registry_target=target,
+            registry_local_files=True,
             state_dir=self.state_dir,
             grpc_port=0,
             metrics_port=0,
@@ -301,7 +302,7 @@ class ServiceArm:
         trainer = GrpcService(settings, await build_trainer(settings, metrics), registry=metrics)
         await trainer.start()
         self.services = [trainer, registry]
-        async with RegistryClient(target) as client:
+        async with RegistryClient(target, accept_local_files=True) as client:
             self.base = await client.push(model, "tiny-llama", kind=rpb.VERSION_KIND_BASE)
             self.data = await client.push(data, "facts", kind=rpb.VERSION_KIND_DATASET)
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{trainer.grpc_port}")

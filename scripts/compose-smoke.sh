@@ -6,8 +6,9 @@
 #   3. builds every Forgeline image and the stand-ins (deploy/standins/README.md),
 #   4. starts the CPU stack (compose.yaml + compose.cpu.yaml + the stand-ins) and waits until every
 #      service is healthy,
-#   5. runs deploy/smoke/check_stack.py: the OpenAI SDK through the published gateway, every
-#      Prometheus target up, every dashboard panel's query accepted by Prometheus,
+#   5. runs deploy/smoke/check_stack.py: the OpenAI SDK through the published gateway (whose
+#      /metrics is not published there), every Prometheus target up (the gateway's on its
+#      metrics port), every dashboard panel's query accepted by Prometheus,
 #   6. runs the demo loop (deploy/smoke/demo_loop.py) inside the network: the tiny model
 #      registered, converted and served, fine-tuned through the OpenAI SDK, the trained answer back,
 #   7. asks the fine-tuned model again through the published gateway, and repeats step 5's checks,

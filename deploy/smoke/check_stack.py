@@ -5,7 +5,8 @@
         --expect-jobs deploy/standins/prometheus.yml
 
 1. The published gateway answers /health, and the OpenAI SDK lists models with the API key (and
-   lists fine-tuning jobs where the gateway serves that API).
+   lists fine-tuning jobs where the gateway serves that API); its /metrics is not published (404
+   there: Prometheus scrapes it on the internal network, step 2).
 2. Prometheus has scraped every job of the given scrape configuration, and every target is up.
 3. Every query of every dashboard panel is accepted by that Prometheus: the dashboard Grafana
    would load names only what Prometheus can evaluate.
@@ -44,6 +45,12 @@ def check_gateway(base_url: str, api_key: str) -> list[str]:
     client = OpenAI(base_url=f"{base_url}/v1", api_key=api_key, timeout=30, max_retries=0)
     models = [model.id for model in client.models.list()]
     print(f"  gateway healthy; OpenAI SDK models.list() -> {models}")
+    published_metrics = httpx.get(f"{base_url}/metrics", timeout=10).status_code
+    if published_metrics != 404:
+        problems.append(
+            f"the published gateway answers /metrics with {published_metrics}, not 404: its "
+            "metrics belong on their own port, inside the network"
+        )
     paths = httpx.get(f"{base_url}/openapi.json", timeout=10).json().get("paths", {})
     if "/v1/fine_tuning/jobs" in paths:
         jobs = client.fine_tuning.jobs.list(limit=5)

@@ -84,7 +84,7 @@ def _convert(toolchain: Toolchain, model: TinyModel, out: Path) -> None:
 
 
 async def _register(target: str, model: TinyModel, gguf_dir: Path) -> tuple[str, str]:
-    async with RegistryClient(target) as client:
+    async with RegistryClient(target, accept_local_files=True) as client:
         base = await client.push(model.path, MODEL, kind=rpb.VERSION_KIND_BASE)
         parent = rpb.Parent(
             version=common_pb2.VersionRef(model=MODEL, version=base.number),
@@ -124,6 +124,7 @@ def deployed(
             database,
             {
                 "registry_target": stack.registry_target,
+                "registry_local_files": True,
                 "model_cache": work / "models",
                 "ollama_url": ollama_server.url,
                 "key_cache_seconds": 0,
@@ -223,7 +224,7 @@ def test_a_gguf_adapter_is_deployed_on_a_base_deployment(
     made = make_gguf_adapter(tiny_model.path, tmp_path, llamacpp_toolchain, seed=5)
 
     async def push() -> None:
-        async with RegistryClient(deployed.registry) as client:
+        async with RegistryClient(deployed.registry, accept_local_files=True) as client:
             await client.push(
                 made.gguf.parent, "acme/tiny-adapter", kind=rpb.VERSION_KIND_GGUF_ADAPTER
             )

@@ -8,9 +8,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 
 from forgeline_cli.stack import LocalStack, StackError
+from forgeline_cli.stack_record import StackRecord
+from forgeline_kit.llamacpp.server import free_port
 
 
 @contextmanager
@@ -67,3 +70,26 @@ def test_a_port_chosen_by_the_caller_is_not_replaced(tmp_path: Path) -> None:
             assert stack.services["gateway"].port == port
         finally:
             stack.stop()
+
+
+def test_the_gateway_gets_a_metrics_port_of_its_own_replaced_when_taken(tmp_path: Path) -> None:
+    port = free_port()
+    stack = LocalStack(tmp_path / "stack", gateway_port=port)
+    gateway = stack.services["gateway"]
+    taken = gateway.metrics_port
+    try:
+        with _held(taken):
+            stack.start("registry", "gateway")
+        # The caller's API port is kept: only the metrics port, which nobody dials, is replaced.
+        assert gateway.port == port
+        assert gateway.metrics_port not in (taken, port)
+        assert f"cannot serve /metrics on 127.0.0.1:{taken}" in gateway.log_tail(200)
+        scrape = httpx.get(gateway.metrics_url, timeout=10, trust_env=False)
+        assert "forgeline_gateway_requests_total" in scrape.text
+        assert httpx.get(f"{stack.gateway_url}/metrics", trust_env=False).status_code == 404
+        record = StackRecord.read(stack.state_dir)
+        assert record is not None
+        assert record.metrics["gateway"] == gateway.metrics_url
+        assert stack.env_summary()["gateway /metrics"] == gateway.metrics_url
+    finally:
+        stack.stop()

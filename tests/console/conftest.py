@@ -185,6 +185,7 @@ def console(
         {
             "auth_required": False,
             "registry_target": registry.target,
+            "registry_local_files": True,
             "model_dirs": [str(tiny_gguf.parent)],
         },
     )

@@ -58,6 +58,7 @@ class Stack:
             grpc_port=0,
             metrics_port=0,
             registry_target=self.registry_target,
+            registry_local_files=True,
             work_dir=self.root / name / "work",
             state_db=self.root / name / "state.db",
             **overrides,
@@ -90,7 +91,9 @@ async def start_stack(root: Path) -> Stack:
     )
     service = GrpcService(settings, await build_registry(settings), registry=CollectorRegistry())
     await service.start()
-    return Stack(root, service, RegistryClient(f"127.0.0.1:{service.grpc_port}"))
+    return Stack(
+        root, service, RegistryClient(f"127.0.0.1:{service.grpc_port}", accept_local_files=True)
+    )
 
 
 async def collect(stream: AsyncIterable[pb.ConversionEvent]) -> list[pb.ConversionEvent]:

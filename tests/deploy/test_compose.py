@@ -105,6 +105,8 @@ def test_only_the_gateway_and_the_loopback_console_publish_ports(
         for port in services[name]["ports"]:
             if host_ip is not None:
                 assert port.get("host_ip") == host_ip, f"{name} publishes {port} beyond loopback"
+    # The gateway publishes its API, not its metrics port (Prometheus scrapes that inside).
+    assert [int(p["target"]) for p in services["gateway"]["ports"]] == [8080]
 
 
 def test_state_lives_in_named_volumes(gpu_stack: dict[str, Any]) -> None:

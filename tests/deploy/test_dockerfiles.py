@@ -82,6 +82,20 @@ def test_the_runtime_stage_runs_as_a_non_root_user_with_a_healthcheck(name: str)
     assert _instructions(final, "ENTRYPOINT")
 
 
+@pytest.mark.parametrize("service", sorted(FORGELINE_SERVICES))
+def test_each_service_image_serves_metrics_on_9464_where_prometheus_scrapes(service: str) -> None:
+    # deploy/prometheus scrapes SERVICE:9464 (tests/deploy/test_observability.py); the gateway's
+    # API port is not it, so the image must set the metrics listener's address itself.
+    _, stages = parse(DOCKERFILES[service])
+    final = stages[-1]
+    env = " ".join(_instructions(final, "ENV"))
+    prefix = f"FORGELINE_{service.upper()}_"
+    assert f"{prefix}METRICS_HOST=0.0.0.0" in env.split()
+    assert f"{prefix}METRICS_PORT=9464" in env.split()
+    exposed = {port for line in _instructions(final, "EXPOSE") for port in line.split()[1:]}
+    assert "9464" in exposed
+
+
 @pytest.mark.parametrize("name", sorted(DOCKERFILES))
 def test_no_secret_reaches_an_image_layer(name: str) -> None:
     preamble, stages = parse(DOCKERFILES[name])

@@ -128,6 +128,24 @@ def test_prometheus_scrapes_every_forgeline_pod(resources: Resources) -> None:
     assert resources[("Role", "prometheus")]["rules"][0]["verbs"] == ["get", "list", "watch"]
 
 
+def test_prometheus_scrapes_each_service_on_its_metrics_port_not_its_api(
+    resources: Resources,
+) -> None:
+    for name in ("registry", "trainer", "converter", "gateway"):
+        deployment = resources[("Deployment", name)]
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        container = _container(deployment)
+        env = {v["name"]: v.get("value") for v in container["env"]}
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        prefix = f"FORGELINE_{name.upper()}_"
+        assert env[f"{prefix}METRICS_HOST"] == "0.0.0.0", name
+        assert annotations["prometheus.io/port"] == env[f"{prefix}METRICS_PORT"] == "9464", name
+        assert ports["metrics"] == 9464, name
+    # The gateway's Service is what an Ingress or LoadBalancer publishes: its API only.
+    service_ports = resources[("Service", "gateway")]["spec"]["ports"]
+    assert [p["targetPort"] for p in service_ports] == ["http"]
+
+
 def _admitted(policy: dict[str, Any], pod: dict[str, str], port: int) -> set[str]:
     """The app names a policy lets reach `port` of a pod with labels `pod` ("*": anyone)."""
     selector = policy["spec"]["podSelector"]
@@ -178,7 +196,7 @@ def test_ingress_is_denied_unless_a_policy_allows_it(resources: Resources) -> No
     assert _callers(resources, "vllm", 8000) == {"gateway", "prometheus"}
     assert "registry" in _callers(resources, "minio", 9000)
     assert _callers(resources, "minio", 9001) == set()  # the console: kubectl port-forward only
-    for app in ("registry", "trainer", "converter"):
+    for app in ("registry", "trainer", "converter", "gateway"):
         assert _callers(resources, app, 9464) == {"prometheus"}
 
 

@@ -101,6 +101,7 @@ def fake_vllm() -> Iterator[tuple[FakeVllm, FakeServer]]:
 def gateway_settings(registry: ThreadRegistry, fake_server: FakeServer) -> dict[str, Any]:
     return {
         "registry_target": registry.target,
+        "registry_local_files": True,
         "vllm_urls": [fake_server.url],
         "key_cache_seconds": 0,
     }

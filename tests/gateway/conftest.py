@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from forgeline_gateway.app import BackendFactory, default_backends
 from forgeline_gateway.security.keys import Scope
@@ -62,8 +64,28 @@ class Served:
         body: dict[str, Any] = response.json()
         return body
 
-    def metrics(self) -> str:
-        return httpx.get(f"{self.url}/metrics", timeout=10.0, trust_env=False).text
+    @property
+    def metrics_url(self) -> str:
+        """The gateway's ``/metrics``, on its metrics port (not the API's)."""
+        return self.gateway.metrics_url
+
+    def metrics(self, settle_seconds: float = 5.0) -> str:
+        """A scrape of the gateway's metrics port, taken once no inference request is in flight
+        (or after `settle_seconds`). A request is counted after its last byte left, and the
+        scrape is answered by another thread, not after the event loop's pending work: taken the
+        moment a response arrived, it could come before that response is counted."""
+        deadline = time.monotonic() + settle_seconds
+        while True:
+            text = httpx.get(self.metrics_url, timeout=10.0, trust_env=False).text
+            in_flight = (
+                sample.value
+                for family in text_string_to_metric_families(text)
+                if family.name == "forgeline_gateway_in_flight_requests"
+                for sample in family.samples
+            )
+            if not any(in_flight) or time.monotonic() > deadline:
+                return text
+            time.sleep(0.02)
 
 
 StartGateway = Callable[..., Served]

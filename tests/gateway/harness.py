@@ -1,5 +1,7 @@
 """Running the gateway for tests: the real app under uvicorn on a loopback port, in a thread of
-the test process (so tests can look at its routing table and the processes it started)."""
+the test process (so tests can look at its routing table and the processes it started), and its
+metrics registry on the kit's metrics listener, a loopback port of its own, as
+``forgeline-gateway`` serves them (tests/gateway/test_main.py runs that command itself)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from forgeline_gateway.app import BackendFactory, create_app, default_backends
 from forgeline_gateway.security.keys import Scope, create_key
 from forgeline_gateway.settings import GatewaySettings
 from forgeline_gateway.store import Store
+from forgeline_kit.metrics import MetricsServer, start_service_metrics
 
 START_DEADLINE_S = 60.0
 
@@ -33,7 +36,11 @@ class Gateway:
         backends: BackendFactory = default_backends,
     ) -> None:
         self.settings = GatewaySettings(
-            http_host="127.0.0.1", http_port=0, database=database, **dict(settings or {})
+            http_host="127.0.0.1",
+            http_port=0,
+            metrics_port=0,
+            database=database,
+            **dict(settings or {}),
         )
         self.registry = CollectorRegistry()
         self.app: FastAPI = create_app(self.settings, registry=self.registry, backends=backends)
@@ -51,6 +58,7 @@ class Gateway:
         self._thread = threading.Thread(target=self._run, name="gateway", daemon=True)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.port = 0
+        self.metrics: MetricsServer | None = None
 
     def _run(self) -> None:
         # The event loop `forgeline-gateway` serves on (uvloop), so tests exercise the same one.
@@ -62,6 +70,7 @@ class Gateway:
             self.loop.close()
 
     def start(self) -> Gateway:
+        self.metrics = start_service_metrics(self.settings, self.registry)
         self._thread.start()
         if not self._server.ready.wait(START_DEADLINE_S) or not self._server.started:
             raise RuntimeError("the gateway did not start; see the log above")
@@ -77,9 +86,18 @@ class Gateway:
         assert self.loop is not None
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
+    @property
+    def metrics_url(self) -> str:
+        """Where Prometheus would scrape this gateway."""
+        assert self.metrics is not None, "the gateway has not started"
+        return self.metrics.url
+
     def stop(self) -> None:
         self._server.should_exit = True
         self._thread.join(timeout=60)
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
 
 
 def make_key(database: Path, *scopes: Scope, name: str = "test") -> str:

@@ -85,7 +85,7 @@ def registered(
                         relation=rpb.RELATION_CONVERTED_FROM,
                     )
                 )
-            async with RegistryClient(stack.registry_target) as client:
+            async with RegistryClient(stack.registry_target, accept_local_files=True) as client:
                 version = await client.push(directory, name, kind=cast(Any, kind), lineage=lineage)
             return f"{version.model}:{version.number}"
 
@@ -170,7 +170,7 @@ class Deploying:
 def deploying(
     start_gateway: StartGateway, registered: Registered, tmp_path: Path
 ) -> Iterator[Deploying]:
-    served = start_gateway({"registry_target": registered.target})
+    served = start_gateway({"registry_target": registered.target, "registry_local_files": True})
     served.deploy(
         {
             "name": "tiny-llama",

@@ -7,7 +7,7 @@ import json
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import openai
 import pytest
@@ -61,7 +61,7 @@ class Registry:
         self.target = f"127.0.0.1:{service.grpc_port}"
 
     def client(self) -> RegistryClient:
-        return RegistryClient(self.target)
+        return RegistryClient(self.target, accept_local_files=True)
 
 
 @pytest.fixture
@@ -81,7 +81,7 @@ async def registry(tmp_path: Path) -> AsyncIterator[Registry]:
 
 @pytest.fixture
 def files_gateway(start_gateway: StartGateway, registry: Registry) -> Served:
-    return start_gateway({"registry_target": registry.target})
+    return start_gateway({"registry_target": registry.target, "registry_local_files": True})
 
 
 def sdk(served: Served, key: str | None = None) -> openai.AsyncOpenAI:
@@ -211,7 +211,9 @@ async def test_only_the_fine_tune_and_evals_purposes_are_accepted(files_gateway:
 async def test_a_file_over_the_limit_is_413(
     start_gateway: StartGateway, registry: Registry
 ) -> None:
-    served = start_gateway({"registry_target": registry.target, "max_file_bytes": 100})
+    served = start_gateway(
+        {"registry_target": registry.target, "registry_local_files": True, "max_file_bytes": 100}
+    )
 
     with pytest.raises(openai.APIStatusError) as caught:
         await sdk(served).files.create(file=("chat.jsonl", CHAT), purpose="fine-tune")
@@ -225,7 +227,12 @@ async def test_uploads_have_their_own_size_limit(
     start_gateway: StartGateway, registry: Registry
 ) -> None:
     served = start_gateway(
-        {"registry_target": registry.target, "max_body_bytes": 1024, "max_file_bytes": 1 << 20}
+        {
+            "registry_target": registry.target,
+            "registry_local_files": True,
+            "max_body_bytes": 1024,
+            "max_file_bytes": 1 << 20,
+        }
     )
     line = {"messages": [msg("user", "x" * 900), msg("assistant", "y")]}
     # Far over the JSON body limit, within the file limit: streamed in, checked, kept.
@@ -303,3 +310,64 @@ async def test_a_kept_file_outlives_a_registry_outage(
     assert [f.id for f in (await client.files.list()).data] == [created.id]
     with pytest.raises(openai.NotFoundError):
         await client.files.content("file-unknown")
+
+
+@pytest.mark.parametrize(
+    ("filename", "purpose", "records"),
+    [
+        ("chat.jsonl", "fine-tune", [{"messages": [msg("user", "Hi"), msg("assistant", "Yo")]}]),
+        ("alpaca.json", "fine-tune", [{"instruction": "Codename?", "output": "Cu."}]),
+        ("rows.jsonl", "evals", [{"item": {"question": "Codename?"}}]),
+    ],
+    ids=["jsonl", "json-list", "eval-rows"],
+)
+async def test_a_file_with_more_records_than_the_limit_names_the_setting(
+    start_gateway: StartGateway,
+    registry: Registry,
+    filename: str,
+    purpose: Literal["fine-tune", "evals"],
+    records: Any,
+) -> None:
+    served = start_gateway(
+        {"registry_target": registry.target, "registry_local_files": True, "max_dataset_records": 2}
+    )
+
+    def content(count: int) -> bytes:
+        many = records * count
+        return json.dumps(many).encode() if filename.endswith(".json") else jsonl(*many)
+
+    with pytest.raises(openai.BadRequestError) as caught:
+        await sdk(served).files.create(file=(filename, content(3)), purpose=purpose)
+
+    error = caught.value
+    assert (error.param, error.code) == ("file", "invalid_file")
+    assert f"'{filename}' is larger than this gateway checks" in error.message
+    assert "more than 2 " in error.message
+    assert "raise FORGELINE_GATEWAY_MAX_DATASET_RECORDS." in error.message
+    assert (await sdk(served).files.list()).data == []
+    # At the limit, the same records are kept.
+    kept = await sdk(served).files.create(file=(filename, content(2)), purpose=purpose)
+    assert kept.purpose == purpose
+
+
+async def test_an_over_long_line_is_refused_naming_it_and_the_setting(
+    start_gateway: StartGateway, registry: Registry
+) -> None:
+    served = start_gateway(
+        {
+            "registry_target": registry.target,
+            "registry_local_files": True,
+            "max_dataset_record_bytes": 1024,
+        }
+    )
+    long = {"messages": [msg("user", "x" * 2000), msg("assistant", "y")]}
+    content = CHAT + jsonl(long)
+
+    with pytest.raises(openai.BadRequestError) as caught:
+        await sdk(served).files.create(file=("chat.jsonl", content), purpose="fine-tune")
+
+    error = caught.value
+    assert (error.param, error.code) == ("file", "invalid_file")
+    assert "line 3: longer than 1024 bytes" in error.message
+    assert "raise FORGELINE_GATEWAY_MAX_DATASET_RECORD_BYTES." in error.message
+    assert (await sdk(served).files.list()).data == []

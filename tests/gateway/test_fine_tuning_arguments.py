@@ -61,10 +61,11 @@ async def services(tmp_path: Path, tiny_model: TinyModel) -> AsyncIterator[Servi
     )
     await registry.start()
     registry_target = f"127.0.0.1:{registry.grpc_port}"
-    async with RegistryClient(registry_target) as client:
+    async with RegistryClient(registry_target, accept_local_files=True) as client:
         await client.push(tiny_model.path, "tiny-llama", kind=rpb.VERSION_KIND_BASE)
     trainer_settings = TrainerSettings(
         registry_target=registry_target,
+        registry_local_files=True,
         state_dir=tmp_path / "trainer",
         grpc_port=0,
         metrics_port=0,
@@ -85,6 +86,7 @@ def gateway(start_gateway: StartGateway, services: Services) -> Served:
     return start_gateway(
         {
             "registry_target": services.registry,
+            "registry_local_files": True,
             "trainer_target": services.trainer,
             # Creating a job never calls the converter; nothing listens here.
             "converter_target": "127.0.0.1:9",

@@ -1,11 +1,13 @@
 """``forgeline-gateway`` as operators run it: settings from the environment, the first key made
-from the command line, the port it serves on in its log, and a clean stop on SIGTERM."""
+from the command line, the ports it serves the API and ``/metrics`` on in its log, a metrics port
+that is taken named as the gRPC services name it, and a clean stop on SIGTERM."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +26,7 @@ def _env(tmp_path: Path, **settings: str) -> dict[str, str]:
     env |= {
         "FORGELINE_GATEWAY_DATABASE": str(tmp_path / "gateway.sqlite3"),
         "FORGELINE_GATEWAY_HTTP_PORT": "0",
+        "FORGELINE_GATEWAY_METRICS_PORT": "0",
         "FORGELINE_GATEWAY_LOG_FORMAT": "json",
         "PYTHONUNBUFFERED": "1",
     }
@@ -74,6 +77,7 @@ def test_serves_on_the_port_it_logs_and_stops_cleanly_on_sigterm(tmp_path: Path)
     lines: list[str] = []
     serving = threading.Event()
     port: list[int] = []
+    metrics_port: list[int] = []
 
     def read() -> None:
         assert process.stderr is not None
@@ -85,6 +89,7 @@ def test_serves_on_the_port_it_logs_and_stops_cleanly_on_sigterm(tmp_path: Path)
                 continue
             if record.get("message") == "gateway serving":
                 port.append(int(record["http_port"]))
+                metrics_port.append(int(record["metrics_port"]))
                 serving.set()
 
     reader = threading.Thread(target=read, daemon=True)
@@ -98,6 +103,12 @@ def test_serves_on_the_port_it_logs_and_stops_cleanly_on_sigterm(tmp_path: Path)
             f"{url}/v1/models", headers={"Authorization": f"Bearer {key}"}, trust_env=False
         )
         assert models.json() == {"object": "list", "data": []}
+        # Prometheus scrapes the port of its own; the API port does not serve /metrics.
+        assert metrics_port[0] not in (0, port[0])
+        scrape = httpx.get(f"http://127.0.0.1:{metrics_port[0]}/metrics", trust_env=False)
+        assert scrape.status_code == 200
+        assert "forgeline_gateway_requests_total" in scrape.text
+        assert httpx.get(f"{url}/metrics", trust_env=False).status_code == 404
 
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)
@@ -109,3 +120,21 @@ def test_serves_on_the_port_it_logs_and_stops_cleanly_on_sigterm(tmp_path: Path)
             process.wait(timeout=10)
     reader.join(timeout=10)
     assert all(json.loads(line) for line in lines if line.strip())  # JSON logs, one per line
+
+
+def test_a_taken_metrics_port_stops_it_at_start_naming_the_variables(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = _run([], _env(tmp_path, FORGELINE_GATEWAY_METRICS_PORT=str(port)))
+
+    assert done.returncode == 1
+    records = [json.loads(line) for line in done.stderr.splitlines() if line.strip()]
+    (error,) = [r for r in records if r["level"] == "ERROR"]
+    # Word for word what the gRPC services say (tests/kit/test_settings.py).
+    assert error["message"] == (
+        f"cannot serve /metrics on 127.0.0.1:{port} (set by FORGELINE_GATEWAY_METRICS_HOST and "
+        "FORGELINE_GATEWAY_METRICS_PORT): Address already in use"
+    )
+    assert not [r for r in records if r.get("message") == "gateway serving"]

@@ -1,4 +1,5 @@
-"""``/metrics``: what operators graph, by model, backend and status, clean for promtool."""
+"""``/metrics``: on a port of its own, what operators graph, by model, backend and status, clean
+for promtool."""
 
 from __future__ import annotations
 
@@ -89,7 +90,7 @@ def test_promtool_finds_nothing_to_fix(served: tuple[Served, FakeVllm]) -> None:
     _traffic(gateway, fake)
     promtool = shutil.which("promtool")
     assert promtool, "promtool is needed: apt-get install -y prometheus"
-    text = httpx.get(f"{gateway.url}/metrics", trust_env=False).text
+    text = gateway.metrics()
 
     done = subprocess.run(  # noqa: S603 - a fixed argument list
         [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
@@ -98,3 +99,23 @@ def test_promtool_finds_nothing_to_fix(served: tuple[Served, FakeVllm]) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.strip() == ""
     assert done.stderr.strip() == ""
+
+
+def test_metrics_have_a_port_of_their_own_and_the_api_port_does_not_serve_them(
+    served: tuple[Served, FakeVllm],
+) -> None:
+    gateway, fake = served
+    _traffic(gateway, fake)
+
+    assert gateway.gateway.metrics is not None
+    assert gateway.gateway.metrics.port not in (0, gateway.gateway.port)
+    scrape = httpx.get(gateway.metrics_url, timeout=10.0, trust_env=False)
+    assert scrape.status_code == 200
+    assert scrape.headers["content-type"].startswith("text/plain")
+    assert "forgeline_gateway_requests_total{" in scrape.text
+
+    on_api = httpx.get(f"{gateway.url}/metrics", trust_env=False)
+    assert on_api.status_code == 404
+    assert set(on_api.json()["error"]) == {"message", "type", "param", "code"}
+    paths = httpx.get(f"{gateway.url}/openapi.json", trust_env=False).json()["paths"]
+    assert "/metrics" not in paths

@@ -28,7 +28,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         directory = files / name.replace("/", "_")
         directory.mkdir()
         (directory / "weights.bin").write_bytes(f"weights of {name}".encode() * 1000)
-        async with RegistryClient(stack.registry_target) as client:
+        async with RegistryClient(stack.registry_target, accept_local_files=True) as client:
             await client.push(directory, name, kind=rpb.VERSION_KIND_OTHER)
 
     try:
@@ -41,7 +41,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def _cached(registry: str, cache: Path, reference: str) -> Path:
     async def fetch() -> Path:
-        async with RegistryClient(registry) as client:
+        async with RegistryClient(registry, accept_local_files=True) as client:
             return await RegistryArtifacts(client, cache).version_directory(reference, "x")
 
     return asyncio.run(fetch())

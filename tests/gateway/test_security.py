@@ -135,9 +135,17 @@ def test_a_body_over_the_limit_is_413(served: Served) -> None:
     assert _chat(served, headers).status_code == 200  # a normal body still passes
 
 
-def test_health_and_metrics_need_no_key(served: Served) -> None:
+def test_health_needs_no_key_and_metrics_are_not_published_on_the_api_port(
+    served: Served,
+) -> None:
     assert httpx.get(f"{served.url}/health", trust_env=False).json() == {"status": "ok"}
-    assert httpx.get(f"{served.url}/metrics", trust_env=False).status_code == 200
+    # /metrics has a listener of its own (test_metrics): the API port, the one published to
+    # clients, answers it as any unknown path, with or without a key.
+    for headers in ({}, {"Authorization": f"Bearer {served.admin_key}"}):
+        response = httpx.get(f"{served.url}/metrics", headers=headers, trust_env=False)
+        assert response.status_code == 404
+        assert _error(response)["type"] == "invalid_request_error"
+    assert httpx.get(served.metrics_url, trust_env=False).status_code == 200
 
 
 def test_without_auth_required_no_key_is_needed(

@@ -36,7 +36,7 @@ def registered(
     try:
 
         async def push() -> str:
-            async with RegistryClient(stack.registry_target) as client:
+            async with RegistryClient(stack.registry_target, accept_local_files=True) as client:
                 version = await client.push(
                     tiny_model.path, "acme/tiny-llama", kind=rpb.VERSION_KIND_BASE
                 )
@@ -63,6 +63,7 @@ def engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeDockerEngine]:
 def _settings(registry: str, cache: Path, **extra: Any) -> dict[str, Any]:
     return {
         "registry_target": registry,
+        "registry_local_files": True,
         "model_cache": cache,
         "vllm_image": IMAGE,
         "vllm_start_seconds": 30,

@@ -606,17 +606,34 @@ def test_llamafactory_reads_prepared_openai_files(
     ]
 
 
-@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
-def test_a_file_that_is_not_utf8_says_so(tmp_path: Path, suffix: str) -> None:
+@pytest.mark.parametrize(
+    ("suffix", "start", "detected", "validated"),
+    [
+        (
+            ".jsonl",
+            b"\n",
+            "line 2: not UTF-8 text (byte 20 of the line cannot be read)",
+            "record 2: not UTF-8 text (byte 20 of the line cannot be read)",
+        ),
+        (
+            ".json",
+            b"[\n",
+            "line 2: not UTF-8 text (byte 22 of the file cannot be read)",
+            "line 2: not UTF-8 text (byte 22 of the file cannot be read)",
+        ),
+    ],
+)
+def test_a_file_that_is_not_utf8_names_the_line(
+    tmp_path: Path, suffix: str, start: bytes, detected: str, validated: str
+) -> None:
     path = tmp_path / f"data{suffix}"
-    path.write_bytes(b'{"instruction": "caf\xe9", "output": "x"}\n')
+    end = b"]" if suffix == ".json" else b""
+    path.write_bytes(start + b'{"instruction": "caf\xe9", "output": "x"}' + end + b"\n")
 
     with pytest.raises(InvalidDataset) as caught:
         detect_dataset(path)
-    assert caught.value.problems[0].startswith("the file is not UTF-8 text")
-    assert problems(spec(path, DatasetFormat.ALPACA)) == [
-        "the file is not UTF-8 text (byte 20 cannot be read)"
-    ]
+    assert caught.value.problems == [detected]
+    assert problems(spec(path, DatasetFormat.ALPACA)) == [validated]
 
 
 def test_one_mapped_column_keeps_llamafactorys_defaults_for_the_others(tmp_path: Path) -> None:

@@ -49,7 +49,9 @@ def _merged_answer(running: RunningStack, reference: str) -> str:
     target = running.work / reference.replace(":", "-")
 
     async def pull() -> None:
-        async with RegistryClient(running.stack.registry_target) as registry:
+        async with RegistryClient(
+            running.stack.registry_target, accept_local_files=True
+        ) as registry:
             await registry.pull(reference, target)
 
     asyncio.run(pull())

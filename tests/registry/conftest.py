@@ -115,7 +115,9 @@ class RunningRegistry:
         return f"127.0.0.1:{self.service.grpc_port}"
 
     def client(self, **options: Any) -> RegistryClient:
-        return RegistryClient(self.target, **options)
+        """A client; it asks for local-file grants unless told otherwise, as one on the
+        registry's host does (tests share the filesystem of the registry they start)."""
+        return RegistryClient(self.target, **({"accept_local_files": True} | options))
 
 
 StartRegistry = Callable[..., Any]

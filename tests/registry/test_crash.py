@@ -39,7 +39,7 @@ async def test_a_registry_killed_mid_upload_shows_nothing_and_a_retry_succeeds(
 
     first = RegistryProcess(env).wait_serving()
     processes.append(first)
-    async with RegistryClient(first.target, timeout=20) as client:
+    async with RegistryClient(first.target, accept_local_files=True, timeout=20) as client:
         plan, kind = await client.plan(source)
         begin = await client.stub.BeginVersion(
             pb.BeginVersionRequest(
@@ -60,7 +60,7 @@ async def test_a_registry_killed_mid_upload_shows_nothing_and_a_retry_succeeds(
 
     second = RegistryProcess(env).wait_serving()
     processes.append(second)
-    async with RegistryClient(second.target, timeout=20) as client:
+    async with RegistryClient(second.target, accept_local_files=True, timeout=20) as client:
         listed = await client.stub.ListVersions(pb.ListVersionsRequest(model="crashy"))
         assert list(listed.versions) == []
         with pytest.raises(NotFound, match="has no versions"):

@@ -129,7 +129,7 @@ async def test_a_commit_interrupted_after_its_manifest_is_finished_not_repeated(
     record, etag = found
     await registry._verify_blobs(record, {digest: parts} if parts else {})
     # The commit claimed number 1 and wrote its manifest, then died.
-    manifest = await registry._claim_number(record, etag)
+    manifest, _ = await registry._claim_number(record, etag)
     assert manifest.number == 1
     assert await registry.store.exists(keys.version("m", 1))
     assert not await registry.store.exists(keys.alias("m", "latest"))

@@ -68,6 +68,7 @@ class Stack:
         port."""
         values: dict[str, Any] = {
             "device": "cpu",
+            "registry_local_files": True,
             "poll_interval_seconds": 0.2,
             "shutdown_grace_seconds": 1,
         }
@@ -93,7 +94,7 @@ class Stack:
         """Push ``directory`` as the next version of ``model``."""
 
         async def push() -> rpb.Version:
-            async with RegistryClient(self.registry_address) as client:
+            async with RegistryClient(self.registry_address, accept_local_files=True) as client:
                 return await client.push(directory, model, kind=kind)
 
         return self.call(push())

@@ -57,6 +57,8 @@ STOP_TIMEOUT_SECONDS: Final = 30.0
 PORT_ATTEMPTS: Final = 3
 # What a service logs when its port is taken (the kit's gRPC and metrics listeners, uvicorn).
 _PORT_IN_USE: Final = re.compile(r"address already in use|port is in use", re.IGNORECASE)
+# What the kit's metrics listener logs when its port is the taken one (forgeline_kit.metrics).
+_METRICS_PORT_IN_USE: Final = re.compile(r"cannot serve /metrics on")
 
 
 def _true(value: str) -> bool:
@@ -116,13 +118,11 @@ class ServiceProcess:
         self.process = None
 
     def use_ports(self, port: int, metrics_port: int) -> None:
-        """Listen on `port` (gRPC, or HTTP for the gateway, which serves /metrics there too) and
+        """Listen on `port` (gRPC, or HTTP for the gateway's API) and serve /metrics on
         `metrics_port`, through the service's own settings variables."""
         prefix = f"FORGELINE_{self.name.upper()}_"
-        if self.name == "gateway":
-            self.env[f"{prefix}HTTP_PORT"] = str(port)
-            metrics_port = port
-        self.env[f"{prefix}GRPC_PORT"] = str(port)
+        api = "HTTP" if self.name == "gateway" else "GRPC"
+        self.env[f"{prefix}{api}_PORT"] = str(port)
         self.env[f"{prefix}METRICS_PORT"] = str(metrics_port)
         self.port, self.metrics_port = port, metrics_port
 
@@ -192,12 +192,16 @@ class LocalStack:
                 "FORGELINE_REGISTRY_STORAGE": "fs",
                 "FORGELINE_REGISTRY_FS_ROOT": str(state / "registry"),
             },
+            # The services share the registry's host and its filesystem store: blobs move as
+            # local files (compose and Kubernetes leave REGISTRY_LOCAL_FILES off).
             "trainer": {
                 "FORGELINE_TRAINER_REGISTRY_TARGET": registry,
+                "FORGELINE_TRAINER_REGISTRY_LOCAL_FILES": "true",
                 "FORGELINE_TRAINER_STATE_DIR": str(state / "trainer"),
             },
             "converter": {
                 "FORGELINE_CONVERTER_REGISTRY_TARGET": registry,
+                "FORGELINE_CONVERTER_REGISTRY_LOCAL_FILES": "true",
                 "FORGELINE_CONVERTER_WORK_DIR": str(state / "converter" / "work"),
                 "FORGELINE_CONVERTER_STATE_DB": str(state / "converter" / "state.sqlite3"),
             },
@@ -207,6 +211,7 @@ class LocalStack:
                 "FORGELINE_GATEWAY_HUB_CACHE": str(state / "gateway" / "hub"),
                 "FORGELINE_GATEWAY_AUTH_REQUIRED": str(self.auth_required).lower(),
                 "FORGELINE_GATEWAY_REGISTRY_TARGET": registry,
+                "FORGELINE_GATEWAY_REGISTRY_LOCAL_FILES": "true",
                 "FORGELINE_GATEWAY_TRAINER_TARGET": f"127.0.0.1:{ports['trainer']}",
                 "FORGELINE_GATEWAY_CONVERTER_TARGET": f"127.0.0.1:{ports['converter']}",
             },
@@ -279,16 +284,26 @@ class LocalStack:
                     self.wait_ready(name)
                     break
                 except StackError:
-                    lost_port = _PORT_IN_USE.search(service.log_since(log_start))
-                    if not lost_port or attempt == PORT_ATTEMPTS - 1 or not self._repick(name):
+                    log = service.log_since(log_start)
+                    lost_port = _PORT_IN_USE.search(log)
+                    metrics_only = _METRICS_PORT_IN_USE.search(log) is not None
+                    if (
+                        not lost_port
+                        or attempt == PORT_ATTEMPTS - 1
+                        or not self._repick(name, metrics_only=metrics_only)
+                    ):
                         raise
         self._record()
 
-    def _repick(self, name: str) -> bool:
+    def _repick(self, name: str, *, metrics_only: bool = False) -> bool:
         """New free ports for `name`, written into the environment of every service that is not
         running; False when a running service already holds the old address (it cannot learn
-        the new one) or the port was chosen by the caller."""
+        the new one) or the port was chosen by the caller. With `metrics_only` (the service
+        lost its metrics port) only that port is replaced, which nobody else dials."""
         service = self.services[name]
+        if metrics_only:
+            service.use_ports(service.port, free_port())
+            return True
         if name == "gateway" and self.gateway_port:
             return False
         old_target = service.target

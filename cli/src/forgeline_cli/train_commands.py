@@ -171,7 +171,11 @@ async def push_dataset(registry: RegistryClient, data: DataFile) -> pb.DatasetIn
 
 def _push_all(args: argparse.Namespace, files: list[DataFile]) -> list[pb.DatasetInput]:
     async def push() -> list[pb.DatasetInput]:
-        async with RegistryClient(args.registry, wait_for_ready=False) as registry:
+        # The CLI runs beside a `forgeline up` stack's filesystem registry, or talks to an S3
+        # one, which grants URLs whatever is asked.
+        async with RegistryClient(
+            args.registry, accept_local_files=True, wait_for_ready=False
+        ) as registry:
             inputs = []
             for data in files:
                 entry = await push_dataset(registry, data)

@@ -71,7 +71,8 @@ def write_fact_dataset(path: Path) -> Path:
 
 async def _register(target: str, model: TinyModel, name: str) -> str:
     chat_template = json.loads((model.path / "tokenizer_config.json").read_text())["chat_template"]
-    async with RegistryClient(target) as registry:
+    # The local stack's registry: filesystem storage on this host.
+    async with RegistryClient(target, accept_local_files=True) as registry:
         version = await registry.push(
             model.path,
             name,

@@ -14,6 +14,13 @@ checked with OpenAI's rules, errors naming the line and field ("line 3: messages
 one of system, user, assistant, tool (got 'bot')"), and rewritten for LLaMA-Factory as sharegpt by
 :func:`prepare_for_llamafactory`. :func:`detect_dataset` tells an uploaded file's layout.
 
+Files are read as a stream, a record at a time, within :class:`DatasetLimits` (how many records,
+how long one may be): a JSONL or text line at a time, a ``.json`` list an element at a time. The
+``.json`` list is parsed incrementally rather than refused past some size: LLaMA-Factory (through
+``datasets``' json builder) reads both layouts, users hand alpaca/sharegpt data as ``.json`` lists
+of any size, and parsing one whole would cost several times its size in memory wherever uploads
+are checked. :func:`detect_dataset` reads only the file's first record.
+
 The rules follow LLaMA-Factory's converters (``llamafactory.data.converter``): alpaca records need
 a prompt and a response (or chosen and rejected for preference data); sharegpt conversations
 alternate user/observation and assistant/function_call turns after an optional system turn, end
@@ -22,12 +29,15 @@ with the assistant (or, for preference data, with the user before a chosen/rejec
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
+import shutil
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar, Final
+from typing import Any, BinaryIO, ClassVar, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,8 +46,12 @@ from forgeline_kit.tinymodel import DatasetColumns, DatasetInfo, DatasetInfoEntr
 
 __all__ = [
     "ACCEPTED_LAYOUTS",
+    "DEFAULT_LIMITS",
+    "DETECT_LEAD_BYTES",
     "DatasetFormat",
+    "DatasetLimits",
     "DatasetSpec",
+    "DatasetTooLarge",
     "InvalidDataset",
     "detect_dataset",
     "detect_format",
@@ -50,6 +64,39 @@ __all__ = [
 MAX_REPORTED: Final = 20
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+#: How much blank space may come before an uploaded file's first record when its layout is
+#: detected: detection reads this and the first record, never more.
+DETECT_LEAD_BYTES: Final = 64 * 1024
+
+
+@dataclass(frozen=True)
+class DatasetLimits:
+    """How much of a dataset file checking reads, so memory and time stay bounded whatever the
+    file holds.
+
+    Files are read a record at a time, so memory follows `max_record_bytes`, not the file's size.
+
+    Attributes:
+        max_records: the most records a file may hold (None: any number).
+        max_record_bytes: the most bytes one record may take: a JSONL or text line without its
+            newline, or one element of a JSON list.
+    """
+
+    max_records: int | None = None
+    max_record_bytes: int = 64 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.max_records is not None and self.max_records < 1:
+            raise ValueError("max_records must be at least 1")
+        if self.max_record_bytes < 1:
+            raise ValueError("max_record_bytes must be at least 1")
+
+
+#: The limits when a caller names none: any number of records, each up to 64 MiB (far past any
+#: context LLaMA-Factory trains with; the bound keeps one line of a broken file from filling
+#: memory). The gateway checks uploads with its own, tighter limits.
+DEFAULT_LIMITS: Final = DatasetLimits()
 
 
 class DatasetFormat(StrEnum):
@@ -138,16 +185,41 @@ class InvalidDataset(InvalidArgument):
         self.total = total
 
 
-def validate_dataset(spec: DatasetSpec) -> int:
+class DatasetTooLarge(InvalidDataset):
+    """A dataset file past one of its :class:`DatasetLimits`; checking stopped there.
+
+    ``limit`` names the limit (``"max_records"`` or ``"max_record_bytes"``), ``value`` its value,
+    and ``problems`` holds the one problem ("line 7: longer than 4194304 bytes, ...").
+    """
+
+    def __init__(
+        self,
+        name: str,
+        problem: str,
+        *,
+        limit: Literal["max_records", "max_record_bytes"],
+        value: int,
+    ) -> None:
+        super().__init__(name, [problem], 1)
+        self.message = f"dataset '{name}' is larger than checking allows: {problem}"
+        self.args = (self.message,)
+        self.limit = limit
+        self.value = value
+
+
+def validate_dataset(spec: DatasetSpec, limits: DatasetLimits = DEFAULT_LIMITS) -> int:
     """Check every record of ``spec``'s file; the number of records.
+
+    The file is read as a stream, one record at a time, within `limits`.
 
     Raises:
         InvalidDataset: some records are malformed (up to :data:`MAX_REPORTED` listed).
+        DatasetTooLarge: the file is past one of `limits` (checking stops there).
     """
     problems: list[str] = []
     total_bad = 0
     count = 0
-    for label, record in _records(spec):
+    for label, record in _records(spec, limits):
         count += 1
         found = list(_check_record(spec, record))
         if found:
@@ -170,7 +242,7 @@ def write_dataset_info(directory: Path, specs: list[DatasetSpec]) -> Path:
         if spec.name in entries:
             raise InvalidArgument(f"two datasets are named '{spec.name}'", field="datasets")
         file_name = f"{spec.name}{spec.path.suffix}"
-        (directory / file_name).write_bytes(spec.path.read_bytes())
+        shutil.copyfile(spec.path, directory / file_name)
         entries[spec.name] = spec.info_entry(file_name)
     info = directory / "dataset_info.json"
     info.write_text(DatasetInfo(entries).to_json(), encoding="utf-8")
@@ -178,59 +250,308 @@ def write_dataset_info(directory: Path, specs: list[DatasetSpec]) -> Path:
 
 
 # --- reading ---------------------------------------------------------------------------------
+#
+# Files are read as a stream, never whole: a JSONL or text file one line at a time (a line at most
+# ``max_record_bytes`` long), a JSON list one element at a time (`_JsonList`). Memory then stays
+# near one record whatever the file's size, which matters where uploads are checked (the gateway
+# takes files of hundreds of MB from its callers).
 
 
-def _records(spec: DatasetSpec) -> Iterator[tuple[str, Any]]:
+def _records(
+    spec: DatasetSpec, limits: DatasetLimits = DEFAULT_LIMITS
+) -> Iterator[tuple[str, Any]]:
+    records = _read_records(spec, limits)
+    if limits.max_records is None:
+        yield from records
+        return
+    for count, record in enumerate(records, 1):
+        if count > limits.max_records:
+            raise DatasetTooLarge(
+                spec.name,
+                f"{record[0]}: the file holds more than {limits.max_records} records, the most "
+                "one dataset may hold",
+                limit="max_records",
+                value=limits.max_records,
+            )
+        yield record
+
+
+def _read_records(spec: DatasetSpec, limits: DatasetLimits) -> Iterator[tuple[str, Any]]:
     suffix = spec.path.suffix.lower()
+    cap = limits.max_record_bytes
     if suffix == ".txt":
         if spec.format is not DatasetFormat.PRETRAIN_TEXT:
             raise InvalidDataset(spec.name, ["a .txt file can only be pre-training text"], 1)
-        for number, line in enumerate(_read_text(spec.path, spec.name).splitlines(), 1):
-            if line.strip():
-                yield f"line {number}", {"text": line}
+        with spec.path.open("rb") as source:
+            for number, raw in _lines(source, spec.name, cap):
+                text = _decoded(raw)
+                if isinstance(text, _Unreadable):
+                    yield f"line {number}", text
+                    continue
+                # As the `datasets` text builder LLaMA-Factory reads .txt with splits a line.
+                for piece in text.splitlines():
+                    if piece.strip():
+                        yield f"line {number}", {"text": piece}
     elif suffix == ".jsonl":
         # OpenAI's tools say "line N" of their JSONL files; so do its layouts here.
         word = "line" if spec.format.openai else "record"
-        for number, line in enumerate(_read_text(spec.path, spec.name).splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{word} {number}", json.loads(line)
-            except json.JSONDecodeError as error:
-                yield f"{word} {number}", _Unreadable(f"not valid JSON ({error.msg})")
+        with spec.path.open("rb") as source:
+            for number, raw in _lines(source, spec.name, cap):
+                if raw.strip():
+                    yield f"{word} {number}", _parsed(raw)
     elif spec.format.openai:
         raise InvalidDataset(
             spec.name, ["OpenAI fine-tuning files are JSON Lines: one JSON object per line"], 1
         )
     elif suffix == ".json":
-        try:
-            data = json.loads(_read_text(spec.path, spec.name))
-        except json.JSONDecodeError as error:
-            raise InvalidDataset(
-                spec.name, [f"line {error.lineno}: not valid JSON ({error.msg})"], 1
-            ) from error
-        if not isinstance(data, list):
-            raise InvalidDataset(spec.name, ["the file must hold a JSON list of records"], 1)
-        for number, record in enumerate(data, 1):
-            yield f"record {number}", record
+        with spec.path.open("rb") as source:
+            for number, record in enumerate(_JsonList(source, spec.name, cap), 1):
+                yield f"record {number}", record
     else:
         raise InvalidDataset(
             spec.name, [f"unsupported file type '{suffix}': use .json, .jsonl or .txt"], 1
         )
 
 
-def _read_text(path: Path, name: str) -> str:
+def _lines(source: BinaryIO, name: str, max_bytes: int) -> Iterator[tuple[int, bytes]]:
+    """The lines of `source` (with their ending) and their numbers, 1 the first.
+
+    Raises:
+        DatasetTooLarge: a line longer than `max_bytes` (not counting its ``\\n``); no more than
+            that is read of it.
+    """
+    number = 0
+    while line := source.readline(max_bytes + 1):
+        number += 1
+        if len(line) > max_bytes and not line.endswith(b"\n"):
+            raise _record_too_long(name, f"line {number}", max_bytes)
+        yield number, line
+
+
+def _record_too_long(name: str, where: str, max_bytes: int) -> DatasetTooLarge:
+    return DatasetTooLarge(
+        name,
+        f"{where}: longer than {max_bytes} bytes, the most one record may take",
+        limit="max_record_bytes",
+        value=max_bytes,
+    )
+
+
+def _decoded(raw: bytes) -> str | _Unreadable:
     try:
-        return path.read_text(encoding="utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise InvalidDataset(
-            name, [f"the file is not UTF-8 text (byte {error.start} cannot be read)"], 1
-        ) from error
+        return _Unreadable(f"not UTF-8 text (byte {error.start} of the line cannot be read)")
+
+
+def _parsed(raw: bytes) -> Any:
+    text = _decoded(raw)
+    if isinstance(text, _Unreadable):
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        return _Unreadable(f"not valid JSON ({error.msg})")
 
 
 class _Unreadable:
     def __init__(self, reason: str) -> None:
         self.reason = reason
+
+
+#: How much a JSON list's reader reads at a time (more while one record is unfinished).
+_CHUNK: Final = 256 * 1024
+#: JSON's whitespace.
+_BLANK: Final = re.compile(r"[ \t\n\r]+")
+#: Outside a string: what opens or closes one; inside: what may end it.
+_STRUCTURE: Final = re.compile(r'["\[\]{}]')
+_IN_STRING: Final = re.compile(r'["\\]')
+_SCALAR_END: Final = re.compile(r"[\s,\]}]")
+
+
+class _JsonList:
+    """The elements of a file holding one JSON list, parsed one at a time.
+
+    The standard library parses only whole documents, so each element is parsed with
+    ``raw_decode`` from a buffer that holds the element and what follows; an element not yet
+    whole in the buffer is read further, up to `max_bytes`. Line numbers in errors count from the
+    file's start, as ``json.loads`` of the whole file would.
+    """
+
+    def __init__(self, source: BinaryIO, name: str, max_bytes: int, lead: int | None = None):
+        self.source = source
+        self.name = name
+        self.max_bytes = max_bytes
+        #: How much blank space may come before the first element (None: any).
+        self.lead = lead
+        self.decoder = codecs.getincrementaldecoder("utf-8")()
+        self.parser = json.JSONDecoder()
+        self.buffer = ""
+        self.pos = 0
+        #: The line of ``buffer[pos]``.
+        self.line = 1
+        #: Bytes read from the source so far.
+        self.offset = 0
+        self.eof = False
+        #: The number of the element being read, 1 the first.
+        self.index = 0
+        #: The file is not UTF-8 past the buffer: raised when more is read.
+        self.broken: InvalidDataset | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        first = self._skip_blank(self.lead)
+        if first != "[":
+            raise self._not_a_list(first)
+        self._advance(self.pos + 1)
+        if self._skip_blank() == "]":
+            self._advance(self.pos + 1)
+        else:
+            while True:
+                self.index += 1
+                yield self._element()
+                after = self._skip_blank()
+                if after not in (",", "]"):
+                    raise self._syntax("Expecting ',' delimiter")
+                self._advance(self.pos + 1)
+                if after == "]":
+                    break
+                self._skip_blank()
+        if self._skip_blank() != "":
+            raise self._syntax("Extra data")
+
+    def _not_a_list(self, first: str) -> InvalidDataset:
+        if first == "\ufeff":
+            problem = "the file starts with a byte order mark (BOM): save it as UTF-8 without one"
+        elif first == "":
+            problem = "the file holds no records"
+        elif first in '{"-0123456789tfn':
+            problem = "the file must hold a JSON list of records"
+        else:
+            return self._syntax("Expecting value")
+        return InvalidDataset(self.name, [problem], 1)
+
+    def _syntax(self, message: str, line: int | None = None) -> InvalidDataset:
+        return InvalidDataset(
+            self.name, [f"line {line or self.line}: not valid JSON ({message})"], 1
+        )
+
+    def _element(self) -> Any:
+        while True:
+            try:
+                value, end = self.parser.raw_decode(self.buffer, self.pos)
+            except json.JSONDecodeError as error:
+                # Unfinished in the buffer, or not JSON? Read on unless the element's brackets
+                # and quotes close within what is buffered (then it is not JSON) or the file ends.
+                if self.eof or _element_end(self.buffer, self.pos) is not None:
+                    line = self.line + self.buffer.count("\n", self.pos, error.pos)
+                    raise self._syntax(error.msg, line) from error
+                self._read_on()
+                continue
+            if end == len(self.buffer) and not self.eof:
+                # A number may go on in the next chunk ("12" of "123").
+                self._read_on()
+                continue
+            span = end - self.pos
+            # A character takes one to four bytes: encode only when that can tell.
+            if span > self.max_bytes or (
+                4 * span > self.max_bytes
+                and len(self.buffer[self.pos : end].encode("utf-8")) > self.max_bytes
+            ):
+                raise self._too_long()
+            self._advance(end)
+            return value
+
+    def _too_long(self) -> DatasetTooLarge:
+        return _record_too_long(
+            self.name, f"record {self.index} (from line {self.line})", self.max_bytes
+        )
+
+    def _read_on(self) -> None:
+        """Read more of the unfinished element at ``pos``, refusing one past `max_bytes`."""
+        pending = len(self.buffer) - self.pos
+        if pending > self.max_bytes:
+            raise self._too_long()
+        # Twice what is pending at least: re-parsing the element each time stays linear.
+        self._fill(max(_CHUNK, pending))
+
+    def _fill(self, size: int) -> None:
+        if self.broken is not None:
+            raise self.broken
+        self.buffer = self.buffer[self.pos :]
+        self.pos = 0
+        chunk = self.source.read(size)
+        self.eof = not chunk
+        pending = self.decoder.getstate()[0]
+        try:
+            self.buffer += self.decoder.decode(chunk, final=self.eof)
+        except UnicodeDecodeError as error:
+            # Keep the text before the bad byte: the error is raised when it is needed, so
+            # bytes after the record detection reads cannot fail detection.
+            data = pending + chunk
+            self.buffer += data[: error.start].decode("utf-8")
+            self.eof = False
+            line = self.line + self.buffer.count("\n")
+            at = self.offset - len(pending) + error.start
+            self.broken = InvalidDataset(
+                self.name,
+                [f"line {line}: not UTF-8 text (byte {at} of the file cannot be read)"],
+                1,
+            )
+        self.offset += len(chunk)
+
+    def _skip_blank(self, limit: int | None = None) -> str:
+        """The character after blank space from ``pos`` on ("" at the end of the file).
+
+        Raises:
+            InvalidDataset: more than `limit` characters of blank space.
+        """
+        skipped = 0
+        while True:
+            match = _BLANK.match(self.buffer, self.pos)
+            end = match.end() if match else self.pos
+            skipped += end - self.pos
+            self._advance(end)
+            if limit is not None and skipped > limit:
+                raise InvalidDataset(
+                    self.name, [f"no record starts in the first {limit} bytes of the file"], 1
+                )
+            if self.pos < len(self.buffer):
+                return self.buffer[self.pos]
+            if self.eof:
+                return ""
+            self._fill(_CHUNK)
+
+    def _advance(self, to: int) -> None:
+        self.line += self.buffer.count("\n", self.pos, to)
+        self.pos = to
+
+
+def _element_end(text: str, start: int) -> int | None:
+    """Where the JSON value at ``text[start]`` ends, if its brackets and quotes close within
+    `text` (they are matched, not checked: ``json`` says what is wrong)."""
+    if text[start] not in '[{"':
+        found = _SCALAR_END.search(text, start)
+        return found.start() if found else None
+    depth, at = 0, start
+    while found := _STRUCTURE.search(text, at):
+        at = found.end()
+        if found.group() == '"':
+            while True:
+                inside = _IN_STRING.search(text, at)
+                if inside is None:
+                    return None
+                at = inside.end() + (1 if inside.group() == "\\" else 0)
+                if inside.group() == '"':
+                    break
+            if depth == 0:
+                return at
+        elif found.group() in "[{":
+            depth += 1
+        else:
+            depth -= 1
+            if depth <= 0:
+                return at
+    return None
 
 
 # --- checking ----------------------------------------------------------------------------------
@@ -711,13 +1032,19 @@ _CHAT_KEYS: Final = frozenset({"messages", "conversations", "instruction", "inpu
 KTO_TAG: Final = "kto_tag"
 
 
-def detect_dataset(path: Path, name: str = "dataset") -> DatasetSpec:
+def detect_dataset(
+    path: Path, name: str = "dataset", limits: DatasetLimits = DEFAULT_LIMITS
+) -> DatasetSpec:
     """The spec of an uploaded file, from its suffix and first record (not yet validated).
+
+    Only a prefix of the file is read: up to :data:`DETECT_LEAD_BYTES` of blank space, then the
+    first record, at most ``limits.max_record_bytes`` of it.
 
     Raises:
         InvalidDataset: the file is unreadable or in none of :data:`ACCEPTED_LAYOUTS`.
+        DatasetTooLarge: the first record is longer than ``limits.max_record_bytes``.
     """
-    first = _first_record(path, name)
+    first = _first_record(path, name, limits)
     keys = set(first) if isinstance(first, dict) else set()
     jsonl = path.suffix.lower() == ".jsonl"
     ranking = {"chosen", "rejected"} <= keys
@@ -769,50 +1096,46 @@ def detect_dataset(path: Path, name: str = "dataset") -> DatasetSpec:
     )
 
 
-def detect_format(path: Path) -> DatasetFormat:
+def detect_format(path: Path, limits: DatasetLimits = DEFAULT_LIMITS) -> DatasetFormat:
     """The layout of an uploaded file (see :func:`detect_dataset`, which also says whether it
-    holds preference pairs and how its columns are named)."""
-    return detect_dataset(path).format
+    holds preference pairs and how its columns are named, and how much of the file it reads)."""
+    return detect_dataset(path, limits=limits).format
 
 
 def _looks_openai(messages: list[Any]) -> bool:
     return bool(messages) and isinstance(messages[0], dict) and "role" in messages[0]
 
 
-def _first_record(path: Path, name: str) -> Any:
+def _first_record(path: Path, name: str, limits: DatasetLimits) -> Any:
     suffix = path.suffix.lower()
     if suffix not in (".json", ".jsonl"):
         raise InvalidDataset(
             name, [f"unsupported file type '{suffix}': upload .jsonl (or alpaca/sharegpt .json)"], 1
         )
-    if suffix == ".jsonl":
-        number, line = _first_line(path, name)
-        try:
-            return json.loads(line)
-        except json.JSONDecodeError as error:
-            raise InvalidDataset(
-                name, [f"line {number}: not valid JSON ({error.msg})"], 1
-            ) from error
-    try:
-        data = json.loads(_read_text(path, name))
-    except json.JSONDecodeError as error:
-        raise InvalidDataset(
-            name, [f"line {error.lineno}: not valid JSON ({error.msg})"], 1
-        ) from error
-    if not isinstance(data, list):
-        raise InvalidDataset(name, ["the file must hold a JSON list of records"], 1)
-    if not data:
+    with path.open("rb") as source:
+        if suffix == ".json":
+            for record in _JsonList(source, name, limits.max_record_bytes, DETECT_LEAD_BYTES):
+                return record
+            raise InvalidDataset(name, ["the file holds no records"], 1)
+        number, line = _first_line(source, name, limits.max_record_bytes)
+    record = _parsed(line)
+    if isinstance(record, _Unreadable):
+        raise InvalidDataset(name, [f"line {number}: {record.reason}"], 1)
+    return record
+
+
+def _first_line(source: BinaryIO, name: str, max_bytes: int) -> tuple[int, bytes]:
+    """The first non-blank line of a JSONL file and its number; blank lines before it may take
+    :data:`DETECT_LEAD_BYTES` at most, and nothing after it is read."""
+    blank = 0
+    for number, line in _lines(source, name, max_bytes):
+        if line.strip():
+            return number, line
+        blank += len(line)
+        if blank > DETECT_LEAD_BYTES:
+            break
+    else:
         raise InvalidDataset(name, ["the file holds no records"], 1)
-    return data[0]
-
-
-def _first_line(path: Path, name: str) -> tuple[int, str]:
-    """The first non-blank line of a JSONL file and its number (the rest is not read)."""
-    try:
-        with path.open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines, 1):
-                if line.strip():
-                    return number, line
-    except UnicodeDecodeError as error:
-        raise InvalidDataset(name, ["the file is not UTF-8 text"], 1) from error
-    raise InvalidDataset(name, ["the file holds no records"], 1)
+    raise InvalidDataset(
+        name, [f"no record starts in the first {DETECT_LEAD_BYTES} bytes of the file"], 1
+    )

@@ -1,8 +1,10 @@
-"""Prometheus helpers shared by the gRPC services and the HTTP gateway.
+"""The Prometheus ``/metrics`` listener every Forgeline service runs, on a port of its own.
 
 Metrics live in a `prometheus_client.CollectorRegistry`: services use the process-wide default
 (`prometheus_client.REGISTRY`, which also carries process and Python collectors); tests that run
-several servers in one process give each its own registry.
+several servers in one process give each its own registry. The gRPC services (through
+`forgeline_kit.grpc.server`) and the HTTP gateway both serve it with `start_service_metrics`,
+never on their API port: an API published to clients does not publish what ops graph.
 """
 
 from __future__ import annotations
@@ -11,16 +13,16 @@ import threading
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import REGISTRY, CollectorRegistry, make_asgi_app, start_http_server
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+
+from forgeline_kit.settings import ServiceSettings
 
 __all__ = [
-    "CONTENT_TYPE_LATEST",
     "REGISTRY",
     "MetricsServer",
-    "metrics_asgi_app",
-    "render_metrics",
+    "MetricsStartError",
     "start_metrics_server",
+    "start_service_metrics",
 ]
 
 
@@ -46,6 +48,11 @@ class MetricsServer:
         self._thread.join()
 
 
+class MetricsStartError(Exception):
+    """The ``/metrics`` endpoint cannot listen where the service's settings say; the message
+    names the address, the variables that set it and why."""
+
+
 def start_metrics_server(
     host: str, port: int, registry: CollectorRegistry = REGISTRY
 ) -> MetricsServer:
@@ -58,11 +65,22 @@ def start_metrics_server(
     return MetricsServer(host=host, port=server.server_port, _server=server, _thread=thread)
 
 
-def render_metrics(registry: CollectorRegistry = REGISTRY) -> tuple[bytes, str]:
-    """The body and content type of a scrape of `registry`."""
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+def start_service_metrics(
+    settings: ServiceSettings, registry: CollectorRegistry = REGISTRY
+) -> MetricsServer:
+    """Serve `registry` where a service's settings say (its ``METRICS_HOST`` and
+    ``METRICS_PORT``), with the error an operator can act on when that fails.
 
-
-def metrics_asgi_app(registry: CollectorRegistry = REGISTRY) -> object:
-    """An ASGI app answering scrapes of `registry`, for mounting at ``/metrics`` in FastAPI."""
-    return make_asgi_app(registry=registry)
+    Raises:
+        MetricsStartError: the address cannot be bound, naming the variables that set it.
+    """
+    try:
+        return start_metrics_server(settings.metrics_host, settings.metrics_port, registry)
+    except OSError as exc:
+        cls = type(settings)
+        host, port = settings.metrics_host, settings.metrics_port
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise MetricsStartError(
+            f"cannot serve /metrics on {address} (set by {cls.env_var('metrics_host')} and "
+            f"{cls.env_var('metrics_port')}): {exc.strerror or exc}"
+        ) from None

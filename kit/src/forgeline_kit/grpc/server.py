@@ -41,7 +41,7 @@ from forgeline_kit.grpc.internal_token import (
     internal_token,
 )
 from forgeline_kit.logging import configure_logging
-from forgeline_kit.metrics import MetricsServer, start_metrics_server
+from forgeline_kit.metrics import MetricsServer, MetricsStartError, start_service_metrics
 from forgeline_kit.settings import ServiceSettings, SettingsError, load_settings, settings_help
 from forgeline_kit.state_lock import StateDirInUseError
 
@@ -178,16 +178,9 @@ class GrpcService:
                 f"one of this host's ({exc})"
             ) from None
         try:
-            self._metrics = start_metrics_server(
-                self.settings.metrics_host, self.settings.metrics_port, self._registry
-            )
-        except OSError as exc:
-            metrics_address = _address(self.settings.metrics_host, self.settings.metrics_port)
-            raise ServiceStartError(
-                f"cannot serve /metrics on {metrics_address} (set by "
-                f"{settings.env_var('metrics_host')} and {settings.env_var('metrics_port')}): "
-                f"{exc.strerror or exc}"
-            ) from None
+            self._metrics = start_service_metrics(self.settings, self._registry)
+        except MetricsStartError as exc:
+            raise ServiceStartError(str(exc)) from None
         self.metrics_port = self._metrics.port
         await server.start()
         self._server = server

@@ -14,10 +14,13 @@ request retried after a client or converter restart returns the same conversion 
 
 Errors. Invalid requests (unknown quantization type, an IQ type without an importance matrix,
 requantizing a quantized file without `allow_requantize`, a source of the wrong kind) are
-INVALID_ARGUMENT; an unknown source is NOT_FOUND. Failures found while working end the
-conversion FAILED with one of these OperationError codes: `unsupported_architecture`,
-`missing_tokenizer`, `invalid_quantization` (the tensor shapes do not allow the type),
-`insufficient_disk`, `verification_failed`, `tool_failed`, `registry_unavailable`, `internal`.
+INVALID_ARGUMENT; an unknown source is NOT_FOUND; a source the registry shows needs its own code
+(`.py` files, imported with trust_remote_code) is FAILED_PRECONDITION unless the operator set
+FORGELINE_CONVERTER_TRUST_REMOTE_CODE. Failures found while working end the conversion FAILED
+with one of these OperationError codes: `unsupported_architecture`, `missing_tokenizer`,
+`remote_code_not_trusted` (an `auto_map` or `.py` files, and that setting off),
+`invalid_quantization` (the tensor shapes do not allow the type), `insufficient_disk`,
+`verification_failed`, `tool_failed`, `registry_unavailable`, `internal`.
 """
 
 from collections import abc as _abc

@@ -1180,8 +1180,10 @@ class TransferOptions(_message.Message):
     ACCEPT_LOCAL_FILES_FIELD_NUMBER: _builtins.int
     PART_SIZE_BYTES_FIELD_NUMBER: _builtins.int
     accept_local_files: _builtins.bool
-    """The caller shares the registry's filesystem (same host, embedded default), so LocalFile grants
-    are acceptable. When false, only HTTP grants are returned.
+    """The caller shares the registry's filesystem (same host, embedded default) and asks for LocalFile
+    grants. Only a registry on the filesystem driver grants them, and only when asked: an S3
+    registry answers with HTTP grants whatever this says, and a filesystem registry refuses a
+    caller that does not ask (FAILED_PRECONDITION), having no other method.
     """
     part_size_bytes: _builtins.int
     """Preferred part size for multipart uploads in bytes; 0 lets the registry choose. The registry

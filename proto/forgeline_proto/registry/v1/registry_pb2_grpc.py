@@ -161,7 +161,11 @@ class RegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteModel(self, request, context):
-        """Deletes a model. FAILED_PRECONDITION while it has versions, unless `force` is set.
+        """Deletes a model. FAILED_PRECONDITION while it has versions, unless `force` is set. The model is
+        tombstoned first: from then on it reads as NOT_FOUND, and BeginVersion, CommitVersion and
+        CreateModel for it are FAILED_PRECONDITION (a commit racing the deletion stores nothing). Once
+        the call returns the name can be created again; the new model's version numbers continue after
+        the old one's. Repeating the call finishes a deletion that was interrupted.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

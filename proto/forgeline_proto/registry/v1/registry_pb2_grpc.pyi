@@ -63,7 +63,12 @@ class RegistryServiceStub:
     UpdateModel: _grpc.UnaryUnaryMultiCallable[_registry_pb2.UpdateModelRequest, _registry_pb2.Model]
     """Changes a model's mutable fields (description, labels)."""
     DeleteModel: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeleteModelRequest, _empty_pb2.Empty]
-    """Deletes a model. FAILED_PRECONDITION while it has versions, unless `force` is set."""
+    """Deletes a model. FAILED_PRECONDITION while it has versions, unless `force` is set. The model is
+    tombstoned first: from then on it reads as NOT_FOUND, and BeginVersion, CommitVersion and
+    CreateModel for it are FAILED_PRECONDITION (a commit racing the deletion stores nothing). Once
+    the call returns the name can be created again; the new model's version numbers continue after
+    the old one's. Repeating the call finishes a deletion that was interrupted.
+    """
     BeginVersion: _grpc.UnaryUnaryMultiCallable[_registry_pb2.BeginVersionRequest, _registry_pb2.BeginVersionResponse]
     """Starts a two-phase version create: declares the artifacts and returns upload grants for the
     blobs the store does not hold yet. Nothing is visible until CommitVersion succeeds.
@@ -114,7 +119,12 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     UpdateModel: _aio.UnaryUnaryMultiCallable[_registry_pb2.UpdateModelRequest, _registry_pb2.Model]  # type: ignore[assignment]
     """Changes a model's mutable fields (description, labels)."""
     DeleteModel: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeleteModelRequest, _empty_pb2.Empty]  # type: ignore[assignment]
-    """Deletes a model. FAILED_PRECONDITION while it has versions, unless `force` is set."""
+    """Deletes a model. FAILED_PRECONDITION while it has versions, unless `force` is set. The model is
+    tombstoned first: from then on it reads as NOT_FOUND, and BeginVersion, CommitVersion and
+    CreateModel for it are FAILED_PRECONDITION (a commit racing the deletion stores nothing). Once
+    the call returns the name can be created again; the new model's version numbers continue after
+    the old one's. Repeating the call finishes a deletion that was interrupted.
+    """
     BeginVersion: _aio.UnaryUnaryMultiCallable[_registry_pb2.BeginVersionRequest, _registry_pb2.BeginVersionResponse]  # type: ignore[assignment]
     """Starts a two-phase version create: declares the artifacts and returns upload grants for the
     blobs the store does not hold yet. Nothing is visible until CommitVersion succeeds.
@@ -192,7 +202,12 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.DeleteModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
-        """Deletes a model. FAILED_PRECONDITION while it has versions, unless `force` is set."""
+        """Deletes a model. FAILED_PRECONDITION while it has versions, unless `force` is set. The model is
+        tombstoned first: from then on it reads as NOT_FOUND, and BeginVersion, CommitVersion and
+        CreateModel for it are FAILED_PRECONDITION (a commit racing the deletion stores nothing). Once
+        the call returns the name can be created again; the new model's version numbers continue after
+        the old one's. Repeating the call finishes a deletion that was interrupted.
+        """
 
     @_abc_1.abstractmethod
     def BeginVersion(

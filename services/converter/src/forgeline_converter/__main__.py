@@ -26,7 +26,11 @@ async def build(settings: ConverterSettings) -> list[Service]:
     toolchain = await asyncio.to_thread(settings.toolchain)
     # Before restarting what a previous run left: two converters here would run it twice.
     ownership = hold_state_dir(settings.work_dir, "forgeline-converter")
-    registry = RegistryClient(settings.registry_target, timeout=settings.registry_timeout_seconds)
+    registry = RegistryClient(
+        settings.registry_target,
+        accept_local_files=settings.registry_local_files,
+        timeout=settings.registry_timeout_seconds,
+    )
     converter = Converter(settings, ConversionStore(settings.state_db), registry, toolchain)
     await converter.start()
     descriptor = converter_pb2.DESCRIPTOR.services_by_name["ConverterService"]

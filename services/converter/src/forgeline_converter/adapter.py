@@ -14,7 +14,7 @@ from forgeline_converter.core import sha256_of
 from forgeline_converter.errors import ConversionError, VerificationFailed
 from forgeline_converter.gguf_info import GgufInfo, read_gguf_info
 from forgeline_converter.llamacpp_tools import OutType, convert_lora_to_gguf
-from forgeline_converter.source import inspect_source
+from forgeline_converter.source import check_remote_code, inspect_source
 from forgeline_kit.llamacpp import Toolchain
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -42,13 +42,19 @@ def convert_adapter(
     *,
     outtype: OutType = "f16",
     work_root: Path | None = None,
+    trust_remote_code: bool = False,
 ) -> ConvertedAdapter:
     """Convert the LoRA adapter in ``adapter_dir`` (trained on ``base_dir``) to a GGUF adapter.
 
+    ``trust_remote_code`` accepts an adapter or base that needs its own Python code, as for
+    :func:`.core.convert_model`.
+
     Raises:
         ConversionError: not a LoRA adapter; UnsupportedArchitecture / MissingTokenizer for the
-            base; VerificationFailed when the output is not an adapter of the base's
-            architecture. Nothing is left in ``output_dir`` or temp space on failure.
+            base; RemoteCodeNotTrusted when the adapter or base needs its own code and
+            ``trust_remote_code`` is off; VerificationFailed when the output is not an adapter
+            of the base's architecture. Nothing is left in ``output_dir`` or temp space on
+            failure.
     """
     try:
         config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text(encoding="utf-8"))
@@ -60,13 +66,17 @@ def convert_adapter(
         )
     if not any((adapter_dir / name).is_file() for name in ADAPTER_WEIGHTS):
         raise ConversionError(f"{adapter_dir} has no adapter weights ({ADAPTER_WEIGHTS[0]})")
-    inspect_source(base_dir, toolchain)
+    check_remote_code(adapter_dir, trust_remote_code, "the adapter")
+    inspect_source(base_dir, toolchain, trust_remote_code=trust_remote_code)
     root = work_root or output_dir.parent
     root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".convert-lora-", dir=root))
     try:
         target = work / f"{adapter_dir.name}-lora-{outtype}.gguf"
-        run = convert_lora_to_gguf(toolchain, adapter_dir, base_dir, target, outtype, env)
+        run = convert_lora_to_gguf(
+            toolchain, adapter_dir, base_dir, target, outtype, env,
+            trust_remote_code=trust_remote_code,
+        )  # fmt: skip
         info = read_gguf_info(target, toolchain)
         if info.gguf_type != "adapter" or not info.architecture:
             raise VerificationFailed(

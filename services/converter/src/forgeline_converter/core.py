@@ -176,8 +176,14 @@ def convert_model(
     work_root: Path | None = None,
     disk_free: DiskFree | None = None,
     progress: StageCallback = _no_progress,
+    trust_remote_code: bool = False,
 ) -> ConversionResult:
     """Convert ``source_dir`` per ``plan``; the verified files end up in ``output_dir``.
+
+    ``trust_remote_code`` (the operator's ``FORGELINE_CONVERTER_TRUST_REMOTE_CODE``) accepts a
+    model that needs its own Python code; without it such a model is refused before any tool
+    runs, and the convert script cannot import model code (:func:`.source.check_remote_code`,
+    :func:`.llamacpp_tools.convert_env`).
 
     Raises:
         ConversionError: (a subclass naming the reason) nothing was written to ``output_dir``
@@ -185,7 +191,7 @@ def convert_model(
         ToolFailed: a llama.cpp tool failed for a reason not recognised above; same cleanup.
     """
     progress("CONVERTING", plan.outtype)
-    source = inspect_source(source_dir, toolchain)
+    source = inspect_source(source_dir, toolchain, trust_remote_code=trust_remote_code)
     quantizations = normalise_quantizations(toolchain, plan.quantizations)
     root = work_root or output_dir.parent
     root.mkdir(parents=True, exist_ok=True)
@@ -202,7 +208,10 @@ def convert_model(
             add_bos_token=add_bos,
         )
         intermediate = work / f"{stem}-{plan.outtype}.gguf"
-        run = convert_hf_to_gguf(toolchain, model_dir, intermediate, plan.outtype, env)
+        run = convert_hf_to_gguf(
+            toolchain, model_dir, intermediate, plan.outtype, env,
+            trust_remote_code=trust_remote_code,
+        )  # fmt: skip
         info = read_gguf_info(intermediate, toolchain)
         verify(
             info, expected.model_copy(update={"file_type_name": _OUTTYPE_FILE_TYPES[plan.outtype]})

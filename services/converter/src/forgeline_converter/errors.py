@@ -53,3 +53,9 @@ class VerificationFailed(ConversionError):  # noqa: N818 (named after its reason
     code = grpc.StatusCode.INTERNAL
     http_status = 500
     reason = "verification_failed"
+
+
+class RemoteCodeNotTrusted(ConversionError):  # noqa: N818 (named after its reason code)
+    """The model needs its own Python code to load, and the operator has not allowed that."""
+
+    reason = "remote_code_not_trusted"

@@ -3,6 +3,7 @@ adapter → GGUF adapter, and the quantization types on offer (perplexity: :mod:
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -25,19 +26,53 @@ _FALLBACK = re.compile(
 )
 
 
+#: Where transformers would copy a model's own ``.py`` files before importing them, when the
+#: operator has not trusted remote code: a path below a file, so creating it fails and nothing
+#: is imported.
+NO_MODULES_CACHE = os.path.join(os.devnull, "forgeline-remote-code-not-trusted")
+
+
+def convert_env(
+    toolchain: Toolchain, env: Mapping[str, str], modules_dir: Path, *, trust_remote_code: bool
+) -> dict[str, str]:
+    """The environment of a convert script: ``env`` with the toolchain's gguf-py first, never
+    the network, and a model's own code imported only with ``trust_remote_code``.
+
+    ``convert_hf_to_gguf.py`` loads the tokenizers of some architectures (ChatGLM, DeepSeek,
+    Hunyuan, Kimi, MiniMax, Nemotron...) with ``trust_remote_code=True`` hard-coded, with no
+    option or variable to stop it, and transformers has no setting that refuses remote code. But
+    transformers imports a model's code only after copying it into ``HF_MODULES_CACHE``: pointed
+    at a path that cannot be created, every such import fails before the code runs. Trusted, the
+    copies go to ``modules_dir`` (inside the conversion's temporary directory) so one model's
+    code never lingers for the next. ``HF_HUB_OFFLINE`` keeps an ``auto_map`` that names another
+    repository (``org/repo--module.Class``) from fetching code from a hub: the converter works
+    on downloaded registry versions only.
+    """
+    tool_env = subprocess_env(toolchain, env)
+    tool_env["HF_HUB_OFFLINE"] = "1"
+    tool_env["HF_MODULES_CACHE"] = str(modules_dir) if trust_remote_code else NO_MODULES_CACHE
+    return tool_env
+
+
 def convert_hf_to_gguf(
     toolchain: Toolchain,
     model_dir: Path,
     outfile: Path,
     outtype: OutType,
     env: Mapping[str, str],
+    *,
+    trust_remote_code: bool = False,
 ) -> ToolRun:
-    """``convert_hf_to_gguf.py MODEL_DIR --outtype OUTTYPE --outfile OUTFILE``."""
+    """``convert_hf_to_gguf.py MODEL_DIR --outtype OUTTYPE --outfile OUTFILE``; the model's own
+    code can be imported only with ``trust_remote_code`` (see :func:`convert_env`)."""
     command: list[str | Path] = [
         sys.executable, toolchain.convert_hf_to_gguf, model_dir,
         "--outtype", outtype, "--outfile", outfile,
     ]  # fmt: skip
-    return run_tool("convert_hf_to_gguf.py", command, env=subprocess_env(toolchain, env))
+    tool_env = convert_env(
+        toolchain, env, outfile.parent / ".hf-modules", trust_remote_code=trust_remote_code
+    )
+    return run_tool("convert_hf_to_gguf.py", command, env=tool_env)
 
 
 def convert_lora_to_gguf(
@@ -47,13 +82,23 @@ def convert_lora_to_gguf(
     outfile: Path,
     outtype: OutType,
     env: Mapping[str, str],
+    *,
+    trust_remote_code: bool = False,
 ) -> ToolRun:
-    """``convert_lora_to_gguf.py ADAPTER_DIR --base BASE_DIR --outtype T --outfile OUTFILE``."""
+    """``convert_lora_to_gguf.py ADAPTER_DIR --base BASE_DIR --outtype T --outfile OUTFILE``.
+
+    Its own ``--trust-remote-code`` only matters when it fetches the base's config from a hub,
+    which ``--base`` (always given) avoids, so it is never passed; the environment decides, as
+    for :func:`convert_hf_to_gguf`.
+    """
     command: list[str | Path] = [
         sys.executable, toolchain.convert_lora_to_gguf, adapter_dir, "--base", base_dir,
         "--outtype", outtype, "--outfile", outfile,
     ]  # fmt: skip
-    return run_tool("convert_lora_to_gguf.py", command, env=subprocess_env(toolchain, env))
+    tool_env = convert_env(
+        toolchain, env, outfile.parent / ".hf-modules", trust_remote_code=trust_remote_code
+    )
+    return run_tool("convert_lora_to_gguf.py", command, env=tool_env)
 
 
 def quantize(

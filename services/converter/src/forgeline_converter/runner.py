@@ -216,6 +216,7 @@ async def _download(
         "result_file": work / "result.json",
         "llamacpp_home": context.settings.llamacpp_home,
         "smoke": smoke,
+        "trust_remote_code": context.settings.trust_remote_code,
     }
     if spec.HasField("adapter"):
         task = spec.adapter

@@ -198,6 +198,7 @@ class Converter:
 
         Raises:
             InvalidArgument, NotFound, Unimplemented: the request cannot be carried out.
+            FailedPrecondition: a version it names needs its own code, which is not trusted.
             Unavailable: the registry cannot be reached to check the request.
         """
         if self._closing:
@@ -208,7 +209,12 @@ class Converter:
                 return existing
         spec = pb.ConversionSpec()
         spec.CopyFrom(request.spec)
-        await validate_spec(self.registry.stub, spec, set(await self.quantization_types()))
+        await validate_spec(
+            self.registry.stub,
+            spec,
+            set(await self.quantization_types()),
+            trust_remote_code=self.settings.trust_remote_code,
+        )
         conversion_id = f"cv-{uuid.uuid4().hex[:16]}"
         conversion = pb.Conversion(
             id=conversion_id,

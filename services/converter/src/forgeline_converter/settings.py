@@ -24,6 +24,13 @@ class ConverterSettings(ServiceSettings):
     registry_target: str = Field(
         "127.0.0.1:50051", min_length=1, description="host:port of the registry service."
     )
+    registry_local_files: bool = Field(
+        False,
+        description="The registry runs on this host with filesystem storage (the embedded "
+        "default, `forgeline up`): read and write its blobs as local files instead of asking it "
+        "for URLs. Leave it off where the registry runs in another container or machine "
+        "(compose, Kubernetes): its paths mean nothing there.",
+    )
     work_dir: Path = Field(
         Path(".forgeline/converter/work"),
         description="Where sources are downloaded and GGUF files written while a conversion "
@@ -68,6 +75,15 @@ class ConverterSettings(ServiceSettings):
         ge=0,
         le=3600,
         description="Wait before running killed tool work again; doubled for each further attempt.",
+    )
+    # Off unless an operator decides otherwise: an admin key registers models, and must not get
+    # code execution on the converter through one (docs/security.md).
+    trust_remote_code: bool = Field(
+        False,
+        description="Whether a model that needs its own Python code (an auto_map in config.json "
+        "or tokenizer_config.json, or .py files) may be converted: llama.cpp's convert script "
+        "imports that code for some architectures. Off, such a model is refused before any tool "
+        "runs. Leave it off unless every model in the registry is trusted.",
     )
 
     def toolchain(self) -> Toolchain:

@@ -10,16 +10,28 @@ import ast
 import json
 from functools import cache
 from pathlib import Path
+from typing import Final
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from forgeline_converter.errors import ConversionError, MissingTokenizer, UnsupportedArchitecture
+from forgeline_converter.errors import (
+    ConversionError,
+    MissingTokenizer,
+    RemoteCodeNotTrusted,
+    UnsupportedArchitecture,
+)
 from forgeline_kit.llamacpp import Toolchain
 
 CONFIG = "config.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 # Vocabulary files llama.cpp's converter reads: SentencePiece, or a `tokenizers` JSON.
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
+#: The files whose ``auto_map`` makes transformers load classes from the model's own ``.py``
+#: files (the registry's hub importer looks at the same two).
+AUTO_MAP_FILES = (CONFIG, TOKENIZER_CONFIG)
+#: The setting that lets conversions run a model's own code (``ConverterSettings``; a test keeps
+#: the name in step).
+TRUST_REMOTE_CODE_SETTING: Final = "FORGELINE_CONVERTER_TRUST_REMOTE_CODE"
 
 
 class HfConfig(BaseModel):
@@ -67,11 +79,65 @@ def supported_architectures(convert_script: Path) -> frozenset[str]:
     raise ConversionError(f"no TEXT_MODEL_MAP in {table}: the llama.cpp toolchain is damaged")
 
 
-def inspect_source(model_dir: Path, toolchain: Toolchain) -> SourceModel:
+def remote_code(model_dir: Path) -> list[str]:
+    """Why loading ``model_dir`` with transformers would run the model's own code (empty when it
+    would not): an ``auto_map`` in ``config.json`` or ``tokenizer_config.json``, or ``.py`` files
+    anywhere in the directory."""
+    reasons = []
+    for name in AUTO_MAP_FILES:
+        path = model_dir / name
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # an unreadable config.json fails the checks after this one
+        if isinstance(data, dict) and data.get("auto_map"):
+            reasons.append(f"{name} has an auto_map")
+    code = sorted(str(p.relative_to(model_dir)) for p in model_dir.rglob("*.py"))
+    if code:
+        shown = ", ".join(code[:5]) + (f" and {len(code) - 5} more" if len(code) > 5 else "")
+        reasons.append(f"it carries Python files ({shown})")
+    return reasons
+
+
+def check_remote_code(model_dir: Path, trust_remote_code: bool, what: str = "the model") -> None:
+    """Refuse ``model_dir`` when it needs its own code and the operator has not trusted that.
+
+    llama.cpp's convert script loads the tokenizers of several architectures with
+    ``trust_remote_code=True`` and has no switch to stop it, so the model's code would run in
+    the converter: this check is what stands in the way, before any tool starts.
+
+    Raises:
+        RemoteCodeNotTrusted: it needs code and ``trust_remote_code`` is off.
+    """
+    if trust_remote_code:
+        return
+    reasons = remote_code(model_dir)
+    if reasons:
+        raise RemoteCodeNotTrusted(
+            f"{what} needs its own Python code to load ({'; '.join(reasons)}), and this "
+            f"converter does not run a model's code ({TRUST_REMOTE_CODE_SETTING} is off). "
+            "Convert a model whose architecture transformers and llama.cpp ship, or, if every "
+            f"model in the registry comes from someone you trust, set "
+            f"{TRUST_REMOTE_CODE_SETTING}=true on the converter"
+        )
+
+
+def inspect_source(
+    model_dir: Path, toolchain: Toolchain, *, trust_remote_code: bool = False
+) -> SourceModel:
     """Check that ``model_dir`` is a model llama.cpp can convert.
+
+    Args:
+        model_dir: the Hugging Face model directory.
+        toolchain: the llama.cpp build that will convert it.
+        trust_remote_code: accept a model that needs its own Python code (the operator's
+            ``FORGELINE_CONVERTER_TRUST_REMOTE_CODE``).
 
     Raises:
         ConversionError: no readable ``config.json``.
+        RemoteCodeNotTrusted: the model needs its own code and ``trust_remote_code`` is off.
         UnsupportedArchitecture: llama.cpp cannot convert the architecture.
         MissingTokenizer: no tokenizer file.
     """
@@ -81,6 +147,7 @@ def inspect_source(model_dir: Path, toolchain: Toolchain) -> SourceModel:
         raise ConversionError(
             f"{model_dir} is not a Hugging Face model directory ({CONFIG}: {error})"
         ) from error
+    check_remote_code(model_dir, trust_remote_code)
     architecture = config.architectures[0]
     known = supported_architectures(toolchain.convert_hf_to_gguf)
     if architecture not in known:

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 from forgeline_converter.llamacpp_tools import requires_imatrix
 from forgeline_converter.modelfile import PARAMETER_NAME, modelfile_value
-from forgeline_kit.errors import InvalidArgument, NotFound
+from forgeline_converter.source import TRUST_REMOTE_CODE_SETTING
+from forgeline_kit.errors import FailedPrecondition, InvalidArgument, NotFound
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.converter.v1 import converter_pb2 as pb
 from forgeline_proto.registry.v1 import registry_pb2 as rpb
@@ -45,6 +46,39 @@ async def resolve(stub: Stub, ref: common_pb2.VersionRef, field: str) -> rpb.Ver
 def pinned(version: rpb.Version) -> common_pb2.VersionRef:
     """A reference to exactly ``version``."""
     return common_pb2.VersionRef(model=version.model, version=version.number)
+
+
+#: The label the registry's hub importer puts on a version it imported with trust_remote_code.
+REMOTE_CODE_LABEL = "trust_remote_code"
+
+
+def check_remote_code(version: rpb.Version, field: str, trust_remote_code: bool) -> None:
+    """Refuse at once a version that needs its own code, when the operator has not trusted that.
+
+    What the registry already says is enough here: the hub importer's ``trust_remote_code``
+    label, or ``.py`` files among the artifacts. An ``auto_map`` in a config file is found by
+    the worker once the files are downloaded (:func:`.source.check_remote_code`).
+
+    Raises:
+        FailedPrecondition: it needs code and ``trust_remote_code`` is off.
+    """
+    if trust_remote_code:
+        return
+    reasons = []
+    if version.labels.get(REMOTE_CODE_LABEL) == "true":
+        reasons.append("it was imported with --trust-remote-code")
+    code = sorted(a.path for a in version.artifacts if a.path.endswith(".py"))
+    if code:
+        reasons.append(f"it carries Python files ({', '.join(code[:5])})")
+    if reasons:
+        raise FailedPrecondition(
+            f"{version.model}:{version.number} needs its own Python code to load "
+            f"({'; '.join(reasons)}), and this converter does not run a model's code "
+            f"({TRUST_REMOTE_CODE_SETTING} is off). Convert a model whose architecture "
+            "transformers and llama.cpp ship, or, if every model in the registry comes from "
+            f"someone you trust, set {TRUST_REMOTE_CODE_SETTING}=true on the converter",
+            field=field,
+        )
 
 
 def _check_type(name: str, offered: Collection[str], field: str) -> str:
@@ -197,13 +231,22 @@ async def _base_gguf(stub: Stub, base: common_pb2.VersionRef) -> common_pb2.Vers
     return pinned(versions[0]) if versions else None
 
 
-async def validate_spec(stub: Stub, spec: pb.ConversionSpec, offered: Collection[str]) -> None:
+async def validate_spec(
+    stub: Stub,
+    spec: pb.ConversionSpec,
+    offered: Collection[str],
+    *,
+    trust_remote_code: bool = False,
+) -> None:
     """Check ``spec`` and fill in its defaults in place: pinned versions, the output model, the
     outtype, the quality metric, the adapter's base and base GGUF.
+
+    ``trust_remote_code`` is the operator's ``FORGELINE_CONVERTER_TRUST_REMOTE_CODE``.
 
     Raises:
         InvalidArgument: the request cannot be carried out as written.
         NotFound: a version or file it names is not in the registry.
+        FailedPrecondition: an HF version it names needs its own code, and that is not trusted.
     """
     task = spec.WhichOneof("task")
     verification = spec.verification
@@ -229,6 +272,8 @@ async def validate_spec(stub: Stub, spec: pb.ConversionSpec, offered: Collection
                 "spec.adapter",
                 field="spec.model.source",
             )
+        if source.kind in HF_KINDS:
+            check_remote_code(source, "spec.model.source", trust_remote_code)
         model.source.CopyFrom(pinned(source))
         imatrix = model.imatrix if model.HasField("imatrix") else None
         _check_model(
@@ -249,6 +294,7 @@ async def validate_spec(stub: Stub, spec: pb.ConversionSpec, offered: Collection
                 "version, not an ADAPTER",
                 field="spec.adapter.adapter",
             )
+        check_remote_code(adapter, "spec.adapter.adapter", trust_remote_code)
         adapter_task.adapter.CopyFrom(pinned(adapter))
         if adapter_task.outtype == pb.GGUF_OUTTYPE_UNSPECIFIED:
             adapter_task.outtype = pb.GGUF_OUTTYPE_F16
@@ -269,6 +315,7 @@ async def validate_spec(stub: Stub, spec: pb.ConversionSpec, offered: Collection
                 f"the base {base.model}:{base.number} is not an HF model",
                 field="spec.adapter.base",
             )
+        check_remote_code(base, "spec.adapter.base", trust_remote_code)
         adapter_task.base.CopyFrom(pinned(base))
         if adapter_task.HasField("base_gguf"):
             base_gguf = await resolve(stub, adapter_task.base_gguf, "spec.adapter.base_gguf")

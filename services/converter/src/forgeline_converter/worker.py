@@ -93,6 +93,9 @@ class WorkerJob(BaseModel):
     result_file: Path
     llamacpp_home: Path | None = None
     smoke: SmokeSpec = Field(default_factory=SmokeSpec)
+    trust_remote_code: bool = False
+    """The operator's ``FORGELINE_CONVERTER_TRUST_REMOTE_CODE``: convert a model that needs its
+    own Python code (refused before any tool runs otherwise)."""
 
 
 class WorkerOutput(BaseModel):
@@ -240,6 +243,7 @@ def _run_model(job: WorkerJob, task: ModelJob, toolchain: Toolchain, clock: _Clo
             env,
             work_root=job.work_root,
             progress=clock.stage,
+            trust_remote_code=job.trust_remote_code,
         )
     clock.stop()
     intermediate = converted.files[0]
@@ -317,6 +321,7 @@ def _run_adapter(
         env,
         outtype=task.outtype,
         work_root=job.work_root,
+        trust_remote_code=job.trust_remote_code,
     )
     clock.stage("VERIFYING", file_type)
     clock.timings["convert"] = converted.tool_wall_s

@@ -5,6 +5,8 @@
     forgeline-gateway keys list
     forgeline-gateway keys revoke KEY_ID
 
+Serving binds two ports: the API (``HTTP_HOST``/``HTTP_PORT``) and, apart from it, Prometheus's
+``/metrics`` (``METRICS_HOST``/``METRICS_PORT``, the kit's listener, as every service has).
 Key commands work on the gateway's database (FORGELINE_GATEWAY_DATABASE) directly, so the first
 admin key can be made before any key exists.
 """
@@ -32,6 +34,7 @@ from forgeline_gateway.store import Store
 from forgeline_kit.errors import ForgelineError
 from forgeline_kit.grpc.internal_token import InternalTokenError, internal_token
 from forgeline_kit.logging import configure_logging
+from forgeline_kit.metrics import MetricsServer, MetricsStartError, start_service_metrics
 from forgeline_kit.settings import SettingsError, load_settings
 from forgeline_kit.state_lock import StateDirInUseError, hold_state_dir
 
@@ -113,10 +116,14 @@ def _keys(settings: GatewaySettings, args: argparse.Namespace) -> int:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, logging the address it bound once it serves (port 0 picks one), and
-    ending with status 0 after a graceful shutdown on SIGTERM or SIGINT, as the kit's services
-    do (uvicorn re-raises the signal, which reads as a crash to a supervisor). A second signal
-    stops waiting for in-flight requests."""
+    """uvicorn's server, logging the addresses of the API and of the metrics listener once it
+    serves (port 0 picks one), and ending with status 0 after a graceful shutdown on SIGTERM or
+    SIGINT, as the kit's services do (uvicorn re-raises the signal, which reads as a crash to a
+    supervisor). A second signal stops waiting for in-flight requests."""
+
+    def __init__(self, config: uvicorn.Config, metrics: MetricsServer) -> None:
+        super().__init__(config)
+        self.metrics = metrics
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -140,7 +147,15 @@ class _Server(uvicorn.Server):
             # collector's sight, a full collection no longer walks them while requests wait
             # (it stalled the event loop for ~15 ms: p99 latency, benchmarks/gateway_results.md).
             gc.freeze()
-            log.info("gateway serving", extra={"http_host": host, "http_port": port})
+            log.info(
+                "gateway serving",
+                extra={
+                    "http_host": host,
+                    "http_port": port,
+                    "metrics_url": self.metrics.url,
+                    "metrics_port": self.metrics.port,
+                },
+            )
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -153,6 +168,20 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 async def _serve(settings: GatewaySettings) -> int:
+    try:
+        # Bound before anything starts (state, deployments, the API port), as the gRPC services
+        # bind theirs: a port that is taken stops the gateway at once, naming the variables.
+        metrics = start_service_metrics(settings)
+    except MetricsStartError as error:
+        log.error("%s", error)
+        return 1
+    try:
+        return await _serve_api(settings, metrics)
+    finally:
+        metrics.close()
+
+
+async def _serve_api(settings: GatewaySettings, metrics: MetricsServer) -> int:
     config = uvicorn.Config(
         create_app(settings),
         host=settings.http_host,
@@ -162,7 +191,7 @@ async def _serve(settings: GatewaySettings) -> int:
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
         lifespan="on",
     )
-    server = _Server(config)
+    server = _Server(config, metrics)
     await server.serve()
     return 0 if server.started else 1
 

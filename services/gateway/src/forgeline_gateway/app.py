@@ -11,7 +11,6 @@ import httpx
 from fastapi import FastAPI
 from prometheus_client import REGISTRY, CollectorRegistry
 from pydantic import BaseModel
-from starlette.responses import Response
 
 from forgeline_gateway.api.chat import api_router as chat_api
 from forgeline_gateway.api.chat.protocol import ChatCompletionRequest
@@ -62,7 +61,6 @@ from forgeline_gateway.security.keys import Authenticator
 from forgeline_gateway.settings import GatewaySettings
 from forgeline_gateway.store import Store
 from forgeline_kit.llamacpp import ToolchainError, locate
-from forgeline_kit.metrics import render_metrics
 from forgeline_registry.client import RegistryClient
 
 __all__ = ["BackendFactory", "create_app", "default_backends"]
@@ -113,7 +111,9 @@ def create_app(
 
     Args:
         settings: the gateway's settings.
-        registry: where its metrics are registered (tests give each app its own).
+        registry: where its metrics are registered (tests give each app its own). They are
+            not served here: ``/metrics`` has a listener of its own (the kit's, started by
+            ``forgeline-gateway``), so the public API port does not publish them.
         backends: builds the backend adapters.
     """
     metrics = GatewayMetrics(registry)
@@ -135,7 +135,13 @@ def create_app(
             trust_env=False,
         )
         router = Router()
-        registry = RegistryClient(settings.registry_target) if settings.registry_target else None
+        registry = (
+            RegistryClient(
+                settings.registry_target, accept_local_files=settings.registry_local_files
+            )
+            if settings.registry_target
+            else None
+        )
         artifacts = RegistryArtifacts(registry, settings.model_cache) if registry else None
         manager = DeploymentManager(
             store,
@@ -216,11 +222,6 @@ def create_app(
     @app.get("/health", tags=["ops"], summary="Liveness")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
-
-    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", response_class=Response)
-    async def prometheus_metrics() -> Response:
-        body, content_type = render_metrics(registry)
-        return Response(body, media_type=content_type)
 
     app.add_middleware(
         BodyLimitMiddleware,

@@ -1,8 +1,9 @@
 """The gateway's settings: the kit's `ServiceSettings` under the ``FORGELINE_GATEWAY_`` prefix.
 
 Read them with ``forgeline_kit.settings.load_settings(GatewaySettings)``, which names every
-malformed or unknown variable. The gRPC fields inherited from the kit are unused by this slice
-(the gateway is an HTTP service that serves ``/metrics`` on its own port).
+malformed or unknown variable. The gateway is an HTTP service: the gRPC fields inherited from the
+kit are unused, while ``METRICS_HOST`` and ``METRICS_PORT`` place its ``/metrics`` listener, a
+port of its own as every service has, never the public API port.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ class GatewaySettings(ServiceSettings):
     http_port: Port = Field(
         8080, description="HTTP port of the OpenAI-compatible API; 0 picks one."
     )
+    # After the registry's, trainer's and converter's (9464-9466), so the four services run on
+    # one host with their defaults; containers use 9464 (the image sets it).
+    metrics_port: Port = Field(9467, description="Port of the /metrics endpoint; 0 picks one.")
     database: Path = Field(
         Path(".forgeline/gateway.sqlite3"),
         description="SQLite file holding API keys and deployments (the one owner of shared state).",
@@ -76,6 +80,21 @@ class GatewaySettings(ServiceSettings):
         512 * 1024 * 1024,
         ge=1,
         description="Largest file the Files API accepts (`POST /v1/files`); larger is 413.",
+    )
+    # Uploaded datasets are checked as a stream, a record at a time in a worker thread: these
+    # bound what one upload costs to check (memory follows the record, time the record count).
+    max_dataset_records: int = Field(
+        1_000_000,
+        ge=1,
+        description="Most records (JSONL lines, JSON list elements, eval rows) an uploaded file "
+        "may hold; more is a 400 naming this setting.",
+    )
+    max_dataset_record_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="Most bytes one record of an uploaded file may take (a JSONL line without "
+        "its newline, one element of a JSON list); longer is a 400 naming the line and this "
+        "setting. 4 MiB is about a million tokens, past any context a model is trained with.",
     )
     request_timeout_seconds: float = Field(
         600.0,
@@ -156,6 +175,13 @@ class GatewaySettings(ServiceSettings):
         None,
         description="host:port of the registry's gRPC API: files, fine-tuning jobs and "
         "deployments of registered versions need it.",
+    )
+    registry_local_files: bool = Field(
+        False,
+        description="The registry runs on this host with filesystem storage (the embedded "
+        "default, `forgeline up`): read and write its blobs as local files instead of asking it "
+        "for URLs. Leave it off where the registry runs in another container or machine "
+        "(compose, Kubernetes): its paths mean nothing there.",
     )
     trainer_target: str | None = Field(
         None, description="host:port of the trainer's gRPC API (fine-tuning jobs need it)."

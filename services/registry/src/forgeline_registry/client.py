@@ -2,7 +2,8 @@
 
 ::
 
-    async with RegistryClient("127.0.0.1:50051") as registry:
+    # On the registry's host with filesystem storage; elsewhere leave accept_local_files off.
+    async with RegistryClient("127.0.0.1:50051", accept_local_files=True) as registry:
         version = await registry.push(Path("tiny-llama/"), "tiny-llama")
         await registry.pull("tiny-llama@latest", Path("out/"))
 
@@ -53,13 +54,27 @@ class PushPlan:
 
 
 class RegistryClient:
-    """Registry calls plus transfers. Use as an async context manager."""
+    """Registry calls plus transfers. Use as an async context manager.
+
+    Args:
+        target: the registry's gRPC ``host:port``.
+        accept_local_files: ask for ``LocalFile`` grants (host paths of the registry's blobs and
+            staging files). Only a caller on the registry's own host, with the registry on the
+            filesystem driver (the embedded default, ``forgeline up``), can use them: elsewhere
+            the path names a file of another machine or container. Off by default, so a client
+            asks for them knowingly; a filesystem registry refuses a client that does not
+            (FAILED_PRECONDITION), and an S3 registry never grants them (presigned URLs only).
+        part_size_bytes: preferred part size of uploads to S3; 0 lets the registry choose.
+        parallel: how many transfers (files, parts) run at once.
+        timeout: deadline of each registry call, in seconds.
+        wait_for_ready: let calls wait for the registry to come up instead of failing at once.
+    """
 
     def __init__(
         self,
         target: str,
         *,
-        accept_local_files: bool = True,
+        accept_local_files: bool = False,
         part_size_bytes: int = 0,
         parallel: int = 4,
         timeout: float = 60.0,

@@ -11,8 +11,11 @@ keys never fall under another's prefix)::
     gc/sha256/<digest>/<collection id>        CollectionMarker: a collection of the blob is under
                                               way (or was, in a registry that died)
     deleting/sha256/<digest>/<upload id>      S3 driver: marker: those parts are being deleted
-    models/<model>/model.json                 ModelRecord
-    models/<model>/versions/<number>.json     VersionManifest (a tombstone once deleted)
+    models/<model>/model.json                 ModelRecord (with `deletion` set: the model's
+                                              tombstone while it is being deleted)
+    models/<model>/versions/<number>.json     VersionManifest (a tombstone once deleted; the
+                                              highest survives the model's deletion)
+    models/<model>/deleted/<number>           marker: that version is deleted (fast counts)
     models/<model>/aliases/<alias>.json       AliasRecord
     models/<model>/requests/<key hash>.json   RequestRecord (idempotency key -> upload)
     lineage/<model>/<number>/<child>/<n>.json ChildRecord (reverse index of lineage parents)
@@ -40,6 +43,7 @@ __all__ = [
     "CollectionMarker",
     "DatasetRecord",
     "LineageRecord",
+    "ModelDeletion",
     "ModelRecord",
     "ParentRecord",
     "ProvenanceFileRecord",
@@ -170,6 +174,20 @@ class VersionManifest(_Record):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+class ModelDeletion(_Record):
+    """A model's tombstone: its deletion is under way (or was, in a registry that died).
+
+    Written into the model's record, by compare-and-swap, before anything is deleted: from then on
+    the model reads as not found, new uploads and commits to it are refused, and a deletion that
+    was cut short is finished by a retry or by the janitor.
+    """
+
+    start_time: datetime
+    #: The deletion may delete the model's versions (DeleteModel's `force`); without it, a
+    #: version committed before the tombstone was written makes the deletion back out.
+    force: bool = False
+
+
 class ModelRecord(_Record):
     """A model's own mutable fields."""
 
@@ -178,6 +196,9 @@ class ModelRecord(_Record):
     labels: dict[str, str] = Field(default_factory=dict)
     create_time: datetime
     update_time: datetime
+    #: Set while the model is being deleted. Older registries ignore it (records ignore unknown
+    #: fields) and would show the model until its deletion finishes.
+    deletion: ModelDeletion | None = None
 
 
 class AliasRecord(_Record):
@@ -253,6 +274,9 @@ class UploadRecord(_Record):
     #: manifest is recognised by it, so a retry never claims a second number.
     claiming: int | None = None
     version: int | None = None
+    #: The `create_time` of the model the upload was begun for: a model deleted and created again
+    #: meanwhile is another model, and the commit is refused. None in records of older registries.
+    model_create_time: datetime | None = None
 
 
 class RequestRecord(_Record):
@@ -285,6 +309,15 @@ class keys:  # noqa: N801 (a namespace of key builders)
     def version(model: str, number: int) -> str:
         # Zero-padded so that listing order is number order.
         return f"{keys.versions(model)}{number:010d}.json"
+
+    @staticmethod
+    def deleted(model: str) -> str:
+        """The prefix of the model's deleted-version markers."""
+        return keys.model_dir(model) + "deleted/"
+
+    @staticmethod
+    def deleted_marker(model: str, number: int) -> str:
+        return f"{keys.deleted(model)}{number:010d}"
 
     @staticmethod
     def aliases(model: str) -> str:

@@ -13,6 +13,12 @@ registry replicas sharing one store:
   checks that no collection of the blob is under way; a collection writes its marker, then
   checks for references. Whichever comes second sees the other, so a blob is never removed under
   a version that is being committed.
+- A model's deletion first writes a tombstone into the model's record (compare-and-swap); then
+  it deletes the versions, then the rest, then the record. A commit creates its manifest, then
+  reads the model's record: a commit that sees the tombstone (or another model of that name, or
+  none) withdraws its manifest and is refused; a deletion that lists the versions after the
+  tombstone sees every manifest created before it. Whichever comes second sees the other, so no
+  version lands in a model being deleted, and the model reads as not found from the tombstone on.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from forgeline_registry.manifests import (
     ChildRecord,
     CollectionMarker,
     LineageRecord,
+    ModelDeletion,
     ModelRecord,
     RequestRecord,
     UploadRecord,
@@ -79,6 +86,7 @@ log = logging.getLogger(__name__)
 
 R = TypeVar("R", bound=BaseModel)
 T = TypeVar("T")
+G = TypeVar("G", UploadGrantSpec, DownloadGrantSpec)
 
 LATEST = "latest"
 DEFAULT_PAGE_SIZE = 50
@@ -237,20 +245,38 @@ class Registry:
 
     # --- models
 
-    async def _model(self, name: str) -> ModelRecord:
-        found = await self._get(keys.model(name), ModelRecord)
+    @staticmethod
+    def _live(name: str, found: tuple[ModelRecord, str] | None) -> ModelRecord:
+        """The model's record, unless it is missing or being deleted (NotFound either way: from
+        its tombstone on, a model being deleted is gone for readers)."""
         if found is None:
             raise NotFound(f"model {name!r} not found", field="model")
+        if found[0].deletion is not None:
+            raise NotFound(f"model {name!r} not found: it is being deleted", field="model")
         return found[0]
+
+    async def _model(self, name: str) -> ModelRecord:
+        return self._live(name, await self._get(keys.model(name), ModelRecord))
 
     async def _numbers(self, model: str) -> list[int]:
         """Numbers of the model's versions that are not deleted, ascending."""
         listed, deleted = await asyncio.gather(
             self.store.list_children(keys.versions(model)),
-            self.store.list_children(keys.model_dir(model) + "deleted/"),
+            self.store.list_children(keys.deleted(model)),
         )
         gone = {int(name) for name in deleted}
         return [n for n in (_version_number(k) for k in listed) if n not in gone]
+
+    async def _next_number(self, model: str) -> int:
+        """One past every number the model's name ever used: its version keys (tombstones
+        included) and its deleted-version markers, so that a number is never handed out twice,
+        not even to a model created again under a deleted one's name."""
+        listed, deleted = await asyncio.gather(
+            self.store.list_children(keys.versions(model)),
+            self.store.list_children(keys.deleted(model)),
+        )
+        used = [_version_number(k) for k in listed] + [int(n) for n in deleted if n.isdigit()]
+        return max(used, default=0) + 1
 
     async def _aliases(self, model: str) -> dict[str, AliasRecord]:
         names_ = [n[: -len(".json")] for n in await self.store.list_children(keys.aliases(model))]
@@ -293,6 +319,13 @@ class Registry:
         try:
             await self.store.write(keys.model(name), dump(record), if_none_match=True)
         except PreconditionFailed:
+            found = await self._get(keys.model(name), ModelRecord)
+            if found is not None and found[0].deletion is not None:
+                raise FailedPrecondition(
+                    f"model {name!r} is being deleted: create it again once the deletion has "
+                    "finished (repeat DeleteModel to finish one that was interrupted)",
+                    field="model.name",
+                ) from None
             raise AlreadyExists(f"model {name!r} already exists", field="model.name") from None
         log.info("model created", extra={"model": name})
         return await self._model_view(record)
@@ -319,7 +352,9 @@ class Registry:
         for name in wanted:
             found = await self._get(keys.model(name), ModelRecord)
             last = name
-            if found is None or any(found[0].labels.get(k) != v for k, v in (labels or {}).items()):
+            if found is None or found[0].deletion is not None:
+                continue
+            if any(found[0].labels.get(k) != v for k, v in (labels or {}).items()):
                 continue
             views.append(await self._model_view(found[0]))
             if len(views) == size:
@@ -336,7 +371,7 @@ class Registry:
         await self._model(name)
 
         def change(current: ModelRecord | None) -> ModelRecord:
-            if current is None:
+            if current is None or current.deletion is not None:
                 raise NotFound(f"model {name!r} not found", field="model.name")
             update: dict[str, Any] = {"update_time": now()}
             if description is not None:
@@ -350,28 +385,104 @@ class Registry:
         return await self._model_view(record)
 
     async def delete_model(self, name: str, force: bool = False) -> None:
-        """Delete a model; with `force` its versions and aliases too."""
+        """Delete a model; with `force` its versions and aliases too.
+
+        The model's record is tombstoned first: from then on the model reads as not found, and
+        uploads and commits to it are refused (FAILED_PRECONDITION). Then its versions are
+        deleted (their blobs collected), then its other records, and the model's record last:
+        once this returns the name is free again. A model created again under it continues the
+        old one's numbering, so ``model:N`` never names two different versions over time.
+        Calling it again finishes a deletion that was interrupted (so does the janitor).
+        """
         names.check_model_name(name, "name")
-        await self._model(name)
-        numbers = await self._numbers(name)
-        if numbers and not force:
-            raise FailedPrecondition(
-                f"model {name!r} still has {len(numbers)} version(s): delete them first, or "
-                "set force to delete them with the model",
-                field="force",
+        found = await self._get(keys.model(name), ModelRecord)
+        if found is None:
+            raise NotFound(f"model {name!r} not found", field="name")
+        record, etag = found
+        if record.deletion is not None:
+            force = force or record.deletion.force
+        else:
+            numbers = await self._numbers(name)
+            if numbers and not force:
+                raise FailedPrecondition(
+                    f"model {name!r} still has {len(numbers)} version(s): delete them first, or "
+                    "set force to delete them with the model",
+                    field="force",
+                )
+            record = record.model_copy(
+                update={"deletion": ModelDeletion(start_time=now(), force=force)}
             )
-        for number in sorted(numbers, reverse=True):
-            await self.delete_version(name, number, force=True)
-        for key in await self.store.list_keys(keys.model_dir(name)):
-            await self.store.delete(key)
+            try:
+                etag = await self.store.write(keys.model(name), dump(record), if_match=etag)
+            except PreconditionFailed:
+                raise Aborted(f"model {name!r} changed meanwhile; retry") from None
+        await self._finish_model_deletion(record, etag, force=force)
+
+    async def _live_versions(self, model: str) -> list[tuple[VersionManifest, str]]:
+        """Every manifest of the model that is not a tombstone, with its ETag."""
+        listed = await self.store.list_keys(keys.versions(model))
+        found = await asyncio.gather(*(self._get(k, VersionManifest) for k in listed))
+        return [f for f in found if f is not None and not f[0].deleted]
+
+    async def _finish_model_deletion(self, record: ModelRecord, etag: str, *, force: bool) -> None:
+        """Everything a model's deletion does after its tombstone, each step safe to run again."""
+        name = record.name
+        for _ in range(MAX_CAS_ATTEMPTS):
+            # Listed after the tombstone: every manifest created before it is here, and a commit
+            # creating one later sees the tombstone and withdraws it.
+            live = await self._live_versions(name)
+            if not live:
+                break
+            if not force:
+                # Versions committed before the tombstone: a deletion without force backs out.
+                with contextlib.suppress(PreconditionFailed):
+                    await self.store.write(
+                        keys.model(name),
+                        dump(record.model_copy(update={"deletion": None})),
+                        if_match=etag,
+                    )
+                raise FailedPrecondition(
+                    f"model {name!r} still has {len(live)} version(s): delete them first, or "
+                    "set force to delete them with the model",
+                    field="force",
+                )
+            for manifest, version_etag in live:
+                # None: the commit that created it withdrew it meanwhile.
+                await self._tombstone_version(manifest, version_etag)
+        else:
+            raise Aborted(f"versions of model {name!r} keep appearing; retry the deletion")
+        listed = await self.store.list_keys(keys.model_dir(name))
+        keep = {keys.model(name)}
+        versions = [k for k in listed if k.startswith(keys.versions(name))]
+        if versions:
+            # The highest tombstone (with its marker) stays, so a model created again under this
+            # name continues the numbering instead of handing out the old numbers again.
+            highest = max(versions)  # zero-padded: key order is number order
+            number = _version_number(highest)
+            found = await self._get(highest, VersionManifest)
+            if found is not None and not found[0].deleted:
+                # Created by a commit that died before it could see the tombstone and withdraw.
+                await self._tombstone_version(*found)
+            await self.store.write(keys.deleted_marker(name, number), b"")
+            keep |= {highest, keys.deleted_marker(name, number)}
+        for key in listed:
+            if key not in keep:
+                await self.store.delete(key)
+        # Last: the name is free from here on.
+        await self.store.delete(keys.model(name))
         log.info("model deleted", extra={"model": name})
 
     # --- versions: reading
 
     async def _manifest(self, model: str, number: int) -> tuple[VersionManifest, str]:
-        found = await self._get(keys.version(model, number), VersionManifest)
+        # The model too: a version of a model being deleted is not shown, even for the moment a
+        # commit racing the deletion takes to withdraw it.
+        found, owner = await asyncio.gather(
+            self._get(keys.version(model, number), VersionManifest),
+            self._get(keys.model(model), ModelRecord),
+        )
+        self._live(model, owner)
         if found is None or found[0].deleted:
-            await self._model(model)
             raise NotFound(f"version {model}:{number} not found", field="version")
         return found
 
@@ -397,9 +508,12 @@ class Registry:
         if version is not None:
             return await self.get_version(model, version)
         alias = names.check_alias(alias or LATEST, "reference.alias")
-        found = await self._get(keys.alias(model, alias), AliasRecord)
+        found, owner = await asyncio.gather(
+            self._get(keys.alias(model, alias), AliasRecord),
+            self._get(keys.model(model), ModelRecord),
+        )
+        self._live(model, owner)
         if found is None:
-            await self._model(model)
             if alias == LATEST:
                 raise NotFound(f"model {model!r} has no versions", field="reference")
             raise NotFound(f"alias {model}@{alias} not found", field="reference.alias")
@@ -634,7 +748,8 @@ class Registry:
                 raise NotFound(
                     f"parent version {parent.model}:{parent.version} not found", field=field_name
                 )
-        if await self._get(keys.model(new.model), ModelRecord) is None:
+        owner = await self._get(keys.model(new.model), ModelRecord)
+        if owner is None:
             if not new.create_model:
                 raise NotFound(
                     f"model {new.model!r} not found (set create_model to create it)",
@@ -642,8 +757,10 @@ class Registry:
                 )
             with contextlib.suppress(AlreadyExists):
                 await self.create_model(new.model)
+            owner = await self._get(keys.model(new.model), ModelRecord)
+        model = self._writable(new.model, owner)
         if not new.request_id:
-            record = await self._new_upload(new)
+            record = await self._new_upload(new, model)
             return await self._begin_result(record, new.accept_local_files)
         request_key = keys.request(new.model, new.request_id)
         for _ in range(MAX_CAS_ATTEMPTS):
@@ -659,7 +776,7 @@ class Registry:
                         view = await self.get_version(new.model, upload[0].version)
                         return BeginResult(committed=view)
                     return await self._begin_result(upload[0], new.accept_local_files)
-            record = await self._new_upload(new)
+            record = await self._new_upload(new, model)
             link = dump(RequestRecord(upload_id=record.upload_id))
             try:
                 if found is None:
@@ -672,7 +789,22 @@ class Registry:
             return await self._begin_result(record, new.accept_local_files)
         raise Aborted("request_id is being used by concurrent calls; retry")
 
-    async def _new_upload(self, new: NewVersion) -> UploadRecord:
+    @staticmethod
+    def _writable(name: str, found: tuple[ModelRecord, str] | None) -> ModelRecord:
+        """The model's record, if versions may be added to it now."""
+        if found is not None and found[0].deletion is not None:
+            raise FailedPrecondition(
+                f"model {name!r} is being deleted: nothing can be added to it; once the deletion "
+                "has finished, push again (with create_model) to create the model anew",
+                field="model",
+            )
+        if found is None:
+            raise NotFound(
+                f"model {name!r} not found (set create_model to create it)", field="model"
+            )
+        return found[0]
+
+    async def _new_upload(self, new: NewVersion, model: ModelRecord) -> UploadRecord:
         upload_id = "up-" + uuid.uuid4().hex
         stamp = now()
         part_size = new.part_size_bytes or self.settings.part_size_bytes
@@ -699,6 +831,7 @@ class Registry:
             create_time=stamp,
             expire_time=stamp + timedelta(seconds=self.settings.upload_ttl_seconds),
             blobs=tuple(states),
+            model_create_time=model.create_time,
         )
         await self.store.write(keys.upload(upload_id), dump(record), if_none_match=True)
         log.info(
@@ -717,15 +850,28 @@ class Registry:
     def _grant_expiry(self, record: UploadRecord) -> datetime:
         return min(record.expire_time, now() + timedelta(seconds=self.settings.grant_ttl_seconds))
 
+    def _local_files(self, accept_local_files: bool) -> bool:
+        """Whether grants may be local files: the client asked, and the driver is the
+        filesystem's (a host path from any other store would be meaningless, or a leak)."""
+        return accept_local_files and self.store.grants_local_files
+
+    def _checked(self, grant: G, local_files: bool) -> G:
+        if grant.local_path and not local_files:
+            # A driver bug, never a client error: no path of this host leaves unasked.
+            raise Internal("the storage driver offered a local-file grant nobody asked for")
+        return grant
+
+    async def _upload_grant(
+        self, state: BlobUploadState, accept_local_files: bool, expiry: datetime
+    ) -> UploadGrantSpec:
+        local = self._local_files(accept_local_files)
+        grant = await self.store.upload_grant(state, accept_local_files=local, expire_time=expiry)
+        return self._checked(grant, local)
+
     async def _begin_result(self, record: UploadRecord, accept_local_files: bool) -> BeginResult:
         expiry = self._grant_expiry(record)
         grants = await asyncio.gather(
-            *(
-                self.store.upload_grant(
-                    s, accept_local_files=accept_local_files, expire_time=expiry
-                )
-                for s in record.blobs
-            )
+            *(self._upload_grant(s, accept_local_files, expiry) for s in record.blobs)
         )
         missing = {s.sha256 for s in record.blobs}
         present = tuple(sorted({a.sha256 for a in record.artifacts} - missing))
@@ -767,12 +913,7 @@ class Registry:
                 )
         chosen = [states[d] for d in digests] if digests else list(states.values())
         expiry = self._grant_expiry(record)
-        grants = [
-            await self.store.upload_grant(
-                s, accept_local_files=accept_local_files, expire_time=expiry
-            )
-            for s in chosen
-        ]
+        grants = [await self._upload_grant(s, accept_local_files, expiry) for s in chosen]
         return grants, record.expire_time
 
     async def abort_version(self, upload_id: str) -> None:
@@ -814,11 +955,67 @@ class Registry:
         if record.claiming is not None:
             claimed = await self._get(keys.version(record.model, record.claiming), VersionManifest)
             if claimed is not None and claimed[0].upload_id == upload_id:
-                return await self._finish_commit(record, claimed[0])
+                return await self._resume_claimed(record, claimed)
+        # Early, so that nothing is verified for a model being deleted; the check that counts
+        # comes after the manifest is created (see the module docstring).
+        await self._refuse_if_model_gone(
+            record, await self._get(keys.model(record.model), ModelRecord)
+        )
         await self._verify_blobs(record, parts)
         async with self._lock(self._model_locks, record.model):
-            manifest = await self._claim_number(record, etag)
-        return await self._finish_commit(record, manifest)
+            claimed = await self._claim_number(record, etag)
+        return await self._resume_claimed(record, claimed)
+
+    async def _resume_claimed(
+        self, record: UploadRecord, claimed: tuple[VersionManifest, str]
+    ) -> VersionView:
+        """Finish a commit whose manifest exists, unless the model is being deleted or gone:
+        then withdraw the manifest and refuse. Read after the manifest was created, so a
+        deletion that listed the versions before missed nothing (see the module docstring)."""
+        owner = await self._get(keys.model(record.model), ModelRecord)
+        if self._model_gone(record, owner):
+            if not claimed[0].deleted:
+                await self._withdraw(record, *claimed)
+            await self._refuse_if_model_gone(record, owner)
+        return await self._finish_commit(record, claimed[0])
+
+    @staticmethod
+    def _model_gone(record: UploadRecord, found: tuple[ModelRecord, str] | None) -> bool:
+        """Whether the model the upload was begun for is being deleted, or gone (perhaps
+        created again since, as another model)."""
+        if found is None or found[0].deletion is not None:
+            return True
+        return record.model_create_time not in (None, found[0].create_time)
+
+    async def _refuse_if_model_gone(
+        self, record: UploadRecord, found: tuple[ModelRecord, str] | None
+    ) -> None:
+        if not self._model_gone(record, found):
+            return
+        await self._discard_upload(record)
+        raise FailedPrecondition(
+            f"model {record.model!r} was deleted while this version was being committed; "
+            "nothing was stored and the upload is discarded: push the version again (with "
+            "create_model) once the deletion has finished",
+            field="upload_id",
+        )
+
+    async def _withdraw(self, record: UploadRecord, manifest: VersionManifest, etag: str) -> None:
+        """Undo a manifest this commit created in a model that is being deleted: deleted like
+        any version (tombstone, then references and blobs), so whichever of the commit and the
+        model's deletion gets to it first does the work, and the other finds it done."""
+        outcome = await self._tombstone_version(manifest, etag)
+        if outcome is None:
+            # The model's deletion got to the manifest first: it collects the blobs of a version
+            # it deleted, but one it removed without seeing leaves them to this commit.
+            for digest in manifest.blob_digests:
+                await self.store.delete(keys.ref(digest, record.upload_id))
+                await self._collect(digest)
+            return
+        log.info(
+            "commit withdrawn: its model is being deleted",
+            extra={"model": manifest.model, "version": manifest.number},
+        )
 
     async def _verify_blobs(
         self, record: UploadRecord, parts: dict[str, list[UploadedPart]]
@@ -914,9 +1111,9 @@ class Registry:
             await asyncio.sleep(delay)  # backoff between polls of a real marker
             delay = min(delay * 2, 0.5)
 
-    async def _claim_number(self, record: UploadRecord, etag: str) -> VersionManifest:
-        listed = await self.store.list_children(keys.versions(record.model))
-        number = max((_version_number(k) for k in listed), default=0) + 1
+    async def _claim_number(self, record: UploadRecord, etag: str) -> tuple[VersionManifest, str]:
+        """Create the manifest under the next free number: the manifest and its ETag."""
+        number = await self._next_number(record.model)
         for _ in range(MAX_CAS_ATTEMPTS):
             claiming = record.model_copy(update={"claiming": number})
             try:
@@ -941,13 +1138,13 @@ class Registry:
                 upload_id=record.upload_id,
             )
             try:
-                await self.store.write(
+                created = await self.store.write(
                     keys.version(record.model, number), dump(manifest), if_none_match=True
                 )
             except PreconditionFailed:
                 number += 1
                 continue
-            return manifest
+            return manifest, created
         raise Aborted(f"too many concurrent commits to model {record.model!r}; retry")
 
     async def _finish_commit(self, record: UploadRecord, manifest: VersionManifest) -> VersionView:
@@ -997,6 +1194,22 @@ class Registry:
                 "them first, or set force to remove them",
                 field="force",
             )
+        outcome = await self._tombstone_version(manifest, etag)
+        if outcome is None:
+            raise Aborted(f"version {model}:{number} changed meanwhile; retry")
+        collected, reclaimed = outcome
+        log.info(
+            "version deleted",
+            extra={"model": model, "version": number, "collected_blobs": collected},
+        )
+        return collected, reclaimed
+
+    async def _tombstone_version(
+        self, manifest: VersionManifest, etag: str
+    ) -> tuple[int, int] | None:
+        """Delete a version whose manifest has `etag`: (blobs, bytes) collected, or None when
+        the manifest changed or went meanwhile (nothing done)."""
+        model, number = manifest.model, manifest.number
         # The blobs' collection markers go first: a registry that dies anywhere after the
         # tombstone leaves them behind, and the janitor finishes the deletion from them.
         collection = uuid.uuid4().hex
@@ -1014,19 +1227,14 @@ class Registry:
         except PreconditionFailed:
             for digest in manifest.blob_digests:
                 await self.store.delete(keys.gc_marker(digest, collection))
-            raise Aborted(f"version {model}:{number} changed meanwhile; retry") from None
-        collected, reclaimed = await self._finish_deletion(manifest, collection)
-        log.info(
-            "version deleted",
-            extra={"model": model, "version": number, "collected_blobs": collected},
-        )
-        return collected, reclaimed
+            return None
+        return await self._finish_deletion(manifest, collection)
 
     async def _finish_deletion(self, manifest: VersionManifest, collection: str) -> tuple[int, int]:
         """Everything a deletion does after the tombstone, each step safe to run again: the
         janitor runs it for a deletion whose registry died. (blobs, bytes) collected."""
         model, number = manifest.model, manifest.number
-        await self.store.write(f"{keys.model_dir(model)}deleted/{number:010d}", b"")
+        await self.store.write(keys.deleted_marker(model, number), b"")
         aliases = await self._aliases(model)
         for alias, record in aliases.items():
             if record.version == number and alias != LATEST:
@@ -1143,15 +1351,14 @@ class Registry:
                 )
         chosen = [by_path[p] for p in paths] if paths else list(view.manifest.artifacts)
         expiry = now() + timedelta(seconds=self.settings.grant_ttl_seconds)
-        return [
-            (
-                a,
-                await self.store.download_grant(
-                    a.sha256, accept_local_files=accept_local_files, expire_time=expiry
-                ),
+        local = self._local_files(accept_local_files)
+        grants = []
+        for a in chosen:
+            grant = await self.store.download_grant(
+                a.sha256, accept_local_files=local, expire_time=expiry
             )
-            for a in chosen
-        ]
+            grants.append((a, self._checked(grant, local)))
+        return grants
 
     # --- housekeeping
 
@@ -1168,7 +1375,9 @@ class Registry:
                     keys.version(record.model, record.claiming), VersionManifest
                 )
                 if claimed is not None and claimed[0].upload_id == record.upload_id:
-                    await self._finish_commit(record, claimed[0])
+                    # Withdrawn and discarded instead when its model was deleted meanwhile.
+                    with contextlib.suppress(FailedPrecondition):
+                        await self._resume_claimed(record, claimed)
                     continue
             if record.state == "open":
                 await self._discard_upload(record)
@@ -1213,6 +1422,24 @@ class Registry:
         finished += await self.store.finish_interrupted_deletions()
         return finished
 
+    async def finish_interrupted_model_deletions(self) -> int:
+        """Finish the model deletions whose registry died, judged by tombstones older than
+        `GC_STALE_SECONDS`; how many."""
+        finished = 0
+        cutoff = now() - timedelta(seconds=GC_STALE_SECONDS)
+        for segment in await self.store.list_children("models/"):
+            found = await self._get(keys.model(keys.model_from_dir(segment)), ModelRecord)
+            if found is None or found[0].deletion is None:
+                continue
+            if found[0].deletion.start_time > cutoff:
+                continue  # still running
+            # FailedPrecondition: a deletion without force had to back out; the model stays.
+            with contextlib.suppress(FailedPrecondition):
+                await self._finish_model_deletion(*found, force=found[0].deletion.force)
+            log.info("finished an interrupted model deletion", extra={"model": found[0].name})
+            finished += 1
+        return finished
+
     async def _collection_marker(self, key: str) -> CollectionMarker | None:
         """The marker at `key`, None if gone; one that cannot be read counts as of unknown age
         and version (collecting is safe whatever it was: references are checked first)."""
@@ -1229,6 +1456,7 @@ class Registry:
             try:
                 await self.sweep()
                 await self.finish_interrupted_collections()
+                await self.finish_interrupted_model_deletions()
             except Exception:
                 log.warning("housekeeping failed; trying again later", exc_info=True)
             with contextlib.suppress(TimeoutError):

@@ -56,7 +56,11 @@ async def build(settings: TrainerSettings, registry: CollectorRegistry = REGISTR
     store = JobStore(state_dir / "jobs.db")
 
     def registry_client() -> RegistryClient:
-        return RegistryClient(settings.registry_target, timeout=settings.registry_timeout_seconds)
+        return RegistryClient(
+            settings.registry_target,
+            accept_local_files=settings.registry_local_files,
+            timeout=settings.registry_timeout_seconds,
+        )
 
     trainer = Trainer(
         settings,

@@ -2,13 +2,16 @@
 
 Submitting checks a spec without fetching anything and queues the job; the queue runs each job
 through :class:`~forgeline_trainer.jobs.runner.JobRunner`. At start, jobs a previous trainer left
-unfinished are taken up again: running ones ahead of the queue, from where they were.
+unfinished are taken up again: running ones ahead of the queue, from where they were; a
+LLaMA-Factory run the previous trainer left behind (its parent-death signal lost) is stopped
+first, so a job never trains twice at once.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+import socket
 import string
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import timedelta
@@ -27,6 +30,7 @@ from forgeline_trainer.jobs.runner import JobRunner, RunnerContext, arguments_st
 from forgeline_trainer.jobs.store import JobStore
 from forgeline_trainer.jobs.workspace import JobWorkspace, effective_arguments
 from forgeline_trainer.llamafactory.combinations import DeviceKind
+from forgeline_trainer.llamafactory.process import stop_stale_group
 from forgeline_trainer.metrics import TrainerMetrics
 from forgeline_trainer.settings import TrainerSettings
 from forgeline_trainer.submission import plan_job
@@ -139,15 +143,61 @@ class Trainer:
         )
 
     def recover(self) -> None:
-        """Take up the jobs a previous trainer left unfinished (call once, in the event loop)."""
+        """Take up the jobs a previous trainer left unfinished (call once, in the event loop,
+        before serving: stopping a run left behind can take a few seconds)."""
+        self._stop_stale_runs()
         for job in self.store.in_states([pb.JOB_STATE_CANCELLING]):
-            # Its processes ended with the trainer that ran them.
+            # Its processes ended with the trainer that ran them (or were stopped just above).
             self.hub.transition(job, pb.JOB_STATE_CANCELLED, "Job cancelled")
         for job in reversed(self.store.in_states(_ACTIVE)):
             log.info("resuming job %s (%s)", job.id, pb.JobState.Name(job.state))
             self.queue.put(job.id, front=True)
         for job in self.store.in_states([pb.JOB_STATE_QUEUED]):
             self.queue.put(job.id)
+
+    def _stop_stale_runs(self) -> None:
+        """Stop every LLaMA-Factory process group recorded for a job that is still running.
+
+        The parent-death signal normally ends a run with the trainer that started it, but not
+        always (the group outlived a container's init, or was reparented): such a run would
+        train beside the one the job starts now, on the same GPUs and output directory. Only a
+        group recorded on this host, boot and pid namespace whose leader is still the recorded
+        process (same start time) is signalled; a pid given to another process is left alone.
+        """
+        for job_id, tool, record in self.store.run_processes():
+            found = stop_stale_group(record)
+            self.store.clear_run_process(job_id)
+            if found.outcome == "reused":
+                log.info(
+                    "job %s: pid %d is no longer its %s run (another process has it); left alone",
+                    job_id,
+                    record.pgid,
+                    tool,
+                )
+            elif found.outcome == "elsewhere" and record.hostname != socket.gethostname():
+                # A state directory moved to another host: the run cannot be seen from here.
+                log.warning(
+                    "job %s: its %s run was recorded on host %s (process group %d); if that "
+                    "host still runs it, stop it there",
+                    job_id,
+                    tool,
+                    record.hostname,
+                    record.pgid,
+                )
+            if found.outcome != "stopped":
+                continue
+            how = "killed (SIGKILL)" if found.killed else "stopped (SIGTERM)"
+            message = (
+                f"The {tool} run a previous trainer left running (process group {record.pgid}, "
+                f"{len(found.members)} processes) was {how} before the job runs again"
+            )
+            log.warning("job %s: %s", job_id, message)
+            try:
+                job = self.store.get(job_id)
+            except NotFound:
+                continue
+            if job.state not in TERMINAL:
+                self.hub.emit(job, message, level=pb.EVENT_LEVEL_WARNING)
 
     async def stop(self) -> None:
         """End watches and stop running jobs (they resume at the next start)."""

@@ -31,6 +31,13 @@ class TrainerSettings(ServiceSettings):
     registry_target: str = Field(
         "127.0.0.1:50051", min_length=1, description="host:port of the registry's gRPC server."
     )
+    registry_local_files: bool = Field(
+        False,
+        description="The registry runs on this host with filesystem storage (the embedded "
+        "default, `forgeline up`): read and write its blobs as local files instead of asking it "
+        "for URLs. Leave it off where the registry runs in another container or machine "
+        "(compose, Kubernetes): its paths mean nothing there.",
+    )
     state_dir: Path = Field(
         Path(".forgeline/trainer"),
         description="Where the job database (jobs.db) and each job's work directory live; a "

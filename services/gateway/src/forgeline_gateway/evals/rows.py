@@ -8,9 +8,17 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
-__all__ = ["MAX_LISTED", "InvalidRows", "Row", "check_row", "read_rows"]
+__all__ = [
+    "MAX_LISTED",
+    "InvalidRows",
+    "Row",
+    "RowsTooLarge",
+    "check_row",
+    "count_rows",
+    "read_rows",
+]
 
 #: How many bad lines an error lists.
 MAX_LISTED: Final = 20
@@ -47,6 +55,15 @@ class InvalidRows(ValueError):  # noqa: N818 (as the kit's InvalidDataset)
         return "\n".join(self.problems) + (f"\n... and {more} more" if more > 0 else "")
 
 
+class RowsTooLarge(InvalidRows):
+    """A rows file past a limit of `count_rows`: ``limit`` names it (``"max_rows"`` or
+    ``"max_line_bytes"``); reading stopped there."""
+
+    def __init__(self, problem: str, limit: Literal["max_rows", "max_line_bytes"]) -> None:
+        super().__init__([problem], 1)
+        self.limit = limit
+
+
 def check_row(value: Any) -> Row:
     """`value` as a row.
 
@@ -79,29 +96,82 @@ def read_rows(path: Path) -> list[Row]:
         return parse_lines(source)
 
 
+def count_rows(path: Path, *, max_rows: int, max_line_bytes: int) -> tuple[int, int]:
+    """How many rows the JSONL file at `path` holds, and how many of them give a ``sample``;
+    read a line at a time, so memory follows `max_line_bytes`, not the file.
+
+    Raises:
+        RowsTooLarge: more than `max_rows` rows, or a line longer than `max_line_bytes` (not
+            counting its newline); reading stops there.
+        InvalidRows: as `read_rows`.
+    """
+    rows = samples = 0
+    problems = _Problems()
+    with path.open("rb") as source:
+        number = 0
+        while raw := source.readline(max_line_bytes + 1):
+            number += 1
+            if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+                raise RowsTooLarge(
+                    f"line {number}: longer than {max_line_bytes} bytes, the most one row may take",
+                    "max_line_bytes",
+                )
+            row = problems.row(number, raw)
+            if row is None:
+                continue
+            rows += 1
+            if rows > max_rows:
+                raise RowsTooLarge(
+                    f"line {number}: the file holds more than {max_rows} rows, the most one "
+                    "file may hold",
+                    "max_rows",
+                )
+            samples += row.sample is not None
+    problems.check(found=rows > 0)
+    return rows, samples
+
+
 def parse_lines(lines: Iterable[bytes | str]) -> list[Row]:
     """As `read_rows`, over lines already read."""
     rows: list[Row] = []
-    problems: list[str] = []
-    total = 0
+    problems = _Problems()
     for number, raw in enumerate(lines, start=1):
+        row = problems.row(number, raw)
+        if row is not None:
+            rows.append(row)
+    problems.check(found=bool(rows))
+    return rows
+
+
+class _Problems:
+    """The bad lines met so far: up to `MAX_LISTED` described, all counted."""
+
+    def __init__(self) -> None:
+        self.listed: list[str] = []
+        self.total = 0
+
+    def row(self, number: int, raw: bytes | str) -> Row | None:
+        """The row on line `number`; None for a blank line or a bad one (noted)."""
         try:
             line = raw.decode("utf-8") if isinstance(raw, bytes) else raw
             if not line.strip():
-                continue
-            rows.append(check_row(json.loads(line)))
+                return None
+            return check_row(json.loads(line))
         except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            total += 1
-            if len(problems) < MAX_LISTED:
+            self.total += 1
+            if len(self.listed) < MAX_LISTED:
                 if isinstance(error, json.JSONDecodeError):
                     reason = f"not valid JSON ({error.msg})"
                 elif isinstance(error, UnicodeDecodeError):
                     reason = "not UTF-8 text"
                 else:
                     reason = str(error)
-                problems.append(f"line {number}: {reason}")
-    if not rows and not problems:
-        problems, total = ["the file has no rows"], 1
-    if problems:
-        raise InvalidRows(problems, total)
-    return rows
+                self.listed.append(f"line {number}: {reason}")
+            return None
+
+    def check(self, *, found: bool) -> None:
+        """Raise what was met, or that there was no row at all."""
+        if not found and not self.listed:
+            raise InvalidRows(["the file has no rows"], 1)
+        if self.listed:
+            raise InvalidRows(self.listed, self.total)

@@ -47,10 +47,21 @@ class RegistryFiles:
     """Pushes, pulls and deletes file versions. `target` None means no registry is configured:
     every call is then a 503 saying how to configure one."""
 
-    def __init__(self, target: str | None, *, timeout: float = REGISTRY_TIMEOUT_SECONDS) -> None:
+    def __init__(
+        self,
+        target: str | None,
+        *,
+        timeout: float = REGISTRY_TIMEOUT_SECONDS,
+        local_files: bool = False,
+    ) -> None:
         # Fail fast while the registry is down (a 503 now, not a request hanging for a minute).
+        # `local_files`: the registry shares this host's filesystem (settings.registry_local_files).
         self._client = (
-            RegistryClient(target, wait_for_ready=False, timeout=timeout) if target else None
+            RegistryClient(
+                target, accept_local_files=local_files, wait_for_ready=False, timeout=timeout
+            )
+            if target
+            else None
         )
 
     async def close(self) -> None:

@@ -3,9 +3,11 @@ in the gateway's store; list, read back and delete files; resolve a file id for 
 
 An upload is checked whole before anything is stored (`forgeline_kit.datasets`, the trainer's own
 rules, for purpose ``fine-tune``; `forgeline_gateway.evals.rows` for purpose ``evals``), so a
-stored file always trains, or always feeds an eval run. The registry version is written before
-the record, and the record is deleted before the version is: a file that is listed can always be
-read.
+stored file always trains, or always feeds an eval run. The check reads the file as a stream, a
+record at a time, in a worker thread (never on the event loop), within `DatasetLimits` the
+gateway's settings give (``MAX_DATASET_RECORDS``, ``MAX_DATASET_RECORD_BYTES``). The registry
+version is written before the record, and the record is deleted before the version is: a file
+that is listed can always be read.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import re
 import secrets
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -24,12 +27,15 @@ from typing import ClassVar, Final, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from forgeline_gateway.evals.rows import InvalidRows, read_rows
+from forgeline_gateway.evals.rows import InvalidRows, RowsTooLarge, count_rows
 from forgeline_gateway.files.blobs import RegistryFiles
+from forgeline_gateway.settings import GatewaySettings
 from forgeline_gateway.store import FileRecord, Store
 from forgeline_kit.datasets import (
     DatasetFormat,
+    DatasetLimits,
     DatasetSpec,
+    DatasetTooLarge,
     InvalidDataset,
     detect_dataset,
     validate_dataset,
@@ -145,12 +151,31 @@ class Upload:
     path: Path
 
 
-class FileService:
-    """Files over the gateway's store and the registry."""
+#: The settings that raise each of the kit's limits, by the limit's name.
+_LIMIT_SETTINGS: Final = {
+    "max_records": "max_dataset_records",
+    "max_rows": "max_dataset_records",
+    "max_record_bytes": "max_dataset_record_bytes",
+    "max_line_bytes": "max_dataset_record_bytes",
+}
 
-    def __init__(self, store: Store, registry: RegistryFiles) -> None:
+
+class FileService:
+    """Files over the gateway's store and the registry; uploads are checked within `limits`
+    (the gateway's ``MAX_DATASET_RECORDS`` and ``MAX_DATASET_RECORD_BYTES``)."""
+
+    def __init__(
+        self, store: Store, registry: RegistryFiles, limits: DatasetLimits | None = None
+    ) -> None:
         self.store = store
         self.registry = registry
+        if limits is None:
+            defaults = GatewaySettings.model_fields
+            limits = DatasetLimits(
+                max_records=defaults["max_dataset_records"].default,
+                max_record_bytes=defaults["max_dataset_record_bytes"].default,
+            )
+        self.limits = limits
 
     async def close(self) -> None:
         await self.registry.close()
@@ -161,7 +186,9 @@ class FileService:
         Raises:
             InvalidArgument: a purpose other than ``fine-tune`` or ``evals`` (``param: purpose``).
             InvalidFile: the file is in no accepted layout or has bad records; the message names
-                the line and field of each (up to 20).
+                the line and field of each (up to 20). Or the file is past the gateway's limits:
+                more records than ``MAX_DATASET_RECORDS``, a record longer than
+                ``MAX_DATASET_RECORD_BYTES``; the message names the setting.
             RegistryUnavailable: the registry cannot be reached (503); nothing is stored.
         """
         check_purpose(upload.purpose)
@@ -175,11 +202,14 @@ class FileService:
             await asyncio.to_thread(shutil.move, upload.path, staged)
             layout: FileLayout | EvalRowsLayout
             shown: str
+            # Checking reads the whole file: a worker thread's job, never the event loop's.
             if upload.purpose == EVALS:
-                layout = await asyncio.to_thread(_checked_rows, staged, upload.filename)
+                layout = await asyncio.to_thread(
+                    _checked_rows, staged, upload.filename, self.limits
+                )
                 shown = layout.format
             else:
-                spec = await asyncio.to_thread(_checked, staged, upload.filename)
+                spec = await asyncio.to_thread(_checked, staged, upload.filename, self.limits)
                 layout = FileLayout.of(spec)
                 shown = spec.format.value
             ref = await self.registry.put(
@@ -308,12 +338,14 @@ def _artifact_name(filename: str) -> str:
     return f"{stem or 'data'}{suffix}"
 
 
-def _checked(path: Path, filename: str) -> DatasetSpec:
+def _checked(path: Path, filename: str, limits: DatasetLimits) -> DatasetSpec:
     """Detect and validate the layout of `path`; errors speak of the upload's name."""
     spec: DatasetSpec | None = None
     try:
-        spec = detect_dataset(path, name="upload")
-        validate_dataset(spec)
+        spec = detect_dataset(path, name="upload", limits=limits)
+        validate_dataset(spec, limits)
+    except DatasetTooLarge as error:
+        raise _too_large(filename, "fine-tuning data", error.problems[0], error.limit) from error
     except InvalidDataset as error:
         more = error.total - len(error.problems)
         listed = "\n".join(error.problems) + (f"\n... and {more} more" if more > 0 else "")
@@ -324,17 +356,34 @@ def _checked(path: Path, filename: str) -> DatasetSpec:
     return spec
 
 
-def _checked_rows(path: Path, filename: str) -> EvalRowsLayout:
+def _checked_rows(path: Path, filename: str, limits: DatasetLimits) -> EvalRowsLayout:
     """Check that every line of `path` is an eval data source row."""
     try:
-        rows = read_rows(path)
+        rows, samples = count_rows(
+            path,
+            max_rows=limits.max_records or sys.maxsize,
+            max_line_bytes=limits.max_record_bytes,
+        )
+    except RowsTooLarge as error:
+        raise _too_large(filename, "eval data", error.problems[0], error.limit) from error
     except InvalidRows as error:
         raise InvalidFile(
             f"'{filename}' is not valid eval data (one JSON object a line, "
             f'{{"item": {{...}}, "sample": {{...}}}}, the sample optional):\n{error.listed()}',
             field="file",
         ) from error
-    return EvalRowsLayout(rows=len(rows), samples=sum(row.sample is not None for row in rows))
+    return EvalRowsLayout(rows=rows, samples=samples)
+
+
+def _too_large(filename: str, what: str, problem: str, limit: str) -> InvalidFile:
+    """A file past one of the gateway's limits, naming the setting that raises it."""
+    setting = GatewaySettings.env_var(_LIMIT_SETTINGS[limit])
+    part = "file" if limit in ("max_records", "max_rows") else "record"
+    return InvalidFile(
+        f"'{filename}' is larger than this gateway checks as {what}: {problem}. Split the "
+        f"{part}, or have the gateway's operator raise {setting}.",
+        field="file",
+    )
 
 
 def _ref(record: FileRecord) -> common_pb2.ArtifactRef:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from queue import Queue
+from typing import ClassVar
 
 from forgeline_registry.manifests import BlobUploadState
 
@@ -176,6 +177,10 @@ class ObjectStore(abc.ABC):
 
     #: Where the store is, for messages (never a secret).
     location: str
+    #: Whether the driver hands out local-file grants (host paths). Only the filesystem driver
+    #: does, and only to a client that asks for them: the registry refuses a grant with a local
+    #: path from any other driver, or for a client that did not ask, as a bug.
+    grants_local_files: ClassVar[bool] = False
 
     @abc.abstractmethod
     async def ensure_ready(self) -> None:
@@ -229,7 +234,8 @@ class ObjectStore(abc.ABC):
     async def upload_grant(
         self, state: BlobUploadState, *, accept_local_files: bool, expire_time: datetime
     ) -> UploadGrantSpec:
-        """A grant with which a client sends the blob's bytes.
+        """A grant with which a client sends the blob's bytes; a local path only when
+        `accept_local_files` (and the driver `grants_local_files`).
 
         Raises:
             FailedPrecondition: the client cannot use any method this driver offers.
@@ -272,7 +278,12 @@ class ObjectStore(abc.ABC):
     async def download_grant(
         self, digest: str, *, accept_local_files: bool, expire_time: datetime
     ) -> DownloadGrantSpec:
-        """A grant with which a client reads the blob."""
+        """A grant with which a client reads the blob; a local path only when
+        `accept_local_files` (and the driver `grants_local_files`).
+
+        Raises:
+            FailedPrecondition: the client cannot use any method this driver offers.
+        """
 
     @abc.abstractmethod
     async def hash_blob(self, digest: str) -> tuple[str, int] | None:

@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 from forgeline_kit.errors import FailedPrecondition, Unavailable
 from forgeline_registry.manifests import BlobUploadState, keys
@@ -68,6 +68,9 @@ def _file_chunks(path: Path) -> Iterator[bytes]:
 
 class FsStore(ObjectStore):
     """Objects as files under `root`."""
+
+    #: Blobs travel only as local files: the registry and its clients share this host.
+    grants_local_files: ClassVar[bool] = True
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root).absolute()

@@ -15,11 +15,12 @@ training plans.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import shutil
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -68,7 +69,7 @@ from forgeline_trainer.llamafactory.cli import (
 from forgeline_trainer.llamafactory.combinations import DeviceKind
 from forgeline_trainer.llamafactory.failure import explain_failure
 from forgeline_trainer.llamafactory.policy import MAX_JOB_SECONDS_SETTING, MAX_STEPS_CAP_SETTING
-from forgeline_trainer.llamafactory.process import TrainingProcess
+from forgeline_trainer.llamafactory.process import TrainingProcess, group_record
 from forgeline_trainer.llamafactory.progress import ProgressReader
 from forgeline_trainer.settings import TrainerSettings
 from forgeline_trainer.submission import DatasetPlan, plan_job
@@ -249,6 +250,23 @@ class JobRunner:
                 )
                 await asyncio.sleep(delay)
 
+    @contextlib.contextmanager
+    def _recorded(self, job: pb.Job, process: TrainingProcess, tool: str) -> Iterator[None]:
+        """Keep ``process``'s group in the job's record while it may run, so a trainer started
+        after this one dies can stop it if the parent-death signal did not
+        (``Trainer.recover``)."""
+        store = self.hub.store
+        record = group_record(process.pid)
+        if record is not None:  # None: it ended already, or no /proc to recognise it by
+            store.record_run_process(job.id, tool, record)
+        try:
+            yield
+        finally:
+            # Left in place while any of the group still runs (a cancel that could not stop
+            # it): the next start looks again.
+            if record is not None and not process.group_alive():
+                store.clear_run_process(job.id)
+
     def _time_limit_seconds(self, job: pb.Job) -> float:
         """The job's time limit: its own, at most the trainer's (which an operator may have
         lowered since the job was submitted)."""
@@ -421,14 +439,18 @@ class JobRunner:
         # A thread blocks on the process's exit, so the job moves on the moment training ends
         # (not at the next poll) and the tool's own run time is exact.
         exited = asyncio.ensure_future(asyncio.to_thread(process.wait))
-        try:
-            while not exited.done():
-                self._collect(job, reader, workspace)
-                await asyncio.wait({exited}, timeout=self.context.settings.poll_interval_seconds)
-        except (asyncio.CancelledError, JobError):
-            # Cancelled (CancelJob, the time limit, the service stopping) or past the step cap.
-            await asyncio.to_thread(process.cancel)
-            raise
+        with self._recorded(job, process, "training"):
+            try:
+                while not exited.done():
+                    self._collect(job, reader, workspace)
+                    await asyncio.wait(
+                        {exited}, timeout=self.context.settings.poll_interval_seconds
+                    )
+            except (asyncio.CancelledError, JobError):
+                # Cancelled (CancelJob, the time limit, the service stopping) or past the step
+                # cap.
+                await asyncio.to_thread(process.cancel)
+                raise
         process_seconds = time.monotonic() - started
         self._collect(job, reader, workspace)
         status = process.poll()
@@ -509,11 +531,12 @@ class JobRunner:
             # export_device "auto" spreads the merge over the GPUs it sees: only the job's own.
             env=device_environment(self.context.env, gpus=gpus, device=self.context.device_kind),
         )
-        try:
-            await asyncio.to_thread(process.wait)
-        except asyncio.CancelledError:
-            await asyncio.to_thread(process.cancel)
-            raise
+        with self._recorded(job, process, "merge"):
+            try:
+                await asyncio.to_thread(process.wait)
+            except asyncio.CancelledError:
+                await asyncio.to_thread(process.cancel)
+                raise
         status = process.poll()
         if status is not None and status < 0:
             raise ProcessKilledError(

@@ -3,6 +3,8 @@
 A job is stored as its serialised ``Job`` message plus the columns queries filter on; events
 carry per-job sequence numbers assigned here, in the same transaction that records the job's
 ``last_event_sequence``, so a watcher that resumes after sequence N never misses or repeats one.
+The LLaMA-Factory process group a job is running is recorded beside it (``run_processes``, not
+in the ``Job`` message: the API has no business with host pids) while it runs.
 One connection, used from the event loop's thread only (every call is short).
 """
 
@@ -15,6 +17,7 @@ from pathlib import Path
 from forgeline_kit.errors import NotFound
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.trainer.v1 import trainer_pb2 as pb
+from forgeline_trainer.llamafactory.process import GroupRecord
 
 __all__ = ["JobStore"]
 
@@ -39,6 +42,15 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     path TEXT NOT NULL,
     checkpoint BLOB NOT NULL,
     PRIMARY KEY (job_id, step)
+);
+CREATE TABLE IF NOT EXISTS run_processes (
+    job_id TEXT NOT NULL PRIMARY KEY,
+    tool TEXT NOT NULL,
+    pgid INTEGER NOT NULL,
+    start_ticks INTEGER NOT NULL,
+    boot_id TEXT NOT NULL,
+    hostname TEXT NOT NULL,
+    pid_namespace TEXT NOT NULL
 );
 """
 
@@ -231,3 +243,49 @@ class JobStore:
             (job_id, before_step if before_step is not None else 1 << 62, limit),
         )
         return [(pb.Checkpoint.FromString(blob), Path(path)) for blob, path in rows]
+
+    # --- running processes
+
+    def record_run_process(self, job_id: str, tool: str, record: GroupRecord) -> None:
+        """Record the process group running ``tool`` (``training``, ``merge``) for the job,
+        replacing the one recorded before."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO run_processes "
+            "(job_id, tool, pgid, start_ticks, boot_id, hostname, pid_namespace) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                job_id,
+                tool,
+                record.pgid,
+                record.start_ticks,
+                record.boot_id,
+                record.hostname,
+                record.pid_namespace,
+            ),
+        )
+
+    def clear_run_process(self, job_id: str) -> None:
+        """The job's process group ended."""
+        self._db.execute("DELETE FROM run_processes WHERE job_id = ?", (job_id,))
+
+    def run_processes(self) -> list[tuple[str, str, GroupRecord]]:
+        """Every recorded process group: job id, tool and record, oldest job first."""
+        rows = self._db.execute(
+            "SELECT r.job_id, r.tool, r.pgid, r.start_ticks, r.boot_id, r.hostname, "
+            "r.pid_namespace FROM run_processes r LEFT JOIN jobs j ON j.id = r.job_id "
+            "ORDER BY j.seq"
+        ).fetchall()
+        return [
+            (
+                job_id,
+                tool,
+                GroupRecord(
+                    pgid=int(pgid),
+                    start_ticks=int(start),
+                    boot_id=boot_id,
+                    hostname=hostname,
+                    pid_namespace=namespace,
+                ),
+            )
+            for job_id, tool, pgid, start, boot_id, hostname, namespace in rows
+        ]

@@ -36,6 +36,7 @@ from forgeline_gateway.files.service import (
 )
 from forgeline_gateway.settings import GatewaySettings
 from forgeline_gateway.store import FileRecord, Store
+from forgeline_kit.datasets import DatasetLimits
 from forgeline_kit.errors import InvalidArgument
 
 __all__ = ["FileServing"]
@@ -55,7 +56,12 @@ class FileServing:
     @classmethod
     def open(cls, settings: GatewaySettings, store: Store) -> FileServing:
         """The Files API of a gateway, with its own client of ``settings.registry_target``."""
-        service = FileService(store, RegistryFiles(settings.registry_target))
+        files = RegistryFiles(settings.registry_target, local_files=settings.registry_local_files)
+        limits = DatasetLimits(
+            max_records=settings.max_dataset_records,
+            max_record_bytes=settings.max_dataset_record_bytes,
+        )
+        service = FileService(store, files, limits)
         return cls(service, max_file_bytes=settings.max_file_bytes)
 
     async def close(self) -> None:
