@@ -62,23 +62,28 @@ def test_a_long_fine_tune_watched_live_and_cancelled(
     )
     url = running.stack.gateway_url
     requests = Requests()
-    with (
-        chromium() as browser,
-        laptop(browser, requests) as context,
-        watched(context, requests) as page,
-    ):
-        page.goto(f"{url}/console/jobs/{job.id}")
-        # Points while it trains: the curve grows while steps are still to come.
-        page.wait_for_function(_TRAINING_STEP, timeout=300_000, polling=200)
-        first = int(page.locator(".card-chart .chart").get_attribute("data-points") or 0)
-        assert first >= 1
-        page.wait_for_function(_MORE_POINTS, arg=first, timeout=120_000, polling=200)
-        page.wait_for_function(_TRAINING_STEP, polling=200)
-        screenshot(page, shots, "job-training")
+    try:
+        with (
+            chromium() as browser,
+            laptop(browser, requests) as context,
+            watched(context, requests) as page,
+        ):
+            page.goto(f"{url}/console/jobs/{job.id}")
+            # Points while it trains: the curve grows while steps are still to come.
+            page.wait_for_function(_TRAINING_STEP, timeout=300_000, polling=200)
+            first = int(page.locator(".card-chart .chart").get_attribute("data-points") or 0)
+            assert first >= 1
+            page.wait_for_function(_MORE_POINTS, arg=first, timeout=120_000, polling=200)
+            page.wait_for_function(_TRAINING_STEP, polling=200)
+            screenshot(page, shots, "job-training")
 
-        page.click("#cancel-job")
-        page.click("#confirm-cancel")
-        expect(page.locator(".page-head .badge")).to_have_text("cancelled", timeout=120_000)
+            page.click("#cancel-job")
+            page.click("#confirm-cancel")
+            expect(page.locator(".page-head .badge")).to_have_text("cancelled", timeout=120_000)
+    finally:
+        # A failed check must not leave the job training through the rest of the suite.
+        if running.client.fine_tuning.jobs.retrieve(job.id).status not in ("cancelled", "failed"):
+            running.client.fine_tuning.jobs.cancel(job.id)
     cancelled = running.client.fine_tuning.jobs.retrieve(job.id)
     assert cancelled.status == "cancelled"
     assert cancelled.fine_tuned_model is None
