@@ -240,8 +240,12 @@ def tutorial_job(yaml_text: str = TUTORIAL_YAML) -> trainer_pb2.JobSpec:
     )
 
 
+def _everything_installed(module: str) -> bool:
+    return True
+
+
 def test_a_tutorial_yaml_plans_on_a_gpu_with_the_trainers_own_deepspeed_config() -> None:
-    plan = plan_job(tutorial_job(), device="cuda")
+    plan = plan_job(tutorial_job(), device="cuda", installed=_everything_installed)
 
     assert plan.arguments["deepspeed"] == "z3"  # the shipped config of that name
     assert plan.arguments["report_to"] == "none"
@@ -249,8 +253,27 @@ def test_a_tutorial_yaml_plans_on_a_gpu_with_the_trainers_own_deepspeed_config()
     assert plan.arguments["eval_strategy"] == "steps"
     assert "output_dir" not in plan.arguments
     assert "resume_from_checkpoint" not in plan.arguments  # null means unset
-    bf16 = plan_job(tutorial_job(TUTORIAL_YAML.replace("fp16", "bf16")), device="cuda")
+    bf16 = plan_job(
+        tutorial_job(TUTORIAL_YAML.replace("fp16", "bf16")),
+        device="cuda",
+        installed=_everything_installed,
+    )
     assert bf16.arguments["bf16"] is True
+
+
+def test_deepspeed_or_a_logger_the_trainer_lacks_is_refused_at_submission() -> None:
+    # Neither DeepSpeed nor TensorBoard is in this environment (nor in the trainer image).
+    with pytest.raises(InvalidArgument) as deepspeed:
+        plan_job(tutorial_job(), device="cuda")
+    assert deepspeed.value.field == "deepspeed"
+    assert "deepspeed is not installed in this trainer" in deepspeed.value.message
+    assert "Remove 'deepspeed'" in deepspeed.value.message
+
+    tensorboard = refusal(job({"stage": "sft", "report_to": ["none", "tensorboard"]}))
+    assert tensorboard.field == "report_to"
+    assert "tensorboard is not installed in this trainer" in tensorboard.message
+    assert "report_to: none" in tensorboard.message
+    assert plan_job(job({"stage": "sft", "report_to": "none"}), device="cpu")
 
 
 def test_a_tutorial_yaml_with_deepspeed_is_refused_on_the_cpu_with_the_fix() -> None:
@@ -323,7 +346,7 @@ def test_the_operator_can_allow_remote_code_and_a_network_logger(
         }
     )
 
-    plan = plan_job(spec, device="cpu", policy=policy)
+    plan = plan_job(spec, device="cpu", policy=policy, installed=_everything_installed)
 
     assert plan.arguments["trust_remote_code"] is True
     assert plan.arguments["report_to"] == ["wandb", "tensorboard"]

@@ -13,6 +13,7 @@ data (records, the tokenizer's chat template) run later, in the job's VALIDATING
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, Final
@@ -25,7 +26,11 @@ from forgeline_kit.errors import InvalidArgument
 from forgeline_kit.tinymodel import DatasetColumns, DatasetInfoEntry, DatasetTags
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.trainer.v1 import trainer_pb2
-from forgeline_trainer.llamafactory.combinations import DeviceKind, check_combinations
+from forgeline_trainer.llamafactory.combinations import (
+    DeviceKind,
+    check_combinations,
+    is_installed,
+)
 from forgeline_trainer.llamafactory.policy import MAX_JOB_SECONDS_SETTING, JobPolicy
 from forgeline_trainer.llamafactory.settings import parse_yaml, validate_arguments
 
@@ -128,10 +133,12 @@ def plan_job(
     device: DeviceKind,
     gpus_available: int | None = None,
     policy: JobPolicy | None = None,
+    installed: Callable[[str], bool] = is_installed,
 ) -> JobPlan:
     """Check ``spec`` for a trainer running on ``device`` (with ``gpus_available`` GPUs, when
     known: a job asking for more is refused), under the operator's ``policy`` (the safe defaults
     when ``None``: no remote code, no network loggers, the default step cap and time limit).
+    ``installed`` says which optional packages (DeepSpeed, loggers) the runs can import.
 
     Raises:
         InvalidArgument: naming the field at fault and how to fix it.
@@ -173,7 +180,7 @@ def plan_job(
         )
         for plan in datasets
     }
-    check_combinations(arguments, device=device, datasets=entries)
+    check_combinations(arguments, device=device, datasets=entries, installed=installed)
 
     base_model: common_pb2.VersionRef | str
     if spec.HasField("base_model"):

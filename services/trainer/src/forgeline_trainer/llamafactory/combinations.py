@@ -5,9 +5,10 @@ Each check answers with what is wrong and how to fix it, in the user's terms.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Literal
+from importlib.util import find_spec
+from typing import Any, Final, Literal
 
 from forgeline_kit.errors import InvalidArgument
 from forgeline_kit.tinymodel import DatasetInfoEntry
@@ -19,17 +20,26 @@ DeviceKind = Literal["cpu", "cuda"]
 PREFERENCE_STAGES = frozenset({"dpo", "rm"})
 
 
+def is_installed(module: str) -> bool:
+    """Whether ``module`` can be imported in this trainer's environment (LLaMA-Factory's runs
+    use the same one)."""
+    return find_spec(module) is not None
+
+
 def check_combinations(
     arguments: Mapping[str, Any],
     *,
     device: DeviceKind,
     datasets: Mapping[str, DatasetInfoEntry],
+    installed: Callable[[str], bool] = is_installed,
 ) -> None:
     """Raise :class:`InvalidArgument` for the first impossible combination in validated
-    ``arguments`` on ``device`` with the named ``datasets`` (their ``dataset_info`` entries)."""
+    ``arguments`` on ``device`` with the named ``datasets`` (their ``dataset_info`` entries);
+    ``installed`` says which optional packages the runs can import."""
     _check_stage(arguments)
     _check_quantization(arguments, device)
-    _check_deepspeed(arguments, device)
+    _check_deepspeed(arguments, device, installed)
+    _check_reporters_installed(arguments, installed)
     _check_data_fits_stage(arguments, datasets)
 
 
@@ -70,14 +80,50 @@ def _check_quantization(arguments: Mapping[str, Any], device: DeviceKind) -> Non
     )
 
 
-def _check_deepspeed(arguments: Mapping[str, Any], device: DeviceKind) -> None:
-    if arguments.get("deepspeed") is None or device != "cpu":
+def _check_deepspeed(
+    arguments: Mapping[str, Any], device: DeviceKind, installed: Callable[[str], bool]
+) -> None:
+    if arguments.get("deepspeed") is None:
         return
-    raise InvalidArgument(
-        "deepspeed (ZeRO) shards training over CUDA GPUs, and this trainer has none. Remove "
-        "'deepspeed' to train on the CPU, or submit the job to a trainer with GPUs",
-        field="deepspeed",
-    )
+    if device == "cpu":
+        raise InvalidArgument(
+            "deepspeed (ZeRO) shards training over CUDA GPUs, and this trainer has none. Remove "
+            "'deepspeed' to train on the CPU, or submit the job to a trainer with GPUs",
+            field="deepspeed",
+        )
+    # Refused here rather than minutes later, when the run imports it and fails.
+    if not installed("deepspeed"):
+        raise InvalidArgument(
+            "deepspeed is not installed in this trainer (it is not part of the trainer image). "
+            "Remove 'deepspeed' to train without ZeRO, or ask the operator for a trainer with "
+            "DeepSpeed installed",
+            field="deepspeed",
+        )
+
+
+#: The module each logger of ``report_to`` needs (transformers' integrations import these).
+_REPORTER_MODULES: Final[Mapping[str, tuple[str, ...]]] = {
+    "tensorboard": ("tensorboard", "tensorboardX"),
+}
+
+
+def _check_reporters_installed(
+    arguments: Mapping[str, Any], installed: Callable[[str], bool]
+) -> None:
+    value = arguments.get("report_to")
+    names = [value] if isinstance(value, str) else list(value or [])
+    for name in names:
+        if name == "none":
+            continue
+        modules = _REPORTER_MODULES.get(name, (name,))
+        if not any(installed(module) for module in modules):
+            raise InvalidArgument(
+                f"report_to names '{name}', but {modules[0]} is not installed in this trainer, "
+                "so the run would fail when it starts. Use report_to: none (the loss curve and "
+                "metrics are kept by Forgeline either way), or ask the operator for a trainer "
+                f"with {modules[0]} installed",
+                field="report_to",
+            )
 
 
 def _check_data_fits_stage(
