@@ -10,6 +10,7 @@ each answers differently, `tests/gguf_adapters.py`), llama-server processes the 
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -135,8 +136,16 @@ def test_adapters_share_one_base_process_and_each_answers_as_itself(
     assert _processes(served) == 0
 
 
-def _stream(served: Served, model: str, lines: list[str], opened: threading.Event) -> None:
-    """A long streamed answer (2000 tokens, its end of text ignored), each line kept."""
+def _stream(
+    served: Served,
+    model: str,
+    lines: list[str],
+    opened: threading.Event,
+    resume: threading.Event,
+) -> None:
+    """A long streamed answer (2000 tokens, its end of text ignored), each line kept; after the
+    first line it stops reading until `resume` is set. With a small receive buffer that holds
+    the gateway's relay, and so the request, in flight however fast the tokens come."""
     body = {
         "model": model,
         "messages": [{"role": "user", "content": QUESTION}],
@@ -146,19 +155,26 @@ def _stream(served: Served, model: str, lines: list[str], opened: threading.Even
         "stream": True,
     }
     headers = {"Authorization": f"Bearer {served.inference_key}"}
-    with httpx.stream(
-        "POST",
-        f"{served.url}/v1/chat/completions",
-        json=body,
-        headers=headers,
-        timeout=120,
-        trust_env=False,
-    ) as response:
+    transport = httpx.HTTPTransport(
+        socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECEIVE_BUFFER_BYTES)]
+    )
+    with (
+        httpx.Client(transport=transport, timeout=120, trust_env=False) as client,
+        client.stream(
+            "POST", f"{served.url}/v1/chat/completions", json=body, headers=headers
+        ) as response,
+    ):
         assert response.status_code == 200
         for line in response.iter_lines():
             if line:
                 lines.append(line)
-                opened.set()
+                if not opened.is_set():
+                    opened.set()
+                    assert resume.wait(120)
+
+
+#: Far less than the stream's ~300 KB, so the gateway cannot hand it all to the kernel at once.
+_RECEIVE_BUFFER_BYTES = 4096
 
 
 def test_a_stream_to_one_adapter_finishes_while_another_is_added(
@@ -170,8 +186,8 @@ def test_a_stream_to_one_adapter_finishes_while_another_is_added(
     served.deploy(_adapter("ft:tiny:a", first))
     old = _backend(served).processes("tiny-base")
     lines: list[str] = []
-    opened = threading.Event()
-    streaming = threading.Thread(target=_stream, args=(served, "ft:tiny:a", lines, opened))
+    opened, resume = threading.Event(), threading.Event()
+    streaming = threading.Thread(target=_stream, args=(served, "ft:tiny:a", lines, opened, resume))
     streaming.start()
     try:
         assert opened.wait(60)
@@ -181,6 +197,7 @@ def test_a_stream_to_one_adapter_finishes_while_another_is_added(
         assert all(p.running for p in old)
         assert _ask(served, "ft:tiny:b")
     finally:
+        resume.set()
         streaming.join(120)
 
     assert lines[-1] == "data: [DONE]"
