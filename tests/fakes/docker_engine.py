@@ -205,7 +205,22 @@ class FakeDockerEngine:
             container.status, container.exit_code = "exited", self.exit_on_start
             return Response(status_code=204)
         served = container.argument("--served-model-name") or container.argument("--model") or ""
-        container.vllm = FakeVllm(served)
+        environment = dict(
+            item.split("=", 1) for item in container.body.get("Env") or [] if "=" in item
+        )
+        rank = container.argument("--max-lora-rank")
+        # vLLM's flags and variable for LoRA adapters (its "LoRA Adapters" guide).
+        container.vllm = FakeVllm(
+            served,
+            enable_lora="--enable-lora" in (container.body.get("Cmd") or []),
+            runtime_lora_updating=_flag(environment.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING")),
+            max_lora_rank=int(rank) if rank else 16,
+        )
+        container.vllm.mounts = {
+            mount["Target"]: mount["Source"]
+            for mount in (container.body.get("HostConfig") or {}).get("Mounts") or []
+            if mount.get("Type") == "bind"
+        }
         container.health_polls = 0
 
         async def health(request: Request) -> Response:

@@ -6,22 +6,37 @@ It follows vLLM's documentation, and only what the gateway relies on:
   ``GET /v1/models``, ``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings`` in
   OpenAI's format (streaming with ``stream_options.include_usage``); errors as
   ``{"error": {"message", "type", "param", "code"}}``, a model it does not serve is a 404.
-* "LoRA Adapters → Dynamically serving LoRA Adapters"
-  (https://docs.vllm.ai/en/latest/features/lora/): ``POST /v1/load_lora_adapter``
-  ``{"lora_name", "lora_path"}`` answers 200 with ``Success: LoRA adapter '<name>' added
-  successfully``; ``POST /v1/unload_lora_adapter`` ``{"lora_name"}`` answers 200 with
-  ``Success: LoRA adapter '<name>' removed successfully``; a loaded adapter is then a model
-  name (listed by ``/v1/models`` with ``parent`` = the base model).
+* "LoRA Adapters" (https://docs.vllm.ai/en/latest/features/lora/): a server started with
+  ``--enable-lora`` (``--max-loras``, ``--max-lora-rank``, vLLM's default rank 16) takes PEFT
+  adapter directories; under "Dynamically serving LoRA Adapters", the two endpoints exist only
+  when ``VLLM_ALLOW_RUNTIME_LORA_UPDATING`` is set (else they are 404s, as any unknown route):
+  ``POST /v1/load_lora_adapter`` ``{"lora_name", "lora_path"}`` answers 200 with ``Success:
+  LoRA adapter '<name>' added successfully.``; ``POST /v1/unload_lora_adapter``
+  ``{"lora_name"}`` answers 200 with ``Success: LoRA adapter '<name>' removed
+  successfully.``; a loaded adapter is then a model name requests give as ``model`` (listed by
+  ``/v1/models`` with ``root`` = its path and ``parent`` = the base model).
+  Their refusals, as vLLM's ``OpenAIServingModels`` (``load_lora_adapter``,
+  ``unload_lora_adapter``) answers them: a missing name or path is a 400 ``InvalidUserInput``
+  ("Both 'lora_name' and 'lora_path' must be provided."); loading a name already loaded, a 400
+  ``InvalidUserInput`` ("The lora adapter '<name>' has already been loaded."); a path with no
+  adapter, a 404 ``NotFoundError`` (the engine's "... No adapter found for <path>"); any other
+  failure to add it (a server started without ``--enable-lora`` among them), a 400
+  ``BadRequestError`` with the engine's message (a rank above
+  ``--max-lora-rank``: "LoRA rank R is greater than max_lora_rank M."); unloading a name not
+  loaded, a 404 ``NotFoundError`` ("The lora adapter '<name>' cannot be found."). vLLM takes
+  more adapters than ``--max-loras`` (swapping them through its GPU slots): so does the fake.
 
 Knobs for tests: `fail_next` answers that many inference requests with a 500; `chunk_delay`
 slows streams down, `first_event_delay` holds a stream's first event back (a long prompt being
 read) and `answer_delay` slows non-streamed answers; `requests` records every inference
-body; `cancelled` counts requests whose client went away before the answer was complete.
+body; `cancelled` counts requests whose client went away before the answer was complete;
+`lora_calls` records every load/unload body, in order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -43,10 +58,21 @@ def _error(status: int, message: str, error_type: str) -> JSONResponse:
 class FakeVllm:
     """State and routes of one fake vLLM server."""
 
-    def __init__(self, base_model: str, *, embeddings: bool = False) -> None:
+    def __init__(
+        self,
+        base_model: str,
+        *,
+        embeddings: bool = False,
+        enable_lora: bool = True,
+        runtime_lora_updating: bool = True,
+        max_lora_rank: int = 16,
+    ) -> None:
         self.base_model = base_model
         self.embeddings = embeddings
+        self.enable_lora = enable_lora
+        self.max_lora_rank = max_lora_rank
         self.loras: dict[str, str] = {}
+        self.lora_calls: list[tuple[str, dict[str, Any]]] = []
         self.requests: list[dict[str, Any]] = []
         self.fail_next = 0
         self.chunk_delay = 0.0
@@ -54,16 +80,20 @@ class FakeVllm:
         self.answer_delay = 0.0
         self.cancelled = 0
         self.created = int(time.time())
-        self.app = Starlette(
-            routes=[
-                Route("/v1/models", self.models, methods=["GET"]),
+        #: Container mounts (target → source on this machine) paths are resolved through.
+        self.mounts: dict[str, str] = {}
+        routes = [
+            Route("/v1/models", self.models, methods=["GET"]),
+            Route("/v1/chat/completions", self.chat, methods=["POST"]),
+            Route("/v1/completions", self.completions, methods=["POST"]),
+            Route("/v1/embeddings", self.embed, methods=["POST"]),
+        ]
+        if runtime_lora_updating:
+            routes += [
                 Route("/v1/load_lora_adapter", self.load, methods=["POST"]),
                 Route("/v1/unload_lora_adapter", self.unload, methods=["POST"]),
-                Route("/v1/chat/completions", self.chat, methods=["POST"]),
-                Route("/v1/completions", self.completions, methods=["POST"]),
-                Route("/v1/embeddings", self.embed, methods=["POST"]),
             ]
-        )
+        self.app = Starlette(routes=routes)
 
     async def models(self, request: Request) -> Response:
         data = [
@@ -91,20 +121,47 @@ class FakeVllm:
 
     async def load(self, request: Request) -> Response:
         body = await request.json()
+        self.lora_calls.append(("load", body))
         name, path = body.get("lora_name"), body.get("lora_path")
         if not name or not path:
-            return _error(400, "Both 'lora_name' and 'lora_path' must be provided.", "BadRequest")
+            return _error(
+                400, "Both 'lora_name' and 'lora_path' must be provided.", "InvalidUserInput"
+            )
         if name in self.loras:
             return _error(
                 400, f"The lora adapter '{name}' has already been loaded.", "InvalidUserInput"
             )
-        if not (Path(path) / "adapter_config.json").is_file():
-            return _error(400, f"No adapter found for {path}", "BadRequestError")
+        # The engine adds the adapter (reading it from disk): its failures come back as errors.
+        if not self.enable_lora:
+            return _error(
+                400, "LoRA is not enabled. Use --enable-lora to enable LoRA.", "BadRequestError"
+            )
+        config = Path(self._visible(path)) / "adapter_config.json"
+        if not config.is_file():
+            message = f"Loading lora {name} failed: No adapter found for {path}"
+            return _error(404, message, "NotFoundError")
+        rank = int(json.loads(config.read_text()).get("r", 0))
+        if rank > self.max_lora_rank:
+            message = f"LoRA rank {rank} is greater than max_lora_rank {self.max_lora_rank}."
+            return _error(400, message, "BadRequestError")
         self.loras[name] = path
         return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")
 
+    def _visible(self, path: str) -> str:
+        """`path` as this server's file system has it: a container's mounts (`mounts`, target
+        → source) map into the test's directories."""
+        for target, source in self.mounts.items():
+            if path == target or path.startswith(f"{target}/"):
+                return source + path[len(target) :]
+        return path
+
     async def unload(self, request: Request) -> Response:
-        name = (await request.json()).get("lora_name")
+        body = await request.json()
+        self.lora_calls.append(("unload", body))
+        name = body.get("lora_name")
+        if not name:
+            message = "either 'lora_name' and 'lora_int_id' needs to be provided."
+            return _error(400, message, "InvalidUserInput")
         if name not in self.loras:
             return _error(404, f"The lora adapter '{name}' cannot be found.", "NotFoundError")
         del self.loras[name]

@@ -8,26 +8,47 @@ serving LoRA Adapters", https://docs.vllm.ai/en/latest/features/lora/):
   requests name it in ``model`` (the server runs with ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``);
 * ``POST /v1/unload_lora_adapter`` ``{"lora_name"}`` unloads it.
 
+The bodies sent and read are the pydantic models below (vLLM's ``LoadLoRAAdapterRequest``,
+``UnloadLoRAAdapterRequest``, ``ModelList``, ``ErrorResponse``). A loaded adapter keeps its
+``lora_name`` until unloaded; loading a name vLLM already holds is its 400 "has already been
+loaded", taken here as done when ``/v1/models`` shows the same path (a gateway that restarted
+while the server kept running) and otherwise answered by unloading and loading again.
+
 A base-model deployment only attaches to the servers; an adapter deployment loads the adapter
-under the public model name on every server, so requests need no renaming. A ``registry_model``
-deployment gets a vLLM container of its own (``vllm_container.py``) serving the model under the
-public name; it is placed once vLLM's ``GET /health`` answers 200 (vLLM's server: 200 once the
-engine is up), polled until a deadline while the container runs.
+under the public model name on every server, so requests need no renaming. An adapter
+deployment on a vLLM *base deployment* (``base`` + ``registry_adapter``, `attach_adapter`) is
+loaded, under its public name as ``lora_name``, on every instance of the base's container
+(started with ``--enable-lora``, ``vllm_container.py``); its route leads to those instances
+with ``model`` set to that ``lora_name``, so the base and all its adapters share them.
+
+A ``registry_model`` deployment gets a vLLM container of its own (``vllm_container.py``) serving
+the model under the public name; it is placed once vLLM's ``GET /health`` answers 200 (vLLM's
+server: 200 once the engine is up), polled until a deadline while the container runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 import httpx
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from forgeline_gateway.backends.base import Backend, Capabilities, Endpoint, Placement
 from forgeline_gateway.backends.vllm_container import VllmContainers, stopped_message
 from forgeline_gateway.deployments.spec import VllmSpec
-from forgeline_kit.errors import FailedPrecondition
+from forgeline_kit.errors import FailedPrecondition, InvalidArgument
 
-__all__ = ["VllmBackend"]
+__all__ = [
+    "LoadLoraAdapterRequest",
+    "ModelCard",
+    "ModelList",
+    "PeftAdapterConfig",
+    "UnloadLoraAdapterRequest",
+    "VllmBackend",
+    "read_adapter_rank",
+]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +110,88 @@ _EMBEDDINGS = frozenset({"input", "encoding_format", "dimensions"})
 MAX_N = 128
 
 
+class LoadLoraAdapterRequest(BaseModel):
+    """The body of vLLM's ``POST /v1/load_lora_adapter``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lora_name: str = Field(min_length=1, description="The name requests give as `model`.")
+    lora_path: str = Field(min_length=1, description="The adapter directory as vLLM sees it.")
+
+
+class UnloadLoraAdapterRequest(BaseModel):
+    """The body of vLLM's ``POST /v1/unload_lora_adapter``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lora_name: str = Field(min_length=1)
+
+
+class ModelCard(BaseModel):
+    """One entry of vLLM's ``GET /v1/models``: the base model (``parent`` null) or a loaded
+    adapter (``root`` its path, ``parent`` its base model)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str
+    root: str | None = None
+    parent: str | None = None
+
+
+class ModelList(BaseModel):
+    """vLLM's ``GET /v1/models`` answer."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    data: list[ModelCard]
+
+
+class _ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    message: str
+
+
+class _WrappedError(BaseModel):
+    # vLLM's current ErrorResponse: {"error": {"message", "type", "param", "code"}}.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    error: _ErrorDetail
+
+
+class PeftAdapterConfig(BaseModel):
+    """What the gateway reads of a PEFT adapter's ``adapter_config.json``: its rank."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    r: int = Field(ge=1, description="The rank of every adapted module...")
+    rank_pattern: dict[str, int] = Field(
+        default_factory=dict, description="...but for the modules given their own rank."
+    )
+
+    @property
+    def rank(self) -> int:
+        """The largest rank in the adapter: what vLLM compares with ``--max-lora-rank``."""
+        return max([self.r, *self.rank_pattern.values()])
+
+
+def read_adapter_rank(directory: Path, field: str = "registry_adapter") -> int:
+    """The rank of the PEFT adapter in `directory`.
+
+    Raises:
+        InvalidArgument: naming `field`, when its ``adapter_config.json`` is missing or gives
+            no rank.
+    """
+    try:
+        text = (directory / "adapter_config.json").read_text(encoding="utf-8")
+        return PeftAdapterConfig.model_validate_json(text).rank
+    except (OSError, ValidationError) as error:
+        reason = error.strerror if isinstance(error, OSError) else "it gives no valid rank 'r'"
+        raise InvalidArgument(
+            f"the adapter's adapter_config.json cannot be read: {reason}", field=field
+        ) from None
+
+
 class VllmBackend(Backend[VllmSpec]):
     """Attaches to vLLM servers; loads and unloads LoRA adapters on them."""
 
@@ -121,21 +224,42 @@ class VllmBackend(Backend[VllmSpec]):
         await asyncio.gather(*(self._check_base(url, base_model) for url in urls))
         if spec.adapter is None:
             return Placement(urls=urls, upstream_model=base_model)
-        loaded: list[str] = []
-        try:
-            for url in urls:
-                await self._load(url, name, spec.adapter)
-                loaded.append(url)
-        except BaseException:
-            await asyncio.gather(*(self._unload(url, name) for url in loaded))
-            raise
+        await self._load_everywhere(urls, name, spec.adapter, "adapter")
         return Placement(urls=urls, upstream_model=name)
+
+    async def attach_adapter(self, name: str, adapter: VllmSpec, base: Placement) -> Placement:
+        """Load the adapter deployment `adapter` (localized: `model_directory` set) as
+        ``lora_name`` `name` on every instance of its base's placement `base`: loaded on all or,
+        on a failure, on none. Nothing is restarted, so requests in flight go on.
+
+        Raises:
+            FailedPrecondition: vLLM refused or could not be reached (the message says why).
+        """
+        directory = adapter.model_directory
+        assert directory is not None  # the manager fetches registry_adapter before attaching
+        if self.containers is None:
+            raise FailedPrecondition(
+                "this gateway does not start vLLM containers", field="registry_adapter"
+            )
+        path = self.containers.mounted_path(directory)
+        await self._load_everywhere(base.urls, name, path, "registry_adapter")
+        return Placement(urls=list(base.urls), upstream_model=name)
 
     async def release(self, name: str, spec: VllmSpec, placement: Placement) -> None:
         if spec.registry_model is not None and self.containers is not None:
             await self.containers.remove(name)
-        if spec.adapter is not None:
+        if spec.adapter is not None or spec.base is not None:
             await asyncio.gather(*(self._unload(url, name) for url in placement.urls))
+
+    async def _load_everywhere(self, urls: list[str], name: str, path: str, field: str) -> None:
+        loaded: list[str] = []
+        try:
+            for url in urls:
+                await self._load(url, name, path, field)
+                loaded.append(url)
+        except BaseException:
+            await asyncio.gather(*(self._unload(url, name) for url in loaded))
+            raise
 
     async def _place_container(self, name: str, spec: VllmSpec) -> Placement:
         if self.containers is None:
@@ -177,27 +301,32 @@ class VllmBackend(Backend[VllmSpec]):
                 )
             await asyncio.sleep(HEALTH_POLL_S)  # the pace of polling, not a readiness guess
 
-    async def _check_base(self, url: str, base_model: str) -> None:
+    async def _models(self, url: str) -> ModelList:
         try:
             response = await self.client.get(f"{url}/v1/models", timeout=self._timeout)
             response.raise_for_status()
-            served = {m.get("id") for m in response.json().get("data", [])}
-        except (httpx.HTTPError, httpx.InvalidURL, ValueError, AttributeError) as error:
+            return ModelList.model_validate_json(response.content)
+        except (httpx.HTTPError, httpx.InvalidURL, ValidationError) as error:
             raise FailedPrecondition(
                 f"the vLLM server {url} did not list its models: {error}", field="urls"
             ) from None
+
+    async def _check_base(self, url: str, base_model: str) -> None:
+        served = {card.id for card in (await self._models(url)).data}
         if base_model not in served:
             raise FailedPrecondition(
                 f"the vLLM server {url} does not serve '{base_model}' (it serves "
-                f"{', '.join(sorted(str(m) for m in served)) or 'nothing'})",
+                f"{', '.join(sorted(served)) or 'nothing'})",
                 field="base_model",
             )
 
-    async def _load(self, url: str, name: str, path: str) -> None:
+    async def _load(self, url: str, name: str, path: str, field: str) -> None:
+        body = LoadLoraAdapterRequest(lora_name=name, lora_path=path)
         try:
             response = await self.client.post(
                 f"{url}/v1/load_lora_adapter",
-                json={"lora_name": name, "lora_path": path},
+                content=body.model_dump_json(),
+                headers={"Content-Type": "application/json"},
                 timeout=self._timeout,
             )
         except (httpx.HTTPError, httpx.InvalidURL) as error:
@@ -208,18 +337,28 @@ class VllmBackend(Backend[VllmSpec]):
             log.info("LoRA adapter loaded", extra={"model": name, "vllm": url})
             return
         message = _message(response)
-        if "already" in message.lower() and "loaded" in message.lower():
-            return  # placed before this gateway restarted: nothing to do
+        if response.status_code == 400 and "has already been loaded" in message:
+            # Loaded before this gateway restarted, the server running on: kept if it is this
+            # adapter, else replaced (nothing of this gateway's can be using that name yet).
+            cards = {card.id: card for card in (await self._models(url)).data}
+            current = cards.get(name)
+            if current is not None and current.root == path:
+                return
+            await self._unload(url, name)
+            await self._load(url, name, path, field)
+            return
         raise FailedPrecondition(
             f"the vLLM server {url} refused to load the adapter {path}: {message}",
-            field="adapter",
+            field=field,
         )
 
     async def _unload(self, url: str, name: str) -> None:
+        body = UnloadLoraAdapterRequest(lora_name=name)
         try:
             response = await self.client.post(
                 f"{url}/v1/unload_lora_adapter",
-                json={"lora_name": name},
+                content=body.model_dump_json(),
+                headers={"Content-Type": "application/json"},
                 timeout=self._timeout,
             )
         except (httpx.HTTPError, httpx.InvalidURL) as error:
@@ -227,6 +366,7 @@ class VllmBackend(Backend[VllmSpec]):
                 "could not unload a LoRA adapter", extra={"model": name, "error": repr(error)}
             )
             return
+        # 404: vLLM does not hold it (already unloaded, or the server restarted): done.
         if not response.is_success and response.status_code != 404:
             log.warning(
                 "vLLM refused to unload a LoRA adapter",
@@ -235,13 +375,12 @@ class VllmBackend(Backend[VllmSpec]):
 
 
 def _message(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:500]
-    if isinstance(body, dict):
-        error = body.get("error", body)
-        if isinstance(error, dict):
-            return str(error.get("message", error))
-        return str(body.get("message", error))
-    return str(body)[:500]
+    """The message of a vLLM error answer: ``{"error": {"message"}}`` (current vLLM) or
+    ``{"message"}`` (its older, flat ErrorResponse); else the text."""
+    for shape in (_WrappedError, _ErrorDetail):
+        try:
+            parsed = shape.model_validate_json(response.content)
+        except ValidationError:
+            continue
+        return parsed.error.message if isinstance(parsed, _WrappedError) else parsed.message
+    return response.text[:500]

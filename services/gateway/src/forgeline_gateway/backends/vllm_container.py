@@ -171,14 +171,29 @@ class VllmContainers:
         directory = spec.model_directory
         assert directory is not None  # the manager fetches registry_model before placing
         cache = self.settings.model_cache.resolve()
-        relative = directory.resolve().relative_to(cache)
         source = self.settings.model_mount or str(cache)
+        environment = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
+        lora: list[str] = []
+        if spec.enable_lora:
+            # vLLM's "LoRA Adapters" guide: `--enable-lora` with its slot settings, and the
+            # load/unload endpoints exist only with VLLM_ALLOW_RUNTIME_LORA_UPDATING set, which
+            # adapter deployments need (they are loaded into the running server, never by a
+            # restart). Only then: a deployment without it keeps the configuration (and so the
+            # container) it had before these settings existed.
+            lora = [
+                "--enable-lora",
+                "--max-loras",
+                str(spec.max_loras),
+                "--max-lora-rank",
+                str(spec.max_lora_rank),
+            ]
+            environment["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
         config: dict[str, Any] = {
             "image": self.settings.image,
             "name": container_name(name),
             "command": [
                 "--model",
-                f"{MODELS_TARGET}/{relative.as_posix()}",
+                self.mounted_path(directory),
                 "--served-model-name",
                 name,
                 "--tensor-parallel-size",
@@ -187,9 +202,10 @@ class VllmContainers:
                 "0.0.0.0",  # inside the container; its port is published on loopback only
                 "--port",
                 str(CONTAINER_PORT),
+                *lora,
             ],
             # The model comes from the mount; vLLM must never reach for a model hub.
-            "environment": {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"},
+            "environment": environment,
             "device_requests": [
                 DeviceRequest(count=spec.tensor_parallel_size, capabilities=[["gpu"]])
             ],
@@ -208,6 +224,16 @@ class VllmContainers:
         else:
             config["ports"] = {f"{CONTAINER_PORT}/tcp": ("127.0.0.1", None)}
         return config
+
+    def mounted_path(self, directory: Path) -> str:
+        """Where the model cache directory `directory` is seen inside a vLLM container (its
+        models, and the adapters loaded into it at runtime).
+
+        Raises:
+            ValueError: `directory` is not inside the model cache.
+        """
+        relative = directory.resolve().relative_to(self.settings.model_cache.resolve())
+        return f"{MODELS_TARGET}/{relative.as_posix()}"
 
     def _url(self, container: Container) -> str:
         if self.settings.network:

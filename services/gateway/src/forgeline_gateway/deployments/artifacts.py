@@ -1,9 +1,10 @@
 """Registry versions as local files: what llama-server, Ollama or a vLLM container is given.
 
 A deployment names a GGUF version (``registry_gguf``, ``registry_lora``) or an HF version
-(``registry_model``, vLLM); before placing it the gateway pulls the version into its model
-cache, one directory per version (``<model with / as +>/<number>``: ``+`` is in no model name,
-so no two names share a directory; a vLLM container mounts the cache and reads the directory).
+(``registry_model``, or the PEFT adapter ``registry_adapter``: vLLM); before placing it the
+gateway pulls the version into its model cache, one directory per version
+(``<model with / as +>/<number>``: ``+`` is in no model name, so no two names share a
+directory; a vLLM container mounts the cache and reads the directory).
 A pull goes to a temporary directory renamed into place when complete (every file's digest
 verified by the registry client), with the version's digests recorded beside it
 (``<number>.digests.json``), so an interrupted pull leaves nothing that looks usable. A cached
@@ -59,6 +60,15 @@ class RegistryArtifacts:
                     f"{spec.registry_model} is not an HF model (no config.json): vLLM containers "
                     "serve base, merged or fine-tuned versions",
                     field="registry_model",
+                )
+            return spec.with_model_directory(directory)
+        if isinstance(spec, VllmSpec) and spec.registry_adapter is not None:
+            directory = await self.version_directory(spec.registry_adapter, "registry_adapter")
+            if not (directory / "adapter_config.json").is_file():
+                raise InvalidArgument(
+                    f"{spec.registry_adapter} is not an HF/PEFT adapter (no adapter_config.json):"
+                    " vLLM loads PEFT adapter versions, not GGUF ones",
+                    field="registry_adapter",
                 )
             return spec.with_model_directory(directory)
         return spec

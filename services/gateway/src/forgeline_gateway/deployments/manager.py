@@ -14,6 +14,14 @@ once the requests in flight on them, streams included, have finished (`_drain`).
 took a route before the switch keeps the old processes and the adapter ids valid in them: each
 route carries its own instances and its own ``lora`` selection (`Placement.request_fields`). At
 start, a base is placed once with all its stored adapters.
+
+Adapter deployments on a vLLM base (a vLLM spec with `base` and `registry_adapter`) need no
+restart: vLLM loads and unloads LoRA adapters in the running server (``/v1/load_lora_adapter``,
+``/v1/unload_lora_adapter``), so attaching one loads it on every instance of the base's
+container and publishes its route on those same instances (`_attach_vllm`); detaching removes
+the route, then unloads it. Requests for the base and its other adapters never notice. The
+base's ``max_loras`` and ``max_lora_rank`` bound what is attached; at start, the base is placed
+(its container re-attached or started again) and then every stored adapter is loaded on it.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from pydantic import TypeAdapter
 
 from forgeline_gateway.backends.base import Backend, Placement
 from forgeline_gateway.backends.llamacpp import LlamaCppBackend, SharedPlacement
+from forgeline_gateway.backends.vllm import VllmBackend, read_adapter_rank
 from forgeline_gateway.deployments.artifacts import RegistryArtifacts
 from forgeline_gateway.deployments.boundaries import DeploymentBoundaries
 from forgeline_gateway.deployments.spec import DeploymentSpec, LlamaCppSpec, OllamaSpec, VllmSpec
@@ -73,8 +82,9 @@ class DeploymentState:
 class _Attached:
     """An adapter deployment placed on its base: what the base's processes load for it."""
 
-    spec: LlamaCppSpec
-    #: Its adapter files on the gateway host (registry versions pulled into the model cache).
+    spec: LlamaCppSpec | VllmSpec
+    #: Its adapter files on the gateway host (registry versions pulled into the model cache);
+    #: none for vLLM, which reads the adapter from its own mount of the cache.
     files: tuple[str, ...]
     created: int
 
@@ -129,9 +139,9 @@ class DeploymentManager:
         placed once, with every stored adapter deployment on it."""
         records = await self.store.run(self.store.list_deployments)
         specs = {r.name: (_SPEC.validate_json(r.spec_json), r.created_at) for r in records}
-        on_base: dict[str, dict[str, tuple[LlamaCppSpec, int]]] = {}
+        on_base: dict[str, dict[str, tuple[LlamaCppSpec | VllmSpec, int]]] = {}
         for name, (spec, created) in specs.items():
-            if isinstance(spec, LlamaCppSpec) and spec.base is not None:
+            if isinstance(spec, LlamaCppSpec | VllmSpec) and spec.base is not None:
                 on_base.setdefault(spec.base, {})[name] = (spec, created)
 
         async def restore_one(name: str, spec: Any, created: int) -> None:
@@ -152,7 +162,7 @@ class DeploymentManager:
             *(
                 restore_one(name, spec, created)
                 for name, (spec, created) in specs.items()
-                if not (isinstance(spec, LlamaCppSpec) and spec.base is not None)
+                if not (isinstance(spec, LlamaCppSpec | VllmSpec) and spec.base is not None)
             )
         )
         for base, orphans in on_base.items():
@@ -189,6 +199,8 @@ class DeploymentManager:
         try:
             if isinstance(spec, LlamaCppSpec) and spec.base is not None:
                 return await self._create_attached(spec)
+            if isinstance(spec, VllmSpec) and spec.base is not None:
+                return await self._create_vllm_attached(spec)
             created = int(time.time())
             route, placed = await self._place(spec, created, publish=False)
             try:
@@ -214,7 +226,10 @@ class DeploymentManager:
         if name in self._busy:
             raise AlreadyExists(f"the deployment '{name}' is being changed; retry shortly")
         if name in self._attached:
-            await self._delete_attached(name)
+            if isinstance(self._attached[name].spec, VllmSpec):
+                await self._delete_vllm_attached(name)
+            else:
+                await self._delete_attached(name)
             return
         # Held while adapters are attached to `name`, so it is not removed under one.
         async with self._base_lock(name):
@@ -275,7 +290,12 @@ class DeploymentManager:
         return True
 
     def _with_defaults(self, spec: Any) -> Any:
-        if isinstance(spec, VllmSpec) and not spec.urls and spec.registry_model is None:
+        if (
+            isinstance(spec, VllmSpec)
+            and not spec.urls
+            and spec.registry_model is None
+            and spec.base is None
+        ):
             if not self.vllm_urls:
                 raise InvalidArgument(
                     "no vLLM server is configured: give 'urls' or set "
@@ -325,19 +345,34 @@ class DeploymentManager:
         created: int,
         *,
         publish: bool = True,
-        attached: Mapping[str, tuple[LlamaCppSpec, int]] | None = None,
+        attached: Mapping[str, tuple[LlamaCppSpec | VllmSpec, int]] | None = None,
     ) -> tuple[Route, Any]:
         """Place `spec` (with `attached`, a base with these adapter deployments: at restore);
         its route and its localized spec."""
         backend = self._backend(spec)
+        if attached and isinstance(backend, VllmBackend):
+            # vLLM loads adapters into the running server: the base first, then each of them.
+            route, placed = await self._place(spec, created, publish=publish)
+            for name, (child, child_created) in attached.items():
+                try:
+                    if not isinstance(child, VllmSpec):
+                        raise InvalidArgument(
+                            f"its base '{spec.name}' is not a llama.cpp deployment", field="base"
+                        )
+                    await self._attach_vllm(child, child_created)
+                except Exception as error:
+                    self._restore_failed(name, child, child_created, error)
+            return route, placed
         placed = await self._localize(spec)
         # A base restored with its adapters: one start of its processes for all of them.
         adapters: dict[str, _Attached] = {}
         for name, (child, child_created) in (attached or {}).items():
             try:
-                if not isinstance(backend, LlamaCppBackend):
+                if not isinstance(backend, LlamaCppBackend) or not isinstance(child, LlamaCppSpec):
                     raise InvalidArgument(
-                        f"its base '{spec.name}' is not a llama.cpp deployment", field="base"
+                        f"its base '{spec.name}' is not a {child.backend} deployment that can "
+                        "carry adapters",
+                        field="base",
                     )
                 adapters[name] = await self._attachable(child, child_created)
             except Exception as error:
@@ -437,6 +472,129 @@ class DeploymentManager:
             )
         return route
 
+    # --- adapters on a vLLM base: loaded at runtime ------------------------------------------
+
+    def _serving_vllm_base(self, spec: VllmSpec) -> Route:
+        """The route of `spec`'s base, once it is known to take runtime LoRA adapters.
+
+        Raises:
+            InvalidArgument: naming `base`, when it is no deployment, not serving, or not a
+                vLLM container started with `enable_lora`.
+        """
+        assert spec.base is not None
+        try:
+            route = self.router.get(spec.base)
+        except ForgelineError:
+            state = (
+                "is not serving (GET /v1/deployments says why)"
+                if spec.base in self._failed
+                else "does not exist"
+            )
+            raise InvalidArgument(
+                f"the base deployment '{spec.base}' {state}: adapters are served on a vLLM "
+                "deployment that is serving",
+                field="base",
+            ) from None
+        base = route.spec
+        if not isinstance(base, VllmSpec) or base.registry_model is None or not base.enable_lora:
+            raise InvalidArgument(
+                f"the deployment '{spec.base}' cannot carry vLLM adapters: a base is a vLLM "
+                "'registry_model' deployment created with 'enable_lora': true",
+                field="base",
+            )
+        return route
+
+    async def _attach_vllm(
+        self,
+        spec: VllmSpec,
+        created: int,
+        commit: Callable[[], Awaitable[None]] | None = None,
+    ) -> Route:
+        """Load the adapter deployment `spec` on its base's instances, run `commit` (the
+        store's change), and publish its route; a failure before the route is published leaves
+        nothing loaded. Called with the base's lock held (or at restore, before any request)."""
+        base = self._serving_vllm_base(spec)
+        base_spec = base.spec
+        assert isinstance(base_spec, VllmSpec)
+        assert spec.base is not None
+        held = [n for n, a in self._attached.items() if a.base == spec.base]
+        if len(held) >= base_spec.max_loras:
+            # vLLM itself would take more and swap them in and out of its max_loras GPU slots
+            # under load; the gateway keeps every attached adapter resident instead.
+            raise InvalidArgument(
+                f"the base deployment '{spec.base}' already serves {len(held)} adapters, its "
+                f"max_loras ({', '.join(held)}): delete one first, or deploy the base with a "
+                "larger 'max_loras'",
+                field="base",
+            )
+        placed = await self._localize(spec)
+        assert isinstance(placed, VllmSpec)
+        assert placed.model_directory is not None
+        rank = await asyncio.to_thread(read_adapter_rank, placed.model_directory)
+        if rank > base_spec.max_lora_rank:
+            raise InvalidArgument(
+                f"the adapter {spec.registry_adapter} has rank {rank}, above the base "
+                f"deployment '{spec.base}''s max_lora_rank ({base_spec.max_lora_rank}): deploy "
+                "the base with a larger 'max_lora_rank'",
+                field="registry_adapter",
+            )
+        backend = base.backend
+        assert isinstance(backend, VllmBackend)
+        placement = await backend.attach_adapter(spec.name, placed, base.placement)
+        try:
+            if commit is not None:
+                await commit()
+        except BaseException:
+            await backend.release(spec.name, spec, placement)
+            raise
+        metadata = spec.metadata
+        if metadata.base is None:
+            metadata = metadata.model_copy(update={"base": spec.base})
+        route = Route(
+            name=spec.name,
+            backend=backend,
+            spec=spec,
+            capabilities=base.capabilities,
+            upstream_model=placement.upstream_model,
+            # The base's own instances: its in-flight bound covers the adapters' requests too.
+            instances=list(base.instances),
+            metadata=metadata,
+            created=created,
+            placement=placement,
+        )
+        self._publish([route])
+        self._attached[spec.name] = _Attached(spec=spec, files=(), created=created)
+        return route
+
+    async def _create_vllm_attached(self, spec: VllmSpec) -> DeploymentState:
+        assert spec.base is not None
+        created = int(time.time())
+        record = DeploymentRecord(spec.name, spec.model_dump_json(), created)
+        async with self._base_lock(spec.base):
+            route = await self._attach_vllm(
+                spec,
+                created,
+                commit=lambda: self.store.run(lambda: self.store.put_deployment(record)),
+            )
+        log.info("adapter deployment created", extra={"model": spec.name, "base": spec.base})
+        return self._state(route)
+
+    async def _delete_vllm_attached(self, name: str) -> None:
+        attached = self._attached[name]
+        self._busy.add(name)
+        try:
+            async with self._base_lock(attached.base):
+                route = self.router.get(name)
+                await self.store.run(lambda: self.store.delete_deployment(name))
+                # No new request reaches it, then vLLM forgets it; the base and the other
+                # adapters are untouched, their requests in flight included.
+                self.router.remove(name)
+                self._attached.pop(name, None)
+                await route.backend.release(name, route.spec, route.placement)
+            log.info("adapter deployment deleted", extra={"model": name, "base": attached.base})
+        finally:
+            self._busy.discard(name)
+
     async def _create_attached(self, spec: LlamaCppSpec) -> DeploymentState:
         assert spec.base is not None
         async with self._base_lock(spec.base):
@@ -494,8 +652,10 @@ class DeploymentManager:
         except BaseException:
             await backend.release(base.name, placed, shared.base)
             for name, placement in shared.adapters.items():
+                child = adapters[name].spec
+                assert isinstance(child, LlamaCppSpec)  # a llama.cpp base carries only these
                 if name not in self._attached:
-                    await backend.release(name, adapters[name].spec, placement)
+                    await backend.release(name, child, placement)
             raise
         old_detached = [self.router.get(n) for n in detached]
         routes = self._shared_routes(base.spec, base.created, backend, shared, adapters)
@@ -589,4 +749,6 @@ def _registry_field(spec: Any) -> str | None:
         return "registry_gguf"
     if isinstance(spec, VllmSpec) and spec.registry_model:
         return "registry_model"
+    if isinstance(spec, VllmSpec) and spec.registry_adapter:
+        return "registry_adapter"
     return None

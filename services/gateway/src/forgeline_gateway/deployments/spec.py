@@ -17,6 +17,7 @@ __all__ = [
     "LlamaCppSpec",
     "ModelMetadata",
     "OllamaSpec",
+    "VllmLoraRank",
     "VllmSpec",
 ]
 
@@ -30,6 +31,9 @@ DeploymentName = Annotated[
 RegistryReference = Annotated[
     str, Field(min_length=3, max_length=300, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*:[1-9][0-9]*$")
 ]
+
+#: The ranks vLLM accepts for ``--max-lora-rank`` (its ``LoRAConfig.max_lora_rank``).
+VllmLoraRank = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]
 
 #: An http(s) base URL of a backend server.
 BackendUrl = Annotated[
@@ -152,13 +156,41 @@ class LlamaCppSpec(_Spec):
         return self.base is not None
 
 
+#: What a vLLM adapter deployment (`VllmSpec.base`) takes from its base and so may not set.
+VLLM_BASE_OWNED_FIELDS = (
+    "urls",
+    "base_model",
+    "adapter",
+    "registry_model",
+    "tensor_parallel_size",
+    "embeddings",
+    "enable_lora",
+    "max_loras",
+    "max_lora_rank",
+    "max_in_flight",
+)
+
+
 class VllmSpec(_Spec):
     """A model on vLLM: on servers already running (``urls``), as the base they serve or a LoRA
     adapter loaded on top at runtime (``/v1/load_lora_adapter``); or an HF version of the
     registry (``registry_model``) on a vLLM container the gateway starts through the Docker API
-    (``backends/vllm_container.py``)."""
+    (``backends/vllm_container.py``); or an HF/PEFT adapter version of the registry
+    (``registry_adapter``) loaded at runtime on the container of such a deployment (``base``)."""
 
     backend: Literal["vllm"]
+    base: DeploymentName | None = Field(
+        None,
+        description="Serve `registry_adapter` on the vLLM container of the `registry_model` "
+        "deployment of this name (started with `enable_lora`): the adapter is loaded into the "
+        "running server (`/v1/load_lora_adapter`, no restart) and requests for this deployment "
+        "select it. Leave out everything the base decides.",
+    )
+    registry_adapter: RegistryReference | None = Field(
+        None,
+        description="With `base`: an HF/PEFT LoRA adapter version in the registry (a directory "
+        "with `adapter_config.json`), fetched into the model cache the base's container mounts.",
+    )
     urls: list[BackendUrl] = Field(
         default_factory=list,
         max_length=64,
@@ -186,12 +218,45 @@ class VllmSpec(_Spec):
         1, ge=1, le=64, description="With `registry_model`: GPUs the container splits it over."
     )
     embeddings: bool = Field(False, description="The model is an embedding model.")
+    enable_lora: bool = Field(
+        False,
+        description="With `registry_model`: start vLLM ready for adapter deployments (`base`): "
+        "`--enable-lora`, `--max-loras`, `--max-lora-rank` and runtime loading "
+        "(`VLLM_ALLOW_RUNTIME_LORA_UPDATING`). Off by default: LoRA slots take GPU memory and "
+        "not every architecture supports LoRA in vLLM.",
+    )
+    max_loras: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="With `enable_lora`: adapters in one batch (`--max-loras`); the gateway "
+        "attaches at most this many, so none is ever swapped out under load.",
+    )
+    max_lora_rank: VllmLoraRank = Field(
+        16,
+        description="With `enable_lora`: the largest adapter rank (`--max-lora-rank`; vLLM's "
+        "default 16).",
+    )
 
     _model_directory: Path | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _one_source(self) -> VllmSpec:
+        if self.base is not None:
+            return self._adapter_on_base()
+        if self.registry_adapter is not None:
+            raise ValueError("'registry_adapter' is served on a base deployment: give 'base'")
+        # Compared with the defaults, not by being set: a stored spec has every field written.
+        fields = type(self).model_fields
+        lora_settings = ("max_loras", "max_lora_rank")
+        if not self.enable_lora and any(
+            getattr(self, f) != fields[f].get_default() for f in lora_settings
+        ):
+            raise ValueError("'max_loras' and 'max_lora_rank' apply with 'enable_lora' only")
         if self.registry_model is None:
+            if self.enable_lora:
+                # Servers run elsewhere were started by someone else, with their own flags.
+                raise ValueError("'enable_lora' applies to 'registry_model' only")
             if self.base_model is None:
                 raise ValueError(
                     "give 'base_model' (servers already running) or 'registry_model' "
@@ -213,10 +278,28 @@ class VllmSpec(_Spec):
             )
         return self
 
+    def _adapter_on_base(self) -> VllmSpec:
+        if self.registry_adapter is None:
+            raise ValueError("an adapter deployment ('base') needs 'registry_adapter'")
+        if self.base == self.name:
+            raise ValueError("a deployment cannot be its own base")
+        # Compared with the defaults, not by being set: a stored spec has every field written.
+        owned = [
+            f
+            for f in VLLM_BASE_OWNED_FIELDS
+            if getattr(self, f) != type(self).model_fields[f].get_default(call_default_factory=True)
+        ]
+        if owned:
+            raise ValueError(
+                f"an adapter deployment ('base') takes {', '.join(repr(f) for f in owned)} from "
+                "its base deployment: leave it out"
+            )
+        return self
+
     @property
     def model_directory(self) -> Path | None:
-        """Where `registry_model` was fetched to on the gateway host (set by the manager before
-        placing; never stored or shown)."""
+        """Where `registry_model` (or `registry_adapter`) was fetched to on the gateway host
+        (set by the manager before placing; never stored or shown)."""
         return self._model_directory
 
     def with_model_directory(self, directory: Path) -> VllmSpec:
