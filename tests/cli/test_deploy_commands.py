@@ -23,6 +23,7 @@ from fakes.server import FakeServer
 from gateway.harness import Gateway, make_key
 from gguf_adapters import make_gguf_adapter
 
+from forgeline_cli.deploy_commands import DeploymentView, _details, _listing
 from forgeline_cli.stack import LocalStack
 from forgeline_gateway.security.keys import Scope
 from forgeline_kit.llamacpp import Toolchain
@@ -251,6 +252,14 @@ def test_a_gguf_adapter_is_deployed_on_a_base_deployment(
         assert "deployed ft:tiny:cli on llamacpp (1 instance(s))" in result.out
         assert "acme/tiny-adapter:1 on base" in result.out
         assert "  adapters    ft:tiny:cli" in deployed.run("deployments", "show", "base").out
+        # The listing: the base, and the adapter beneath it (indented) naming its base.
+        listed = deployed.run("deployments").out.splitlines()
+        at = next(i for i, line in enumerate(listed) if line.startswith("base  "))
+        assert "(+1 adapter(s))" in listed[at]
+        assert listed[at + 1].startswith("  ft:tiny:cli  llamacpp ready")
+        assert listed[at + 1].endswith("adapter acme/tiny-adapter:1 on base")
+        shown = deployed.run("deployments", "show", "ft:tiny:cli").out
+        assert "  served on   base (an adapter on its processes)" in shown
         client = deployed.client()
         answers = {
             name: client.chat.completions.create(
@@ -410,3 +419,36 @@ def test_the_key_and_gateway_come_from_the_environment(
 
     assert result.code == 0, result.err
     assert json.loads(result.out) == []
+
+
+def test_the_listing_puts_adapters_beneath_their_base() -> None:
+    def view(name: str, adapters: tuple[str, ...] = (), **spec: object) -> DeploymentView:
+        return DeploymentView(
+            name=name,
+            backend="llamacpp",
+            status="ready",
+            instances=1,
+            adapters=list(adapters),
+            created=0,
+            spec={"name": name, "backend": "llamacpp", **spec},
+        )
+
+    views = [
+        view("ft:base:a", base="base", registry_lora=["acme/a:1"]),
+        view("base", ("ft:base:a", "ft:base:b"), registry_gguf="acme/tiny:2"),
+        view("tiny", gguf="/models/tiny.gguf"),
+        view("ft:base:b", base="base", lora=["/adapters/b.gguf"]),
+        view("ft:gone:c", base="gone", registry_lora=["acme/c:1"]),
+    ]
+
+    lines = _listing(views)
+
+    when = "1970-01-01 00:00:00"
+    assert lines == [
+        f"base  llamacpp ready  1 instance(s)  {when}  acme/tiny:2  (+2 adapter(s))",
+        f"  ft:base:a  llamacpp ready  1 instance(s)  {when}  adapter acme/a:1 on base",
+        f"  ft:base:b  llamacpp ready  1 instance(s)  {when}  adapter /adapters/b.gguf on base",
+        f"tiny  llamacpp ready  1 instance(s)  {when}  /models/tiny.gguf",
+        f"ft:gone:c  llamacpp ready  1 instance(s)  {when}  adapter acme/c:1 on gone",
+    ]
+    assert "  served on   base (an adapter on its processes)" in _details(views[0])

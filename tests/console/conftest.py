@@ -121,6 +121,8 @@ class Console:
     jobs: JobStore
     trainer: StandInTrainer
     screenshots: Path
+    #: A directory the gateway may deploy GGUF files from (MODEL_DIRS), for a test's own files.
+    model_dir: Path
     models: list[str] = field(default_factory=list)
 
     @property
@@ -180,13 +182,15 @@ def console(
     work = tmp_path_factory.mktemp("console")
     registry = RegistryThread(work / "registry").start()
     database = work / "gateway.sqlite3"
+    model_dir = work / "models"
+    model_dir.mkdir()
     gateway = Gateway(
         database,
         {
             "auth_required": False,
             "registry_target": registry.target,
             "registry_local_files": True,
-            "model_dirs": [str(tiny_gguf.parent)],
+            "model_dirs": [str(tiny_gguf.parent), str(model_dir)],
         },
     )
     jobs = JobStore.open(database)
@@ -225,7 +229,7 @@ def console(
             app.state.fine_tuning = FineTuningServing(pipeline, "forgeline")
 
         gateway.call(fine_tuning())
-        yield Console(gateway, jobs, trainer, screenshot_dir, ["tiny", "tiny-twin"])
+        yield Console(gateway, jobs, trainer, screenshot_dir, model_dir, ["tiny", "tiny-twin"])
     finally:
         gateway.stop()
         jobs.close()

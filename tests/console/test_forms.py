@@ -1,13 +1,25 @@
 """The console's forms in a real headless Chromium: a new fine-tune (the SDK call it shows is the
-request it sends) and the datasets page (drag-and-drop upload, each bad line the API names)."""
+request it sends; the `forgeline train` YAML it shows trains the same job) and the datasets page
+(drag-and-drop upload, each bad line the API names)."""
 
 from __future__ import annotations
 
 import ast
 import json
+import shlex
+from pathlib import Path
 from typing import Any
 
+import httpx
 from playwright.sync_api import FilePayload, Page, Route, expect
+
+from forgeline_cli.__main__ import build_parser
+from forgeline_cli.train_commands import check_data, dataset_input, job_spec
+from forgeline_gateway.api.fine_tuning.protocol import FineTuningJobCreate
+from forgeline_gateway.fine_tuning.plan import DatasetFile, trainer_spec
+from forgeline_proto.common.v1 import common_pb2
+from forgeline_trainer.llamafactory.settings import parse_yaml
+from forgeline_trainer.submission import plan_job
 
 from .conftest import Console
 
@@ -149,3 +161,116 @@ def test_a_dropped_dataset_with_a_bad_line_shows_the_line_error(
     expect(files.locator("tbody tr")).to_have_count(1)
     expect(files).to_contain_text("good.jsonl")
     console.screenshot(page, "datasets")
+
+
+def _upload(console: Console, name: str, text: str) -> str:
+    response = httpx.post(
+        f"{console.url}/v1/files",
+        data={"purpose": "fine-tune"},
+        files={"file": (name, text.encode(), "application/jsonl")},
+        timeout=60,
+        trust_env=False,
+    )
+    assert response.status_code == 200, response.text
+    return str(response.json()["id"])
+
+
+def _commands(yaml_text: str) -> list[list[str]]:
+    """The forgeline commands the YAML's comments give, as argument lists."""
+    lines = [line.removeprefix("#").strip() for line in yaml_text.splitlines()]
+    joined = "\n".join(lines).replace("\\\n", " ")
+    return [shlex.split(line)[1:] for line in joined.splitlines() if line.startswith("forgeline ")]
+
+
+def test_the_new_fine_tune_form_shows_the_forgeline_train_yaml_of_its_job(
+    console: Console, page: Page, tmp_path: Path
+) -> None:
+    training = _upload(console, "support-train.jsonl", GOOD)
+    validation = _upload(console, "support-val.jsonl", GOOD)
+    page.goto(f"{console.url}/console/jobs/new?training_file={training}")
+    expect(page.locator("#ft-training-file")).to_have_value(training)
+    yaml = page.locator("#train-yaml")
+    expect(yaml).to_contain_text("model_name_or_path: tiny-llama")
+
+    page.select_option("#ft-validation-file", validation)
+    page.fill("#ft-epochs", "2")
+    page.fill("#ft-batch-size", "8")
+    page.fill("#ft-lr", "2")
+    page.fill("#ft-lora-rank", "16")
+    page.fill("#ft-lora-alpha", "32")
+    page.check("#ft-quant-q4_k_m")
+    page.select_option("#ft-deploy-quantization", "q4_k_m")
+    page.fill("#ft-suffix", "support-bot")
+    page.fill("#ft-seed", "7")
+    expect(yaml).to_contain_text("seed: 7")
+    yaml_text = yaml.inner_text()
+    console.screenshot(page, "new-fine-tune-yaml")
+
+    # The request the form sends (refused here: no job is started).
+    sent: list[dict[str, Any]] = []
+
+    def refuse(route: Route) -> None:
+        sent.append(json.loads(route.request.post_data or "{}"))
+        route.fulfill(status=400, json={"error": {"message": "not now", "param": None}})
+
+    page.route("**/v1/fine_tuning/jobs", refuse)
+    page.click("#ft-submit")
+    expect(page.get_by_role("alert")).to_contain_text("not now")
+    request = FineTuningJobCreate.model_validate(sent[0])
+
+    # The commands in its comments are forgeline's own: train this YAML with the form's files,
+    # then convert to the form's quantizations and deploy the one it serves.
+    train, convert, deploy = _commands(yaml_text)
+    parser = build_parser()
+    trained = parser.parse_args(train)
+    assert trained.config == "finetune.yaml"
+    assert trained.data == ["train=support-train.jsonl", "validation=support-val.jsonl"]
+    assert trained.output_model == "tiny-llama-support-bot"
+    converted = parser.parse_args(convert)
+    assert converted.source == "tiny-llama-support-bot"
+    assert converted.to == "q8_0,q4_k_m"
+    deployed = parser.parse_args(deploy)
+    assert (deployed.reference, deployed.backend, deployed.quantization) == (
+        "tiny-llama-support-bot",
+        "llamacpp",
+        "q4_k_m",
+    )
+
+    # `forgeline train`'s own path: the YAML parsed and its data files checked as the CLI does,
+    # the trainer job it submits planned by the trainer ...
+    for pair in trained.data:
+        name = pair.partition("=")[2]
+        (tmp_path / name).write_text(GOOD)
+    pairs = [f"{n}={tmp_path / p}" for n, _, p in (d.partition("=") for d in trained.data)]
+    files = check_data(yaml_text, pairs)
+    source = common_pb2.VersionRef(model="datasets/x", version=1)
+    inputs = [dataset_input(data, source) for data in files]
+    from_yaml = plan_job(job_spec(yaml_text, files, inputs), device="cpu")
+    assert parse_yaml(yaml_text)["model_name_or_path"] == "tiny-llama"
+
+    # ... is the job the gateway makes of the form's request.
+    def uploaded(entry: Any) -> DatasetFile:
+        return DatasetFile("file", entry.source, entry.format, entry.ranking)
+
+    from_form = plan_job(
+        trainer_spec(
+            request,
+            job_id="ftjob-console",
+            seed=request.seed if request.seed is not None else 0,
+            base=common_pb2.VersionRef(model="tiny-llama", version=1),
+            template=None,
+            training=uploaded(inputs[0]),
+            validation=uploaded(inputs[1]),
+            metadata={},
+        ),
+        device="cpu",
+    )
+    assert from_yaml.arguments == from_form.arguments
+    assert from_yaml.arguments["lora_rank"] == 16
+    assert from_yaml.arguments["learning_rate"] == 2e-4
+    assert [(d.name, d.evaluation) for d in from_yaml.datasets] == [
+        (d.name, d.evaluation) for d in from_form.datasets
+    ]
+    assert from_yaml.base_model == from_form.base_model.model  # type: ignore[union-attr]
+    assert request.forgeline.quantizations == ["q8_0", "q4_k_m"]
+    assert request.forgeline.deploy.quantization == "q4_k_m"

@@ -375,30 +375,69 @@ def _deploy_body(args: argparse.Namespace) -> _RegistryDeployment:
 # --- output
 
 
+def _base_of(view: DeploymentView) -> str | None:
+    """The base deployment an adapter deployment is served on (None for any other)."""
+    base = view.spec.get("base")
+    return str(base) if base else None
+
+
 def _source(view: DeploymentView) -> str:
     spec = view.spec
     for key in ("registry_gguf", "registry_model", "gguf", "base_model"):
         if spec.get(key):
             return str(spec[key])
-    adapters = [*(spec.get("registry_lora") or []), *(spec.get("lora") or [])]
+    adapters = [
+        *(spec.get("registry_lora") or []),
+        *(spec.get("lora") or []),
+        *([spec["registry_adapter"]] if spec.get("registry_adapter") else []),
+        *([spec["adapter"]] if spec.get("adapter") else []),
+    ]
     if spec.get("base"):
         return f"{', '.join(adapters)} on {spec['base']}"
     urls = spec.get("urls") or []
     return f"{len(urls)} url(s)" if urls else ""
 
 
-def _line(view: DeploymentView) -> str:
+def _line(view: DeploymentView, *, indent: str = "") -> str:
+    """One deployment in one line; an adapter deployment's names the base it is served on."""
     created = datetime.fromtimestamp(view.created, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    source = _source(view)
+    if _base_of(view):
+        source = f"adapter {source}"
+    elif view.adapters:
+        source = f"{source}  (+{len(view.adapters)} adapter(s))"
     return (
-        f"{view.name}  {view.backend:<8} {view.status:<6} {view.instances} instance(s)  "
-        f"{created}  {_source(view)}"
+        f"{indent}{view.name}  {view.backend:<8} {view.status:<6} {view.instances} instance(s)  "
+        f"{created}  {source}"
     )
+
+
+def _listing(views: list[DeploymentView]) -> list[str]:
+    """The deployments' lines: each base deployment with the adapter deployments served on its
+    processes beneath it, indented; an adapter whose base is not listed stands alone."""
+    names = {view.name for view in views}
+    attached: dict[str, list[DeploymentView]] = {}
+    for view in views:
+        base = _base_of(view)
+        if base is not None and base in names:
+            attached.setdefault(base, []).append(view)
+    lines: list[str] = []
+    for view in views:
+        base = _base_of(view)
+        if base is not None and base in names:
+            continue
+        lines.append(_line(view))
+        lines += [_line(adapter, indent="  ") for adapter in attached.get(view.name, [])]
+    return lines
 
 
 def _details(view: DeploymentView) -> str:
     lines = [_line(view)]
     if view.error:
         lines.append(f"  error     {view.error}")
+    base = _base_of(view)
+    if base:
+        lines.append(f"  {'served on':<12}{base} (an adapter on its processes)")
     metadata = view.spec.get("metadata") or {}
     lines += [
         f"  {key:<12}{metadata[key]}"
@@ -478,8 +517,7 @@ def _deployments(args: argparse.Namespace) -> int:
             view = admin.get(args.name)
             return print_result(view, _details(view), as_json=args.json)
         views = admin.list()
-        lines = (_line(view) for view in views)
-        return print_listing(views, lines, as_json=args.json, empty="no deployments")
+        return print_listing(views, _listing(views), as_json=args.json, empty="no deployments")
 
     return _run(args, action)
 

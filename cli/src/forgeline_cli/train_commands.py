@@ -43,7 +43,7 @@ if TYPE_CHECKING:
         TrainerServiceAsyncStub as TrainerStub,
     )
 
-__all__ = ["DATASET_MODEL_PREFIX", "register"]
+__all__ = ["DATASET_MODEL_PREFIX", "check_data", "dataset_input", "job_spec", "register"]
 
 #: Registry model of a dataset given as ``--data NAME=PATH``: ``datasets/NAME``.
 DATASET_MODEL_PREFIX: Final = "datasets/"
@@ -156,17 +156,43 @@ async def push_dataset(registry: RegistryClient, data: DataFile) -> pb.DatasetIn
             # The same file pushed again is the same version.
             request_id=f"dataset-{spec.name}-{_push_key(copy)}",
         )
+    return dataset_input(data, common_pb2.VersionRef(model=version.model, version=version.number))
+
+
+def dataset_input(data: DataFile, version: common_pb2.VersionRef) -> pb.DatasetInput:
+    """The trainer's input for a checked file pushed as `version`."""
+    spec = data.spec
     return pb.DatasetInput(
         name=spec.name,
-        source=common_pb2.ArtifactRef(
-            version=common_pb2.VersionRef(model=version.model, version=version.number),
-            path=spec.path.name,
-        ),
+        source=common_pb2.ArtifactRef(version=version, path=spec.path.name),
         format=_FORMATS[spec.format],
         ranking=spec.ranking,
         columns={k: v for k, v in spec.columns.model_dump().items() if v is not None},
         tags={k: v for k, v in spec.tags.model_dump().items() if v is not None},
     )
+
+
+def job_spec(
+    yaml_text: str,
+    files: list[DataFile],
+    inputs: list[pb.DatasetInput],
+    *,
+    output_model: str = "",
+    no_merge: bool = False,
+) -> pb.JobSpec:
+    """The trainer job ``forgeline train`` submits: the YAML, and the pushed `files` (`inputs`,
+    in the same order) as training or evaluation datasets."""
+    pairs = list(zip(inputs, files, strict=True))
+    spec = pb.JobSpec(
+        llamafactory_yaml=yaml_text,
+        datasets=[entry for entry, data in pairs if not data.evaluation],
+        eval_datasets=[entry for entry, data in pairs if data.evaluation],
+    )
+    if output_model:
+        spec.output.model = output_model
+    if no_merge:
+        spec.merge.skip = True
+    return spec
 
 
 def _push_all(args: argparse.Namespace, files: list[DataFile]) -> list[pb.DatasetInput]:
@@ -215,15 +241,9 @@ def _train(args: argparse.Namespace) -> int:
             f"pushing the data to the registry at {args.registry} failed{hint}: {exc.message}"
         )
 
-    spec = pb.JobSpec(
-        llamafactory_yaml=yaml_text,
-        datasets=[entry for entry, data in zip(inputs, files, strict=True) if not data.evaluation],
-        eval_datasets=[entry for entry, data in zip(inputs, files, strict=True) if data.evaluation],
+    spec = job_spec(
+        yaml_text, files, inputs, output_model=args.output_model, no_merge=args.no_merge
     )
-    if args.output_model:
-        spec.output.model = args.output_model
-    if args.no_merge:
-        spec.merge.skip = True
     submitted: list[str] = []
 
     async def action(stub: TrainerStub) -> int:

@@ -3,6 +3,7 @@
 
 import { api, keyStore } from "./api.js";
 import datasets from "./pages/datasets.js";
+import deployments from "./pages/deployments.js";
 import job from "./pages/job.js";
 import jobs from "./pages/jobs.js";
 import newJob from "./pages/new_job.js";
@@ -17,6 +18,7 @@ const ROUTES = [
   [/^\/jobs\/new\/?$/, newJob],
   [/^\/jobs\/([^/]+)\/?$/, job],
   [/^\/datasets\/?$/, datasets],
+  [/^\/deployments\/?$/, deployments],
   [/^\/playground\/?$/, playground],
 ];
 

@@ -1,8 +1,9 @@
 // New fine-tune: a form that creates an ordinary job through POST /v1/fine_tuning/jobs, with the
-// OpenAI SDK call that does the same written out live beside it.
+// OpenAI SDK call that does the same, and the `forgeline train` YAML that trains the same way,
+// written out live beside it.
 
 import { api, query } from "../api.js";
-import { bytes, card, errorNotice, h, link, pageHeader, replace } from "../ui.js";
+import { bytes, card, copyButton, errorNotice, h, link, pageHeader, replace } from "../ui.js";
 
 const METHODS = [
   ["supervised", "Supervised (SFT)", "Chat or instruction data; learns the answers."],
@@ -127,6 +128,109 @@ export function sdkSnippet(body, { origin, keyed }) {
   ].join("\n");
 }
 
+// --- the same training as a `forgeline train` YAML --------------------------------------------
+
+/**
+ * What "auto" means to the gateway (fine_tuning/plan.py's AUTO_DEFAULTS): the YAML writes the
+ * values the job would train with.
+ */
+export const AUTO_DEFAULTS = {
+  n_epochs: 3,
+  batch_size: 4,
+  beta: 0.1,
+  learning_rate: { lora: 1e-4, qlora: 1e-4, full: 1e-5, freeze: 1e-5 },
+};
+/** QLoRA's base is loaded in 4 bits (the trainer's default for FINETUNING_TYPE_QLORA). */
+const QLORA_BITS = 4;
+const YAML_FILE = "finetune.yaml";
+
+/** A YAML scalar: plain when YAML reads it back as this string, else double-quoted (JSON). */
+function yamlString(value) {
+  const text = String(value);
+  const plain = /^[A-Za-z_][\w./@-]*(:[\w./@-]+)*$/.test(text) && !/^(true|false|yes|no|on|off|null|y|n|~)$/i.test(text);
+  return plain ? text : JSON.stringify(text);
+}
+
+/** A YAML number that PyYAML reads as one (its floats need a dot, and a signed exponent). */
+function yamlNumber(value) {
+  if (Number.isInteger(value) && Math.abs(value) < 1e21) return String(value);
+  const text = String(value);
+  const match = /^(-?\d+)(\.\d+)?e([+-]\d+)$/.exec(text);
+  if (match) return `${match[1]}${match[2] ?? ".0"}e${match[3]}`;
+  return text.includes(".") ? text : `${text}.0`;
+}
+
+/** A word for a shell command line: quoted when it holds anything but safe characters. */
+function shellWord(text) {
+  return /^[\w./:@=,+-]+$/.test(text) ? text : `'${text.replace(/'/g, "'\\''")}'`;
+}
+
+/**
+ * The LLaMA-Factory YAML that `forgeline train` takes for the job `body` (buildRequest's), the
+ * commands that run it as comments: `files` maps file ids to their names. The hyperparameters
+ * are those the gateway would train with (fine_tuning/plan.py); GGUF conversion and deployment,
+ * which the gateway's job does by itself, are the `forgeline convert` and `forgeline deploy`
+ * commands after it.
+ */
+export function trainYaml(body, { files = {} } = {}) {
+  const options = body.forgeline ?? {};
+  const type = options.finetuning_type ?? "lora";
+  const methodType = body.method?.type ?? "supervised";
+  const stage = options.stage ?? (methodType === "dpo" ? "dpo" : "sft");
+  const hyper = body.method?.[methodType]?.hyperparameters ?? {};
+  const base = body.model || "MODEL";
+  const output = `${base.split("/").pop().split(":")[0]}-${body.suffix || "ft"}`.replace(/[^\w.-]/g, "-");
+
+  const data = [`--data train=${shellWord(files[body.training_file] || "TRAIN.jsonl")}`];
+  if (body.validation_file) data.push(`--data validation=${shellWord(files[body.validation_file] || "VALIDATION.jsonl")}`);
+  const lines = [
+    `# The same training for the forgeline CLI: save as ${YAML_FILE}, then`,
+    `#   forgeline train ${YAML_FILE} \\`,
+    ...data.map((option) => `#     ${option} \\`),
+    `#     --output-model ${shellWord(output)}`,
+    "",
+    "### model",
+    `model_name_or_path: ${yamlString(base)}`,
+    "",
+    "### method",
+    `stage: ${stage}`,
+    `finetuning_type: ${type === "qlora" ? "lora" : type}`,
+  ];
+  if (type === "qlora") lines.push(`quantization_bit: ${QLORA_BITS}`);
+  if (type === "lora" || type === "qlora") {
+    if (options.lora?.rank !== undefined) lines.push(`lora_rank: ${yamlNumber(options.lora.rank)}`);
+    if (options.lora?.alpha !== undefined) lines.push(`lora_alpha: ${yamlNumber(options.lora.alpha)}`);
+  }
+  lines.push("", "### dataset", "dataset: train");
+  if (body.validation_file) lines.push("eval_dataset: validation");
+  const rate = AUTO_DEFAULTS.learning_rate[type] * (hyper.learning_rate_multiplier ?? 1);
+  lines.push(
+    "",
+    "### train",
+    `num_train_epochs: ${yamlNumber(hyper.n_epochs ?? AUTO_DEFAULTS.n_epochs)}`,
+    `per_device_train_batch_size: ${yamlNumber(hyper.batch_size ?? AUTO_DEFAULTS.batch_size)}`,
+    `learning_rate: ${yamlNumber(rate)}`,
+  );
+  if (stage === "dpo") lines.push(`pref_beta: ${yamlNumber(hyper.beta ?? AUTO_DEFAULTS.beta)}`);
+  if (body.seed !== undefined) lines.push(`seed: ${yamlNumber(body.seed)}`);
+
+  const quantizations = options.quantizations ?? ["q8_0"];
+  const deploy = options.deploy ?? {};
+  lines.push(
+    "",
+    "# Then the GGUF files and the deployment, as the job would make them:",
+    `#   forgeline convert ${shellWord(output)} --to ${quantizations.join(",")}`,
+  );
+  if (stage === "rm") lines[lines.length - 1] = "# A reward model is registered, not converted or deployed.";
+  else if (deploy.enabled !== false) {
+    lines.push(
+      `#   forgeline deploy ${shellWord(output)} --backend llamacpp \\`,
+      `#     --quantization ${deploy.quantization ?? "q8_0"}`,
+    );
+  }
+  return `${lines.join("\n")}\n`;
+}
+
 // --- the page ---------------------------------------------------------------------------------
 
 function field(label, control, hint = null, { id = control.id } = {}) {
@@ -239,9 +343,19 @@ export default {
       h("p", { class: "hint", text: "The OpenAI SDK call this form makes, updated as you type." }),
       h("pre", { class: "code" }, code),
     );
+    const yaml = h("code", { id: "train-yaml", class: "language-yaml" });
+    const fileNames = {};
+    const yamlCopy = copyButton(() => yaml.textContent);
+    yamlCopy.setAttribute("aria-label", "Copy the forgeline train YAML");
+    const yamlCard = card(
+      "Same training with forgeline train",
+      { actions: yamlCopy, class: "snippet-card" },
+      h("p", { class: "hint" }, "The LLaMA-Factory YAML ", h("code", { text: "forgeline train" }), " takes for this job, updated as you type."),
+      h("pre", { class: "code" }, yaml),
+    );
     root.append(
       pageHeader("New fine-tune", "Creates an ordinary fine-tuning job: the same one the OpenAI SDK call beside it would."),
-      h("div", { class: "split" }, form, h("aside", { class: "split-side" }, snippetCard)),
+      h("div", { class: "split" }, form, h("aside", { class: "split-side" }, snippetCard, yamlCard)),
     );
 
     const values = () => ({
@@ -293,6 +407,7 @@ export default {
       loraFields.hidden = !["lora", "qlora"].includes(type.value);
       methodHint.textContent = METHODS.find(([v]) => v === method.value)?.[2] ?? "";
       code.textContent = snippet();
+      yaml.textContent = trainYaml(buildRequest(values()), { files: fileNames });
     };
     form.addEventListener("input", sync);
     form.addEventListener("change", sync);
@@ -344,6 +459,7 @@ export default {
     }
     if (params.get("model")) model.value = params.get("model");
     if (files.status === "fulfilled") {
+      for (const f of files.value.data) fileNames[f.id] = f.filename;
       const wanted = params.get("training_file") || "";
       const options = files.value.data.map((f) => h("option", { value: f.id, text: `${f.filename} · ${f.format ?? ""}${f.preference ? " pairs" : ""} · ${bytes(f.bytes)} · ${f.id}` }));
       replace(training, h("option", { value: "", text: options.length ? "Choose a training file" : "No file uploaded yet" }), options);
