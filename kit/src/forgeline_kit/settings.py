@@ -29,6 +29,7 @@ __all__ = [
     "LogFormat",
     "LogLevel",
     "Port",
+    "RegistryLocalFiles",
     "ServiceSettings",
     "SettingsError",
     "load_settings",
@@ -65,6 +66,19 @@ def _lower(value: object) -> object:
 #: A stdlib logging level name, accepted in any case.
 LogLevel = Annotated[
     Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], BeforeValidator(_upper)
+]
+
+
+#: The ``registry_local_files`` setting of every service that moves blobs through the registry
+#: (one definition, so the three services say the same thing).
+RegistryLocalFiles = Annotated[
+    bool,
+    Field(
+        description="The registry runs on this host with filesystem storage (the embedded "
+        "default, `forgeline up`): read and write its blobs as local files instead of asking it "
+        "for URLs. Leave it off where the registry runs in another container or machine "
+        "(compose, Kubernetes): its paths mean nothing there.",
+    ),
 ]
 
 

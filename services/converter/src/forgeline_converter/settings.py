@@ -9,7 +9,7 @@ from pydantic_settings import SettingsConfigDict
 
 from forgeline_kit.llamacpp import Toolchain, locate
 from forgeline_kit.llamacpp.toolchain import ToolchainNotBuiltError, toolchain_at
-from forgeline_kit.settings import Port, ServiceSettings
+from forgeline_kit.settings import Port, RegistryLocalFiles, ServiceSettings
 
 __all__ = ["ConverterSettings"]
 
@@ -24,13 +24,7 @@ class ConverterSettings(ServiceSettings):
     registry_target: str = Field(
         "127.0.0.1:50051", min_length=1, description="host:port of the registry service."
     )
-    registry_local_files: bool = Field(
-        False,
-        description="The registry runs on this host with filesystem storage (the embedded "
-        "default, `forgeline up`): read and write its blobs as local files instead of asking it "
-        "for URLs. Leave it off where the registry runs in another container or machine "
-        "(compose, Kubernetes): its paths mean nothing there.",
-    )
+    registry_local_files: RegistryLocalFiles = False
     work_dir: Path = Field(
         Path(".forgeline/converter/work"),
         description="Where sources are downloaded and GGUF files written while a conversion "

@@ -15,7 +15,7 @@ from typing import Final
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from forgeline_kit.settings import Port, ServiceSettings
+from forgeline_kit.settings import Port, RegistryLocalFiles, ServiceSettings
 
 __all__ = ["GatewaySettings"]
 
@@ -176,13 +176,7 @@ class GatewaySettings(ServiceSettings):
         description="host:port of the registry's gRPC API: files, fine-tuning jobs and "
         "deployments of registered versions need it.",
     )
-    registry_local_files: bool = Field(
-        False,
-        description="The registry runs on this host with filesystem storage (the embedded "
-        "default, `forgeline up`): read and write its blobs as local files instead of asking it "
-        "for URLs. Leave it off where the registry runs in another container or machine "
-        "(compose, Kubernetes): its paths mean nothing there.",
-    )
+    registry_local_files: RegistryLocalFiles = False
     trainer_target: str | None = Field(
         None, description="host:port of the trainer's gRPC API (fine-tuning jobs need it)."
     )

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from forgeline_kit.settings import Port, ServiceSettings
+from forgeline_kit.settings import Port, RegistryLocalFiles, ServiceSettings
 from forgeline_trainer.llamafactory.policy import (
     DEFAULT_MAX_JOB_SECONDS,
     DEFAULT_MAX_STEPS_CAP,
@@ -31,13 +31,7 @@ class TrainerSettings(ServiceSettings):
     registry_target: str = Field(
         "127.0.0.1:50051", min_length=1, description="host:port of the registry's gRPC server."
     )
-    registry_local_files: bool = Field(
-        False,
-        description="The registry runs on this host with filesystem storage (the embedded "
-        "default, `forgeline up`): read and write its blobs as local files instead of asking it "
-        "for URLs. Leave it off where the registry runs in another container or machine "
-        "(compose, Kubernetes): its paths mean nothing there.",
-    )
+    registry_local_files: RegistryLocalFiles = False
     state_dir: Path = Field(
         Path(".forgeline/trainer"),
         description="Where the job database (jobs.db) and each job's work directory live; a "
