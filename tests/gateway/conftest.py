@@ -87,6 +87,15 @@ class Served:
                 return text
             time.sleep(0.02)
 
+    def sample(self, name: str, **labels: str) -> float:
+        """The sum of the scraped samples called `name` whose labels include `labels`."""
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(self.metrics())
+            for sample in family.samples
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+        )
+
 
 StartGateway = Callable[..., Served]
 

@@ -121,6 +121,9 @@ def test_adapters_share_one_base_process_and_each_answers_as_itself(
     assert models["tiny-base"]["base_deployment"] is None
     shown = served.admin("GET", "/v1/deployments/tiny-base").json()
     assert shown["adapters"] == ["ft:tiny:a", "ft:tiny:b"]
+    llamacpp = {"backend": "llamacpp"}
+    assert served.sample("forgeline_gateway_base_adapters", base="tiny-base", **llamacpp) == 2
+    assert served.sample("forgeline_gateway_adapter_attach_seconds_count", **llamacpp) == 2
 
     refused = served.admin("DELETE", "/v1/deployments/tiny-base")
     assert refused.status_code == 400
@@ -130,6 +133,7 @@ def test_adapters_share_one_base_process_and_each_answers_as_itself(
     assert _ask(served, "ft:tiny:b") == answers["ft:tiny:b"]
     assert _ask(served, "tiny-base") == base_answer
     assert served.admin("GET", "/v1/deployments/ft:tiny:a").status_code == 404
+    assert served.sample("forgeline_gateway_base_adapters", base="tiny-base", **llamacpp) == 1
     assert _processes(served) == 1
     assert served.admin("DELETE", "/v1/deployments/ft:tiny:b").status_code == 204
     assert served.admin("DELETE", "/v1/deployments/tiny-base").status_code == 204

@@ -158,6 +158,8 @@ def test_adapters_are_loaded_on_the_base_and_selected_by_their_name(
     assert set(vllm.loras) == {FT_A, FT_B}
     assert all(path.startswith("/models/acme+tiny-lora-") for path in vllm.loras.values())
     assert len(engine.creates) == 1  # loaded into the running server: no restart
+    assert served.sample("forgeline_gateway_base_adapters", base=BASE, backend="vllm") == 2
+    assert served.sample("forgeline_gateway_adapter_attach_seconds_count", backend="vllm") == 2
     for model in (FT_A, FT_B, BASE):
         assert _ask(served, model)
     assert [r["model"] for r in vllm.requests] == [FT_A, FT_B, BASE]  # the lora_name selects

@@ -155,7 +155,9 @@ def create_app(
             # Old processes of a base restarted for its adapters serve what is in flight on
             # them; no request runs longer than this.
             drain_seconds=settings.request_timeout_seconds,
+            metrics=metrics,
         )
+        metrics.watch_adapters(manager.adapters_per_base)
         authenticator = Authenticator(
             store, required=settings.auth_required, cache_seconds=settings.key_cache_seconds
         )

@@ -7,7 +7,11 @@ completions, embeddings, responses, ``status`` an HTTP status code.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 __all__ = ["UNKNOWN_MODEL", "GatewayMetrics"]
 
@@ -72,6 +76,21 @@ class GatewayMetrics:
             registry=registry,
         )
 
+        self.adapter_attach = Histogram(
+            "forgeline_gateway_adapter_attach_seconds",
+            "Time to put an adapter deployment on its base deployment: on llama.cpp the base's "
+            "blue-green restart with the new set of adapters, on vLLM the runtime load.",
+            ["backend"],
+            buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
+            registry=registry,
+        )
+        self._registry = registry
+
+    def watch_adapters(self, count: Callable[[], Mapping[tuple[str, str], int]]) -> None:
+        """Report ``forgeline_gateway_base_adapters`` from `count` (adapters per base
+        deployment and backend) at each scrape, so the figure is never out of step."""
+        self._registry.register(_BaseAdapters(count))
+
     def observe(self, model: str, backend: str, endpoint: str, status: int, seconds: float) -> None:
         """Count one answered request and its latency."""
         code = str(status)
@@ -83,3 +102,20 @@ class GatewayMetrics:
             self.prompt_tokens.labels(model, backend).inc(prompt)
         if completion > 0:
             self.completion_tokens.labels(model, backend).inc(completion)
+
+
+class _BaseAdapters(Collector):
+    """The adapter deployments each base deployment serves, read at scrape time."""
+
+    def __init__(self, count: Callable[[], Mapping[tuple[str, str], int]]) -> None:
+        self._count = count
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "forgeline_gateway_base_adapters",
+            "Adapter deployments served on each base deployment's processes.",
+            labels=["base", "backend"],
+        )
+        for (base, backend), adapters in sorted(self._count().items()):
+            family.add_metric([base, backend], adapters)
+        yield family

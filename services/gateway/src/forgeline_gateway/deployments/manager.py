@@ -43,6 +43,7 @@ from forgeline_gateway.backends.vllm import VllmBackend, read_adapter_rank
 from forgeline_gateway.deployments.artifacts import RegistryArtifacts
 from forgeline_gateway.deployments.boundaries import DeploymentBoundaries
 from forgeline_gateway.deployments.spec import DeploymentSpec, LlamaCppSpec, OllamaSpec, VllmSpec
+from forgeline_gateway.metrics import GatewayMetrics
 from forgeline_gateway.routing.router import Instance, Route, Router
 from forgeline_gateway.store import DeploymentRecord, Store
 from forgeline_kit.errors import (
@@ -109,12 +110,14 @@ class DeploymentManager:
         artifacts: RegistryArtifacts | None = None,
         boundaries: DeploymentBoundaries | None = None,
         drain_seconds: float = 600.0,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         """
         Args:
             drain_seconds: how long the old processes of a restarted base serve the requests
                 in flight on them before they are stopped anyway (the gateway's request
                 timeout: no request runs longer).
+            metrics: where the time to attach each adapter is observed.
         """
         self.store = store
         self.backends = backends
@@ -125,6 +128,7 @@ class DeploymentManager:
         self.artifacts = artifacts
         self.boundaries = boundaries
         self.drain_seconds = drain_seconds
+        self.metrics = metrics
         self._busy: set[str] = set()
         self._failed: dict[str, DeploymentState] = {}
         #: Each placed deployment's spec with its files local: a base is restarted from it.
@@ -133,6 +137,14 @@ class DeploymentManager:
         self._attached: dict[str, _Attached] = {}
         self._base_locks: dict[str, asyncio.Lock] = {}
         self._drains: set[asyncio.Task[None]] = set()
+
+    def adapters_per_base(self) -> dict[tuple[str, str], int]:
+        """How many adapter deployments each base deployment serves, by (base, backend)."""
+        counts: dict[tuple[str, str], int] = {}
+        for attached in self._attached.values():
+            key = (attached.base, attached.spec.backend)
+            counts[key] = counts.get(key, 0) + 1
+        return counts
 
     async def restore(self) -> None:
         """Place every stored deployment again; one that fails is listed as failed. A base is
@@ -197,10 +209,17 @@ class DeploymentManager:
         spec = self._with_defaults(spec)
         self._busy.add(name)
         try:
-            if isinstance(spec, LlamaCppSpec) and spec.base is not None:
-                return await self._create_attached(spec)
-            if isinstance(spec, VllmSpec) and spec.base is not None:
-                return await self._create_vllm_attached(spec)
+            if isinstance(spec, LlamaCppSpec | VllmSpec) and spec.base is not None:
+                started = time.monotonic()
+                if isinstance(spec, LlamaCppSpec):
+                    state = await self._create_attached(spec)
+                else:
+                    state = await self._create_vllm_attached(spec)
+                if self.metrics is not None:
+                    self.metrics.adapter_attach.labels(spec.backend).observe(
+                        time.monotonic() - started
+                    )
+                return state
             created = int(time.time())
             route, placed = await self._place(spec, created, publish=False)
             try:
