@@ -17,7 +17,6 @@ import httpx
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
-from prometheus_client.parser import text_string_to_metric_families
 
 from forgeline_gateway.backends.llamacpp import LlamaCppBackend
 from forgeline_gateway.backends.llamacpp_process import LlamaServerProcess
@@ -71,15 +70,6 @@ def _launched(process: LlamaServerProcess) -> int:
     return sum("launch_slot_" in line for line in list(process.log_tail))
 
 
-def _sample(served: Served, name: str, **labels: str) -> float:
-    total = 0.0
-    for family in text_string_to_metric_families(served.metrics()):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
-
-
 def _stream_request(served: Served, max_tokens: int = VERY_LONG) -> dict[str, Any]:
     return {
         "method": "POST",
@@ -115,8 +105,8 @@ def test_a_dead_instance_is_skipped_and_requests_still_succeed(
     # llama-server's log reaches us through a reader thread, a moment after each answer.
     _wait_for(lambda: _launched(survivor) >= 6, "the survivor's log to show six requests")
     assert _launched(survivor) == 6
-    assert _sample(served, "forgeline_gateway_upstream_errors_total", reason="connect") >= 1
-    assert _sample(served, "forgeline_gateway_requests_total", status="200") == 6
+    assert served.sample("forgeline_gateway_upstream_errors_total", reason="connect") >= 1
+    assert served.sample("forgeline_gateway_requests_total", status="200") == 6
 
 
 def test_all_instances_down_is_503_without_the_backend_address(
@@ -162,7 +152,7 @@ def test_no_retry_once_the_stream_has_started(start_gateway: StartGateway, tiny_
     last = json.loads(rest[-1][len("data: ") :])
     assert last["error"]["code"] == "bad_gateway"
     assert _launched(idle) == 0
-    assert _sample(served, "forgeline_gateway_upstream_errors_total", reason="broken_stream") == 1
+    assert served.sample("forgeline_gateway_upstream_errors_total", reason="broken_stream") == 1
 
 
 def test_a_client_that_leaves_a_stream_cancels_the_backend_work(
@@ -184,10 +174,10 @@ def test_a_client_that_leaves_a_stream_cancels_the_backend_work(
         log="\n".join(list(process.log_tail)[-30:]),
     )
     _wait_for(
-        lambda: _sample(served, "forgeline_gateway_in_flight_requests", model="tiny") == 0,
+        lambda: served.sample("forgeline_gateway_in_flight_requests", model="tiny") == 0,
         "the gateway to finish the request",
     )
-    assert _sample(served, "forgeline_gateway_requests_total", status="499") == 1
+    assert served.sample("forgeline_gateway_requests_total", status="499") == 1
     assert served.gateway.app.state.router.get("tiny").instances[0].in_flight == 0
 
 
@@ -204,7 +194,7 @@ def test_a_request_past_its_timeout_is_504(start_gateway: StartGateway, tiny_ggu
     assert caught.value.status_code == 504
     assert caught.value.response.json()["error"]["code"] == "backend_timeout"
     assert route.instances[0].in_flight == 0
-    assert _sample(served, "forgeline_gateway_upstream_errors_total", reason="timeout") == 1
+    assert served.sample("forgeline_gateway_upstream_errors_total", reason="timeout") == 1
     # llama-server itself finishes a non-streamed generation whose connection was closed (it
     # only notices a closed connection when it writes a streamed chunk); the gateway's part,
     # closing it, is checked against the vLLM fake in test_vllm.py.
