@@ -6,6 +6,7 @@ import datasets from "./pages/datasets.js";
 import deployments from "./pages/deployments.js";
 import job from "./pages/job.js";
 import jobs from "./pages/jobs.js";
+import keys from "./pages/keys.js";
 import newJob from "./pages/new_job.js";
 import overview from "./pages/overview.js";
 import playground from "./pages/playground.js";
@@ -20,6 +21,7 @@ const ROUTES = [
   [/^\/datasets\/?$/, datasets],
   [/^\/deployments\/?$/, deployments],
   [/^\/playground\/?$/, playground],
+  [/^\/keys\/?$/, keys],
 ];
 
 const main = document.getElementById("main");
