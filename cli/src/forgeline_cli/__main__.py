@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from forgeline_cli.convert_commands import register as register_convert
 from forgeline_cli.demo import register as register_demo
 from forgeline_cli.deploy_commands import register as register_deploy
+from forgeline_cli.eval_commands import register as register_eval
 from forgeline_cli.fine_tuning_commands import register as register_fine_tuning
 from forgeline_cli.jobs_commands import register as register_jobs
 from forgeline_cli.registry_commands import register_registry_commands
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_convert(subparsers)
     register_deploy(subparsers)
     register_fine_tuning(subparsers)
+    register_eval(subparsers)
     return parser
 
 

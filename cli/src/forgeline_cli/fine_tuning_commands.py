@@ -32,7 +32,7 @@ from forgeline_cli.console import (
 from forgeline_cli.deploy_commands import KEY_VARIABLES, CommandError, GatewayAdmin
 from forgeline_cli.services import GATEWAY
 
-__all__ = ["register"]
+__all__ = ["gateway_options", "register", "run_admin"]
 
 _TERMINAL: Final = frozenset({"succeeded", "failed", "cancelled"})
 #: How often ``retry --follow`` asks the gateway for new events.
@@ -159,7 +159,7 @@ def _api_key(args: argparse.Namespace) -> str | None:
     return next((os.environ[v] for v in KEY_VARIABLES if os.environ.get(v)), None)
 
 
-def _run(args: argparse.Namespace, action: Callable[[GatewayAdmin], int]) -> int:
+def run_admin(args: argparse.Namespace, action: Callable[[GatewayAdmin], int]) -> int:
     try:
         with GatewayAdmin(args.gateway, _api_key(args)) as admin:
             return action(admin)
@@ -173,7 +173,7 @@ def _list(args: argparse.Namespace) -> int:
         lines = (_line(job) for job in _JobList.model_validate(page).data)
         return print_listing(page["data"], lines, as_json=args.json, empty="no fine-tuning jobs")
 
-    return _run(args, action)
+    return run_admin(args, action)
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -182,7 +182,7 @@ def _show(args: argparse.Namespace) -> int:
         job = _Job.model_validate(body)
         return print_result(body, _details(job), as_json=args.json)
 
-    return _run(args, action)
+    return run_admin(args, action)
 
 
 def _cancel(args: argparse.Namespace) -> int:
@@ -191,7 +191,7 @@ def _cancel(args: argparse.Namespace) -> int:
         job = _Job.model_validate(body)
         return print_result(body, f"job {job.id} {job.status}", as_json=args.json)
 
-    return _run(args, action)
+    return run_admin(args, action)
 
 
 def _retry(args: argparse.Namespace) -> int:
@@ -209,10 +209,10 @@ def _retry(args: argparse.Namespace) -> int:
             print(f"\nstopped following; the job goes on: forgeline fine-tuning show {job.id}")
             return EXIT_INTERRUPTED
 
-    return _run(args, action)
+    return run_admin(args, action)
 
 
-def _gateway_options(parser: argparse.ArgumentParser) -> None:
+def gateway_options(parser: argparse.ArgumentParser) -> None:
     GATEWAY.add_option(parser)
     parser.add_argument(
         "--api-key",
@@ -234,17 +234,17 @@ def register(subparsers: Any) -> None:
 
     listing = commands.add_parser("list", help="list jobs, newest first")
     listing.add_argument("--limit", type=int, default=20, help="at most this many (up to 100)")
-    _gateway_options(listing)
+    gateway_options(listing)
     listing.set_defaults(run=_list)
 
     show = commands.add_parser("show", help="show one job: its stage, error and outputs")
     show.add_argument("job_id", metavar="ID")
-    _gateway_options(show)
+    gateway_options(show)
     show.set_defaults(run=_show)
 
     cancel = commands.add_parser("cancel", help="cancel a running job (what it made is removed)")
     cancel.add_argument("job_id", metavar="ID")
-    _gateway_options(cancel)
+    gateway_options(cancel)
     cancel.set_defaults(run=_cancel)
 
     retry = commands.add_parser(
@@ -260,5 +260,5 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="print the job's events until it ends; exit 0 only if it succeeds",
     )
-    _gateway_options(retry)
+    gateway_options(retry)
     retry.set_defaults(run=_retry)

@@ -1,0 +1,370 @@
+"""``forgeline eval MODEL --data FILE.jsonl --grader rouge_l,bleu``: how well a deployed model
+answers a held-out chat file, scored per grader.
+
+The file is chat fine-tuning data, as a job's ``validation_file`` is: each record's last message
+is the assistant's answer, the reference; the messages before it are the prompt. The command is a
+client of the gateway's Evals API (``/v1/evals``, OpenAI's): it creates an eval whose testing
+criteria are the graders, runs it on the model with the rows inline (greedy, so two runs agree),
+shows a progress bar while the model answers, then a table per grader: the mean score, and how many
+rows passed the threshold. The eval and its run stay on the gateway (``client.evals.*`` reads them).
+
+The gateway is reached as by ``forgeline deploy`` (``--gateway URL``, ``--api-key``, an admin key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from forgeline_cli.console import EXIT_INTERRUPTED, fail, print_json
+from forgeline_cli.deploy_commands import GatewayAdmin
+from forgeline_cli.fine_tuning_commands import gateway_options, run_admin
+
+__all__ = ["GRADERS", "register"]
+
+#: The graders ``--grader`` takes: the gateway's ``text_similarity`` metrics (``cosine`` needs
+#: embeddings it does not have), and ``exact`` (``string_check`` equality).
+GRADERS: Final = (
+    "exact",
+    "fuzzy_match",
+    "bleu",
+    "gleu",
+    "meteor",
+    "rouge_1",
+    "rouge_2",
+    "rouge_3",
+    "rouge_4",
+    "rouge_5",
+    "rouge_l",
+)
+_TERMINAL: Final = frozenset({"completed", "failed", "canceled"})
+POLL_SECONDS: Final = 0.5
+_PAGE: Final = 100
+_BAR_WIDTH: Final = 30
+
+
+class EvalFileError(ValueError):
+    """A data file that is not chat records ending in an assistant answer; names the line."""
+
+
+# --- the gateway's objects, as far as the command reads them
+
+
+class _Counts(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    total: int = 0
+    passed: int = 0
+    failed: int = 0
+    errored: int = 0
+
+
+class _RunError(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    code: str | None = None
+    message: str = ""
+
+
+class _Run(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    eval_id: str
+    status: str
+    result_counts: _Counts
+    error: _RunError | None = None
+
+
+class _Result(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    score: float
+    passed: bool
+    error: str | None = None
+
+
+class _Item(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    status: Literal["pass", "fail", "error"]
+    results: list[_Result]
+
+
+class _ItemPage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    data: list[_Item]
+    has_more: bool
+    last_id: str | None = None
+
+
+class GraderSummary(BaseModel):
+    """One grader over the whole run (what the table and ``--json`` show)."""
+
+    grader: str
+    mean_score: float | None = Field(description="Over the rows it could score; null if none.")
+    passed: int
+    failed: int
+    errored: int
+
+
+class EvalSummary(BaseModel):
+    model: str
+    eval_id: str
+    run_id: str
+    rows: int
+    status: str
+    graders: list[GraderSummary]
+
+
+# --- the file, the eval and the run
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The eval rows of a chat JSONL file: ``{"item": {"messages": PROMPT, "reference": ANSWER}}``.
+
+    Raises:
+        EvalFileError: naming the line and what is wrong with it.
+    """
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise EvalFileError(f"cannot read {path}: {error}") from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path.name} line {number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise EvalFileError(f"{where}: not valid JSON ({error.msg})") from None
+        messages = record.get("messages") if isinstance(record, dict) else None
+        if not isinstance(messages, list) or len(messages) < 2:
+            raise EvalFileError(
+                f'{where}: expected a chat record {{"messages": [..., {{"role": "assistant", '
+                '"content": ANSWER}]}, with at least one message before the answer'
+            )
+        answer = messages[-1]
+        if (
+            not isinstance(answer, dict)
+            or answer.get("role") != "assistant"
+            or not isinstance(answer.get("content"), str)
+        ):
+            raise EvalFileError(
+                f"{where}: the last message must be the assistant's answer as text (the "
+                "reference the model's answer is scored against)"
+            )
+        rows.append({"item": {"messages": messages[:-1], "reference": answer["content"]}})
+    if not rows:
+        raise EvalFileError(f"{path} holds no records")
+    return rows
+
+
+def _criterion(grader: str, threshold: float) -> dict[str, Any]:
+    common = {"name": grader, "input": "{{sample.output_text}}", "reference": "{{item.reference}}"}
+    if grader == "exact":
+        return common | {"type": "string_check", "operation": "eq"}
+    return common | {
+        "type": "text_similarity",
+        "evaluation_metric": grader,
+        "pass_threshold": threshold,
+    }
+
+
+def _graders(text: str) -> list[str]:
+    graders = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in graders if name not in GRADERS]
+    if unknown or not graders:
+        named = ", ".join(unknown) or "(none given)"
+        raise argparse.ArgumentTypeError(
+            f"unknown grader {named}: choose from {', '.join(GRADERS)}"
+        )
+    return list(dict.fromkeys(graders))
+
+
+def _create_run(admin: GatewayAdmin, args: argparse.Namespace, rows: list[dict[str, Any]]) -> _Run:
+    evaluation = admin.call(
+        "POST",
+        "/v1/evals",
+        json={
+            "name": f"forgeline eval {args.data.name}",
+            "data_source_config": {
+                "type": "custom",
+                "item_schema": {
+                    "type": "object",
+                    "properties": {
+                        "messages": {"type": "array"},
+                        "reference": {"type": "string"},
+                    },
+                    "required": ["messages", "reference"],
+                },
+            },
+            "testing_criteria": [_criterion(g, args.threshold) for g in args.grader],
+        },
+    ).json()
+    run = admin.call(
+        "POST",
+        f"/v1/evals/{evaluation['id']}/runs",
+        json={
+            "name": f"{args.model} on {args.data.name}",
+            "data_source": {
+                "type": "completions",
+                "model": args.model,
+                "input_messages": {"type": "item_reference", "item_reference": "item.messages"},
+                "source": {"type": "file_content", "content": rows},
+                "sampling_params": {
+                    "temperature": 0,
+                    "seed": 0,
+                    "max_completion_tokens": args.max_tokens,
+                },
+            },
+        },
+    )
+    return _Run.model_validate_json(run.content)
+
+
+def _bar(done: int, total: int) -> str:
+    filled = _BAR_WIDTH * done // max(total, 1)
+    return f"\r[{'#' * filled}{'.' * (_BAR_WIDTH - filled)}] {done}/{total} rows"
+
+
+def _wait(admin: GatewayAdmin, run: _Run, rows: int, progress: bool) -> _Run:
+    path = f"/v1/evals/{run.eval_id}/runs/{run.id}"
+    while run.status not in _TERMINAL:
+        if progress:
+            print(_bar(run.result_counts.total, rows), end="", file=sys.stderr, flush=True)
+        time.sleep(POLL_SECONDS)
+        run = _Run.model_validate_json(admin.call("GET", path).content)
+    if progress:
+        print(_bar(run.result_counts.total, rows), file=sys.stderr, flush=True)
+    return run
+
+
+def _items(admin: GatewayAdmin, run: _Run) -> list[_Item]:
+    items: list[_Item] = []
+    after: str | None = None
+    while True:
+        params: dict[str, Any] = {"limit": _PAGE} | ({"after": after} if after else {})
+        page = _ItemPage.model_validate_json(
+            admin.call(
+                "GET", f"/v1/evals/{run.eval_id}/runs/{run.id}/output_items", params=params
+            ).content
+        )
+        items += page.data
+        if not page.has_more or page.last_id is None:
+            return items
+        after = page.last_id
+
+
+def summarize(graders: list[str], items: list[_Item]) -> list[GraderSummary]:
+    """Per grader: the mean score over the rows it scored, and pass/fail/error counts."""
+    summaries = []
+    for grader in graders:
+        results = [r for item in items for r in item.results if r.name == grader]
+        scored = [r for r in results if r.error is None]
+        summaries.append(
+            GraderSummary(
+                grader=grader,
+                mean_score=statistics.fmean(r.score for r in scored) if scored else None,
+                passed=sum(r.passed for r in scored),
+                failed=sum(not r.passed for r in scored),
+                errored=len(items) - len(scored),
+            )
+        )
+    return summaries
+
+
+def _table(summary: EvalSummary) -> str:
+    lines = [
+        f"{summary.model} on {summary.rows} rows (eval {summary.eval_id}, run {summary.run_id})",
+        f"{'grader':<12} {'mean score':>10} {'passed':>8} {'failed':>8} {'errors':>7}",
+    ]
+    for g in summary.graders:
+        mean = "-" if g.mean_score is None else f"{g.mean_score:.4f}"
+        lines.append(f"{g.grader:<12} {mean:>10} {g.passed:>8} {g.failed:>8} {g.errored:>7}")
+    return "\n".join(lines)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    try:
+        rows = read_rows(args.data)
+    except EvalFileError as error:
+        return fail(str(error))
+
+    def action(admin: GatewayAdmin) -> int:
+        run = _create_run(admin, args, rows)
+        try:
+            run = _wait(admin, run, len(rows), progress=not args.json and sys.stderr.isatty())
+        except KeyboardInterrupt:
+            admin.call("POST", f"/v1/evals/{run.eval_id}/runs/{run.id}")  # cancel
+            print(f"\ncancelled run {run.id}", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        summary = EvalSummary(
+            model=args.model,
+            eval_id=run.eval_id,
+            run_id=run.id,
+            rows=len(rows),
+            status=run.status,
+            graders=summarize(args.grader, _items(admin, run)),
+        )
+        if args.json:
+            print_json(summary)
+        else:
+            print(_table(summary))
+        if run.status != "completed":
+            reason = run.error.message if run.error else run.status
+            return fail(f"the eval run ended {run.status}: {reason} (rows scored so far kept)")
+        return 0
+
+    return run_admin(args, action)
+
+
+def register(subparsers: Any) -> None:
+    """Add ``eval MODEL --data FILE`` to the ``forgeline`` command."""
+    parser = subparsers.add_parser(
+        "eval",
+        help="score a deployed model's answers to a chat file (BLEU, ROUGE, ...)",
+        description="Ask a deployed model every prompt of a chat JSONL file (each record's "
+        "last message is the reference answer) through the gateway's Evals API, and print the "
+        "mean score and pass counts per grader.",
+    )
+    parser.add_argument("model", metavar="MODEL", help="a deployed model (forgeline deploy list)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        metavar="FILE.jsonl",
+        help='chat records, {"messages": [...]}, each ending in the reference answer',
+    )
+    parser.add_argument(
+        "--grader",
+        type=_graders,
+        default=["rouge_l"],
+        metavar="NAME[,NAME...]",
+        help=f"graders to score with (default rouge_l): {', '.join(GRADERS)}",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="the score at which a row passes a similarity grader (default 0.5)",
+    )
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        default=128,
+        help="the longest answer asked of the model (default 128)",
+    )
+    gateway_options(parser)
+    parser.set_defaults(run=_eval)
