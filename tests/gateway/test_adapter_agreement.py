@@ -14,6 +14,7 @@ from forgeline_gateway.fine_tuning.agreement import (
     Agreement,
     Messages,
     compare,
+    examples_of,
     prompts_of,
     required,
 )
@@ -110,6 +111,20 @@ def test_prompts_of_the_other_layouts(tmp_path: Path) -> None:
         [{"role": "user", "content": "pick"}]
     ]
     assert prompts_of(text, DatasetFormat.PRETRAIN_TEXT) == []
+
+    # What a job's evaluation scores against: each prompt with the file's own answer.
+    assert examples_of(alpaca, DatasetFormat.ALPACA) == [
+        ([{"role": "user", "content": "Add\n1 and 2"}], "3")
+    ]
+    assert examples_of(sharegpt, DatasetFormat.SHAREGPT) == [
+        ([{"role": "system", "content": "Be kind."}, {"role": "user", "content": "hi"}], "hello")
+    ]
+    columns = DatasetColumns(messages="messages")
+    assert examples_of(renamed, DatasetFormat.SHAREGPT, columns=columns, tags=openai_tags) == [
+        ([{"role": "user", "content": "x"}], "y")
+    ]
+    assert examples_of(preference, DatasetFormat.OPENAI_PREFERENCE) == []
+    assert examples_of(text, DatasetFormat.PRETRAIN_TEXT) == []
 
 
 async def test_answers_are_compared_as_text_and_refused_prompts_left_out() -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from prometheus_client import CollectorRegistry
@@ -129,3 +130,39 @@ async def test_a_refused_argument_is_a_400_at_create_naming_it(
     assert error.param == param
     jobs = await client.fine_tuning.jobs.list()
     assert jobs.data == []  # nothing was created
+
+
+async def test_auto_hyperparameters_are_sized_by_the_file_and_the_model(gateway: Served) -> None:
+    client = openai.AsyncOpenAI(
+        base_url=f"{gateway.url}/v1", api_key=gateway.admin_key, max_retries=0, timeout=60
+    )
+    training = await client.files.create(file=("chat.jsonl", CHAT), purpose="fine-tune")
+    assert training.model_extra
+    assert training.model_extra["records"] == 2
+
+    body = {"model": "tiny-llama", "training_file": training.id}
+    plan = await client.post("/fine_tuning/hyperparameters", body=body, cast_to=httpx.Response)
+    chosen = plan.json()
+    # Two examples: repeated to the 25-epoch cap, one a step, at the rate of a tiny model (far
+    # above a 7B model's 1e-4; the tiny model's weights are a few megabytes).
+    assert (chosen["n_epochs"], chosen["batch_size"]) == (25, 1)
+    assert chosen["learning_rate_multiplier"] > 10
+    assert chosen["arguments"] == {
+        "num_train_epochs": 25,
+        "per_device_train_batch_size": 1,
+        "learning_rate": pytest.approx(1e-4 * chosen["learning_rate_multiplier"]),
+    }
+
+    given = {"method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2}}}}
+    kept = await client.post(
+        "/fine_tuning/hyperparameters", body=body | given, cast_to=httpx.Response
+    )
+    assert kept.json()["n_epochs"] == 2
+
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.post(
+            "/fine_tuning/hyperparameters",
+            body=body | {"model": "no-such-model"},
+            cast_to=httpx.Response,
+        )
+    assert refused.value.param == "model"

@@ -14,6 +14,7 @@ from playwright.sync_api import Page, expect
 from forgeline_cli.walkthrough import (
     BASE_MODEL,
     FACT_BATCH_SIZE,
+    FACT_COPIES,
     FACT_EPOCHS,
     FACT_LEARNING_RATE_MULTIPLIER,
     FACT_LORA,
@@ -125,8 +126,9 @@ def test_a_fine_tune_started_and_watched_in_the_console(
 
         badge = page.locator(".page-head .badge")
         expect(badge).to_have_text("succeeded", timeout=600_000)
-        # Every step's loss on the curve: 16 records, batch size 1, 2 epochs.
-        expect(page.locator(".card-chart .chart")).to_have_attribute("data-points", "32")
+        # Every step's loss on the curve: one per record (batch size 1) per epoch.
+        steps = str(FACT_COPIES * FACT_EPOCHS)
+        expect(page.locator(".card-chart .chart")).to_have_attribute("data-points", steps)
         expect(page.locator(".timeline [data-stage=deploying]")).to_have_attribute(
             "data-state", "done"
         )

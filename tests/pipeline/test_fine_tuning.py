@@ -24,8 +24,8 @@ from forgeline_registry.client import RegistryClient
 
 from .conftest import RunningStack
 
-#: Checkpoints every 10 steps, so the job lists some (the demo recipe runs 32 steps).
-ARGUMENTS = {"logging_steps": 8, "save_steps": 10}
+#: Checkpoints every 40 steps, so the job lists some (the demo's "auto" recipe runs 104 steps).
+ARGUMENTS = {"logging_steps": 8, "save_steps": 40}
 
 
 def _job_json(running: RunningStack, job_id: str) -> dict[str, Any]:
@@ -104,6 +104,11 @@ def trained(running: RunningStack) -> dict[str, Any]:
 def test_the_fine_tuned_model_answers_with_the_trained_fact(
     running: RunningStack, trained: dict[str, Any]
 ) -> None:
+    # The demo sets no hyperparameter: "auto" sized them to its 8 examples and the tiny model.
+    chosen = trained["hyperparameters"]
+    assert (chosen["n_epochs"], chosen["batch_size"]) == (13, 1)
+    assert chosen["learning_rate_multiplier"] > 10
+    assert trained["method"]["supervised"]["hyperparameters"] == chosen
     assert trained["fine_tuned_model"].startswith("ft:tiny-llama:forgeline:demo:")
     assert ask(running.client, trained["fine_tuned_model"]) == DEMO_FACT.answer
     assert DEMO_FACT.answer not in ask(running.client, "tiny-llama")

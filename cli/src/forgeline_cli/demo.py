@@ -24,7 +24,6 @@ from forgeline_cli.console import EXIT_FAILED
 from forgeline_cli.stack import LocalStack, run_on
 from forgeline_cli.walkthrough import (
     BASE_MODEL,
-    FACT_EPOCHS,
     ask,
     deploy_base_model,
     fine_tune,
@@ -84,7 +83,7 @@ def _run(stack: LocalStack, work: Path, started: float) -> int:
 
     client = OpenAI(base_url=f"{stack.gateway_url}/v1", api_key="local-demo")
     data = write_fact_dataset(work / "fact.jsonl")
-    with _step(f"Fine-tuning through the OpenAI SDK (LoRA SFT, {FACT_EPOCHS} epochs on CPU)"):
+    with _step("Fine-tuning through the OpenAI SDK (LoRA SFT, hyperparameters auto, on CPU)"):
         job = fine_tune(client, data, on_event=lambda message: print(f"    {message}", flush=True))
     if job.status != "succeeded" or job.fine_tuned_model is None:
         print(f"FAILED: the job ended {job.status}: {job.error}")

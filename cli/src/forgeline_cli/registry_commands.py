@@ -154,9 +154,25 @@ def _models_show(args: argparse.Namespace) -> int:
             print(f"  label {key}={value}")
         for version in versions:
             print("  " + _version_line(version))
+            card = _quality(version)
+            if card:
+                print(f"      quality {card}")
         return 0
 
     return _run(args, action)
+
+
+#: The labels a fine-tuning job's evaluation records on a version: ``quality.<grader>``.
+_QUALITY_PREFIX = "quality."
+
+
+def _quality(version: pb.Version) -> str:
+    """The version's quality card from its labels (``rouge_l 0.8123, bleu 0.6012``), or ''."""
+    return ", ".join(
+        f"{key.removeprefix(_QUALITY_PREFIX)} {value}"
+        for key, value in sorted(version.labels.items())
+        if key.startswith(_QUALITY_PREFIX)
+    )
 
 
 def _push(args: argparse.Namespace) -> int:

@@ -192,7 +192,9 @@ def create_app(
         try:
             await manager.restore()
             await evals.start()
-            async with open_pipeline(settings, registry, files.service, manager, proxy) as pipeline:
+            async with open_pipeline(
+                settings, registry, files.service, manager, proxy, evals.service
+            ) as pipeline:
                 if pipeline is not None:
                     state.fine_tuning = FineTuningServing(pipeline, settings.organization)
                 yield

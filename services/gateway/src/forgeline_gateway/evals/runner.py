@@ -135,7 +135,7 @@ class RunExecutor:
                 await task
 
     async def wait(self, run_id: str) -> None:
-        """Wait until the run's task ends (tests)."""
+        """Wait until the run's task ends (a fine-tuning job's quality check; tests)."""
         task = self._tasks.get(run_id)
         if task is not None:
             with contextlib.suppress(asyncio.CancelledError):

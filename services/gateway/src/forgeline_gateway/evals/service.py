@@ -268,6 +268,12 @@ class EvalService:
             raise NotFound(f"No run found with id '{run_id}' in eval '{eval_id}'.", field="run_id")
         return run
 
+    async def finished_run(self, eval_id: str, run_id: str) -> RunRecord:
+        """The run once its work here has ended (completed, failed or canceled; a gateway
+        closing meanwhile leaves it in progress, and so returns it)."""
+        await self.executor.wait(run_id)
+        return await self.get_run(eval_id, run_id)
+
     async def list_runs(
         self, eval_id: str, *, after: str | None, limit: int, order: Order, status: str | None
     ) -> tuple[list[RunRecord], bool]:

@@ -83,6 +83,9 @@ class FileLayout(BaseModel):
     ranking: bool = False
     columns: DatasetColumns = DatasetColumns()
     tags: DatasetTags = DatasetTags()
+    #: How many records the file holds (what "auto" hyperparameters are sized by); None for
+    #: files uploaded before the count was kept.
+    records: int | None = None
 
     @property
     def preference(self) -> bool:
@@ -90,8 +93,14 @@ class FileLayout(BaseModel):
         return self.ranking or self.format is DatasetFormat.OPENAI_PREFERENCE
 
     @classmethod
-    def of(cls, spec: DatasetSpec) -> FileLayout:
-        return cls(format=spec.format, ranking=spec.ranking, columns=spec.columns, tags=spec.tags)
+    def of(cls, spec: DatasetSpec, records: int | None = None) -> FileLayout:
+        return cls(
+            format=spec.format,
+            ranking=spec.ranking,
+            columns=spec.columns,
+            tags=spec.tags,
+            records=records,
+        )
 
 
 class EvalRowsLayout(BaseModel):
@@ -209,8 +218,10 @@ class FileService:
                 )
                 shown = layout.format
             else:
-                spec = await asyncio.to_thread(_checked, staged, upload.filename, self.limits)
-                layout = FileLayout.of(spec)
+                spec, records = await asyncio.to_thread(
+                    _checked, staged, upload.filename, self.limits
+                )
+                layout = FileLayout.of(spec, records)
                 shown = spec.format.value
             ref = await self.registry.put(
                 file_id,
@@ -338,12 +349,13 @@ def _artifact_name(filename: str) -> str:
     return f"{stem or 'data'}{suffix}"
 
 
-def _checked(path: Path, filename: str, limits: DatasetLimits) -> DatasetSpec:
-    """Detect and validate the layout of `path`; errors speak of the upload's name."""
+def _checked(path: Path, filename: str, limits: DatasetLimits) -> tuple[DatasetSpec, int]:
+    """Detect and validate the layout of `path`, and count its records; errors speak of the
+    upload's name."""
     spec: DatasetSpec | None = None
     try:
         spec = detect_dataset(path, name="upload", limits=limits)
-        validate_dataset(spec, limits)
+        records = validate_dataset(spec, limits)
     except DatasetTooLarge as error:
         raise _too_large(filename, "fine-tuning data", error.problems[0], error.limit) from error
     except InvalidDataset as error:
@@ -353,7 +365,7 @@ def _checked(path: Path, filename: str, limits: DatasetLimits) -> DatasetSpec:
         raise InvalidFile(
             f"'{filename}' is not valid fine-tuning data{layout}:\n{listed}", field="file"
         ) from error
-    return spec
+    return spec, records
 
 
 def _checked_rows(path: Path, filename: str, limits: DatasetLimits) -> EvalRowsLayout:

@@ -33,6 +33,7 @@ __all__ = [
     "Agreement",
     "Answer",
     "compare",
+    "examples_of",
     "prompts_of",
     "required",
 ]
@@ -141,6 +142,55 @@ def prompts_of(
             seen.add(key)
             found.append(prompt)
     return found
+
+
+def examples_of(
+    path: Path,
+    format: DatasetFormat,
+    *,
+    columns: DatasetColumns | None = None,
+    tags: DatasetTags | None = None,
+    limit: int = PROMPTS,
+) -> list[tuple[Messages, str]]:
+    """Up to `limit` prompts of the dataset file at `path`, each with the file's own answer to it
+    (the last assistant turn; an Alpaca record's output): what a job's evaluation scores against.
+    Preference pairs and pre-training text have no single answer and give none."""
+    columns = columns or DatasetColumns()
+    tags = tags or DatasetTags()
+    found: list[tuple[Messages, str]] = []
+    for record in _records(path):
+        if len(found) >= limit:
+            break
+        if not isinstance(record, dict) or columns.chosen or columns.rejected:
+            continue
+        prompt = _prompt(record, format, columns, tags)
+        answer = _answer(record, format, columns, tags)
+        if prompt and answer:
+            found.append((prompt, answer))
+    return found
+
+
+def _answer(
+    record: Mapping[str, Any], format: DatasetFormat, columns: DatasetColumns, tags: DatasetTags
+) -> str | None:
+    if format is DatasetFormat.ALPACA:
+        output = record.get(columns.response or "output")
+        return output if isinstance(output, str) and output else None
+    if format is DatasetFormat.OPENAI_CHAT:
+        turns = _turns(record.get("messages"), "role", "content", _OPENAI_ROLES)
+    elif format is DatasetFormat.SHAREGPT:
+        roles = {tags.assistant_tag or "gpt": "assistant", tags.user_tag or "human": "user"}
+        turns = _turns(
+            record.get(columns.messages or "conversations"),
+            tags.role_tag or "from",
+            tags.content_tag or "value",
+            roles | {tags.system_tag or "system": "system"},
+        )
+    else:
+        return None
+    if not turns or turns[-1]["role"] != "assistant":
+        return None
+    return turns[-1]["content"] or None
 
 
 def _records(path: Path) -> Iterator[Any]:

@@ -36,4 +36,5 @@ class UploadedDatasets:
             ranking=layout.ranking,
             columns=layout.columns.model_dump(exclude_none=True),
             tags=layout.tags.model_dump(exclude_none=True),
+            records=layout.records,
         )

@@ -33,12 +33,20 @@ from typing import Any, Literal, Protocol
 import grpc
 from google.protobuf import field_mask_pb2
 
-from forgeline_gateway.api.fine_tuning.protocol import FineTuningJobCreate, JobError
+from forgeline_gateway.api.fine_tuning.protocol import EvalOptions, FineTuningJobCreate, JobError
 from forgeline_gateway.deployments.manager import DeploymentManager
 from forgeline_gateway.deployments.spec import LlamaCppSpec, ModelMetadata
 from forgeline_gateway.fine_tuning.agreement import PROMPTS, Agreement, Messages, compare
+from forgeline_gateway.fine_tuning.auto import ResolvedHyperparameters, resolve
 from forgeline_gateway.fine_tuning.plan import DatasetFile, trainer_spec
-from forgeline_gateway.fine_tuning.records import TERMINAL, JobRecord, Outputs, Stage
+from forgeline_gateway.fine_tuning.quality import QualityCheck, check_requirement, quality_labels
+from forgeline_gateway.fine_tuning.records import (
+    TERMINAL,
+    ArtifactQuality,
+    JobRecord,
+    Outputs,
+    Stage,
+)
 from forgeline_gateway.fine_tuning.store import JobStore
 from forgeline_kit.errors import (
     AlreadyExists,
@@ -144,11 +152,14 @@ class Pipeline:
         attempts: int = 10,
         retry_seconds: float = 2.0,
         adapter_check: AdapterCheck | None = None,
+        quality: QualityCheck | None = None,
     ) -> None:
         """
         Args:
             adapter_check: prompts and answers for checking an adapter against its merged
                 model; without it every job is served merged.
+            quality: the Evals API runs a job's evaluation on; without it no job is evaluated
+                (and `deploy.require` cannot be met).
         """
         self.store = store
         self.trainer = trainer
@@ -161,6 +172,7 @@ class Pipeline:
         self.attempts = attempts
         self.retry_seconds = retry_seconds
         self.adapter_check = adapter_check
+        self.quality = quality
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._conversions: dict[str, str] = {}
         self._retrying = asyncio.Lock()
@@ -200,7 +212,10 @@ class Pipeline:
         base = await self._base_version(request.model)
         base_ref = common_pb2.VersionRef(model=base.model, version=base.number)
         template = base.lineage.template or None
-        spec = self._spec(request, job_id, seed, base_ref, template, training, validation)
+        hyperparameters = _resolve(request, training, base)
+        spec = self._spec(
+            request, job_id, seed, base_ref, template, hyperparameters, training, validation
+        )
         # The trainer checks every argument against LLaMA-Factory's own dataclasses and the
         # stage/type/device combination; its refusal is the user's 400.
         await self.trainer.SubmitJob(
@@ -221,11 +236,22 @@ class Pipeline:
             seed=seed,
             base_version=_ref_text(base_ref),
             template=template,
+            hyperparameters=hyperparameters,
         )
         await self.store.run(lambda: self.store.put(job))
         await self._event(job, "info", f"Created fine-tuning job: {job.id}")
         self._spawn(job.id)
         return job
+
+    async def hyperparameters(self, request: FineTuningJobCreate) -> ResolvedHyperparameters:
+        """What `request` would train with, each "auto" decided as `create` would decide it;
+        nothing is stored or started.
+
+        Raises:
+            InvalidArgument, NotFound: as `create`, for the training file or the model.
+        """
+        training = await self.files.dataset_file(request.training_file, "training_file")
+        return _resolve(request, training, await self._base_version(request.model))
 
     async def get(self, job_id: str) -> JobRecord:
         job = await self.store.run(lambda: self.store.get(job_id))
@@ -389,6 +415,7 @@ class Pipeline:
             Stage.VALIDATING_FILES: self._submit,
             Stage.TRAINING: self._train,
             Stage.CONVERTING: self._convert,
+            Stage.EVALUATING: self._evaluate,
             Stage.DEPLOYING: self._deploy,
         }
         job = await self.get(job_id)
@@ -412,7 +439,16 @@ class Pipeline:
         # The base version was pinned when the job was created: a version pushed since then
         # must not change what this job trains on.
         base = _ref(job.base_version)
-        spec = self._spec(request, job.id, job.seed, base, job.template, training, validation)
+        spec = self._spec(
+            request,
+            job.id,
+            job.seed,
+            base,
+            job.template,
+            job.resolved_hyperparameters(),
+            training,
+            validation,
+        )
         try:
             trainer_job = await self.trainer.SubmitJob(
                 trainer_pb2.SubmitJobRequest(spec=spec, request_id=job.request_id())
@@ -582,7 +618,8 @@ class Pipeline:
             outputs = outputs.model_copy(update={"gguf_adapter": adapters[0] if adapters else None})
             job = await self._save(job, outputs=outputs)
             await self._event(job, "info", "Converted the LoRA adapter to a GGUF adapter")
-        return await self._save(job, stage=Stage.DEPLOYING)
+        evaluated = job.request.evaluation() is not None
+        return await self._save(job, stage=Stage.EVALUATING if evaluated else Stage.DEPLOYING)
 
     async def _conversion(
         self, job: JobRecord, spec: converter_pb2.ConversionSpec, request_id: str
@@ -622,8 +659,150 @@ class Pipeline:
                 return job, conversion.result
         raise ConnectionError("the conversion stream ended without a result")
 
+    async def _evaluate(self, job: JobRecord) -> JobRecord:
+        """Score the base and every artifact (the quality card), then check `deploy.require`."""
+        request = job.request
+        options = request.evaluation()
+        assert options is not None
+        quantization = request.forgeline.deploy.quantization.lower()
+        card: list[ArtifactQuality] = []
+        if self.quality is None:
+            await self._event(job, "warn", "Not evaluated: this gateway has no Evals API")
+        else:
+            file_id = request.validation_file or request.training_file
+            rows = await self.quality.rows(file_id, options.max_rows)
+            source = "validation" if request.validation_file else "training"
+            if not rows:
+                await self._event(
+                    job,
+                    "warn",
+                    f"Not evaluated: the {source} file has no prompts with an answer to score "
+                    "against (preference pairs and pre-training text have none)",
+                )
+            else:
+                await self._event(
+                    job,
+                    "info",
+                    f"Evaluating the base model and each artifact on {len(rows)} rows of the "
+                    f"{source} file ({', '.join(options.graders)})",
+                )
+                card = await self._quality_card(job, rows, options, quantization)
+        outputs = job.outputs.model_copy(update={"quality": card})
+        require = request.forgeline.deploy.require
+        if require is not None and request.forgeline.deploy.enabled:
+            met, reason = check_requirement(require, card, quantization)
+            outputs = outputs.model_copy(
+                update={"gate": "met" if met else "missed", "gate_reason": reason}
+            )
+            await self._event(
+                job,
+                "info" if met else "warn",
+                f"deploy.require met: {reason}"
+                if met
+                else f"deploy.require not met, so nothing is deployed: {reason}",
+                data={"gate": "met" if met else "missed"},
+            )
+        return await self._save(job, outputs=outputs, stage=Stage.DEPLOYING)
+
+    async def _quality_card(
+        self, job: JobRecord, rows: list[dict[str, Any]], options: EvalOptions, quantization: str
+    ) -> list[ArtifactQuality]:
+        """Each artifact's line: the base on its deployment, the GGUF adapter on the base's
+        deployment and each GGUF file on a deployment made for the evaluation (removed after)."""
+        assert self.quality is not None
+        quality = self.quality
+        eval_id = await quality.open_eval(job.id, options)
+        outputs = job.outputs
+        base, no_base = await self._base_deployment(job, quantization)
+        candidates: list[tuple[str, str | None, LlamaCppSpec | None]] = []
+        if base is not None:
+            spec = self.deployments.get(base).spec
+            version = getattr(spec, "registry_gguf", None) or spec.metadata.version
+            candidates.append(("base", version, None))
+            if outputs.gguf_adapter:
+                candidates.append(
+                    (
+                        "adapter",
+                        outputs.gguf_adapter,
+                        LlamaCppSpec(
+                            name=f"{job.id}:eval-adapter",
+                            backend="llamacpp",
+                            base=base,
+                            registry_lora=[outputs.gguf_adapter],
+                        ),
+                    )
+                )
+        for file_type, version in outputs.gguf.items():
+            candidates.append(
+                (
+                    file_type,
+                    version,
+                    LlamaCppSpec(
+                        name=f"{job.id}:eval-{file_type}",
+                        backend="llamacpp",
+                        registry_gguf=version,
+                        context_size=job.request.forgeline.deploy.context_size,
+                    ),
+                )
+            )
+        card: list[ArtifactQuality] = []
+        if base is None:
+            card.append(ArtifactQuality(artifact="base", error=no_base))
+        for artifact, version, spec in candidates:
+            model = base if spec is None else spec.name
+            assert model is not None
+            try:
+                if spec is not None:
+                    await self._create_deployment(spec)
+                line = await quality.score(
+                    eval_id,
+                    artifact=artifact,
+                    version=version,
+                    model=model,
+                    rows=rows,
+                    options=options,
+                )
+            except StageFailedError as failure:
+                line = ArtifactQuality(
+                    artifact=artifact, version=version, error=failure.error.message
+                )
+            finally:
+                if spec is not None:
+                    with contextlib.suppress(NotFound):
+                        await self.deployments.delete(spec.name)
+            card.append(line)
+            await self._event(
+                job,
+                "info" if line.error is None else "warn",
+                f"Quality of {line.describe()}",
+                data={"quality": line.model_dump(mode="json")},
+            )
+            if line.scores and version and artifact != "base":
+                await self._label_quality(version, line)
+        return card
+
+    async def _label_quality(self, reference: str, line: ArtifactQuality) -> None:
+        """Record `line`'s scores as labels of its registry version (``quality.rouge_l``)."""
+        ref = _ref(reference)
+        version = await self.registry.GetVersion(
+            registry_pb2.GetVersionRequest(
+                model=ref.model, version=ref.version, view=registry_pb2.VERSION_VIEW_BASIC
+            ),
+            timeout=_INTERACTIVE_TIMEOUT,
+        )
+        labels = dict(version.labels) | quality_labels(line)
+        await self.registry.UpdateVersion(
+            registry_pb2.UpdateVersionRequest(
+                version=registry_pb2.Version(model=ref.model, number=ref.version, labels=labels),
+                update_mask=field_mask_pb2.FieldMask(paths=["labels"]),
+            ),
+            timeout=_INTERACTIVE_TIMEOUT,
+        )
+
     async def _deploy(self, job: JobRecord) -> JobRecord:
         options = job.request.forgeline.deploy
+        if options.enabled and job.outputs.gate == "missed":
+            return await self._finish(job, Stage.SUCCEEDED, None)
         if options.enabled:
             quantization = options.quantization.lower()
             version = job.outputs.gguf.get(quantization)
@@ -990,6 +1169,7 @@ class Pipeline:
         seed: int,
         base: common_pb2.VersionRef,
         template: str | None,
+        hyperparameters: ResolvedHyperparameters,
         training: DatasetFile,
         validation: DatasetFile | None,
     ) -> trainer_pb2.JobSpec:
@@ -999,6 +1179,7 @@ class Pipeline:
             seed=seed,
             base=base,
             template=template,
+            hyperparameters=hyperparameters,
             training=training,
             validation=validation,
             metadata={"fine_tuning_job": job_id, **(request.metadata or {})},
@@ -1065,6 +1246,17 @@ def _fully_trained_modules(request: FineTuningJobCreate) -> str | None:
         "additional_target", request.forgeline.lora.additional_target
     )
     return str(value) if value else None
+
+
+def _resolve(
+    request: FineTuningJobCreate, training: DatasetFile, base: registry_pb2.Version
+) -> ResolvedHyperparameters:
+    return resolve(
+        request.effective_hyperparameters(),
+        finetuning_type=request.forgeline.finetuning_type,
+        examples=training.records,
+        model_bytes=base.size_bytes,
+    )
 
 
 def _check_name(job: JobRecord) -> str:

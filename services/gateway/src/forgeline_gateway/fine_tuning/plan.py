@@ -1,9 +1,10 @@
 """An OpenAI fine-tuning request, as the trainer's `JobSpec`.
 
-OpenAI's hyperparameters map onto LLaMA-Factory's arguments (``n_epochs`` ->
-``num_train_epochs``, ``batch_size`` -> ``per_device_train_batch_size``,
-``learning_rate_multiplier`` x the fine-tuning type's base rate -> ``learning_rate``, DPO's ``beta``
--> ``pref_beta``); ``forgeline.arguments`` may set any LLaMA-Factory argument the trainer's
+OpenAI's hyperparameters, with each ``"auto"`` decided (`auto.py`), map onto LLaMA-Factory's
+arguments (``n_epochs`` -> ``num_train_epochs``, ``batch_size`` -> ``per_device_train_batch_size``
+and, for an "auto" batch past 4, ``gradient_accumulation_steps``, ``learning_rate_multiplier`` x
+the fine-tuning type's base rate -> ``learning_rate``, DPO's ``beta`` -> ``pref_beta``);
+``forgeline.arguments`` may set any LLaMA-Factory argument the trainer's
 allow-list lets a job set, and wins. Checking the arguments is the trainer's job (``SubmitJob``
 with ``validate_only``, against ``llamafactory/policy.py``), so its fix-it messages reach the user
 unchanged, as a 400 at creation.
@@ -18,19 +19,11 @@ from typing import Any, Final
 from google.protobuf.struct_pb2 import Struct
 
 from forgeline_gateway.api.fine_tuning.protocol import FineTuningJobCreate
+from forgeline_gateway.fine_tuning.auto import ResolvedHyperparameters
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.trainer.v1 import trainer_pb2
 
-__all__ = ["AUTO_DEFAULTS", "DatasetFile", "trainer_spec"]
-
-#: What ``"auto"`` means, per fine-tuning type: LLaMA-Factory's example configs use 1e-4 for
-#: LoRA and 1e-5 for full fine-tuning; three epochs and a batch of 4 are OpenAI-like defaults.
-AUTO_DEFAULTS: Final = {
-    "n_epochs": 3,
-    "batch_size": 4,
-    "beta": 0.1,
-    "learning_rate": {"lora": 1e-4, "qlora": 1e-4, "full": 1e-5, "freeze": 1e-5},
-}
+__all__ = ["DatasetFile", "trainer_spec"]
 
 _STAGES: Final = {
     "sft": trainer_pb2.STAGE_SFT,
@@ -57,6 +50,8 @@ class DatasetFile:
     ranking: bool
     columns: Mapping[str, str] = field(default_factory=dict)
     tags: Mapping[str, str] = field(default_factory=dict)
+    #: How many records it holds; None when the file was uploaded before counts were kept.
+    records: int | None = None
 
 
 def trainer_spec(
@@ -66,29 +61,18 @@ def trainer_spec(
     seed: int,
     base: common_pb2.VersionRef,
     template: str | None,
+    hyperparameters: ResolvedHyperparameters,
     training: DatasetFile,
     validation: DatasetFile | None,
     metadata: dict[str, str],
 ) -> trainer_pb2.JobSpec:
-    """The trainer job that carries out `request`."""
+    """The trainer job that carries out `request`, training with `hyperparameters` (the
+    request's, with each "auto" decided)."""
     options = request.forgeline
-    hyper = request.effective_hyperparameters()
     arguments: dict[str, Any] = {"seed": seed}
     if template:
         arguments["template"] = template
-    epochs = hyper.n_epochs if hyper.n_epochs != "auto" else AUTO_DEFAULTS["n_epochs"]
-    batch = hyper.batch_size if hyper.batch_size != "auto" else AUTO_DEFAULTS["batch_size"]
-    multiplier = 1.0 if hyper.learning_rate_multiplier == "auto" else hyper.learning_rate_multiplier
-    base_rate = AUTO_DEFAULTS["learning_rate"]
-    assert isinstance(base_rate, dict)
-    arguments |= {
-        "num_train_epochs": epochs,
-        "per_device_train_batch_size": batch,
-        "learning_rate": base_rate[options.finetuning_type] * multiplier,
-    }
-    if request.method_type() == "dpo":
-        beta = getattr(hyper, "beta", "auto")
-        arguments["pref_beta"] = AUTO_DEFAULTS["beta"] if beta == "auto" else beta
+    arguments |= hyperparameters.arguments()
     lora = options.lora
     for name, value in (
         ("lora_rank", lora.rank),

@@ -8,8 +8,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from forgeline_gateway.api.fine_tuning.protocol import FineTuningJobCreate, JobError
+from forgeline_gateway.fine_tuning.auto import ResolvedHyperparameters, resolve
 
-__all__ = ["TERMINAL", "EventRecord", "JobRecord", "Outputs", "Stage"]
+__all__ = ["TERMINAL", "ArtifactQuality", "EventRecord", "JobRecord", "Outputs", "Stage"]
 
 
 class Stage(enum.StrEnum):
@@ -20,6 +21,7 @@ class Stage(enum.StrEnum):
     VALIDATING_FILES = "validating_files"
     TRAINING = "training"
     CONVERTING = "converting"
+    EVALUATING = "evaluating"
     DEPLOYING = "deploying"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -27,6 +29,38 @@ class Stage(enum.StrEnum):
 
 
 TERMINAL = frozenset({Stage.SUCCEEDED, Stage.FAILED, Stage.CANCELLED})
+
+
+class ArtifactQuality(BaseModel):
+    """One line of a job's quality card: what one artifact scored on the job's evaluation rows,
+    asked through the backend that serves it."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    #: ``base``, ``adapter`` or a GGUF file type (``f16``, ``q8_0``...).
+    artifact: str
+    #: The registry version scored (``model:number``); for ``adapter``, the GGUF adapter.
+    version: str | None = None
+    #: Grader -> mean score over the rows it could score (0 to 1).
+    scores: dict[str, float] = Field(default_factory=dict)
+    #: Grader -> rows at or above the pass threshold.
+    passed: dict[str, int] = Field(default_factory=dict)
+    rows: int = 0
+    #: Rows the model could not answer or a grader could not score.
+    errored: int = 0
+    #: The Evals API's eval and run that hold each row's answer and scores.
+    eval_id: str = ""
+    run_id: str = ""
+    #: Why this artifact has no scores (its run failed, it could not be served).
+    error: str | None = None
+
+    def describe(self) -> str:
+        """``q8_0 (ft-x:3): rouge_l 0.8123, bleu 0.6012 on 8 rows``, for the job's events."""
+        what = f"{self.artifact} ({self.version})" if self.version else self.artifact
+        if self.error:
+            return f"{what}: not measured ({self.error})"
+        figures = ", ".join(f"{grader} {score:.4f}" for grader, score in self.scores.items())
+        return f"{what}: {figures} on {self.rows} rows"
 
 
 class Outputs(BaseModel):
@@ -46,6 +80,11 @@ class Outputs(BaseModel):
     base_deployment: str | None = None
     #: The adapter check's identical greedy answers of those compared (``7/8``), when it ran.
     agreement: str | None = None
+    #: The quality card: the base and each artifact scored (`forgeline.eval`), in that order.
+    quality: list[ArtifactQuality] = Field(default_factory=list)
+    #: `deploy.require`: whether the served artifact met it, and the figures.
+    gate: Literal["met", "missed"] | None = None
+    gate_reason: str | None = None
 
     def registered(self) -> list[str]:
         """Every registered reference, last made first (the order to delete them in)."""
@@ -89,6 +128,21 @@ class JobRecord(BaseModel):
     #: Per conversion request id, the last converter event mirrored as a job event, so a stream
     #: replayed after a restart does not repeat the conversion's retry events.
     conversion_sequences: dict[str, int] = Field(default_factory=dict)
+    #: The hyperparameters the job trains with, each "auto" decided at creation (sized by the
+    #: training file and the base model); None on jobs stored before, which keep the old
+    #: constants.
+    hyperparameters: ResolvedHyperparameters | None = None
+
+    def resolved_hyperparameters(self) -> ResolvedHyperparameters:
+        """`hyperparameters`, or for a job stored before they were kept, what it trained with."""
+        if self.hyperparameters is not None:
+            return self.hyperparameters
+        return resolve(
+            self.request.effective_hyperparameters(),
+            finetuning_type=self.request.forgeline.finetuning_type,
+            examples=None,
+            model_bytes=0,
+        )
 
     def request_id(self, name: str = "") -> str:
         """The trainer's (no ``name``) or converter's (``gguf``, ``lora``) request id of the

@@ -6,10 +6,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from forgeline_gateway.deployments.manager import DeploymentManager
+from forgeline_gateway.evals.service import EvalService
 from forgeline_gateway.files.service import FileService
 from forgeline_gateway.fine_tuning.answers import ServedAnswers
 from forgeline_gateway.fine_tuning.files import UploadedDatasets
 from forgeline_gateway.fine_tuning.pipeline import Pipeline
+from forgeline_gateway.fine_tuning.quality import QualityCheck
 from forgeline_gateway.fine_tuning.store import JobStore
 from forgeline_gateway.routing.proxy import Proxy
 from forgeline_gateway.settings import GatewaySettings
@@ -29,11 +31,13 @@ async def open_pipeline(
     files: FileService,
     deployments: DeploymentManager,
     proxy: Proxy | None = None,
+    evals: EvalService | None = None,
 ) -> AsyncIterator[Pipeline | None]:
     """The pipeline, resuming unfinished jobs; None when the trainer, converter or registry is
     not configured (the fine-tuning endpoints then say which setting is missing). With the
     gateway's `proxy`, jobs are served as adapters on a shared base where that holds the
-    quality (`deploy.serve`); without it, merged."""
+    quality (`deploy.serve`); without it, merged. With its `evals`, jobs are evaluated before
+    they are deployed (`forgeline.eval`, a validation file)."""
     if registry is None or not settings.trainer_target or not settings.converter_target:
         yield None
         return
@@ -58,6 +62,7 @@ async def open_pipeline(
         attempts=settings.fine_tuning_attempts,
         retry_seconds=settings.fine_tuning_retry_seconds,
         adapter_check=ServedAnswers(files, proxy) if proxy is not None else None,
+        quality=QualityCheck(files, evals) if evals is not None else None,
     )
     try:
         await pipeline.start()

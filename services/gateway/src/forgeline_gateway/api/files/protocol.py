@@ -39,6 +39,12 @@ class FileObject(BaseModel):
     preference: bool = Field(
         description="Forgeline: the records are preference pairs (chosen and rejected answers)."
     )
+    records: int | None = Field(
+        None,
+        description="Forgeline: how many records (examples, or eval rows) the file holds, "
+        'which sizes a job\'s "auto" hyperparameters; null for a file uploaded before counts '
+        "were kept.",
+    )
     registry: RegistryLocation = Field(description="Forgeline: where the bytes are kept.")
 
 

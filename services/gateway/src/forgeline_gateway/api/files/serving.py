@@ -184,5 +184,6 @@ def _view(record: FileRecord, layout: FileLayout | EvalRowsLayout | None = None)
         purpose=record.purpose,
         format=layout.format if isinstance(layout, EvalRowsLayout) else layout.format.value,
         preference=layout.preference,
+        records=layout.rows if isinstance(layout, EvalRowsLayout) else layout.records,
         registry=RegistryLocation(model=record.model, version=record.version, path=record.path),
     )

@@ -12,6 +12,7 @@ from forgeline_gateway.api.fine_tuning.protocol import (
     FineTuningJobCreate,
     FineTuningJobEventList,
     FineTuningJobList,
+    HyperparametersPlan,
 )
 from forgeline_gateway.api.fine_tuning.serving import FineTuningServing
 from forgeline_gateway.errors import ADMIN_ERRORS
@@ -45,6 +46,16 @@ async def create_job(
 ) -> FineTuningJob:
     owner = principal.name if principal.key_id else request.app.state.settings.organization
     return await _serving(request).create(body, owner)
+
+
+@router.post(
+    "/v1/fine_tuning/hyperparameters",
+    responses=ADMIN_ERRORS,
+    summary="Forgeline: the hyperparameters a job with this body would train with",
+    dependencies=[Depends(_admin)],
+)
+async def plan_hyperparameters(body: FineTuningJobCreate, request: Request) -> HyperparametersPlan:
+    return await _serving(request).hyperparameters(body)
 
 
 @router.get(

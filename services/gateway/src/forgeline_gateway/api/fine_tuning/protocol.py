@@ -101,6 +101,60 @@ class LoraOptions(_Body):
     additional_target: str | None = Field(None, min_length=1, max_length=512)
 
 
+#: The graders a job's evaluation scores with: the Evals API's ``text_similarity`` metrics
+#: (``cosine`` needs embeddings the gateway has not) and ``exact`` (``string_check`` equality).
+GraderName = Literal[
+    "exact",
+    "fuzzy_match",
+    "bleu",
+    "gleu",
+    "meteor",
+    "rouge_1",
+    "rouge_2",
+    "rouge_3",
+    "rouge_4",
+    "rouge_5",
+    "rouge_l",
+]
+
+DEFAULT_GRADERS: tuple[GraderName, ...] = ("rouge_l", "bleu")
+
+
+class EvalOptions(_Body):
+    """How a job's results are scored before anything is served: the base model and every
+    artifact (GGUF adapter on the base's deployment, each GGUF file) answer the validation
+    file's prompts (else the training file's) through the backend that serves them, and each
+    answer is scored against the file's own answer by each grader."""
+
+    enabled: bool = Field(
+        True,
+        description="Evaluate (on by default when the job has a validation_file or this block).",
+    )
+    graders: list[GraderName] = Field(
+        default_factory=lambda: list(DEFAULT_GRADERS), min_length=1, max_length=11
+    )
+    max_rows: int = Field(32, ge=1, le=1000, description="Rows of the file scored at most.")
+    max_tokens: int = Field(64, ge=1, le=4096, description="Longest answer asked for.")
+    pass_threshold: float = Field(
+        0.5, ge=0, le=1, description="The score at which a row passes a similarity grader."
+    )
+
+
+class DeployRequirement(_Body):
+    """The figure the served artifact must reach to be deployed (`deploy.require`): a grader's
+    mean score at least `min`, or above the base model's by at least `beat_base_by`."""
+
+    grader: GraderName
+    min: float | None = Field(None, ge=0, le=1)
+    beat_base_by: float | None = Field(None, ge=-1, le=1)
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> DeployRequirement:
+        if (self.min is None) == (self.beat_base_by is None):
+            raise ValueError("deploy.require takes one of 'min' or 'beat_base_by'")
+        return self
+
+
 class DeployOptions(_Body):
     """Where the fine-tuned model is served once the job succeeds."""
 
@@ -121,6 +175,13 @@ class DeployOptions(_Body):
         "fine-tunes), when there is one and the adapter's greedy answers agree with the merged "
         "model's on the job's prompts; otherwise the merged GGUF is served, and an event says "
         "why. `merged`: serve the merged GGUF (`quantization`) on processes of its own.",
+    )
+    require: DeployRequirement | None = Field(
+        None,
+        description="Deploy only when the evaluation of the served GGUF (`quantization`) meets "
+        'this, e.g. `{"grader": "rouge_l", "min": 0.3}` or `{"grader": "rouge_l", '
+        '"beat_base_by": 0.0}`; otherwise the job succeeds with its versions registered and '
+        "nothing deployed, and an event says which figure missed by how much.",
     )
 
 
@@ -149,6 +210,12 @@ class ForgelineOptions(_Body):
         description="GGUF types made from the merged model (all from one f16 file).",
     )
     deploy: DeployOptions = Field(default_factory=DeployOptions)
+    eval: EvalOptions | None = Field(
+        None,
+        description="Score the base and every artifact before deploying (see EvalOptions); "
+        "a job with a validation_file is evaluated with the defaults unless "
+        '`{"enabled": false}`.',
+    )
 
     @model_validator(mode="after")
     def _served_quantization_is_made(self) -> ForgelineOptions:
@@ -187,6 +254,13 @@ class FineTuningJobCreate(_Body):
             raise ValueError("give hyperparameters in 'method' or in 'hyperparameters', not both")
         if self.integrations:
             raise ValueError("integrations (wandb) are not supported by Forgeline")
+        evaluation = self.evaluation()
+        require = self.forgeline.deploy.require
+        if require is not None and (evaluation is None or require.grader not in evaluation.graders):
+            raise ValueError(
+                f"forgeline.deploy.require names the grader '{require.grader}', which this job "
+                "does not score: give a validation_file and forgeline.eval.graders with it"
+            )
         stage = self.forgeline.stage
         if stage is not None and self.method is not None:
             allowed = {"dpo"} if self.method.type == "dpo" else SUPERVISED_STAGES
@@ -197,6 +271,14 @@ class FineTuningJobCreate(_Body):
                     f"'{'dpo' if stage == 'dpo' else 'supervised'}' (or no method)"
                 )
         return self
+
+    def evaluation(self) -> EvalOptions | None:
+        """How the job's results are scored, or None when they are not: `forgeline.eval`, or
+        its defaults for a job with a validation file."""
+        options = self.forgeline.eval
+        if options is None and self.validation_file is not None:
+            options = EvalOptions()
+        return options if options is not None and options.enabled else None
 
     def method_type(self) -> Literal["supervised", "dpo"]:
         if self.method is not None:
@@ -262,6 +344,21 @@ class FineTuningJob(BaseModel):
     forgeline: dict[str, Any] = Field(
         default_factory=dict,
         description="Pipeline stage, trainer job, registered versions and deployment.",
+    )
+
+
+class HyperparametersPlan(BaseModel):
+    """Forgeline: what a job created with the same body would train with, each "auto" decided
+    (the console's new fine-tune form shows it), and the LLaMA-Factory arguments they become."""
+
+    object: Literal["fine_tuning.hyperparameters"] = "fine_tuning.hyperparameters"
+    n_epochs: int
+    batch_size: int = Field(description="The effective batch: per device x accumulation.")
+    learning_rate_multiplier: float
+    beta: float | None = Field(None, description="DPO's beta; null for other methods.")
+    arguments: dict[str, float | int] = Field(
+        description="`num_train_epochs`, `per_device_train_batch_size`, "
+        "`gradient_accumulation_steps` (when above 1), `learning_rate`, `pref_beta` (DPO)."
     )
 
 

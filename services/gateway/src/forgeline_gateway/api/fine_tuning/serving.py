@@ -6,16 +6,20 @@ from forgeline_gateway.api.fine_tuning.protocol import (
     Checkpoint,
     CheckpointList,
     CheckpointMetrics,
+    DpoHyperparameters,
+    DpoMethod,
     FineTuningJob,
     FineTuningJobCreate,
     FineTuningJobEvent,
     FineTuningJobEventList,
     FineTuningJobList,
     Hyperparameters,
+    HyperparametersPlan,
     MethodView,
+    SupervisedHyperparameters,
+    SupervisedMethod,
 )
 from forgeline_gateway.fine_tuning.pipeline import Pipeline
-from forgeline_gateway.fine_tuning.plan import AUTO_DEFAULTS
 from forgeline_gateway.fine_tuning.records import EventRecord, JobRecord
 from forgeline_kit.errors import InvalidArgument
 
@@ -31,6 +35,16 @@ class FineTuningServing:
 
     async def create(self, body: FineTuningJobCreate, owner: str) -> FineTuningJob:
         return self._view(await self.pipeline.create(body, owner))
+
+    async def hyperparameters(self, body: FineTuningJobCreate) -> HyperparametersPlan:
+        chosen = await self.pipeline.hyperparameters(body)
+        return HyperparametersPlan(
+            n_epochs=chosen.n_epochs,
+            batch_size=chosen.batch_size,
+            learning_rate_multiplier=chosen.learning_rate_multiplier,
+            beta=chosen.beta,
+            arguments=chosen.arguments(),
+        )
 
     async def retrieve(self, job_id: str) -> FineTuningJob:
         return self._view(await self.pipeline.get(job_id))
@@ -87,35 +101,45 @@ class FineTuningServing:
 
     def _view(self, job: JobRecord) -> FineTuningJob:
         request = job.request
-        hyper = request.effective_hyperparameters()
-        base_rate = AUTO_DEFAULTS["learning_rate"]
-        assert isinstance(base_rate, dict)
-        method = MethodView(
-            type=request.method_type(),
-            supervised=request.method.supervised if request.method else None,
-            dpo=request.method.dpo if request.method else None,
+        hyper = job.resolved_hyperparameters()
+        # Like OpenAI's, the job shows the numbers "auto" became, in `method` too.
+        chosen = {
+            "n_epochs": hyper.n_epochs,
+            "batch_size": hyper.batch_size,
+            "learning_rate_multiplier": hyper.learning_rate_multiplier,
+        }
+        kind = request.method_type()
+        method = (
+            MethodView(
+                type="dpo",
+                dpo=DpoMethod(
+                    hyperparameters=DpoHyperparameters(**chosen, beta=hyper.beta or "auto")
+                ),
+            )
+            if kind == "dpo"
+            else MethodView(
+                type="supervised",
+                supervised=SupervisedMethod(hyperparameters=SupervisedHyperparameters(**chosen)),
+            )
         )
         return FineTuningJob(
             id=job.id,
             created_at=job.created_at,
             error=job.error,
-            # A reward model is registered, never served: there is no model to ask.
+            # A reward model is registered, never served, and a job whose deploy.require was
+            # missed deployed nothing: there is no model to ask.
             fine_tuned_model=(
                 job.fine_tuned_model
-                if job.status == "succeeded" and request.training_stage() != "rm"
+                if job.status == "succeeded"
+                and request.training_stage() != "rm"
+                and job.outputs.gate != "missed"
                 else None
             ),
             finished_at=job.finished_at,
             hyperparameters=Hyperparameters(
-                batch_size=(
-                    AUTO_DEFAULTS["batch_size"] if hyper.batch_size == "auto" else hyper.batch_size
-                ),
-                learning_rate_multiplier=(
-                    1.0
-                    if hyper.learning_rate_multiplier == "auto"
-                    else hyper.learning_rate_multiplier
-                ),
-                n_epochs=AUTO_DEFAULTS["n_epochs"] if hyper.n_epochs == "auto" else hyper.n_epochs,
+                batch_size=hyper.batch_size,
+                learning_rate_multiplier=hyper.learning_rate_multiplier,
+                n_epochs=hyper.n_epochs,
             ),
             model=request.model,
             organization_id=self.organization,
@@ -137,6 +161,7 @@ class FineTuningServing:
                 "retries": job.retries,
                 "finetuning_type": request.forgeline.finetuning_type,
                 "training_stage": request.training_stage(),
+                "evaluated": request.evaluation() is not None,
             },
         )
 

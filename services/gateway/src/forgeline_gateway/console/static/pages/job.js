@@ -25,6 +25,7 @@ const STAGES = [
   ["validating_files", "Validating files"],
   ["training", "Training"],
   ["converting", "Converting to GGUF"],
+  ["evaluating", "Evaluating"],
   ["deploying", "Deploying"],
   ["succeeded", "Succeeded"],
 ];
@@ -34,7 +35,9 @@ const SHOWN_EVENTS = 200;
 /** The timeline's steps with their state: done, current, failed, cancelled or pending. */
 export function stageStates(job) {
   const stage = job.forgeline?.stage ?? job.status;
-  const names = STAGES.map(([name]) => name);
+  // A job without a validation file or forgeline.eval is not evaluated: no such step.
+  const stages = STAGES.filter(([name]) => name !== "evaluating" || job.forgeline?.evaluated);
+  const names = stages.map(([name]) => name);
   let reached;
   let ending = null;
   if (stage === "failed") {
@@ -46,7 +49,7 @@ export function stageStates(job) {
   } else {
     reached = names.indexOf(stage);
   }
-  return STAGES.map(([name, label], index) => {
+  return stages.map(([name, label], index) => {
     let state = "pending";
     if (ending === "cancelled") state = "cancelled";
     else if (index < reached) state = "done";
@@ -128,6 +131,9 @@ export default {
     const showMetrics = h("input", { type: "checkbox", id: "show-metrics" });
     const details = h("div");
     const checkpoints = h("div");
+    const quality = h("div");
+    const qualityCard = card("Quality card", { class: "card-quality" }, quality);
+    qualityCard.hidden = true;
     signal.addEventListener("abort", () => [loss, rate, speed].forEach((c) => c.destroy()));
 
     root.append(
@@ -154,6 +160,7 @@ export default {
         ),
         card("Details", {}, details),
       ),
+      qualityCard,
       card("Checkpoints", {}, checkpoints),
     );
 
@@ -276,6 +283,7 @@ export default {
 
       drawEvents();
       drawDetails();
+      drawQuality();
     };
 
     const drawEvents = () => {
@@ -334,6 +342,40 @@ export default {
               ["Deployment", outputs.deployment ? link(`/console/playground${query({ model: outputs.deployment })}`, mono(outputs.deployment)) : undefined],
             ])
           : h("p", { class: "empty", text: "Nothing registered yet." }),
+      );
+    };
+
+    // The evaluation's scores per artifact (forgeline.outputs.quality), and the gate's verdict.
+    const drawQuality = () => {
+      const outputs = job.forgeline?.outputs || {};
+      const lines = outputs.quality || [];
+      qualityCard.hidden = !lines.length && !outputs.gate;
+      if (qualityCard.hidden) return;
+      const graders = [...new Set(lines.flatMap((line) => Object.keys(line.scores || {})))];
+      replace(
+        quality,
+        outputs.gate
+          ? h(
+              "p",
+              { class: `gate gate-${outputs.gate}`, dataset: { gate: outputs.gate } },
+              h("strong", { text: outputs.gate === "met" ? "Deployed: " : "Not deployed: " }),
+              outputs.gate_reason || "",
+            )
+          : null,
+        table(
+          [
+            { label: "Artifact", cell: (line) => line.artifact },
+            ...graders.map((grader) => ({
+              label: grader,
+              cell: (line) => (line.scores?.[grader] === undefined ? "—" : metric(line.scores[grader])),
+              class: "num",
+            })),
+            { label: "Rows", cell: (line) => (line.error ? line.error : String(line.rows)), class: "num" },
+            { label: "Version", cell: (line) => (line.version ? mono(line.version) : "—") },
+          ],
+          lines,
+          { empty: "Nothing was scored." },
+        ),
       );
     };
 

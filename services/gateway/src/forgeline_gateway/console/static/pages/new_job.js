@@ -131,15 +131,11 @@ export function sdkSnippet(body, { origin, keyed }) {
 // --- the same training as a `forgeline train` YAML --------------------------------------------
 
 /**
- * What "auto" means to the gateway (fine_tuning/plan.py's AUTO_DEFAULTS): the YAML writes the
- * values the job would train with.
+ * The fine-tuning types' base learning rates (LLaMA-Factory's example configs; the gateway's
+ * fine_tuning/auto.py): a multiplier set in the form scales these. What "auto" becomes is the
+ * gateway's to say (POST /v1/fine_tuning/hyperparameters), never guessed here.
  */
-export const AUTO_DEFAULTS = {
-  n_epochs: 3,
-  batch_size: 4,
-  beta: 0.1,
-  learning_rate: { lora: 1e-4, qlora: 1e-4, full: 1e-5, freeze: 1e-5 },
-};
+const BASE_LEARNING_RATES = { lora: 1e-4, qlora: 1e-4, full: 1e-5, freeze: 1e-5 };
 /** QLoRA's base is loaded in 4 bits (the trainer's default for FINETUNING_TYPE_QLORA). */
 const QLORA_BITS = 4;
 const YAML_FILE = "finetune.yaml";
@@ -172,7 +168,7 @@ function shellWord(text) {
  * which the gateway's job does by itself, are the `forgeline convert` and `forgeline deploy`
  * commands after it.
  */
-export function trainYaml(body, { files = {} } = {}) {
+export function trainYaml(body, { files = {}, plan = null } = {}) {
   const options = body.forgeline ?? {};
   const type = options.finetuning_type ?? "lora";
   const methodType = body.method?.type ?? "supervised";
@@ -203,15 +199,23 @@ export function trainYaml(body, { files = {} } = {}) {
   }
   lines.push("", "### dataset", "dataset: train");
   if (body.validation_file) lines.push("eval_dataset: validation");
-  const rate = AUTO_DEFAULTS.learning_rate[type] * (hyper.learning_rate_multiplier ?? 1);
-  lines.push(
-    "",
-    "### train",
-    `num_train_epochs: ${yamlNumber(hyper.n_epochs ?? AUTO_DEFAULTS.n_epochs)}`,
-    `per_device_train_batch_size: ${yamlNumber(hyper.batch_size ?? AUTO_DEFAULTS.batch_size)}`,
-    `learning_rate: ${yamlNumber(rate)}`,
-  );
-  if (stage === "dpo") lines.push(`pref_beta: ${yamlNumber(hyper.beta ?? AUTO_DEFAULTS.beta)}`);
+  lines.push("", "### train");
+  if (plan) {
+    // The gateway's answer for this very request: "auto" decided from the file and the model.
+    for (const [name, value] of Object.entries(plan.arguments)) lines.push(`${name}: ${yamlNumber(value)}`);
+  } else {
+    const set = (name, value) =>
+      lines.push(
+        value === undefined
+          ? `# ${name}: "auto", decided by the gateway from the training file and the model once both are chosen`
+          : `${name}: ${yamlNumber(value)}`,
+      );
+    set("num_train_epochs", hyper.n_epochs);
+    set("per_device_train_batch_size", hyper.batch_size);
+    const multiplier = hyper.learning_rate_multiplier;
+    set("learning_rate", multiplier === undefined ? undefined : BASE_LEARNING_RATES[type] * multiplier);
+    if (stage === "dpo") set("pref_beta", hyper.beta);
+  }
   if (body.seed !== undefined) lines.push(`seed: ${yamlNumber(body.seed)}`);
 
   const quantizations = options.quantizations ?? ["q8_0"];
@@ -407,7 +411,32 @@ export default {
       loraFields.hidden = !["lora", "qlora"].includes(type.value);
       methodHint.textContent = METHODS.find(([v]) => v === method.value)?.[2] ?? "";
       code.textContent = snippet();
-      yaml.textContent = trainYaml(buildRequest(values()), { files: fileNames });
+      const request = buildRequest(values());
+      yaml.textContent = trainYaml(request, { files: fileNames, plan: planFor(request) });
+      askForPlan(request);
+    };
+
+    // What "auto" becomes, asked of the gateway for the form's request (debounced; the newest
+    // request wins), and the YAML redrawn with it.
+    const plans = new Map();
+    let planTimer = null;
+    const planFor = (request) => plans.get(JSON.stringify(request)) ?? null;
+    const askForPlan = (request) => {
+      const key = JSON.stringify(request);
+      clearTimeout(planTimer);
+      if (!request.model || !request.training_file || plans.has(key)) return;
+      planTimer = setTimeout(async () => {
+        try {
+          const plan = await api.post("/v1/fine_tuning/hyperparameters", request, { signal });
+          plans.set(key, plan);
+        } catch (error) {
+          if (error.name === "AbortError") return;
+          plans.set(key, null); // refused (an unknown model or file): the YAML says "auto"
+        }
+        if (JSON.stringify(buildRequest(values())) === key) {
+          yaml.textContent = trainYaml(request, { files: fileNames, plan: plans.get(key) });
+        }
+      }, 300);
     };
     form.addEventListener("input", sync);
     form.addEventListener("change", sync);
