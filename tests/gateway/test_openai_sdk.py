@@ -28,7 +28,12 @@ def test_models_lists_deployments_with_their_metadata(served: Served) -> None:
     tiny = models["tiny"].model_dump()
     assert tiny["owned_by"] == "forgeline"
     assert tiny["backend"] == "llamacpp"
-    assert tiny["metadata"] == {"base": "tiny-llama", "version": "1", "quantization": "f16"}
+    assert tiny["metadata"] == {
+        "base": "tiny-llama",
+        "version": "1",
+        "quantization": "f16",
+        "quality": None,
+    }
     assert tiny["endpoints"] == ["/v1/chat/completions", "/v1/completions"]
     assert models["tiny-embed"].model_dump()["endpoints"] == ["/v1/embeddings"]
     assert served.client().models.retrieve("tiny").id == "tiny"

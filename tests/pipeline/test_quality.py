@@ -49,13 +49,13 @@ def _job(running: RunningStack, job_id: str) -> dict[str, Any]:
     return body
 
 
-def _labels(running: RunningStack, reference: str) -> dict[str, str]:
-    async def read() -> dict[str, str]:
+def _version(running: RunningStack, reference: str) -> pb.Version:
+    async def read() -> pb.Version:
         async with RegistryClient(running.stack.registry_target) as registry:
-            version = await registry.stub.ResolveVersion(
+            version: pb.Version = await registry.stub.ResolveVersion(
                 pb.ResolveVersionRequest(reference=reference)
             )
-            return dict(version.labels)
+            return version
 
     return asyncio.run(read())
 
@@ -74,7 +74,10 @@ def test_a_job_is_scored_per_artifact_and_served_when_it_beats_the_base(
         on_event=lambda _: None,
         forgeline={
             "eval": {"graders": ["rouge_l", "exact"], "max_tokens": 16},
-            "deploy": {"require": {"grader": "rouge_l", "beat_base_by": 0.2}},
+            "deploy": {
+                "require": {"grader": "rouge_l", "beat_base_by": 0.2},
+                "alias": "production",
+            },
         },
         validation_file=validation.id,
     )
@@ -95,10 +98,14 @@ def test_a_job_is_scored_per_artifact_and_served_when_it_beats_the_base(
     assert served["rouge_l"] >= base["rouge_l"] + 0.2
     assert outputs["gate"] == "met"
     assert body["fine_tuned_model"] == outputs["deployment"]
-    assert body["fine_tuned_model"] in {m.id for m in client.models.list().data}
-    # Recorded on the registry version too.
-    labels = _labels(running, outputs["gguf"]["q8_0"])
+    model = next(m for m in client.models.list().data if m.id == body["fine_tuned_model"])
+    assert model.model_extra
+    assert model.model_extra["metadata"]["quality"] == served  # /v1/models shows the card
+    # Recorded on the registry version too, which the gate moved the alias to.
+    version = _version(running, outputs["gguf"]["q8_0"])
+    labels = dict(version.labels)
     assert float(labels["quality.rouge_l"]) == round(served["rouge_l"], 4)
+    assert "production" in version.aliases
     # ... and `forgeline models show` prints it under the version.
     gguf_model = outputs["gguf"]["q8_0"].rpartition(":")[0]
     capsys.readouterr()
@@ -153,7 +160,7 @@ def test_a_job_whose_gate_cannot_be_met_registers_its_versions_and_deploys_nothi
         forgeline={
             "arguments": {"num_train_epochs": 1},
             "eval": {"graders": ["rouge_l"], "max_tokens": 16},
-            "deploy": {"require": {"grader": "rouge_l", "min": 1.0}},
+            "deploy": {"require": {"grader": "rouge_l", "min": 1.0}, "alias": "production"},
         },
         validation_file=validation.id,
     )
@@ -167,6 +174,7 @@ def test_a_job_whose_gate_cannot_be_met_registers_its_versions_and_deploys_nothi
     assert set(outputs["gguf"]) == {"f16", "q8_0"}  # registered all the same
     assert outputs["adapter"]
     assert outputs["merged"]
+    assert "production" not in _version(running, outputs["gguf"]["q8_0"]).aliases
     served = {m.id for m in client.models.list().data}
     assert not any(name.startswith(f"{job.id}:eval") for name in served)  # cleaned up
     events = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data]

@@ -54,6 +54,12 @@ class ModelMetadata(BaseModel):
     quantization: str | None = Field(
         None, max_length=32, description="GGUF quantization (f16, q8_0, q4_K_M...)."
     )
+    quality: dict[str, float] | None = Field(
+        None,
+        max_length=16,
+        description="Its quality card: the mean score per grader its fine-tuning job's "
+        "evaluation measured on what is served (rouge_l, bleu...).",
+    )
 
 
 class _Spec(BaseModel):

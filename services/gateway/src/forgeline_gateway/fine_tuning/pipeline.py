@@ -824,13 +824,35 @@ class Pipeline:
                         registry_gguf=version,
                         context_size=options.context_size,
                         metadata=ModelMetadata(
-                            base=job.request.model, version=version, quantization=quantization
+                            base=job.request.model,
+                            version=version,
+                            quantization=quantization,
+                            quality=_scores(job, quantization),
                         ),
                     )
                 )
             outputs = job.outputs.model_copy(update={"deployment": job.fine_tuned_model})
             job = await self._save(job, outputs=outputs)
+            if options.alias:
+                await self._move_alias(job, options.alias, version)
         return await self._finish(job, Stage.SUCCEEDED, None)
+
+    async def _move_alias(self, job: JobRecord, alias: str, reference: str) -> None:
+        """Point the registry alias `alias` of the served GGUF's model at its version."""
+        ref = _ref(reference)
+        try:
+            await self.registry.SetAlias(
+                registry_pb2.SetAliasRequest(model=ref.model, alias=alias, version=ref.version),
+                timeout=_INTERACTIVE_TIMEOUT,
+            )
+        except (InvalidArgument, FailedPrecondition, NotFound) as error:
+            await self._event(
+                job, "warn", f"The alias '{alias}' was not moved to {reference}: {error.message}"
+            )
+            return
+        await self._event(
+            job, "info", f"Moved the registry alias {ref.model}@{alias} to {reference}"
+        )
 
     async def _create_deployment(self, spec: LlamaCppSpec) -> bool:
         """Deploy `spec`; False when a deployment of its name already exists (placed before a
@@ -980,6 +1002,7 @@ class Pipeline:
                 base=request.model,
                 version=job.outputs.gguf_adapter,
                 quantization=base_spec.metadata.quantization,
+                quality=_scores(job, "adapter"),
             ),
         )
         try:
@@ -1246,6 +1269,12 @@ def _fully_trained_modules(request: FineTuningJobCreate) -> str | None:
         "additional_target", request.forgeline.lora.additional_target
     )
     return str(value) if value else None
+
+
+def _scores(job: JobRecord, artifact: str) -> dict[str, float] | None:
+    """The quality card's scores of `artifact`, for the deployment's metadata; None unscored."""
+    line = next((q for q in job.outputs.quality if q.artifact == artifact), None)
+    return dict(line.scores) if line is not None and line.scores else None
 
 
 def _resolve(

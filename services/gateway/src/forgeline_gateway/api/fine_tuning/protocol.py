@@ -176,6 +176,14 @@ class DeployOptions(_Body):
         "model's on the job's prompts; otherwise the merged GGUF is served, and an event says "
         "why. `merged`: serve the merged GGUF (`quantization`) on processes of its own.",
     )
+    alias: str | None = Field(
+        None,
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z][a-z0-9._-]*$",
+        description="A registry alias (for example `production`) moved to the served GGUF "
+        "version once it is deployed; with `require`, only when it is met.",
+    )
     require: DeployRequirement | None = Field(
         None,
         description="Deploy only when the evaluation of the served GGUF (`quantization`) meets "
