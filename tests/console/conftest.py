@@ -24,6 +24,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from playwright.sync_api import Browser, BrowserContext, Page
 from prometheus_client import CollectorRegistry
 
+from forgeline_cli.walkthrough import register_base_model
 from forgeline_gateway.api.fine_tuning.protocol import FineTuningJobCreate
 from forgeline_gateway.api.fine_tuning.serving import FineTuningServing
 from forgeline_gateway.fine_tuning.pipeline import Pipeline
@@ -31,6 +32,7 @@ from forgeline_gateway.fine_tuning.records import JobRecord, Stage
 from forgeline_gateway.fine_tuning.store import JobStore
 from forgeline_gateway.security.keys import Scope
 from forgeline_kit.grpc.server import GrpcService
+from forgeline_kit.tinymodel import TinyModel
 from forgeline_proto.trainer.v1 import trainer_pb2
 from forgeline_registry.__main__ import build
 from forgeline_registry.settings import RegistrySettings
@@ -175,12 +177,17 @@ def screenshot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="package")
 def console(
-    tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path, screenshot_dir: Path
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_gguf: Path,
+    tiny_model: TinyModel,
+    screenshot_dir: Path,
 ) -> Iterator[Console]:
     """A keyless loopback gateway (as `make up` runs it) with the tiny model deployed twice
-    (`tiny`, and `tiny-twin` to compare with) and a registry for its files."""
+    (`tiny`, and `tiny-twin` to compare with) and a registry for its files, which holds the
+    tiny model as the base `tiny-llama` (with its chat template, for the dataset preview)."""
     work = tmp_path_factory.mktemp("console")
     registry = RegistryThread(work / "registry").start()
+    register_base_model(registry.target, tiny_model)
     database = work / "gateway.sqlite3"
     model_dir = work / "models"
     model_dir.mkdir()

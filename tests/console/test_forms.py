@@ -163,6 +163,24 @@ def test_a_dropped_dataset_with_a_bad_line_shows_the_line_error(
     expect(files).to_contain_text("good.jsonl")
     console.screenshot(page, "datasets")
 
+    # The preview: each record through tiny-llama's chat template, the trained spans marked as
+    # LLaMA-Factory masks them (the answer and its end of turn).
+    files.get_by_role("button", name="Preview").click()
+    preview = page.locator(".card-preview")
+    expect(page.locator("#preview-model")).to_have_value("tiny-llama")
+    records = preview.locator(".preview-record")
+    expect(records).to_have_count(2)
+    first = records.nth(0)
+    expect(first.locator(".preview-text")).to_have_text(
+        "<|im_start|>user\nCodename?<|im_end|>\n<|im_start|>assistant\nCopperfinch.<|im_end|>\n"
+    )
+    assert first.locator("mark.trained").all_text_contents() == ["Copperfinch.<|im_end|>\n"]
+    console.screenshot(page, "dataset-preview")
+    page.check("#preview-train-on-prompt")
+    expect(first.locator("mark.trained")).to_have_text(
+        ["<|im_start|>user\nCodename?<|im_end|>\n<|im_start|>assistant\nCopperfinch.<|im_end|>\n"]
+    )
+
 
 def _upload(console: Console, name: str, text: str) -> str:
     response = httpx.post(

@@ -95,6 +95,26 @@ class RegistryFiles:
             )
         return directory / ref.path
 
+    async def chat_template(self, reference: str) -> tuple[str, str]:
+        """The registry version `reference` resolves to (``model:number``) and the chat template
+        recorded in its lineage ('' when none was).
+
+        Raises:
+            InvalidArgument: no such model or version (``param: model``).
+        """
+        async with self._calling("previewed") as client:
+            try:
+                version = await client.stub.ResolveVersion(
+                    pb.ResolveVersionRequest(reference=reference, view=pb.VERSION_VIEW_BASIC)
+                )
+            except (NotFound, InvalidArgument) as error:
+                raise InvalidArgument(
+                    f"the model '{reference}' is not in the registry ({error.message}): name a "
+                    "base model of `forgeline models list`",
+                    field="model",
+                ) from error
+        return f"{version.model}:{version.number}", version.lineage.chat_template
+
     async def delete(self, file_id: str) -> None:
         """Delete the file's model and every version of it (gone already is fine)."""
         async with self._calling("deleted") as client:

@@ -33,8 +33,10 @@ __all__ = [
     "Agreement",
     "Answer",
     "compare",
+    "conversation_of",
     "examples_of",
     "prompts_of",
+    "records_of",
     "required",
 ]
 
@@ -129,7 +131,7 @@ def prompts_of(
     tags = tags or DatasetTags()
     found: list[Messages] = []
     seen: set[str] = set()
-    for record in _records(path):
+    for record in records_of(path):
         if len(found) >= limit:
             break
         if not isinstance(record, dict):
@@ -158,7 +160,7 @@ def examples_of(
     columns = columns or DatasetColumns()
     tags = tags or DatasetTags()
     found: list[tuple[Messages, str]] = []
-    for record in _records(path):
+    for record in records_of(path):
         if len(found) >= limit:
             break
         if not isinstance(record, dict) or columns.chosen or columns.rejected:
@@ -168,6 +170,44 @@ def examples_of(
         if prompt and answer:
             found.append((prompt, answer))
     return found
+
+
+def conversation_of(
+    record: Any,
+    format: DatasetFormat,
+    *,
+    columns: DatasetColumns | None = None,
+    tags: DatasetTags | None = None,
+) -> Messages | None:
+    """A record's whole conversation as chat messages (system, user and assistant turns of text),
+    or None for one that has none (pre-training text, preference pairs, tool calls)."""
+    columns = columns or DatasetColumns()
+    tags = tags or DatasetTags()
+    if not isinstance(record, dict) or columns.chosen or columns.rejected:
+        return None
+    prompt = _prompt(record, format, columns, tags)
+    answer = _answer(record, format, columns, tags)
+    if not prompt or not answer:
+        return None
+    if format is DatasetFormat.ALPACA:
+        return [*prompt, {"role": "assistant", "content": answer}]
+    if format is DatasetFormat.OPENAI_CHAT:
+        return _turns(record.get("messages"), "role", "content", _OPENAI_ROLES)
+    roles = {
+        tags.user_tag or "human": "user",
+        tags.assistant_tag or "gpt": "assistant",
+        tags.system_tag or "system": "system",
+    }
+    turns = _turns(
+        record.get(columns.messages or "conversations"),
+        tags.role_tag or "from",
+        tags.content_tag or "value",
+        roles,
+    )
+    system = record.get(columns.system or "system")
+    if turns and isinstance(system, str) and system and turns[0]["role"] != "system":
+        turns.insert(0, {"role": "system", "content": system})
+    return turns
 
 
 def _answer(
@@ -193,7 +233,8 @@ def _answer(
     return turns[-1]["content"] or None
 
 
-def _records(path: Path) -> Iterator[Any]:
+def records_of(path: Path) -> Iterator[Any]:
+    """The records of a JSON (a list) or JSONL file, in order; unreadable lines skipped."""
     text = path.read_text(encoding="utf-8", errors="replace")
     if path.suffix.lower() == ".json":
         try:

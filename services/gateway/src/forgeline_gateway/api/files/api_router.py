@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import StreamingResponse
 from starlette.types import Scope as AsgiScope
 
-from forgeline_gateway.api.files.protocol import FileDeleted, FileList, FileObject
+from forgeline_gateway.api.files.protocol import FileDeleted, FileList, FileObject, FilePreview
 from forgeline_gateway.api.files.serving import FileServing
 from forgeline_gateway.errors import ADMIN_ERRORS
 from forgeline_gateway.security.auth import requires
@@ -94,6 +94,32 @@ async def retrieve_file(file_id: str, request: Request) -> FileObject:
 )
 async def file_content(file_id: str, request: Request) -> StreamingResponse:
     return await _serving(request).content(file_id)
+
+
+@router.get(
+    "/v1/files/{file_id}/preview",
+    responses=ADMIN_ERRORS,
+    summary="Forgeline: the first records as the model will be trained on them",
+    description="Each record rendered through `model`'s chat template (from the registry), "
+    "in segments marked `trained` where LLaMA-Factory computes the loss (assistant turns and "
+    "their end-of-turn text; everything with `train_on_prompt`, only the last answer with "
+    "`mask_history`).",
+)
+async def preview_file(
+    file_id: str,
+    request: Request,
+    model: str = Query(..., min_length=1, max_length=256, description="A registry model."),
+    limit: int = Query(5, ge=1, le=50),
+    train_on_prompt: bool = False,
+    mask_history: bool = False,
+) -> FilePreview:
+    return await _serving(request).preview(
+        file_id,
+        model=model,
+        limit=limit,
+        train_on_prompt=train_on_prompt,
+        mask_history=mask_history,
+    )
 
 
 @router.delete("/v1/files/{file_id}", responses=ADMIN_ERRORS, summary="Delete a file")

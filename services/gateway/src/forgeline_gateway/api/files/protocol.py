@@ -62,3 +62,29 @@ class FileDeleted(BaseModel):
     id: str
     object: Literal["file"] = "file"
     deleted: bool
+
+
+class PreviewSegment(BaseModel):
+    """A run of the text the model sees, and whether the loss is computed on it."""
+
+    text: str
+    trained: bool
+
+
+class RecordPreview(BaseModel):
+    """One record rendered through the chat template, or why it cannot be."""
+
+    index: int = Field(description="The record's position in the file, from 0.")
+    segments: list[PreviewSegment]
+    problem: str | None = None
+
+
+class FilePreview(BaseModel):
+    """Forgeline: the first records of a fine-tuning file as the model will be trained on them."""
+
+    object: Literal["file.preview"] = "file.preview"
+    file_id: str
+    model: str = Field(description="The registry version whose chat template rendered them.")
+    train_on_prompt: bool
+    mask_history: bool
+    data: list[RecordPreview]

@@ -22,10 +22,14 @@ from forgeline_gateway.api.files.protocol import (
     FileDeleted,
     FileList,
     FileObject,
+    FilePreview,
+    PreviewSegment,
+    RecordPreview,
     RegistryLocation,
 )
 from forgeline_gateway.errors import PayloadTooLarge
 from forgeline_gateway.files.blobs import RegistryFiles
+from forgeline_gateway.files.preview import preview_records
 from forgeline_gateway.files.service import (
     EvalRowsLayout,
     FileLayout,
@@ -145,6 +149,41 @@ class FileServing:
             headers={"Content-Length": str(record.bytes)},
             # Also closes the copy when the body is never iterated (the client left first).
             background=BackgroundTask(stack.aclose),
+        )
+
+    async def preview(
+        self, file_id: str, *, model: str, limit: int, train_on_prompt: bool, mask_history: bool
+    ) -> FilePreview:
+        """The first `limit` records through `model`'s chat template, trained spans marked."""
+        await self.service.get(file_id)  # an unknown file is a 404 before the registry is asked
+        version, template = await self.service.registry.chat_template(model)
+        if not template:
+            raise InvalidArgument(
+                f"no chat template is recorded for {version}: push the model with its "
+                "tokenizer_config.json (its chat_template), or preview with another model",
+                field="model",
+            )
+        records = await preview_records(
+            self.service,
+            file_id,
+            template,
+            limit=limit,
+            train_on_prompt=train_on_prompt,
+            mask_history=mask_history,
+        )
+        return FilePreview(
+            file_id=file_id,
+            model=version,
+            train_on_prompt=train_on_prompt,
+            mask_history=mask_history,
+            data=[
+                RecordPreview(
+                    index=r.index,
+                    segments=[PreviewSegment(text=s.text, trained=s.trained) for s in r.segments],
+                    problem=r.problem,
+                )
+                for r in records
+            ],
         )
 
     async def delete(self, file_id: str) -> FileDeleted:

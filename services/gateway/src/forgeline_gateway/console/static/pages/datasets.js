@@ -1,5 +1,7 @@
 // Datasets: upload fine-tuning files by drag-and-drop through the Files API, see each bad line the
-// API names when it refuses one, and list what is stored.
+// API names when it refuses one, list what is stored, and preview a file's first records exactly as
+// the model will be trained on them: through the base model's chat template, with the spans the
+// loss is computed on highlighted (GET /v1/files/{id}/preview).
 
 import { api, query } from "../api.js";
 import { badge, bytes, card, errorNotice, h, link, mono, pageHeader, replace, svg, table, timeAgo } from "../ui.js";
@@ -48,6 +50,89 @@ function uploadResult(name, outcome) {
   return errorNotice(error, { title: `${name} was not uploaded.` });
 }
 
+/** One previewed record: the rendered text, its trained spans in <mark>, or why it cannot be. */
+export function previewRecord(record) {
+  const title = h("div", { class: "preview-title", text: `Record ${record.index + 1}` });
+  if (record.problem) return h("div", { class: "preview-record" }, title, h("p", { class: "hint", text: record.problem }));
+  return h(
+    "div",
+    { class: "preview-record", dataset: { index: String(record.index) } },
+    title,
+    h(
+      "pre",
+      { class: "preview-text" },
+      record.segments.map((segment) => (segment.trained ? h("mark", { class: "trained", text: segment.text }) : h("span", { text: segment.text }))),
+    ),
+  );
+}
+
+/** Chooses a file to preview and a base model; draws the records the API renders. */
+function previewPanel(signal) {
+  const body = h("div", { class: "stack", id: "preview-records" });
+  const model = h("input", { id: "preview-model", class: "input", list: "preview-models", placeholder: "base model, e.g. tiny-llama", autocomplete: "off" });
+  const models = h("datalist", { id: "preview-models" });
+  const onPrompt = h("input", { type: "checkbox", id: "preview-train-on-prompt" });
+  const history = h("input", { type: "checkbox", id: "preview-mask-history" });
+  const name = h("strong");
+  const element = card(
+    "Preview",
+    { class: "card-preview" },
+    h("p", { class: "hint" }, "The first records of ", name, " as the model sees them, rendered through the base model's chat template. ", h("mark", { class: "trained", text: "Highlighted" }), " text is what the loss is computed on (LLaMA-Factory's supervised masking); the rest is context only."),
+    h(
+      "div",
+      { class: "preview-controls" },
+      h("label", { for: "preview-model", text: "Base model" }),
+      model,
+      models,
+      h("label", { class: "toggle" }, onPrompt, h("span", { text: "Train on prompt" })),
+      h("label", { class: "toggle" }, history, h("span", { text: "Mask history (last answer only)" })),
+    ),
+    body,
+  );
+  element.hidden = true;
+  let file = null;
+  let timer = null;
+  const load = async () => {
+    if (!file || !model.value.trim()) return;
+    replace(body, h("p", { class: "hint", text: "Rendering…" }));
+    try {
+      const params = { model: model.value.trim(), limit: 5, train_on_prompt: onPrompt.checked, mask_history: history.checked };
+      const preview = await api.get(`/v1/files/${encodeURIComponent(file.id)}/preview${query(params)}`, { signal });
+      replace(body, preview.data.length ? preview.data.map(previewRecord) : h("p", { class: "empty", text: "The file has no records." }));
+    } catch (error) {
+      if (error.name === "AbortError") return;
+      replace(body, errorNotice(error, { title: "The preview could not be made." }));
+    }
+  };
+  const later = () => {
+    clearTimeout(timer);
+    timer = setTimeout(load, 300);
+  };
+  model.addEventListener("input", later);
+  onPrompt.addEventListener("change", load);
+  history.addEventListener("change", load);
+  // Base models offered: those the deployed models derive from.
+  api.get("/v1/models", { signal }).then(
+    (listed) => {
+      const bases = new Set(listed.data.map((m) => m.metadata?.base).filter(Boolean));
+      replace(models, [...bases].map((base) => h("option", { value: base })));
+      if (!model.value && bases.size) model.value = [...bases][0];
+      load();
+    },
+    () => {},
+  );
+  return {
+    element,
+    show(chosen) {
+      file = chosen;
+      name.textContent = chosen.filename;
+      element.hidden = false;
+      element.scrollIntoView({ block: "nearest" });
+      load();
+    },
+  };
+}
+
 export default {
   title: "Datasets",
   nav: "datasets",
@@ -66,6 +151,7 @@ export default {
     );
     const results = h("div", { class: "stack", "aria-live": "polite", id: "upload-results" });
     const list = h("div");
+    const preview = previewPanel(signal);
     root.append(
       pageHeader("Datasets", "Fine-tuning files, stored in the registry. Every upload is checked with the trainer's own rules."),
       card(
@@ -87,6 +173,7 @@ export default {
         results,
       ),
       card("Files", {}, list),
+      preview.element,
     );
 
     const refresh = poll(async () => {
@@ -99,6 +186,7 @@ export default {
               { label: "File", cell: (f) => h("strong", { text: f.filename }) },
               { label: "ID", cell: (f) => mono(f.id) },
               { label: "Layout", cell: (f) => h("span", {}, f.format ?? "—", f.preference ? h("span", { class: "chip", text: "pairs" }) : null) },
+              { label: "Records", cell: (f) => (f.records ?? "—").toLocaleString(), class: "num" },
               { label: "Size", cell: (f) => bytes(f.bytes), class: "num" },
               { label: "Status", cell: (f) => badge(f.status ?? "processed") },
               { label: "Uploaded", cell: (f) => timeAgo(f.created_at) },
@@ -109,6 +197,7 @@ export default {
                   h(
                     "span",
                     { class: "row-actions" },
+                    h("button", { type: "button", class: "button small ghost", text: "Preview", onclick: () => preview.show(f) }),
                     link(`/console/jobs/new${query({ training_file: f.id })}`, "Fine-tune", { class: "button small" }),
                     deleteButton(f, () => refresh.now()),
                   ),
