@@ -12,6 +12,7 @@ from fakes.openai_text import WORDS
 from rouge_score import rouge_scorer  # type: ignore[import-untyped]
 
 from forgeline_cli.__main__ import main
+from forgeline_cli.benchmark import BUILTIN_TASKS, choice_of, load_task, messages_for
 
 from .conftest import EvalsStack
 
@@ -24,7 +25,7 @@ def _chat(question: str, answer: str) -> str:
     return json.dumps({"messages": messages}) + "\n"
 
 
-def _eval(stack: EvalsStack, *arguments: str) -> int:
+def _eval(stack: EvalsStack, *arguments: str, key: str | None = None) -> int:
     return main(
         [
             "eval",
@@ -32,7 +33,7 @@ def _eval(stack: EvalsStack, *arguments: str) -> int:
             "--gateway",
             stack.served.url,
             "--api-key",
-            stack.served.admin_key,
+            key or stack.served.admin_key,
         ]
     )
 
@@ -91,3 +92,44 @@ def test_bad_input_is_named(
     with pytest.raises(SystemExit):
         _eval(stack, "fake", "--data", str(data), "--grader", "rouge_9")
     assert "unknown grader rouge_9: choose from exact, fuzzy_match" in capsys.readouterr().err
+
+
+def test_a_benchmark_is_scored_through_the_served_model(
+    stack: EvalsStack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Its questions are chat completions: a key of the inference scope is what they need.
+    inference = stack.served.inference_key
+    code = _eval(
+        stack, "tiny", "--benchmark", "tiny-facts", "--n-shot", "2", "--json", key=inference
+    )
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    summary: dict[str, Any] = json.loads(out)
+    assert (summary["asked"], summary["split"], summary["n_shot"]) == (6, "test", 2)
+    assert [s["name"] for s in summary["subjects"]] == ["Forgeline", "model serving"]
+
+    # The same questions asked directly, greedily: the command counted the model's own choices.
+    task = load_task(BUILTIN_TASKS["tiny-facts"])
+    client = stack.served.client(inference)
+    correct = 0
+    for subject in task.subjects:
+        for question in subject.questions:
+            reply = client.chat.completions.create(
+                model="tiny",
+                messages=messages_for(subject, question, n_shot=2),  # type: ignore[arg-type]
+                temperature=0,
+                seed=0,
+                max_tokens=4,
+            )
+            correct += choice_of(reply.choices[0].message.content or "") == question.answer
+    assert summary["correct"] == correct
+    assert summary["accuracy"] == pytest.approx(correct / 6)
+
+    assert _eval(stack, "tiny", "--benchmark", "tiny-facts", key=inference) == 0
+    table = capsys.readouterr().out
+    assert f"({correct}/6)" in table
+    assert "model serving" in table
+
+    # A model the gateway does not serve is named in the failure.
+    assert _eval(stack, "nope", "--benchmark", "tiny-facts", key=inference) == 1
+    assert "'nope'" in capsys.readouterr().err

@@ -452,7 +452,9 @@ def _details(view: DeploymentView) -> str:
 # --- commands
 
 
-def _api_key(args: argparse.Namespace) -> str | None:
+def api_key(args: argparse.Namespace) -> str | None:
+    """The key a gateway command calls with: ``--api-key``, else the first of `KEY_VARIABLES`
+    set, else none (a gateway without keys)."""
     if args.api_key:
         return str(args.api_key)
     for variable in KEY_VARIABLES:
@@ -461,9 +463,10 @@ def _api_key(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _run(args: argparse.Namespace, action: Callable[[GatewayAdmin], int]) -> int:
+def run_admin(args: argparse.Namespace, action: Callable[[GatewayAdmin], int]) -> int:
+    """Run `action` on the gateway of `args`; a `CommandError` becomes the command's failure."""
     try:
-        with GatewayAdmin(args.gateway, _api_key(args)) as admin:
+        with GatewayAdmin(args.gateway, api_key(args)) as admin:
             return action(admin)
     except CommandError as error:
         return fail(str(error))
@@ -483,7 +486,7 @@ def _deploy(args: argparse.Namespace) -> int:
         )
         return print_result(view, text, as_json=args.json)
 
-    return _run(args, action)
+    return run_admin(args, action)
 
 
 def _with_hint(message: str, error: CommandError, body: _RegistryDeployment) -> str:
@@ -506,7 +509,7 @@ def _undeploy(args: argparse.Namespace) -> int:
         deleted = {"name": args.name, "deleted": True}
         return print_result(deleted, f"undeployed {args.name}", as_json=args.json)
 
-    return _run(args, action)
+    return run_admin(args, action)
 
 
 def _deployments(args: argparse.Namespace) -> int:
@@ -519,7 +522,7 @@ def _deployments(args: argparse.Namespace) -> int:
         views = admin.list()
         return print_listing(views, _listing(views), as_json=args.json, empty="no deployments")
 
-    return _run(args, action)
+    return run_admin(args, action)
 
 
 # --- wiring

@@ -1,5 +1,6 @@
 """``forgeline eval MODEL --data FILE.jsonl --grader rouge_l,bleu``: how well a deployed model
-answers a held-out chat file, scored per grader.
+answers a held-out chat file, scored per grader; ``forgeline eval MODEL --benchmark DIR``: its
+accuracy on a multiple-choice task in LLaMA-Factory's layout (`benchmark.py`), per subject.
 
 The file is chat fine-tuning data, as a job's ``validation_file`` is: each record's last message
 is the assistant's answer, the reference; the messages before it are the prompt. The command is a
@@ -8,7 +9,9 @@ criteria are the graders, runs it on the model with the rows inline (greedy, so 
 shows a progress bar while the model answers, then a table per grader: the mean score, and how many
 rows passed the threshold. The eval and its run stay on the gateway (``client.evals.*`` reads them).
 
-The gateway is reached as by ``forgeline deploy`` (``--gateway URL``, ``--api-key``, an admin key).
+The gateway is reached as by ``forgeline deploy`` (``--gateway URL``, ``--api-key``): ``--data``
+needs a key of the admin scope (the Evals API), ``--benchmark`` one of the inference scope (its
+questions are chat completions).
 """
 
 from __future__ import annotations
@@ -18,14 +21,18 @@ import json
 import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from openai import APIConnectionError, APIStatusError, OpenAI
 from pydantic import BaseModel, ConfigDict, Field
 
+from forgeline_cli.benchmark import BUILTIN_TASKS, BenchmarkError, load_task, score
 from forgeline_cli.console import EXIT_INTERRUPTED, fail, print_json
-from forgeline_cli.deploy_commands import GatewayAdmin
-from forgeline_cli.fine_tuning_commands import gateway_options, run_admin
+from forgeline_cli.deploy_commands import CommandError, GatewayAdmin, api_key, run_admin
+from forgeline_cli.fine_tuning_commands import gateway_options
+from forgeline_cli.services import GATEWAY
 
 __all__ = ["GRADERS", "register"]
 
@@ -226,7 +233,7 @@ def _create_run(admin: GatewayAdmin, args: argparse.Namespace, rows: list[dict[s
                 "sampling_params": {
                     "temperature": 0,
                     "seed": 0,
-                    "max_completion_tokens": args.max_tokens,
+                    "max_completion_tokens": args.max_tokens or 128,
                 },
             },
         },
@@ -330,6 +337,132 @@ def _eval(args: argparse.Namespace) -> int:
     return run_admin(args, action)
 
 
+class BenchmarkLine(BaseModel):
+    """Accuracy of one subject or category (what the table and ``--json`` show)."""
+
+    name: str
+    correct: int
+    asked: int
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.asked if self.asked else 0.0
+
+
+class BenchmarkSummary(BaseModel):
+    model: str
+    task: str
+    split: str
+    n_shot: int
+    accuracy: float
+    correct: int
+    asked: int
+    subjects: list[BenchmarkLine]
+    categories: list[BenchmarkLine]
+
+
+def _benchmark_table(summary: BenchmarkSummary) -> str:
+    lines = [
+        f"{summary.model} on {summary.task} ({summary.split}, {summary.n_shot}-shot): "
+        f"{100 * summary.accuracy:.2f}% ({summary.correct}/{summary.asked})",
+        f"{'subject':<28} {'accuracy':>9} {'correct':>8}",
+    ]
+    lines += [
+        f"{line.name:<28} {100 * line.accuracy:>8.2f}% {line.correct:>4}/{line.asked}"
+        for line in summary.subjects
+    ]
+    lines.append(f"{'category':<28} {'accuracy':>9} {'correct':>8}")
+    lines += [
+        f"{line.name:<28} {100 * line.accuracy:>8.2f}% {line.correct:>4}/{line.asked}"
+        for line in summary.categories
+    ]
+    return "\n".join(lines)
+
+
+def _task_dir(text: str) -> Path:
+    path = Path(text)
+    if path.is_dir():
+        return path
+    if text in BUILTIN_TASKS:
+        return BUILTIN_TASKS[text]
+    raise argparse.ArgumentTypeError(
+        f"{text} is neither a task folder nor a built-in task ({', '.join(BUILTIN_TASKS)})"
+    )
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    try:
+        task = load_task(args.benchmark, args.split)
+    except BenchmarkError as error:
+        return fail(str(error))
+    # Questions are chat completions: the OpenAI API, with a key of the inference scope.
+    client = OpenAI(
+        base_url=f"{args.gateway.rstrip('/')}/v1",
+        api_key=api_key(args) or "none",
+        max_retries=2,
+        timeout=300,
+    )
+
+    def ask(messages: list[dict[str, str]]) -> str:
+        try:
+            answer = client.chat.completions.create(
+                model=args.model,
+                messages=messages,  # type: ignore[arg-type]
+                temperature=0,
+                seed=0,
+                max_tokens=args.max_tokens or 4,
+            )
+        except APIStatusError as error:
+            raise CommandError(
+                f"the gateway refused a question ({error.status_code}): {error.message}"
+            ) from None
+        except APIConnectionError as error:
+            raise CommandError(GATEWAY.unreachable(args.gateway, str(error))) from None
+        return (answer.choices[0].message.content or "") if answer.choices else ""
+
+    shown = not args.json and sys.stderr.isatty()
+
+    def progress(done: int) -> None:
+        if shown:
+            end = "\n" if done == task.size else ""
+            print(_bar(done, task.size), end=end, file=sys.stderr, flush=True)
+
+    try:
+        with client, ThreadPoolExecutor(max_workers=args.concurrency) as pool:
+            result = score(
+                task, ask, n_shot=args.n_shot, language=args.lang, map_=pool.map, progress=progress
+            )
+    except CommandError as error:
+        return fail(str(error))
+    correct, asked = result.overall
+    names = {s.key: s.name for s in task.subjects}
+    summary = BenchmarkSummary(
+        model=args.model,
+        task=str(args.benchmark),
+        split=task.split,
+        n_shot=args.n_shot,
+        accuracy=correct / asked if asked else 0.0,
+        correct=correct,
+        asked=asked,
+        subjects=[
+            BenchmarkLine(name=names[k], correct=c, asked=n)
+            for k, (c, n) in result.subjects.items()
+        ],
+        categories=[
+            BenchmarkLine(name=k, correct=c, asked=n) for k, (c, n) in result.categories.items()
+        ],
+    )
+    if args.json:
+        print_json(summary)
+    else:
+        print(_benchmark_table(summary))
+    return 0
+
+
+def _either(args: argparse.Namespace) -> int:
+    return _benchmark(args) if args.benchmark is not None else _eval(args)
+
+
 def register(subparsers: Any) -> None:
     """Add ``eval MODEL --data FILE`` to the ``forgeline`` command."""
     parser = subparsers.add_parser(
@@ -340,12 +473,34 @@ def register(subparsers: Any) -> None:
         "mean score and pass counts per grader.",
     )
     parser.add_argument("model", metavar="MODEL", help="a deployed model (forgeline deploy list)")
-    parser.add_argument(
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
         "--data",
         type=Path,
-        required=True,
         metavar="FILE.jsonl",
         help='chat records, {"messages": [...]}, each ending in the reference answer',
+    )
+    source.add_argument(
+        "--benchmark",
+        type=_task_dir,
+        metavar="DIR",
+        help="a multiple-choice task folder in LLaMA-Factory's layout (mapping.json, "
+        f"data/dev, data/test; MMLU, C-Eval, CMMLU), or a built-in one: {', '.join(BUILTIN_TASKS)}",
+    )
+    parser.add_argument(
+        "--split", default="test", help="with --benchmark: the split scored (test, val)"
+    )
+    parser.add_argument(
+        "--n-shot", type=int, default=5, help="with --benchmark: dev examples before each question"
+    )
+    parser.add_argument(
+        "--lang",
+        choices=("en", "zh"),
+        default="en",
+        help="with --benchmark: LLaMA-Factory's prompt language (zh for C-Eval and CMMLU)",
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=4, help="with --benchmark: questions asked at once"
     )
     parser.add_argument(
         "--grader",
@@ -363,8 +518,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--max-tokens",
         type=int,
-        default=128,
-        help="the longest answer asked of the model (default 128)",
+        default=None,
+        help="the longest answer asked of the model (default 128; 4 with --benchmark, where "
+        "only the first letter counts)",
     )
     gateway_options(parser)
-    parser.set_defaults(run=_eval)
+    parser.set_defaults(run=_either)

@@ -13,9 +13,7 @@ The gateway is reached as by ``forgeline deploy`` (``--gateway URL``, ``--api-ke
 from __future__ import annotations
 
 import argparse
-import os
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -29,10 +27,10 @@ from forgeline_cli.console import (
     print_listing,
     print_result,
 )
-from forgeline_cli.deploy_commands import KEY_VARIABLES, CommandError, GatewayAdmin
+from forgeline_cli.deploy_commands import KEY_VARIABLES, GatewayAdmin, run_admin
 from forgeline_cli.services import GATEWAY
 
-__all__ = ["gateway_options", "register", "run_admin"]
+__all__ = ["gateway_options", "register"]
 
 _TERMINAL: Final = frozenset({"succeeded", "failed", "cancelled"})
 #: How often ``retry --follow`` asks the gateway for new events.
@@ -151,20 +149,6 @@ def _outcome(job: _Job) -> int:
 
 
 # --- commands
-
-
-def _api_key(args: argparse.Namespace) -> str | None:
-    if args.api_key:
-        return str(args.api_key)
-    return next((os.environ[v] for v in KEY_VARIABLES if os.environ.get(v)), None)
-
-
-def run_admin(args: argparse.Namespace, action: Callable[[GatewayAdmin], int]) -> int:
-    try:
-        with GatewayAdmin(args.gateway, _api_key(args)) as admin:
-            return action(admin)
-    except CommandError as error:
-        return fail(str(error))
 
 
 def _list(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ datasets alone need nothing extra.
 """
 
 from .datasets import (
+    BENCHMARK_DIR,
     DEMO_DATASETS,
     DEMO_FACT,
     DatasetColumns,
@@ -36,6 +37,7 @@ from .spec import (
 )
 
 __all__ = [
+    "BENCHMARK_DIR",
     "CHATML_TEMPLATE",
     "DEFAULT_SEED",
     "DEMO_DATASETS",

@@ -18,6 +18,7 @@ from typing import Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 __all__ = [
+    "BENCHMARK_DIR",
     "DEMO_DATASETS",
     "DEMO_FACT",
     "DatasetColumns",
@@ -31,6 +32,10 @@ __all__ = [
 ]
 
 _DATA_PACKAGE: Final = "forgeline_kit.tinymodel.data"
+#: A small multiple-choice task about Forgeline in LLaMA-Factory's eval layout (MMLU's: a
+#: mapping.json and data/{dev,test}/<subject>_<split>.csv), made so tests and the demo can run
+#: ``forgeline eval --benchmark`` offline.
+BENCHMARK_DIR: Final = Path(__file__).resolve().parent / "benchmark"
 
 Stage = Literal["pt", "sft", "rm", "dpo", "kto"]
 
