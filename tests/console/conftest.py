@@ -126,6 +126,8 @@ class Console:
     #: A directory the gateway may deploy GGUF files from (MODEL_DIRS), for a test's own files.
     model_dir: Path
     models: list[str] = field(default_factory=list)
+    #: The registry the gateway keeps files in (holding the base `tiny-llama`).
+    registry_target: str = ""
 
     @property
     def url(self) -> str:
@@ -236,7 +238,15 @@ def console(
             app.state.fine_tuning = FineTuningServing(pipeline, "forgeline")
 
         gateway.call(fine_tuning())
-        yield Console(gateway, jobs, trainer, screenshot_dir, model_dir, ["tiny", "tiny-twin"])
+        yield Console(
+            gateway,
+            jobs,
+            trainer,
+            screenshot_dir,
+            model_dir,
+            ["tiny", "tiny-twin"],
+            registry_target=registry.target,
+        )
     finally:
         gateway.stop()
         jobs.close()

@@ -10,7 +10,7 @@ from playwright.sync_api import Browser, Page, expect
 from .browser import PHONE, Requests
 from .conftest import Console, Keyed
 
-PAGES = ("", "jobs", "jobs/new", "datasets", "deployments", "playground", "keys")
+PAGES = ("", "jobs", "jobs/new", "datasets", "registry", "deployments", "playground", "keys")
 
 
 def test_with_keys_the_console_asks_for_one_and_says_why_one_fails(

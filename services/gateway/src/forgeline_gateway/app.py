@@ -34,6 +34,8 @@ from forgeline_gateway.api.keys import api_router as keys_api
 from forgeline_gateway.api.keys.serving import KeyServing
 from forgeline_gateway.api.models import api_router as models_api
 from forgeline_gateway.api.models.serving import ModelServing
+from forgeline_gateway.api.registry import api_router as registry_api
+from forgeline_gateway.api.registry.serving import RegistryServing
 from forgeline_gateway.api.responses import api_router as responses_api
 from forgeline_gateway.api.responses.protocol import ResponsesRequest
 from forgeline_gateway.api.responses.serving import ResponsesServing
@@ -188,6 +190,7 @@ def create_app(
         state.keys = KeyServing(store, authenticator)
         state.files = files = FileServing.open(settings, store)
         state.evals = evals = EvalServing.open(settings.database, proxy, router, files.service)
+        state.registry = RegistryServing(registry)
         state.fine_tuning = None
         try:
             await manager.restore()
@@ -221,6 +224,7 @@ def create_app(
     app.include_router(files_api.router)
     app.include_router(fine_tuning_api.router)
     app.include_router(evals_api.router)
+    app.include_router(registry_api.router)
     install_console(app)  # the web UI at /console/, a client of the API above
 
     @app.get("/health", tags=["ops"], summary="Liveness")

@@ -10,6 +10,7 @@ import keys from "./pages/keys.js";
 import newJob from "./pages/new_job.js";
 import overview from "./pages/overview.js";
 import playground from "./pages/playground.js";
+import registry from "./pages/registry.js";
 import { describe, errorNotice, h, replace } from "./ui.js";
 
 const BASE = "/console";
@@ -22,6 +23,7 @@ const ROUTES = [
   [/^\/deployments\/?$/, deployments],
   [/^\/playground\/?$/, playground],
   [/^\/keys\/?$/, keys],
+  [/^\/registry\/?$/, registry],
 ];
 
 const main = document.getElementById("main");

@@ -1,0 +1,1 @@
+"""`/v1/registry/...`: the model registry, read through the gateway (Forgeline's own, admin)."""
