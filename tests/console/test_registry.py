@@ -4,6 +4,7 @@ card and parents, and a version's lineage drawn from the registry through the ga
 from __future__ import annotations
 
 import asyncio
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -66,4 +67,15 @@ def test_the_registry_page_shows_versions_and_lineage(
     expect(graph.locator(".lineage-selected")).to_have_attribute(
         "data-node", "tiny-llama-console-gguf:1"
     )
+    files = page.locator(".card-files")
+    expect(files.locator("tbody tr")).to_have_count(1)
+    expect(files).to_contain_text("model.gguf")
+    expect(files.locator("tbody td span.mono").last).to_have_attribute(
+        "title", re.compile("^[0-9a-f]{64}$")
+    )
     console.screenshot(page, "registry")
+
+    # Deploying it from here asks the gateway; its refusal (the bytes are no real GGUF) is shown.
+    page.fill("#deploy-name", "from-the-registry")
+    page.get_by_role("button", name="Deploy on llama.cpp").click()
+    expect(files.get_by_role("alert")).to_contain_text("Not deployed.")

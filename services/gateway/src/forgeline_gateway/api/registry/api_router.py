@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from forgeline_gateway.api.registry.protocol import (
     LineageGraph,
     RegistryModelList,
+    RegistryVersion,
     RegistryVersionList,
 )
 from forgeline_gateway.api.registry.serving import RegistryServing
@@ -42,6 +43,15 @@ async def list_versions(
     request: Request, model: str = Query(..., min_length=1, max_length=128)
 ) -> RegistryVersionList:
     return await _serving(request).versions(model)
+
+
+@router.get(
+    "/v1/registry/versions/{reference:path}",
+    responses=ADMIN_ERRORS,
+    summary="Retrieve one version (MODEL:N, MODEL@ALIAS or MODEL) with its files and digests",
+)
+async def retrieve_version(reference: str, request: Request) -> RegistryVersion:
+    return await _serving(request).version(reference)
 
 
 @router.get(

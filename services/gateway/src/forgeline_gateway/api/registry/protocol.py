@@ -11,6 +11,7 @@ __all__ = [
     "LineageEdge",
     "LineageGraph",
     "Parent",
+    "RegistryArtifact",
     "RegistryModel",
     "RegistryModelList",
     "RegistryVersion",
@@ -45,6 +46,16 @@ class Parent(BaseModel):
     relation: str
 
 
+class RegistryArtifact(BaseModel):
+    """One file of a version."""
+
+    path: str
+    kind: str
+    sha256: str
+    size_bytes: int
+    gguf_file_type: str = ""
+
+
 class RegistryVersion(BaseModel):
     """One version: what it is, its size, aliases and labels (a job's evaluation adds
     ``quality.<grader>``), and its parents."""
@@ -64,6 +75,9 @@ class RegistryVersion(BaseModel):
     template: str = ""
     metrics: dict[str, float] = Field(default_factory=dict)
     parents: list[Parent] = Field(default_factory=list)
+    artifacts: list[RegistryArtifact] | None = Field(
+        None, description="Its files; only when one version is retrieved."
+    )
 
 
 class RegistryVersionList(BaseModel):

@@ -8,6 +8,7 @@ from forgeline_gateway.api.registry.protocol import (
     LineageEdge,
     LineageGraph,
     Parent,
+    RegistryArtifact,
     RegistryModel,
     RegistryModelList,
     RegistryVersion,
@@ -37,7 +38,7 @@ def _ref(ref: common_pb2.VersionRef) -> str:
     return f"{ref.model}:{ref.version}"
 
 
-def _version(version: pb.Version) -> RegistryVersion:
+def _version(version: pb.Version, *, with_artifacts: bool = False) -> RegistryVersion:
     lineage = version.lineage
     return RegistryVersion(
         reference=f"{version.model}:{version.number}",
@@ -60,6 +61,18 @@ def _version(version: pb.Version) -> RegistryVersion:
             )
             for parent in lineage.parents
         ],
+        artifacts=[
+            RegistryArtifact(
+                path=a.path,
+                kind=_enum_name(pb.ArtifactKind.Name(a.kind), "ARTIFACT_KIND_"),
+                sha256=a.sha256,
+                size_bytes=a.size_bytes,
+                gguf_file_type=a.gguf_file_type,
+            )
+            for a in version.artifacts
+        ]
+        if with_artifacts
+        else None,
     )
 
 
@@ -121,6 +134,14 @@ class RegistryServing:
             if not token:
                 break
         return RegistryVersionList(data=[_version(v) for v in versions])
+
+    async def version(self, reference: str) -> RegistryVersion:
+        """One version (``MODEL:N``, or ``MODEL@ALIAS``, or ``MODEL`` for its latest), with its
+        files."""
+        found = await self._client().stub.ResolveVersion(
+            pb.ResolveVersionRequest(reference=reference, view=pb.VERSION_VIEW_FULL)
+        )
+        return _version(found, with_artifacts=True)
 
     async def lineage(self, reference: str, depth: int) -> LineageGraph:
         client = self._client()

@@ -114,6 +114,46 @@ function lineageGraph(graph, deployments, selected) {
   );
 }
 
+/** A GGUF version's deploy form: a name, then POST /v1/deployments on llama.cpp. */
+function deployForm(version, signal) {
+  const name = h("input", { id: "deploy-name", class: "input", value: `${version.model.replace(/[^\w.-]/g, "-")}-v${version.number}`, "aria-label": "Deployment name" });
+  const result = h("div", { "aria-live": "polite" });
+  const button = h("button", { type: "submit", class: "button small", text: "Deploy on llama.cpp" });
+  const form = h("form", { class: "deploy-form" }, h("label", { for: "deploy-name", text: "Serve it as" }), name, button, result);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    button.disabled = true;
+    try {
+      const body = { name: name.value.trim(), backend: "llamacpp", registry_gguf: version.reference };
+      const deployed = await api.post("/v1/deployments", body, { signal });
+      replace(result, h("div", { class: "alert alert-ok", role: "status" }, "Deployed as ", h("a", { href: `/console/playground${query({ model: deployed.name ?? body.name })}`, text: deployed.name ?? body.name }), "."));
+    } catch (error) {
+      if (error.name !== "AbortError") replace(result, errorNotice(error, { title: "Not deployed." }));
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return form;
+}
+
+function versionDetails(version, signal) {
+  return h(
+    "div",
+    { class: "stack" },
+    table(
+      [
+        { label: "File", cell: (a) => mono(a.path) },
+        { label: "Kind", cell: (a) => a.gguf_file_type || a.kind },
+        { label: "Size", cell: (a) => bytes(a.size_bytes), class: "num" },
+        { label: "SHA-256", cell: (a) => h("span", { class: "mono", title: a.sha256, text: `${a.sha256.slice(0, 16)}…` }) },
+      ],
+      version.artifacts || [],
+      { empty: "No files." },
+    ),
+    version.kind === "gguf" ? deployForm(version, signal) : null,
+  );
+}
+
 export default {
   title: "Registry",
   nav: "registry",
@@ -121,18 +161,22 @@ export default {
     const models = h("div");
     const versions = h("div");
     const lineage = h("div", { class: "lineage-wrap" });
+    const details = h("div");
+    const detailsCard = card("Files", { class: "card-files" }, details);
     const versionsCard = card("Versions", { class: "card-versions" }, versions);
     const lineageCard = card("Lineage", { class: "card-lineage" }, lineage);
     root.append(
       pageHeader("Registry", "Every model and version Forgeline keeps, what each was made from, and what serves it."),
       card("Models", {}, models),
       versionsCard,
+      detailsCard,
       lineageCard,
     );
     const chosenModel = params.get("model");
     const chosenVersion = params.get("version");
     versionsCard.hidden = !chosenModel;
     lineageCard.hidden = !chosenVersion;
+    detailsCard.hidden = !chosenVersion;
     const go = (model, version = null) => navigate(`/console/registry${query({ model, version })}`);
 
     poll(async () => {
@@ -186,6 +230,11 @@ export default {
     if (chosenModel && chosenVersion) {
       const reference = `${chosenModel}:${chosenVersion}`;
       lineageCard.querySelector("h2").textContent = `Lineage of ${reference}`;
+      detailsCard.querySelector("h2").textContent = `Files of ${reference}`;
+      api.get(`/v1/registry/versions/${reference}`, { signal }).then(
+        (version) => replace(details, versionDetails(version, signal)),
+        (error) => error.name !== "AbortError" && replace(details, errorNotice(error)),
+      );
       Promise.all([
         api.get(`/v1/registry/lineage${query({ reference, depth: 8 })}`, { signal }),
         api.get("/v1/deployments", { signal }).catch(() => ({ data: [] })),
