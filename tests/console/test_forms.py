@@ -127,6 +127,25 @@ def test_the_new_fine_tune_form_shows_the_sdk_call_it_makes(console: Console, pa
     assert sent[0]["training_file"] == "file-abc"
 
 
+def test_the_form_sets_the_evaluation_and_its_deployment_gate(console: Console, page: Page) -> None:
+    page.goto(f"{console.url}/console/jobs/new?training_file=file-abc")
+    snippet = page.locator("#sdk-snippet")
+    expect(page.locator("#ft-grader-rouge_l")).to_be_checked()  # the defaults are offered
+    page.check("#ft-grader-exact")
+    page.select_option("#ft-require-grader", "exact")
+    page.fill("#ft-require-min", "0.5")
+
+    expect(snippet).to_contain_text("require")
+    call = _create_call(snippet.inner_text())
+    assert call["extra_body"]["forgeline"] == {
+        "eval": {"graders": ["rouge_l", "bleu", "exact"]},
+        "deploy": {"require": {"grader": "exact", "min": 0.5}},
+    }
+    # The request it describes is one the gateway accepts as it is.
+    body = {k: v for k, v in call.items() if k != "extra_body"} | call["extra_body"]
+    assert FineTuningJobCreate.model_validate(body).evaluation() is not None
+
+
 def test_a_dropped_dataset_with_a_bad_line_shows_the_line_error(
     console: Console, page: Page
 ) -> None:

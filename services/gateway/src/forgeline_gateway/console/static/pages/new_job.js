@@ -19,6 +19,9 @@ const TYPES = [
   ["freeze", "Freeze (last layers)"],
 ];
 const QUANTIZATIONS = ["q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0"];
+/** The graders a job's evaluation offers (the gateway's forgeline.eval.graders), defaults first. */
+const GRADERS = ["rouge_l", "bleu", "exact", "fuzzy_match", "gleu", "meteor", "rouge_1", "rouge_2"];
+const DEFAULT_GRADERS = ["rouge_l", "bleu"];
 /** The snippet's line length: what its panel shows without scrolling. */
 const WIDTH = 64;
 
@@ -65,6 +68,18 @@ export function buildRequest(v) {
   if (!v.deploy) forgeline.deploy = { enabled: false };
   else if (v.deploy_quantization && v.deploy_quantization !== "q8_0") {
     forgeline.deploy = { quantization: v.deploy_quantization };
+  }
+  // Evaluation: graders other than the defaults (with a validation file it runs anyway), and a
+  // gate on one of them.
+  const graders = v.graders ?? [];
+  if (graders.length && graders.join() !== DEFAULT_GRADERS.join()) forgeline.eval = { graders };
+  const gate = numberOrAuto(v.require_min, false);
+  if (v.deploy && gate !== "auto" && v.require_grader) {
+    forgeline.deploy = { ...(forgeline.deploy ?? {}), require: { grader: v.require_grader, min: gate } };
+    // The gate's grader must be one the job scores.
+    const scored = graders.length ? graders : DEFAULT_GRADERS;
+    const needed = scored.includes(v.require_grader) ? scored : [...scored, v.require_grader];
+    if (!v.validation_file || needed.join() !== DEFAULT_GRADERS.join()) forgeline.eval = { graders: needed };
   }
   if (Object.keys(forgeline).length) body.forgeline = forgeline;
   return body;
@@ -281,6 +296,9 @@ export default {
     const quantBoxes = QUANTIZATIONS.map((q) => h("input", { type: "checkbox", name: "quantization", value: q, id: `ft-quant-${q}`, checked: q === "q8_0" }));
     const deploy = h("input", { type: "checkbox", id: "ft-deploy", name: "deploy", checked: true });
     const deployQuant = h("select", { id: "ft-deploy-quantization", name: "deploy_quantization" });
+    const graderBoxes = GRADERS.map((g) => h("input", { type: "checkbox", name: "grader", value: g, id: `ft-grader-${g}`, checked: DEFAULT_GRADERS.includes(g) }));
+    const requireGrader = h("select", { id: "ft-require-grader", name: "require_grader" }, GRADERS.map((g) => h("option", { value: g, text: g })));
+    const requireMin = h("input", { id: "ft-require-min", name: "require_min", type: "number", min: "0", max: "1", step: "any", placeholder: "no gate" });
     const suffix = h("input", { id: "ft-suffix", name: "suffix", maxlength: "64", pattern: "[A-Za-z0-9_\\-]*", placeholder: "e.g. support-bot", autocomplete: "off", spellcheck: "false" });
     const seed = h("input", { id: "ft-seed", name: "seed", type: "number", min: "0", step: "1", placeholder: "random" });
     const code = h("code", { id: "sdk-snippet", class: "language-python" });
@@ -319,6 +337,18 @@ export default {
         ),
         betaField,
         loraFields,
+      ),
+      card(
+        "Evaluation",
+        {},
+        h("p", { class: "hint", text: "With a validation file the base model, the adapter and each GGUF answer its prompts before anything is served, scored by these graders: the job's quality card." }),
+        h(
+          "fieldset",
+          { class: "field" },
+          h("legend", { class: "label", text: "Graders" }),
+          h("div", { class: "checks" }, graderBoxes.map((box) => h("label", { class: "check" }, box, h("span", { text: box.value })))),
+        ),
+        h("div", { class: "form-row" }, field("Deploy only if", requireGrader), field("scores at least", requireMin, "0 to 1, on the served GGUF; empty: deploy whatever it scores.")),
       ),
       card(
         "Output",
@@ -376,6 +406,9 @@ export default {
       lora_alpha: alpha.value,
       quantizations: quantBoxes.filter((b) => b.checked).map((b) => b.value),
       deploy: deploy.checked,
+      graders: graderBoxes.filter((b) => b.checked).map((b) => b.value),
+      require_grader: requireGrader.value,
+      require_min: requireMin.value,
       deploy_quantization: deployQuant.value,
       suffix: suffix.value,
       seed: seed.value,
