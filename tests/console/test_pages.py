@@ -22,6 +22,10 @@ def test_the_overview_lists_the_deployed_model(console: Console, page: Page) -> 
     models = page.locator("section.card", has=page.get_by_role("heading", name="Models served"))
     expect(models.locator("tbody tr").first).to_contain_text("tiny")
     expect(models).to_contain_text("tiny-llama")
+    registered = page.locator(
+        "section.card", has=page.get_by_role("heading", name="Recent in the registry")
+    )
+    expect(registered.get_by_role("link", name="tiny-llama", exact=True)).to_be_visible()
     expect(page.locator(".tile").first).to_contain_text("Healthy")
     expect(page.locator("#key-status")).to_contain_text("no API key needed")
     console.screenshot(page, "overview")

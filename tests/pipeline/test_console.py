@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 
+import httpx
 import pytest
 from console.browser import Requests, chromium, laptop, screenshot, screenshot_directory, watched
 from playwright.sync_api import Page, expect
@@ -95,6 +96,8 @@ def test_a_fine_tune_started_and_watched_in_the_console(
     running: RunningStack, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     data = write_fact_dataset(running.work / "console-fact.jsonl")
+    validation = running.work / "console-validation.jsonl"
+    validation.write_text(data.read_text().splitlines()[0] + "\n")
     url = running.stack.gateway_url
     shots = screenshot_directory(tmp_path_factory.getbasetemp() / "console-screenshots")
     requests = Requests()
@@ -104,14 +107,26 @@ def test_a_fine_tune_started_and_watched_in_the_console(
         watched(context, requests) as page,
     ):
         page.goto(f"{url}/console/datasets")
-        page.set_input_files("#dataset-file", str(data))
-        accepted = page.locator(".upload-ok")
+        page.set_input_files("#dataset-file", [str(validation), str(data)])
+        accepted = page.locator(".upload-ok", has_text="console-fact.jsonl")
         expect(accepted).to_contain_text("console-fact.jsonl was accepted as openai_chat")
+        expect(page.locator(".upload-ok")).to_have_count(2)
+
+        # The training file as the model will see it: the answer is what the loss is on.
+        files = page.locator("section.card", has=page.get_by_role("heading", name="Files"))
+        files.locator("tr", has_text="console-fact.jsonl").get_by_role(
+            "button", name="Preview"
+        ).click()
+        trained = page.locator(".card-preview .preview-record").first.locator("mark.trained")
+        expect(trained).to_have_text([f"{DEMO_FACT.answer}<|im_end|>\n"])
+        screenshot(page, shots, "dataset-preview")
         accepted.get_by_role("link", name="Fine-tune on it").click()
 
         # The demo recipe, entered in the form.
         expect(page.locator("#ft-model")).to_have_value(BASE_MODEL)
         expect(page.locator("#ft-training-file")).to_have_value(re.compile("^file-"))
+        held_out = page.locator("#ft-validation-file option", has_text="console-validation.jsonl")
+        page.select_option("#ft-validation-file", held_out.get_attribute("value"))
         page.fill("#ft-epochs", str(FACT_EPOCHS))
         page.fill("#ft-batch-size", str(FACT_BATCH_SIZE))
         page.fill("#ft-lr", str(FACT_LEARNING_RATE_MULTIPLIER))
@@ -132,7 +147,25 @@ def test_a_fine_tune_started_and_watched_in_the_console(
         expect(page.locator(".timeline [data-stage=deploying]")).to_have_attribute(
             "data-state", "done"
         )
+        # Evaluated on the validation file before it was served: each artifact's line.
+        quality = page.locator(".card-quality")
+        expect(quality.locator("tbody tr td:first-child")).to_have_text(
+            ["base", "adapter", "f16", "q8_0"]
+        )
         screenshot(page, shots, "job-succeeded")
+
+        # The served GGUF in the registry: its files and the lineage from the data to the
+        # deployment serving it.
+        job_url = page.url
+        job = httpx.get(f"{url}/v1/fine_tuning/jobs/{job_url.rsplit('/', 1)[1]}", timeout=30)
+        served = job.json()["forgeline"]["outputs"]["gguf"]["q8_0"]
+        page.get_by_role("link", name=f"{served} in the registry").click()
+        graph = page.locator(".card-lineage svg.lineage")
+        expect(graph.locator(".lineage-deployment")).to_have_count(1)
+        for relation in ("trained_on", "adapter_of", "merged_from", "converted_from", "serves"):
+            expect(graph.locator(f".lineage-edge[data-relation={relation}]").first).to_be_visible()
+        screenshot(page, shots, "lineage")
+        page.goto(job_url)
 
         # The fine-tuned model beside its base, asked the trained question.
         page.get_by_role("link", name="Chat with it").click()

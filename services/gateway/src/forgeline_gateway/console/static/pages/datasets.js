@@ -111,10 +111,15 @@ function previewPanel(signal) {
   model.addEventListener("input", later);
   onPrompt.addEventListener("change", load);
   history.addEventListener("change", load);
-  // Base models offered: those the deployed models derive from.
+  // Base models offered: those the deployed models derive from, and deployed bases themselves
+  // (as the new fine-tune form offers them).
   api.get("/v1/models", { signal }).then(
     (listed) => {
-      const bases = new Set(listed.data.map((m) => m.metadata?.base).filter(Boolean));
+      const bases = new Set();
+      for (const m of listed.data) {
+        if (m.metadata?.base) bases.add(m.metadata.base);
+        else if (!m.id.startsWith("ft:") && m.endpoints.includes("/v1/chat/completions")) bases.add(m.id);
+      }
       replace(models, [...bases].map((base) => h("option", { value: base })));
       if (!model.value && bases.size) model.value = [...bases][0];
       load();

@@ -32,6 +32,13 @@ const STAGES = [
 const ACTIVE = new Set(["validating_files", "queued", "running"]);
 const SHOWN_EVENTS = 200;
 
+/** A registry version (`model:N`), linked to its files and lineage on the Registry page. */
+function version(reference) {
+  const at = reference.lastIndexOf(":");
+  const target = `/console/registry${query({ model: reference.slice(0, at), version: reference.slice(at + 1) })}`;
+  return link(target, mono(reference), { "aria-label": `${reference} in the registry` });
+}
+
 /** The timeline's steps with their state: done, current, failed, cancelled or pending. */
 export function stageStates(job) {
   const stage = job.forgeline?.stage ?? job.status;
@@ -334,11 +341,11 @@ export default {
         h("h3", { class: "subhead", text: "Outputs" }),
         outputs.adapter || outputs.merged || ggufs.length || outputs.deployment
           ? facts([
-              ["Adapter", outputs.adapter ? mono(outputs.adapter) : undefined],
-              ["Merged model", outputs.merged ? mono(outputs.merged) : undefined],
-              ["Trained model", outputs.trained_model ? mono(outputs.trained_model) : undefined],
-              ...ggufs.map(([type, ref]) => [`GGUF ${type}`, mono(ref)]),
-              ["GGUF adapter", outputs.gguf_adapter ? mono(outputs.gguf_adapter) : undefined],
+              ["Adapter", outputs.adapter ? version(outputs.adapter) : undefined],
+              ["Merged model", outputs.merged ? version(outputs.merged) : undefined],
+              ["Trained model", outputs.trained_model ? version(outputs.trained_model) : undefined],
+              ...ggufs.map(([type, ref]) => [`GGUF ${type}`, version(ref)]),
+              ["GGUF adapter", outputs.gguf_adapter ? version(outputs.gguf_adapter) : undefined],
               ["Deployment", outputs.deployment ? link(`/console/playground${query({ model: outputs.deployment })}`, mono(outputs.deployment)) : undefined],
             ])
           : h("p", { class: "empty", text: "Nothing registered yet." }),

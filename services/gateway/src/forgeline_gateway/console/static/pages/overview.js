@@ -44,6 +44,7 @@ export default {
     const deployments = h("div");
     const jobs = h("div");
     const models = h("div");
+    const versions = h("div");
     root.append(
       pageHeader(
         "Overview",
@@ -58,14 +59,16 @@ export default {
         card("Fine-tuning jobs", { actions: link("/console/jobs", "All jobs", { class: "button small ghost" }) }, jobs),
       ),
       card("Models served", {}, models),
+      card("Recent in the registry", { actions: link("/console/registry", "Registry", { class: "button small ghost" }) }, versions),
     );
 
     poll(async () => {
-      const [health, deployed, listed, served] = await Promise.all([
+      const [health, deployed, listed, served, registered] = await Promise.all([
         settle(api.get("/health", { signal })),
         settle(api.get("/v1/deployments", { signal })),
         settle(api.get(`/v1/fine_tuning/jobs${query({ limit: 20 })}`, { signal })),
         settle(api.get("/v1/models", { signal })),
+        settle(api.get("/v1/registry/models", { signal })),
       ]);
 
       const ready = deployed.value?.data.filter((d) => d.status === "ready").length ?? 0;
@@ -123,6 +126,27 @@ export default {
           !listed.value.data.length ? h("p", { class: "empty" }, "No fine-tuning job yet. ", link("/console/jobs/new", "Start one"), ".") : null,
         );
       }
+
+      // The models whose versions changed last (uploaded files are the Datasets page's).
+      const recentModels = (registered.value?.data ?? [])
+        .filter((m) => !m.name.startsWith("files/"))
+        .sort((a, b) => (b.updated_at ?? 0) - (a.updated_at ?? 0))
+        .slice(0, 6);
+      replace(
+        versions,
+        registered.error
+          ? errorNotice(registered.error)
+          : table(
+              [
+                { label: "Model", cell: (m) => link(`/console/registry${query({ model: m.name })}`, mono(m.name, { max: 40 })) },
+                { label: "Latest", cell: (m) => (m.latest_version ? link(`/console/registry${query({ model: m.name, version: m.latest_version })}`, `v${m.latest_version}`) : "—") },
+                { label: "Versions", cell: (m) => String(m.version_count), class: "num" },
+                { label: "Updated", cell: (m) => (m.updated_at ? timeAgo(m.updated_at) : "—") },
+              ],
+              recentModels,
+              { empty: "Nothing registered yet." },
+            ),
+      );
 
       replace(
         models,

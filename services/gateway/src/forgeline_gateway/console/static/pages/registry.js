@@ -89,7 +89,8 @@ function lineageGraph(graph, deployments, selected) {
     const { x, y } = place.get(node);
     const version = versions.get(node);
     const isDeployment = node.startsWith("deployment:");
-    const title = isDeployment ? node.slice("deployment:".length) : node;
+    // An uploaded file is named by its filename (the Files API labels its version so).
+    const title = isDeployment ? node.slice("deployment:".length) : version.labels?.filename || node;
     const subtitle = isDeployment ? "deployment" : `${version.kind} · ${bytes(version.size_bytes)}`;
     drawn.push(
       svg(
@@ -106,12 +107,16 @@ function lineageGraph(graph, deployments, selected) {
       ),
     );
   }
-  return svg(
+  const drawing = svg(
     "svg",
-    { class: "lineage", viewBox: `0 0 ${width} ${height}`, width, height, role: "img", "aria-label": `Lineage of ${selected}: ${nodes.length} nodes, ${edges.length} links` },
+    { class: "lineage", viewBox: `0 0 ${width} ${height}`, width: "100%", role: "img", "aria-label": `Lineage of ${selected}: ${nodes.length} nodes, ${edges.length} links` },
     svg("defs", {}, svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 5, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" }, svg("path", { d: "M0,0 L10,5 L0,10 z" }))),
     ...drawn,
   );
+  // Scaled down to the card's width when wider, never up (through the CSSOM: the console's CSP
+  // allows no style attributes).
+  drawing.style.maxWidth = `${width}px`;
+  return drawing;
 }
 
 /** A GGUF version's deploy form: a name, then POST /v1/deployments on llama.cpp. */
