@@ -75,6 +75,11 @@ def test_the_registry_page_shows_versions_and_lineage(
     )
     console.screenshot(page, "registry")
 
+    # An HF model is offered to vLLM, a GGUF to llama.cpp.
+    page.goto(f"{console.url}/console/registry?model=tiny-llama&version=1")
+    expect(page.get_by_role("button", name="Deploy on vLLM")).to_be_visible()
+    page.go_back()
+
     # Deploying it from here asks the gateway; its refusal (the bytes are no real GGUF) is shown.
     page.fill("#deploy-name", "from-the-registry")
     page.get_by_role("button", name="Deploy on llama.cpp").click()

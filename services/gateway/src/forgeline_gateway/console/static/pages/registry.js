@@ -119,17 +119,23 @@ function lineageGraph(graph, deployments, selected) {
   return drawing;
 }
 
-/** A GGUF version's deploy form: a name, then POST /v1/deployments on llama.cpp. */
+/**
+ * A version's deploy form: a name, then POST /v1/deployments. A GGUF is served by llama.cpp
+ * (`registry_gguf`), an HF model (base or merged) by vLLM (`registry_model`).
+ */
 function deployForm(version, signal) {
+  const onVllm = version.kind !== "gguf";
   const name = h("input", { id: "deploy-name", class: "input", value: `${version.model.replace(/[^\w.-]/g, "-")}-v${version.number}`, "aria-label": "Deployment name" });
   const result = h("div", { "aria-live": "polite" });
-  const button = h("button", { type: "submit", class: "button small", text: "Deploy on llama.cpp" });
+  const button = h("button", { type: "submit", class: "button small", text: onVllm ? "Deploy on vLLM" : "Deploy on llama.cpp" });
   const form = h("form", { class: "deploy-form" }, h("label", { for: "deploy-name", text: "Serve it as" }), name, button, result);
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     button.disabled = true;
     try {
-      const body = { name: name.value.trim(), backend: "llamacpp", registry_gguf: version.reference };
+      const body = onVllm
+        ? { name: name.value.trim(), backend: "vllm", registry_model: version.reference }
+        : { name: name.value.trim(), backend: "llamacpp", registry_gguf: version.reference };
       const deployed = await api.post("/v1/deployments", body, { signal });
       replace(result, h("div", { class: "alert alert-ok", role: "status" }, "Deployed as ", h("a", { href: `/console/playground${query({ model: deployed.name ?? body.name })}`, text: deployed.name ?? body.name }), "."));
     } catch (error) {
@@ -155,7 +161,7 @@ function versionDetails(version, signal) {
       version.artifacts || [],
       { empty: "No files." },
     ),
-    version.kind === "gguf" ? deployForm(version, signal) : null,
+    ["gguf", "base", "merged"].includes(version.kind) ? deployForm(version, signal) : null,
   );
 }
 
