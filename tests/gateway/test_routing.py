@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -226,3 +227,67 @@ def test_many_concurrent_streams_all_complete(served: Served) -> None:
     # <|im_end|> within 8 tokens ("stop") or not ("length"): both are a whole answer.
     assert len(results) == 16
     assert set(results) <= {"length", "stop"}
+
+
+def test_admission_is_sized_to_the_server_slots_and_overload_is_a_fast_429(
+    start_gateway: StartGateway, tiny_gguf: Path
+) -> None:
+    """Two slots and a queue of one admit three streams; the fourth is refused at once (it
+    would wait inside llama-server for a slot), and never reaches the server. An attached
+    llama-server is sized by the slots it reports in /props."""
+    served = start_gateway({"queue_per_instance": 1, "retry_after_seconds": 2})
+    served.deploy(_spec(tiny_gguf, parallel=2, context_size=2 * 2300))
+    [process] = _processes(served)
+    served.deploy({"name": "attached", "backend": "llamacpp", "urls": [process.url]})
+    router = served.gateway.app.state.router
+    [instance] = router.get("tiny").instances
+    assert instance.limit == 3
+    assert [i.limit for i in router.get("attached").instances] == [3]
+
+    release = threading.Event()
+    body = {**_stream_request(served)["json"], "max_tokens": 2000}
+    headers = {"Authorization": f"Bearer {served.inference_key}"}
+
+    def hold() -> None:
+        # A small receive buffer holds the relay, so the request stays in flight until read.
+        transport = httpx.HTTPTransport(
+            socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)]
+        )
+        with (
+            httpx.Client(transport=transport, timeout=120, trust_env=False) as client,
+            client.stream(
+                "POST", f"{served.url}/v1/chat/completions", json=body, headers=headers
+            ) as response,
+        ):
+            assert release.wait(120)
+            for _ in response.iter_lines():
+                pass
+
+    holders = [threading.Thread(target=hold) for _ in range(3)]
+    try:
+        for holder in holders:
+            holder.start()
+        _wait_for(lambda: instance.in_flight == 3, "three streams in flight")
+        started = time.monotonic()
+        refused = httpx.post(
+            f"{served.url}/v1/chat/completions",
+            json={"model": "tiny", "messages": CHAT, "max_tokens": 2},
+            headers=headers,
+            timeout=30,
+        )
+        waited = time.monotonic() - started
+    finally:
+        release.set()
+        for holder in holders:
+            holder.join(120)
+
+    assert refused.status_code == 429, refused.text
+    assert refused.headers["retry-after"] == "2"
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert waited < 5, f"the refusal took {waited:.1f} s"  # not queued behind the streams
+    _wait_for(lambda: instance.in_flight == 0, "the streams to finish")
+    answer = served.client().chat.completions.create(model="tiny", messages=CHAT, max_tokens=2)
+    assert answer.choices
+    # The three streams and the last answer reached llama-server; the refused request did not.
+    _wait_for(lambda: _launched(process) >= 4, "llama-server's log to show four requests")
+    assert _launched(process) == 4

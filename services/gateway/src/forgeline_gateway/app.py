@@ -150,6 +150,7 @@ def create_app(
             backends(settings, client),
             router,
             max_in_flight=settings.max_in_flight_per_instance,
+            queue_per_instance=settings.queue_per_instance,
             vllm_urls=list(settings.vllm_urls),
             ollama_url=settings.ollama_url,
             artifacts=artifacts,

@@ -108,8 +108,17 @@ class GatewaySettings(ServiceSettings):
     max_in_flight_per_instance: int = Field(
         64,
         ge=1,
-        description="Requests one backend instance may have in flight; past that the client "
-        "gets 429 with Retry-After.",
+        description="Requests one backend instance whose slots are unknown (an attached server "
+        "that does not report them) may have in flight; past that the client gets 429 with "
+        "Retry-After.",
+    )
+    queue_per_instance: int = Field(
+        4,
+        ge=0,
+        le=10_000,
+        description="Requests one backend instance may hold waiting past its slots (llama-server's "
+        "--parallel), so a slot that frees starts the next at once; past slots + this the "
+        "client gets 429 with Retry-After at once, instead of waiting in the server's queue.",
     )
     retry_after_seconds: int = Field(
         1, ge=1, description="The Retry-After a client gets when every instance is full."

@@ -164,12 +164,16 @@ class Placement:
             deployment served on a shared base, `backends/llamacpp.py`). Set by the backend
             with the placement, so a request always carries the selection of the processes
             its route leads to.
+        slots: requests each instance (by URL) generates for at once, where the backend
+            knows it (llama-server: its slots); admission to the instance is sized to it, so
+            overload gets a fast 429 instead of a queue inside the server.
     """
 
     urls: list[str]
     upstream_model: str
     handles: list[Any] = field(default_factory=list)
     request_fields: dict[str, Any] = field(default_factory=dict)
+    slots: dict[str, int] = field(default_factory=dict)
 
 
 SpecT = TypeVar("SpecT")

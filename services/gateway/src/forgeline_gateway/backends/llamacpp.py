@@ -365,13 +365,21 @@ class LlamaCppBackend(Backend[LlamaCppSpec]):
             )
         if spec.gguf is None:
             urls = [url.rstrip("/") for url in spec.urls]
-            placement = Placement(urls=urls, upstream_model=await self._served_name(urls))
+            placement = Placement(
+                urls=urls,
+                upstream_model=await self._served_name(urls),
+                slots=await self._reported_slots(urls),
+            )
             await self._learn_template(name, spec, urls)
             return placement
         processes = await self._start(name, spec, self._options(name, spec, ()))
         await self._learn_template(name, spec, [processes[0].url])
+        urls = [p.url for p in processes]
         return Placement(
-            urls=[p.url for p in processes], upstream_model=name, handles=list(processes)
+            urls=urls,
+            upstream_model=name,
+            handles=list(processes),
+            slots=dict.fromkeys(urls, spec.parallel),
         )
 
     async def place_shared(
@@ -424,14 +432,22 @@ class LlamaCppBackend(Backend[LlamaCppSpec]):
             lora = [{"id": ids[f], "scale": 1.0 if f in chosen else 0.0} for f in files]
             return {"lora": lora}
 
+        slots = dict.fromkeys(urls, spec.parallel)
         adapters: dict[str, Placement] = {}
         for adapter, paths in attached.items():
             adapters[adapter] = Placement(
-                urls=urls, upstream_model=name, request_fields=selection([*own, *paths])
+                urls=urls,
+                upstream_model=name,
+                request_fields=selection([*own, *paths]),
+                slots=slots,
             )
             self._tools[adapter] = self._tools.get(name, UNKNOWN_TOOLS)
         base = Placement(
-            urls=urls, upstream_model=name, handles=list(processes), request_fields=selection(own)
+            urls=urls,
+            upstream_model=name,
+            handles=list(processes),
+            request_fields=selection(own),
+            slots=slots,
         )
         log.info(
             "llama-server processes started with shared adapters",
@@ -534,6 +550,23 @@ class LlamaCppBackend(Backend[LlamaCppSpec]):
         raise FailedPrecondition(
             "none of the llama-server instances given in 'urls' answered /v1/models", field="urls"
         )
+
+    async def _reported_slots(self, urls: list[str]) -> dict[str, int]:
+        """The slots each attached llama-server reports (``/props`` ``total_slots``: its
+        ``--parallel``); a server that does not say is left out (admission then uses the
+        gateway's fixed bound)."""
+        slots: dict[str, int] = {}
+        for url in urls:
+            try:
+                response = await self.client.get(f"{url}/props", timeout=self._timeout)
+                response.raise_for_status()
+                total = response.json().get("total_slots")
+            except (httpx.HTTPError, httpx.InvalidURL, ValueError, AttributeError) as error:
+                log.warning("attached llama-server did not report its slots", exc_info=error)
+                continue
+            if isinstance(total, int) and not isinstance(total, bool) and total > 0:
+                slots[url] = total
+        return slots
 
     async def _learn_template(self, name: str, spec: LlamaCppSpec, urls: list[str]) -> None:
         """Keep what the template of deployment `name` does with tools (from its first server

@@ -105,6 +105,7 @@ class DeploymentManager:
         router: Router,
         *,
         max_in_flight: int,
+        queue_per_instance: int = 0,
         vllm_urls: list[str],
         ollama_url: str | None,
         artifacts: RegistryArtifacts | None = None,
@@ -114,6 +115,9 @@ class DeploymentManager:
     ) -> None:
         """
         Args:
+            max_in_flight: requests in flight per instance whose slots are unknown.
+            queue_per_instance: requests admitted to an instance past its slots, where its
+                backend reports them (`Placement.slots`).
             drain_seconds: how long the old processes of a restarted base serve the requests
                 in flight on them before they are stopped anyway (the gateway's request
                 timeout: no request runs longer).
@@ -123,6 +127,7 @@ class DeploymentManager:
         self.backends = backends
         self.router = router
         self.max_in_flight = max_in_flight
+        self.queue_per_instance = queue_per_instance
         self.vllm_urls = vllm_urls
         self.ollama_url = ollama_url
         self.artifacts = artifacts
@@ -425,18 +430,32 @@ class DeploymentManager:
         placement: Placement,
         created: int,
     ) -> Route:
-        limit = spec.max_in_flight or self.max_in_flight
         return Route(
             name=spec.name,
             backend=backend,
             spec=spec,
             capabilities=backend.capabilities(spec),
             upstream_model=placement.upstream_model,
-            instances=[Instance(url=url.rstrip("/"), limit=limit) for url in placement.urls],
+            instances=[
+                Instance(url=url.rstrip("/"), limit=self._admitted(spec, placement, url))
+                for url in placement.urls
+            ],
             metadata=spec.metadata,
             created=created,
             placement=placement,
         )
+
+    def _admitted(self, spec: Any, placement: Placement, url: str) -> int:
+        """Requests the instance at `url` may have in flight: the deployment's `max_in_flight`
+        if set; else its slots and a short queue, where the backend knows its slots (a request
+        past them would wait inside the server, where no client sees why); else the gateway's
+        fixed bound."""
+        if spec.max_in_flight:
+            return int(spec.max_in_flight)
+        slots = placement.slots.get(url)
+        if slots:
+            return slots + self.queue_per_instance
+        return self.max_in_flight
 
     # --- adapters on a shared base -------------------------------------------------------------
 
