@@ -26,7 +26,8 @@ from forgeline_cli.walkthrough import register_base_model
 from forgeline_gateway.api.fine_tuning.protocol import FineTuningJobCreate
 from forgeline_gateway.fine_tuning.agreement import Messages
 from forgeline_gateway.fine_tuning.pipeline import Pipeline
-from forgeline_gateway.fine_tuning.records import JobRecord, Outputs
+from forgeline_gateway.fine_tuning.quality import ADAPTER_TOLERANCE
+from forgeline_gateway.fine_tuning.records import ArtifactQuality, JobRecord, Outputs
 from forgeline_gateway.fine_tuning.store import JobStore
 from forgeline_kit.llamacpp import Toolchain
 from forgeline_kit.tinymodel import TinyModel
@@ -296,3 +297,44 @@ def test_without_a_deployment_of_the_base_the_job_is_served_merged(
     assert job.outputs.served_as == "merged"
     assert any(f"no llama.cpp deployment serves a GGUF of the base model {registered.base}" in e
                for e in events)  # fmt: skip
+
+
+def _card(adapter: float, merged: float) -> list[ArtifactQuality]:
+    return [
+        ArtifactQuality(artifact="base", scores={"rouge_l": 0.1}, rows=8),
+        ArtifactQuality(artifact="adapter", scores={"rouge_l": adapter, "bleu": 0.5}, rows=8),
+        ArtifactQuality(artifact="f16", scores={"rouge_l": merged, "bleu": 0.5}, rows=8),
+    ]
+
+
+def test_a_quality_card_within_tolerance_serves_the_adapter_without_the_answer_check(
+    deploying: Deploying, registered: Registered
+) -> None:
+    # The merged GGUF named here answers otherwise (the greedy check would refuse the adapter):
+    # the card, which measured both on the evaluation rows, is the evidence that counts.
+    card = _card(adapter=0.79, merged=0.80)
+    job, events = deploying.run(_job(registered, registered.other_merged, quality=card))
+
+    assert job.outputs.served_as == "adapter"
+    assert job.outputs.agreement is None  # no greedy comparison ran
+    assert _deployment(deploying.served, "tiny-llama")["adapters"] == [job.fine_tuned_model]
+    [said] = [e for e in events if e.startswith(f"Serving {job.fine_tuned_model} as an adapter")]
+    assert "rouge_l 0.7900 against 0.8000, bleu 0.5000 against 0.5000 of the merged f16" in said
+    assert f"{ADAPTER_TOLERANCE} below it is tolerated" in said
+
+
+def test_a_quality_card_short_of_the_merged_model_serves_it_merged(
+    deploying: Deploying, registered: Registered
+) -> None:
+    card = _card(adapter=0.70, merged=0.80)
+    job, events = deploying.run(_job(registered, registered.merged, quality=card))
+
+    assert job.outputs.served_as == "merged"
+    assert _deployment(deploying.served, job.fine_tuned_model)["spec"]["registry_gguf"] == (
+        registered.merged
+    )
+    assert _deployment(deploying.served, "tiny-llama")["adapters"] == []
+    [said] = [e for e in events if e.startswith(f"Serving {job.fine_tuned_model} merged")]
+    assert "does not hold the merged model's quality" in said
+    assert "rouge_l 0.7000 against 0.8000" in said
+    assert "short on rouge_l" in said

@@ -39,7 +39,12 @@ from forgeline_gateway.deployments.spec import LlamaCppSpec, ModelMetadata
 from forgeline_gateway.fine_tuning.agreement import PROMPTS, Agreement, Messages, compare
 from forgeline_gateway.fine_tuning.auto import ResolvedHyperparameters, resolve
 from forgeline_gateway.fine_tuning.plan import DatasetFile, trainer_spec
-from forgeline_gateway.fine_tuning.quality import QualityCheck, check_requirement, quality_labels
+from forgeline_gateway.fine_tuning.quality import (
+    QualityCheck,
+    adapter_verdict,
+    check_requirement,
+    quality_labels,
+)
 from forgeline_gateway.fine_tuning.records import (
     TERMINAL,
     ArtifactQuality,
@@ -872,7 +877,10 @@ class Pipeline:
     async def _choose_serving(self, job: JobRecord, merged: str, quantization: str) -> JobRecord:
         """Decide how the job's model is served (`deploy.serve`, on evidence), and record it.
         Served as an adapter, its deployment is placed here; merged, it is placed by the
-        caller."""
+        caller.
+
+        The evidence is the job's quality card where it scored both the adapter and the merged
+        GGUF (`adapter_verdict`); else the greedy-agreement check (`agreement.py`)."""
         options = job.request.forgeline.deploy
         outputs = job.outputs
         base: str | None = None
@@ -888,21 +896,32 @@ class Pipeline:
                 else "the job made no GGUF adapter "
                 f"(finetuning_type {job.request.forgeline.finetuning_type})"
             )
-        elif self.adapter_check is None:
-            reason = "this gateway cannot compare the adapter's answers with the merged model's"
         else:
             base, reason = await self._base_deployment(job, quantization)
-        agreement = None
+        agreement: Agreement | None = None
+        evidence = ""
         if base is not None:
-            agreement, reason = await self._check_adapter(job, base, merged, quantization)
-        if agreement is not None and reason is None:
+            verdict = adapter_verdict(outputs.quality, quantization)
+            if verdict is not None:
+                holds, evidence = verdict
+                reason = (
+                    await self._place_adapter(job, base)
+                    if holds
+                    else f"the adapter does not hold the merged model's quality: {evidence}"
+                )
+            elif self.adapter_check is None:
+                reason = "this gateway cannot compare the adapter's answers with the merged model's"
+            else:
+                agreement, reason = await self._check_adapter(job, base, merged, quantization)
+                evidence = agreement.describe() if agreement is not None else ""
+        if base is not None and reason is None:
             job = await self._save(
                 job,
                 outputs=outputs.model_copy(
                     update={
                         "served_as": "adapter",
                         "base_deployment": base,
-                        "agreement": agreement.text,
+                        "agreement": agreement.text if agreement is not None else None,
                     }
                 ),
             )
@@ -911,7 +930,7 @@ class Pipeline:
                 "info",
                 f"Serving {job.fine_tuned_model} as an adapter on the base deployment "
                 f"'{base}' (one process and one copy of the base for all its fine-tunes): "
-                f"{agreement.describe()}",
+                f"{evidence}",
             )
             return job
         job = await self._save(
@@ -982,13 +1001,9 @@ class Pipeline:
             for parent in version.lineage.parents
         )
 
-    async def _check_adapter(
-        self, job: JobRecord, base: str, merged: str, quantization: str
-    ) -> tuple[Agreement | None, str | None]:
-        """Deploy the job's adapter on `base` and compare its greedy answers with the merged
-        GGUF's (deployed for the check, then removed): the comparison, and None if the adapter
-        stays deployed, else why it was removed."""
-        assert self.adapter_check is not None
+    async def _place_adapter(self, job: JobRecord, base: str) -> str | None:
+        """Deploy the job's GGUF adapter on `base` under the job's model name: None once it is
+        served there, else why it is not."""
         assert job.outputs.gguf_adapter is not None
         name = job.fine_tuned_model
         request = job.request
@@ -1009,9 +1024,23 @@ class Pipeline:
             if not await self._create_deployment(adapter):
                 existing = self.deployments.get(name).spec
                 if getattr(existing, "base", None) != base:
-                    return None, f"{name} is already deployed otherwise"
+                    return f"{name} is already deployed otherwise"
         except StageFailedError as failure:
-            return None, f"the adapter could not be served on '{base}': {failure.error.message}"
+            return f"the adapter could not be served on '{base}': {failure.error.message}"
+        return None
+
+    async def _check_adapter(
+        self, job: JobRecord, base: str, merged: str, quantization: str
+    ) -> tuple[Agreement | None, str | None]:
+        """Deploy the job's adapter on `base` and compare its greedy answers with the merged
+        GGUF's (deployed for the check, then removed): the comparison, and None if the adapter
+        stays deployed, else why it was removed."""
+        assert self.adapter_check is not None
+        placed = await self._place_adapter(job, base)
+        if placed is not None:
+            return None, placed
+        name = job.fine_tuned_model
+        request = job.request
         source = "validation" if request.validation_file else "training"
         prompts = await self.adapter_check.prompts(
             request.validation_file or request.training_file, PROMPTS

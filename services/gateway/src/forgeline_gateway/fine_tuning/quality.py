@@ -23,7 +23,13 @@ from forgeline_gateway.files.service import FileService
 from forgeline_gateway.fine_tuning.agreement import examples_of
 from forgeline_gateway.fine_tuning.records import ArtifactQuality
 
-__all__ = ["QualityCheck", "check_requirement", "quality_labels"]
+__all__ = [
+    "ADAPTER_TOLERANCE",
+    "QualityCheck",
+    "adapter_verdict",
+    "check_requirement",
+    "quality_labels",
+]
 
 _ITEM_SCHEMA: Final = {
     "type": "object",
@@ -31,6 +37,10 @@ _ITEM_SCHEMA: Final = {
     "required": ["messages", "reference"],
 }
 _PAGE: Final = 100
+#: How far below the merged GGUF's mean score an adapter's may fall, per grader, and the adapter
+#: still be served in its place (`adapter_verdict`). Scores run from 0 to 1; on the few rows a
+#: card has, a difference this small is one row's answer differing by a word or two.
+ADAPTER_TOLERANCE: Final = 0.02
 #: Registry labels of a scored version: ``quality.rouge_l=0.8123``.
 LABEL_PREFIX: Final = "quality."
 
@@ -170,6 +180,30 @@ def check_requirement(
         return True, f"{said} (ahead by {margin:.4f}, at least {needed} required)"
     short = needed - margin
     return False, f"{said}: ahead by {margin:.4f} where {needed} is required (short by {short:.4f})"
+
+
+def adapter_verdict(card: list[ArtifactQuality], served: str) -> tuple[bool, str] | None:
+    """Whether the GGUF adapter holds the quality of the merged `served` GGUF on the card: every
+    grader's mean within `ADAPTER_TOLERANCE` below the merged one's (or above it), and the
+    figures; None when the card did not score both."""
+    lines = {line.artifact: line for line in card if line.scores and not line.error}
+    adapter, merged = lines.get("adapter"), lines.get(served)
+    if adapter is None or merged is None:
+        return None
+    graders = [grader for grader in merged.scores if grader in adapter.scores]
+    if not graders:
+        return None
+    short = [g for g in graders if adapter.scores[g] < merged.scores[g] - ADAPTER_TOLERANCE]
+    figures = ", ".join(
+        f"{g} {adapter.scores[g]:.4f} against {merged.scores[g]:.4f}" for g in graders
+    )
+    said = (
+        f"on its quality card the adapter scores {figures} of the merged {served} GGUF, where "
+        f"{ADAPTER_TOLERANCE} below it is tolerated"
+    )
+    if short:
+        said += f"; short on {', '.join(short)}"
+    return not short, said
 
 
 def quality_labels(line: ArtifactQuality) -> dict[str, str]:
