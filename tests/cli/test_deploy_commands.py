@@ -276,9 +276,9 @@ def test_a_gguf_adapter_is_deployed_on_a_base_deployment(
         refused = _one_line_error(deployed.run("undeploy", "base"))
         assert "adapter deployments ft:tiny:cli: delete them first" in refused
         wrong = _one_line_error(
-            deployed.run("deploy", "acme/tiny-adapter:1", "--backend", "ollama", "--base", "base")
+            deployed.run("deploy", "acme/tiny-adapter:1", "--backend", "vllm", "--base", "base")
         )
-        assert "--backend llamacpp" in wrong
+        assert "--backend llamacpp or --backend ollama" in wrong
     finally:
         deployed.run("undeploy", "ft:tiny:cli")
         deployed.run("undeploy", "base")
@@ -297,6 +297,48 @@ def test_ollama_deploys_a_registry_gguf(deployed: Deployed) -> None:
         assert answer.choices[0].message.content
     finally:
         assert deployed.run("undeploy", "tiny-ollama").code == 0
+    assert deployed.ollama.models == {}
+
+
+def test_a_gguf_adapter_is_deployed_on_an_ollama_base_as_a_model_of_its_own(
+    deployed: Deployed, tiny_model: TinyModel, llamacpp_toolchain: Toolchain, tmp_path: Path
+) -> None:
+    made = make_gguf_adapter(tiny_model.path, tmp_path, llamacpp_toolchain, seed=7)
+
+    async def push() -> str:
+        async with RegistryClient(deployed.registry, accept_local_files=True) as client:
+            version = await client.push(
+                made.gguf.parent, "acme/tiny-ollama-adapter", kind=rpb.VERSION_KIND_GGUF_ADAPTER
+            )
+        return f"{version.model}:{version.number}"
+
+    adapter = asyncio.run(push())
+    base = deployed.run("deploy", deployed.gguf, "--backend", "ollama", "--name", "ollama-base")
+    assert base.code == 0, base.err
+    try:
+        result = deployed.run(
+            "deploy", adapter, "--backend", "ollama", "--base", "ollama-base", "--name", "ft:o:cli"
+        )
+
+        assert result.code == 0, result.err
+        assert f"{adapter} on ollama-base" in result.out
+        # docs/api.md's create, as the Ollama fake received it: from the base's model, with the
+        # adapter pulled from the registry and pushed as a blob.
+        created = deployed.ollama.creates[-1]
+        assert created["from"] == deployed.ollama.creates[-2]["model"]
+        [digest] = created["adapters"].values()
+        assert digest in deployed.ollama.blobs
+        shown = deployed.run("deployments", "show", "ft:o:cli").out
+        assert "  served on   ollama-base (a model made from it)" in shown
+        answer = deployed.client().chat.completions.create(
+            model="ft:o:cli", messages=[{"role": "user", "content": "hi"}], max_tokens=3
+        )
+        assert answer.choices[0].message.content == f"[{created['model']}] Forgeline serves this"
+        refused = _one_line_error(deployed.run("undeploy", "ollama-base"))
+        assert "adapter deployments ft:o:cli: delete them first" in refused
+    finally:
+        deployed.run("undeploy", "ft:o:cli")
+        deployed.run("undeploy", "ollama-base")
     assert deployed.ollama.models == {}
 
 
@@ -452,3 +494,20 @@ def test_the_listing_puts_adapters_beneath_their_base() -> None:
         f"ft:gone:c  llamacpp ready  1 instance(s)  {when}  adapter acme/c:1 on gone",
     ]
     assert "  served on   base (an adapter on its processes)" in _details(views[0])
+
+
+def test_a_vllm_base_shows_its_attached_and_its_loaded_adapters() -> None:
+    view = DeploymentView(
+        name="tiny-vllm",
+        backend="vllm",
+        status="ready",
+        instances=1,
+        adapters=["ft:a", "ft:b", "ft:c"],
+        loaded_adapters=["ft:c", "ft:a"],
+        spec={"name": "tiny-vllm", "backend": "vllm", "registry_model": "acme/tiny:1"},
+    )
+
+    details = _details(view).splitlines()
+
+    assert "  adapters    ft:a, ft:b, ft:c" in details
+    assert "  loaded      ft:c, ft:a" in details

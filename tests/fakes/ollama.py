@@ -6,14 +6,22 @@ api.md), for model management, and docs/api/openai-compatibility.mdx for inferen
 * ``HEAD /api/blobs/:digest``: 200 if the blob exists, 404 if not.
 * ``POST /api/blobs/:digest``: the file as the body; 201 Created, 400 if the digest does not
   match it.
-* ``POST /api/create`` ``{"model", "files": {name: digest}, "template", "system", "parameters",
-  "stream"}``: a stream of ``{"status": ...}`` objects ending in ``{"status": "success"}``, or
-  that one object with ``"stream": false``; errors as ``{"error": "..."}``.
+* ``POST /api/create`` ``{"model", "from", "files": {name: digest}, "adapters": {name: digest},
+  "template", "system", "parameters", "stream"}``: a stream of ``{"status": ...}`` objects ending
+  in ``{"status": "success"}``, or that one object with ``"stream": false``; errors as
+  ``{"error": "..."}``. ``from`` names an existing model to create the new one from (its
+  template, system prompt and parameters are kept unless given); one Ollama does not have is
+  pulled from ollama.com, which fails for names no registry holds: 500, ``pull model manifest:
+  file does not exist`` (as ``waitForStream`` answers an error without a status). ``adapters``
+  are LoRA adapter blobs applied on the model (a Modelfile's ``ADAPTER``); like ``files``, each
+  must have been pushed.
 * ``GET /api/tags``: ``{"models": [{"name", "model", "modified_at", "size", "digest",
   "details"}]}``; ``GET /api/ps``: the models loaded (here: those that answered a request).
 * ``DELETE /api/delete`` ``{"model"}``: 200, or 404 if there is no such model.
 * ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings`` in OpenAI's format, with the
-  request fields the compatibility document lists (no ``n``, no ``logprobs``).
+  request fields the compatibility document lists (no ``n``, no ``logprobs``). A model created
+  with ``adapters`` answers (not streamed) with its name first, ``[NAME] Forgeline serves...``,
+  so a test can tell which model a request reached.
 
 Model names are ``[namespace/]model[:tag]``; a name without a tag means ``:latest``.
 """
@@ -60,6 +68,10 @@ class FakeOllama:
         self.loaded: set[str] = set()
         self.blob_uploads = 0
         self.requests: list[dict[str, Any]] = []
+        #: The bodies of ``POST /api/create``, in order.
+        self.creates: list[dict[str, Any]] = []
+        #: Seconds between the chunks of a streamed answer (a test's stream can stay open).
+        self.chunk_delay = 0.0
         self.app = Starlette(
             routes=[
                 Route("/api/blobs/{digest}", self.blob, methods=["HEAD", "POST"]),
@@ -90,36 +102,52 @@ class FakeOllama:
 
     async def create(self, request: Request) -> Response:
         body = await request.json()
+        self.creates.append(body)
         name = str(body.get("model", ""))
         if not _NAME.match(name.lower()):
             return _error(400, "invalid model name")
         files: dict[str, str] = body.get("files") or {}
-        if not files:
+        adapters: dict[str, str] = body.get("adapters") or {}
+        source = body.get("from")
+        if not files and not source:
             return _error(400, "neither 'from' or 'files' was specified")
-        missing = [d for d in files.values() if d not in self.blobs]
+        parent: dict[str, Any] = {}
+        if source:
+            if _full(str(source)) not in self.models:
+                # Ollama pulls an unknown `from` model from its registry, which has none of this.
+                return _error(500, "pull model manifest: file does not exist")
+            parent = self.models[_full(str(source))]
+        missing = [d for d in [*files.values(), *adapters.values()] if d not in self.blobs]
         if missing:
             return _error(400, f"file {missing[0]} not found")
         digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        layers = [*parent.get("layers", []), *files.values(), *adapters.values()]
         self.models[_full(name)] = {
             "name": _full(name),
             "model": _full(name),
             "modified_at": datetime.now(UTC).isoformat(),
-            "size": sum(self.blobs[d] for d in files.values()),
+            "size": sum(self.blobs.get(d, 0) for d in layers),
             "digest": digest,
             "details": {
-                "parent_model": "",
+                "parent_model": _full(str(source)) if source else "",
                 "format": "gguf",
                 "family": "llama",
                 "families": ["llama"],
                 "parameter_size": "2M",
                 "quantization_level": "F16",
             },
-            "template": body.get("template"),
-            "parameters": body.get("parameters"),
+            "template": body.get("template", parent.get("template")),
+            "system": body.get("system", parent.get("system")),
+            "parameters": body.get("parameters", parent.get("parameters")),
+            "layers": layers,
+            "adapters": [*parent.get("adapters", []), *adapters.values()],
         }
         steps = [
             {"status": "parsing GGUF"},
-            *({"status": f"using existing layer {d}"} for d in files.values()),
+            *(
+                {"status": f"using existing layer {d}"}
+                for d in [*files.values(), *adapters.values()]
+            ),
             {"status": "writing manifest"},
             {"status": "success"},
         ]
@@ -163,9 +191,18 @@ class FakeOllama:
         self.loaded.add(name)
         if body.get("stream"):
             return StreamingResponse(
-                openai_text.stream(body, chat, n_supported=False), media_type="text/event-stream"
+                openai_text.stream(body, chat, self.chunk_delay, n_supported=False),
+                media_type="text/event-stream",
             )
-        return JSONResponse(openai_text.answer(body, chat, n_supported=False))
+        answer = openai_text.answer(body, chat, n_supported=False)
+        if self.models[name]["adapters"]:
+            for choice in answer["choices"]:
+                if chat:
+                    message = choice["message"]
+                    message["content"] = f"[{name}] {message['content']}"
+                else:
+                    choice["text"] = f"[{name}] {choice['text']}"
+        return JSONResponse(answer)
 
     async def chat(self, request: Request) -> Response:
         return await self._inference(request, chat=True)

@@ -25,12 +25,16 @@ It follows vLLM's documentation, and only what the gateway relies on:
   ``--max-lora-rank``: "LoRA rank R is greater than max_lora_rank M."); unloading a name not
   loaded, a 404 ``NotFoundError`` ("The lora adapter '<name>' cannot be found."). vLLM takes
   more adapters than ``--max-loras`` (swapping them through its GPU slots): so does the fake.
+  A request naming an adapter that is not loaded (never, or since unloaded) is the 404 of any
+  model the server does not serve (``OpenAIServing._check_model``: "The model `<name>` does
+  not exist.").
 
 Knobs for tests: `fail_next` answers that many inference requests with a 500; `chunk_delay`
 slows streams down, `first_event_delay` holds a stream's first event back (a long prompt being
 read) and `answer_delay` slows non-streamed answers; `requests` records every inference
 body; `cancelled` counts requests whose client went away before the answer was complete;
-`lora_calls` records every load/unload body, in order.
+`lora_calls` records every load/unload body, in order; `most_loaded` is the most adapters it
+held at once; `load_delay` slows loads down (an adapter read from disk onto the GPU).
 """
 
 from __future__ import annotations
@@ -73,6 +77,8 @@ class FakeVllm:
         self.max_lora_rank = max_lora_rank
         self.loras: dict[str, str] = {}
         self.lora_calls: list[tuple[str, dict[str, Any]]] = []
+        self.most_loaded = 0
+        self.load_delay = 0.0
         self.requests: list[dict[str, Any]] = []
         self.fail_next = 0
         self.chunk_delay = 0.0
@@ -144,7 +150,9 @@ class FakeVllm:
         if rank > self.max_lora_rank:
             message = f"LoRA rank {rank} is greater than max_lora_rank {self.max_lora_rank}."
             return _error(400, message, "BadRequestError")
+        await asyncio.sleep(self.load_delay)
         self.loras[name] = path
+        self.most_loaded = max(self.most_loaded, len(self.loras))
         return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")
 
     def _visible(self, path: str) -> str:

@@ -205,3 +205,26 @@ def test_model_names_ollama_accepts() -> None:
     assert name.startswith("forgeline/ft-tiny-acme-support-abc123-")
     assert name.endswith(":latest")
     assert ollama_model_name("a:b") != ollama_model_name("a-b")
+
+
+def test_admission_is_sized_to_the_parallel_the_deployment_states(
+    start_gateway: StartGateway, ollama: tuple[FakeOllama, FakeServer], tiny_gguf: Path
+) -> None:
+    """Ollama does not report OLLAMA_NUM_PARALLEL; a deployment that states it (`parallel`) is
+    admitted that many requests and the gateway's queue more, then a 429 with Retry-After."""
+    fake, server = ollama
+    fake.chunk_delay = 0.2
+    served = start_gateway({"ollama_url": server.url, "queue_per_instance": 0})
+    served.deploy({**_spec(tiny_gguf), "parallel": 1})
+    assert [i.limit for i in served.gateway.app.state.router.get(FT).instances] == [1]
+
+    with served.client().chat.completions.create(
+        model=FT, messages=CHAT, max_tokens=10, stream=True
+    ) as stream:
+        next(iter(stream))
+        with pytest.raises(openai.RateLimitError) as caught:
+            served.client().chat.completions.create(model=FT, messages=CHAT, max_tokens=2)
+        list(stream)
+
+    assert caught.value.response.headers["retry-after"]
+    assert served.client().chat.completions.create(model=FT, messages=CHAT, max_tokens=2)

@@ -383,3 +383,34 @@ def test_a_client_leaving_a_non_streamed_request_closes_it_at_the_backend(
     route = served.gateway.app.state.router.get("tiny")
     assert route.instances[0].in_flight == 0
     assert 'status="499"' in served.metrics()
+
+
+def test_admission_is_sized_to_max_num_seqs(
+    start_gateway: StartGateway, vllms: list[tuple[FakeVllm, FakeServer]]
+) -> None:
+    """vLLM does not report how many sequences it runs at once; a deployment that states it
+    (`max_num_seqs`) is admitted that many and the gateway's queue more, then a 429."""
+    (fake, server) = vllms[0]
+    fake.chunk_delay = 0.2  # ten tokens: a stream stays open two seconds
+    served = start_gateway({"queue_per_instance": 1})
+    served.deploy(
+        {
+            "name": "tiny",
+            "backend": "vllm",
+            "base_model": BASE,
+            "urls": [server.url],
+            "max_num_seqs": 1,
+        }
+    )
+    assert [i.limit for i in served.gateway.app.state.router.get("tiny").instances] == [2]
+    opened = [threading.Event(), threading.Event()]
+    holders = [_hold_stream(served, "tiny", event) for event in opened]
+    assert all(event.wait(10) for event in opened)
+
+    with pytest.raises(openai.RateLimitError):
+        served.client().chat.completions.create(model="tiny", messages=CHAT, max_tokens=2)
+    for holder in holders:
+        holder.join(30)
+
+    assert len(fake.requests) == 2  # the refused request never reached vLLM
+    assert served.client().chat.completions.create(model="tiny", messages=CHAT, max_tokens=2)

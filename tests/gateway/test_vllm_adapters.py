@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from fakes.docker_engine import FakeContainer, FakeDockerEngine
 from fakes.server import FakeServer
@@ -140,13 +143,14 @@ def test_adapters_are_loaded_on_the_base_and_selected_by_their_name(
     tmp_path: Path,
 ) -> None:
     served = _gateway(start_gateway, registered, tmp_path)
-    served.deploy(_base(registered))
+    served.deploy(_base(registered, max_adapters=2))
     container, vllm = _vllm(engine)
     # vLLM was started ready for runtime adapters, as its LoRA guide asks.
     command = container.body["Cmd"]
     assert "--enable-lora" in command
     assert container.argument("--max-loras") == "2"
     assert container.argument("--max-lora-rank") == "16"
+    assert container.argument("--max-cpu-loras") is None  # vLLM's default: max_loras
     assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True" in container.body["Env"]
 
     created = served.deploy(_adapter(FT_A, registered["a"]))
@@ -174,12 +178,12 @@ def test_adapters_are_loaded_on_the_base_and_selected_by_their_name(
     assert refused.status_code == 400
     assert FT_A in refused.json()["error"]["message"]
 
-    # A third is past the base's max_loras: refused, nothing loaded.
+    # A third is past the base's max_adapters: refused, nothing loaded.
     response = served.admin("POST", "/v1/deployments", json=_adapter(FT_C, registered["c"]))
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["param"] == "base"
-    assert "max_loras" in error["message"]
+    assert "max_adapters" in error["message"]
     assert set(vllm.loras) == {FT_A, FT_B}
 
     assert served.admin("DELETE", f"/v1/deployments/{FT_A}").status_code == 204
@@ -301,3 +305,269 @@ def test_a_restarted_gateway_loads_the_adapters_again(
     assert states == {BASE: "ready", FT_A: "ready", FT_B: "ready"}
     assert _ask(third, FT_B)
     assert fresh.requests[-1]["model"] == FT_B
+
+
+# --- more adapters than max_loaded_adapters: least recently used unloaded, loaded on demand -----
+
+
+def _hold_stream(served: Served, model: str, opened: threading.Event) -> list[str]:
+    """Stream a long answer for `model`, setting `opened` at its first line; the lines."""
+    lines: list[str] = []
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "hello"}],
+        "max_tokens": 40,
+        "stream": True,
+    }
+    headers = {"Authorization": f"Bearer {served.inference_key}"}
+    with httpx.stream(
+        "POST", f"{served.url}/v1/chat/completions", json=body, headers=headers, timeout=30
+    ) as response:
+        assert response.status_code == 200, response.read()
+        for line in response.iter_lines():
+            lines.append(line)
+            opened.set()
+    return lines
+
+
+def _streamed_words(lines: list[str]) -> int:
+    events = [line.removeprefix("data: ") for line in lines if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    return len(text.split())
+
+
+def _unloaded(vllm: FakeVllm) -> list[str]:
+    return [body["lora_name"] for call, body in vllm.lora_calls if call == "unload"]
+
+
+def test_past_max_loaded_adapters_the_least_recently_used_is_unloaded_and_loaded_on_demand(
+    start_gateway: StartGateway,
+    registered: dict[str, str],
+    engine: FakeDockerEngine,
+    tmp_path: Path,
+) -> None:
+    served = _gateway(start_gateway, registered, tmp_path)
+    served.deploy(_base(registered))  # max_loras 2: two adapters loaded at once
+    _, vllm = _vllm(engine)
+    for name, key in ((FT_A, "a"), (FT_B, "b"), (FT_C, "c")):
+        served.deploy(_adapter(name, registered[key]))
+
+    # The third attached made room: the first, least recently used, was unloaded.
+    assert set(vllm.loras) == {FT_B, FT_C}
+    assert _unloaded(vllm) == [FT_A]
+    base = served.admin("GET", f"/v1/deployments/{BASE}").json()
+    assert base["adapters"] == [FT_A, FT_B, FT_C]
+    assert base["loaded_adapters"] == [FT_B, FT_C]
+
+    # Each request for an unloaded adapter loads it, unloading the least recently used.
+    for model, evicted in ((FT_A, FT_B), (FT_B, FT_C), (FT_C, FT_A), (FT_C, None)):
+        assert _ask(served, model)
+        assert vllm.requests[-1]["model"] == model
+        assert len(vllm.loras) == 2
+        if evicted is not None:
+            assert _unloaded(vllm)[-1] == evicted
+    assert _unloaded(vllm) == [FT_A, FT_B, FT_C, FT_A]
+    assert vllm.most_loaded == 2
+    assert set(vllm.loras) == {FT_B, FT_C}
+    assert served.admin("GET", f"/v1/deployments/{BASE}").json()["loaded_adapters"] == [
+        FT_B,
+        FT_C,
+    ]
+    # A request for the base itself is never held up.
+    assert _ask(served, BASE)
+
+    def loads(reason: str, **labels: str) -> float:
+        return served.sample(
+            "forgeline_gateway_adapter_loads_total", base=BASE, reason=reason, **labels
+        )
+
+    assert loads("attach") == 3
+    assert loads("on_demand") == 3
+    assert loads("on_demand", model=FT_A) == 1
+    assert served.sample("forgeline_gateway_adapter_unloads_total", base=BASE, reason="lru") == 4
+    assert served.sample("forgeline_gateway_adapter_load_seconds_count", model=FT_A) == 2
+    assert served.sample("forgeline_gateway_base_adapters", base=BASE, backend="vllm") == 3
+    assert served.sample("forgeline_gateway_base_adapters_loaded", base=BASE, backend="vllm") == 2
+    assert (
+        served.sample("forgeline_gateway_requests_total", model=FT_C, endpoint="chat", status="200")
+        == 2
+    )
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is needed: apt-get install -y prometheus"
+    linted = subprocess.run(  # noqa: S603 - a fixed argument list
+        [promtool, "check", "metrics"],
+        input=served.metrics(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert linted.returncode == 0, linted.stdout + linted.stderr
+    assert linted.stdout.strip() == linted.stderr.strip() == ""
+
+    # Deleting an unloaded adapter unloads nothing more; a loaded one is unloaded.
+    assert served.admin("DELETE", f"/v1/deployments/{FT_A}").status_code == 204
+    assert _unloaded(vllm) == [FT_A, FT_B, FT_C, FT_A]
+    assert served.admin("DELETE", f"/v1/deployments/{FT_B}").status_code == 204
+    assert set(vllm.loras) == {FT_C}
+    assert served.sample("forgeline_gateway_adapter_unloads_total", reason="detach") == 1
+    assert served.sample("forgeline_gateway_base_adapters_loaded", base=BASE) == 1
+
+
+def test_an_adapter_with_a_request_in_flight_is_never_the_one_unloaded(
+    start_gateway: StartGateway,
+    registered: dict[str, str],
+    engine: FakeDockerEngine,
+    tmp_path: Path,
+) -> None:
+    served = _gateway(start_gateway, registered, tmp_path)
+    served.deploy(_base(registered))
+    for name, key in ((FT_A, "a"), (FT_B, "b"), (FT_C, "c")):
+        served.deploy(_adapter(name, registered[key]))
+    _, vllm = _vllm(engine)
+    assert set(vllm.loras) == {FT_B, FT_C}
+    vllm.chunk_delay = 0.05
+    opened = threading.Event()
+    streamed: list[list[str]] = []
+    reader = threading.Thread(target=lambda: streamed.append(_hold_stream(served, FT_B, opened)))
+    reader.start()
+    assert opened.wait(10)
+    assert _ask(served, FT_C)  # FT_B is now the least recently used, but busy
+
+    assert _ask(served, FT_A)
+
+    assert set(vllm.loras) == {FT_B, FT_A}
+    assert _unloaded(vllm)[-1] == FT_C
+    reader.join(30)
+    assert _streamed_words(streamed[0]) >= 30  # the stream was never cut
+    assert vllm.most_loaded == 2
+
+
+def test_concurrent_first_requests_for_an_unloaded_adapter_share_one_load(
+    start_gateway: StartGateway,
+    registered: dict[str, str],
+    engine: FakeDockerEngine,
+    tmp_path: Path,
+) -> None:
+    served = _gateway(start_gateway, registered, tmp_path)
+    served.deploy(_base(registered))
+    for name, key in ((FT_A, "a"), (FT_B, "b"), (FT_C, "c")):
+        served.deploy(_adapter(name, registered[key]))
+    _, vllm = _vllm(engine)
+    assert FT_A not in vllm.loras
+    vllm.load_delay = 0.5
+    before = len(vllm.lora_calls)
+    answers: list[str] = []
+    threads = [
+        threading.Thread(target=lambda: answers.append(_ask(served, FT_A))) for _ in range(6)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert len(answers) == 6
+    assert all(answers)
+    assert [call for call, _ in vllm.lora_calls[before:]] == ["unload", "load"]
+    assert served.sample("forgeline_gateway_adapter_loads_total", model=FT_A) == 2  # + attach
+
+
+def test_when_every_loaded_adapter_is_busy_a_request_for_another_waits_then_gets_429(
+    start_gateway: StartGateway,
+    registered: dict[str, str],
+    engine: FakeDockerEngine,
+    tmp_path: Path,
+) -> None:
+    served = _gateway(
+        start_gateway, registered, tmp_path, adapter_wait_seconds=0.3, retry_after_seconds=3
+    )
+    served.deploy(_base(registered))
+    for name, key in ((FT_A, "a"), (FT_B, "b"), (FT_C, "c")):
+        served.deploy(_adapter(name, registered[key]))
+    _, vllm = _vllm(engine)
+    vllm.chunk_delay = 0.05
+    readers = []
+    for model in (FT_B, FT_C):
+        opened = threading.Event()
+        reader = threading.Thread(target=_hold_stream, args=(served, model, opened))
+        reader.start()
+        readers.append(reader)
+        assert opened.wait(10)
+
+    with pytest.raises(openai.RateLimitError) as refused:
+        _ask(served, FT_A)
+
+    assert refused.value.response.headers["retry-after"] == "3"
+    assert refused.value.body is not None
+    assert set(vllm.loras) == {FT_B, FT_C}
+    for reader in readers:
+        reader.join(30)
+    assert _ask(served, FT_A)  # room once they are done
+    assert (
+        served.sample("forgeline_gateway_requests_total", model=FT_A, endpoint="chat", status="429")
+        == 1
+    )
+
+
+def test_a_restarted_gateway_keeps_at_most_max_loaded_adapters_loaded(
+    start_gateway: StartGateway,
+    registered: dict[str, str],
+    engine: FakeDockerEngine,
+    tmp_path: Path,
+) -> None:
+    served = _gateway(start_gateway, registered, tmp_path)
+    served.deploy(_base(registered))
+    for name, key in ((FT_A, "a"), (FT_B, "b"), (FT_C, "c")):
+        served.deploy(_adapter(name, registered[key]))
+    container, vllm = _vllm(engine)
+    assert set(vllm.loras) == {FT_B, FT_C}
+    calls = len(vllm.lora_calls)
+    served.gateway.stop()
+
+    # The container kept running: what it holds is taken as loaded, nothing reloaded.
+    again = _gateway(start_gateway, registered, tmp_path)
+    assert _vllm(engine)[0] is container
+    assert len(vllm.lora_calls) == calls
+    assert again.admin("GET", f"/v1/deployments/{BASE}").json()["loaded_adapters"] == [
+        FT_B,
+        FT_C,
+    ]
+    assert _ask(again, FT_A)
+    assert set(vllm.loras) == {FT_A, FT_C}
+    again.gateway.stop()
+
+    # A new container: the oldest adapters up to the limit are loaded; the third on demand.
+    newer = "vllm/vllm-openai:v0.11.1"
+    engine.images.add(newer)
+    third = _gateway(start_gateway, registered, tmp_path, vllm_image=newer)
+    current, fresh = _vllm(engine)
+    assert current is not container
+    assert set(fresh.loras) == {FT_A, FT_B}
+    for model in (FT_C, FT_A, FT_B):
+        assert _ask(third, model)
+    assert fresh.most_loaded == 2
+    assert third.sample("forgeline_gateway_adapter_loads_total", reason="restore") == 2
+    states = {d["name"]: d["status"] for d in third.admin("GET", "/v1/deployments").json()["data"]}
+    assert states == {BASE: "ready", FT_A: "ready", FT_B: "ready", FT_C: "ready"}
+
+
+def test_max_loaded_adapters_sizes_vllm_cpu_cache_and_is_at_least_max_loras(
+    start_gateway: StartGateway,
+    registered: dict[str, str],
+    engine: FakeDockerEngine,
+    tmp_path: Path,
+) -> None:
+    served = _gateway(start_gateway, registered, tmp_path)
+    refused = served.admin("POST", "/v1/deployments", json=_base(registered, max_loaded_adapters=1))
+    assert refused.status_code == 400, refused.text
+    assert "at least 'max_loras'" in refused.json()["error"]["message"]
+
+    served.deploy(_base(registered, max_loaded_adapters=3))
+    container, vllm = _vllm(engine)
+    assert container.argument("--max-loras") == "2"
+    assert container.argument("--max-cpu-loras") == "3"
+    for name, key in ((FT_A, "a"), (FT_B, "b"), (FT_C, "c")):
+        served.deploy(_adapter(name, registered[key]))
+    assert set(vllm.loras) == {FT_A, FT_B, FT_C}
+    assert _unloaded(vllm) == []

@@ -7,11 +7,12 @@ scope (``--api-key``, or ``FORGELINE_CLI_API_KEY``, or ``FORGELINE_API_KEY``).
 ``forgeline deploy MODEL:VERSION`` puts a registry version on a backend: a GGUF version on
 llama.cpp or Ollama (``registry_gguf``; the gateway pulls it into its model cache), an HF model
 (base, merged or fully fine-tuned) on a vLLM container (``registry_model``). With ``--base
-DEPLOYMENT`` a GGUF adapter version is served as an adapter on that llama.cpp deployment's
-processes (``registry_lora`` and ``base``: one process for the base and all its fine-tunes). The
-registry (``--registry``) is asked only to resolve what the gateway cannot: a reference without a
-version (the newest one) and ``--quantization`` (the GGUF of that type converted from the
-version).
+DEPLOYMENT`` a GGUF adapter version is served as an adapter on that deployment (``registry_lora``
+and ``base``): on a llama.cpp base, on its processes (one process for the base and all its
+fine-tunes); on an Ollama base, as an Ollama model of its own made from the base's (its weights
+stored once for all its fine-tunes). The registry (``--registry``) is asked only to resolve what
+the gateway cannot: a reference without a version (the newest one) and ``--quantization`` (the
+GGUF of that type converted from the version).
 
 The CLI keeps its own small pydantic models of the API's bodies rather than importing the
 gateway's: it is a client of a versioned HTTP API, so it reads only the fields it shows and
@@ -98,6 +99,8 @@ class DeploymentView(BaseModel):
     error: str | None = None
     instances: int = 0
     adapters: list[str] = Field(default_factory=list)
+    #: A vLLM base's adapters loaded in its server now (the others load on demand).
+    loaded_adapters: list[str] = Field(default_factory=list)
     created: int = 0
     spec: dict[str, Any] = Field(default_factory=dict)
 
@@ -320,10 +323,10 @@ async def _resolve(
 
 def _deploy_body(args: argparse.Namespace) -> _RegistryDeployment:
     model, number = _split(args.reference)
-    if args.base and (args.backend != "llamacpp" or args.quantization):
+    if args.base and (args.backend not in _GGUF_BACKENDS or args.quantization):
         raise CommandError(
-            "--base serves a GGUF adapter on a llama.cpp deployment: use --backend llamacpp, "
-            "without --quantization"
+            "--base serves a GGUF adapter on a llama.cpp or Ollama deployment: use --backend "
+            "llamacpp or --backend ollama (the base's), without --quantization"
         )
     needs_registry = number is None or args.quantization is not None
     if needs_registry:
@@ -437,7 +440,9 @@ def _details(view: DeploymentView) -> str:
         lines.append(f"  error     {view.error}")
     base = _base_of(view)
     if base:
-        lines.append(f"  {'served on':<12}{base} (an adapter on its processes)")
+        # On Ollama, an adapter is a model of its own made from the base's model.
+        how = "a model made from it" if view.backend == "ollama" else "an adapter on its processes"
+        lines.append(f"  {'served on':<12}{base} ({how})")
     metadata = view.spec.get("metadata") or {}
     lines += [
         f"  {key:<12}{metadata[key]}"
@@ -446,6 +451,8 @@ def _details(view: DeploymentView) -> str:
     ]
     if view.adapters:
         lines.append(f"  {'adapters':<12}{', '.join(view.adapters)}")
+    if view.loaded_adapters:
+        lines.append(f"  {'loaded':<12}{', '.join(view.loaded_adapters)}")
     return "\n".join(lines)
 
 
@@ -561,8 +568,9 @@ def register(subparsers: Any) -> None:
         "--base",
         default=None,
         metavar="DEPLOYMENT",
-        help="serve the GGUF adapter version as an adapter on this llama.cpp deployment's "
-        "processes (shared with the base and its other adapters)",
+        help="serve the GGUF adapter version as an adapter on this deployment: on a llama.cpp "
+        "base's processes (shared with the base and its other adapters), or as an Ollama model "
+        "made from an Ollama base's (give the base's --backend)",
     )
     deploy.add_argument(
         "--tensor-parallel-size",

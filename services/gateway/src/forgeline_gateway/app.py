@@ -159,8 +159,11 @@ def create_app(
             # them; no request runs longer than this.
             drain_seconds=settings.request_timeout_seconds,
             metrics=metrics,
+            retry_after=settings.retry_after_seconds,
+            adapter_wait_seconds=settings.adapter_wait_seconds,
         )
         metrics.watch_adapters(manager.adapters_per_base)
+        metrics.watch_loaded_adapters(manager.loaded_adapters_per_base)
         authenticator = Authenticator(
             store, required=settings.auth_required, cache_seconds=settings.key_cache_seconds
         )

@@ -79,9 +79,35 @@ class GatewayMetrics:
         self.adapter_attach = Histogram(
             "forgeline_gateway_adapter_attach_seconds",
             "Time to put an adapter deployment on its base deployment: on llama.cpp the base's "
-            "blue-green restart with the new set of adapters, on vLLM the runtime load.",
+            "blue-green restart with the new set of adapters, on vLLM the runtime load, on "
+            "Ollama the creation of its model from the base's.",
             ["backend"],
             buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
+            registry=registry,
+        )
+        # Adapters loaded into and unloaded from a running base server (vLLM), each by its
+        # adapter deployment (``model``): how often one is evicted and brought back shows
+        # whether the base's max_loaded_adapters fits its traffic.
+        self.adapter_loads = Counter(
+            "forgeline_gateway_adapter_loads",
+            "Adapters loaded into their base deployment's server, by reason (attach: deployed; "
+            "on_demand: a request for an unloaded adapter; restore: a gateway start).",
+            ["base", "model", "backend", "reason"],
+            registry=registry,
+        )
+        self.adapter_unloads = Counter(
+            "forgeline_gateway_adapter_unloads",
+            "Adapters unloaded from their base deployment's server, by reason (lru: evicted, "
+            "least recently used, to load another; detach: the adapter deployment was deleted; "
+            "restore: past the limit at a gateway start).",
+            ["base", "model", "backend", "reason"],
+            registry=registry,
+        )
+        self.adapter_load = Histogram(
+            "forgeline_gateway_adapter_load_seconds",
+            "Time to load an adapter into its base deployment's running server.",
+            ["model", "backend"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0),
             registry=registry,
         )
         self._registry = registry
@@ -89,7 +115,25 @@ class GatewayMetrics:
     def watch_adapters(self, count: Callable[[], Mapping[tuple[str, str], int]]) -> None:
         """Report ``forgeline_gateway_base_adapters`` from `count` (adapters per base
         deployment and backend) at each scrape, so the figure is never out of step."""
-        self._registry.register(_BaseAdapters(count))
+        self._registry.register(
+            _PerBase(
+                count,
+                "forgeline_gateway_base_adapters",
+                "Adapter deployments served on each base deployment's processes.",
+            )
+        )
+
+    def watch_loaded_adapters(self, count: Callable[[], Mapping[tuple[str, str], int]]) -> None:
+        """Report ``forgeline_gateway_base_adapters_loaded`` from `count` (adapters loaded
+        now in each base deployment's server, by base and backend) at each scrape."""
+        self._registry.register(
+            _PerBase(
+                count,
+                "forgeline_gateway_base_adapters_loaded",
+                "Adapters loaded now in each base deployment's server (at most its "
+                "max_loaded_adapters; the others are loaded again on demand).",
+            )
+        )
 
     def observe(self, model: str, backend: str, endpoint: str, status: int, seconds: float) -> None:
         """Count one answered request and its latency."""
@@ -104,18 +148,18 @@ class GatewayMetrics:
             self.completion_tokens.labels(model, backend).inc(completion)
 
 
-class _BaseAdapters(Collector):
-    """The adapter deployments each base deployment serves, read at scrape time."""
+class _PerBase(Collector):
+    """A gauge by base deployment and backend, read at scrape time."""
 
-    def __init__(self, count: Callable[[], Mapping[tuple[str, str], int]]) -> None:
+    def __init__(
+        self, count: Callable[[], Mapping[tuple[str, str], int]], name: str, documentation: str
+    ) -> None:
         self._count = count
+        self._name = name
+        self._documentation = documentation
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily(
-            "forgeline_gateway_base_adapters",
-            "Adapter deployments served on each base deployment's processes.",
-            labels=["base", "backend"],
-        )
+        family = GaugeMetricFamily(self._name, self._documentation, labels=["base", "backend"])
         for (base, backend), adapters in sorted(self._count().items()):
             family.add_metric([base, backend], adapters)
         yield family

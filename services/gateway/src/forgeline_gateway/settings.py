@@ -123,6 +123,15 @@ class GatewaySettings(ServiceSettings):
     retry_after_seconds: int = Field(
         1, ge=1, description="The Retry-After a client gets when every instance is full."
     )
+    adapter_wait_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=600,
+        allow_inf_nan=False,
+        description="How long a request for an adapter not loaded on its vLLM base waits for "
+        "one of the loaded adapters to become idle (unloaded to make room) when all of its "
+        "base's max_loaded_adapters have requests in flight; then it gets 429 with Retry-After.",
+    )
     unhealthy_seconds: float = Field(
         5.0,
         ge=0,

@@ -16,10 +16,13 @@ while the server kept running) and otherwise answered by unloading and loading a
 
 A base-model deployment only attaches to the servers; an adapter deployment loads the adapter
 under the public model name on every server, so requests need no renaming. An adapter
-deployment on a vLLM *base deployment* (``base`` + ``registry_adapter``, `attach_adapter`) is
+deployment on a vLLM *base deployment* (``base`` + ``registry_adapter``, `load_adapter`) is
 loaded, under its public name as ``lora_name``, on every instance of the base's container
 (started with ``--enable-lora``, ``vllm_container.py``); its route leads to those instances
-with ``model`` set to that ``lora_name``, so the base and all its adapters share them.
+with ``model`` set to that ``lora_name``, so the base and all its adapters share them. Which of
+a base's adapters are loaded at a time is decided by the gateway, not here: at most the base's
+``max_loaded_adapters``, the least recently used idle one unloaded to make room and any loaded
+again when a request needs it (``deployments/adapter_residency.py``).
 
 A ``registry_model`` deployment gets a vLLM container of its own (``vllm_container.py``) serving
 the model under the public name; it is placed once vLLM's ``GET /health`` answers 200 (vLLM's
@@ -222,12 +225,19 @@ class VllmBackend(Backend[VllmSpec]):
         assert base_model is not None  # the spec's validator asks for it without registry_model
         urls = [url.rstrip("/") for url in spec.urls]
         await asyncio.gather(*(self._check_base(url, base_model) for url in urls))
+        slots = _slots(urls, spec)
         if spec.adapter is None:
-            return Placement(urls=urls, upstream_model=base_model)
+            return Placement(urls=urls, upstream_model=base_model, slots=slots)
         await self._load_everywhere(urls, name, spec.adapter, "adapter")
-        return Placement(urls=urls, upstream_model=name)
+        return Placement(urls=urls, upstream_model=name, slots=slots)
 
-    async def attach_adapter(self, name: str, adapter: VllmSpec, base: Placement) -> Placement:
+    @staticmethod
+    def adapter_placement(name: str, base: Placement) -> Placement:
+        """Where requests for the adapter deployment `name` on the base placed at `base` go:
+        the base's instances, with `name` (its ``lora_name``) as ``model``."""
+        return Placement(urls=list(base.urls), upstream_model=name)
+
+    async def load_adapter(self, name: str, adapter: VllmSpec, base: Placement) -> None:
         """Load the adapter deployment `adapter` (localized: `model_directory` set) as
         ``lora_name`` `name` on every instance of its base's placement `base`: loaded on all or,
         on a failure, on none. Nothing is restarted, so requests in flight go on.
@@ -243,7 +253,24 @@ class VllmBackend(Backend[VllmSpec]):
             )
         path = self.containers.mounted_path(directory)
         await self._load_everywhere(base.urls, name, path, "registry_adapter")
-        return Placement(urls=list(base.urls), upstream_model=name)
+
+    async def unload_adapter(self, name: str, base: Placement) -> None:
+        """Unload the adapter ``lora_name`` `name` from every instance of `base` (one that does
+        not hold it is fine)."""
+        await asyncio.gather(*(self._unload(url, name) for url in base.urls))
+
+    async def loaded_adapters(self, base: Placement) -> set[str]:
+        """The adapters (``lora_name``) loaded on every instance of `base`, as their
+        ``/v1/models`` lists them (an entry with a ``parent`` is a LoRA adapter).
+
+        Raises:
+            FailedPrecondition: an instance did not list its models.
+        """
+        held: set[str] | None = None
+        for url in base.urls:
+            names = {card.id for card in (await self._models(url)).data if card.parent}
+            held = names if held is None else held & names
+        return held or set()
 
     async def release(self, name: str, spec: VllmSpec, placement: Placement) -> None:
         if spec.registry_model is not None and self.containers is not None:
@@ -273,7 +300,9 @@ class VllmBackend(Backend[VllmSpec]):
         except BaseException:
             await self.containers.remove(name)
             raise
-        return Placement(urls=[url], upstream_model=name, handles=[container_id])
+        return Placement(
+            urls=[url], upstream_model=name, handles=[container_id], slots=_slots([url], spec)
+        )
 
     async def _wait_healthy(self, url: str, container_id: str) -> None:
         """Until vLLM's ``/health`` answers 200; fails once the container stops or the
@@ -384,3 +413,8 @@ def _message(response: httpx.Response) -> str:
             continue
         return parsed.error.message if isinstance(parsed, _WrappedError) else parsed.message
     return response.text[:500]
+
+
+def _slots(urls: list[str], spec: VllmSpec) -> dict[str, int]:
+    """Each server's `max_num_seqs`, where the deployment states it (vLLM does not report it)."""
+    return dict.fromkeys(urls, spec.max_num_seqs) if spec.max_num_seqs else {}

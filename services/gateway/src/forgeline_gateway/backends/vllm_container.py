@@ -173,21 +173,30 @@ class VllmContainers:
         cache = self.settings.model_cache.resolve()
         source = self.settings.model_mount or str(cache)
         environment = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
-        lora: list[str] = []
+        flags: list[str] = []
         if spec.enable_lora:
             # vLLM's "LoRA Adapters" guide: `--enable-lora` with its slot settings, and the
             # load/unload endpoints exist only with VLLM_ALLOW_RUNTIME_LORA_UPDATING set, which
             # adapter deployments need (they are loaded into the running server, never by a
             # restart). Only then: a deployment without it keeps the configuration (and so the
             # container) it had before these settings existed.
-            lora = [
+            flags = [
                 "--enable-lora",
                 "--max-loras",
                 str(spec.max_loras),
                 "--max-lora-rank",
                 str(spec.max_lora_rank),
             ]
+            if spec.loaded_adapter_limit > spec.max_loras:
+                # vLLM keeps `--max-cpu-loras` adapters in CPU memory (default: max_loras) and
+                # would silently drop the oldest past it: sized to what the gateway keeps
+                # loaded, its cache holds them all. Only when above the default, so a base
+                # without `max_loaded_adapters` keeps its configuration (and container).
+                flags += ["--max-cpu-loras", str(spec.loaded_adapter_limit)]
             environment["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
+        if spec.max_num_seqs is not None:
+            # Only when set, so a deployment without it keeps its container.
+            flags += ["--max-num-seqs", str(spec.max_num_seqs)]
         config: dict[str, Any] = {
             "image": self.settings.image,
             "name": container_name(name),
@@ -202,7 +211,7 @@ class VllmContainers:
                 "0.0.0.0",  # inside the container; its port is published on loopback only
                 "--port",
                 str(CONTAINER_PORT),
-                *lora,
+                *flags,
             ],
             # The model comes from the mount; vLLM must never reach for a model hub.
             "environment": environment,

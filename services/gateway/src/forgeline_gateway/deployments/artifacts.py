@@ -1,8 +1,8 @@
 """Registry versions as local files: what llama-server, Ollama or a vLLM container is given.
 
-A deployment names a GGUF version (``registry_gguf``, ``registry_lora``) or an HF version
-(``registry_model``, or the PEFT adapter ``registry_adapter``: vLLM); before placing it the
-gateway pulls the version into its model cache, one directory per version
+A deployment names a GGUF version (``registry_gguf``, ``registry_lora``: llama.cpp, Ollama) or
+an HF version (``registry_model``, or the PEFT adapter ``registry_adapter``: vLLM); before
+placing it the gateway pulls the version into its model cache, one directory per version
 (``<model with / as +>/<number>``: ``+`` is in no model name, so no two names share a
 directory; a vLLM container mounts the cache and reads the directory).
 A pull goes to a temporary directory renamed into place when complete (every file's digest
@@ -31,6 +31,7 @@ from forgeline_registry.names import check_model_name
 __all__ = ["RegistryArtifacts"]
 
 SpecT = TypeVar("SpecT", LlamaCppSpec, OllamaSpec, VllmSpec)
+GgufSpecT = TypeVar("GgufSpecT", LlamaCppSpec, OllamaSpec)
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,9 @@ class RegistryArtifacts:
         """`spec` with its registry references replaced by cached file paths (for vLLM: the
         version's directory, which the spec carries privately to the backend)."""
         if isinstance(spec, LlamaCppSpec):
-            return await self._localize_llamacpp(spec)
-        if isinstance(spec, OllamaSpec) and spec.registry_gguf is not None:
-            gguf = await self.gguf_file(spec.registry_gguf, "registry_gguf")
-            return spec.model_copy(update={"gguf": str(gguf), "registry_gguf": None})
+            return await self._localize_gguf(spec)
+        if isinstance(spec, OllamaSpec):
+            return await self._localize_gguf(spec)
         if isinstance(spec, VllmSpec) and spec.registry_model is not None:
             directory = await self.version_directory(spec.registry_model, "registry_model")
             if not (directory / "config.json").is_file():
@@ -73,7 +73,9 @@ class RegistryArtifacts:
             return spec.with_model_directory(directory)
         return spec
 
-    async def _localize_llamacpp(self, spec: LlamaCppSpec) -> LlamaCppSpec:
+    async def _localize_gguf(self, spec: GgufSpecT) -> GgufSpecT:
+        """A llama.cpp or Ollama spec with `registry_gguf` and `registry_lora` fetched: named by
+        their files in `gguf` and `lora` (both backends take the same GGUF fields)."""
         if spec.registry_gguf is None and not spec.registry_lora:
             return spec
         gguf = spec.gguf

@@ -80,7 +80,7 @@ class DeploymentBoundaries:
 def _files(spec: LlamaCppSpec | OllamaSpec | VllmSpec) -> Iterator[tuple[str, str]]:
     if isinstance(spec, LlamaCppSpec | OllamaSpec) and spec.gguf is not None:
         yield "gguf", spec.gguf
-    if isinstance(spec, LlamaCppSpec):
+    if isinstance(spec, LlamaCppSpec | OllamaSpec):
         yield from _indexed("lora", spec.lora)
 
 

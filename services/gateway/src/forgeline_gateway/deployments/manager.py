@@ -19,9 +19,20 @@ Adapter deployments on a vLLM base (a vLLM spec with `base` and `registry_adapte
 restart: vLLM loads and unloads LoRA adapters in the running server (``/v1/load_lora_adapter``,
 ``/v1/unload_lora_adapter``), so attaching one loads it on every instance of the base's
 container and publishes its route on those same instances (`_attach_vllm`); detaching removes
-the route, then unloads it. Requests for the base and its other adapters never notice. The
-base's ``max_loras`` and ``max_lora_rank`` bound what is attached; at start, the base is placed
-(its container re-attached or started again) and then every stored adapter is loaded on it.
+the route, then unloads it. Requests for the base and its other adapters never notice. Up to the
+base's ``max_adapters`` may be attached, of which at most ``max_loaded_adapters`` are loaded at
+a time: each adapter's route carries a gate of the base's `AdapterResidency`, which loads an
+unloaded adapter before its request is sent, unloading the least recently used idle one to make
+room (``adapter_residency.py``). ``max_lora_rank`` bounds each adapter. At start, the base is
+placed (its container re-attached or started again), every stored adapter is attached, and up
+to the limit loaded: those the server still holds first, then the oldest.
+
+Adapter deployments on an Ollama base (an Ollama spec with `base` and `lora` or `registry_lora`)
+are attached at runtime the same way, as Ollama models of their own: attaching creates one on
+the base's server ``from`` the base's model with the GGUF adapters (`OllamaBackend.
+attach_adapter`, `_attach_ollama`) and publishes its route on the base's instances; detaching
+removes the route, then deletes that model. Ollama loads each model when a request asks for it.
+At start, the base is created again in Ollama, then each stored adapter.
 """
 
 from __future__ import annotations
@@ -39,11 +50,14 @@ from pydantic import TypeAdapter
 
 from forgeline_gateway.backends.base import Backend, Placement
 from forgeline_gateway.backends.llamacpp import LlamaCppBackend, SharedPlacement
+from forgeline_gateway.backends.ollama import OllamaBackend
 from forgeline_gateway.backends.vllm import VllmBackend, read_adapter_rank
+from forgeline_gateway.deployments.adapter_residency import AdapterResidency
 from forgeline_gateway.deployments.artifacts import RegistryArtifacts
 from forgeline_gateway.deployments.boundaries import DeploymentBoundaries
 from forgeline_gateway.deployments.spec import DeploymentSpec, LlamaCppSpec, OllamaSpec, VllmSpec
 from forgeline_gateway.metrics import GatewayMetrics
+from forgeline_gateway.routing.gate import RequestGate
 from forgeline_gateway.routing.router import Instance, Route, Router
 from forgeline_gateway.store import DeploymentRecord, Store
 from forgeline_kit.errors import (
@@ -59,6 +73,9 @@ __all__ = ["DeploymentManager", "DeploymentState"]
 log = logging.getLogger(__name__)
 
 _SPEC: TypeAdapter[DeploymentSpec] = TypeAdapter(DeploymentSpec)
+
+#: The specs of adapter deployments attached to a running base, with no restart of it.
+_RuntimeAdapterSpec = VllmSpec | OllamaSpec
 
 #: How long old processes of a restarted base wait before they count their requests in flight:
 #: a request that took the old route just before the switch has reached its instance by then.
@@ -77,15 +94,18 @@ class DeploymentState:
     error: str | None = None
     #: For a base deployment: the adapter deployments served on its processes.
     adapters: tuple[str, ...] = ()
+    #: For a vLLM base deployment: those of `adapters` loaded in its server now.
+    loaded_adapters: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class _Attached:
     """An adapter deployment placed on its base: what the base's processes load for it."""
 
-    spec: LlamaCppSpec | VllmSpec
+    spec: DeploymentSpec
     #: Its adapter files on the gateway host (registry versions pulled into the model cache);
-    #: none for vLLM, which reads the adapter from its own mount of the cache.
+    #: none for vLLM, which reads the adapter from its own mount of the cache, and for Ollama,
+    #: which holds them once attached.
     files: tuple[str, ...]
     created: int
 
@@ -112,6 +132,8 @@ class DeploymentManager:
         boundaries: DeploymentBoundaries | None = None,
         drain_seconds: float = 600.0,
         metrics: GatewayMetrics | None = None,
+        retry_after: int = 1,
+        adapter_wait_seconds: float = 5.0,
     ) -> None:
         """
         Args:
@@ -122,6 +144,9 @@ class DeploymentManager:
                 in flight on them before they are stopped anyway (the gateway's request
                 timeout: no request runs longer).
             metrics: where the time to attach each adapter is observed.
+            retry_after: the Retry-After of a request for an unloaded adapter refused because
+                every adapter loaded on its base stays busy.
+            adapter_wait_seconds: how long such a request waits for one to become idle.
         """
         self.store = store
         self.backends = backends
@@ -134,6 +159,8 @@ class DeploymentManager:
         self.boundaries = boundaries
         self.drain_seconds = drain_seconds
         self.metrics = metrics
+        self.retry_after = retry_after
+        self.adapter_wait_seconds = adapter_wait_seconds
         self._busy: set[str] = set()
         self._failed: dict[str, DeploymentState] = {}
         #: Each placed deployment's spec with its files local: a base is restarted from it.
@@ -142,6 +169,8 @@ class DeploymentManager:
         self._attached: dict[str, _Attached] = {}
         self._base_locks: dict[str, asyncio.Lock] = {}
         self._drains: set[asyncio.Task[None]] = set()
+        #: The adapters loaded on each vLLM base, by the base's name.
+        self._residency: dict[str, AdapterResidency] = {}
 
     def adapters_per_base(self) -> dict[tuple[str, str], int]:
         """How many adapter deployments each base deployment serves, by (base, backend)."""
@@ -151,14 +180,19 @@ class DeploymentManager:
             counts[key] = counts.get(key, 0) + 1
         return counts
 
+    def loaded_adapters_per_base(self) -> dict[tuple[str, str], int]:
+        """How many adapters are loaded now in each base deployment's server (vLLM bases,
+        which load them on demand), by (base, backend)."""
+        return {(base, r.backend): len(r.loaded) for base, r in self._residency.items()}
+
     async def restore(self) -> None:
         """Place every stored deployment again; one that fails is listed as failed. A base is
         placed once, with every stored adapter deployment on it."""
         records = await self.store.run(self.store.list_deployments)
         specs = {r.name: (_SPEC.validate_json(r.spec_json), r.created_at) for r in records}
-        on_base: dict[str, dict[str, tuple[LlamaCppSpec | VllmSpec, int]]] = {}
+        on_base: dict[str, dict[str, tuple[DeploymentSpec, int]]] = {}
         for name, (spec, created) in specs.items():
-            if isinstance(spec, LlamaCppSpec | VllmSpec) and spec.base is not None:
+            if spec.base is not None:
                 on_base.setdefault(spec.base, {})[name] = (spec, created)
 
         async def restore_one(name: str, spec: Any, created: int) -> None:
@@ -179,7 +213,7 @@ class DeploymentManager:
             *(
                 restore_one(name, spec, created)
                 for name, (spec, created) in specs.items()
-                if not (isinstance(spec, LlamaCppSpec | VllmSpec) and spec.base is not None)
+                if spec.base is None
             )
         )
         for base, orphans in on_base.items():
@@ -214,12 +248,12 @@ class DeploymentManager:
         spec = self._with_defaults(spec)
         self._busy.add(name)
         try:
-            if isinstance(spec, LlamaCppSpec | VllmSpec) and spec.base is not None:
+            if spec.base is not None:
                 started = time.monotonic()
                 if isinstance(spec, LlamaCppSpec):
                     state = await self._create_attached(spec)
                 else:
-                    state = await self._create_vllm_attached(spec)
+                    state = await self._create_runtime_attached(spec)
                 if self.metrics is not None:
                     self.metrics.adapter_attach.labels(spec.backend).observe(
                         time.monotonic() - started
@@ -250,8 +284,8 @@ class DeploymentManager:
         if name in self._busy:
             raise AlreadyExists(f"the deployment '{name}' is being changed; retry shortly")
         if name in self._attached:
-            if isinstance(self._attached[name].spec, VllmSpec):
-                await self._delete_vllm_attached(name)
+            if isinstance(self._attached[name].spec, _RuntimeAdapterSpec):
+                await self._delete_runtime_attached(name)
             else:
                 await self._delete_attached(name)
             return
@@ -273,6 +307,9 @@ class DeploymentManager:
                 await self.store.run(lambda: self.store.delete_deployment(name))
                 self.router.clear_unavailable(name)
                 self._placed.pop(name, None)
+                residency = self._residency.pop(name, None)
+                if residency is not None:
+                    await residency.close()
                 if route is not None:
                     await route.backend.release(name, route.spec, route.placement)
                 log.info("deployment deleted", extra={"model": name})
@@ -302,6 +339,7 @@ class DeploymentManager:
         for task in drains:
             task.cancel()
         await asyncio.gather(*drains, return_exceptions=True)
+        await asyncio.gather(*(r.close() for r in self._residency.values()))
         await asyncio.gather(*(backend.close() for backend in self.backends.values()))
 
     # --- placing -------------------------------------------------------------------------------
@@ -327,7 +365,7 @@ class DeploymentManager:
                     field="urls",
                 )
             return spec.model_copy(update={"urls": list(self.vllm_urls)})
-        if isinstance(spec, OllamaSpec) and spec.url is None:
+        if isinstance(spec, OllamaSpec) and spec.url is None and spec.base is None:
             if not self.ollama_url:
                 raise InvalidArgument(
                     "no Ollama server is configured: give 'url' or set "
@@ -369,23 +407,29 @@ class DeploymentManager:
         created: int,
         *,
         publish: bool = True,
-        attached: Mapping[str, tuple[LlamaCppSpec | VllmSpec, int]] | None = None,
+        attached: Mapping[str, tuple[DeploymentSpec, int]] | None = None,
     ) -> tuple[Route, Any]:
         """Place `spec` (with `attached`, a base with these adapter deployments: at restore);
         its route and its localized spec."""
         backend = self._backend(spec)
-        if attached and isinstance(backend, VllmBackend):
-            # vLLM loads adapters into the running server: the base first, then each of them.
+        if attached and isinstance(backend, VllmBackend | OllamaBackend):
+            # vLLM and Ollama take adapters while running: the base first, then each of them
+            # attached (oldest first); then, on vLLM, up to its limit loaded.
             route, placed = await self._place(spec, created, publish=publish)
-            for name, (child, child_created) in attached.items():
+            for name, (child, child_created) in sorted(
+                attached.items(), key=lambda item: (item[1][1], item[0])
+            ):
                 try:
-                    if not isinstance(child, VllmSpec):
+                    if not isinstance(child, _RuntimeAdapterSpec) or child.backend != spec.backend:
                         raise InvalidArgument(
-                            f"its base '{spec.name}' is not a llama.cpp deployment", field="base"
+                            f"its base '{spec.name}' is not a {child.backend} deployment",
+                            field="base",
                         )
-                    await self._attach_vllm(child, child_created)
+                    await self._attach_at_runtime(child, child_created, load=False)
                 except Exception as error:
                     self._restore_failed(name, child, child_created, error)
+            if isinstance(backend, VllmBackend):
+                await self._load_restored(route)
             return route, placed
         placed = await self._localize(spec)
         # A base restored with its adapters: one start of its processes for all of them.
@@ -468,6 +512,27 @@ class DeploymentManager:
     def _base_lock(self, base: str) -> asyncio.Lock:
         return self._base_locks.setdefault(base, asyncio.Lock())
 
+    def _running_base(self, base: str, kind: str) -> Route:
+        """The route of `base`, the base deployment named by an adapter deployment of `kind`
+        (``a llama.cpp``...).
+
+        Raises:
+            InvalidArgument: naming `base`, when no deployment of that name is serving.
+        """
+        try:
+            return self.router.get(base)
+        except ForgelineError:
+            state = (
+                "is not serving (GET /v1/deployments says why)"
+                if base in self._failed
+                else "does not exist"
+            )
+            raise InvalidArgument(
+                f"the base deployment '{base}' {state}: adapters are served on {kind} "
+                "deployment that is serving",
+                field="base",
+            ) from None
+
     async def _attachable(self, spec: LlamaCppSpec, created: int) -> _Attached:
         """An adapter deployment with its files local, ready to load on its base."""
         placed = await self._localize(spec)
@@ -482,19 +547,7 @@ class DeploymentManager:
         """
         assert spec.base is not None
         base = spec.base
-        try:
-            route = self.router.get(base)
-        except ForgelineError:
-            state = (
-                "is not serving (GET /v1/deployments says why)"
-                if base in self._failed
-                else ("does not exist")
-            )
-            raise InvalidArgument(
-                f"the base deployment '{base}' {state}: adapters are served on a llama.cpp "
-                "deployment that is serving",
-                field="base",
-            ) from None
+        route = self._running_base(base, "a llama.cpp")
         base_spec = route.spec
         if (
             not isinstance(base_spec, LlamaCppSpec)
@@ -520,19 +573,7 @@ class DeploymentManager:
                 vLLM container started with `enable_lora`.
         """
         assert spec.base is not None
-        try:
-            route = self.router.get(spec.base)
-        except ForgelineError:
-            state = (
-                "is not serving (GET /v1/deployments says why)"
-                if spec.base in self._failed
-                else "does not exist"
-            )
-            raise InvalidArgument(
-                f"the base deployment '{spec.base}' {state}: adapters are served on a vLLM "
-                "deployment that is serving",
-                field="base",
-            ) from None
+        route = self._running_base(spec.base, "a vLLM")
         base = route.spec
         if not isinstance(base, VllmSpec) or base.registry_model is None or not base.enable_lora:
             raise InvalidArgument(
@@ -542,27 +583,81 @@ class DeploymentManager:
             )
         return route
 
+    def _residency_of(self, base: Route) -> AdapterResidency:
+        """The adapters loaded on the vLLM base `base` (made at its first adapter)."""
+        residency = self._residency.get(base.name)
+        if residency is None:
+            spec, backend, placement = base.spec, base.backend, base.placement
+            assert isinstance(spec, VllmSpec)
+            assert isinstance(backend, VllmBackend)
+
+            async def unload(name: str) -> None:
+                await backend.unload_adapter(name, placement)
+
+            residency = self._residency[base.name] = AdapterResidency(
+                base.name,
+                backend.kind,
+                limit=spec.loaded_adapter_limit,
+                unload=unload,
+                retry_after=self.retry_after,
+                wait_seconds=self.adapter_wait_seconds,
+                metrics=self.metrics,
+            )
+        return residency
+
+    async def _load_restored(self, base: Route) -> None:
+        """Load the adapters just attached to the restored vLLM base `base`, up to its limit:
+        first those its server still holds (a container that kept running), then the oldest.
+        What the server holds past the limit, or of adapters no longer deployed, is unloaded
+        first, so it never holds more than the limit. An adapter that fails to load is listed
+        as failed."""
+        residency = self._residency.get(base.name)
+        if residency is None:
+            return
+        backend = base.backend
+        assert isinstance(backend, VllmBackend)
+        try:
+            held = await backend.loaded_adapters(base.placement)
+        except ForgelineError:
+            held = set()
+        attached = residency.attached
+        keep = [n for n in attached if n in held][: residency.limit]
+        keep += [n for n in attached if n not in held][: residency.limit - len(keep)]
+        await residency.unload_others(sorted(held - set(keep)))
+        for name in keep:
+            if name in held and residency.adopt(name):
+                continue
+            try:
+                await residency.load(name, "restore")
+            except Exception as error:
+                child = self._attached.pop(name)
+                self.router.remove(name)
+                await residency.detach(name)
+                self._restore_failed(name, child.spec, child.created, error)
+
     async def _attach_vllm(
         self,
         spec: VllmSpec,
         created: int,
         commit: Callable[[], Awaitable[None]] | None = None,
+        *,
+        load: bool = True,
     ) -> Route:
-        """Load the adapter deployment `spec` on its base's instances, run `commit` (the
-        store's change), and publish its route; a failure before the route is published leaves
-        nothing loaded. Called with the base's lock held (or at restore, before any request)."""
+        """Attach the adapter deployment `spec` to its base: with `load`, loaded on the base's
+        instances now (so vLLM checks it; an idle adapter may be unloaded to make room), then
+        run `commit` (the store's change), and publish its route, whose gate loads it again
+        whenever it was unloaded. A failure before the route is published leaves nothing
+        attached. Called with the base's lock held (or at restore, before any request)."""
         base = self._serving_vllm_base(spec)
         base_spec = base.spec
         assert isinstance(base_spec, VllmSpec)
         assert spec.base is not None
         held = [n for n, a in self._attached.items() if a.base == spec.base]
-        if len(held) >= base_spec.max_loras:
-            # vLLM itself would take more and swap them in and out of its max_loras GPU slots
-            # under load; the gateway keeps every attached adapter resident instead.
+        if len(held) >= base_spec.max_adapters:
             raise InvalidArgument(
                 f"the base deployment '{spec.base}' already serves {len(held)} adapters, its "
-                f"max_loras ({', '.join(held)}): delete one first, or deploy the base with a "
-                "larger 'max_loras'",
+                "max_adapters: delete one first, or deploy the base with a larger "
+                "'max_adapters'",
                 field="base",
             )
         placed = await self._localize(spec)
@@ -578,6 +673,105 @@ class DeploymentManager:
             )
         backend = base.backend
         assert isinstance(backend, VllmBackend)
+        residency = self._residency_of(base)
+        base_placement = base.placement
+
+        async def load_it() -> None:
+            await backend.load_adapter(spec.name, placed, base_placement)
+
+        residency.attach(spec.name, load_it)
+        try:
+            if load:
+                await residency.load(spec.name, "attach")
+            if commit is not None:
+                await commit()
+        except BaseException:
+            await residency.detach(spec.name)
+            raise
+        placement = backend.adapter_placement(spec.name, base_placement)
+        route = self._adapter_route(spec, base, placement, created, gate=residency.gate(spec.name))
+        self._publish([route])
+        self._attached[spec.name] = _Attached(spec=spec, files=(), created=created)
+        return route
+
+    async def _attach_at_runtime(
+        self,
+        spec: _RuntimeAdapterSpec,
+        created: int,
+        commit: Callable[[], Awaitable[None]] | None = None,
+        *,
+        load: bool = True,
+    ) -> Route:
+        """Attach the adapter deployment `spec` to its running base (`_attach_vllm`,
+        `_attach_ollama`; `load` is vLLM's); called with the base's lock held (or at restore)."""
+        if isinstance(spec, VllmSpec):
+            return await self._attach_vllm(spec, created, commit, load=load)
+        return await self._attach_ollama(spec, created, commit)
+
+    def _adapter_route(
+        self,
+        spec: Any,
+        base: Route,
+        placement: Placement,
+        created: int,
+        *,
+        gate: RequestGate | None = None,
+    ) -> Route:
+        """The route of the adapter deployment `spec` on its base's route `base`: the base's
+        own instances, so the base's bound on requests in flight covers its adapters' too, and
+        the base's name as `metadata.base` unless the spec gives one."""
+        metadata = spec.metadata
+        if metadata.base is None:
+            metadata = metadata.model_copy(update={"base": base.name})
+        return Route(
+            name=spec.name,
+            backend=base.backend,
+            spec=spec,
+            capabilities=base.capabilities,
+            upstream_model=placement.upstream_model,
+            instances=list(base.instances),
+            metadata=metadata,
+            created=created,
+            placement=placement,
+            gate=gate,
+        )
+
+    # --- adapters on an Ollama base: an Ollama model each --------------------------------------
+
+    def _serving_ollama_base(self, spec: OllamaSpec) -> Route:
+        """The route of `spec`'s base, once it is known to be an Ollama model adapters can be
+        created from.
+
+        Raises:
+            InvalidArgument: naming `base`, when it is no deployment, not serving, or not an
+                Ollama deployment of a generation model's GGUF.
+        """
+        assert spec.base is not None
+        route = self._running_base(spec.base, "an Ollama")
+        base = route.spec
+        if not isinstance(base, OllamaSpec) or base.base is not None or base.embeddings:
+            raise InvalidArgument(
+                f"the deployment '{spec.base}' cannot carry Ollama adapters: a base is an Ollama "
+                "deployment of a generation model ('gguf' or 'registry_gguf'), not an adapter "
+                "deployment itself",
+                field="base",
+            )
+        return route
+
+    async def _attach_ollama(
+        self,
+        spec: OllamaSpec,
+        created: int,
+        commit: Callable[[], Awaitable[None]] | None = None,
+    ) -> Route:
+        """Create the adapter deployment `spec` as an Ollama model on its base's server, run
+        `commit` (the store's change), and publish its route on the base's instances; a failure
+        before the route is published deletes the model again. The base's model and its other
+        adapters' are untouched, so their requests go on."""
+        base = self._serving_ollama_base(spec)
+        placed = await self._localize(spec)
+        backend = base.backend
+        assert isinstance(backend, OllamaBackend)
         placement = await backend.attach_adapter(spec.name, placed, base.placement)
         try:
             if commit is not None:
@@ -585,31 +779,17 @@ class DeploymentManager:
         except BaseException:
             await backend.release(spec.name, spec, placement)
             raise
-        metadata = spec.metadata
-        if metadata.base is None:
-            metadata = metadata.model_copy(update={"base": spec.base})
-        route = Route(
-            name=spec.name,
-            backend=backend,
-            spec=spec,
-            capabilities=base.capabilities,
-            upstream_model=placement.upstream_model,
-            # The base's own instances: its in-flight bound covers the adapters' requests too.
-            instances=list(base.instances),
-            metadata=metadata,
-            created=created,
-            placement=placement,
-        )
+        route = self._adapter_route(spec, base, placement, created)
         self._publish([route])
         self._attached[spec.name] = _Attached(spec=spec, files=(), created=created)
         return route
 
-    async def _create_vllm_attached(self, spec: VllmSpec) -> DeploymentState:
+    async def _create_runtime_attached(self, spec: _RuntimeAdapterSpec) -> DeploymentState:
         assert spec.base is not None
         created = int(time.time())
         record = DeploymentRecord(spec.name, spec.model_dump_json(), created)
         async with self._base_lock(spec.base):
-            route = await self._attach_vllm(
+            route = await self._attach_at_runtime(
                 spec,
                 created,
                 commit=lambda: self.store.run(lambda: self.store.put_deployment(record)),
@@ -617,18 +797,20 @@ class DeploymentManager:
         log.info("adapter deployment created", extra={"model": spec.name, "base": spec.base})
         return self._state(route)
 
-    async def _delete_vllm_attached(self, name: str) -> None:
+    async def _delete_runtime_attached(self, name: str) -> None:
         attached = self._attached[name]
         self._busy.add(name)
         try:
             async with self._base_lock(attached.base):
-                route = self.router.get(name)
                 await self.store.run(lambda: self.store.delete_deployment(name))
-                # No new request reaches it, then vLLM forgets it; the base and the other
-                # adapters are untouched, their requests in flight included.
-                self.router.remove(name)
+                # No new request reaches it, then the backend forgets it; the base and the
+                # other adapters are untouched, their requests in flight included.
+                route = self.router.remove(name)
                 self._attached.pop(name, None)
-                await route.backend.release(name, route.spec, route.placement)
+                if isinstance(attached.spec, VllmSpec):
+                    await self._residency[attached.base].detach(name)
+                elif route is not None:
+                    await route.backend.release(name, route.spec, route.placement)
             log.info("adapter deployment deleted", extra={"model": name, "base": attached.base})
         finally:
             self._busy.discard(name)
@@ -725,21 +907,8 @@ class DeploymentManager:
         base = self._route(spec, backend, shared.base, created)
         routes = [base]
         for name, attached in adapters.items():
-            metadata = attached.spec.metadata
-            if metadata.base is None:
-                metadata = metadata.model_copy(update={"base": spec.name})
             routes.append(
-                Route(
-                    name=name,
-                    backend=backend,
-                    spec=attached.spec,
-                    capabilities=base.capabilities,
-                    upstream_model=shared.adapters[name].upstream_model,
-                    instances=list(base.instances),
-                    metadata=metadata,
-                    created=attached.created,
-                    placement=shared.adapters[name],
-                )
+                self._adapter_route(attached.spec, base, shared.adapters[name], attached.created)
             )
         return routes
 
@@ -776,15 +945,16 @@ class DeploymentManager:
             ready=True,
             instances=len(route.instances),
             adapters=tuple(n for n, a in self._attached.items() if a.base == route.name),
+            loaded_adapters=(
+                self._residency[route.name].loaded if route.name in self._residency else ()
+            ),
         )
 
 
 def _registry_field(spec: Any) -> str | None:
     """The field of `spec` naming a registry version to fetch before placing, if any."""
-    if isinstance(spec, LlamaCppSpec) and (spec.registry_gguf or spec.registry_lora):
+    if isinstance(spec, LlamaCppSpec | OllamaSpec) and (spec.registry_gguf or spec.registry_lora):
         return "registry_gguf" if spec.registry_gguf else "registry_lora"
-    if isinstance(spec, OllamaSpec) and spec.registry_gguf:
-        return "registry_gguf"
     if isinstance(spec, VllmSpec) and spec.registry_model:
         return "registry_model"
     if isinstance(spec, VllmSpec) and spec.registry_adapter:

@@ -72,6 +72,25 @@ class _Spec(BaseModel):
     )
 
 
+def _refuse_base_owned(spec: _Spec, fields: tuple[str, ...]) -> None:
+    """Refuse an adapter deployment (`base`) that sets one of `fields`, which its base decides.
+
+    Raises:
+        ValueError: naming the fields set.
+    """
+    # Compared with the defaults, not by being set: a stored spec has every field written.
+    owned = [
+        f
+        for f in fields
+        if getattr(spec, f) != type(spec).model_fields[f].get_default(call_default_factory=True)
+    ]
+    if owned:
+        raise ValueError(
+            f"an adapter deployment ('base') takes {', '.join(repr(f) for f in owned)} from its "
+            "base deployment: leave it out"
+        )
+
+
 #: What an adapter deployment (`LlamaCppSpec.base`) takes from its base deployment and so may not
 #: set itself.
 BASE_OWNED_FIELDS = ("replicas", "context_size", "parallel", "embeddings", "max_in_flight")
@@ -143,17 +162,7 @@ class LlamaCppSpec(_Spec):
             raise ValueError("an adapter deployment ('base') needs 'lora' or 'registry_lora'")
         if self.base == self.name:
             raise ValueError("a deployment cannot be its own base")
-        # Compared with the defaults, not by being set: a stored spec has every field written.
-        owned = [
-            f
-            for f in BASE_OWNED_FIELDS
-            if getattr(self, f) != type(self).model_fields[f].get_default(call_default_factory=True)
-        ]
-        if owned:
-            raise ValueError(
-                f"an adapter deployment ('base') takes {', '.join(repr(f) for f in owned)} from "
-                "its base deployment: leave it out"
-            )
+        _refuse_base_owned(self, BASE_OWNED_FIELDS)
         return self
 
     @property
@@ -173,6 +182,9 @@ VLLM_BASE_OWNED_FIELDS = (
     "enable_lora",
     "max_loras",
     "max_lora_rank",
+    "max_num_seqs",
+    "max_loaded_adapters",
+    "max_adapters",
     "max_in_flight",
 )
 
@@ -190,7 +202,9 @@ class VllmSpec(_Spec):
         description="Serve `registry_adapter` on the vLLM container of the `registry_model` "
         "deployment of this name (started with `enable_lora`): the adapter is loaded into the "
         "running server (`/v1/load_lora_adapter`, no restart) and requests for this deployment "
-        "select it. Leave out everything the base decides.",
+        "select it. Past the base's `max_loaded_adapters`, the least recently used idle adapter "
+        "is unloaded and loaded again when a request asks for it. Leave out everything the base "
+        "decides.",
     )
     registry_adapter: RegistryReference | None = Field(
         None,
@@ -235,13 +249,38 @@ class VllmSpec(_Spec):
         4,
         ge=1,
         le=64,
-        description="With `enable_lora`: adapters in one batch (`--max-loras`); the gateway "
-        "attaches at most this many, so none is ever swapped out under load.",
+        description="With `enable_lora`: adapters in one batch (`--max-loras`: vLLM's LoRA "
+        "slots on the GPU, through which the loaded adapters are swapped as requests need "
+        "them).",
     )
     max_lora_rank: VllmLoraRank = Field(
         16,
         description="With `enable_lora`: the largest adapter rank (`--max-lora-rank`; vLLM's "
         "default 16).",
+    )
+    max_num_seqs: Annotated[int, Field(ge=1, le=65536)] | None = Field(
+        None,
+        description="Sequences each vLLM server runs at once (`--max-num-seqs`): the container "
+        "is started with it (`registry_model`), or it is what the servers in `urls` were "
+        "started with. The gateway then admits that many requests per server and "
+        "FORGELINE_GATEWAY_QUEUE_PER_INSTANCE more, and answers 429 past them; unset, vLLM's "
+        "own default and the gateway's FORGELINE_GATEWAY_MAX_IN_FLIGHT_PER_INSTANCE.",
+    )
+    max_loaded_adapters: Annotated[int, Field(ge=1, le=1024)] | None = Field(
+        None,
+        description="With `enable_lora`: adapter deployments the gateway keeps loaded in the "
+        "base's vLLM server at once (default: `max_loras`). Past it, the least recently used "
+        "adapter with no request in flight is unloaded (`/v1/unload_lora_adapter`) and loaded "
+        "again when a request asks for it. At least `max_loras`; above it, vLLM is started "
+        "with `--max-cpu-loras` of this value, so vLLM's CPU cache holds exactly what the "
+        "gateway keeps loaded.",
+    )
+    max_adapters: int = Field(
+        64,
+        ge=1,
+        le=4096,
+        description="With `enable_lora`: adapter deployments that may be attached to the base "
+        "(loaded or not); one more is refused.",
     )
 
     _model_directory: Path | None = PrivateAttr(None)
@@ -254,11 +293,17 @@ class VllmSpec(_Spec):
             raise ValueError("'registry_adapter' is served on a base deployment: give 'base'")
         # Compared with the defaults, not by being set: a stored spec has every field written.
         fields = type(self).model_fields
-        lora_settings = ("max_loras", "max_lora_rank")
+        lora_settings = ("max_loras", "max_lora_rank", "max_loaded_adapters", "max_adapters")
         if not self.enable_lora and any(
             getattr(self, f) != fields[f].get_default() for f in lora_settings
         ):
-            raise ValueError("'max_loras' and 'max_lora_rank' apply with 'enable_lora' only")
+            raise ValueError(
+                "'max_loras', 'max_lora_rank', 'max_loaded_adapters' and 'max_adapters' apply "
+                "with 'enable_lora' only"
+            )
+        if self.max_loaded_adapters is not None and self.max_loaded_adapters < self.max_loras:
+            # vLLM's own rule for --max-cpu-loras, which this sets.
+            raise ValueError("'max_loaded_adapters' must be at least 'max_loras'")
         if self.registry_model is None:
             if self.enable_lora:
                 # Servers run elsewhere were started by someone else, with their own flags.
@@ -289,18 +334,14 @@ class VllmSpec(_Spec):
             raise ValueError("an adapter deployment ('base') needs 'registry_adapter'")
         if self.base == self.name:
             raise ValueError("a deployment cannot be its own base")
-        # Compared with the defaults, not by being set: a stored spec has every field written.
-        owned = [
-            f
-            for f in VLLM_BASE_OWNED_FIELDS
-            if getattr(self, f) != type(self).model_fields[f].get_default(call_default_factory=True)
-        ]
-        if owned:
-            raise ValueError(
-                f"an adapter deployment ('base') takes {', '.join(repr(f) for f in owned)} from "
-                "its base deployment: leave it out"
-            )
+        _refuse_base_owned(self, VLLM_BASE_OWNED_FIELDS)
         return self
+
+    @property
+    def loaded_adapter_limit(self) -> int:
+        """Adapters kept loaded at once on this base: `max_loaded_adapters`, or `max_loras`
+        (vLLM's own default for ``--max-cpu-loras``)."""
+        return self.max_loaded_adapters or self.max_loras
 
     @property
     def model_directory(self) -> Path | None:
@@ -315,10 +356,25 @@ class VllmSpec(_Spec):
         return copy
 
 
+#: What an Ollama adapter deployment (`OllamaSpec.base`) takes from its base and so may not set.
+OLLAMA_BASE_OWNED_FIELDS = ("url", "embeddings", "parallel", "max_in_flight")
+
+
 class OllamaSpec(_Spec):
-    """A GGUF pushed into Ollama (``/api/blobs``, ``/api/create``)."""
+    """A GGUF pushed into Ollama (``/api/blobs``, ``/api/create``); or GGUF LoRA adapters on the
+    Ollama model of another Ollama deployment (``base``): an Ollama model of their own, created
+    ``from`` the base's with ``adapters`` (a Modelfile's ``ADAPTER``), so the base's weights are
+    stored once for every fine-tune on it."""
 
     backend: Literal["ollama"]
+    base: DeploymentName | None = Field(
+        None,
+        description="Serve this deployment's adapters (`lora`, `registry_lora`) on the Ollama "
+        "model of the Ollama deployment of this name: an Ollama model is created from it with "
+        "the adapters, on its server; the base and its other adapters are untouched. Leave out "
+        "`gguf`, `registry_gguf` and what the base decides (`url`, `embeddings`, `parallel`, "
+        "`max_in_flight`); `template`, `system` and `parameters` default to the base's.",
+    )
     url: BackendUrl | None = Field(
         None, description="The Ollama server (default: FORGELINE_GATEWAY_OLLAMA_URL)."
     )
@@ -330,17 +386,55 @@ class OllamaSpec(_Spec):
         description="A GGUF version in the registry (`MODEL:VERSION`), fetched into the "
         "gateway's model cache and pushed to Ollama like `gguf`.",
     )
+    lora: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(
+        default_factory=list,
+        max_length=8,
+        description="With `base`: GGUF LoRA adapter files on the gateway host to apply.",
+    )
+    registry_lora: list[RegistryReference] = Field(
+        default_factory=list,
+        max_length=8,
+        description="With `base`: GGUF adapter versions in the registry to apply, fetched like "
+        "`registry_gguf`.",
+    )
     template: str | None = Field(None, max_length=65536, description="Go chat template.")
     system: str | None = Field(None, max_length=65536, description="Default system prompt.")
     parameters: dict[str, Any] = Field(
         default_factory=dict, description="Modelfile parameters (stop, num_ctx, ...)."
     )
     embeddings: bool = Field(False, description="The model is an embedding model.")
+    parallel: Annotated[int, Field(ge=1, le=4096)] | None = Field(
+        None,
+        description="Requests the Ollama server answers at once for this model (its "
+        "OLLAMA_NUM_PARALLEL, which only the server's operator sets): the gateway then admits "
+        "that many and FORGELINE_GATEWAY_QUEUE_PER_INSTANCE more, and answers 429 past them; "
+        "unset, the gateway's FORGELINE_GATEWAY_MAX_IN_FLIGHT_PER_INSTANCE.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> OllamaSpec:
+        if self.base is not None:
+            return self._adapter_on_base()
         if (self.gguf is None) == (self.registry_gguf is None):
             raise ValueError("give exactly one of 'gguf' or 'registry_gguf'")
+        if self.lora or self.registry_lora:
+            raise ValueError(
+                "'lora' and 'registry_lora' are served on a base deployment: give 'base' (an "
+                "Ollama deployment of the base model) and leave out 'gguf' and 'registry_gguf'"
+            )
+        return self
+
+    def _adapter_on_base(self) -> OllamaSpec:
+        if self.gguf is not None or self.registry_gguf is not None:
+            raise ValueError(
+                "an adapter deployment ('base') is created from its base's Ollama model: leave "
+                "out 'gguf' and 'registry_gguf'"
+            )
+        if not (self.lora or self.registry_lora):
+            raise ValueError("an adapter deployment ('base') needs 'lora' or 'registry_lora'")
+        if self.base == self.name:
+            raise ValueError("a deployment cannot be its own base")
+        _refuse_base_owned(self, OLLAMA_BASE_OWNED_FIELDS)
         return self
 
 

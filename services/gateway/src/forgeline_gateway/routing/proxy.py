@@ -1,6 +1,8 @@
 """Sending one inference request to a backend instance and the answer back to the client.
 
 * The request is checked against the deployment's capabilities before anything is sent.
+* A route with a gate (`routing/gate.py`: an adapter loaded on demand) is passed first, and
+  left when the request is counted.
 * Instances are chosen by `Route.acquire` (least in flight, bounded); a connection failure or a
   5xx before the first byte moves on to another instance; once bytes of a stream went to the
   client, nothing is retried.
@@ -39,6 +41,7 @@ from forgeline_gateway.errors import BadGateway, Overloaded
 from forgeline_gateway.metrics import UNKNOWN_MODEL, GatewayMetrics
 from forgeline_gateway.routing.client_watch import ClientDisconnectedError, ClientWatch
 from forgeline_gateway.routing.event_stream import EventStreamResponse
+from forgeline_gateway.routing.gate import RequestGate
 from forgeline_gateway.routing.router import Instance, Route, Router
 from forgeline_gateway.routing.translation import StreamTranslator, Translation
 from forgeline_gateway.routing.transport import PooledTransport
@@ -86,8 +89,20 @@ class _Call:
     started: float
     #: The ``endpoint`` label of its metrics.
     label: str
+    #: The route's gate once the request passed it; left when the request is counted.
+    gate: RequestGate | None = None
+
+    async def admit(self) -> None:
+        """Pass the route's gate, if it has one (an adapter loaded on demand)."""
+        gate = self.route.gate
+        if gate is not None:
+            await gate.enter()
+            self.gate = gate
 
     def finish(self, status: int, prompt: int = 0, completion: int = 0) -> None:
+        if self.gate is not None:
+            self.gate.leave()
+            self.gate = None
         labels = (self.route.name, self.route.backend_kind)
         self.metrics.observe(*labels, self.label, status, time.perf_counter() - self.started)
         self.metrics.tokens(*labels, prompt, completion)
@@ -137,6 +152,7 @@ class Proxy:
         opened = False
         try:
             with watch.guard():
+                await call.admit()
                 if not stream:
                     return await self._complete(call, content, response_model, translation)
                 instance, upstream = await self._open(call, content)
@@ -181,6 +197,7 @@ class Proxy:
         self.metrics.in_flight.labels(route.name, route.backend_kind).inc()
         content = self._upstream_body(route, endpoint, params, False)
         try:
+            await call.admit()
             answer = await self._answer(call, content, response_model)
         except asyncio.CancelledError:
             call.finish(CLIENT_CLOSED)

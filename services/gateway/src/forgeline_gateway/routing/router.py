@@ -18,6 +18,7 @@ import httpx
 
 from forgeline_gateway.backends.base import Backend, Capabilities, Placement
 from forgeline_gateway.deployments.spec import ModelMetadata
+from forgeline_gateway.routing.gate import RequestGate
 from forgeline_kit.errors import NotFound, Unavailable
 
 __all__ = ["Instance", "ModelNotFound", "Route", "Router"]
@@ -80,6 +81,8 @@ class Route:
     metadata: ModelMetadata
     created: int
     placement: Placement
+    #: What each request must pass before it is sent (an adapter loaded on demand), if any.
+    gate: RequestGate | None = None
     _turn: itertools.count[int] = field(default_factory=itertools.count)
 
     @property

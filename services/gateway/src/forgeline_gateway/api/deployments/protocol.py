@@ -24,6 +24,12 @@ class Deployment(BaseModel):
         default_factory=list,
         description="For a base deployment: the adapter deployments served on its processes.",
     )
+    loaded_adapters: list[str] = Field(
+        default_factory=list,
+        description="For a vLLM base deployment: those of `adapters` loaded in its server now, "
+        "least recently used first (at most its `max_loaded_adapters`; the others are loaded "
+        "again when a request asks for them).",
+    )
     created: int
     spec: DeploymentSpec
 

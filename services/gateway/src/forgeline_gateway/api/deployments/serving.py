@@ -35,6 +35,7 @@ def _view(state: DeploymentState) -> Deployment:
         error=state.error,
         instances=state.instances,
         adapters=list(state.adapters),
+        loaded_adapters=list(state.loaded_adapters),
         created=state.created,
         spec=state.spec,
     )

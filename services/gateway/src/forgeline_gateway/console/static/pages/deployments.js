@@ -68,7 +68,11 @@ function nameCell(d, { adapter = false } = {}) {
     : mono(d.name, { max: 48 });
   if (!adapter) {
     const count = d.adapters?.length ?? 0;
-    const note = count ? h("span", { class: "cell-note", text: `${count} adapter${count === 1 ? "" : "s"}` }) : null;
+    // A vLLM base loads its adapters on demand: how many are in its server now.
+    const loaded = d.backend === "vllm" ? `, ${d.loaded_adapters?.length ?? 0} loaded` : "";
+    const note = count
+      ? h("span", { class: "cell-note", text: `${count} adapter${count === 1 ? "" : "s"}${loaded}` })
+      : null;
     return h("span", { class: "deployment-name" }, name, note);
   }
   return h(
