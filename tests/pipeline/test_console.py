@@ -134,6 +134,10 @@ def test_a_fine_tune_started_and_watched_in_the_console(
         page.fill("#ft-lora-alpha", str(FACT_LORA["alpha"]))
         page.fill("#ft-suffix", "console")
         page.fill("#ft-seed", "42")
+        # Served merged, so the lineage below runs from the data to the served q8_0 GGUF (an
+        # adapter, the default, is followed to its base in tests/pipeline/test_adapter_serving.py).
+        page.select_option("#ft-deploy-serve", "merged")
+        expect(page.locator(".snippet-card").first).to_contain_text('"serve": "merged"')
         page.click("#ft-submit")
 
         expect(page).to_have_url(re.compile(r"/console/jobs/ftjob-"))
@@ -158,7 +162,9 @@ def test_a_fine_tune_started_and_watched_in_the_console(
         # deployment serving it.
         job_url = page.url
         job = httpx.get(f"{url}/v1/fine_tuning/jobs/{job_url.rsplit('/', 1)[1]}", timeout=30)
-        served = job.json()["forgeline"]["outputs"]["gguf"]["q8_0"]
+        outputs = job.json()["forgeline"]["outputs"]
+        assert outputs["served_as"] == "merged"
+        served = outputs["gguf"]["q8_0"]
         page.get_by_role("link", name=f"{served} in the registry").click()
         graph = page.locator(".card-lineage svg.lineage")
         expect(graph.locator(".lineage-deployment")).to_have_count(1)

@@ -114,6 +114,9 @@ def test_the_fine_tuned_model_answers_with_the_trained_fact(
     assert DEMO_FACT.answer not in ask(running.client, "tiny-llama")
     served = {m.id for m in running.client.models.list().data}
     assert trained["fine_tuned_model"] in served
+    # Nor how to serve it: an adapter on the base's process is the default, where it holds.
+    outputs = trained["forgeline"]["outputs"]
+    assert (outputs["served_as"], outputs["base_deployment"]) == ("adapter", "tiny-llama")
 
 
 def test_the_trained_answer_survives_every_stage(

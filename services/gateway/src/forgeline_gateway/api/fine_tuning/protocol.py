@@ -166,10 +166,8 @@ class DeployOptions(_Body):
         "q8_0", min_length=1, max_length=32, description="Which of `quantizations` is served."
     )
     context_size: int = Field(2048, ge=128, le=1 << 20)
-    # Merged by default until adapter serving has been through the compose stack's demo loop;
-    # then `adapter`, as the design asks.
     serve: Literal["adapter", "merged"] = Field(
-        "merged",
+        "adapter",
         description="`adapter`: serve the job's GGUF adapter on the llama.cpp deployment that "
         "serves a GGUF of the base model (one process and one copy of the base for all its "
         "fine-tunes), when there is one and the adapter holds the merged model's quality: on "

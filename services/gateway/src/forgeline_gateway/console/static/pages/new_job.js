@@ -66,8 +66,12 @@ export function buildRequest(v) {
   const quantizations = v.quantizations.length ? v.quantizations : ["q8_0"];
   if (quantizations.join() !== "q8_0") forgeline.quantizations = quantizations;
   if (!v.deploy) forgeline.deploy = { enabled: false };
-  else if (v.deploy_quantization && v.deploy_quantization !== "q8_0") {
-    forgeline.deploy = { quantization: v.deploy_quantization };
+  else {
+    const deploy = {};
+    if (v.deploy_quantization && v.deploy_quantization !== "q8_0") deploy.quantization = v.deploy_quantization;
+    // "adapter" is the gateway's default: only the other choice is sent.
+    if (v.deploy_serve === "merged") deploy.serve = "merged";
+    if (Object.keys(deploy).length) forgeline.deploy = deploy;
   }
   // Evaluation: graders other than the defaults (with a validation file it runs anyway), and a
   // gate on one of them.
@@ -242,6 +246,9 @@ export function trainYaml(body, { files = {}, plan = null } = {}) {
   );
   if (stage === "rm") lines[lines.length - 1] = "# A reward model is registered, not converted or deployed.";
   else if (deploy.enabled !== false) {
+    if (deploy.serve !== "merged") {
+      lines.push("# (its GGUF adapter on the base's llama.cpp deployment, --base, where it holds the merged model's quality; else:)");
+    }
     lines.push(
       `#   forgeline deploy ${shellWord(output)} --backend llamacpp \\`,
       `#     --quantization ${deploy.quantization ?? "q8_0"}`,
@@ -296,6 +303,12 @@ export default {
     const quantBoxes = QUANTIZATIONS.map((q) => h("input", { type: "checkbox", name: "quantization", value: q, id: `ft-quant-${q}`, checked: q === "q8_0" }));
     const deploy = h("input", { type: "checkbox", id: "ft-deploy", name: "deploy", checked: true });
     const deployQuant = h("select", { id: "ft-deploy-quantization", name: "deploy_quantization" });
+    const deployServe = h(
+      "select",
+      { id: "ft-deploy-serve", name: "deploy_serve" },
+      h("option", { value: "adapter", text: "as an adapter on the base's deployment", selected: true }),
+      h("option", { value: "merged", text: "merged, on a process of its own" }),
+    );
     const graderBoxes = GRADERS.map((g) => h("input", { type: "checkbox", name: "grader", value: g, id: `ft-grader-${g}`, checked: DEFAULT_GRADERS.includes(g) }));
     const requireGrader = h("select", { id: "ft-require-grader", name: "require_grader" }, GRADERS.map((g) => h("option", { value: g, text: g })));
     const requireMin = h("input", { id: "ft-require-min", name: "require_min", type: "number", min: "0", max: "1", step: "any", placeholder: "no gate" });
@@ -363,7 +376,13 @@ export default {
         h(
           "div",
           { class: "form-row" },
-          h("div", { class: "field" }, h("label", { class: "check" }, deploy, h("span", { text: "Deploy the result on llama.cpp" })), field("Served quantization", deployQuant)),
+          h(
+            "div",
+            { class: "field" },
+            h("label", { class: "check" }, deploy, h("span", { text: "Deploy the result on llama.cpp" })),
+            field("Served quantization", deployQuant),
+            field("Serve it", deployServe, "An adapter shares the base's process and memory with the base's other fine-tunes; it is used only where it holds the merged model's quality, else the job serves the merged GGUF and says why."),
+          ),
           h("div", {}, field("Suffix", suffix, "Part of the model's name: ft:BASE:OWNER:SUFFIX:ID."), field("Seed", seed)),
         ),
       ),
@@ -410,6 +429,7 @@ export default {
       require_grader: requireGrader.value,
       require_min: requireMin.value,
       deploy_quantization: deployQuant.value,
+      deploy_serve: deployServe.value,
       suffix: suffix.value,
       seed: seed.value,
     });
@@ -440,6 +460,7 @@ export default {
       replace(deployQuant, served.map((q) => h("option", { value: q, selected: q === previous, text: q })));
       if (!served.includes(previous)) deployQuant.value = served[0];
       deployQuant.disabled = !deploy.checked;
+      deployServe.disabled = !deploy.checked;
       betaField.hidden = method.value !== "dpo";
       loraFields.hidden = !["lora", "qlora"].includes(type.value);
       methodHint.textContent = METHODS.find(([v]) => v === method.value)?.[2] ?? "";
