@@ -19,11 +19,14 @@ from typing import Any, cast
 
 import httpx
 import pytest
+from fakes.ollama import FakeOllama
+from fakes.server import FakeServer
 from gguf_adapters import make_gguf_adapter
 
 from forgeline_cli.stack import LocalStack
 from forgeline_cli.walkthrough import register_base_model
 from forgeline_gateway.api.fine_tuning.protocol import FineTuningJobCreate
+from forgeline_gateway.backends.ollama import ollama_model_name
 from forgeline_gateway.fine_tuning.agreement import Messages
 from forgeline_gateway.fine_tuning.pipeline import Pipeline
 from forgeline_gateway.fine_tuning.quality import ADAPTER_TOLERANCE
@@ -295,8 +298,8 @@ def test_without_a_deployment_of_the_base_the_job_is_served_merged(
     job, events = deploying.run(_job(registered, registered.merged))
 
     assert job.outputs.served_as == "merged"
-    assert any(f"no llama.cpp deployment serves a GGUF of the base model {registered.base}" in e
-               for e in events)  # fmt: skip
+    missing = f"no llama.cpp or Ollama deployment serves a GGUF of the base model {registered.base}"
+    assert any(missing in e for e in events)
 
 
 def _card(adapter: float, merged: float) -> list[ArtifactQuality]:
@@ -338,3 +341,57 @@ def test_a_quality_card_short_of_the_merged_model_serves_it_merged(
     assert "does not hold the merged model's quality" in said
     assert "rouge_l 0.7000 against 0.8000" in said
     assert "short on rouge_l" in said
+
+
+def test_on_an_ollama_base_the_adapter_is_an_ollama_model_made_from_it(
+    start_gateway: StartGateway, registered: Registered, tmp_path: Path
+) -> None:
+    """The Ollama path through the pipeline (against the Ollama contract fake, `fakes/ollama.py`):
+    with no llama.cpp deployment of the base but an Ollama one, the job's GGUF adapter becomes an
+    Ollama model created ``from`` the base's with ``adapters``, served under the job's name."""
+    fake = FakeOllama()
+    server = FakeServer(fake.app).start()
+    try:
+        served = start_gateway(
+            {
+                "registry_target": registered.target,
+                "registry_local_files": True,
+                "ollama_url": server.url,
+            }
+        )
+        served.deploy(
+            {
+                "name": "tiny-ollama",
+                "backend": "ollama",
+                "registry_gguf": registered.base_gguf,
+                "metadata": {"version": registered.base_gguf, "quantization": "f16"},
+            }
+        )
+        store = JobStore.open(tmp_path / "jobs.sqlite3")
+        try:
+            deploying = Deploying(served, registered, store)
+            job, events = deploying.run(
+                _job(registered, registered.merged, quality=_card(adapter=0.8, merged=0.8))
+            )
+        finally:
+            store.close()
+        name = job.fine_tuned_model
+        answer = served.client().chat.completions.create(
+            model=name, messages=[{"role": "user", "content": "hello"}], max_tokens=3
+        )
+    finally:
+        server.stop()
+
+    assert (job.outputs.served_as, job.outputs.base_deployment) == ("adapter", "tiny-ollama")
+    spec = _deployment(served, name)["spec"]
+    assert (spec["backend"], spec["base"], spec["registry_lora"]) == (
+        "ollama",
+        "tiny-ollama",
+        [registered.adapter],
+    )
+    [created] = [body for body in fake.creates if body["model"] == ollama_model_name(name)]
+    assert created["from"] == ollama_model_name("tiny-ollama")
+    assert len(created["adapters"]) == 1
+    # The fake's adapter models answer with their Ollama name first: this one answered.
+    assert (answer.choices[0].message.content or "").startswith(f"[{ollama_model_name(name)}]")
+    assert any("as an adapter on the base deployment 'tiny-ollama'" in e for e in events)

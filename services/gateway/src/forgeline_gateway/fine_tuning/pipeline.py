@@ -35,7 +35,7 @@ from google.protobuf import field_mask_pb2
 
 from forgeline_gateway.api.fine_tuning.protocol import EvalOptions, FineTuningJobCreate, JobError
 from forgeline_gateway.deployments.manager import DeploymentManager
-from forgeline_gateway.deployments.spec import LlamaCppSpec, ModelMetadata
+from forgeline_gateway.deployments.spec import LlamaCppSpec, ModelMetadata, OllamaSpec
 from forgeline_gateway.fine_tuning.agreement import PROMPTS, Agreement, Messages, compare
 from forgeline_gateway.fine_tuning.auto import ResolvedHyperparameters, resolve
 from forgeline_gateway.fine_tuning.plan import DatasetFile, trainer_spec
@@ -68,6 +68,9 @@ from forgeline_proto.converter.v1 import converter_pb2, converter_pb2_grpc
 from forgeline_proto.registry.v1 import registry_pb2, registry_pb2_grpc
 from forgeline_proto.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from forgeline_registry.hub import HubImporter, is_hub_id
+
+#: The deployments a job makes of its GGUF files and adapter.
+GgufSpec = LlamaCppSpec | OllamaSpec
 
 __all__ = [
     "AdapterCheck",
@@ -719,24 +722,14 @@ class Pipeline:
         eval_id = await quality.open_eval(job.id, options)
         outputs = job.outputs
         base, no_base = await self._base_deployment(job, quantization)
-        candidates: list[tuple[str, str | None, LlamaCppSpec | None]] = []
+        candidates: list[tuple[str, str | None, GgufSpec | None]] = []
         if base is not None:
             spec = self.deployments.get(base).spec
             version = getattr(spec, "registry_gguf", None) or spec.metadata.version
             candidates.append(("base", version, None))
             if outputs.gguf_adapter:
-                candidates.append(
-                    (
-                        "adapter",
-                        outputs.gguf_adapter,
-                        LlamaCppSpec(
-                            name=f"{job.id}:eval-adapter",
-                            backend="llamacpp",
-                            base=base,
-                            registry_lora=[outputs.gguf_adapter],
-                        ),
-                    )
-                )
+                adapter = self._adapter_spec(job, base, f"{job.id}:eval-adapter")
+                candidates.append(("adapter", outputs.gguf_adapter, adapter))
         for file_type, version in outputs.gguf.items():
             candidates.append(
                 (
@@ -859,7 +852,7 @@ class Pipeline:
             job, "info", f"Moved the registry alias {ref.model}@{alias} to {reference}"
         )
 
-    async def _create_deployment(self, spec: LlamaCppSpec) -> bool:
+    async def _create_deployment(self, spec: GgufSpec) -> bool:
         """Deploy `spec`; False when a deployment of its name already exists (placed before a
         restart: the deployments of a job are keyed by their names)."""
         try:
@@ -953,32 +946,33 @@ class Pipeline:
     async def _base_deployment(
         self, job: JobRecord, quantization: str
     ) -> tuple[str | None, str | None]:
-        """The llama.cpp deployment serving a GGUF converted from the job's base version (by
-        its `registry_gguf` or `metadata.version`; one of `quantization` first, then the
-        oldest), or None and why there is none."""
-        found: list[tuple[bool, int, str]] = []
+        """The deployment serving a GGUF converted from the job's base version (by its
+        `registry_gguf` or `metadata.version`) that adapters can be served on: llama.cpp
+        (processes the gateway starts) before Ollama, then one of `quantization`, then the
+        oldest; or None and why there is none."""
+        found: list[tuple[bool, bool, int, str]] = []
         for state in self.deployments.list():
             spec = state.spec
             if (
                 not state.ready
-                or not isinstance(spec, LlamaCppSpec)
-                or spec.adapter
-                or spec.urls
+                or not isinstance(spec, LlamaCppSpec | OllamaSpec)
+                or spec.base is not None
                 or spec.embeddings
+                or (isinstance(spec, LlamaCppSpec) and spec.urls)
                 or spec.name == job.fine_tuned_model
             ):
                 continue
             version = spec.registry_gguf or spec.metadata.version
             if version and await self._converted_from(version, job.base_version):
                 other = (spec.metadata.quantization or "").lower() != quantization
-                found.append((other, state.created, spec.name))
+                found.append((isinstance(spec, OllamaSpec), other, state.created, spec.name))
         if found:
-            return min(found)[2], None
+            return min(found)[3], None
         return None, (
-            f"no llama.cpp deployment serves a GGUF of the base model {job.base_version} (one "
-            "whose registry_gguf or metadata.version names a GGUF converted from it); deploy "
-            f"one (forgeline deploy {job.base_version} --backend llamacpp --quantization "
-            f"{quantization}) to serve fine-tunes on it as adapters"
+            f"no llama.cpp or Ollama deployment serves a GGUF of the base model "
+            f"{job.base_version} (one whose registry_gguf or metadata.version names a GGUF "
+            f"converted from it); deploy one (forgeline deploy {job.base_version} --backend "
+            f"llamacpp --quantization {quantization}) to serve fine-tunes on it as adapters"
         )
 
     async def _converted_from(self, reference: str, base: str) -> bool:
@@ -1008,18 +1002,13 @@ class Pipeline:
         name = job.fine_tuned_model
         request = job.request
         base_spec = self.deployments.get(base).spec
-        adapter = LlamaCppSpec(
-            name=name,
-            backend="llamacpp",
-            base=base,
-            registry_lora=[job.outputs.gguf_adapter],
-            metadata=ModelMetadata(
-                base=request.model,
-                version=job.outputs.gguf_adapter,
-                quantization=base_spec.metadata.quantization,
-                quality=_scores(job, "adapter"),
-            ),
+        metadata = ModelMetadata(
+            base=request.model,
+            version=job.outputs.gguf_adapter,
+            quantization=base_spec.metadata.quantization,
+            quality=_scores(job, "adapter"),
         )
+        adapter = self._adapter_spec(job, base, name, metadata)
         try:
             if not await self._create_deployment(adapter):
                 existing = self.deployments.get(name).spec
@@ -1028,6 +1017,23 @@ class Pipeline:
         except StageFailedError as failure:
             return f"the adapter could not be served on '{base}': {failure.error.message}"
         return None
+
+    def _adapter_spec(
+        self, job: JobRecord, base: str, name: str, metadata: ModelMetadata | None = None
+    ) -> GgufSpec:
+        """The adapter deployment `name` of the job's GGUF adapter on the deployment `base`,
+        for its backend: loaded into the base's llama-server processes, or an Ollama model
+        made from the base's with the adapter (`ADAPTER`)."""
+        assert job.outputs.gguf_adapter is not None
+        fields: dict[str, Any] = {
+            "name": name,
+            "base": base,
+            "registry_lora": [job.outputs.gguf_adapter],
+            "metadata": metadata or ModelMetadata(),
+        }
+        if isinstance(self.deployments.get(base).spec, OllamaSpec):
+            return OllamaSpec(backend="ollama", **fields)
+        return LlamaCppSpec(backend="llamacpp", **fields)
 
     async def _check_adapter(
         self, job: JobRecord, base: str, merged: str, quantization: str

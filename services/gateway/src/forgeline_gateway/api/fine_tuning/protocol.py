@@ -170,11 +170,13 @@ class DeployOptions(_Body):
         "adapter",
         description="`adapter`: serve the job's GGUF adapter on the llama.cpp deployment that "
         "serves a GGUF of the base model (one process and one copy of the base for all its "
-        "fine-tunes), when there is one and the adapter holds the merged model's quality: on "
-        "the job's quality card (each grader's mean at most 0.02 below the merged GGUF's) when "
-        "the job is evaluated, else its greedy answers agree with the merged model's on the "
-        "job's prompts; otherwise the merged GGUF is served, and an event says why. `merged`: "
-        "serve the merged GGUF (`quantization`) on processes of its own.",
+        "fine-tunes; without one, on such an Ollama deployment, as an Ollama model made from "
+        "the base's with `ADAPTER`), when there is one and the adapter holds the merged "
+        "model's quality: on the job's quality card (each grader's mean at most 0.02 below "
+        "the merged GGUF's) when the job is evaluated, else its greedy answers agree with the "
+        "merged model's on the job's prompts; otherwise the merged GGUF is served, and an "
+        "event says why. `merged`: serve the merged GGUF (`quantization`) on processes of its "
+        "own.",
     )
     alias: str | None = Field(
         None,
