@@ -29,11 +29,13 @@ CONVERT_TIMEOUT_S = 300
 
 @dataclass(frozen=True)
 class GgufAdapter:
-    """A GGUF adapter of the tiny model, and its merged GGUF when one was made."""
+    """A GGUF adapter of the tiny model, the HF/PEFT adapter it was converted from (what vLLM
+    loads), and its merged GGUF when one was made."""
 
     seed: int
     gguf: Path
     merged_gguf: Path | None = None
+    hf: Path | None = None
 
 
 def make_gguf_adapter(
@@ -47,8 +49,9 @@ def make_gguf_adapter(
     std: float = 0.2,
 ) -> GgufAdapter:
     """A LoRA adapter of the HF model in `model_dir` with random B matrices (normal, `std`),
-    as a GGUF adapter under `work`; with `merged`, the same adapter merged into the model and
-    converted to a GGUF of `merged_outtype` too."""
+    saved in PEFT's layout (`GgufAdapter.hf`) and converted to a GGUF adapter under `work`;
+    with `merged`, the same adapter merged into the model and converted to a GGUF of
+    `merged_outtype` too."""
     import torch  # imported here: only building adapters needs torch in the test process
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -93,4 +96,4 @@ def make_gguf_adapter(
         )
         if done.returncode != 0:
             raise RuntimeError(f"converting the merged model failed:\n{done.stderr[-3000:]}")
-    return GgufAdapter(seed=seed, gguf=converted.path, merged_gguf=merged_gguf)
+    return GgufAdapter(seed=seed, gguf=converted.path, merged_gguf=merged_gguf, hf=adapter_dir)

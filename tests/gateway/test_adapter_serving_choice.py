@@ -1,7 +1,8 @@
 """How the pipeline's deploying stage serves a job (`deploy.serve`), without training: a real
-registry holding the tiny model, its GGUF and a fine-tune's GGUF adapter and merged GGUFs (made
-from random LoRA weights, `tests/gguf_adapters.py`), a real gateway serving the base GGUF, and the
-pipeline's `_deploy` run on a job record that names them.
+registry holding the tiny model, its GGUF and a fine-tune's HF/PEFT adapter, GGUF adapter and
+merged GGUFs (made from random LoRA weights, `tests/gguf_adapters.py`), a real gateway serving
+the base GGUF, and the pipeline's `_deploy` run on a job record that names them. On Ollama and
+vLLM bases the gateway talks to those backends' contract fakes.
 
 The adapter is served on the base only when its greedy answers are the merged model's; compared
 with the merged GGUF of another adapter it is not, and the job is served merged with an event
@@ -19,13 +20,14 @@ from typing import Any, cast
 
 import httpx
 import pytest
+from fakes.docker_engine import FakeDockerEngine
 from fakes.ollama import FakeOllama
 from fakes.server import FakeServer
 from gguf_adapters import make_gguf_adapter
 
 from forgeline_cli.stack import LocalStack
 from forgeline_cli.walkthrough import register_base_model
-from forgeline_gateway.api.fine_tuning.protocol import FineTuningJobCreate
+from forgeline_gateway.api.fine_tuning.protocol import EvalOptions, FineTuningJobCreate
 from forgeline_gateway.backends.ollama import ollama_model_name
 from forgeline_gateway.fine_tuning.agreement import Messages
 from forgeline_gateway.fine_tuning.pipeline import Pipeline
@@ -55,6 +57,7 @@ class Registered:
     base: str  # the tiny model, HF
     base_gguf: str
     adapter: str  # the fine-tune's GGUF adapter
+    hf_adapter: str  # the HF/PEFT adapter it was converted from
     merged: str  # its merged GGUF
     other_merged: str  # the merged GGUF of another adapter
 
@@ -70,16 +73,25 @@ def registered(
     made = make_gguf_adapter(tiny_model.path, work, llamacpp_toolchain, seed=3, merged=True)
     other = make_gguf_adapter(tiny_model.path, work, llamacpp_toolchain, seed=4, merged=True)
     assert made.merged_gguf is not None
+    assert made.hf is not None
     assert other.merged_gguf is not None
     stack = LocalStack(work / "stack")
     stack.start("registry")
     try:
         base = register_base_model(stack.registry_target, tiny_model)
 
-        async def push(name: str, file: Path, kind: int, parent: str | None = None) -> str:
+        def stage(name: str, file: Path) -> Path:
+            """A directory holding `file` (or, for a directory, its files) to push."""
             directory = work / "push" / name
-            directory.mkdir(parents=True)
-            shutil.copy2(file, directory / file.name)
+            if file.is_dir():
+                shutil.copytree(file, directory)
+            else:
+                directory.mkdir(parents=True)
+                shutil.copy2(file, directory / file.name)
+            return directory
+
+        async def push(name: str, file: Path, kind: int, parent: str | None = None) -> str:
+            directory = stage(name, file)
             lineage = rpb.Lineage()
             if parent is not None:
                 model, _, number = parent.rpartition(":")
@@ -98,6 +110,7 @@ def registered(
             base=base,
             base_gguf=asyncio.run(push("tiny-llama-gguf", tiny_gguf, rpb.VERSION_KIND_GGUF, base)),
             adapter=asyncio.run(push("ft-adapter", made.gguf, rpb.VERSION_KIND_GGUF_ADAPTER)),
+            hf_adapter=asyncio.run(push("ft-adapter-hf", made.hf, rpb.VERSION_KIND_ADAPTER)),
             merged=asyncio.run(push("ft-merged", made.merged_gguf, rpb.VERSION_KIND_GGUF)),
             other_merged=asyncio.run(
                 push("other-merged", other.merged_gguf, rpb.VERSION_KIND_GGUF)
@@ -299,7 +312,9 @@ def test_without_a_deployment_of_the_base_the_job_is_served_merged(
 
     assert job.outputs.served_as == "merged"
     missing = f"no llama.cpp or Ollama deployment serves a GGUF of the base model {registered.base}"
-    assert any(missing in e for e in events)
+    [said] = [e for e in events if missing in e]
+    assert "no vLLM deployment serves it with enable_lora" in said
+    assert f"forgeline deploy {registered.base} --backend llamacpp --quantization f16" in said
 
 
 def _card(adapter: float, merged: float) -> list[ArtifactQuality]:
@@ -395,3 +410,207 @@ def test_on_an_ollama_base_the_adapter_is_an_ollama_model_made_from_it(
     # The fake's adapter models answer with their Ollama name first: this one answered.
     assert (answer.choices[0].message.content or "").startswith(f"[{ollama_model_name(name)}]")
     assert any("as an adapter on the base deployment 'tiny-ollama'" in e for e in events)
+
+
+#: The vLLM image the Docker Engine fake holds and the gateway starts (as in test_vllm_adapters).
+VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
+
+
+@pytest.fixture
+def engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeDockerEngine]:
+    """The Docker Engine contract fake (`fakes/docker_engine.py`), whose containers run the
+    vLLM contract fake (`fakes/vllm.py`), as the gateway's DOCKER_HOST."""
+    fake = FakeDockerEngine(images={VLLM_IMAGE})
+    server = FakeServer(fake.app).start()
+    monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{server.port}")
+    for variable in ("DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "DOCKER_CONTEXT"):
+        monkeypatch.delenv(variable, raising=False)
+    yield fake
+    fake.close()
+    server.stop()
+
+
+def _vllm_base(start_gateway: StartGateway, registered: Registered, tmp_path: Path) -> Served:
+    """A gateway whose only deployment of the base is a vLLM container of the base version
+    itself (`registry_model`, `enable_lora`), ``tiny-vllm``."""
+    served = start_gateway(
+        {
+            "registry_target": registered.target,
+            "registry_local_files": True,
+            "model_cache": tmp_path / "models",
+            "vllm_image": VLLM_IMAGE,
+            "vllm_start_seconds": 30,
+        },
+        database=tmp_path / "gateway.sqlite3",
+    )
+    served.deploy(
+        {
+            "name": "tiny-vllm",
+            "backend": "vllm",
+            "registry_model": registered.base,
+            "enable_lora": True,
+        }
+    )
+    return served
+
+
+def _on_vllm(
+    start_gateway: StartGateway, registered: Registered, tmp_path: Path, card: list[ArtifactQuality]
+) -> tuple[Served, JobRecord, list[str]]:
+    """The deploying stage of a job with the HF adapter and `card`, on a vLLM base
+    (`_vllm_base`)."""
+    served = _vllm_base(start_gateway, registered, tmp_path)
+    store = JobStore.open(tmp_path / "jobs.sqlite3")
+    try:
+        job, events = Deploying(served, registered, store).run(
+            _job(registered, registered.merged, quality=card, adapter=registered.hf_adapter)
+        )
+    finally:
+        store.close()
+    return served, job, events
+
+
+def test_on_a_vllm_base_the_hf_adapter_is_loaded_into_its_server(
+    start_gateway: StartGateway, registered: Registered, engine: FakeDockerEngine, tmp_path: Path
+) -> None:
+    """The vLLM path through the pipeline: with no llama.cpp or Ollama deployment of the base
+    but a vLLM container of the base version with `enable_lora`, the job's HF/PEFT adapter
+    (not its GGUF one: vLLM serves PEFT adapters as trained) is loaded into that server under
+    the job's name, and requests for the job's model select it."""
+    served, job, events = _on_vllm(
+        start_gateway, registered, tmp_path, _card(adapter=0.8, merged=0.8)
+    )
+    name = job.fine_tuned_model
+    answer = served.client().chat.completions.create(
+        model=name, messages=[{"role": "user", "content": "hello"}], max_tokens=3
+    )
+
+    assert job.stage == "succeeded"
+    assert (job.outputs.served_as, job.outputs.base_deployment) == ("adapter", "tiny-vllm")
+    assert job.outputs.deployment == name
+    deployed = _deployment(served, name)
+    spec = deployed["spec"]
+    assert (spec["backend"], spec["base"], spec["registry_adapter"]) == (
+        "vllm",
+        "tiny-vllm",
+        registered.hf_adapter,
+    )
+    assert spec["metadata"]["version"] == registered.hf_adapter
+    assert _deployment(served, "tiny-vllm")["adapters"] == [name]
+    [container] = engine.containers.values()
+    vllm = container.vllm
+    assert vllm is not None
+    assert [body["lora_name"] for call, body in vllm.lora_calls if call == "load"] == [name]
+    # The adapter's lora_name is the deployment's name: it is what selects it in vLLM.
+    assert answer.model == name
+    assert vllm.requests[-1]["model"] == name
+    # Only the base and the adapter: no merged deployment was made.
+    names = [d["name"] for d in served.admin("GET", "/v1/deployments").json()["data"]]
+    assert sorted(names) == sorted(["tiny-vllm", name])
+    assert any("as an adapter on the base deployment 'tiny-vllm'" in e for e in events)
+
+
+def test_on_a_vllm_base_a_card_short_of_the_merged_model_serves_it_merged(
+    start_gateway: StartGateway, registered: Registered, engine: FakeDockerEngine, tmp_path: Path
+) -> None:
+    served, job, events = _on_vllm(
+        start_gateway, registered, tmp_path, _card(adapter=0.70, merged=0.80)
+    )
+
+    assert job.outputs.served_as == "merged"
+    spec = _deployment(served, job.fine_tuned_model)["spec"]
+    assert (spec["backend"], spec["registry_gguf"], spec["base"]) == (
+        "llamacpp",
+        registered.merged,
+        None,
+    )
+    assert _deployment(served, "tiny-vllm")["adapters"] == []
+    [container] = engine.containers.values()
+    assert container.vllm is not None
+    assert container.vllm.lora_calls == []  # the card decided: nothing was loaded
+    [said] = [e for e in events if e.startswith(f"Serving {job.fine_tuned_model} merged")]
+    assert "does not hold the merged model's quality" in said
+    assert "rouge_l 0.7000 against 0.8000" in said
+
+
+class _Scores:
+    """The pipeline's quality check (`QualityCheck.open_eval` and `score`) without the Evals
+    API: each artifact answers one prompt through the gateway (so it must be served), and
+    scores a fixed 0.5."""
+
+    def __init__(self, served: Served) -> None:
+        self.check = _Check(served)
+        #: (artifact, version, model) of each line scored, in order.
+        self.scored: list[tuple[str, str | None, str]] = []
+
+    async def open_eval(self, job_id: str, options: EvalOptions) -> str:
+        return "eval-1"
+
+    async def score(
+        self,
+        eval_id: str,
+        *,
+        artifact: str,
+        version: str | None,
+        model: str,
+        rows: list[dict[str, Any]],
+        options: EvalOptions,
+    ) -> ArtifactQuality:
+        await self.check.answer(model, PROMPTS[0])
+        self.scored.append((artifact, version, model))
+        return ArtifactQuality(
+            artifact=artifact, version=version, scores={"rouge_l": 0.5}, rows=1, eval_id=eval_id
+        )
+
+
+def test_on_a_vllm_base_the_quality_card_scores_the_hf_adapter_on_it(
+    start_gateway: StartGateway, registered: Registered, engine: FakeDockerEngine, tmp_path: Path
+) -> None:
+    """The card's base line is the vLLM base (its `registry_model`) and its adapter line the
+    HF/PEFT adapter loaded on that base for the evaluation, then unloaded."""
+    served = _vllm_base(start_gateway, registered, tmp_path)
+    scores = _Scores(served)
+    job = _job(registered, registered.merged, adapter=registered.hf_adapter)
+    eval_adapter = f"{job.id}:eval-adapter"
+
+    store = JobStore.open(tmp_path / "jobs.sqlite3")
+    store.put(job)
+
+    async def card() -> list[ArtifactQuality]:
+        async with RegistryClient(registered.target) as registry:
+            pipeline = Pipeline(
+                store,
+                trainer=cast(Any, None),
+                converter=cast(Any, None),
+                registry=registry.stub,
+                files=cast(Any, None),
+                deployments=served.gateway.app.state.manager,
+                organization="forgeline",
+                quality=cast(Any, scores),
+            )
+            return await pipeline._quality_card(job, [], EvalOptions(), "f16")
+
+    try:
+        lines = served.gateway.call(card(), timeout=300)
+    finally:
+        store.close()
+
+    assert [(line.artifact, line.version, line.error) for line in lines] == [
+        ("base", registered.base, None),
+        ("adapter", registered.hf_adapter, None),
+        ("f16", registered.merged, None),
+    ]
+    assert scores.scored[:2] == [
+        ("base", registered.base, "tiny-vllm"),
+        ("adapter", registered.hf_adapter, eval_adapter),
+    ]
+    [container] = engine.containers.values()
+    vllm = container.vllm
+    assert vllm is not None
+    assert [(call, body["lora_name"]) for call, body in vllm.lora_calls] == [
+        ("load", eval_adapter),
+        ("unload", eval_adapter),
+    ]
+    assert vllm.requests[1]["model"] == eval_adapter
+    names = [d["name"] for d in served.admin("GET", "/v1/deployments").json()["data"]]
+    assert names == ["tiny-vllm"]  # the evaluation's deployments are gone

@@ -35,7 +35,7 @@ from google.protobuf import field_mask_pb2
 
 from forgeline_gateway.api.fine_tuning.protocol import EvalOptions, FineTuningJobCreate, JobError
 from forgeline_gateway.deployments.manager import DeploymentManager
-from forgeline_gateway.deployments.spec import LlamaCppSpec, ModelMetadata, OllamaSpec
+from forgeline_gateway.deployments.spec import LlamaCppSpec, ModelMetadata, OllamaSpec, VllmSpec
 from forgeline_gateway.fine_tuning.agreement import PROMPTS, Agreement, Messages, compare
 from forgeline_gateway.fine_tuning.auto import ResolvedHyperparameters, resolve
 from forgeline_gateway.fine_tuning.plan import DatasetFile, trainer_spec
@@ -69,8 +69,9 @@ from forgeline_proto.registry.v1 import registry_pb2, registry_pb2_grpc
 from forgeline_proto.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from forgeline_registry.hub import HubImporter, is_hub_id
 
-#: The deployments a job makes of its GGUF files and adapter.
-GgufSpec = LlamaCppSpec | OllamaSpec
+#: The deployments a job makes: its GGUF files, and its adapter on a base of any of the three
+#: backends (the GGUF adapter on llama.cpp or Ollama, the HF/PEFT adapter on vLLM).
+JobSpec = LlamaCppSpec | OllamaSpec | VllmSpec
 
 __all__ = [
     "AdapterCheck",
@@ -715,21 +716,26 @@ class Pipeline:
     async def _quality_card(
         self, job: JobRecord, rows: list[dict[str, Any]], options: EvalOptions, quantization: str
     ) -> list[ArtifactQuality]:
-        """Each artifact's line: the base on its deployment, the GGUF adapter on the base's
-        deployment and each GGUF file on a deployment made for the evaluation (removed after)."""
+        """Each artifact's line: the base on its deployment, the adapter on the base's
+        deployment (`_adapter_spec`: on vLLM the HF/PEFT one) and each GGUF file on a
+        deployment made for the evaluation (removed after)."""
         assert self.quality is not None
         quality = self.quality
         eval_id = await quality.open_eval(job.id, options)
         outputs = job.outputs
         base, no_base = await self._base_deployment(job, quantization)
-        candidates: list[tuple[str, str | None, GgufSpec | None]] = []
+        candidates: list[tuple[str, str | None, JobSpec | None]] = []
         if base is not None:
             spec = self.deployments.get(base).spec
-            version = getattr(spec, "registry_gguf", None) or spec.metadata.version
+            version = (
+                getattr(spec, "registry_gguf", None)
+                or getattr(spec, "registry_model", None)
+                or spec.metadata.version
+            )
             candidates.append(("base", version, None))
             if outputs.gguf_adapter:
                 adapter = self._adapter_spec(job, base, f"{job.id}:eval-adapter")
-                candidates.append(("adapter", outputs.gguf_adapter, adapter))
+                candidates.append(("adapter", _adapter_version(adapter), adapter))
         for file_type, version in outputs.gguf.items():
             candidates.append(
                 (
@@ -852,7 +858,7 @@ class Pipeline:
             job, "info", f"Moved the registry alias {ref.model}@{alias} to {reference}"
         )
 
-    async def _create_deployment(self, spec: GgufSpec) -> bool:
+    async def _create_deployment(self, spec: JobSpec) -> bool:
         """Deploy `spec`; False when a deployment of its name already exists (placed before a
         restart: the deployments of a job are keyed by their names)."""
         try:
@@ -946,13 +952,27 @@ class Pipeline:
     async def _base_deployment(
         self, job: JobRecord, quantization: str
     ) -> tuple[str | None, str | None]:
-        """The deployment serving a GGUF converted from the job's base version (by its
-        `registry_gguf` or `metadata.version`) that adapters can be served on: llama.cpp
-        (processes the gateway starts) before Ollama, then one of `quantization`, then the
-        oldest; or None and why there is none."""
-        found: list[tuple[bool, bool, int, str]] = []
+        """The ready deployment of the job's base version that its adapter can be served on,
+        or None and why there is none. Preferred in this order: llama.cpp (processes the gateway
+        starts) or Ollama serving a GGUF converted from the base version (by its
+        `registry_gguf` or `metadata.version`), one of `quantization` first; then a vLLM
+        container the gateway started from the base version itself (`registry_model`) with
+        `enable_lora`, on which the job's HF/PEFT adapter is loaded (no conversion); the
+        oldest of equals."""
+        found: list[tuple[int, bool, int, str]] = []
         for state in self.deployments.list():
             spec = state.spec
+            if isinstance(spec, VllmSpec):
+                if (
+                    state.ready
+                    and job.outputs.adapter
+                    and spec.base is None
+                    and spec.enable_lora
+                    and spec.registry_model == job.base_version
+                    and spec.name != job.fine_tuned_model
+                ):
+                    found.append((2, False, state.created, spec.name))
+                continue
             if (
                 not state.ready
                 or not isinstance(spec, LlamaCppSpec | OllamaSpec)
@@ -965,14 +985,18 @@ class Pipeline:
             version = spec.registry_gguf or spec.metadata.version
             if version and await self._converted_from(version, job.base_version):
                 other = (spec.metadata.quantization or "").lower() != quantization
-                found.append((isinstance(spec, OllamaSpec), other, state.created, spec.name))
+                rank = 1 if isinstance(spec, OllamaSpec) else 0
+                found.append((rank, other, state.created, spec.name))
         if found:
             return min(found)[3], None
         return None, (
             f"no llama.cpp or Ollama deployment serves a GGUF of the base model "
             f"{job.base_version} (one whose registry_gguf or metadata.version names a GGUF "
-            f"converted from it); deploy one (forgeline deploy {job.base_version} --backend "
-            f"llamacpp --quantization {quantization}) to serve fine-tunes on it as adapters"
+            f"converted from it), and no vLLM deployment serves it with enable_lora (one whose "
+            f"registry_model is {job.base_version}); deploy one (forgeline deploy "
+            f"{job.base_version} --backend llamacpp --quantization {quantization}; or on vLLM, "
+            f"POST /v1/deployments with backend vllm, registry_model {job.base_version} and "
+            "enable_lora true) to serve fine-tunes on it as adapters"
         )
 
     async def _converted_from(self, reference: str, base: str) -> bool:
@@ -996,19 +1020,19 @@ class Pipeline:
         )
 
     async def _place_adapter(self, job: JobRecord, base: str) -> str | None:
-        """Deploy the job's GGUF adapter on `base` under the job's model name: None once it is
-        served there, else why it is not."""
-        assert job.outputs.gguf_adapter is not None
+        """Deploy the job's adapter on `base` under the job's model name (`_adapter_spec`):
+        None once it is served there, else why it is not."""
         name = job.fine_tuned_model
         request = job.request
         base_spec = self.deployments.get(base).spec
+        adapter = self._adapter_spec(job, base, name)
         metadata = ModelMetadata(
             base=request.model,
-            version=job.outputs.gguf_adapter,
+            version=_adapter_version(adapter),
             quantization=base_spec.metadata.quantization,
             quality=_scores(job, "adapter"),
         )
-        adapter = self._adapter_spec(job, base, name, metadata)
+        adapter = adapter.model_copy(update={"metadata": metadata})
         try:
             if not await self._create_deployment(adapter):
                 existing = self.deployments.get(name).spec
@@ -1018,20 +1042,25 @@ class Pipeline:
             return f"the adapter could not be served on '{base}': {failure.error.message}"
         return None
 
-    def _adapter_spec(
-        self, job: JobRecord, base: str, name: str, metadata: ModelMetadata | None = None
-    ) -> GgufSpec:
-        """The adapter deployment `name` of the job's GGUF adapter on the deployment `base`,
-        for its backend: loaded into the base's llama-server processes, or an Ollama model
-        made from the base's with the adapter (`ADAPTER`)."""
+    def _adapter_spec(self, job: JobRecord, base: str, name: str) -> JobSpec:
+        """The adapter deployment `name` of the job's adapter on the deployment `base`, for its
+        backend: the GGUF adapter loaded into the base's llama-server processes, or an Ollama
+        model made from the base's with it (`ADAPTER`); on vLLM the HF/PEFT adapter the trainer
+        registered, loaded into the base's running server (vLLM serves PEFT adapters as they
+        are, so nothing is converted)."""
+        base_spec = self.deployments.get(base).spec
+        if isinstance(base_spec, VllmSpec):
+            assert job.outputs.adapter is not None  # `_base_deployment` asks for it
+            return VllmSpec(
+                name=name, backend="vllm", base=base, registry_adapter=job.outputs.adapter
+            )
         assert job.outputs.gguf_adapter is not None
         fields: dict[str, Any] = {
             "name": name,
             "base": base,
             "registry_lora": [job.outputs.gguf_adapter],
-            "metadata": metadata or ModelMetadata(),
         }
-        if isinstance(self.deployments.get(base).spec, OllamaSpec):
+        if isinstance(base_spec, OllamaSpec):
             return OllamaSpec(backend="ollama", **fields)
         return LlamaCppSpec(backend="llamacpp", **fields)
 
@@ -1321,6 +1350,13 @@ def _resolve(
         examples=training.records,
         model_bytes=base.size_bytes,
     )
+
+
+def _adapter_version(spec: JobSpec) -> str | None:
+    """The registry version of the adapter that the adapter deployment `spec` serves."""
+    if isinstance(spec, VllmSpec):
+        return spec.registry_adapter
+    return spec.registry_lora[0] if spec.registry_lora else None
 
 
 def _check_name(job: JobRecord) -> str:

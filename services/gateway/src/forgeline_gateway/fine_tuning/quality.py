@@ -2,11 +2,12 @@
 API before anything is served.
 
 The pipeline's EVALUATING stage (when the job has a validation file or `forgeline.eval`) asks the
-base model and each artifact — the GGUF adapter on the base's deployment, each GGUF file on a
-deployment of its own — the evaluation rows' prompts, greedily, and scores each answer against
-the file's own answer with the job's graders. Each artifact is one run of one eval, so every
-answer and score stays readable through ``client.evals.runs.output_items.list``. The mean per
-grader is the artifact's line of the card. `deploy.require` is then checked against the line of
+base model and each artifact — the adapter on the base's deployment (its GGUF adapter on
+llama.cpp or Ollama, its HF/PEFT adapter on vLLM), each GGUF file on a deployment of its own —
+the evaluation rows' prompts, greedily, and scores each answer against the file's own answer
+with the job's graders. Each artifact is one run of one eval, so every answer and score stays
+readable through ``client.evals.runs.output_items.list``. The mean per grader is the
+artifact's line of the card. `deploy.require` is then checked against the line of
 the GGUF the job would serve.
 """
 

@@ -39,7 +39,8 @@ class ArtifactQuality(BaseModel):
 
     #: ``base``, ``adapter`` or a GGUF file type (``f16``, ``q8_0``...).
     artifact: str
-    #: The registry version scored (``model:number``); for ``adapter``, the GGUF adapter.
+    #: The registry version scored (``model:number``); for ``adapter``, the adapter served on
+    #: the base: the GGUF adapter (llama.cpp, Ollama) or the HF/PEFT adapter (vLLM).
     version: str | None = None
     #: Grader -> mean score over the rows it could score (0 to 1).
     scores: dict[str, float] = Field(default_factory=dict)

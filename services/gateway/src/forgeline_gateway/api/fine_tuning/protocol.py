@@ -122,7 +122,7 @@ DEFAULT_GRADERS: tuple[GraderName, ...] = ("rouge_l", "bleu")
 
 class EvalOptions(_Body):
     """How a job's results are scored before anything is served: the base model and every
-    artifact (GGUF adapter on the base's deployment, each GGUF file) answer the validation
+    artifact (the adapter on the base's deployment, each GGUF file) answer the validation
     file's prompts (else the training file's) through the backend that serves them, and each
     answer is scored against the file's own answer by each grader."""
 
