@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -38,7 +37,7 @@ import httpx
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from gateway_bench import _process, _read_json_line  # noqa: E402
+from gateway_bench import gateway_process  # noqa: E402
 from gateway_load import request_bytes  # noqa: E402
 
 from forgeline_kit.llamacpp import locate  # noqa: E402
@@ -164,24 +163,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="forgeline-admission-") as scratch:
         work = Path(scratch)
         gguf = _gguf(work / "tiny-f16.gguf")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FORGELINE_GATEWAY_")}
-        env |= {
-            "FORGELINE_GATEWAY_DATABASE": str(work / "gateway.sqlite3"),
-            "FORGELINE_GATEWAY_HTTP_PORT": "0",
-            "FORGELINE_GATEWAY_METRICS_PORT": "0",
-            "FORGELINE_GATEWAY_LOG_FORMAT": "json",
+        settings = {
             "FORGELINE_GATEWAY_MODEL_DIRS": json.dumps([str(work)]),
             "FORGELINE_GATEWAY_QUEUE_PER_INSTANCE": str(DEFAULT_QUEUE),
-            "PYTHONUNBUFFERED": "1",
         }
-        created = subprocess.run(
-            [sys.executable, "-m", "forgeline_gateway", "keys", "create", "bench",
-             "--scope", "admin", "--scope", "inference"],
-            env=env, capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        key = json.loads(created.stdout)["key"]
-        with _process([sys.executable, "-m", "forgeline_gateway"], env) as process:
-            port = int(str(_read_json_line(process, "http_port")["http_port"]))
+        with gateway_process(work, "gateway", settings) as (_, port, key):
             names = {}
             for n, (label, bound) in enumerate(CONFIGS.items()):
                 names[label] = f"tiny-{n}"
@@ -231,9 +217,10 @@ def _report(runs: dict[tuple[str, int], list[Load]], multiples: list[int]) -> No
             rate = _median([r.answers / r.window_s for r in loads])
             latency = [x for r in loads for x in r.latency]
             refusal = [x for r in loads for x in r.refusal]
+            share = rate / best[label] if best[label] else 0.0
             print(
                 f"| {label} | {multiple * SLOTS} ({multiple}x) | {rate:.1f} | "
-                f"{rate / best[label]:.0%} | {_percentile(latency, 50) * 1000:.0f} / "
+                f"{share:.0%} | {_percentile(latency, 50) * 1000:.0f} / "
                 f"{_percentile(latency, 99) * 1000:.0f} | "
                 f"{_median([r.refused / r.window_s for r in loads]):.1f} | "
                 f"{_median(refusal) * 1000:.1f} | {sum(r.errors for r in loads)} |"

@@ -150,10 +150,12 @@ def relay(upstream_port: int) -> Iterator[Target]:
 
 
 @contextmanager
-def gateway(
-    upstream_port: int, workdir: Path, source: Path | None = None, name: str = "gateway"
-) -> Iterator[Target]:
-    """The gateway, from this checkout or (`source`) from another one's gateway sources."""
+def gateway_process(
+    workdir: Path, name: str, settings: dict[str, str], source: Path | None = None
+) -> Iterator[tuple[subprocess.Popen[str], int, str]]:
+    """`forgeline-gateway` in a process of its own (as `forgeline up` runs it) with `settings`
+    (``FORGELINE_GATEWAY_*`` variables) and an admin+inference key: the process, its HTTP port
+    and the key. From this checkout or (`source`) from another one's gateway sources."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FORGELINE_GATEWAY_")}
     if source is not None:
         # Ahead of the installed (editable) package, so these sources are the ones imported.
@@ -161,10 +163,10 @@ def gateway(
     env |= {
         "FORGELINE_GATEWAY_DATABASE": str(workdir / f"{name}.sqlite3"),
         "FORGELINE_GATEWAY_HTTP_PORT": "0",
+        "FORGELINE_GATEWAY_METRICS_PORT": "0",
         "FORGELINE_GATEWAY_LOG_FORMAT": "json",
-        # The benchmark drives up to 512 streams at one upstream that can take them all.
-        "FORGELINE_GATEWAY_MAX_IN_FLIGHT_PER_INSTANCE": "4096",
         "PYTHONUNBUFFERED": "1",
+        **settings,
     }
     created = subprocess.run(
         [sys.executable, "-m", "forgeline_gateway", "keys", "create", "bench",
@@ -173,7 +175,17 @@ def gateway(
     )  # fmt: skip
     key = json.loads(created.stdout)["key"]
     with _process([sys.executable, "-m", "forgeline_gateway"], env) as process:
-        port = int(str(_read_json_line(process, "http_port")["http_port"]))
+        yield process, int(str(_read_json_line(process, "http_port")["http_port"])), key
+
+
+@contextmanager
+def gateway(
+    upstream_port: int, workdir: Path, source: Path | None = None, name: str = "gateway"
+) -> Iterator[Target]:
+    """The gateway, from this checkout or (`source`) from another one's gateway sources."""
+    # The benchmark drives up to 512 streams at one upstream that can take them all.
+    settings = {"FORGELINE_GATEWAY_MAX_IN_FLIGHT_PER_INSTANCE": "4096"}
+    with gateway_process(workdir, name, settings, source) as (process, port, key):
         response = httpx.post(
             f"http://127.0.0.1:{port}/v1/deployments",
             json={"name": "bench", "backend": "vllm", "base_model": "bench",
