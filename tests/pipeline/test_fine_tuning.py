@@ -256,7 +256,9 @@ def test_a_cancelled_job_stops_training_and_keeps_nothing(running: RunningStack)
         model="tiny-llama",
         training_file=uploaded.id,
         suffix="cancel",
-        hyperparameters={"n_epochs": 200, "batch_size": 16},
+        # Long enough that it cannot end before the cancel arrives: the tiny model trains
+        # 200 epochs in a few seconds, and CI once saw the job succeed first.
+        hyperparameters={"n_epochs": 10_000, "batch_size": 16},
         extra_body={"forgeline": {"arguments": {"logging_steps": 1}}},
     )
 
