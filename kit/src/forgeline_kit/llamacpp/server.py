@@ -7,9 +7,11 @@ answer (200 once the model is loaded), never a sleep.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -21,6 +23,12 @@ from forgeline_kit.subprocesses import die_with_parent
 
 DEFAULT_START_DEADLINE_S = 120.0
 _POLL_INTERVAL_S = 0.1
+#: glibc's initial mmap threshold (128 KiB), fixed. llama-server rebuilds its compute graph
+#: whenever a batch's set of LoRA adapters changes, freeing and reallocating its buffers; glibc
+#: then raises its threshold to the size of the freed buffer and serves the next ones from the
+#: heap, which does not shrink. With 8 adapters of the tiny model in turn that grew the heap by
+#: 7 MiB (benchmarks/adapter_serving_results.md); mmap'd buffers go back to the system when freed.
+_ADAPTER_MMAP_THRESHOLD = str(128 * 1024)
 
 
 class LlamaServerError(ToolchainError):
@@ -64,6 +72,14 @@ class LlamaServerOptions:
     def name(self) -> str:
         """The served model name."""
         return self.alias or self.model.name
+
+    def environment(self, inherited: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The server's environment: `inherited` (default: this process's), and for a server
+        that loads LoRA adapters a fixed malloc mmap threshold unless one is set already."""
+        environment = dict(os.environ if inherited is None else inherited)
+        if self.lora_adapters:
+            environment.setdefault("MALLOC_MMAP_THRESHOLD_", _ADAPTER_MMAP_THRESHOLD)
+        return environment
 
     def arguments(self, binary: Path, host: str, port: int) -> list[str]:
         """The llama-server command line for serving on ``host:port``."""
@@ -178,6 +194,7 @@ def start_llama_server(
     with log_path.open("wb") as log:
         process = subprocess.Popen(  # noqa: S603 - an argument list built above, no shell
             die_with_parent(command),
+            env=options.environment(),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -89,6 +89,7 @@ class LlamaServerProcess:
         self.process = await asyncio.create_subprocess_exec(
             # A gateway killed outright leaves no server behind.
             *die_with_parent(self.options.arguments(self.binary, self.host, self.port)),
+            env=self.options.environment(),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
