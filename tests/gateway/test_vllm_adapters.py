@@ -271,6 +271,70 @@ def test_unloading_one_adapter_leaves_a_stream_of_another_whole(
     assert vllm.cancelled == 0
 
 
+def _asked_until_not_found(served: Served, model: str, attempts: int = 200) -> bool:
+    """Ask `model` until the gateway answers 404 (True), at most `attempts` times."""
+    for _ in range(attempts):
+        try:
+            _ask(served, model)
+        except openai.NotFoundError:
+            return True
+    return False
+
+
+def test_deleting_an_adapter_lets_its_own_stream_finish_before_unloading_it(
+    start_gateway: StartGateway,
+    registered: dict[str, str],
+    engine: FakeDockerEngine,
+    tmp_path: Path,
+) -> None:
+    served = _gateway(start_gateway, registered, tmp_path)
+    served.deploy(_base(registered))
+    served.deploy(_adapter(FT_A, registered["a"]))
+    _, vllm = _vllm(engine)
+    vllm.chunk_delay = 0.05
+    lines: list[str] = []
+    opened = threading.Event()
+    deleted: list[int] = []
+
+    def stream() -> None:
+        body = {
+            "model": FT_A,
+            "messages": [{"role": "user", "content": "hello"}],
+            "max_tokens": 40,
+            "stream": True,
+        }
+        headers = {"Authorization": f"Bearer {served.inference_key}"}
+        with httpx.stream(
+            "POST", f"{served.url}/v1/chat/completions", json=body, headers=headers, timeout=30
+        ) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                lines.append(line)
+                opened.set()
+
+    reader = threading.Thread(target=stream)
+    reader.start()
+    assert opened.wait(10)
+    deleting = threading.Thread(
+        target=lambda: deleted.append(served.admin("DELETE", f"/v1/deployments/{FT_A}").status_code)
+    )
+    deleting.start()
+    # Its route goes at once: a new request for it is a 404 while its stream goes on.
+    assert _asked_until_not_found(served, FT_A)
+    assert FT_A in vllm.loras, "unloaded under its own stream"
+    reader.join(30)
+    deleting.join(30)
+
+    assert deleted == [204]
+    assert FT_A not in vllm.loras
+    events = [line.removeprefix("data: ") for line in lines if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert len(text.split()) >= 30  # every word arrived
+    assert vllm.cancelled == 0
+
+
 def test_a_restarted_gateway_loads_the_adapters_again(
     start_gateway: StartGateway,
     registered: dict[str, str],

@@ -133,6 +133,25 @@ class AdapterResidency:
             await self._unload(name)
             self._count_unload(name, "detach")
 
+    async def retire(self, name: str, within: float) -> None:
+        """Forget adapter `name`, then unload it once its requests in flight have ended (or
+        after `within` seconds): a deleted fine-tune's own streams finish whole. Its route must
+        be gone already, so no new request comes; while it drains it still counts as loaded."""
+        self._loaders.pop(name, None)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while self._busy.get(name) and (remaining := deadline - loop.time()) > 0:
+            self._freed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._freed.wait()
+        if self._busy.get(name):
+            log.warning(
+                "adapter unloaded with requests in flight",
+                extra={"model": name, "base": self.base, "drain_seconds": within},
+            )
+        await self.detach(name)
+
     async def unload_others(self, names: Iterable[str]) -> None:
         """Unload `names`, which this base's server holds but the gateway does not keep
         loaded (a gateway start: adapters past the limit, or no longer attached)."""

@@ -141,8 +141,9 @@ class DeploymentManager:
             queue_per_instance: requests admitted to an instance past its slots, where its
                 backend reports them (`Placement.slots`).
             drain_seconds: how long the old processes of a restarted base serve the requests
-                in flight on them before they are stopped anyway (the gateway's request
-                timeout: no request runs longer).
+                in flight on them before they are stopped anyway, and a deleted vLLM adapter
+                stays loaded for its own (the gateway's request timeout: no request runs
+                longer).
             metrics: where the time to attach each adapter is observed.
             retry_after: the Retry-After of a request for an unloaded adapter refused because
                 every adapter loaded on its base stays busy.
@@ -801,6 +802,7 @@ class DeploymentManager:
         attached = self._attached[name]
         self._busy.add(name)
         try:
+            residency: AdapterResidency | None = None
             async with self._base_lock(attached.base):
                 await self.store.run(lambda: self.store.delete_deployment(name))
                 # No new request reaches it, then the backend forgets it; the base and the
@@ -808,9 +810,14 @@ class DeploymentManager:
                 route = self.router.remove(name)
                 self._attached.pop(name, None)
                 if isinstance(attached.spec, VllmSpec):
-                    await self._residency[attached.base].detach(name)
+                    residency = self._residency[attached.base]
                 elif route is not None:
                     await route.backend.release(name, route.spec, route.placement)
+            if residency is not None:
+                # Its own requests in flight finish first; outside the base's lock, so the
+                # base's other adapters can change meanwhile. The name stays busy: it cannot
+                # be deployed again before vLLM has unloaded it.
+                await residency.retire(name, within=self.drain_seconds)
             log.info("adapter deployment deleted", extra={"model": name, "base": attached.base})
         finally:
             self._busy.discard(name)
