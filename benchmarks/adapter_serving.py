@@ -49,8 +49,9 @@ from forgeline_kit.tinymodel import DEFAULT_SEED, write_tiny_model  # noqa: E402
 
 QUESTION = [{"role": "user", "content": "hello"}]
 ANSWER_TOKENS = 12
-#: Streamed requests timed for the first token, per fine-tune.
-TTFT_ROUNDS = 5
+#: Streamed requests timed for the first token per set, spread over its fine-tunes: enough that
+#: the median of a 1-fine-tune set is not a handful of samples.
+TTFT_SAMPLES = 40
 #: Tokens asked for in the throughput runs, and requests per stream.
 THROUGHPUT_TOKENS = 48
 REQUESTS_PER_STREAM = 6
@@ -159,7 +160,7 @@ def _measure(
         assert isinstance(backend, LlamaCppBackend)
         with _client(gateway, key) as http:
             answers = {model: _ask(http, model)[0] for model in asked}
-            ttft = [_first_token_s(http, m) for _ in range(TTFT_ROUNDS) for m in asked]
+            ttft = [_first_token_s(http, asked[i % len(asked)]) for i in range(TTFT_SAMPLES)]
         single = _tokens_per_s(gateway, key, asked, 1)
         concurrent = _tokens_per_s(gateway, key, asked, CONCURRENT_STREAMS)
         pids = [p.pid for p in backend.running_processes() if p.pid is not None]
