@@ -30,9 +30,11 @@ CONVERT_TIMEOUT_S = 300
 @pytest.fixture(scope="session", autouse=True)
 def no_local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The CLI finds a running `forgeline up` stack by itself; tests must not find a developer's
-    (a test that wants one points ``FORGELINE_STACK_DIR`` at its own)."""
+    (a test that wants one points ``FORGELINE_STACK_DIR`` at its own), and the stacks tests start
+    name themselves in a state directory of the session's, not the user's."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FORGELINE_STACK_DIR", str(tmp_path_factory.mktemp("no-stack")))
+        patch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("xdg-state")))
         yield
 
 

@@ -18,6 +18,7 @@ import pytest
 from openai import OpenAI
 from process_tree import command_line, descendants, kill_all, wait_gone
 
+from forgeline_cli.stack_record import pointer_path
 from forgeline_kit.llamacpp.server import free_port
 
 from .conftest import forgeline
@@ -120,7 +121,7 @@ def start_up(user_dir: Path) -> Iterator[StartUp]:
 
 
 def test_up_restarts_on_its_state_and_leaves_nothing_behind(
-    start_up: StartUp, user_dir: Path
+    start_up: StartUp, user_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     first = start_up()
     first.wait_for(READY_LINE)
@@ -131,6 +132,10 @@ def test_up_restarts_on_its_state_and_leaves_nothing_behind(
     assert listed.code == 0, listed.err
     assert listed.out.startswith("tiny-llama  1 versions")
     assert "tiny-llama-gguf" in listed.out
+    # From any other directory too: the stack names its state directory in the user's.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path_factory.mktemp("elsewhere"))
+        assert forgeline("models", "list").out == listed.out
 
     # A second stack on the same state would drive the same jobs twice: refused, naming the first.
     second = start_up()
@@ -144,6 +149,7 @@ def test_up_restarts_on_its_state_and_leaves_nothing_behind(
     assert "Stopping ..." in first.output
     assert wait_gone(services, within=5) == set()
     assert not (user_dir / ".forgeline/stack/stack.json").exists()
+    assert not pointer_path().exists()
 
     again = start_up()
     again.wait_for(READY_LINE)

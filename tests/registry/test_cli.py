@@ -104,6 +104,17 @@ def test_list_show_alias_and_errors(forgeline: Cli, registry_address: str, tmp_p
 
     listed = forgeline.json("models", "list", "--prefix", "acme/")
     assert [(m["name"], m["versionCount"]) for m in listed] == [("acme/small", 2)]
+    # A file uploaded through the gateway's Files API is kept as a model; not listed unless asked.
+    code, _, err = forgeline("push", str(tmp_path / "1"), "--model", "files/file-abc")
+    assert code == 0, err
+    code, out, _ = forgeline("models", "list")
+    assert code == 0
+    assert "files/file-abc" not in out
+    assert out.splitlines()[-1] == "(1 uploaded file of the Files API not listed: --all lists them)"
+    assert "files/file-abc" in forgeline("models", "list", "--all")[1]
+    assert [m["name"] for m in forgeline.json("models", "list", "--prefix", "files/")] == [
+        "files/file-abc"
+    ]
     shown = forgeline.json("models", "show", "acme/small")
     assert [v["number"] for v in shown["versions"]] == [2, 1]
     assert shown["versions"][1]["labels"] == {"seed": "1"}

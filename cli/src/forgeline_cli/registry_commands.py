@@ -112,6 +112,16 @@ def _run(args: argparse.Namespace, action: Callable[[RegistryClient], Awaitable[
 
 # --- commands
 
+#: Where the gateway keeps files uploaded through the Files API (training and evaluation data),
+#: one registry model each: not models a user deploys, so `models list` leaves them out.
+_FILES_PREFIX = "files/"
+
+
+def _is_uploaded_file(name: str, prefix: str) -> bool:
+    """Whether `name` is an uploaded file that `models list --prefix PREFIX` leaves out (not
+    when the prefix itself asks for files)."""
+    return name.startswith(_FILES_PREFIX) and not prefix.startswith(_FILES_PREFIX)
+
 
 def _models_list(args: argparse.Namespace) -> int:
     async def action(client: RegistryClient) -> int:
@@ -125,8 +135,16 @@ def _models_list(args: argparse.Namespace) -> int:
             token = page.next_page_token
             if not token:
                 break
-        lines = (_model_line(model) for model in models)
-        return print_listing(models, lines, as_json=args.json, empty="no models")
+        shown = [m for m in models if args.all or not _is_uploaded_file(m.name, args.prefix)]
+        lines = (_model_line(model) for model in shown)
+        print_listing(shown, lines, as_json=args.json, empty="no models" if not models else None)
+        hidden = len(models) - len(shown)
+        if hidden and not args.json:
+            print(
+                f"({hidden} uploaded file{'s' if hidden != 1 else ''} of the Files API not "
+                "listed: --all lists them)"
+            )
+        return 0
 
     return _run(args, action)
 
@@ -305,6 +323,11 @@ def register_registry_commands(subparsers: Any) -> None:
     models_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     listing = models_commands.add_parser("list", help="list models")
     listing.add_argument("--prefix", default="", help="only models whose name starts with this")
+    listing.add_argument(
+        "--all",
+        action="store_true",
+        help=f"also list the files uploaded through the gateway's Files API ({_FILES_PREFIX}...)",
+    )
     _common(listing)
     listing.set_defaults(run=_models_list)
     show = models_commands.add_parser("show", help="show a model and its versions")
