@@ -12,6 +12,7 @@ import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
+from forgeline_kit.sqlite import open_database
 from forgeline_proto.converter.v1 import converter_pb2 as pb
 
 __all__ = ["TERMINAL_STATES", "ConversionStore"]
@@ -54,11 +55,10 @@ class ConversionStore:
     """SQLite storage of conversions; every method is short and synchronous."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = open_database(path, _SCHEMA)
+        # In WAL mode NORMAL survives a crash of the service; only a power loss or an OS crash
+        # may lose the last transactions, a trade made for the many small event writes.
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
         """Close the database."""

@@ -7,18 +7,12 @@ at most once per key per few seconds), so they run on a worker thread, one at a 
 
 from __future__ import annotations
 
-import asyncio
-import sqlite3
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TypeVar
+
+from forgeline_kit.sqlite import AsyncSqliteStore
 
 __all__ = ["DeploymentRecord", "FileRecord", "KeyRecord", "Store"]
-
-T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -90,32 +84,11 @@ class FileRecord:
     path: str
 
 
-class Store:
-    """SQLite-backed state. Open with `Store.open`; every method has an ``a``-prefixed async twin
-    that runs it off the event loop."""
+class Store(AsyncSqliteStore):
+    """API keys, deployments and uploaded files. Open with `Store.open`; from asyncio code, call
+    a method through `run` (a worker thread)."""
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
-        self._db = connection
-        self._lock = threading.Lock()
-
-    @classmethod
-    def open(cls, path: Path) -> Store:
-        """Open (creating if needed) the database at `path`."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        connection = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        # WAL lets a CLI add keys while a gateway reads; busy_timeout waits out a writer.
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA busy_timeout=5000")
-        connection.executescript(_SCHEMA)
-        return cls(connection)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    async def run(self, function: Callable[[], T]) -> T:
-        """Run a store call on a worker thread."""
-        return await asyncio.to_thread(function)
+    SCHEMA = _SCHEMA
 
     # --- API keys -------------------------------------------------------------------------
 

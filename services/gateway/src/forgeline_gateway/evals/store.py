@@ -8,20 +8,15 @@ meanwhile does not matter), and a restarted gateway resumes it from the rows wit
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
-import threading
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from forgeline_gateway.evals.records import TERMINAL, EvalRecord, OutputRecord, RunRecord
 from forgeline_gateway.evals.rows import Row
+from forgeline_kit.sqlite import AsyncSqliteStore
 
 __all__ = ["EvalStore"]
-
-T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS evals (
@@ -58,29 +53,11 @@ _UNFINISHED = "('queued', 'in_progress')"
 Order = Literal["asc", "desc"]
 
 
-class EvalStore:
+class EvalStore(AsyncSqliteStore):
     """Every call is short and runs on a worker thread through `run`; writes that must agree
     (an output item and its run's counts) happen in one transaction."""
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
-        self._db = connection
-        self._lock = threading.Lock()
-
-    @classmethod
-    def open(cls, path: Path) -> EvalStore:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        connection = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA busy_timeout=5000")
-        connection.executescript(_SCHEMA)
-        return cls(connection)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    async def run(self, function: Callable[[], T]) -> T:
-        return await asyncio.to_thread(function)
+    SCHEMA = _SCHEMA
 
     # --- evals ----------------------------------------------------------------------------
 

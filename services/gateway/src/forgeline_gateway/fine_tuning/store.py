@@ -6,19 +6,13 @@ A separate connection from the key/deployment store: the tables share nothing bu
 
 from __future__ import annotations
 
-import asyncio
-import sqlite3
-import threading
 import time
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from forgeline_gateway.fine_tuning.records import TERMINAL, EventRecord, JobRecord
+from forgeline_kit.sqlite import AsyncSqliteStore
 
 __all__ = ["JobStore"]
-
-T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS fine_tuning_jobs (
@@ -36,28 +30,10 @@ CREATE TABLE IF NOT EXISTS fine_tuning_events (
 """
 
 
-class JobStore:
+class JobStore(AsyncSqliteStore):
     """Jobs and events; every call is short and runs on a worker thread through `run`."""
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
-        self._db = connection
-        self._lock = threading.Lock()
-
-    @classmethod
-    def open(cls, path: Path) -> JobStore:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        connection = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA busy_timeout=5000")
-        connection.executescript(_SCHEMA)
-        return cls(connection)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    async def run(self, function: Callable[[], T]) -> T:
-        return await asyncio.to_thread(function)
+    SCHEMA = _SCHEMA
 
     def put(self, job: JobRecord) -> None:
         """Insert or replace a job."""

@@ -10,11 +10,11 @@ One connection, used from the event loop's thread only (every call is short).
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from forgeline_kit.errors import NotFound
+from forgeline_kit.sqlite import open_database
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.trainer.v1 import trainer_pb2 as pb
 from forgeline_trainer.llamafactory.process import GroupRecord
@@ -73,10 +73,7 @@ class JobStore:
     """Jobs, events and checkpoints in one SQLite file."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
+        self._db = open_database(path, _SCHEMA)
 
     def close(self) -> None:
         """Close the database."""
