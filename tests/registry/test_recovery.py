@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from forgeline_kit.errors import Aborted, FailedPrecondition, NotFound
-from forgeline_registry import service
+from forgeline_registry import collection
 from forgeline_registry.convert import upload_grant_to_pb
 from forgeline_registry.manifests import ArtifactRecord, UploadRecord, dump, keys
 from forgeline_registry.service import NewVersion, Registry
@@ -208,7 +208,7 @@ async def test_a_deletion_cut_short_is_finished_by_the_janitor_and_its_blob_coll
     assert await registry.store.blob_size(digest) == 6 << 20
 
     assert await registry.finish_interrupted_collections() == 0, "too recent to be a dead one's"
-    monkeypatch.setattr(service, "GC_STALE_SECONDS", 0.0)
+    monkeypatch.setattr(collection, "GC_STALE_SECONDS", 0.0)
     assert await registry.finish_interrupted_collections() == 1
 
     with pytest.raises(NotFound, match="has no versions"):
@@ -227,14 +227,14 @@ async def test_a_push_of_bytes_a_dead_deletion_held_succeeds_once_the_janitor_ra
     await _push(registry, source)
     await _push(registry, source)
     await _delete_and_die_after_the_tombstone(registry, monkeypatch, 2)
-    monkeypatch.setattr(service, "GC_WAIT_SECONDS", 0.2)
+    monkeypatch.setattr(collection, "GC_WAIT_SECONDS", 0.2)
 
     retry = await registry.begin_version(_new(source))
     assert retry.present == (digest,)
     with pytest.raises(Aborted, match=f"blob {digest} is being garbage-collected"):
         await registry.commit_version(retry.upload_id)
 
-    monkeypatch.setattr(service, "GC_STALE_SECONDS", 0.0)
+    monkeypatch.setattr(collection, "GC_STALE_SECONDS", 0.0)
     assert await registry.finish_interrupted_collections() == 1
     version = await registry.commit_version(retry.upload_id)
     assert version.manifest.number == 3

@@ -1,7 +1,8 @@
 """Forgeline's model registry: models, numbered versions, content-addressed artifacts, lineage
 and aliases, stored on S3 (MinIO) or a local filesystem.
 
-- `forgeline_registry.service`: the domain logic (`Registry`).
+- `forgeline_registry.service`: the domain logic (`Registry`, made of the parts in `catalogue`,
+  `uploads`, `commits` and `collection` on `registry_core`).
 - `forgeline_registry.grpc_api`: the `forgeline.registry.v1.RegistryService` servicer.
 - `forgeline_registry.storage`: the `ObjectStore` driver interface and its fs and S3 drivers.
 - `forgeline_registry.client`: what callers use to push and pull directories through grants.

@@ -36,35 +36,45 @@ fine-tuning job whose base model is a hub id in the gateway)::
 
 The hub clients are imported lazily (the ``hub`` extra of forgeline-registry), so the registry
 service itself never needs them.
+
+This module runs the import (steps 2, 5, 6 and 7) and holds its entry points; `hub_repos` has
+hub ids and the choice of files (steps 3 and 4), `hub_clients` the hubs' clients (step 1 and
+the downloads).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import glob
 import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import Any, Final, Protocol
-from urllib.parse import urlsplit, urlunsplit
+from pathlib import Path
+from typing import Any, Final
 
-from forgeline_kit.errors import (
-    FailedPrecondition,
-    ForgelineError,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    Unavailable,
-)
+from forgeline_kit.errors import FailedPrecondition, ForgelineError, NotFound
 from forgeline_proto.registry.v1 import registry_pb2 as pb
 from forgeline_registry.client import PushPlan, RegistryClient, TransferProgress
+from forgeline_registry.hub_clients import hub_client, hub_error
+from forgeline_registry.hub_repos import (
+    HUGGING_FACE,
+    METADATA_FILES,
+    MODELSCOPE,
+    HubId,
+    RemoteFile,
+    RemoteSnapshot,
+    Selection,
+    default_model_name,
+    is_hub_id,
+    is_weights_index,
+    parse_hub_id,
+    remote_code,
+    select_files,
+)
 from forgeline_registry.importer import LocalArtifact, local_artifact
 from forgeline_registry.names import check_model_name
 
@@ -89,14 +99,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-HUGGING_FACE: Final = "huggingface"
-MODELSCOPE: Final = "modelscope"
-#: The prefix of a hub id -> the hub.
-_SCHEMES: Final = {"hf": HUGGING_FACE, "modelscope": MODELSCOPE}
-_PREFIX: Final = {hub: scheme for scheme, hub in _SCHEMES.items()}
-#: The branch each hub's client downloads when no revision is given.
-_DEFAULT_REVISION: Final = {HUGGING_FACE: "main", MODELSCOPE: "master"}
-
 #: Labels of an imported version; `find_import` looks versions up by them.
 LABEL_HUB: Final = "hub"
 LABEL_REPO: Final = "hub.repo"
@@ -106,475 +108,13 @@ LABEL_COMMIT: Final = "hub.commit"
 #: Where the CLI's caches live (the llama.cpp build uses the same variable).
 CACHE_DIR_ENV: Final = "FORGELINE_CACHE_DIR"
 
-_REPO_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,95}")
-_REVISION = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_./-]{0,255}")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-_SHA1 = re.compile(r"[0-9a-f]{40}")
 _CHUNK = 1024 * 1024
-
-
-# --- hub ids -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class HubId:
-    """A repository of a model hub at a revision, as in ``hf:Qwen/Qwen2.5-0.5B-Instruct@main``."""
-
-    hub: str
-    repo_id: str
-    #: As given, else the hub's default branch.
-    revision: str
-
-    @property
-    def scheme(self) -> str:
-        """``hf`` or ``modelscope``."""
-        return _PREFIX[self.hub]
-
-    def __str__(self) -> str:
-        return f"{self.scheme}:{self.repo_id}@{self.revision}"
-
-
-def is_hub_id(text: str) -> bool:
-    """Whether `text` names a hub repository (``hf:...`` or ``modelscope:...``) rather than a
-    registry model."""
-    scheme, sep, _ = text.partition(":")
-    return bool(sep) and scheme in _SCHEMES
-
-
-def parse_hub_id(text: str, field: str = "model") -> HubId:
-    """Parse ``hf:ORG/NAME[@REVISION]`` or ``modelscope:ORG/NAME[@REVISION]``.
-
-    Raises:
-        InvalidArgument: `text` is not a hub id of that form (the message shows the form).
-    """
-    scheme, sep, rest = text.partition(":")
-    form = "hf:ORG/NAME[@REVISION] or modelscope:ORG/NAME[@REVISION]"
-    if not sep or scheme not in _SCHEMES:
-        raise InvalidArgument(f"{field} {text!r} is not a hub id: use {form}", field=field)
-    repo_id, at, revision = rest.partition("@")
-    parts = repo_id.split("/")
-    if len(parts) != 2 or not all(_REPO_PART.fullmatch(p) for p in parts):
-        raise InvalidArgument(
-            f"{field} {text!r}: {repo_id!r} is not a repository id: use {form}, for example "
-            "hf:Qwen/Qwen2.5-0.5B-Instruct",
-            field=field,
-        )
-    if at and (not _REVISION.fullmatch(revision) or ".." in revision):
-        raise InvalidArgument(
-            f"{field} {text!r}: {revision!r} is not a revision (a branch, tag or commit)",
-            field=field,
-        )
-    hub = _SCHEMES[scheme]
-    return HubId(hub, repo_id, revision or _DEFAULT_REVISION[hub])
-
-
-def default_model_name(repo_id: str) -> str:
-    """The registry name of an import: the repository id itself (``Qwen/Qwen2.5-0.5B-Instruct``;
-    registry names allow one ``/`` and are case-sensitive), with any character the registry
-    does not allow replaced by ``-``."""
-    segments = []
-    for part in repo_id.split("/"):
-        cleaned = re.sub(r"[^A-Za-z0-9._-]", "-", part).lstrip("._-")
-        segments.append(cleaned or "model")
-    return "/".join(segments)[:128]
 
 
 def default_cache_dir() -> Path:
     """``$FORGELINE_CACHE_DIR/hub`` (default ``~/.cache/forgeline/hub``)."""
     base = os.environ.get(CACHE_DIR_ENV) or str(Path.home() / ".cache" / "forgeline")
     return Path(base) / "hub"
-
-
-# --- what a repository holds, and what the model needs ----------------------------------------
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    """One file of a hub repository, as the hub lists it."""
-
-    path: str
-    size: int
-    #: ``sha256:<hex>`` (Git LFS, ModelScope ``Sha256``), ``git-blob-sha1:<hex>``, or empty.
-    hub_digest: str
-
-
-@dataclass(frozen=True)
-class RemoteSnapshot:
-    """A repository resolved to one commit, with its files."""
-
-    hub_id: HubId
-    commit: str
-    #: The endpoint the client talked to, without credentials.
-    endpoint: str
-    files: tuple[RemoteFile, ...]
-    tool_versions: dict[str, str] = field(default_factory=dict)
-
-    def file(self, path: str) -> RemoteFile | None:
-        return next((f for f in self.files if f.path == path), None)
-
-
-#: Small files read before anything else: they decide what else is needed.
-_METADATA_FILES: Final = (
-    "config.json",
-    "tokenizer_config.json",
-    "model.safetensors.index.json",
-    "pytorch_model.bin.index.json",
-)
-#: Weights and checkpoints in formats Forgeline does not load, or copies of the weights in them.
-_OTHER_FORMATS: Final = (
-    ".h5", ".msgpack", ".onnx", ".onnx_data", ".gguf", ".ggml", ".pth", ".pt", ".ckpt",
-    ".tflite", ".mlmodel", ".ot", ".nemo", ".npz", ".pkl", ".pickle", ".joblib", ".keras",
-    ".tar", ".gz", ".tgz", ".zip", ".7z",
-)  # fmt: skip
-_MEDIA: Final = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".svg", ".pdf", ".mp4", ".wav")
-#: Python files that make transformers run a repository's code (with an ``auto_map``).
-_REMOTE_CODE_FILE = re.compile(
-    r"(modeling|configuration|tokenization|processing|image_processing|feature_extraction)_\w+\.py"
-)
-
-
-@dataclass(frozen=True)
-class Selection:
-    """The files an import downloads, and why each other file is left out."""
-
-    paths: tuple[str, ...]
-    skipped: dict[str, str]
-
-
-def _is_weights_index(name: str) -> bool:
-    return name.endswith(".index.json") and (
-        "safetensors" in name or name.startswith("pytorch_model")
-    )
-
-
-def select_files(
-    files: Iterable[RemoteFile],
-    indexes: dict[str, dict[str, Any]] | None = None,
-    *,
-    trust_remote_code: bool = False,
-    safetensors_only: bool = False,
-) -> Selection:
-    """What the model needs of a repository's files (at its root only).
-
-    Weights: the safetensors files when there are any, else PyTorch ``pytorch_model*.bin``; when
-    a weight index (``model.safetensors.index.json``) is given in `indexes`, only the shards its
-    ``weight_map`` names (repositories that also ship a ``consolidated.safetensors`` copy keep
-    it out), else the single ``model.safetensors`` when present. Every other small file at the
-    root (config, tokenizer, generation config, chat template, README, licence) comes along;
-    other weight formats, archives, media and ``.gitattributes`` do not; ``*.py`` files only
-    with `trust_remote_code`.
-
-    Raises:
-        InvalidArgument: the repository has no safetensors or PyTorch weights at its root (with
-            `safetensors_only`: no safetensors; PyTorch ``.bin`` files are pickles, which can run
-            code when loaded).
-    """
-    indexes = indexes or {}
-    skipped: dict[str, str] = {}
-    root: list[RemoteFile] = []
-    for item in files:
-        if "/" in item.path:
-            skipped[item.path] = "in a subdirectory (copies in other layouts, such as original/)"
-        else:
-            root.append(item)
-    names = {f.path for f in root}
-    safetensors = sorted(n for n in names if n.endswith(".safetensors"))
-    bins = sorted(n for n in names if re.fullmatch(r"pytorch_model.*\.bin", n))
-    weights: set[str]
-    if safetensors:
-        kind, found = "safetensors", safetensors
-    elif bins and safetensors_only:
-        raise InvalidArgument(
-            "the repository's weights are PyTorch pickles (pytorch_model*.bin), which can run code "
-            "when loaded: only safetensors weights are imported here; an operator can import it "
-            "with `forgeline import`",
-            field="model",
-        )
-    elif bins:
-        kind, found = "PyTorch", bins
-    else:
-        others = sorted(n for n in names if n.endswith(_OTHER_FORMATS))
-        raise InvalidArgument(
-            "the repository has no safetensors or PyTorch weights at its root"
-            + (f" (it holds {', '.join(others[:5])})" if others else "")
-            + ": Forgeline imports Hugging Face-layout models; a GGUF file can be pushed with "
-            "`forgeline push`",
-            field="model",
-        )
-    index_name = next(
-        (
-            n
-            for n in sorted(names)
-            if _is_weights_index(n) and ("safetensors" in n) == bool(safetensors)
-        ),
-        None,
-    )
-    if index_name is not None and index_name in indexes:
-        weight_map = indexes[index_name].get("weight_map") or {}
-        # An index naming none of the files present says nothing: take them all.
-        weights = ({str(v) for v in weight_map.values()} & set(found)) or set(found)
-        weights.add(index_name)
-    elif kind == "safetensors" and "model.safetensors" in names:
-        weights = {"model.safetensors"}
-    else:
-        weights = set(found) | ({index_name} if index_name else set())
-    chosen = []
-    for item in root:
-        name = item.path
-        lower = name.lower()
-        if name in weights:
-            chosen.append(name)
-        elif name in found or _is_weights_index(name):
-            skipped[name] = f"not among the {kind} weights the model loads"
-        elif lower.endswith(".safetensors") or re.fullmatch(r"pytorch_model.*\.bin", lower):
-            skipped[name] = "a copy of the weights in another format"
-        elif lower.endswith((".bin", *_OTHER_FORMATS)):
-            skipped[name] = "weights or state in a format the model does not load from"
-        elif lower.endswith(_MEDIA) or name == ".gitattributes":
-            skipped[name] = "not needed to load the model"
-        elif lower.endswith(".py") and not trust_remote_code:
-            skipped[name] = "code (imported only with trust_remote_code)"
-        else:
-            chosen.append(name)
-    return Selection(tuple(sorted(chosen)), dict(sorted(skipped.items())))
-
-
-def remote_code(files: Iterable[RemoteFile], directory: Path) -> list[str]:
-    """Why loading the repository would run its own code (empty when it would not): an
-    ``auto_map`` in ``config.json`` or ``tokenizer_config.json`` (read from `directory`), or
-    modeling/configuration/tokenization ``.py`` files."""
-    reasons = []
-    for name in ("config.json", "tokenizer_config.json"):
-        path = directory / name
-        if not path.is_file():
-            continue
-        try:
-            config = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        auto_map = config.get("auto_map") if isinstance(config, dict) else None
-        if auto_map:
-            classes = sorted({str(v) for v in _flatten(auto_map)})
-            reasons.append(f"{name} has an auto_map ({', '.join(classes[:4])})")
-    code = sorted(f.path for f in files if _REMOTE_CODE_FILE.fullmatch(PurePosixPath(f.path).name))
-    if code:
-        reasons.append(f"it ships {', '.join(code[:6])}")
-    return reasons
-
-
-def _flatten(value: Any) -> Iterable[Any]:
-    if isinstance(value, dict):
-        for item in value.values():
-            yield from _flatten(item)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            yield from _flatten(item)
-    elif value is not None:
-        yield value
-
-
-# --- the hubs' clients -----------------------------------------------------------------------
-
-
-class _Hub(Protocol):
-    #: The endpoint the client talks to.
-    endpoint: str
-
-    def resolve(self, hub_id: HubId) -> RemoteSnapshot: ...
-
-    def download(self, snapshot: RemoteSnapshot, paths: Sequence[str], cache: Path) -> Path:
-        """Download `paths` (only those) into `cache`; the directory holding them at their
-        paths."""
-        ...
-
-
-def _public_endpoint(url: str) -> str:
-    """`url` without credentials (an endpoint may carry ``user:password@``)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
-
-
-def _hub_error(hub_id: HubId, endpoint: str, error: BaseException, cache: Path | None) -> Exception:
-    """A hub client's failure as a Forgeline error that says what to do."""
-    failed = getattr(error, "failed_files", None)
-    if isinstance(failed, dict) and failed:
-        # ModelScope tries every file, then reports them all: the first one says why.
-        path, first = next(iter(failed.items()))
-        cause = _hub_error(hub_id, endpoint, first, cache)
-        if isinstance(cause, ForgelineError):
-            cause.message = f"{cause.message} [{len(failed)} file(s) failed, {path} first]"
-        return cause
-    where = f"{hub_id} on {_public_endpoint(endpoint)}"
-    name = type(error).__name__
-    detail = str(error).strip().splitlines()
-    reason = f"{name}: {detail[0][:300]}" if detail else name
-    kept = (
-        f"; what was downloaded is kept in {cache}, so running the import again resumes"
-        if cache
-        else ""
-    )
-    token = "HF_TOKEN" if hub_id.hub == HUGGING_FACE else "MODELSCOPE_API_TOKEN"
-    if name in ("GatedRepoError",):
-        return PermissionDenied(
-            f"{where} is gated: accept its terms on the hub and set {token} to a token of an "
-            f"account that has access ({reason})",
-            field="model",
-        )
-    if name in ("RepositoryNotFoundError", "NotExistError"):
-        return NotFound(
-            f"{where}: no such repository, or it is private or gated and no valid token was sent "
-            f"(set {token}) ({reason})",
-            field="model",
-        )
-    if name in ("RevisionNotFoundError",):
-        return NotFound(f"{where}: the repository has no such revision ({reason})", field="model")
-    if name in ("AuthenticationError", "PermissionDeniedError"):
-        return PermissionDenied(
-            f"{where}: the hub refused the credentials (set {token}) ({reason})", field="model"
-        )
-    if name in ("FileIntegrityError", "FileSizeMismatchError"):
-        return FailedPrecondition(f"{where}: a downloaded file failed its check ({reason})")
-    return Unavailable(f"cannot download {where} ({reason}){kept}")
-
-
-class _HuggingFace:
-    """``huggingface_hub``: HfApi to resolve and list, snapshot_download to fetch."""
-
-    def __init__(self) -> None:
-        try:
-            import huggingface_hub
-            from huggingface_hub import constants
-        except ImportError as error:  # pragma: no cover - the hub extra is missing
-            raise FailedPrecondition(
-                "huggingface_hub is not installed here: install forgeline-registry[hub]"
-            ) from error
-        if constants.is_offline_mode():
-            raise FailedPrecondition(
-                "HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set in this process, so the Hugging "
-                "Face client may not reach the hub: unset it to import hf: models"
-            )
-        # Read now rather than at the client's import, so a mirror set later still counts.
-        self.endpoint = (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
-        self.version = huggingface_hub.__version__
-
-    def resolve(self, hub_id: HubId) -> RemoteSnapshot:
-        from huggingface_hub import HfApi
-        from huggingface_hub.hf_api import RepoFile
-
-        api = HfApi(endpoint=self.endpoint)
-        info = api.model_info(hub_id.repo_id, revision=hub_id.revision)
-        if not info.sha:
-            raise Unavailable(f"{hub_id}: the hub did not name the commit of {hub_id.revision}")
-        files = []
-        for item in api.list_repo_tree(hub_id.repo_id, revision=info.sha, recursive=True):
-            if not isinstance(item, RepoFile):
-                continue
-            if item.lfs is not None:
-                digest = f"sha256:{item.lfs.sha256}"
-            else:
-                digest = f"git-blob-sha1:{item.blob_id}"
-            files.append(RemoteFile(item.path, int(item.size), digest))
-        return RemoteSnapshot(
-            hub_id,
-            info.sha,
-            _public_endpoint(self.endpoint),
-            tuple(sorted(files, key=lambda f: f.path)),
-            {"huggingface_hub": self.version},
-        )
-
-    def download(self, snapshot: RemoteSnapshot, paths: Sequence[str], cache: Path) -> Path:
-        from huggingface_hub import snapshot_download
-
-        folder = snapshot_download(
-            snapshot.hub_id.repo_id,
-            revision=snapshot.commit,
-            cache_dir=cache,
-            allow_patterns=[glob.escape(p) for p in paths],
-            endpoint=self.endpoint,
-        )
-        return Path(folder)
-
-
-class _ModelScope:
-    """``modelscope_hub`` (what ``modelscope`` 1.40's HubApi and snapshot_download delegate to):
-    the revisions and ``repo/files`` listings, then ``download_repo`` of exactly those files."""
-
-    def __init__(self) -> None:
-        try:
-            import modelscope_hub
-            from modelscope_hub import HubApi, HubConfig
-        except ImportError as error:  # pragma: no cover - the hub extra is missing
-            raise FailedPrecondition(
-                "modelscope is not installed here: install forgeline-registry[hub]"
-            ) from error
-        # A fresh configuration reads MODELSCOPE_ENDPOINT / MODELSCOPE_DOMAIN and
-        # MODELSCOPE_API_TOKEN (or the saved login) now; the client's default one is read once
-        # per process.
-        self._config = HubConfig()
-        self._api = HubApi(config=self._config)
-        self.endpoint = str(self._config.endpoint)
-        self.version = modelscope_hub.__version__
-        self._entries: dict[str, dict[str, Any]] = {}
-
-    def resolve(self, hub_id: HubId) -> RemoteSnapshot:
-        from modelscope_hub import HubApi
-
-        # The client's own choice: the configured endpoint, else modelscope.cn or .ai where the
-        # repository exists.
-        self.endpoint = self._api.resolve_endpoint_for_read(hub_id.repo_id, repo_type="model")
-        self._api = HubApi(config=self._config, endpoint=self.endpoint)
-        legacy = self._api.legacy
-        branches, tags = legacy.list_revisions_detail(hub_id.repo_id, "model")
-        known = {str(d.get("Revision")) for d in (*branches, *tags)}
-        if hub_id.revision not in known and not re.fullmatch(r"[0-9a-f]{7,40}", hub_id.revision):
-            raise NotFound(
-                f"{hub_id}: the repository has no revision {hub_id.revision!r} (branches and "
-                f"tags: {', '.join(sorted(known)) or 'none'})",
-                field="model",
-            )
-        entries = legacy.list_repo_files(
-            repo_id=hub_id.repo_id, repo_type="model", revision=hub_id.revision, recursive=True
-        )
-        files = []
-        newest: tuple[int, str] = (-1, "")
-        for entry in entries:
-            path = str(entry.get("Path") or entry.get("path") or "")
-            if not path or (entry.get("Type") or entry.get("type")) == "tree":
-                continue
-            self._entries[path] = entry
-            sha = str(entry.get("Sha256") or entry.get("sha256") or "").lower()
-            digest = f"sha256:{sha}" if _SHA256.fullmatch(sha) else ""
-            files.append(RemoteFile(path, int(entry.get("Size") or 0), digest))
-            # ModelScope names no repository commit: each file carries the commit that last
-            # changed it (`Revision`), so the newest of those is the repository's last change.
-            commit = str(entry.get("Revision") or "")
-            stamp = int(entry.get("CommittedDate") or 0)
-            if commit and (stamp, commit) > newest:
-                newest = (stamp, commit)
-        return RemoteSnapshot(
-            hub_id,
-            newest[1],
-            _public_endpoint(self.endpoint),
-            tuple(sorted(files, key=lambda f: f.path)),
-            {"modelscope_hub": self.version},
-        )
-
-    def download(self, snapshot: RemoteSnapshot, paths: Sequence[str], cache: Path) -> Path:
-        folder = self._api.download_repo(
-            snapshot.hub_id.repo_id,
-            "model",
-            revision=snapshot.hub_id.revision,
-            cache_dir=cache,
-            file_list=[self._entries[p] for p in paths],
-        )
-        return Path(folder)
-
-
-def _client(hub: str) -> _Hub:
-    return _HuggingFace() if hub == HUGGING_FACE else _ModelScope()
 
 
 # --- verifying and registering ---------------------------------------------------------------
@@ -664,7 +204,7 @@ def _chat_template(directory: Path) -> str:
 def _read_indexes(directory: Path, names: Iterable[str]) -> dict[str, dict[str, Any]]:
     indexes = {}
     for name in names:
-        if _is_weights_index(name) and (directory / name).is_file():
+        if is_weights_index(name) and (directory / name).is_file():
             with contextlib.suppress(OSError, ValueError):
                 indexes[name] = json.loads((directory / name).read_text(encoding="utf-8"))
     return indexes
@@ -756,7 +296,7 @@ async def import_model(
     model = check_model_name(name or default_model_name(hub_id.repo_id), "name")
     step = on_step or (lambda message: log.info(message))
     progress = progress or TransferProgress()
-    client = _client(hub_id.hub)
+    client = hub_client(hub_id.hub)
     # One directory per repository and revision: a successful import removes its own only.
     cache = (
         (cache_dir or default_cache_dir())
@@ -771,7 +311,7 @@ async def import_model(
         except ForgelineError:
             raise
         except Exception as error:
-            raise _hub_error(hub_id, client.endpoint, error, cache) from error
+            raise hub_error(hub_id, client.endpoint, error, cache) from error
 
     snapshot: RemoteSnapshot = await hub_call(client.resolve, hub_id)
     step(f"{hub_id} is commit {snapshot.commit or '(unknown)'} on {snapshot.endpoint}")
@@ -787,7 +327,7 @@ async def import_model(
         return ImportResult(existing, True, hub_id, snapshot.commit)
 
     names = {f.path for f in snapshot.files}
-    first = [n for n in _METADATA_FILES if n in names]
+    first = [n for n in METADATA_FILES if n in names]
     directory: Path = await hub_call(client.download, snapshot, first, cache) if first else cache
     reasons = remote_code(snapshot.files, directory)
     if reasons and not trust_remote_code:

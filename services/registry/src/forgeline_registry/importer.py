@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from forgeline_kit.errors import InvalidArgument
 from forgeline_proto.registry.v1 import registry_pb2 as pb
 from forgeline_registry.names import check_artifact_path
-from forgeline_registry.service import guess_media_type
+from forgeline_registry.uploads import guess_media_type
 
 __all__ = [
     "LocalArtifact",
