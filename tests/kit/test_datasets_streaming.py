@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from forgeline_kit import datasets
 from forgeline_kit.datasets import (
     DETECT_LEAD_BYTES,
     DatasetFormat,
@@ -19,6 +18,7 @@ from forgeline_kit.datasets import (
     DatasetTooLarge,
     InvalidDataset,
     detect_dataset,
+    reading,
     validate_dataset,
 )
 
@@ -116,12 +116,12 @@ def test_a_json_list_read_in_pieces_gives_every_element(
 ) -> None:
     # Elements split across reads at every possible place: `_JsonList` is what the public
     # functions read .json files with, so it is checked against the whole-file parse directly.
-    monkeypatch.setattr(datasets, "_CHUNK", chunk)
+    monkeypatch.setattr(reading, "_CHUNK", chunk)
     path = tmp_path / "data.json"
     path.write_text(json.dumps(TRICKY, indent=indent, ensure_ascii=False), encoding="utf-8")
 
     with path.open("rb") as source:
-        assert list(datasets._JsonList(source, "mine", 1 << 20)) == TRICKY
+        assert list(reading._JsonList(source, "mine", 1 << 20)) == TRICKY
 
 
 @pytest.mark.parametrize(

@@ -2,9 +2,9 @@
 
 Each dataset comes in one of the formats the LLaMA-Factory documentation teaches (alpaca SFT,
 sharegpt multi-turn with a system prompt and tool turns, alpaca preference pairs, plain
-pre-training text). :class:`DatasetInfoEntry` is one entry of LLaMA-Factory's
-``dataset_info.json``, typed, so that whoever writes that file (a test, the trainer) builds it
-from a model rather than by hand.
+pre-training text). Each carries its :class:`DatasetInfoEntry`, the typed entry of LLaMA-Factory's
+``dataset_info.json``; that schema lives in :mod:`forgeline_kit.datasets.dataset_info` and is
+re-exported here for the callers that import it from the tiny model.
 """
 
 from __future__ import annotations
@@ -15,7 +15,14 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic import BaseModel, ConfigDict
+
+from forgeline_kit.datasets.dataset_info import (
+    DatasetColumns,
+    DatasetInfo,
+    DatasetInfoEntry,
+    DatasetTags,
+)
 
 __all__ = [
     "BENCHMARK_DIR",
@@ -38,64 +45,6 @@ _DATA_PACKAGE: Final = "forgeline_kit.tinymodel.data"
 BENCHMARK_DIR: Final = Path(__file__).resolve().parent / "benchmark"
 
 Stage = Literal["pt", "sft", "rm", "dpo", "kto"]
-
-
-class DatasetColumns(BaseModel):
-    """Which record field holds what (LLaMA-Factory's ``columns``); unset means its default."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    prompt: str | None = None
-    query: str | None = None
-    response: str | None = None
-    history: str | None = None
-    messages: str | None = None
-    system: str | None = None
-    tools: str | None = None
-    images: str | None = None
-    videos: str | None = None
-    audios: str | None = None
-    chosen: str | None = None
-    rejected: str | None = None
-    kto_tag: str | None = None
-
-
-class DatasetTags(BaseModel):
-    """How sharegpt messages name their roles (LLaMA-Factory's ``tags``)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    role_tag: str | None = None
-    content_tag: str | None = None
-    user_tag: str | None = None
-    assistant_tag: str | None = None
-    observation_tag: str | None = None
-    function_tag: str | None = None
-    system_tag: str | None = None
-
-
-class DatasetInfoEntry(BaseModel):
-    """One local-file entry of LLaMA-Factory's ``dataset_info.json``."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    file_name: str
-    formatting: Literal["alpaca", "sharegpt", "openai"] = "alpaca"
-    ranking: bool = False
-    subset: str | None = None
-    split: str | None = None
-    folder: str | None = None
-    num_samples: int | None = Field(None, ge=1)
-    columns: DatasetColumns | None = None
-    tags: DatasetTags | None = None
-
-
-class DatasetInfo(RootModel[dict[str, DatasetInfoEntry]]):
-    """A whole ``dataset_info.json``: dataset name to entry."""
-
-    def to_json(self) -> str:
-        """The file's text, leaving out every unset field so LLaMA-Factory's defaults apply."""
-        return self.model_dump_json(exclude_none=True, indent=2) + "\n"
 
 
 class DemoDataset(BaseModel):
