@@ -8,7 +8,7 @@ from forgeline_kit.errors import InvalidArgument
 from forgeline_trainer.llamafactory.schema import derive_schema, load_schema
 from forgeline_trainer.llamafactory.settings import parse_yaml, validate_arguments
 
-# A training YAML as LLaMA-Factory's examples (the seeds) write it, section comments and all.
+# A training YAML as LLaMA-Factory's examples write it, section comments and all.
 SEEDS_YAML = """\
 ### model
 model_name_or_path: registry://tiny/1

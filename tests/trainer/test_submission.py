@@ -93,7 +93,7 @@ def test_a_seeds_yaml_is_accepted_as_is_with_the_trainer_owning_paths() -> None:
         llamafactory_yaml=SEEDS_YAML,
     )
 
-    # The seeds write trust_remote_code: true, which only an operator can allow.
+    # LLaMA-Factory's examples write trust_remote_code: true, which only an operator can allow.
     assert refusal(spec).field == "trust_remote_code"
     plan: JobPlan = plan_job(spec, device="cpu", policy=JobPolicy(trust_remote_code=True))
 

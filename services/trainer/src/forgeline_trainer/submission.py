@@ -1,6 +1,6 @@
 """What SubmitJob checks before a job is queued, without fetching anything.
 
-:func:`plan_job` turns a ``JobSpec`` (arguments as a Struct, or a LLaMA-Factory YAML as the seeds
+:func:`plan_job` turns a ``JobSpec`` (arguments as a Struct, or a LLaMA-Factory YAML as its examples
 write it) into a :class:`JobPlan`: LLaMA-Factory arguments checked against its own dataclasses and
 converted to their types, then against the trainer's argument allow-list under the operator's
 :class:`~forgeline_trainer.llamafactory.policy.JobPolicy` (which also bounds the job's time
@@ -34,7 +34,7 @@ from forgeline_trainer.llamafactory.combinations import (
 from forgeline_trainer.llamafactory.policy import MAX_JOB_SECONDS_SETTING, JobPolicy
 from forgeline_trainer.llamafactory.settings import parse_yaml, validate_arguments
 
-#: In YAML mode these trainer-owned paths are tolerated (the seeds always write them) and
+#: In YAML mode these trainer-owned paths are tolerated (LLaMA-Factory's example YAMLs always write them) and
 #: replaced by the trainer's own; the others are refused as in argument mode.
 YAML_REPLACED_PATHS: Final = frozenset({"output_dir", "logging_dir", "dataset_dir"})
 
@@ -216,7 +216,7 @@ def _raw_arguments(spec: trainer_pb2.JobSpec) -> tuple[dict[str, Any], str | Non
             "model_name_or_path must be a registry reference such as 'tiny-llama:3'",
             field="model_name_or_path",
         )
-    # The seeds' YAML may write the reference as a URL: registry://tiny-llama:3.
+    # A tutorial's YAML may write the reference as a URL: registry://tiny-llama:3.
     return raw, None if model is None else model.removeprefix("registry://")
 
 

@@ -20,7 +20,6 @@ import errno
 import fcntl
 import hashlib
 import os
-import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -321,7 +320,3 @@ class FsStore(ObjectStore):
                 return None
 
         return await self._run(digest_of)
-
-    def remove_all(self) -> None:
-        """Delete the whole store (tests)."""
-        shutil.rmtree(self.root, ignore_errors=True)
