@@ -23,9 +23,9 @@ from .conftest import Result, Stack, forgeline
 
 pytestmark = pytest.mark.slow
 
-# A LLaMA-Factory YAML as its examples write it (sections, comments, the paths the trainer replaces),
-# with the model a registry reference. Kept tiny: 4 records, 2 epochs, no merge wait beyond the
-# tiny model's.
+# A LLaMA-Factory YAML as its examples write it (sections, comments, the paths the trainer
+# replaces), with the model a registry reference. Kept tiny: 4 records, 2 epochs, no merge wait
+# beyond the tiny model's.
 SEEDS_YAML = """\
 ### model
 model_name_or_path: {base}

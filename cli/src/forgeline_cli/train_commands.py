@@ -1,4 +1,4 @@
-"""``forgeline train CONFIG.yaml``: submit a LLaMA-Factory YAML as its examples write it, and follow.
+"""``forgeline train CONFIG.yaml``: submit a LLaMA-Factory YAML as its examples write it; follow.
 
 The YAML's ``model_name_or_path`` is a registry reference (``tiny-llama:1``); its ``dataset`` (and
 ``eval_dataset``) name files given with ``--data NAME=PATH``. Every data file is checked record by

@@ -34,8 +34,8 @@ from forgeline_trainer.llamafactory.combinations import (
 from forgeline_trainer.llamafactory.policy import MAX_JOB_SECONDS_SETTING, JobPolicy
 from forgeline_trainer.llamafactory.settings import parse_yaml, validate_arguments
 
-#: In YAML mode these trainer-owned paths are tolerated (LLaMA-Factory's example YAMLs always write them) and
-#: replaced by the trainer's own; the others are refused as in argument mode.
+#: In YAML mode these trainer-owned paths are tolerated (LLaMA-Factory's example YAMLs always
+#: write them) and replaced by the trainer's own; the others are refused as in argument mode.
 YAML_REPLACED_PATHS: Final = frozenset({"output_dir", "logging_dir", "dataset_dir"})
 
 _STAGES: Final = {

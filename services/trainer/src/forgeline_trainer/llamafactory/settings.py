@@ -39,8 +39,8 @@ _ADAPTERS: Final[Mapping[str, TypeAdapter[Any]]] = {
 
 
 def parse_yaml(text: str) -> dict[str, Any]:
-    """The mapping of a LLaMA-Factory training YAML, as its examples and tutorials write it (comments,
-    ``### section`` headers and all)."""
+    """The mapping of a LLaMA-Factory training YAML, as its examples and tutorials write it
+    (comments, ``### section`` headers and all)."""
     try:
         loaded = yaml.safe_load(text)
     except yaml.YAMLError as error:
