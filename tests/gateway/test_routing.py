@@ -245,23 +245,23 @@ def test_admission_is_sized_to_the_server_slots_and_overload_is_a_fast_429(
     assert [i.limit for i in router.get("attached").instances] == [3]
 
     release = threading.Event()
+    # 20 top logprobs a token make a stream of the tiny model's 2,000 tokens (its context
+    # caps a slot at 2,048) about 4 MB, more than the socket buffers between the gateway and
+    # a client that does not read take in, so the relay blocks and the stream stays in flight.
     body = {**_stream_request(served)["json"], "max_tokens": 2000}
+    body |= {"logprobs": True, "top_logprobs": 20}
     headers = {"Authorization": f"Bearer {served.inference_key}"}
 
     def hold() -> None:
-        # A small receive buffer holds the relay, so the request stays in flight until read.
+        # Unread (a small receive buffer), a stream stays in flight until it is closed.
         transport = httpx.HTTPTransport(
             socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)]
         )
         with (
             httpx.Client(transport=transport, timeout=120, trust_env=False) as client,
-            client.stream(
-                "POST", f"{served.url}/v1/chat/completions", json=body, headers=headers
-            ) as response,
+            client.stream("POST", f"{served.url}/v1/chat/completions", json=body, headers=headers),
         ):
-            assert release.wait(120)
-            for _ in response.iter_lines():
-                pass
+            assert release.wait(120)  # then closed unread: the gateway cancels it
 
     holders = [threading.Thread(target=hold) for _ in range(3)]
     try:
@@ -276,12 +276,16 @@ def test_admission_is_sized_to_the_server_slots_and_overload_is_a_fast_429(
             timeout=30,
         )
         waited = time.monotonic() - started
+        in_flight_after = instance.in_flight
     finally:
         release.set()
         for holder in holders:
             holder.join(120)
 
-    assert refused.status_code == 429, refused.text
+    assert refused.status_code == 429, (
+        f"{refused.text}\nin flight after it: {in_flight_after}; llama-server's log:\n"
+        + "\n".join(list(process.log_tail)[-30:])
+    )
     assert refused.headers["retry-after"] == "2"
     assert refused.json()["error"]["code"] == "rate_limit_exceeded"
     assert waited < 5, f"the refusal took {waited:.1f} s"  # not queued behind the streams
