@@ -19,16 +19,12 @@ from forgeline_converter.llamacpp_tools import (
     quantization_type_descriptions,
     requires_imatrix,
 )
-from forgeline_converter.runner import (
-    OperationFailed,
-    Reporter,
-    RunContext,
-    WorkerPool,
-    run_conversion,
-)
+from forgeline_converter.run_context import OperationFailed, Reporter, RunContext
+from forgeline_converter.runner import run_conversion
 from forgeline_converter.settings import ConverterSettings
 from forgeline_converter.store import TERMINAL_STATES, ConversionStore
 from forgeline_converter.validation import validate_spec
+from forgeline_converter.worker_pool import WorkerPool
 from forgeline_kit.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from forgeline_kit.llamacpp import Toolchain
 from forgeline_proto.common.v1 import common_pb2

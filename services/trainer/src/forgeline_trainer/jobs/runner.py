@@ -10,6 +10,8 @@ task is cancelled) stops the job's process group before the task ends; so does t
 limit, which covers VALIDATING, TRAINING and EXPORTING (counted from leaving the queue, so a
 resumed job keeps its deadline), and the trainer's step cap, checked against the steps a running
 training plans.
+
+VALIDATING's work is in `validating`; the errors every stage raises are in `job_errors`.
 """
 
 from __future__ import annotations
@@ -31,19 +33,12 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.struct_pb2 import Struct
 
-from forgeline_kit import datasets as kit_datasets
-from forgeline_kit.datasets import DatasetSpec, InvalidDataset, validate_dataset
-from forgeline_kit.errors import (
-    ForgelineError,
-    InvalidArgument,
-    NotFound,
-    Unavailable,
-    error_from_rpc_error,
-)
+from forgeline_kit.errors import ForgelineError
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.trainer.v1 import trainer_pb2 as pb
 from forgeline_registry.client import RegistryClient
 from forgeline_trainer.jobs.hub import JobHub, now
+from forgeline_trainer.jobs.job_errors import JobError, ProcessKilledError, registry_failure
 from forgeline_trainer.jobs.progress_events import (
     checkpoint_of,
     metrics_message,
@@ -52,15 +47,14 @@ from forgeline_trainer.jobs.progress_events import (
     saved_checkpoints,
 )
 from forgeline_trainer.jobs.registration import register_results
+from forgeline_trainer.jobs.validating import validate_inputs
 from forgeline_trainer.jobs.workspace import (
-    DatasetRecord,
     JobWorkspace,
     Validated,
     launch_arguments,
     text_argument,
 )
 from forgeline_trainer.llamafactory.arguments import ExportArguments, TrainArguments
-from forgeline_trainer.llamafactory.chat_template import TemplateMismatch, check_chat_template
 from forgeline_trainer.llamafactory.cli import (
     LLAMAFACTORY_CLI,
     device_environment,
@@ -72,7 +66,6 @@ from forgeline_trainer.llamafactory.policy import MAX_JOB_SECONDS_SETTING, MAX_S
 from forgeline_trainer.llamafactory.process import TrainingProcess, group_record
 from forgeline_trainer.llamafactory.progress import ProgressReader
 from forgeline_trainer.settings import TrainerSettings
-from forgeline_trainer.submission import DatasetPlan, plan_job
 
 __all__ = ["JobError", "JobRunner", "ProcessKilledError"]
 
@@ -82,47 +75,6 @@ T = TypeVar("T")
 
 #: Share of a job's progress taken by training; export and registering share the rest.
 _TRAINING_SHARE = 90.0
-
-
-class JobError(Exception):
-    """A job cannot go on; carries the contract's OperationError fields."""
-
-    def __init__(
-        self, code: str, message: str, *, field: str = "", retryable: bool = False
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.field = field
-        self.retryable = retryable
-
-
-class ProcessKilledError(JobError):
-    """A LLaMA-Factory run was ended by a signal (``-status``): the OOM killer, a preempted node,
-    someone's ``kill``; not a failure of the run itself, so it is started again."""
-
-    def __init__(self, code: str, message: str, *, tool: str, signum: int) -> None:
-        super().__init__(code, message)
-        self.tool = tool
-        self.signum = signum
-
-
-def _registry_failure(error: grpc.RpcError | ForgelineError, what: str) -> JobError:
-    converted = error_from_rpc_error(error) if isinstance(error, grpc.RpcError) else error
-    if isinstance(converted, NotFound):
-        return JobError("model_not_found", f"{what}: {converted}", field=converted.field or "")
-    if isinstance(converted, Unavailable):
-        return JobError("registry_unavailable", f"{what}: {converted}", retryable=True)
-    if isinstance(converted, InvalidArgument):
-        return JobError("invalid_argument", f"{what}: {converted}", field=converted.field or "")
-    return JobError("internal", f"{what}: {converted}")
-
-
-def _reference(ref: common_pb2.VersionRef) -> str:
-    selector = ref.WhichOneof("selector")
-    if selector == "version":
-        return f"{ref.model}:{ref.version}"
-    return f"{ref.model}@{ref.alias or 'latest'}"
 
 
 @dataclass(frozen=True)
@@ -191,7 +143,14 @@ class JobRunner:
     async def _work(self, job: pb.Job, workspace: JobWorkspace, gpus: tuple[str, ...]) -> None:
         """VALIDATING, TRAINING and EXPORTING: what the time limit covers."""
         if job.state == pb.JOB_STATE_VALIDATING:
-            await self._validate(job, workspace)
+            await validate_inputs(
+                job,
+                workspace,
+                hub=self.hub,
+                registry=self.context.registry,
+                device=self.context.device_kind,
+                policy=self.context.settings.job_policy(),
+            )
             self.hub.transition(job, pb.JOB_STATE_TRAINING, "Training started")
         _validated(workspace)  # what training and the merge read must still be there
         lora = text_argument(job, "finetuning_type") == "lora"
@@ -307,99 +266,6 @@ class JobRunner:
     def _set_percent(self, job: pb.Job, percent: float) -> None:
         job.progress.percent = percent
         self.hub.save(job)
-
-    # --- VALIDATING
-
-    async def _validate(self, job: pb.Job, workspace: JobWorkspace) -> None:
-        try:
-            plan = plan_job(
-                job.spec,
-                device=self.context.device_kind,
-                policy=self.context.settings.job_policy(),
-            )
-        except InvalidArgument as error:
-            raise JobError("invalid_argument", str(error), field=error.field or "") from error
-        shutil.rmtree(workspace.root, ignore_errors=True)
-        workspace.root.mkdir(parents=True)
-        base_ref = (
-            plan.base_model if isinstance(plan.base_model, str) else _reference(plan.base_model)
-        )
-        async with self.context.registry() as client:
-            try:
-                base = await client.pull(base_ref, workspace.base)
-            except (grpc.RpcError, ForgelineError) as error:
-                raise _registry_failure(error, f"base model '{base_ref}'") from error
-            self.hub.emit(job, f"Fetched base model {base.model}:{base.number}")
-            records = []
-            specs = []
-            for dataset in plan.datasets:
-                record, spec = await self._fetch_dataset(client, dataset, workspace)
-                records.append(record)
-                specs.append(spec)
-        self.hub.emit(job, f"Validated {len(records)} dataset(s)")
-        template = text_argument(job, "template")
-        try:
-            await asyncio.to_thread(kit_datasets.write_dataset_info, workspace.data, specs)
-            if template:
-                await asyncio.to_thread(check_chat_template, workspace.base, template)
-        except TemplateMismatch as error:
-            raise JobError("template_mismatch", str(error), field="arguments.template") from error
-        except InvalidArgument as error:
-            raise JobError("invalid_argument", str(error), field=error.field or "") from error
-        workspace.save_validated(
-            Validated(
-                base_model=base.model,
-                base_version=base.number,
-                chat_template=_chat_template(workspace.base),
-                datasets=records,
-            )
-        )
-
-    async def _fetch_dataset(
-        self, client: RegistryClient, dataset: DatasetPlan, workspace: JobWorkspace
-    ) -> tuple[DatasetRecord, DatasetSpec]:
-        where = f"dataset '{dataset.name}'"
-        target = workspace.sources / dataset.name
-        paths = [dataset.source.path] if dataset.source.path else []
-        try:
-            version = await client.pull(_reference(dataset.source.version), target, paths=paths)
-        except (grpc.RpcError, ForgelineError) as error:
-            raise _registry_failure(error, where) from error
-        artifacts = [a for a in version.artifacts if not paths or a.path in paths]
-        if len(artifacts) != 1:
-            raise JobError(
-                "invalid_argument",
-                f"{where}: {version.model}:{version.number} holds {len(artifacts)} files; name "
-                "the one to train on in source.path",
-                field="datasets.source.path",
-            )
-        artifact = artifacts[0]
-        spec = DatasetSpec(
-            name=dataset.name,
-            path=target / artifact.path,
-            format=dataset.format,
-            ranking=dataset.ranking,
-            columns=dataset.columns,
-            tags=dataset.tags,
-            num_samples=dataset.num_samples,
-        )
-        try:
-            count = await asyncio.to_thread(validate_dataset, spec)
-        except InvalidDataset as error:
-            raise JobError("invalid_dataset", str(error), field=error.field or "") from error
-        prepare: Any = getattr(kit_datasets, "prepare_for_llamafactory", None)
-        if prepare is not None:
-            spec = await asyncio.to_thread(prepare, spec, workspace.sources / f"{dataset.name}-lf")
-        record = DatasetRecord(
-            name=dataset.name,
-            model=version.model,
-            version=version.number,
-            sha256=artifact.sha256,
-            format=str(dataset.format),
-            record_count=count,
-            evaluation=dataset.evaluation,
-        )
-        return record, spec
 
     # --- TRAINING
 
@@ -577,7 +443,7 @@ class JobRunner:
                     ),
                 )
             except (grpc.RpcError, ForgelineError) as error:
-                raise _registry_failure(error, "registering the results") from error
+                raise registry_failure(error, "registering the results") from error
         for field, ref in (
             ("adapter", registered.adapter),
             ("merged", registered.merged),
@@ -603,17 +469,6 @@ def _validated(workspace: JobWorkspace) -> Validated:
             "continue; submit it again",
         )
     return validated
-
-
-def _chat_template(model_dir: Path) -> str:
-    """The tokenizer's own chat template (what the registered versions record)."""
-    config = model_dir / "tokenizer_config.json"
-    if config.is_file():
-        template = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
-        if isinstance(template, str):
-            return template
-    jinja = model_dir / "chat_template.jinja"
-    return jinja.read_text(encoding="utf-8") if jinja.is_file() else ""
 
 
 def arguments_struct(arguments: dict[str, Any]) -> Struct:

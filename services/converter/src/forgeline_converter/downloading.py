@@ -1,0 +1,199 @@
+"""DOWNLOADING: every input of a conversion pulled from the registry into its work directory
+(free disk checked first), and the job the worker runs on them made from the conversion's spec.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import shutil
+from importlib.resources import files
+from pathlib import Path
+
+from forgeline_converter.core import ConversionPlan
+from forgeline_converter.llamacpp_tools import OutType
+from forgeline_converter.modelfile import ModelfileParameter
+from forgeline_converter.run_context import OperationFailed, RunContext, Steps, registry_failure
+from forgeline_converter.worker import AdapterJob, ModelfileSpec, ModelJob, SmokeSpec, WorkerJob
+from forgeline_kit.errors import ForgelineError
+from forgeline_proto.common.v1 import common_pb2
+from forgeline_proto.converter.v1 import converter_pb2 as pb
+from forgeline_proto.registry.v1 import registry_pb2 as rpb
+
+__all__ = ["INPUTS", "builtin_evaluation_text", "download_inputs"]
+
+_OUTTYPES: dict[int, OutType] = {
+    pb.GGUF_OUTTYPE_F32: "f32",
+    pb.GGUF_OUTTYPE_F16: "f16",
+    pb.GGUF_OUTTYPE_BF16: "bf16",
+    pb.GGUF_OUTTYPE_Q8_0: "q8_0",
+}
+#: What `download_inputs` puts in the work directory: kept when the tool work runs again.
+INPUTS = frozenset(
+    {"source", "adapter", "base", "base-gguf", "evaluation", "imatrix", "calibration.txt"}
+)
+# Room needed beyond the source's own size while downloading it.
+_DISK_MARGIN = 1.10
+
+
+def builtin_evaluation_text() -> Path:
+    """The held-out text used when a request names none."""
+    return Path(str(files("forgeline_kit.tinymodel.data").joinpath("pretrain.txt")))
+
+
+def _check_free(where: Path, needed: int) -> None:
+    free = shutil.disk_usage(where).free
+    if free < needed * _DISK_MARGIN:
+        raise OperationFailed(
+            "insufficient_disk",
+            f"downloading needs about {needed * _DISK_MARGIN / 2**20:.1f} MiB in {where} but "
+            f"{free / 2**20:.1f} MiB are free; free space or set FORGELINE_CONVERTER_WORK_DIR "
+            "to a larger disk",
+        )
+
+
+async def _pull(
+    context: RunContext, ref: common_pb2.VersionRef, target: Path, paths: tuple[str, ...] = ()
+) -> rpb.Version:
+    reference = f"{ref.model}:{ref.version}"
+    try:
+        return await context.registry.pull(reference, target, paths=paths)
+    except ForgelineError as error:
+        raise registry_failure(error, f"downloading {reference}") from error
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            raise OperationFailed(
+                "insufficient_disk", f"the disk filled up while downloading {reference}"
+            ) from error
+        raise
+
+
+async def download_inputs(
+    conversion: pb.Conversion, context: RunContext, work: Path, steps: Steps
+) -> tuple[WorkerJob, str]:
+    """Fetch every input; the worker job and the SHA-256 of the evaluation text ("" if none)."""
+    spec = conversion.spec
+    registry = context.registry
+    refs = (
+        [spec.adapter.adapter, spec.adapter.base]
+        + ([spec.adapter.base_gguf] if spec.adapter.HasField("base_gguf") else [])
+        if spec.HasField("adapter")
+        else [spec.model.source]
+    )
+    sizes = []
+    for ref in refs:
+        try:
+            version = await registry.stub.GetVersion(
+                rpb.GetVersionRequest(
+                    model=ref.model, version=ref.version, view=rpb.VERSION_VIEW_BASIC
+                )
+            )
+        except ForgelineError as error:
+            raise registry_failure(error, f"looking up {ref.model}:{ref.version}") from error
+        sizes.append(version.size_bytes)
+    steps.enter(pb.CONVERSION_STATE_DOWNLOADING, bytes_total=sum(sizes))
+    _check_free(work, sum(sizes) * 3)  # the source, then the GGUF files made from it
+    smoke = SmokeSpec(
+        skip=spec.verification.skip_smoke_test,
+        prompt=spec.verification.smoke_prompt or SmokeSpec().prompt,
+    )
+    common = {
+        "output_dir": work / "outputs",
+        "work_root": work,
+        "result_file": work / "result.json",
+        "llamacpp_home": context.settings.llamacpp_home,
+        "smoke": smoke,
+        "trust_remote_code": context.settings.trust_remote_code,
+    }
+    if spec.HasField("adapter"):
+        task = spec.adapter
+        await _pull(context, task.adapter, work / "adapter")
+        await _pull(context, task.base, work / "base")
+        base_gguf = None
+        if task.HasField("base_gguf"):
+            version = await _pull(context, task.base_gguf, work / "base-gguf")
+            ggufs = [a.path for a in version.artifacts if a.path.endswith(".gguf")]
+            base_gguf = work / "base-gguf" / ggufs[0] if ggufs else None
+        adapter_job = AdapterJob(
+            adapter_dir=work / "adapter",
+            base_dir=work / "base",
+            outtype=_OUTTYPES[task.outtype],
+            base_gguf=base_gguf,
+        )
+        return WorkerJob(task=adapter_job, **common), ""
+    model = spec.model
+    source = await _pull(context, model.source, work / "source")
+    ggufs = [a.path for a in source.artifacts if a.path.endswith(".gguf")]
+    source_gguf = work / "source" / ggufs[0] if source.kind == rpb.VERSION_KIND_GGUF else None
+    evaluation: Path | None = None
+    kl_divergence = spec.verification.quality_metric == pb.QUALITY_METRIC_KL_DIVERGENCE
+    if kl_divergence or spec.verification.quality_metric == pb.QUALITY_METRIC_PERPLEXITY:
+        if spec.verification.HasField("evaluation_text"):
+            text_ref = spec.verification.evaluation_text
+            await _pull(context, text_ref.version, work / "evaluation", (text_ref.path,))
+            evaluation = work / "evaluation" / text_ref.path
+        else:
+            evaluation = builtin_evaluation_text()
+    imatrix_text: Path | None = None
+    imatrix_file: Path | None = None
+    if model.HasField("imatrix"):
+        which = model.imatrix.WhichOneof("source")
+        if which == "calibration_text_inline":
+            imatrix_text = work / "calibration.txt"
+            imatrix_text.write_text(model.imatrix.calibration_text_inline, encoding="utf-8")
+        elif which in ("imatrix", "calibration_text"):
+            matrix = model.imatrix
+            artifact = matrix.imatrix if which == "imatrix" else matrix.calibration_text
+            await _pull(context, artifact.version, work / "imatrix", (artifact.path,))
+            if which == "imatrix":
+                imatrix_file = work / "imatrix" / artifact.path
+            else:
+                imatrix_text = work / "imatrix" / artifact.path
+    quantize_args: dict[str, list[str]] = {}
+    for target in model.quantizations:
+        args: list[str] = []
+        if target.output_tensor_type:
+            args += ["--output-tensor-type", target.output_tensor_type]
+        if target.token_embedding_type:
+            args += ["--token-embedding-type", target.token_embedding_type]
+        if target.leave_output_tensor:
+            args.append("--leave-output-tensor")
+        if target.pure:
+            args.append("--pure")
+        for override in target.tensor_types:
+            args += ["--tensor-type", f"{override.pattern}={override.type}"]
+        if model.allow_requantize:
+            args.append("--allow-requantize")
+        quantize_args[target.type] = args
+    plan = ConversionPlan(
+        outtype=_OUTTYPES[model.outtype],
+        quantizations=[t.type for t in model.quantizations],
+        evaluation_text=evaluation,
+        kl_divergence=kl_divergence,
+        evaluation_context=context.settings.evaluation_context,
+        evaluation_chunks=spec.verification.evaluation_chunks,
+        quantize_args=quantize_args,
+        imatrix_text=imatrix_text,
+        imatrix_file=imatrix_file,
+        imatrix_chunks=model.imatrix.chunks,
+        imatrix_context=model.imatrix.context_size or 512,
+    )
+    options = model.modelfile
+    modelfile = ModelfileSpec(
+        skip=options.skip,
+        system=options.system,
+        parameters=[ModelfileParameter(name=p.name, value=p.value) for p in options.parameters],
+        template_override=options.template_override,
+    )
+    job = ModelJob(
+        source_dir=work / "source",
+        plan=plan,
+        register_outtype=model.register_outtype,
+        modelfile=modelfile,
+        source_gguf=source_gguf,
+        allow_requantize=model.allow_requantize,
+    )
+    digest = ""
+    if evaluation is not None:
+        digest = hashlib.sha256(evaluation.read_bytes()).hexdigest()
+    return WorkerJob(task=job, **common), digest
