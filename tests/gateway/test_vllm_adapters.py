@@ -236,39 +236,59 @@ def test_unloading_one_adapter_leaves_a_stream_of_another_whole(
     served.deploy(_adapter(FT_B, registered["b"]))
     _, vllm = _vllm(engine)
     vllm.chunk_delay = 0.05
-    lines: list[str] = []
-    opened = threading.Event()
+    stream = _Stream(served, FT_B)
 
-    def stream() -> None:
+    assert stream.opened.wait(10)
+    assert served.admin("DELETE", f"/v1/deployments/{FT_A}").status_code == 204
+    assert set(vllm.loras) == {FT_B}
+    stream.reader.join(30)
+
+    assert len(stream.text().split()) >= 30  # every word arrived
+    assert vllm.cancelled == 0
+
+
+class _Stream:
+    """A streamed chat completion of 40 tokens for `model`, read on a thread of its own."""
+
+    def __init__(self, served: Served, model: str) -> None:
+        self.lines: list[str] = []
+        self.opened = threading.Event()
+        self._served = served
+        self._model = model
+        self.reader = threading.Thread(target=self._read)
+        self.reader.start()
+
+    def _read(self) -> None:
         body = {
-            "model": FT_B,
+            "model": self._model,
             "messages": [{"role": "user", "content": "hello"}],
             "max_tokens": 40,
             "stream": True,
         }
-        headers = {"Authorization": f"Bearer {served.inference_key}"}
+        headers = {"Authorization": f"Bearer {self._served.inference_key}"}
         with httpx.stream(
-            "POST", f"{served.url}/v1/chat/completions", json=body, headers=headers, timeout=30
+            "POST",
+            f"{self._served.url}/v1/chat/completions",
+            json=body,
+            headers=headers,
+            timeout=30,
         ) as response:
             assert response.status_code == 200
             for line in response.iter_lines():
-                lines.append(line)
-                opened.set()
+                self.lines.append(line)
+                self.opened.set()
 
-    reader = threading.Thread(target=stream)
-    reader.start()
-    assert opened.wait(10)
-    assert served.admin("DELETE", f"/v1/deployments/{FT_A}").status_code == 204
-    assert set(vllm.loras) == {FT_B}
-    reader.join(30)
-
-    events = [line.removeprefix("data: ") for line in lines if line.startswith("data: ")]
-    assert events[-1] == "[DONE]"
-    chunks = [json.loads(e) for e in events[:-1]]
-    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
-    assert len(text.split()) >= 30  # every word arrived
-    assert chunks[-1]["choices"] == [] or chunks[-1]["choices"][0]["finish_reason"] == "length"
-    assert vllm.cancelled == 0
+    def text(self) -> str:
+        """What the stream said, once it ended with ``[DONE]`` after its last chunk (which
+        finished for ``length``)."""
+        events = [line.removeprefix("data: ") for line in self.lines if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        chunks = [json.loads(e) for e in events[:-1]]
+        last = chunks[-1]["choices"]
+        assert last == [] or last[0]["finish_reason"] == "length"
+        return "".join(
+            c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]
+        )
 
 
 def _asked_until_not_found(served: Served, model: str, attempts: int = 200) -> bool:
@@ -292,29 +312,10 @@ def test_deleting_an_adapter_lets_its_own_stream_finish_before_unloading_it(
     served.deploy(_adapter(FT_A, registered["a"]))
     _, vllm = _vllm(engine)
     vllm.chunk_delay = 0.05
-    lines: list[str] = []
-    opened = threading.Event()
     deleted: list[int] = []
+    stream = _Stream(served, FT_A)
 
-    def stream() -> None:
-        body = {
-            "model": FT_A,
-            "messages": [{"role": "user", "content": "hello"}],
-            "max_tokens": 40,
-            "stream": True,
-        }
-        headers = {"Authorization": f"Bearer {served.inference_key}"}
-        with httpx.stream(
-            "POST", f"{served.url}/v1/chat/completions", json=body, headers=headers, timeout=30
-        ) as response:
-            assert response.status_code == 200
-            for line in response.iter_lines():
-                lines.append(line)
-                opened.set()
-
-    reader = threading.Thread(target=stream)
-    reader.start()
-    assert opened.wait(10)
+    assert stream.opened.wait(10)
     deleting = threading.Thread(
         target=lambda: deleted.append(served.admin("DELETE", f"/v1/deployments/{FT_A}").status_code)
     )
@@ -322,16 +323,12 @@ def test_deleting_an_adapter_lets_its_own_stream_finish_before_unloading_it(
     # Its route goes at once: a new request for it is a 404 while its stream goes on.
     assert _asked_until_not_found(served, FT_A)
     assert FT_A in vllm.loras, "unloaded under its own stream"
-    reader.join(30)
+    stream.reader.join(30)
     deleting.join(30)
 
     assert deleted == [204]
     assert FT_A not in vllm.loras
-    events = [line.removeprefix("data: ") for line in lines if line.startswith("data: ")]
-    assert events[-1] == "[DONE]"
-    chunks = [json.loads(e) for e in events[:-1]]
-    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
-    assert len(text.split()) >= 30  # every word arrived
+    assert len(stream.text().split()) >= 30  # every word arrived
     assert vllm.cancelled == 0
 
 

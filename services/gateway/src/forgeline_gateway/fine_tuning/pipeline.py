@@ -35,7 +35,7 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import Any
 
 from forgeline_gateway.api.fine_tuning.protocol import EvalOptions, FineTuningJobCreate, JobError
 from forgeline_gateway.deployments.manager import DeploymentManager
@@ -237,7 +237,7 @@ class Pipeline:
             hyperparameters=hyperparameters,
         )
         await self.store.run(lambda: self.store.put(job))
-        await self._event(job, "info", f"Created fine-tuning job: {job.id}")
+        await self.journal.event(job, "info", f"Created fine-tuning job: {job.id}")
         self._spawn(job.id)
         return job
 
@@ -313,8 +313,8 @@ class Pipeline:
                 update["stage"] = Stage.VALIDATING_FILES  # the trainer job ended: a new one
             if update["stage"] is Stage.VALIDATING_FILES:
                 update |= {"trainer_job_id": "", "trainer_state": "", "trainer_last_sequence": 0}
-            job = await self._save(job, **update)
-            await self._event(
+            job = await self.journal.save(job, **update)
+            await self.journal.event(
                 job,
                 "info",
                 f"Retrying the job from the {job.stage.value} stage (retry {job.retries}); what "
@@ -377,7 +377,7 @@ class Pipeline:
                     await self._give_up(job, error, failures)
                     return
                 wait = min(self.retry_seconds * 2 ** (failures - 1), _MAX_RETRY_SECONDS)
-                await self._event(
+                await self.journal.event(
                     job,
                     "warn",
                     f"The {job.stage.value} stage was interrupted: {describe(error)}; retrying "
@@ -461,20 +461,6 @@ class Pipeline:
                 f"(`forgeline models push DIR {model}`) or pick one of `forgeline models list`",
                 field="model",
             ) from error
-
-    async def _save(self, job: JobRecord, **update: Any) -> JobRecord:
-        return await self.journal.save(job, **update)
-
-    async def _event(
-        self,
-        job: JobRecord,
-        level: Literal["info", "warn", "error"],
-        message: str,
-        *,
-        kind: Literal["message", "metrics"] = "message",
-        data: dict[str, Any] | None = None,
-    ) -> None:
-        await self.journal.event(job, level, message, kind=kind, data=data)
 
 
 def _resolve(
