@@ -558,3 +558,10 @@ async def test_the_kl_divergence_figure_ranks_quantizations(
         rpb.GetVersionRequest(model=q2.version.model, version=q2.version.version)
     )
     assert version.lineage.metrics["kl_divergence_mean"] == pytest.approx(q2.quality.value)
+    # The share of greedy steps each quantization leaves alone: Q2_K changes more than Q8_0.
+    q8_version = await stack.registry.stub.GetVersion(
+        rpb.GetVersionRequest(model=q8.version.model, version=q8.version.version)
+    )
+    same_q8 = q8_version.lineage.metrics["same_top_token_rate"]
+    same_q2 = version.lineage.metrics["same_top_token_rate"]
+    assert 0 < same_q2 < same_q8 <= 1

@@ -111,7 +111,21 @@ def test_a_job_is_scored_per_artifact_and_served_when_it_beats_the_base(
     capsys.readouterr()
     assert main(["models", "show", gguf_model, "--registry", running.stack.registry_target]) == 0
     card_line = f"quality exact {labels['quality.exact']}, rouge_l {labels['quality.rouge_l']}"
-    assert card_line in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert card_line in shown
+    # What the converter measured on Q8_0 against the F16 intermediate is on its line too.
+    measured = card["q8_0"]["conversion"]
+    assert set(measured) == {
+        "perplexity",
+        "perplexity_reference",
+        "kl_divergence_mean",
+        "same_top_token_rate",
+    }
+    assert 0 <= measured["kl_divergence_mean"] < 0.1
+    assert 0.5 < measured["same_top_token_rate"] <= 1
+    assert dict(version.lineage.metrics)["same_top_token_rate"] == measured["same_top_token_rate"]
+    assert f"same top token {100 * measured['same_top_token_rate']:.1f}%" in shown
+    assert card["adapter"]["conversion"] == {}
 
     # Each sample's score is rouge-score's own on the same texts (the run is the Evals API's).
     items = client.evals.runs.output_items.list(
@@ -124,7 +138,7 @@ def test_a_job_is_scored_per_artifact_and_served_when_it_beats_the_base(
         rouge = next(r for r in item.results if r.name == "rouge_l")
         assert rouge.score == scorer.score(reference, answer)["rougeL"].fmeasure
     events = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data]
-    assert any(m.startswith("Quality of q8_0") for m in events)
+    assert any(m.startswith("Quality of q8_0") and "KL divergence" in m for m in events)
     assert any(m.startswith("deploy.require met: rouge_l of q8_0") for m in events)
 
     # The job's page in the console shows the card and the verdict, and the evaluating step.

@@ -28,6 +28,7 @@ from forgeline_cli.console import (
 from forgeline_cli.services import REGISTRY, run_command
 from forgeline_proto.registry.v1 import registry_pb2 as pb
 from forgeline_registry.client import RegistryClient, TransferProgress
+from forgeline_registry.figures import describe_conversion_figures
 from forgeline_registry.hub import default_cache_dir, import_model
 
 __all__ = ["register_registry_commands"]
@@ -175,6 +176,9 @@ def _models_show(args: argparse.Namespace) -> int:
             card = _quality(version)
             if card:
                 print(f"      quality {card}")
+            figures = describe_conversion_figures(version.lineage.metrics)
+            if figures:
+                print(f"      measured {figures}")
         return 0
 
     return _run(args, action)

@@ -27,7 +27,7 @@ from forgeline_converter.llamacpp_tools import (
     quantization_types,
     quantize,
 )
-from forgeline_converter.perplexity import kl_divergence_from_logits, perplexity
+from forgeline_converter.perplexity import compare_logits, perplexity
 from forgeline_converter.source import SourceModel, inspect_source, stage_with_bos_setting
 from forgeline_kit.llamacpp import Toolchain
 
@@ -104,6 +104,7 @@ class ConvertedFile(BaseModel):
     info: GgufInfo
     perplexity: float | None = None
     kl_divergence: float | None = None
+    same_top_token: float | None = None
     tool_wall_s: float
     fallback_tensors: dict[str, str] = Field(default_factory=dict)
 
@@ -415,7 +416,7 @@ def _finish(
     env: Mapping[str, str],
     work: Path,
 ) -> ConvertedFile:
-    figure = divergence = None
+    figure = comparison = None
     if plan.evaluation_text is not None:
         # With KL asked for, the intermediate's logits are kept for every quantized file.
         base_logits = work / "intermediate.logits"
@@ -432,7 +433,7 @@ def _finish(
             logits_out=logits,
         )
         if logits is not None and role == "quantized":
-            divergence = kl_divergence_from_logits(base_logits, logits)
+            comparison = compare_logits(base_logits, logits)
             logits.unlink()
     return ConvertedFile(
         role=role,
@@ -441,7 +442,8 @@ def _finish(
         sha256=sha256_of(path),
         info=info,
         perplexity=figure,
-        kl_divergence=divergence,
+        kl_divergence=comparison.kl_divergence if comparison else None,
+        same_top_token=comparison.same_top_token if comparison else None,
         tool_wall_s=wall_s,
         fallback_tensors=fallbacks,
     )

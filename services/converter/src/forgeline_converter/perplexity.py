@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ def perplexity(
 ) -> float:
     """Perplexity of ``model`` on ``text`` as llama-perplexity scores it (the second half of
     every ``context_size`` window); lower is better. ``logits_out`` keeps the logits file (for
-    :func:`kl_divergence_from_logits`).
+    :func:`compare_logits`).
 
     Raises:
         ToolFailed: the tool failed, or the text is shorter than two windows.
@@ -89,10 +90,22 @@ class _Logits:
         return result
 
 
-def kl_divergence_from_logits(base: Path, other: Path) -> float:
-    """Mean KL(base ‖ other) over the scored tokens of two logits files made on the same text
-    with the same context size (what ``llama-perplexity --kl-divergence`` reports as mean KLD,
-    computed from the files so that no lost log line can hide it).
+@dataclass(frozen=True)
+class LogitsComparison:
+    """How a quantized file's token distributions compare with its unquantized intermediate's
+    on the same text."""
+
+    #: Mean KL(base ‖ other) over the scored tokens: llama-perplexity's "Mean KLD"; 0 is
+    #: identical.
+    kl_divergence: float
+    #: Fraction of the scored tokens whose most likely next token is the same in both:
+    #: llama-perplexity's "Same top p", the share of greedy steps the quantization leaves alone.
+    same_top_token: float
+
+
+def compare_logits(base: Path, other: Path) -> LogitsComparison:
+    """Compare two logits files made on the same text with the same context size, computed
+    from the files so that no lost log line can hide a figure.
 
     Raises:
         ValueError: the files do not score the same tokens.
@@ -100,17 +113,18 @@ def kl_divergence_from_logits(base: Path, other: Path) -> float:
     reference, candidate = _Logits(base), _Logits(other)
     if not np.array_equal(reference.tokens, candidate.tokens):
         raise ValueError("the two logits files do not score the same tokens")
-    total, count = 0.0, 0
+    total, same, count = 0.0, 0, 0
     for chunk in range(reference.n_chunk):
         expected = reference.log_probs(chunk)
         actual = candidate.log_probs(chunk)
+        same += int((expected.argmax(axis=1) == actual.argmax(axis=1)).sum())
         # Renormalise: the 16-bit storage leaves each row's probabilities summing to ~1 only.
         expected -= np.logaddexp.reduce(expected, axis=1, keepdims=True)
         actual -= np.logaddexp.reduce(actual, axis=1, keepdims=True)
         divergence = (np.exp(expected) * (expected - actual)).sum(axis=1)
         total += float(divergence.sum())
         count += divergence.shape[0]
-    return max(0.0, total / count)
+    return LogitsComparison(kl_divergence=max(0.0, total / count), same_top_token=same / count)
 
 
 def perplexity_from_logits(path: Path) -> float:

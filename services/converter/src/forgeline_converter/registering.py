@@ -60,6 +60,8 @@ def _lineage(conversion: pb.Conversion, output: WorkerOutput, llamacpp_version: 
         metrics["perplexity_reference"] = output.reference_perplexity
     if output.kl_divergence is not None:
         metrics["kl_divergence_mean"] = output.kl_divergence
+    if output.same_top_token is not None:
+        metrics["same_top_token_rate"] = output.same_top_token
     return rpb.Lineage(
         parents=parents,
         chat_template=output.info.chat_template or "",

@@ -113,6 +113,8 @@ class WorkerOutput(BaseModel):
     perplexity: float | None = None
     kl_divergence: float | None = None
     """Mean KL divergence against the intermediate, when asked for."""
+    same_top_token: float | None = None
+    """Share of tokens whose most likely next token is the intermediate's, with the KL."""
     reference_perplexity: float | None = None
     """Perplexity of the intermediate on the same text, for quantized outputs."""
     smoke_output: str | None = None
@@ -295,6 +297,7 @@ def _run_model(job: WorkerJob, task: ModelJob, toolchain: Toolchain, clock: _Clo
                 info=item.info.model_copy(update={"path": directory / MODEL_FILE}),
                 perplexity=item.perplexity,
                 kl_divergence=item.kl_divergence,
+                same_top_token=item.same_top_token,
                 reference_perplexity=intermediate.perplexity if quantized else None,
                 smoke_output=smoke,
             )

@@ -67,6 +67,11 @@ class ConvertingStage:
                     ],
                 ),
                 output=converter_pb2.OutputOptions(labels={"fine_tuning_job": job.id}),
+                # KL divergence measures perplexity too, and the share of unchanged top tokens:
+                # the quality card's line for each quantization.
+                verification=converter_pb2.VerificationOptions(
+                    quality_metric=converter_pb2.QUALITY_METRIC_KL_DIVERGENCE
+                ),
             )
             job, result = await self._conversion(job, spec, job.request_id("gguf"))
             gguf = {

@@ -33,6 +33,7 @@ from forgeline_gateway.fine_tuning.stage_support import (
 )
 from forgeline_kit.errors import NotFound
 from forgeline_proto.registry.v1 import registry_pb2, registry_pb2_grpc
+from forgeline_registry.figures import CONVERSION_FIGURES
 
 __all__ = ["EvaluatingStage"]
 
@@ -167,6 +168,8 @@ class EvaluatingStage:
                 if spec is not None:
                     with contextlib.suppress(NotFound):
                         await self.deployments.delete(spec.name)
+            if spec is not None and version and artifact != "adapter":
+                line = line.model_copy(update={"conversion": await self._measured(version)})
             card.append(line)
             await self.journal.event(
                 job,
@@ -177,6 +180,22 @@ class EvaluatingStage:
             if line.scores and version and artifact != "base":
                 await self._label_quality(version, line)
         return card
+
+    async def _measured(self, reference: str) -> dict[str, float]:
+        """What the converter measured on the GGUF version `reference` (its lineage metrics
+        that `forgeline_registry.figures` names); empty when it is out of reach."""
+        ref = version_ref(reference)
+        try:
+            version = await self.registry.GetVersion(
+                registry_pb2.GetVersionRequest(
+                    model=ref.model, version=ref.version, view=registry_pb2.VERSION_VIEW_BASIC
+                ),
+                timeout=INTERACTIVE_TIMEOUT,
+            )
+        except NotFound:
+            return {}
+        metrics = version.lineage.metrics
+        return {name: metrics[name] for name in CONVERSION_FIGURES if name in metrics}
 
     async def _label_quality(self, reference: str, line: ArtifactQuality) -> None:
         """Record `line`'s scores as labels of its registry version (``quality.rouge_l``)."""
