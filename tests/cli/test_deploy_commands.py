@@ -278,7 +278,7 @@ def test_a_gguf_adapter_is_deployed_on_a_base_deployment(
         wrong = _one_line_error(
             deployed.run("deploy", "acme/tiny-adapter:1", "--backend", "vllm", "--base", "base")
         )
-        assert "--backend llamacpp or --backend ollama" in wrong
+        assert "'base' cannot carry vLLM adapters" in wrong  # the gateway says why
     finally:
         deployed.run("undeploy", "ft:tiny:cli")
         deployed.run("undeploy", "base")
@@ -342,32 +342,94 @@ def test_a_gguf_adapter_is_deployed_on_an_ollama_base_as_a_model_of_its_own(
     assert deployed.ollama.models == {}
 
 
-def test_vllm_deploys_an_hf_version_on_a_container(
-    deployed: Deployed, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    engine = FakeDockerEngine(images={VLLM_IMAGE})
-    server = FakeServer(engine.app).start()
-    monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{server.port}")
-    try:
-        result = deployed.run(
-            "deploy", deployed.base, "--backend", "vllm", "--tensor-parallel-size", "2", "--json"
-        )
-        assert result.code == 0, result.err
-        view = json.loads(result.out)
-        assert view["spec"]["registry_model"] == deployed.base
-        assert view["spec"]["tensor_parallel_size"] == 2
-        [container] = engine.containers.values()
-        assert container.argument("--served-model-name") == MODEL
-        answer = deployed.client().chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": "hi"}]
-        )
-        assert answer.choices[0].message.content
+@pytest.fixture(scope="module")
+def engine() -> Iterator[FakeDockerEngine]:
+    """The Docker Engine fake with the vLLM image, as DOCKER_HOST for the whole module: the
+    gateway makes its Docker client once, at its first vLLM deployment."""
+    fake = FakeDockerEngine(images={VLLM_IMAGE})
+    server = FakeServer(fake.app).start()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{server.port}")
+        yield fake
+    fake.close()
+    server.stop()
 
-        assert deployed.run("undeploy", MODEL).code == 0
-        assert engine.containers == {}
-    finally:
-        engine.close()
-        server.stop()
+
+def test_vllm_deploys_an_hf_version_on_a_container(
+    deployed: Deployed, engine: FakeDockerEngine
+) -> None:
+    result = deployed.run(
+        "deploy", deployed.base, "--backend", "vllm", "--tensor-parallel-size", "2", "--json"
+    )
+    assert result.code == 0, result.err
+    view = json.loads(result.out)
+    assert view["spec"]["registry_model"] == deployed.base
+    assert view["spec"]["tensor_parallel_size"] == 2
+    [container] = engine.containers.values()
+    assert container.argument("--served-model-name") == MODEL
+    answer = deployed.client().chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}]
+    )
+    assert answer.choices[0].message.content
+
+    assert deployed.run("undeploy", MODEL).code == 0
+    assert engine.containers == {}
+
+
+def test_an_hf_adapter_is_loaded_into_a_vllm_base(
+    deployed: Deployed, engine: FakeDockerEngine, tmp_path: Path
+) -> None:
+    adapter_dir = tmp_path / "peft"
+    adapter_dir.mkdir()
+    config = {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"]}
+    (adapter_dir / "adapter_config.json").write_text(json.dumps(config))
+    (adapter_dir / "adapter_model.safetensors").write_bytes(b"\0" * 64)
+
+    async def push() -> str:
+        async with RegistryClient(deployed.registry, accept_local_files=True) as client:
+            version = await client.push(
+                adapter_dir, "acme/tiny-lora", kind=rpb.VERSION_KIND_ADAPTER
+            )
+            return f"{version.model}:{version.number}"
+
+    adapter = asyncio.run(push())
+    base = deployed.run(
+        "deploy", deployed.base, "--backend", "vllm", "--name", "lora-base", "--enable-lora"
+    )
+    assert base.code == 0, base.err
+    [container] = engine.containers.values()
+    assert "--enable-lora" in container.body["Cmd"]
+    name = "ft:tiny:acme:x"
+    result = deployed.run(
+        "deploy",
+        "acme/tiny-lora",  # the newest version, which the registry resolves
+        *("--backend", "vllm", "--base", "lora-base", "--name", name),
+        *("--registry", deployed.registry),
+    )
+    assert result.code == 0, result.err
+    assert container.vllm is not None
+    assert name in container.vllm.loras  # loaded into the running server, no restart
+    view = json.loads(deployed.run("deployments", "show", name, "--json").out)
+    assert view["spec"]["registry_adapter"] == adapter
+    answer = deployed.client().chat.completions.create(
+        model=name, messages=[{"role": "user", "content": "hi"}]
+    )
+    assert answer.model == name
+    shown = deployed.run("deployments", "show", "lora-base").out.splitlines()
+    assert f"  adapters    {name}" in shown
+    # A GGUF version is not what vLLM loads: one line naming the kind it needs.
+    wrong = deployed.run(
+        "deploy",
+        MODEL,
+        *("--backend", "vllm", "--base", "lora-base"),
+        *("--registry", deployed.registry),
+    )
+    assert wrong.code == 1
+    assert "not an HF/PEFT adapter" in _one_line_error(wrong)
+
+    assert deployed.run("undeploy", name).code == 0
+    assert name not in container.vllm.loras
+    assert deployed.run("undeploy", "lora-base").code == 0
 
 
 def test_an_unknown_version_is_one_line(deployed: Deployed) -> None:

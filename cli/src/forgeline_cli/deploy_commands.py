@@ -10,9 +10,10 @@ llama.cpp or Ollama (``registry_gguf``; the gateway pulls it into its model cach
 DEPLOYMENT`` a GGUF adapter version is served as an adapter on that deployment (``registry_lora``
 and ``base``): on a llama.cpp base, on its processes (one process for the base and all its
 fine-tunes); on an Ollama base, as an Ollama model of its own made from the base's (its weights
-stored once for all its fine-tunes). The registry (``--registry``) is asked only to resolve what
-the gateway cannot: a reference without a version (the newest one) and ``--quantization`` (the
-GGUF of that type converted from the version).
+stored once for all its fine-tunes); on a vLLM base started with ``enable_lora``, the HF/PEFT
+adapter version itself (``registry_adapter``), loaded into its running server. The registry
+(``--registry``) is asked only to resolve what the gateway cannot: a reference without a version
+(the newest one) and ``--quantization`` (the GGUF of that type converted from the version).
 
 The CLI keeps its own small pydantic models of the API's bodies rather than importing the
 gateway's: it is a client of a versioned HTTP API, so it reads only the fields it shows and
@@ -124,9 +125,11 @@ class _RegistryDeployment(BaseModel):
     backend: Backend
     registry_gguf: str | None = None
     registry_lora: list[str] | None = None
+    registry_adapter: str | None = None
     base: str | None = None
     registry_model: str | None = None
     tensor_parallel_size: int | None = None
+    enable_lora: bool | None = None
     metadata: _Metadata
 
 
@@ -266,8 +269,13 @@ async def _resolve(
                 )
             )
             reference = f"{version.model}:{version.number}"
-            if version.kind != rpb.VERSION_KIND_GGUF_ADAPTER:
-                kind = rpb.VersionKind.Name(version.kind).removeprefix("VERSION_KIND_").lower()
+            kind = rpb.VersionKind.Name(version.kind).removeprefix("VERSION_KIND_").lower()
+            if backend == "vllm" and version.kind != rpb.VERSION_KIND_ADAPTER:
+                raise CommandError(
+                    f"{reference} is a {kind} version, not an HF/PEFT adapter: --base on vLLM "
+                    "loads the adapter a fine-tuning job trained (kind adapter)"
+                )
+            if backend != "vllm" and version.kind != rpb.VERSION_KIND_GGUF_ADAPTER:
                 raise CommandError(
                     f"{reference} is a {kind} version, not a GGUF adapter: --base serves GGUF "
                     f"adapters (forgeline convert ADAPTER --adapter makes one)"
@@ -323,10 +331,15 @@ async def _resolve(
 
 def _deploy_body(args: argparse.Namespace) -> _RegistryDeployment:
     model, number = _split(args.reference)
-    if args.base and (args.backend not in _GGUF_BACKENDS or args.quantization):
+    if args.enable_lora and (args.backend != "vllm" or args.base):
         raise CommandError(
-            "--base serves a GGUF adapter on a llama.cpp or Ollama deployment: use --backend "
-            "llamacpp or --backend ollama (the base's), without --quantization"
+            "--enable-lora is for a vLLM base deployment; llama.cpp and Ollama bases take "
+            "adapters as they are"
+        )
+    if args.base and args.quantization:
+        raise CommandError(
+            "--base serves an adapter on its base deployment, which decides the quantization: "
+            "leave out --quantization"
         )
     needs_registry = number is None or args.quantization is not None
     if needs_registry:
@@ -354,10 +367,14 @@ def _deploy_body(args: argparse.Namespace) -> _RegistryDeployment:
     else:
         resolved = _Resolved(f"{model}:{number}", args.quantization)
     if args.base:
+        # vLLM loads the HF/PEFT adapter itself into the base's server; llama.cpp and Ollama
+        # take its GGUF conversion.
+        vllm = args.backend == "vllm"
         return _RegistryDeployment(
             name=args.name or model,
             backend=args.backend,
-            registry_lora=[resolved.reference],
+            registry_lora=None if vllm else [resolved.reference],
+            registry_adapter=resolved.reference if vllm else None,
             base=args.base,
             metadata=_Metadata(version=resolved.reference),
         )
@@ -368,6 +385,7 @@ def _deploy_body(args: argparse.Namespace) -> _RegistryDeployment:
         registry_gguf=resolved.reference if gguf else None,
         registry_model=None if gguf else resolved.reference,
         tensor_parallel_size=None if gguf else args.tensor_parallel_size,
+        enable_lora=True if args.enable_lora else None,
         metadata=_Metadata(
             version=resolved.reference,
             quantization=resolved.quantization.lower() if resolved.quantization else None,
@@ -568,9 +586,10 @@ def register(subparsers: Any) -> None:
         "--base",
         default=None,
         metavar="DEPLOYMENT",
-        help="serve the GGUF adapter version as an adapter on this deployment: on a llama.cpp "
-        "base's processes (shared with the base and its other adapters), or as an Ollama model "
-        "made from an Ollama base's (give the base's --backend)",
+        help="serve the adapter version as an adapter on this deployment (give the base's "
+        "--backend): a GGUF adapter on a llama.cpp base's processes (shared with the base and "
+        "its other adapters) or as an Ollama model made from an Ollama base's; an HF/PEFT "
+        "adapter loaded at runtime into a vLLM base started with enable_lora",
     )
     deploy.add_argument(
         "--tensor-parallel-size",
@@ -578,6 +597,12 @@ def register(subparsers: Any) -> None:
         default=None,
         metavar="N",
         help="vLLM: GPUs the model is split over (default 1)",
+    )
+    deploy.add_argument(
+        "--enable-lora",
+        action="store_true",
+        help="vLLM: serve fine-tunes of this model as adapters on it (then deploy each with "
+        "--base NAME)",
     )
     REGISTRY.add_option(deploy, "to resolve a version-less MODEL or --quantization")
     _gateway_options(deploy)
