@@ -23,7 +23,8 @@ from fakes.server import FakeServer
 from gateway.harness import Gateway, make_key
 from gguf_adapters import make_gguf_adapter
 
-from forgeline_cli.deploy_commands import DeploymentView, _details, _listing
+from forgeline_cli.deploy_commands import _details, _listing
+from forgeline_cli.gateway_admin import DeploymentView
 from forgeline_cli.stack import LocalStack
 from forgeline_gateway.security.keys import Scope
 from forgeline_kit.llamacpp import Toolchain

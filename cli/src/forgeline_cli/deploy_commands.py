@@ -14,214 +14,39 @@ stored once for all its fine-tunes); on a vLLM base started with ``enable_lora``
 adapter version itself (``registry_adapter``), loaded into its running server. The registry
 (``--registry``) is asked only to resolve what the gateway cannot: a reference without a version
 (the newest one) and ``--quantization`` (the GGUF of that type converted from the version).
-
-The CLI keeps its own small pydantic models of the API's bodies rather than importing the
-gateway's: it is a client of a versioned HTTP API, so it reads only the fields it shows and
-ignores new ones (a newer gateway still works with it), and the server alone decides what a
-valid spec is (its 400 messages name the field).
+The calls themselves, and the bodies as the CLI reads them, are `forgeline_cli.gateway_admin`'s.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, Literal
+from typing import Any, Final
 
-import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from forgeline_cli.console import add_json_option, fail, print_listing, print_result
+from forgeline_cli.console import add_json_option, print_listing, print_result
+from forgeline_cli.gateway_admin import (
+    KEY_VARIABLES,
+    CommandError,
+    DeploymentMetadata,
+    DeploymentView,
+    GatewayAdmin,
+    RegistryDeployment,
+    run_admin,
+)
 from forgeline_cli.services import GATEWAY, REGISTRY
 from forgeline_kit.errors import ForgelineError, Unavailable
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.registry.v1 import registry_pb2 as rpb
 from forgeline_registry.client import RegistryClient
 
-__all__ = [
-    "KEY_VARIABLES",
-    "DeploymentView",
-    "GatewayAdmin",
-    "register",
-]
+__all__ = ["register"]
 
-#: Where the admin key is read from, first match wins (after ``--api-key``).
-KEY_VARIABLES: Final = ("FORGELINE_CLI_API_KEY", "FORGELINE_API_KEY")
-
-#: Placing a model may pull gigabytes or start a container: the gateway answers when it is done.
-DEPLOY_TIMEOUT_S: Final = 1800.0
-CALL_TIMEOUT_S: Final = 60.0
-KEY_HINT: Final = "forgeline-gateway keys create NAME --scope admin"
-
-Backend = Literal["llamacpp", "ollama", "vllm"]
 _GGUF_BACKENDS: Final = frozenset({"llamacpp", "ollama"})
 _HF_KINDS: Final = frozenset(
     {rpb.VERSION_KIND_BASE, rpb.VERSION_KIND_MERGED, rpb.VERSION_KIND_FINETUNED}
 )
-
-
-class CommandError(Exception):
-    """A failure to report as one line on stderr (exit 1); `status` and `param` when the gateway
-    refused the call."""
-
-    def __init__(self, message: str, *, status: int | None = None, param: str | None = None):
-        super().__init__(message)
-        self.status = status
-        self.param = param
-
-
-# --- the API's bodies, as far as the CLI reads or writes them
-
-
-class _ErrorBody(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    message: str
-    param: str | None = None
-
-
-class _ErrorResponse(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    error: _ErrorBody
-
-
-class DeploymentView(BaseModel):
-    """A deployment as ``GET /v1/deployments/{name}`` returns it."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    name: str
-    backend: str
-    status: str
-    error: str | None = None
-    instances: int = 0
-    adapters: list[str] = Field(default_factory=list)
-    #: A vLLM base's adapters loaded in its server now (the others load on demand).
-    loaded_adapters: list[str] = Field(default_factory=list)
-    created: int = 0
-    spec: dict[str, Any] = Field(default_factory=dict)
-
-
-class _DeploymentList(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    data: list[DeploymentView]
-
-
-class _Metadata(BaseModel):
-    base: str | None = None
-    version: str | None = None
-    quantization: str | None = None
-
-
-class _RegistryDeployment(BaseModel):
-    """The body of ``POST /v1/deployments`` for a registry version."""
-
-    name: str
-    backend: Backend
-    registry_gguf: str | None = None
-    registry_lora: list[str] | None = None
-    registry_adapter: str | None = None
-    base: str | None = None
-    registry_model: str | None = None
-    tensor_parallel_size: int | None = None
-    enable_lora: bool | None = None
-    metadata: _Metadata
-
-
-# --- the gateway's admin API
-
-
-class GatewayAdmin:
-    """The admin endpoints of one gateway, each failure a `CommandError` saying what to do."""
-
-    def __init__(
-        self, url: str, api_key: str | None, *, transport: httpx.BaseTransport | None = None
-    ):
-        self.url = url.rstrip("/")
-        self.api_key = api_key
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        # trust_env off: an HTTP(S)_PROXY meant for the internet is not for the gateway.
-        self._client = httpx.Client(
-            base_url=self.url,
-            headers=headers,
-            timeout=CALL_TIMEOUT_S,
-            trust_env=False,
-            transport=transport,
-        )
-
-    def __enter__(self) -> GatewayAdmin:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._client.close()
-
-    def create(self, body: _RegistryDeployment) -> DeploymentView:
-        response = self._call(
-            "POST",
-            "/v1/deployments",
-            content=body.model_dump_json(exclude_none=True),
-            headers={"Content-Type": "application/json"},
-            timeout=DEPLOY_TIMEOUT_S,
-        )
-        return DeploymentView.model_validate_json(response.content)
-
-    def list(self) -> list[DeploymentView]:
-        return _DeploymentList.model_validate_json(
-            self._call("GET", "/v1/deployments").content
-        ).data
-
-    def get(self, name: str) -> DeploymentView:
-        return DeploymentView.model_validate_json(
-            self._call("GET", f"/v1/deployments/{name}").content
-        )
-
-    def delete(self, name: str) -> None:
-        self._call("DELETE", f"/v1/deployments/{name}", timeout=DEPLOY_TIMEOUT_S)
-
-    def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """Any admin endpoint (``forgeline fine-tuning`` uses it): the response of a successful
-        call, else a `CommandError`."""
-        return self._call(method, path, **kwargs)
-
-    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self._client.request(method, path, **kwargs)
-        except httpx.TransportError as error:
-            raise CommandError(
-                GATEWAY.unreachable(self.url, f"{type(error).__name__}: {error}")
-            ) from None
-        if response.is_success:
-            return response
-        message, param = _error_message(response)
-        if response.status_code == 401:
-            if not self.api_key:
-                raise CommandError(
-                    f"the gateway at {self.url} needs an API key with the admin scope: pass "
-                    f"--api-key or set ${KEY_VARIABLES[0]} (create one with: {KEY_HINT})"
-                )
-            raise CommandError(
-                f"the gateway at {self.url} refused the API key ({message}): pass a valid key "
-                f"with --api-key or ${KEY_VARIABLES[0]} (create one with: {KEY_HINT})"
-            )
-        if response.status_code == 403:
-            raise CommandError(
-                "the API key lacks the admin scope that deployments and fine-tuning jobs need: "
-                f"use a key made with: {KEY_HINT}"
-            )
-        raise CommandError(message, status=response.status_code, param=param)
-
-
-def _error_message(response: httpx.Response) -> tuple[str, str | None]:
-    try:
-        error = _ErrorResponse.model_validate_json(response.content).error
-    except ValidationError:
-        return f"the gateway answered {response.status_code}: {response.text[:300]}", None
-    return " ".join(error.message.split()), error.param
 
 
 # --- resolving registry references
@@ -329,7 +154,7 @@ async def _resolve(
         return _Resolved(reference, _quantization(version))
 
 
-def _deploy_body(args: argparse.Namespace) -> _RegistryDeployment:
+def _deploy_body(args: argparse.Namespace) -> RegistryDeployment:
     model, number = _split(args.reference)
     if args.enable_lora and (args.backend != "vllm" or args.base):
         raise CommandError(
@@ -370,23 +195,23 @@ def _deploy_body(args: argparse.Namespace) -> _RegistryDeployment:
         # vLLM loads the HF/PEFT adapter itself into the base's server; llama.cpp and Ollama
         # take its GGUF conversion.
         vllm = args.backend == "vllm"
-        return _RegistryDeployment(
+        return RegistryDeployment(
             name=args.name or model,
             backend=args.backend,
             registry_lora=None if vllm else [resolved.reference],
             registry_adapter=resolved.reference if vllm else None,
             base=args.base,
-            metadata=_Metadata(version=resolved.reference),
+            metadata=DeploymentMetadata(version=resolved.reference),
         )
     gguf = args.backend in _GGUF_BACKENDS
-    return _RegistryDeployment(
+    return RegistryDeployment(
         name=args.name or model,
         backend=args.backend,
         registry_gguf=resolved.reference if gguf else None,
         registry_model=None if gguf else resolved.reference,
         tensor_parallel_size=None if gguf else args.tensor_parallel_size,
         enable_lora=True if args.enable_lora else None,
-        metadata=_Metadata(
+        metadata=DeploymentMetadata(
             version=resolved.reference,
             quantization=resolved.quantization.lower() if resolved.quantization else None,
         ),
@@ -477,26 +302,6 @@ def _details(view: DeploymentView) -> str:
 # --- commands
 
 
-def api_key(args: argparse.Namespace) -> str | None:
-    """The key a gateway command calls with: ``--api-key``, else the first of `KEY_VARIABLES`
-    set, else none (a gateway without keys)."""
-    if args.api_key:
-        return str(args.api_key)
-    for variable in KEY_VARIABLES:
-        if os.environ.get(variable):
-            return os.environ[variable]
-    return None
-
-
-def run_admin(args: argparse.Namespace, action: Callable[[GatewayAdmin], int]) -> int:
-    """Run `action` on the gateway of `args`; a `CommandError` becomes the command's failure."""
-    try:
-        with GatewayAdmin(args.gateway, api_key(args)) as admin:
-            return action(admin)
-    except CommandError as error:
-        return fail(str(error))
-
-
 def _deploy(args: argparse.Namespace) -> int:
     def action(admin: GatewayAdmin) -> int:
         body = _deploy_body(args)
@@ -514,7 +319,7 @@ def _deploy(args: argparse.Namespace) -> int:
     return run_admin(args, action)
 
 
-def _with_hint(message: str, error: CommandError, body: _RegistryDeployment) -> str:
+def _with_hint(message: str, error: CommandError, body: RegistryDeployment) -> str:
     """The gateway's message, with the command that helps for the usual mistakes."""
     reference = body.registry_gguf or body.registry_model or ""
     model = reference.rpartition(":")[0]

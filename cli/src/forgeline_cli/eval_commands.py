@@ -30,8 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from forgeline_cli.benchmark import BUILTIN_TASKS, BenchmarkError, load_task, score
 from forgeline_cli.console import EXIT_INTERRUPTED, fail, print_json
-from forgeline_cli.deploy_commands import CommandError, GatewayAdmin, api_key, run_admin
 from forgeline_cli.fine_tuning_commands import gateway_options
+from forgeline_cli.gateway_admin import CommandError, GatewayAdmin, api_key, run_admin
 from forgeline_cli.services import GATEWAY
 
 __all__ = ["GRADERS", "register"]

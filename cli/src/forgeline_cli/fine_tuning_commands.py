@@ -27,7 +27,7 @@ from forgeline_cli.console import (
     print_listing,
     print_result,
 )
-from forgeline_cli.deploy_commands import KEY_VARIABLES, GatewayAdmin, run_admin
+from forgeline_cli.gateway_admin import KEY_VARIABLES, GatewayAdmin, run_admin
 from forgeline_cli.services import GATEWAY
 
 __all__ = ["gateway_options", "register"]

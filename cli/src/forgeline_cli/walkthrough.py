@@ -21,7 +21,7 @@ import httpx
 from openai import OpenAI, omit
 from openai.types.fine_tuning import FineTuningJob
 
-from forgeline_cli.deploy_commands import GatewayAdmin
+from forgeline_cli.gateway_admin import GatewayAdmin
 from forgeline_kit.errors import NotFound
 from forgeline_kit.grpc.client import make_channel
 from forgeline_kit.tinymodel import DEMO_FACT, LLAMAFACTORY_TEMPLATE, TinyModel
