@@ -8,8 +8,6 @@ Reading and editing what exists; versions are added by `uploads`/`commits` and r
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +18,7 @@ from forgeline_kit.errors import (
     InvalidArgument,
     NotFound,
 )
+from forgeline_kit.operations.page_tokens import decode_page_token, encode_page_token
 from forgeline_registry import names
 from forgeline_registry.manifests import (
     AliasRecord,
@@ -45,25 +44,6 @@ __all__ = ["Catalogue"]
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 MAX_LINEAGE_DEPTH = 64
-
-
-def _page_token(value: str) -> str:
-    return base64.urlsafe_b64encode(f"v1:{value}".encode()).decode().rstrip("=")
-
-
-def _page_after(token: str) -> str:
-    if not token:
-        return ""
-    try:
-        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError):
-        text = ""
-    if not text.startswith("v1:"):
-        raise InvalidArgument(
-            "page_token is not a token this registry issued; pass next_page_token as received",
-            field="page_token",
-        )
-    return text[3:]
 
 
 def _page_size(size: int) -> int:
@@ -136,7 +116,7 @@ class Catalogue(RegistryCore):
     ) -> tuple[list[ModelView], str]:
         """Models in name order, filtered; and the next page's token."""
         size = _page_size(page_size)
-        after = _page_after(page_token)
+        after = decode_page_token(page_token)
         every = sorted(keys.model_from_dir(d) for d in await self.store.list_children("models/"))
         wanted = [n for n in every if n.startswith(name_prefix) and n > after]
         views: list[ModelView] = []
@@ -152,7 +132,7 @@ class Catalogue(RegistryCore):
             if len(views) == size:
                 break
         more = bool(wanted) and last != wanted[-1]
-        return views, _page_token(last) if more else ""
+        return views, encode_page_token(last) if more else ""
 
     async def update_model(
         self, name: str, description: str | None, labels: dict[str, str] | None
@@ -225,7 +205,7 @@ class Catalogue(RegistryCore):
         """A page of the model's versions, filtered, and the next page's token."""
         names.check_model_name(model)
         size = _page_size(page_size)
-        after = _page_after(page_token)
+        after = decode_page_token(page_token)
         if after and not after.isdigit():
             raise InvalidArgument("page_token is malformed", field="page_token")
         await self._model(model)
@@ -264,7 +244,7 @@ class Catalogue(RegistryCore):
             if len(views) == size:
                 break
         more = last is not None and last != numbers[-1]
-        return views, _page_token(str(last)) if more else ""
+        return views, encode_page_token(last) if more and last is not None else ""
 
     async def update_version(
         self, model: str, number: int, description: str | None, labels: dict[str, str] | None
