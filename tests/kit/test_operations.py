@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
@@ -45,7 +45,6 @@ class Note:
 @dataclass
 class WorkCodec:
     kind: str = "work"
-    numbered: list[int] = field(default_factory=list)
 
     def describe(self, record: Work) -> RecordInfo:
         return RecordInfo(
@@ -72,8 +71,10 @@ class WorkCodec:
     def event_kind(self, event: Note) -> str:
         return event.kind
 
-    def number(self, record: Work, event: Note, sequence: int) -> None:
+    def number_event(self, event: Note, sequence: int) -> None:
         event.sequence = sequence
+
+    def number_record(self, record: Work, sequence: int) -> None:
         record.last_event = sequence
 
 
@@ -99,6 +100,18 @@ def test_a_record_and_its_events_are_numbered_in_order(
     assert [e.text for e in store.events("w1", after=1, limit=1)] == ["one"]
     assert [e.text for e in store.events("w1", descending=True, limit=2)] == ["two", "one"]
     assert [e.text for e in store.events("w1", after=3, descending=True)] == ["one", "accepted"]
+
+
+def test_an_event_appended_alone_takes_the_next_sequence_and_leaves_the_record(
+    store: SqliteOperationStore[Work, Note],
+) -> None:
+    work, _ = store.create(Work(id="w1", state="running"), Note("accepted"))
+    assert store.append("w1", Note("progress")).sequence == 2
+    store.record(work, Note("done"))
+    assert [e.sequence for e in store.events("w1")] == [1, 2, 3]
+    assert store.get("w1") == Work(id="w1", state="running", last_event=3)
+    with pytest.raises(KeyError):
+        store.append("missing", Note("lost"))
 
 
 def test_a_repeated_request_id_finds_the_first_record_and_stores_nothing(
@@ -160,6 +173,9 @@ def test_listings_filter_and_resume_from_a_page_token(
     assert [w.id for w in second.records] == ["w2", "w1"]
     assert [w.id for w in third.records] == ["w0"]
     assert third.next_position is None
+    after_w3 = store.page(after=store.position("w3"), limit=10)
+    assert [w.id for w in after_w3.records] == ["w2", "w1", "w0"]
+    assert store.position("missing") is None
     assert [w.id for w in store.page(labels={"owner": "ann"}).records] == ["w4", "w2", "w0"]
     assert [w.id for w in store.page(states=["succeeded"]).records] == ["w4"]
     assert [w.id for w in store.unfinished()] == ["w0", "w1", "w2", "w3"]

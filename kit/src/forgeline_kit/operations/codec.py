@@ -52,7 +52,10 @@ class OperationCodec(Protocol[R, E]):
         """The event's kind, which listings and watches may filter on."""
         ...
 
-    def number(self, record: R, event: E, sequence: int) -> None:
-        """Stamp ``event`` with its ``sequence`` (and ``record`` with its newest sequence, where
-        the record carries one) before both are written."""
+    def number_event(self, event: E, sequence: int) -> None:
+        """Stamp ``event`` with its ``sequence`` before it is written."""
+        ...
+
+    def number_record(self, record: R, sequence: int) -> None:
+        """Stamp ``record`` with its newest event's ``sequence``, where records carry one."""
         ...

@@ -110,7 +110,8 @@ class SqliteOperationStore(Generic[R, E]):
                     last = 0
                     if first_event is not None:
                         last = 1
-                        self._codec.number(record, first_event, 1)
+                        self._codec.number_event(first_event, 1)
+                        self._codec.number_record(record, 1)
                     db.execute(
                         "INSERT INTO operations (kind, id, request_id, created, state, terminal, "
                         "last_sequence, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -142,13 +143,9 @@ class SqliteOperationStore(Generic[R, E]):
     def record(self, record: R, event: E) -> E:
         info = self._codec.describe(record)
         with self.transaction() as db:
-            row = db.execute(
-                "SELECT last_sequence FROM operations WHERE id = ?", (info.id,)
-            ).fetchone()
-            if row is None:
-                raise KeyError(f"no stored operation {info.id!r}")
-            sequence = int(row[0]) + 1
-            self._codec.number(record, event, sequence)
+            sequence = self._next_sequence(info.id)
+            self._codec.number_event(event, sequence)
+            self._codec.number_record(record, sequence)
             self._insert_event(info.id, sequence, event)
             db.execute(
                 "UPDATE operations SET state = ?, terminal = ?, last_sequence = ?, record = ? "
@@ -162,6 +159,24 @@ class SqliteOperationStore(Generic[R, E]):
                 ),
             )
         return event
+
+    def append(self, operation_id: str, event: E) -> E:
+        with self.transaction() as db:
+            sequence = self._next_sequence(operation_id)
+            self._codec.number_event(event, sequence)
+            self._insert_event(operation_id, sequence, event)
+            db.execute(
+                "UPDATE operations SET last_sequence = ? WHERE id = ?", (sequence, operation_id)
+            )
+        return event
+
+    def _next_sequence(self, operation_id: str) -> int:
+        row = self._db.execute(
+            "SELECT last_sequence FROM operations WHERE id = ?", (operation_id,)
+        ).fetchone()
+        if row is None:
+            raise KeyError(f"no stored operation {operation_id!r}")
+        return int(row[0]) + 1
 
     def save(self, record: R) -> None:
         info = self._codec.describe(record)
@@ -225,6 +240,12 @@ class SqliteOperationStore(Generic[R, E]):
             (self._kind, operation_id),
         )
         return None if row is None else Head(terminal=bool(row[0]), last_sequence=int(row[1]))
+
+    def position(self, operation_id: str) -> int | None:
+        row = self._one(
+            "SELECT seq FROM operations WHERE kind = ? AND id = ?", (self._kind, operation_id)
+        )
+        return None if row is None else int(row[0])
 
     def events(
         self,

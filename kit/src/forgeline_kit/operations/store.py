@@ -55,6 +55,11 @@ class OperationStore(Protocol[R, E]):
         """Store ``event`` as the record's next one and ``record`` as changed by it."""
         ...
 
+    def append(self, operation_id: str, event: E) -> E:
+        """Store ``event`` as the operation's next one, the record unchanged (work whose record
+        does not carry its newest sequence)."""
+        ...
+
     def save(self, record: R) -> None:
         """Store ``record`` without an event (progress that watchers learn from events)."""
         ...
@@ -66,6 +71,11 @@ class OperationStore(Protocol[R, E]):
         ...
 
     def head(self, operation_id: str) -> Head | None: ...
+
+    def position(self, operation_id: str) -> int | None:
+        """The operation's place in listings: a listing from after it starts with the next
+        older one (APIs whose cursor is the last id seen)."""
+        ...
 
     def events(
         self,

@@ -8,7 +8,7 @@ import asyncio
 from forgeline_converter.grpc_api import ConverterServicer
 from forgeline_converter.service import Converter
 from forgeline_converter.settings import ConverterSettings
-from forgeline_converter.store import ConversionStore
+from forgeline_converter.store import open_store
 from forgeline_kit.grpc.server import Service, run_grpc_service
 from forgeline_kit.state_lock import StateDirLock, hold_state_dir
 from forgeline_proto.converter.v1 import converter_pb2, converter_pb2_grpc
@@ -31,7 +31,7 @@ async def build(settings: ConverterSettings) -> list[Service]:
         accept_local_files=settings.registry_local_files,
         timeout=settings.registry_timeout_seconds,
     )
-    converter = Converter(settings, ConversionStore(settings.state_db), registry, toolchain)
+    converter = Converter(settings, open_store(settings.state_db), registry, toolchain)
     await converter.start()
     descriptor = converter_pb2.DESCRIPTOR.services_by_name["ConverterService"]
     return [

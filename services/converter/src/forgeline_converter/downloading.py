@@ -13,9 +13,10 @@ from pathlib import Path
 from forgeline_converter.core import ConversionPlan
 from forgeline_converter.llamacpp_tools import OutType
 from forgeline_converter.modelfile import ModelfileParameter
-from forgeline_converter.run_context import OperationFailed, RunContext, Steps, registry_failure
+from forgeline_converter.run_context import RunContext, Steps, registry_failure
 from forgeline_converter.worker import AdapterJob, ModelfileSpec, ModelJob, SmokeSpec, WorkerJob
 from forgeline_kit.errors import ForgelineError
+from forgeline_kit.operations import OperationFailure
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.converter.v1 import converter_pb2 as pb
 from forgeline_proto.registry.v1 import registry_pb2 as rpb
@@ -44,7 +45,7 @@ def builtin_evaluation_text() -> Path:
 def _check_free(where: Path, needed: int) -> None:
     free = shutil.disk_usage(where).free
     if free < needed * _DISK_MARGIN:
-        raise OperationFailed(
+        raise OperationFailure(
             "insufficient_disk",
             f"downloading needs about {needed * _DISK_MARGIN / 2**20:.1f} MiB in {where} but "
             f"{free / 2**20:.1f} MiB are free; free space or set FORGELINE_CONVERTER_WORK_DIR "
@@ -62,7 +63,7 @@ async def _pull(
         raise registry_failure(error, f"downloading {reference}") from error
     except OSError as error:
         if error.errno == errno.ENOSPC:
-            raise OperationFailed(
+            raise OperationFailure(
                 "insufficient_disk", f"the disk filled up while downloading {reference}"
             ) from error
         raise

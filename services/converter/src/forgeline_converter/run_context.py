@@ -1,5 +1,5 @@
 """What every stage of a conversion run shares: what it runs with (`RunContext`), where it
-reports (`Reporter`, and `Steps` for the overall percent), how it fails (`OperationFailed`, and
+reports (`Reporter`, and `Steps` for the overall percent), how it fails (`OperationFailure`, and
 `registry_failure` for the registry's errors), and the logger its log lines carry.
 
 The stages themselves are `downloading`, `tool_work` and `registering`; `runner` runs them in
@@ -16,12 +16,12 @@ from google.protobuf import duration_pb2
 from forgeline_converter.settings import ConverterSettings
 from forgeline_converter.worker_pool import WorkerPool
 from forgeline_kit.errors import DeadlineExceeded, ForgelineError, Unavailable
+from forgeline_kit.operations import OperationFailure
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.converter.v1 import converter_pb2 as pb
 from forgeline_registry.client import RegistryClient
 
 __all__ = [
-    "OperationFailed",
     "Reporter",
     "RunContext",
     "Steps",
@@ -32,16 +32,6 @@ __all__ = [
 
 #: One logger for every stage: a run's log lines keep the name they had before the split.
 log = logging.getLogger("forgeline_converter.runner")
-
-
-class OperationFailed(Exception):  # noqa: N818 (an OperationError of converter.proto)
-    """The conversion ends FAILED with this OperationError."""
-
-    def __init__(self, code: str, message: str, *, field: str = "", retryable: bool = False):
-        super().__init__(message)
-        self.error = common_pb2.OperationError(
-            code=code, message=message, field=field, retryable=retryable
-        )
 
 
 class Reporter:
@@ -96,15 +86,15 @@ class Steps:
         self.reporter.progress(stage, round(percent, 1), target=target, **sizes)
 
 
-def registry_failure(error: ForgelineError, doing: str) -> OperationFailed:
+def registry_failure(error: ForgelineError, doing: str) -> OperationFailure:
     if isinstance(error, Unavailable | DeadlineExceeded):
-        return OperationFailed(
+        return OperationFailure(
             "registry_unavailable",
             f"the registry could not be reached while {doing}: {error.message}; the conversion "
             "can be retried once it is back",
             retryable=True,
         )
-    return OperationFailed("internal", f"the registry refused {doing}: {error.message}")
+    return OperationFailure("internal", f"the registry refused {doing}: {error.message}")
 
 
 def as_duration(seconds: float) -> duration_pb2.Duration:

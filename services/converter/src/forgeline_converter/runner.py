@@ -32,7 +32,7 @@ async def run_conversion(
     """Run ``conversion`` to its result.
 
     Raises:
-        OperationFailed: it failed; nothing of it is registered.
+        OperationFailure: it failed; nothing of it is registered.
         asyncio.CancelledError: it was cancelled; the worker is stopped, nothing registered.
     """
     work = context.settings.work_dir.absolute() / conversion.id

@@ -1,9 +1,10 @@
 """The converter's domain logic: accept conversions, run them (a few at a time), record their
 events, let callers watch, list and cancel them, and pick up unfinished ones after a restart.
 
-Every change of a conversion is an event stored with it (``store.ConversionStore``); watchers
-read the store and sleep until the next event is recorded, so a watch started late, or resumed
-after a disconnect with ``after_sequence``, sees exactly the history a live one saw.
+Every change of a conversion is an event stored with it through the kit's operations layer
+(``store.ConversionStore``); watches read the store and sleep on a ``ChangeBell`` until the next
+event is recorded, so a watch started late, or resumed after a disconnect with
+``after_sequence``, sees exactly the history a live one saw.
 """
 
 from __future__ import annotations
@@ -19,14 +20,16 @@ from forgeline_converter.llamacpp_tools import (
     quantization_type_descriptions,
     requires_imatrix,
 )
-from forgeline_converter.run_context import OperationFailed, Reporter, RunContext
+from forgeline_converter.run_context import Reporter, RunContext
 from forgeline_converter.runner import run_conversion
 from forgeline_converter.settings import ConverterSettings
-from forgeline_converter.store import TERMINAL_STATES, ConversionStore
+from forgeline_converter.store import TERMINAL_STATES, ConversionStore, state_name
 from forgeline_converter.validation import validate_spec
 from forgeline_converter.worker_pool import WorkerPool
 from forgeline_kit.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from forgeline_kit.llamacpp import Toolchain
+from forgeline_kit.operations import ChangeBell, OperationFailure, watch_events
+from forgeline_kit.operations.page_tokens import decode_position, encode_page_token
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.converter.v1 import converter_pb2 as pb
 from forgeline_registry.client import RegistryClient
@@ -105,7 +108,7 @@ class Converter:
         self._live: dict[str, pb.Conversion] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancel_requested: set[str] = set()
-        self._wakeup = asyncio.Event()
+        self._bell = ChangeBell()
         self._closing = False
         self._types: dict[str, str] | None = None
 
@@ -140,12 +143,12 @@ class Converter:
     async def drain(self) -> None:
         """End every watch (callers re-attach after the restart)."""
         self._closing = True
-        self._wake()
+        self._bell.ring()
 
     async def close(self) -> None:
         """Stop running conversions without ending them: the next start runs them again."""
         self._closing = True
-        self._wake()
+        self._bell.ring()
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
@@ -161,12 +164,8 @@ class Converter:
         """Store an event of ``conversion`` (in its state as changed by the caller)."""
         event = pb.ConversionEvent(conversion_id=conversion.id, time=_now(), **payload)  # type: ignore[arg-type]
         self.store.record(conversion, event)
-        self._wake()
+        self._bell.ring()
         return event
-
-    def _wake(self) -> None:
-        wakeup, self._wakeup = self._wakeup, asyncio.Event()
-        wakeup.set()
 
     # --- requests
 
@@ -221,12 +220,12 @@ class Converter:
             last_event_sequence=1,
         )
         accepted = pb.ConversionEvent(conversion_id=conversion_id, time=_now(), accepted=conversion)
-        stored = self.store.create(conversion, accepted)
-        if stored.id != conversion_id:
+        stored, created = self.store.create(conversion, accepted)
+        if not created:
             return stored  # the same request_id won a race
         self._live[conversion_id] = stored
         self._schedule(stored)
-        self._wake()
+        self._bell.ring()
         log.info("accepted conversion %s", conversion_id, extra={"conversion_id": conversion_id})
         return stored
 
@@ -247,24 +246,21 @@ class Converter:
         if size < 0:
             raise InvalidArgument("page_size cannot be negative", field="page_size")
         size = min(size, MAX_PAGE_SIZE)
-        offset = 0
-        if request.page_token:
-            if not request.page_token.isdigit():
-                raise InvalidArgument(
-                    "page_token is not one this service returned", field="page_token"
-                )
-            offset = int(request.page_token)
         source = request.source
-        found = self.store.page(
-            states=list(request.states),
-            source_model=source.model,
-            source_version=source.version if source.WhichOneof("selector") == "version" else 0,
-            offset=offset,
-            limit=size + 1,
+        labels = {"source_model": source.model} if source.model else {}
+        if source.model and source.WhichOneof("selector") == "version" and source.version:
+            labels["source_version"] = str(source.version)
+        page = self.store.page(
+            after=decode_position(request.page_token),
+            states=[state_name(state) for state in request.states],
+            labels=labels,
+            limit=size,
         )
-        more = len(found) > size
         return pb.ListConversionsResponse(
-            conversions=found[:size], next_page_token=str(offset + size) if more else ""
+            conversions=page.records,
+            next_page_token=(
+                encode_page_token(page.next_position) if page.next_position is not None else ""
+            ),
         )
 
     async def watch(
@@ -277,23 +273,19 @@ class Converter:
             Unavailable: the converter is shutting down (watch again after the restart).
         """
         self.get(conversion_id)
-        sequence = max(0, after_sequence)
-        while True:
-            wakeup = self._wakeup
-            events = self.store.events_after(conversion_id, sequence)
-            for event in events:
-                sequence = event.sequence
-                yield event
-            conversion = self.get(conversion_id)
-            if conversion.state in TERMINAL_STATES and sequence >= conversion.last_event_sequence:
-                return
-            if self._closing:
-                raise Unavailable(
-                    f"the converter is shutting down; watch {conversion_id} again with "
-                    f"after_sequence={sequence} once it is back"
-                )
-            if not events:
-                await wakeup.wait()
+        async for event in watch_events(
+            self.store,
+            self._bell,
+            conversion_id,
+            after=after_sequence,
+            sequence_of=lambda event: event.sequence,
+            closing=lambda: self._closing,
+            closing_error=lambda sequence: Unavailable(
+                f"the converter is shutting down; watch {conversion_id} again with "
+                f"after_sequence={sequence} once it is back"
+            ),
+        ):
+            yield event
 
     async def cancel(self, conversion_id: str) -> pb.Conversion:
         """Cancel a conversion: its worker and tools are stopped, nothing is registered.
@@ -341,8 +333,8 @@ class Converter:
                 result = await run_conversion(
                     conversion, self._context, _EventReporter(self, conversion)
                 )
-        except OperationFailed as failure:
-            self._finish_failed(conversion, failure.error)
+        except OperationFailure as failure:
+            self._finish_failed(conversion, failure.to_proto())
         except asyncio.CancelledError:
             if conversion.id in self._cancel_requested:
                 self._finish_cancelled(conversion)

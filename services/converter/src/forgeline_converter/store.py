@@ -1,21 +1,22 @@
-"""Conversions and their numbered events, kept in SQLite so they outlive the service.
+"""Conversions and their numbered events, kept by the kit's operations layer so they outlive
+the service.
 
-Each conversion is one row holding its ``Conversion`` message; each event one row keyed by
-(conversion, sequence). Recording an event and the conversion it changed is one transaction, so
-``last_event_sequence`` always names the newest stored event. ``request_id`` is unique: a
-request repeated with the same key finds the conversion the first one created.
+This module says only what is the converter's own: a conversion is stored as its
+``Conversion`` message and each event as its ``ConversionEvent``, listings filter on the source
+model and version (labels), and the layout of earlier releases (``conversions`` and ``events``
+tables) is adopted once at start, so an upgrade keeps every conversion and its history.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
 from pathlib import Path
 
+from forgeline_kit.operations import RecordInfo, SqliteOperationStore
 from forgeline_kit.sqlite import open_database
 from forgeline_proto.converter.v1 import converter_pb2 as pb
 
-__all__ = ["TERMINAL_STATES", "ConversionStore"]
+__all__ = ["TERMINAL_STATES", "ConversionCodec", "ConversionStore", "open_store", "state_name"]
 
 TERMINAL_STATES = frozenset(
     {
@@ -25,24 +26,12 @@ TERMINAL_STATES = frozenset(
     }
 )
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS conversions (
-    id TEXT PRIMARY KEY,
-    request_id TEXT NOT NULL UNIQUE,
-    created REAL NOT NULL,
-    state INTEGER NOT NULL,
-    source_model TEXT NOT NULL,
-    source_version INTEGER NOT NULL,
-    data BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS conversions_created ON conversions (created DESC, id DESC);
-CREATE TABLE IF NOT EXISTS events (
-    conversion_id TEXT NOT NULL REFERENCES conversions (id),
-    sequence INTEGER NOT NULL,
-    data BLOB NOT NULL,
-    PRIMARY KEY (conversion_id, sequence)
-);
-"""
+ConversionStore = SqliteOperationStore[pb.Conversion, pb.ConversionEvent]
+
+
+def state_name(state: pb.ConversionState.ValueType) -> str:
+    """How the store names a state: ``SUCCEEDED`` for ``CONVERSION_STATE_SUCCEEDED``."""
+    return pb.ConversionState.Name(state).removeprefix("CONVERSION_STATE_")
 
 
 def source_of(spec: pb.ConversionSpec) -> tuple[str, int]:
@@ -51,136 +40,71 @@ def source_of(spec: pb.ConversionSpec) -> tuple[str, int]:
     return ref.model, ref.version if ref.WhichOneof("selector") == "version" else 0
 
 
-class ConversionStore:
-    """SQLite storage of conversions; every method is short and synchronous."""
+class ConversionCodec:
+    """Conversions as the operations store keeps them."""
 
-    def __init__(self, path: Path) -> None:
-        self._db = open_database(path, _SCHEMA)
-        # In WAL mode NORMAL survives a crash of the service; only a power loss or an OS crash
-        # may lose the last transactions, a trade made for the many small event writes.
-        self._db.execute("PRAGMA synchronous=NORMAL")
+    kind = "conversion"
 
-    def close(self) -> None:
-        """Close the database."""
-        self._db.close()
-
-    def create(self, conversion: pb.Conversion, first: pb.ConversionEvent) -> pb.Conversion:
-        """Store a new conversion with its first event; or, when its ``request_id`` is known,
-        return the conversion stored under it (and store nothing)."""
-        model, version = source_of(conversion.spec)
-        first.sequence = 1
-        conversion.last_event_sequence = 1
-        try:
-            with self._transaction():
-                self._db.execute(
-                    "INSERT INTO conversions VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        conversion.id,
-                        conversion.request_id,
-                        conversion.create_time.ToNanoseconds() / 1e9,
-                        conversion.state,
-                        model,
-                        version,
-                        conversion.SerializeToString(),
-                    ),
-                )
-                self._insert_event(first)
-        except sqlite3.IntegrityError:
-            existing = self.find_request(conversion.request_id)
-            if existing is None:
-                raise
-            return existing
-        return conversion
-
-    def record(self, conversion: pb.Conversion, event: pb.ConversionEvent) -> None:
-        """Store ``event`` as the conversion's next one, and ``conversion`` as changed by it
-        (its ``last_event_sequence`` and the event's ``sequence`` are set here)."""
-        event.sequence = conversion.last_event_sequence + 1
-        conversion.last_event_sequence = event.sequence
-        with self._transaction():
-            self._insert_event(event)
-            self._db.execute(
-                "UPDATE conversions SET state = ?, data = ? WHERE id = ?",
-                (conversion.state, conversion.SerializeToString(), conversion.id),
-            )
-
-    def get(self, conversion_id: str) -> pb.Conversion | None:
-        """The conversion, or None."""
-        row = self._db.execute(
-            "SELECT data FROM conversions WHERE id = ?", (conversion_id,)
-        ).fetchone()
-        return None if row is None else pb.Conversion.FromString(row[0])
-
-    def find_request(self, request_id: str) -> pb.Conversion | None:
-        """The conversion created for ``request_id``, or None."""
-        row = self._db.execute(
-            "SELECT data FROM conversions WHERE request_id = ?", (request_id,)
-        ).fetchone()
-        return None if row is None else pb.Conversion.FromString(row[0])
-
-    def events_after(self, conversion_id: str, after_sequence: int) -> list[pb.ConversionEvent]:
-        """The conversion's events with a sequence above ``after_sequence``, in order."""
-        rows = self._db.execute(
-            "SELECT data FROM events WHERE conversion_id = ? AND sequence > ? ORDER BY sequence",
-            (conversion_id, after_sequence),
-        ).fetchall()
-        return [pb.ConversionEvent.FromString(row[0]) for row in rows]
-
-    def page(
-        self,
-        *,
-        states: Sequence[int] = (),
-        source_model: str = "",
-        source_version: int = 0,
-        offset: int = 0,
-        limit: int = 50,
-    ) -> list[pb.Conversion]:
-        """Conversions newest first, filtered; ``limit`` rows from ``offset``."""
-        clauses: list[str] = []
-        values: list[object] = []
-        if states:
-            clauses.append(f"state IN ({', '.join('?' * len(states))})")
-            values += list(states)
-        if source_model:
-            clauses.append("source_model = ?")
-            values.append(source_model)
-            if source_version:
-                clauses.append("source_version = ?")
-                values.append(source_version)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = self._db.execute(
-            f"SELECT data FROM conversions {where} ORDER BY created DESC, id DESC LIMIT ? OFFSET ?",
-            (*values, limit, offset),
-        ).fetchall()
-        return [pb.Conversion.FromString(row[0]) for row in rows]
-
-    def unfinished(self) -> list[pb.Conversion]:
-        """Conversions not in a terminal state, oldest first."""
-        rows = self._db.execute(
-            f"SELECT data FROM conversions WHERE state NOT IN ({', '.join('?' * 3)}) "
-            "ORDER BY created, id",
-            tuple(TERMINAL_STATES),
-        ).fetchall()
-        return [pb.Conversion.FromString(row[0]) for row in rows]
-
-    def _insert_event(self, event: pb.ConversionEvent) -> None:
-        self._db.execute(
-            "INSERT INTO events VALUES (?, ?, ?)",
-            (event.conversion_id, event.sequence, event.SerializeToString()),
+    def describe(self, record: pb.Conversion) -> RecordInfo:
+        model, version = source_of(record.spec)
+        return RecordInfo(
+            id=record.id,
+            request_id=record.request_id,
+            created=record.create_time.ToNanoseconds() / 1e9,
+            state=state_name(record.state),
+            terminal=record.state in TERMINAL_STATES,
+            labels={"source_model": model, "source_version": str(version)},
         )
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+    def dump_record(self, record: pb.Conversion) -> bytes:
+        return record.SerializeToString()
+
+    def load_record(self, data: bytes) -> pb.Conversion:
+        return pb.Conversion.FromString(data)
+
+    def dump_event(self, event: pb.ConversionEvent) -> bytes:
+        return event.SerializeToString()
+
+    def load_event(self, data: bytes) -> pb.ConversionEvent:
+        return pb.ConversionEvent.FromString(data)
+
+    def event_kind(self, event: pb.ConversionEvent) -> str:
+        return event.WhichOneof("payload") or ""
+
+    def number_event(self, event: pb.ConversionEvent, sequence: int) -> None:
+        event.sequence = sequence
+
+    def number_record(self, record: pb.Conversion, sequence: int) -> None:
+        record.last_event_sequence = sequence
 
 
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on an exception."""
+def open_store(path: Path) -> ConversionStore:
+    """The conversion store at ``path``, with conversions kept in the earlier layout adopted."""
+    connection = open_database(path, "")
+    # In WAL mode NORMAL survives a crash of the service; only a power loss or an OS crash may
+    # lose the last transactions, a trade made for the many small event writes.
+    connection.execute("PRAGMA synchronous=NORMAL")
+    store = ConversionStore(connection, ConversionCodec())
+    _adopt_earlier_layout(connection, store)
+    return store
 
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
 
-    def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
-        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+def _adopt_earlier_layout(connection: sqlite3.Connection, store: ConversionStore) -> None:
+    tables = {
+        row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")
+    }
+    if "conversions" not in tables:
+        return
+    for (blob,) in connection.execute(
+        "SELECT data FROM conversions ORDER BY created, id"
+    ).fetchall():
+        conversion = pb.Conversion.FromString(blob)
+        events = [
+            pb.ConversionEvent.FromString(row[0])
+            for row in connection.execute(
+                "SELECT data FROM events WHERE conversion_id = ? ORDER BY sequence",
+                (conversion.id,),
+            )
+        ]
+        store.adopt(conversion, events)
+    connection.executescript("DROP TABLE events; DROP TABLE conversions;")

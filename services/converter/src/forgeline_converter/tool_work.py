@@ -1,6 +1,6 @@
 """The tool work of a conversion (CONVERTING to VERIFYING), run in a worker process: the job
 handed to a worker of the pool, its messages relayed as progress and log lines, its time limit
-kept, its end turned into a result or an `OperationFailed`; and run again, on the inputs
+kept, its end turned into a result or an `OperationFailure`; and run again, on the inputs
 already downloaded, while the worker or a tool it started is killed by a signal (the OOM
 killer, a preempted node: not a failure of the input).
 """
@@ -15,7 +15,6 @@ from pydantic import ValidationError
 
 from forgeline_converter.downloading import INPUTS
 from forgeline_converter.run_context import (
-    OperationFailed,
     Reporter,
     RunContext,
     Steps,
@@ -24,6 +23,7 @@ from forgeline_converter.run_context import (
 )
 from forgeline_converter.worker import WorkerJob, WorkerMessage, WorkerResult
 from forgeline_converter.worker_pool import WorkerPool, stop_worker
+from forgeline_kit.operations import OperationFailure
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.converter.v1 import converter_pb2 as pb
 
@@ -54,7 +54,7 @@ async def _run_worker(
         async with asyncio.timeout(deadline_s):
             failure, tail, code = await _follow_worker(process, steps, reporter)
     except TimeoutError:
-        raise OperationFailed(
+        raise OperationFailure(
             "deadline_exceeded",
             f"the conversion's tool work ran past its time limit of {deadline_s:g} s and was "
             "stopped; raise FORGELINE_CONVERTER_MAX_TOOL_SECONDS for models this large",
@@ -62,15 +62,15 @@ async def _run_worker(
     finally:
         await stop_worker(process)
     if failure is not None:
-        raise OperationFailed(
+        raise OperationFailure(
             failure.code, failure.text, field=failure.field, retryable=failure.code in _KILLED
         )
     if code < 0:
-        raise OperationFailed(
+        raise OperationFailure(
             "worker_killed", f"the conversion worker was killed by signal {-code}", retryable=True
         )
     if code != 0:
-        raise OperationFailed(
+        raise OperationFailure(
             "internal", f"the conversion worker exited with {code}: " + "\n".join(tail[-10:])
         )
     return WorkerResult.model_validate_json(job.result_file.read_text(encoding="utf-8"))
@@ -118,8 +118,8 @@ async def run_worker_retrying(
             return await _run_worker(
                 job, work, steps, reporter, context.workers, settings.max_tool_seconds
             )
-        except OperationFailed as failure:
-            error = failure.error
+        except OperationFailure as failure:
+            error = failure.to_proto()
             if error.code not in _KILLED:
                 raise
             if attempt >= attempts:

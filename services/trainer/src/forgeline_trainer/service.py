@@ -18,6 +18,7 @@ from datetime import timedelta
 from typing import Final
 
 from forgeline_kit.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from forgeline_kit.operations.page_tokens import decode_position, encode_page_token
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.registry.v1 import registry_pb2 as rpb
 from forgeline_proto.trainer.v1 import trainer_pb2 as pb
@@ -65,14 +66,6 @@ _TYPE_ENUM: Final = {
 
 def _page_size(requested: int, default: int) -> int:
     return default if requested <= 0 else min(requested, 1000)
-
-
-def _token(token: str) -> int | None:
-    if not token:
-        return None
-    if not token.isdigit():
-        raise InvalidArgument("page_token is not one this service returned", field="page_token")
-    return int(token)
 
 
 def _base_model_name(base: str) -> str:
@@ -356,13 +349,13 @@ class Trainer:
     ) -> tuple[list[pb.Job], str]:
         """A page of jobs, newest first, and the token of the next page."""
         jobs, position = self.store.page(
-            before=_token(page_token),
+            before=decode_position(page_token),
             states=states,
             metadata=metadata,
             limit=_page_size(page_size, 50),
         )
         views = [self.get(job.id) for job in jobs]
-        return views, "" if position is None else str(position)
+        return views, "" if position is None else encode_page_token(position)
 
     def cancel(self, job_id: str) -> pb.Job:
         """Cancel a job: at once when queued; a running one goes CANCELLING until its processes
@@ -421,7 +414,9 @@ class Trainer:
         """A page of checkpoints, highest step first, and the next page's token."""
         self.hub.load(job_id)
         limit = _page_size(page_size, 50)
-        found = self.store.checkpoints(job_id, before_step=_token(page_token), limit=limit + 1)
+        found = self.store.checkpoints(
+            job_id, before_step=decode_position(page_token), limit=limit + 1
+        )
         page = [checkpoint for checkpoint, _ in found[:limit]]
-        token = str(page[-1].step) if len(found) > limit else ""
+        token = encode_page_token(page[-1].step) if len(found) > limit else ""
         return page, token

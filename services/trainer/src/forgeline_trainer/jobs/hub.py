@@ -6,12 +6,12 @@ and its event together and wakes the streams watching that job.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Final
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from forgeline_kit.operations import ChangeBell, watch_events
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.trainer.v1 import trainer_pb2 as pb
 from forgeline_trainer.jobs.store import JobStore, event_kind
@@ -20,7 +20,6 @@ from forgeline_trainer.metrics import TrainerMetrics
 __all__ = ["TERMINAL", "JobHub", "now"]
 
 TERMINAL: Final = frozenset({pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED})
-_WATCH_BATCH: Final = 500
 
 
 def now() -> Timestamp:
@@ -35,11 +34,6 @@ def state_name(state: pb.JobState.ValueType) -> str:
     return pb.JobState.Name(state).removeprefix("JOB_STATE_")
 
 
-def is_terminal_event(event: pb.JobEvent) -> bool:
-    """Whether ``event`` moved its job to a terminal state."""
-    return event.HasField("stage_change") and event.stage_change.state in TERMINAL
-
-
 class JobHub:
     """Persists job changes, accounts for them in the metrics, and wakes the watchers of the
     job that changed."""
@@ -47,10 +41,9 @@ class JobHub:
     def __init__(self, store: JobStore, metrics: TrainerMetrics | None = None) -> None:
         self.store = store
         self.metrics = metrics
-        self._changed = asyncio.Condition()
+        self._bell = ChangeBell()
         self._closed = False
         self._live: dict[str, pb.Job] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
 
     def load(self, job_id: str) -> pb.Job:
         """The job: the copy a running job works on, else the stored one.
@@ -101,7 +94,7 @@ class JobHub:
         self.store.append_event(job, event)
         if self.metrics is not None:
             self.metrics.observe(job, event)
-        self._wake()
+        self._bell.ring()
         return event
 
     def transition(self, job: pb.Job, state: pb.JobState.ValueType, message: str = "") -> None:
@@ -136,19 +129,10 @@ class JobHub:
         job.update_time.CopyFrom(now())
         self.store.save(job)
 
-    def _wake(self) -> None:
-        async def notify() -> None:
-            async with self._changed:
-                self._changed.notify_all()
-
-        task = asyncio.get_running_loop().create_task(notify())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     def close(self) -> None:
         """End every watch (the service is shutting down)."""
         self._closed = True
-        self._wake()
+        self._bell.ring()
 
     async def watch(
         self, job_id: str, after: int, kinds: Sequence[pb.JobEventKind.ValueType]
@@ -157,17 +141,13 @@ class JobHub:
         ends the job (or until the hub closes)."""
         self.store.get(job_id)  # NotFound before the stream starts
         wanted = set(kinds)
-        while not self._closed:
-            async with self._changed:
-                batch = self.store.events(job_id, after=after, limit=_WATCH_BATCH)
-                if not batch:
-                    if self.store.get(job_id).state in TERMINAL:
-                        return
-                    await self._changed.wait()
-                    continue
-            for event in batch:
-                after = event.sequence
-                if not wanted or event_kind(event) in wanted:
-                    yield event
-                if is_terminal_event(event):
-                    return
+        async for event in watch_events(
+            self.store.operations,
+            self._bell,
+            job_id,
+            after=after,
+            sequence_of=lambda event: event.sequence,
+            closing=lambda: self._closed,
+        ):
+            if not wanted or event_kind(event) in wanted:
+                yield event

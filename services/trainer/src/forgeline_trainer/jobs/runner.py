@@ -34,11 +34,12 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.struct_pb2 import Struct
 
 from forgeline_kit.errors import ForgelineError
+from forgeline_kit.operations import OperationFailure
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.trainer.v1 import trainer_pb2 as pb
 from forgeline_registry.client import RegistryClient
 from forgeline_trainer.jobs.hub import JobHub, now
-from forgeline_trainer.jobs.job_errors import JobError, ProcessKilledError, registry_failure
+from forgeline_trainer.jobs.job_errors import ProcessKilledError, registry_failure
 from forgeline_trainer.jobs.progress_events import (
     checkpoint_of,
     metrics_message,
@@ -67,7 +68,7 @@ from forgeline_trainer.llamafactory.process import TrainingProcess, group_record
 from forgeline_trainer.llamafactory.progress import ProgressReader
 from forgeline_trainer.settings import TrainerSettings
 
-__all__ = ["JobError", "JobRunner", "ProcessKilledError"]
+__all__ = ["JobRunner", "OperationFailure", "ProcessKilledError"]
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ class JobRunner:
         workspace = JobWorkspace(self.context.settings.state_dir, job.id)
         try:
             await self._advance(job, workspace, gpus)
-        except JobError as failure:
+        except OperationFailure as failure:
             log.warning("job %s failed: %s", job.id, failure.code)
             self.hub.fail(
                 job,
@@ -248,7 +249,7 @@ class JobRunner:
         except TimeoutError as error:
             if not scope.expired():
                 raise  # a TimeoutError of the work itself, not the deadline
-            raise JobError(
+            raise OperationFailure(
                 "time_limit_exceeded",
                 f"the job ran past its time limit of {limit:g} s (counted from leaving the queue "
                 f"to the end of its merge) and was stopped while "
@@ -288,7 +289,7 @@ class JobRunner:
         try:
             train_arguments = TrainArguments(**launch_arguments(arguments, workspace))
         except ValueError as error:  # a job record from before the policy, or tampered with
-            raise JobError("invalid_argument", str(error)) from error
+            raise OperationFailure("invalid_argument", str(error)) from error
         # TensorBoard (report_to: tensorboard) writes into the job's output, whatever the
         # trainer's own environment says; runs/ is not registered with the results.
         env = self.context.env | {"TENSORBOARD_LOGGING_DIR": str(workspace.output / "runs")}
@@ -312,7 +313,7 @@ class JobRunner:
                     await asyncio.wait(
                         {exited}, timeout=self.context.settings.poll_interval_seconds
                     )
-            except (asyncio.CancelledError, JobError):
+            except (asyncio.CancelledError, OperationFailure):
                 # Cancelled (CancelJob, the time limit, the service stopping) or past the step
                 # cap.
                 await asyncio.to_thread(process.cancel)
@@ -326,7 +327,7 @@ class JobRunner:
                 raise ProcessKilledError(
                     failure.code, failure.message, tool="training", signum=-status
                 )
-            raise JobError(failure.code, failure.message)
+            raise OperationFailure(failure.code, failure.message)
         results = workspace.output / "all_results.json"
         metrics = numeric(json.loads(results.read_text())) if results.is_file() else {}
         metrics["train_process_seconds"] = process_seconds
@@ -366,7 +367,7 @@ class JobRunner:
         # LLaMA-Factory has counted the data, so a run that plans too many is stopped here.
         cap = self.context.settings.max_steps_cap
         if total_steps > cap:
-            raise JobError(
+            raise OperationFailure(
                 "step_limit_exceeded",
                 f"the run plans {total_steps} steps, more than this trainer's cap of {cap} "
                 f"({MAX_STEPS_CAP_SETTING}), and was stopped; lower num_train_epochs (or set "
@@ -413,7 +414,7 @@ class JobRunner:
             )
         if status != 0:
             lines = [line for line in process.log_tail().splitlines() if line.strip()][-20:]
-            raise JobError(
+            raise OperationFailure(
                 "export_failed",
                 f"llamafactory-cli export exited with {status}; its last output:\n"
                 + "\n".join(lines),
@@ -463,7 +464,7 @@ def _validated(workspace: JobWorkspace) -> Validated:
     """What VALIDATING recorded; a job whose work directory is gone cannot continue."""
     validated = workspace.load_validated()
     if validated is None:
-        raise JobError(
+        raise OperationFailure(
             "resume_impossible",
             f"the job's work directory {workspace.root} is gone or incomplete, so it cannot "
             "continue; submit it again",

@@ -1,10 +1,12 @@
-"""SQLite persistence of jobs, their events and their checkpoints.
+"""Persistence of jobs, their events and their checkpoints.
 
-A job is stored as its serialised ``Job`` message plus the columns queries filter on; events
-carry per-job sequence numbers assigned here, in the same transaction that records the job's
-``last_event_sequence``, so a watcher that resumes after sequence N never misses or repeats one.
-The LLaMA-Factory process group a job is running is recorded beside it (``run_processes``, not
-in the ``Job`` message: the API has no business with host pids) while it runs.
+Jobs and their events are kept by the kit's operations layer (``forgeline_kit.operations``):
+each job is its serialised ``Job`` message, each event its ``JobEvent``, numbered in the same
+transaction that records the job's ``last_event_sequence``, so a watcher that resumes after
+sequence N never misses or repeats one. What is the trainer's own lives beside them in the same
+file: the checkpoints of each job, and the LLaMA-Factory process group a job is running
+(``run_processes``, not in the ``Job`` message: the API has no business with host pids).
+Jobs kept in the earlier layout (``jobs`` and ``events`` tables) are adopted once at open.
 One connection, used from the event loop's thread only (every call is short).
 """
 
@@ -14,28 +16,15 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from forgeline_kit.errors import NotFound
+from forgeline_kit.operations import RecordInfo, SqliteOperationStore
 from forgeline_kit.sqlite import open_database
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.trainer.v1 import trainer_pb2 as pb
 from forgeline_trainer.llamafactory.process import GroupRecord
 
-__all__ = ["JobStore"]
+__all__ = ["JobCodec", "JobStore"]
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    request_id TEXT UNIQUE,
-    state INTEGER NOT NULL,
-    job BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS events (
-    job_id TEXT NOT NULL,
-    sequence INTEGER NOT NULL,
-    kind INTEGER NOT NULL,
-    event BLOB NOT NULL,
-    PRIMARY KEY (job_id, sequence)
-);
 CREATE TABLE IF NOT EXISTS checkpoints (
     job_id TEXT NOT NULL,
     step INTEGER NOT NULL,
@@ -62,6 +51,8 @@ _KINDS = {
     "error": pb.JOB_EVENT_KIND_ERROR,
     "retry": pb.JOB_EVENT_KIND_RETRY,
 }
+_KIND_NAMES = {kind: name for name, kind in _KINDS.items()}
+_TERMINAL = frozenset({pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED})
 
 
 def event_kind(event: pb.JobEvent) -> pb.JobEventKind.ValueType:
@@ -69,35 +60,87 @@ def event_kind(event: pb.JobEvent) -> pb.JobEventKind.ValueType:
     return _KINDS.get(event.WhichOneof("payload") or "", pb.JOB_EVENT_KIND_UNSPECIFIED)
 
 
+def _state_name(state: pb.JobState.ValueType) -> str:
+    return pb.JobState.Name(state).removeprefix("JOB_STATE_")
+
+
+class JobCodec:
+    """Training jobs as the operations store keeps them; a job's metadata are its labels."""
+
+    kind = "training_job"
+
+    def describe(self, record: pb.Job) -> RecordInfo:
+        return RecordInfo(
+            id=record.id,
+            request_id=record.request_id,
+            created=record.create_time.ToNanoseconds() / 1e9,
+            state=_state_name(record.state),
+            terminal=record.state in _TERMINAL,
+            labels=dict(record.spec.metadata),
+        )
+
+    def dump_record(self, record: pb.Job) -> bytes:
+        return record.SerializeToString()
+
+    def load_record(self, data: bytes) -> pb.Job:
+        return pb.Job.FromString(data)
+
+    def dump_event(self, event: pb.JobEvent) -> bytes:
+        return event.SerializeToString()
+
+    def load_event(self, data: bytes) -> pb.JobEvent:
+        return pb.JobEvent.FromString(data)
+
+    def event_kind(self, event: pb.JobEvent) -> str:
+        return event.WhichOneof("payload") or ""
+
+    def number_event(self, event: pb.JobEvent, sequence: int) -> None:
+        event.sequence = sequence
+
+    def number_record(self, record: pb.Job, sequence: int) -> None:
+        record.last_event_sequence = sequence
+
+
 class JobStore:
-    """Jobs, events and checkpoints in one SQLite file."""
+    """Jobs and events (the operations layer's), checkpoints and running processes (the
+    trainer's own), in one SQLite file."""
 
     def __init__(self, path: Path) -> None:
         self._db = open_database(path, _SCHEMA)
+        self.operations = SqliteOperationStore(self._db, JobCodec())
+        self._adopt_earlier_layout()
 
     def close(self) -> None:
         """Close the database."""
         self._db.close()
 
+    def _adopt_earlier_layout(self) -> None:
+        tables = {
+            row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+        if "jobs" not in tables:
+            return
+        for (blob,) in self._db.execute("SELECT job FROM jobs ORDER BY seq").fetchall():
+            job = pb.Job.FromString(blob)
+            events = [
+                pb.JobEvent.FromString(row[0])
+                for row in self._db.execute(
+                    "SELECT event FROM events WHERE job_id = ? ORDER BY sequence", (job.id,)
+                )
+            ]
+            self.operations.adopt(job, events)
+        self._db.executescript("DROP TABLE events; DROP TABLE jobs;")
+
     # --- jobs
 
     def create(self, job: pb.Job) -> pb.Job:
         """Store a new job; with a ``request_id`` already used, the job stored under it."""
-        if job.request_id:
-            existing = self.find_by_request(job.request_id)
-            if existing is not None:
-                return existing
-        self._db.execute(
-            "INSERT INTO jobs (id, request_id, state, job) VALUES (?, ?, ?, ?)",
-            (job.id, job.request_id or None, job.state, job.SerializeToString()),
-        )
-        return job
+        stored, _ = self.operations.create(job)
+        return stored
 
     def find_by_request(self, request_id: str) -> pb.Job | None:
         """The job created with ``request_id``, if any."""
-        query = "SELECT job FROM jobs WHERE request_id = ?"
-        row = self._db.execute(query, (request_id,)).fetchone()
-        return None if row is None else pb.Job.FromString(row[0])
+        return self.operations.find_request(request_id)
 
     def get(self, job_id: str) -> pb.Job:
         """One job.
@@ -105,32 +148,33 @@ class JobStore:
         Raises:
             NotFound: no such job.
         """
-        row = self._db.execute("SELECT job FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
+        job = self.operations.get(job_id)
+        if job is None:
             raise NotFound(f"job '{job_id}' does not exist", field="job_id")
-        return pb.Job.FromString(row[0])
+        return job
 
     def save(self, job: pb.Job) -> None:
         """Replace the stored job with ``job``."""
-        self._db.execute(
-            "UPDATE jobs SET state = ?, job = ? WHERE id = ?",
-            (job.state, job.SerializeToString(), job.id),
-        )
+        self.operations.save(job)
 
     def count_by_state(self) -> dict[pb.JobState.ValueType, int]:
         """How many jobs are in each state (states without jobs left out)."""
-        rows = self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
-        return {pb.JobState.ValueType(state): count for state, count in rows}
+        return {
+            pb.JobState.Value(f"JOB_STATE_{name}"): count
+            for name, count in self.operations.count_by_state().items()
+        }
 
     def in_states(self, states: Iterable[pb.JobState.ValueType]) -> list[pb.Job]:
         """Jobs in any of ``states``, oldest first."""
-        wanted = list(states)
-        marks = ",".join("?" * len(wanted))
-        rows = self._db.execute(
-            f"SELECT job FROM jobs WHERE state IN ({marks}) ORDER BY seq",
-            wanted,
-        ).fetchall()
-        return [pb.Job.FromString(row[0]) for row in rows]
+        names = [_state_name(state) for state in states]
+        jobs: list[pb.Job] = []
+        position: int | None = None
+        while True:
+            page = self.operations.page(after=position, states=names, limit=500)
+            jobs += page.records
+            if page.next_position is None:
+                return jobs[::-1]
+            position = page.next_position
 
     def page(
         self,
@@ -142,42 +186,20 @@ class JobStore:
     ) -> tuple[list[pb.Job], int | None]:
         """Up to ``limit`` jobs, newest first, created before position ``before``; the position
         to continue from, or ``None`` when no more match."""
-        query = "SELECT seq, job FROM jobs WHERE seq < ?"
-        params: list[object] = [before if before is not None else 1 << 62]
-        if states:
-            query += f" AND state IN ({','.join('?' * len(states))})"
-            params += list(states)
-        query += " ORDER BY seq DESC"
-        jobs: list[pb.Job] = []
-        last_seq = 0
-        for seq, blob in self._db.execute(query, params):
-            job = pb.Job.FromString(blob)
-            if any(job.spec.metadata.get(key) != value for key, value in metadata.items()):
-                continue
-            if len(jobs) == limit:
-                return jobs, last_seq
-            jobs.append(job)
-            last_seq = int(seq)
-        return jobs, None
+        page = self.operations.page(
+            after=before,
+            states=[_state_name(state) for state in states],
+            labels=metadata,
+            limit=limit,
+        )
+        return page.records, page.next_position
 
     # --- events
 
     def append_event(self, job: pb.Job, event: pb.JobEvent) -> pb.JobEvent:
         """Give ``event`` the next sequence of ``job``, store both in one transaction."""
         event.job_id = job.id
-        event.sequence = job.last_event_sequence + 1
-        job.last_event_sequence = event.sequence
-        with self._db:
-            self._db.execute("BEGIN")
-            self._db.execute(
-                "INSERT INTO events (job_id, sequence, kind, event) VALUES (?, ?, ?, ?)",
-                (job.id, event.sequence, event_kind(event), event.SerializeToString()),
-            )
-            self._db.execute(
-                "UPDATE jobs SET state = ?, job = ? WHERE id = ?",
-                (job.state, job.SerializeToString(), job.id),
-            )
-        return event
+        return self.operations.record(job, event)
 
     def events(
         self,
@@ -190,18 +212,13 @@ class JobStore:
     ) -> list[pb.JobEvent]:
         """Up to ``limit`` events of a job after sequence ``after`` in the listing order (for
         ``descending``, ``after`` 0 starts at the newest)."""
-        if descending:
-            query = "SELECT event FROM events WHERE job_id = ? AND sequence < ?"
-            params: list[object] = [job_id, after if after > 0 else 1 << 62]
-        else:
-            query = "SELECT event FROM events WHERE job_id = ? AND sequence > ?"
-            params = [job_id, after]
-        if kinds:
-            query += f" AND kind IN ({','.join('?' * len(kinds))})"
-            params += list(kinds)
-        query += f" ORDER BY sequence {'DESC' if descending else 'ASC'} LIMIT ?"
-        params.append(limit)
-        return [pb.JobEvent.FromString(row[0]) for row in self._db.execute(query, params)]
+        return self.operations.events(
+            job_id,
+            after=after,
+            limit=limit,
+            descending=descending,
+            kinds=[_KIND_NAMES[kind] for kind in kinds if kind in _KIND_NAMES],
+        )
 
     # --- checkpoints
 
@@ -269,8 +286,8 @@ class JobStore:
         """Every recorded process group: job id, tool and record, oldest job first."""
         rows = self._db.execute(
             "SELECT r.job_id, r.tool, r.pgid, r.start_ticks, r.boot_id, r.hostname, "
-            "r.pid_namespace FROM run_processes r LEFT JOIN jobs j ON j.id = r.job_id "
-            "ORDER BY j.seq"
+            "r.pid_namespace FROM run_processes r LEFT JOIN operations o ON o.id = r.job_id "
+            "ORDER BY o.seq"
         ).fetchall()
         return [
             (

@@ -18,11 +18,12 @@ import grpc
 from forgeline_kit import datasets as kit_datasets
 from forgeline_kit.datasets import DatasetSpec, InvalidDataset, validate_dataset
 from forgeline_kit.errors import ForgelineError, InvalidArgument
+from forgeline_kit.operations import OperationFailure
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.trainer.v1 import trainer_pb2 as pb
 from forgeline_registry.client import RegistryClient
 from forgeline_trainer.jobs.hub import JobHub
-from forgeline_trainer.jobs.job_errors import JobError, registry_failure
+from forgeline_trainer.jobs.job_errors import registry_failure
 from forgeline_trainer.jobs.workspace import DatasetRecord, JobWorkspace, Validated, text_argument
 from forgeline_trainer.llamafactory.chat_template import TemplateMismatch, check_chat_template
 from forgeline_trainer.llamafactory.combinations import DeviceKind
@@ -53,7 +54,7 @@ async def validate_inputs(
     try:
         plan = plan_job(job.spec, device=device, policy=policy)
     except InvalidArgument as error:
-        raise JobError("invalid_argument", str(error), field=error.field or "") from error
+        raise OperationFailure("invalid_argument", str(error), field=error.field or "") from error
     shutil.rmtree(workspace.root, ignore_errors=True)
     workspace.root.mkdir(parents=True)
     base_ref = plan.base_model if isinstance(plan.base_model, str) else _reference(plan.base_model)
@@ -76,9 +77,11 @@ async def validate_inputs(
         if template:
             await asyncio.to_thread(check_chat_template, workspace.base, template)
     except TemplateMismatch as error:
-        raise JobError("template_mismatch", str(error), field="arguments.template") from error
+        raise OperationFailure(
+            "template_mismatch", str(error), field="arguments.template"
+        ) from error
     except InvalidArgument as error:
-        raise JobError("invalid_argument", str(error), field=error.field or "") from error
+        raise OperationFailure("invalid_argument", str(error), field=error.field or "") from error
     workspace.save_validated(
         Validated(
             base_model=base.model,
@@ -101,7 +104,7 @@ async def _fetch_dataset(
         raise registry_failure(error, where) from error
     artifacts = [a for a in version.artifacts if not paths or a.path in paths]
     if len(artifacts) != 1:
-        raise JobError(
+        raise OperationFailure(
             "invalid_argument",
             f"{where}: {version.model}:{version.number} holds {len(artifacts)} files; name "
             "the one to train on in source.path",
@@ -120,7 +123,7 @@ async def _fetch_dataset(
     try:
         count = await asyncio.to_thread(validate_dataset, spec)
     except InvalidDataset as error:
-        raise JobError("invalid_dataset", str(error), field=error.field or "") from error
+        raise OperationFailure("invalid_dataset", str(error), field=error.field or "") from error
     prepare: Any = getattr(kit_datasets, "prepare_for_llamafactory", None)
     if prepare is not None:
         spec = await asyncio.to_thread(prepare, spec, workspace.sources / f"{dataset.name}-lf")
