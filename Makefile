@@ -54,6 +54,9 @@ system-tools:
 	@test -x /usr/bin/chromium || { \
 		echo "installing Debian's chromium for the console's browser tests"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		echo "installing Debian's postgresql for the tests on a real PostgreSQL server"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 
 lock: $(STAMP)
 	$(BIN)/uv pip compile requirements/dev.in -o requirements/lock.txt --python-version 3.11 \

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from postgres_server import PostgresServer, running_postgres
 
 from forgeline_kit.llamacpp import Toolchain, ToolchainNotBuiltError, locate
 from forgeline_kit.llamacpp.gguf_py import subprocess_env
@@ -36,6 +37,14 @@ def no_local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         patch.setenv("FORGELINE_STACK_DIR", str(tmp_path_factory.mktemp("no-stack")))
         patch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("xdg-state")))
         yield
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session; each test takes a database of its own
+    (``postgres.create_database()``)."""
+    with running_postgres() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

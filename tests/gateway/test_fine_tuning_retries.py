@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -107,20 +108,33 @@ async def test_a_trainer_out_of_reach_fails_the_job_after_the_attempts(store: Jo
 
 
 async def test_a_record_stored_before_retries_loads_and_retries_from_the_start(
-    store: JobStore,
+    tmp_path: Path,
 ) -> None:
+    """A job written by a release before retries existed, in the layout that release kept
+    (its own ``fine_tuning_jobs`` table, adopted by the operations layer at open)."""
     record = json.loads(_job(stage=Stage.FAILED, trainer_job_id="job-1").model_dump_json())
     for added in ("failed_stage", "retries", "conversion_sequences"):
         del record[added]
     record["outputs"] = {"adapter": "tiny-llama-ft:1", "merged": "tiny-llama-ft:2"}
-    with store._lock:
-        store._db.execute(
-            "INSERT INTO fine_tuning_jobs VALUES (?, 1, 1, ?)", (record["id"], json.dumps(record))
-        )
+    path = tmp_path / "earlier.sqlite3"
+    earlier = sqlite3.connect(path)
+    earlier.executescript(
+        "CREATE TABLE fine_tuning_jobs (id TEXT PRIMARY KEY, created_at INTEGER NOT NULL, "
+        "terminal INTEGER NOT NULL, record TEXT NOT NULL); "
+        "CREATE TABLE fine_tuning_events (job_id TEXT NOT NULL, sequence INTEGER NOT NULL, "
+        "record TEXT NOT NULL, PRIMARY KEY (job_id, sequence));"
+    )
+    earlier.execute(
+        "INSERT INTO fine_tuning_jobs VALUES (?, 1, 1, ?)", (record["id"], json.dumps(record))
+    )
+    earlier.commit()
+    earlier.close()
+    store = JobStore.open(path)
     pipeline = _pipeline(store)
 
     job = await pipeline.retry(record["id"])
     await pipeline.close()
+    store.close()
 
     assert job.stage is Stage.VALIDATING_FILES
     assert job.outputs == Outputs(), "deleted when it failed: made again"

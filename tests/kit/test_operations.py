@@ -1,16 +1,21 @@
 """The operations layer (forgeline_kit.operations): what every kind of long-running work relies
 on — events numbered without gaps or repeats, idempotent creation, listings that resume from a
-page token, and watches that resume after a sequence and wake on new events."""
+page token, and watches that resume after a sequence and wake on new events.
+
+Every store test runs on both stores: SQLite (the embedded default) and a real PostgreSQL
+server the session starts (``postgres`` fixture)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
+from postgres_server import PostgresServer
 
 from forgeline_kit.errors import InvalidArgument, NotFound, Unavailable
 from forgeline_kit.operations import (
@@ -23,6 +28,8 @@ from forgeline_kit.operations import (
     watch_events,
 )
 from forgeline_kit.operations.page_tokens import decode_position
+from forgeline_kit.operations.postgres_store import PostgresOperationStore, migrate
+from forgeline_kit.operations.sql_store import SqlOperationStore
 
 
 @dataclass
@@ -78,13 +85,39 @@ class WorkCodec:
         record.last_event = sequence
 
 
+Store = SqlOperationStore[Work, Note]
+#: Opens a store on the test's one database (a new connection each call).
+Opener = Callable[..., Store]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+    opened: list[Store] = []
+    if request.param == "sqlite":
+        path = tmp_path / "state.db"
+
+        def opener(kind: str = "work") -> Store:
+            opened.append(SqliteOperationStore.open(path, WorkCodec(kind=kind)))
+            return opened[-1]
+    else:
+        url = request.getfixturevalue("postgres").create_database()
+
+        def opener(kind: str = "work") -> Store:
+            opened.append(PostgresOperationStore.open(url, WorkCodec(kind=kind)))
+            return opened[-1]
+
+    yield opener
+    for store in opened:
+        store.close()
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> SqliteOperationStore[Work, Note]:
-    return SqliteOperationStore.open(tmp_path / "state.db", WorkCodec())
+def store(open_store: Opener) -> Store:
+    return open_store()
 
 
 def test_a_record_and_its_events_are_numbered_in_order(
-    store: SqliteOperationStore[Work, Note],
+    store: Store,
 ) -> None:
     work, created = store.create(Work(id="w1", request_id="r1"), Note("accepted"))
     assert created
@@ -103,7 +136,7 @@ def test_a_record_and_its_events_are_numbered_in_order(
 
 
 def test_an_event_appended_alone_takes_the_next_sequence_and_leaves_the_record(
-    store: SqliteOperationStore[Work, Note],
+    store: Store,
 ) -> None:
     work, _ = store.create(Work(id="w1", state="running"), Note("accepted"))
     assert store.append("w1", Note("progress")).sequence == 2
@@ -115,7 +148,7 @@ def test_an_event_appended_alone_takes_the_next_sequence_and_leaves_the_record(
 
 
 def test_a_repeated_request_id_finds_the_first_record_and_stores_nothing(
-    store: SqliteOperationStore[Work, Note],
+    store: Store,
 ) -> None:
     first, _ = store.create(Work(id="w1", request_id="same"), Note("accepted"))
     again, created = store.create(Work(id="w2", request_id="same"), Note("accepted"))
@@ -130,14 +163,13 @@ def test_a_repeated_request_id_finds_the_first_record_and_stores_nothing(
     assert store.get("w4") is not None
 
 
-def test_writers_on_two_connections_never_share_a_sequence(tmp_path: Path) -> None:
+def test_writers_on_two_connections_never_share_a_sequence(open_store: Opener) -> None:
     """The sequence is given out inside the write's transaction, so two processes (or two
     replicas on one database) recording at once leave no gap and no duplicate."""
-    path = tmp_path / "state.db"
-    stores = [SqliteOperationStore.open(path, WorkCodec()) for _ in range(2)]
+    stores = [open_store() for _ in range(2)]
     stores[0].create(Work(id="w1"))
 
-    def write(store: SqliteOperationStore[Work, Note], name: str) -> None:
+    def write(store: Store, name: str) -> None:
         for n in range(50):
             work = store.get("w1")
             assert work is not None
@@ -158,7 +190,7 @@ def test_writers_on_two_connections_never_share_a_sequence(tmp_path: Path) -> No
 
 
 def test_listings_filter_and_resume_from_a_page_token(
-    store: SqliteOperationStore[Work, Note],
+    store: Store,
 ) -> None:
     for n in range(5):
         owner = "ann" if n % 2 == 0 else "bob"
@@ -192,7 +224,7 @@ def test_a_page_token_not_issued_here_is_refused_with_what_to_pass() -> None:
 
 
 def test_work_kept_in_an_older_layout_is_adopted_once(
-    store: SqliteOperationStore[Work, Note],
+    store: Store,
 ) -> None:
     record = Work(id="old", request_id="r-old", state="succeeded", last_event=2)
     events = [Note("accepted", sequence=1), Note("done", sequence=2)]
@@ -204,10 +236,9 @@ def test_work_kept_in_an_older_layout_is_adopted_once(
     assert record.last_event == 3
 
 
-def test_kinds_sharing_a_database_do_not_see_each_other(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
-    works = SqliteOperationStore.open(path, WorkCodec())
-    others = SqliteOperationStore.open(path, WorkCodec(kind="other"))
+def test_kinds_sharing_a_database_do_not_see_each_other(open_store: Opener) -> None:
+    works = open_store()
+    others = open_store("other")
     works.create(Work(id="w1", request_id="same"))
     other, created = others.create(Work(id="o1", request_id="same"))
     assert created
@@ -217,7 +248,7 @@ def test_kinds_sharing_a_database_do_not_see_each_other(tmp_path: Path) -> None:
 
 
 def test_a_watch_resumes_after_a_sequence_and_wakes_on_new_events(
-    store: SqliteOperationStore[Work, Note],
+    store: Store,
 ) -> None:
     async def scenario() -> list[str]:
         bell = ChangeBell()
@@ -248,7 +279,7 @@ def test_a_watch_resumes_after_a_sequence_and_wakes_on_new_events(
 
 
 def test_a_watch_filters_kinds_and_ends_on_a_closing_service(
-    store: SqliteOperationStore[Work, Note],
+    store: Store,
 ) -> None:
     async def scenario() -> tuple[list[str], str]:
         bell = ChangeBell()
@@ -296,3 +327,30 @@ def test_a_failure_round_trips_through_the_contract() -> None:
         True,
     )
     assert str(again) == "the worker was killed"
+
+
+def test_postgresql_migrations_apply_once_when_replicas_start_together(
+    postgres: PostgresServer,
+) -> None:
+    """Replicas opening one new database at the same moment: each migration is applied by
+    exactly one of them (the advisory lock), and every replica ends with the full schema."""
+    import psycopg
+
+    url = postgres.create_database()
+    applied: list[list[int]] = []
+
+    def start() -> None:
+        with psycopg.connect(url, autocommit=True) as connection:
+            applied.append(migrate(connection))
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(applied) == [[], [], [], [1]]
+    store = PostgresOperationStore.open(url, WorkCodec())
+    work, created = store.create(Work(id="w1"), Note("accepted"))
+    assert created
+    assert store.get("w1") == work
+    store.close()

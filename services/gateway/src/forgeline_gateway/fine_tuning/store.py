@@ -1,80 +1,95 @@
-"""Fine-tuning jobs and their events in the gateway's SQLite file (the embedded default's one
-owner of job state; at scale the same two tables move to PostgreSQL).
+"""Fine-tuning jobs and their events, kept by the kit's operations layer in the gateway's SQLite
+file (the embedded default's one owner of job state).
 
-A separate connection from the key/deployment store: the tables share nothing but the file.
+This module says only what is the pipeline's own: a job is stored as its ``JobRecord`` (JSON),
+each event as its ``EventRecord``, and listings page by the last job id seen, as OpenAI's do.
+Jobs kept in the earlier layout (``fine_tuning_jobs`` and ``fine_tuning_events``) are adopted
+once at open. A separate connection from the key/deployment store: the tables share nothing
+but the file.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from typing import Any, Literal
 
 from forgeline_gateway.fine_tuning.records import TERMINAL, EventRecord, JobRecord
+from forgeline_kit.operations import RecordInfo, SqliteOperationStore
 from forgeline_kit.sqlite import AsyncSqliteStore
 
-__all__ = ["JobStore"]
+__all__ = ["JobCodec", "JobStore"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS fine_tuning_jobs (
-    id          TEXT PRIMARY KEY,
-    created_at  INTEGER NOT NULL,
-    terminal    INTEGER NOT NULL,
-    record      TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS fine_tuning_events (
-    job_id      TEXT NOT NULL,
-    sequence    INTEGER NOT NULL,
-    record      TEXT NOT NULL,
-    PRIMARY KEY (job_id, sequence)
-);
-"""
+
+class JobCodec:
+    """Fine-tuning jobs as the operations store keeps them."""
+
+    kind = "fine_tuning_job"
+
+    def describe(self, record: JobRecord) -> RecordInfo:
+        return RecordInfo(
+            id=record.id,
+            request_id="",
+            created=record.created_at,
+            state=record.stage.value,
+            terminal=record.stage in TERMINAL,
+        )
+
+    def dump_record(self, record: JobRecord) -> bytes:
+        return record.model_dump_json().encode()
+
+    def load_record(self, data: bytes) -> JobRecord:
+        return JobRecord.model_validate_json(data)
+
+    def dump_event(self, event: EventRecord) -> bytes:
+        return event.model_dump_json().encode()
+
+    def load_event(self, data: bytes) -> EventRecord:
+        return EventRecord.model_validate_json(data)
+
+    def event_kind(self, event: EventRecord) -> str:
+        return event.type
+
+    def number_event(self, event: EventRecord, sequence: int) -> None:
+        event.sequence = sequence
+
+    def number_record(self, record: JobRecord, sequence: int) -> None:
+        """Job records do not carry their newest sequence."""
 
 
 class JobStore(AsyncSqliteStore):
     """Jobs and events; every call is short and runs on a worker thread through `run`."""
 
-    SCHEMA = _SCHEMA
+    SCHEMA = ""  # the operations layer's tables, created by it
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        super().__init__(connection)
+        self.operations = SqliteOperationStore(connection, JobCodec())
+        self._adopt_earlier_layout()
 
     def put(self, job: JobRecord) -> None:
-        """Insert or replace a job."""
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO fine_tuning_jobs (id, created_at, terminal, record) "
-                "VALUES (?, ?, ?, ?)",
-                (job.id, job.created_at, int(job.stage in TERMINAL), job.model_dump_json()),
-            )
+        """Store a new job, or the job as it is now."""
+        if self.operations.head(job.id) is None:
+            self.operations.create(job)
+        else:
+            self.operations.save(job)
 
     def get(self, job_id: str) -> JobRecord | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT record FROM fine_tuning_jobs WHERE id = ?", (job_id,)
-            ).fetchone()
-        return JobRecord.model_validate_json(row[0]) if row else None
+        return self.operations.get(job_id)
 
     def unfinished(self) -> list[JobRecord]:
         """Jobs not in a terminal stage, oldest first (the ones to resume at start)."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT record FROM fine_tuning_jobs WHERE terminal = 0 ORDER BY created_at, id"
-            ).fetchall()
-        return [JobRecord.model_validate_json(r[0]) for r in rows]
+        return self.operations.unfinished()
 
     def page(self, after: str | None, limit: int) -> tuple[list[JobRecord], bool]:
         """Jobs newest first, starting after the job `after`; and whether more follow."""
-        query = "SELECT record FROM fine_tuning_jobs"
-        params: list[Any] = []
+        position = None
         if after:
-            anchor = self.get(after)
-            if anchor is None:
+            position = self.operations.position(after)
+            if position is None:
                 return [], False
-            query += " WHERE (created_at, id) < (?, ?)"
-            params += [anchor.created_at, anchor.id]
-        query += " ORDER BY created_at DESC, id DESC LIMIT ?"
-        params.append(limit + 1)
-        with self._lock:
-            rows = self._db.execute(query, params).fetchall()
-        jobs = [JobRecord.model_validate_json(r[0]) for r in rows]
-        return jobs[:limit], len(jobs) > limit
+        page = self.operations.page(after=position, limit=limit)
+        return page.records, page.next_position is not None
 
     def add_event(
         self,
@@ -86,37 +101,39 @@ class JobStore(AsyncSqliteStore):
         data: dict[str, Any] | None = None,
     ) -> EventRecord:
         """Append an event with the job's next sequence number."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT COALESCE(MAX(sequence), 0) FROM fine_tuning_events WHERE job_id = ?",
-                (job_id,),
-            ).fetchone()
-            event = EventRecord(
-                job_id=job_id,
-                sequence=int(row[0]) + 1,
-                created_at=int(time.time()),
-                level=level,
-                type=kind,
-                message=message,
-                data=data,
-            )
-            self._db.execute(
-                "INSERT INTO fine_tuning_events (job_id, sequence, record) VALUES (?, ?, ?)",
-                (job_id, event.sequence, event.model_dump_json()),
-            )
-        return event
+        event = EventRecord(
+            job_id=job_id,
+            sequence=0,
+            created_at=int(time.time()),
+            level=level,
+            type=kind,
+            message=message,
+            data=data,
+        )
+        return self.operations.append(job_id, event)
 
     def events(self, job_id: str, before: int | None, limit: int) -> tuple[list[EventRecord], bool]:
         """Events newest first (OpenAI's order), those with a sequence below `before` when given;
         and whether more follow."""
-        query = "SELECT record FROM fine_tuning_events WHERE job_id = ?"
-        params: list[Any] = [job_id]
-        if before is not None:
-            query += " AND sequence < ?"
-            params.append(before)
-        query += " ORDER BY sequence DESC LIMIT ?"
-        params.append(limit + 1)
-        with self._lock:
-            rows = self._db.execute(query, params).fetchall()
-        events = [EventRecord.model_validate_json(r[0]) for r in rows]
+        events = self.operations.events(job_id, after=before or 0, limit=limit + 1, descending=True)
         return events[:limit], len(events) > limit
+
+    def _adopt_earlier_layout(self) -> None:
+        tables = {
+            row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+        if "fine_tuning_jobs" not in tables:
+            return
+        for (text,) in self._db.execute(
+            "SELECT record FROM fine_tuning_jobs ORDER BY created_at, id"
+        ).fetchall():
+            job = JobRecord.model_validate_json(text)
+            events = [
+                EventRecord.model_validate_json(row[0])
+                for row in self._db.execute(
+                    "SELECT record FROM fine_tuning_events WHERE job_id = ? ORDER BY sequence",
+                    (job.id,),
+                )
+            ]
+            self.operations.adopt(job, events)
+        self._db.executescript("DROP TABLE fine_tuning_events; DROP TABLE fine_tuning_jobs;")
