@@ -56,7 +56,9 @@ class ServiceArm:
             storage="fs", fs_root=self.root / "registry", grpc_port=0, metrics_port=0
         )
         registry = GrpcService(
-            registry_settings, await build_registry(registry_settings), registry=CollectorRegistry()
+            registry_settings,
+            await build_registry(registry_settings),
+            collectors=CollectorRegistry(),
         )
         await registry.start()
         converter_settings = ConverterSettings(
@@ -70,7 +72,7 @@ class ServiceArm:
         converter = GrpcService(
             converter_settings,
             await build_converter(converter_settings),
-            registry=CollectorRegistry(),
+            collectors=CollectorRegistry(),
         )
         await converter.start()
         self.services = [converter, registry]

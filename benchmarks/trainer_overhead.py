@@ -285,7 +285,9 @@ class ServiceArm:
             storage="fs", fs_root=self.root / "registry", grpc_port=0, metrics_port=0
         )
         registry = GrpcService(
-            registry_settings, await build_registry(registry_settings), registry=CollectorRegistry()
+            registry_settings,
+            await build_registry(registry_settings),
+            collectors=CollectorRegistry(),
         )
         await registry.start()
         target = f"127.0.0.1:{registry.grpc_port}"
@@ -298,8 +300,10 @@ class ServiceArm:
             metrics_port=0,
             device="auto",
         )
-        metrics = CollectorRegistry()
-        trainer = GrpcService(settings, await build_trainer(settings, metrics), registry=metrics)
+        collectors = CollectorRegistry()
+        trainer = GrpcService(
+            settings, await build_trainer(settings, collectors), collectors=collectors
+        )
         await trainer.start()
         self.services = [trainer, registry]
         async with RegistryClient(target, accept_local_files=True) as client:

@@ -67,7 +67,7 @@ class RegistryThread:
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
         service = GrpcService(
-            self.settings, await build(self.settings), registry=CollectorRegistry()
+            self.settings, await build(self.settings), collectors=CollectorRegistry()
         )
         await service.start()
         self.target = f"127.0.0.1:{service.grpc_port}"

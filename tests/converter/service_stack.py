@@ -64,7 +64,7 @@ class Stack:
             **overrides,
         )
         service = GrpcService(
-            settings, await build_converter(settings), registry=CollectorRegistry()
+            settings, await build_converter(settings), collectors=CollectorRegistry()
         )
         await service.start()
         channel = make_channel(f"127.0.0.1:{service.grpc_port}")
@@ -89,7 +89,7 @@ async def start_stack(root: Path) -> Stack:
         metrics_port=0,
         janitor_interval_seconds=3600,
     )
-    service = GrpcService(settings, await build_registry(settings), registry=CollectorRegistry())
+    service = GrpcService(settings, await build_registry(settings), collectors=CollectorRegistry())
     await service.start()
     return Stack(
         root, service, RegistryClient(f"127.0.0.1:{service.grpc_port}", accept_local_files=True)

@@ -49,7 +49,7 @@ class ThreadRegistry:
 
     async def _open(self) -> GrpcService:
         service = GrpcService(
-            self.settings, await build(self.settings), registry=CollectorRegistry()
+            self.settings, await build(self.settings), collectors=CollectorRegistry()
         )
         await service.start()
         return service

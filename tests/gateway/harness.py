@@ -1,6 +1,6 @@
 """Running the gateway for tests: the real app under uvicorn on a loopback port, in a thread of
 the test process (so tests can look at its routing table and the processes it started), and its
-metrics registry on the kit's metrics listener, a loopback port of its own, as
+metrics collectors on the kit's metrics listener, a loopback port of its own, as
 ``forgeline-gateway`` serves them (tests/gateway/test_main.py runs that command itself)."""
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ class Gateway:
             database=database,
             **dict(settings or {}),
         )
-        self.registry = CollectorRegistry()
-        self.app: FastAPI = create_app(self.settings, registry=self.registry, backends=backends)
+        self.collectors = CollectorRegistry()
+        self.app: FastAPI = create_app(self.settings, collectors=self.collectors, backends=backends)
         self._server = ReadyServer(
             uvicorn.Config(
                 self.app,
@@ -70,7 +70,7 @@ class Gateway:
             self.loop.close()
 
     def start(self) -> Gateway:
-        self.metrics = start_service_metrics(self.settings, self.registry)
+        self.metrics = start_service_metrics(self.settings, self.collectors)
         self._thread.start()
         if not self._server.ready.wait(START_DEADLINE_S) or not self._server.started:
             raise RuntimeError("the gateway did not start; see the log above")

@@ -73,7 +73,7 @@ async def registry(tmp_path: Path) -> AsyncIterator[Registry]:
         metrics_port=0,
         janitor_interval_seconds=3600,
     )
-    service = GrpcService(settings, await build(settings), registry=CollectorRegistry())
+    service = GrpcService(settings, await build(settings), collectors=CollectorRegistry())
     await service.start()
     yield Registry(service)
     await service.stop(grace=0)

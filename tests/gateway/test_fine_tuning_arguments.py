@@ -58,7 +58,7 @@ async def services(tmp_path: Path, tiny_model: TinyModel) -> AsyncIterator[Servi
         janitor_interval_seconds=3600,
     )
     registry = GrpcService(
-        registry_settings, await build_registry(registry_settings), registry=CollectorRegistry()
+        registry_settings, await build_registry(registry_settings), collectors=CollectorRegistry()
     )
     await registry.start()
     registry_target = f"127.0.0.1:{registry.grpc_port}"
@@ -72,9 +72,9 @@ async def services(tmp_path: Path, tiny_model: TinyModel) -> AsyncIterator[Servi
         metrics_port=0,
         device="cpu",
     )
-    metrics = CollectorRegistry()
+    collectors = CollectorRegistry()
     trainer = GrpcService(
-        trainer_settings, await build_trainer(trainer_settings, metrics), registry=metrics
+        trainer_settings, await build_trainer(trainer_settings, collectors), collectors=collectors
     )
     await trainer.start()
     yield Services(registry_target, f"127.0.0.1:{trainer.grpc_port}")

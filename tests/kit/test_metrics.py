@@ -17,11 +17,11 @@ from .echo_service import EchoSettings
 from .harness import labels, scrape
 
 
-def test_metrics_server_serves_its_registry_on_a_free_port() -> None:
-    registry = CollectorRegistry()
-    Counter("forgeline_widgets", "Widgets made.", registry=registry).inc(2)
+def test_metrics_server_serves_its_collectors_on_a_free_port() -> None:
+    collectors = CollectorRegistry()
+    Counter("forgeline_widgets", "Widgets made.", registry=collectors).inc(2)
 
-    server = start_metrics_server("127.0.0.1", 0, registry)
+    server = start_metrics_server("127.0.0.1", 0, collectors)
     try:
         assert server.port > 0
         assert scrape(server.url)[("forgeline_widgets_total", labels())] == 2
@@ -33,8 +33,7 @@ def test_metrics_server_serves_its_registry_on_a_free_port() -> None:
 
 async def test_two_services_in_one_process_keep_their_own_metrics() -> None:
     settings = EchoSettings(grpc_port=0, metrics_port=0, shutdown_grace_seconds=1)
-    registries = [CollectorRegistry(), CollectorRegistry()]
-    services = [GrpcService(settings, [], registry=registry) for registry in registries]
+    services = [GrpcService(settings, [], collectors=CollectorRegistry()) for _ in range(2)]
     for service in services:
         await service.start()
     try:

@@ -110,7 +110,7 @@ async def test_metrics_count_a_call_just_made(echo: ServiceProcess) -> None:
         ("grpc_server_handling_seconds_sum", ok), 0
     )
     assert after[("grpc_server_in_flight_requests", call)] == 0
-    # The process's own metrics come with the default registry.
+    # The process's own metrics come with the default collectors (prometheus_client.REGISTRY).
     assert any(name == "process_resident_memory_bytes" for name, _ in after)
 
 

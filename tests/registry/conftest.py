@@ -130,7 +130,7 @@ async def start_registry() -> AsyncIterator[StartRegistry]:
 
     async def start(config: StoreConfig, **overrides: Any) -> RunningRegistry:
         settings = config.settings(**overrides)
-        service = GrpcService(settings, await build(settings), registry=CollectorRegistry())
+        service = GrpcService(settings, await build(settings), collectors=CollectorRegistry())
         await service.start()
         running.append(service)
         return RunningRegistry(service, config)
@@ -150,7 +150,7 @@ async def registry(
     """
     config = store_config(str(request.param), tmp_path_factory.mktemp("store"), request)
     settings = config.settings()
-    service = GrpcService(settings, await build(settings), registry=CollectorRegistry())
+    service = GrpcService(settings, await build(settings), collectors=CollectorRegistry())
     await service.start()
     yield RunningRegistry(service, config)
     await service.stop(grace=0)

@@ -59,7 +59,7 @@ class Stack:
             janitor_interval_seconds=3600,
         )
         services = await build_registry(settings)
-        service = GrpcService(settings, services, registry=CollectorRegistry())
+        service = GrpcService(settings, services, collectors=CollectorRegistry())
         await service.start()
         return service
 
@@ -81,9 +81,9 @@ class Stack:
                 metrics_port=0,
                 **(values | overrides),
             )
-            metrics = CollectorRegistry()
+            collectors = CollectorRegistry()
             service = GrpcService(
-                settings, await build_trainer(settings, metrics), registry=metrics
+                settings, await build_trainer(settings, collectors), collectors=collectors
             )
             await service.start()
             return service

@@ -12,8 +12,8 @@ from forgeline_trainer.metrics import TrainerMetrics
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def scrape(registry: CollectorRegistry) -> Samples:
-    text = generate_latest(registry).decode()
+def scrape(collectors: CollectorRegistry) -> Samples:
+    text = generate_latest(collectors).decode()
     return {
         (s.name, frozenset(s.labels.items())): s.value
         for family in text_string_to_metric_families(text)
@@ -36,12 +36,12 @@ def loss(metrics: TrainerMetrics, job: pb.Job, value: float) -> None:
 
 
 def test_counts_start_from_the_store_and_follow_stage_changes() -> None:
-    registry = CollectorRegistry()
-    metrics = TrainerMetrics(registry, {pb.JOB_STATE_SUCCEEDED: 3, pb.JOB_STATE_TRAINING: 1})
+    collectors = CollectorRegistry()
+    metrics = TrainerMetrics(collectors, {pb.JOB_STATE_SUCCEEDED: 3, pb.JOB_STATE_TRAINING: 1})
     job = pb.Job(id="a", create_time=now())
     move(metrics, job, pb.JOB_STATE_QUEUED)
 
-    found = scrape(registry)
+    found = scrape(collectors)
 
     assert found[("forgeline_trainer_jobs", frozenset({("state", "succeeded")}))] == 3
     assert found[("forgeline_trainer_jobs", frozenset({("state", "training")}))] == 1
@@ -50,21 +50,21 @@ def test_counts_start_from_the_store_and_follow_stage_changes() -> None:
 
 
 def test_a_failed_and_a_cancelled_job_end_their_series_and_count_their_outcome() -> None:
-    registry = CollectorRegistry()
-    metrics = TrainerMetrics(registry, {})
+    collectors = CollectorRegistry()
+    metrics = TrainerMetrics(collectors, {})
     failing, cancelled = pb.Job(id="f", create_time=now()), pb.Job(id="c", create_time=now())
     for job in (failing, cancelled):
         for state in (pb.JOB_STATE_QUEUED, pb.JOB_STATE_VALIDATING, pb.JOB_STATE_TRAINING):
             move(metrics, job, state)
         loss(metrics, job, 2.5)
-    running = scrape(registry)
+    running = scrape(collectors)
     assert running[("forgeline_trainer_train_loss", frozenset({("job_id", "f")}))] == 2.5
     assert running[("forgeline_trainer_tokens_per_second", frozenset({("job_id", "c")}))] == 9
 
     move(metrics, failing, pb.JOB_STATE_FAILED)
     move(metrics, cancelled, pb.JOB_STATE_CANCELLING)
     move(metrics, cancelled, pb.JOB_STATE_CANCELLED)
-    ended = scrape(registry)
+    ended = scrape(collectors)
 
     assert not [key for key in ended if key[0] == "forgeline_trainer_train_loss"]
     assert not [key for key in ended if key[0] == "forgeline_trainer_tokens_per_second"]

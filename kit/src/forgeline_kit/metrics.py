@@ -2,9 +2,10 @@
 
 Metrics live in a `prometheus_client.CollectorRegistry`: services use the process-wide default
 (`prometheus_client.REGISTRY`, which also carries process and Python collectors); tests that run
-several servers in one process give each its own registry. The gRPC services (through
-`forgeline_kit.grpc.server`) and the HTTP gateway both serve it with `start_service_metrics`,
-never on their API port: an API published to clients does not publish what ops graph.
+several servers in one process give each a `CollectorRegistry` of its own. The gRPC services
+(through `forgeline_kit.grpc.server`) and the HTTP gateway both serve these collectors with
+`start_service_metrics`, never on their API port: an API published to clients does not publish
+what ops graph.
 """
 
 from __future__ import annotations
@@ -54,28 +55,28 @@ class MetricsStartError(Exception):
 
 
 def start_metrics_server(
-    host: str, port: int, registry: CollectorRegistry = REGISTRY
+    host: str, port: int, collectors: CollectorRegistry = REGISTRY
 ) -> MetricsServer:
-    """Serve `registry` at ``http://host:port/metrics``; port 0 picks a free port.
+    """Serve `collectors` at ``http://host:port/metrics``; port 0 picks a free port.
 
     Raises:
         OSError: the address cannot be bound (in use, or not an address of this host).
     """
-    server, thread = start_http_server(port, addr=host, registry=registry)
+    server, thread = start_http_server(port, addr=host, registry=collectors)
     return MetricsServer(host=host, port=server.server_port, _server=server, _thread=thread)
 
 
 def start_service_metrics(
-    settings: ServiceSettings, registry: CollectorRegistry = REGISTRY
+    settings: ServiceSettings, collectors: CollectorRegistry = REGISTRY
 ) -> MetricsServer:
-    """Serve `registry` where a service's settings say (its ``METRICS_HOST`` and
+    """Serve `collectors` where a service's settings say (its ``METRICS_HOST`` and
     ``METRICS_PORT``), with the error an operator can act on when that fails.
 
     Raises:
         MetricsStartError: the address cannot be bound, naming the variables that set it.
     """
     try:
-        return start_metrics_server(settings.metrics_host, settings.metrics_port, registry)
+        return start_metrics_server(settings.metrics_host, settings.metrics_port, collectors)
     except OSError as exc:
         cls = type(settings)
         host, port = settings.metrics_host, settings.metrics_port

@@ -49,41 +49,41 @@ LATENCY_BUCKETS = (
 class ServerMetrics:
     """The gRPC server metrics, named as go-grpc-prometheus names them so dashboards carry over."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, collectors: CollectorRegistry) -> None:
         call = ["grpc_type", "grpc_service", "grpc_method"]
         self.started = Counter(
-            "grpc_server_started_total", "RPCs started on the server.", call, registry=registry
+            "grpc_server_started_total", "RPCs started on the server.", call, registry=collectors
         )
         self.handled = Counter(
             "grpc_server_handled_total",
             "RPCs completed on the server, by status code.",
             [*call, "grpc_code"],
-            registry=registry,
+            registry=collectors,
         )
         self.handling_seconds = Histogram(
             "grpc_server_handling_seconds",
             "Time from the start of an RPC to its status, by status code.",
             [*call, "grpc_code"],
             buckets=LATENCY_BUCKETS,
-            registry=registry,
+            registry=collectors,
         )
         self.in_flight = Gauge(
             "grpc_server_in_flight_requests", "RPCs running on the server now.", call,
-            registry=registry,
+            registry=collectors,
         )  # fmt: skip
         self.messages_sent = Counter(
-            "grpc_server_msg_sent_total", "Response messages sent.", call, registry=registry
+            "grpc_server_msg_sent_total", "Response messages sent.", call, registry=collectors
         )
 
 
 _METRICS: weakref.WeakKeyDictionary[CollectorRegistry, ServerMetrics] = weakref.WeakKeyDictionary()
 
 
-def server_metrics(registry: CollectorRegistry = REGISTRY) -> ServerMetrics:
-    """The gRPC server metrics of `registry`, created on first use (a registry holds one set)."""
-    metrics = _METRICS.get(registry)
+def server_metrics(collectors: CollectorRegistry = REGISTRY) -> ServerMetrics:
+    """The gRPC server metrics of `collectors`, created on first use (one set per collectors)."""
+    metrics = _METRICS.get(collectors)
     if metrics is None:
-        metrics = _METRICS[registry] = ServerMetrics(registry)
+        metrics = _METRICS[collectors] = ServerMetrics(collectors)
     return metrics
 
 
@@ -197,8 +197,8 @@ class PrometheusInterceptor(_WrappingInterceptor):
     """Counts calls, their status codes, latency, in-flight calls and streamed messages (those
     an async-generator handler yields; ``context.write`` calls are not seen by interceptors)."""
 
-    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
-        self._metrics = server_metrics(registry)
+    def __init__(self, collectors: CollectorRegistry = REGISTRY) -> None:
+        self._metrics = server_metrics(collectors)
 
     @asynccontextmanager
     async def _around(self, rpc: _Rpc, context: _Context) -> AsyncIterator[None]:

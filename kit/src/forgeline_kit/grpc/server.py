@@ -111,7 +111,7 @@ class GrpcService:
     Args:
         settings: where to listen, and the shutdown grace period.
         services: the services to host.
-        registry: the Prometheus registry for the gRPC metrics and ``/metrics``.
+        collectors: the Prometheus collectors for the gRPC metrics and ``/metrics``.
         interceptors: extra server interceptors, run inside the kit's (metrics, errors and,
             with FORGELINE_INTERNAL_TOKEN set, the internal token check).
     """
@@ -121,17 +121,17 @@ class GrpcService:
         settings: ServiceSettings,
         services: Sequence[Service],
         *,
-        registry: CollectorRegistry = REGISTRY,
+        collectors: CollectorRegistry = REGISTRY,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     ) -> None:
         self.settings = settings
         self.services = tuple(services)
         self.health = HealthServicer(service.name for service in self.services)
-        self._registry = registry
+        self._collectors = collectors
         token = internal_token()
         checks = (InternalTokenInterceptor(token),) if token else ()
         self._interceptors = (
-            PrometheusInterceptor(registry),
+            PrometheusInterceptor(collectors),
             ErrorInterceptor(),
             *checks,
             *interceptors,
@@ -178,7 +178,7 @@ class GrpcService:
                 f"one of this host's ({exc})"
             ) from None
         try:
-            self._metrics = start_service_metrics(self.settings, self._registry)
+            self._metrics = start_service_metrics(self.settings, self._collectors)
         except MetricsStartError as exc:
             raise ServiceStartError(str(exc)) from None
         self.metrics_port = self._metrics.port

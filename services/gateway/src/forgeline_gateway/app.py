@@ -105,7 +105,7 @@ def default_backends(
 def create_app(
     settings: GatewaySettings,
     *,
-    registry: CollectorRegistry = REGISTRY,
+    collectors: CollectorRegistry = REGISTRY,
     backends: BackendFactory = default_backends,
 ) -> FastAPI:
     """The gateway application: state opens and deployments are restored when it starts
@@ -113,12 +113,12 @@ def create_app(
 
     Args:
         settings: the gateway's settings.
-        registry: where its metrics are registered (tests give each app its own). They are
+        collectors: where its metrics are registered (tests give each app its own). They are
             not served here: ``/metrics`` has a listener of its own (the kit's, started by
             ``forgeline-gateway``), so the public API port does not publish them.
         backends: builds the backend adapters.
     """
-    metrics = GatewayMetrics(registry)
+    metrics = GatewayMetrics(collectors)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -27,53 +27,53 @@ _TTFT_BUCKETS = (
 
 
 class GatewayMetrics:
-    """The metric families, registered in `registry`."""
+    """The metric families, registered in `collectors`."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, collectors: CollectorRegistry) -> None:
         self.requests = Counter(
             "forgeline_gateway_requests",
             "Inference requests answered, by model, backend, endpoint and HTTP status.",
             ["model", "backend", "endpoint", "status"],
-            registry=registry,
+            registry=collectors,
         )
         self.latency = Histogram(
             "forgeline_gateway_request_duration_seconds",
             "Time from receiving an inference request to sending its last byte.",
             ["model", "backend", "endpoint", "status"],
             buckets=_LATENCY_BUCKETS,
-            registry=registry,
+            registry=collectors,
         )
         self.ttft = Histogram(
             "forgeline_gateway_time_to_first_token_seconds",
             "Time from receiving a streamed request to sending its first event.",
             ["model", "backend", "endpoint"],
             buckets=_TTFT_BUCKETS,
-            registry=registry,
+            registry=collectors,
         )
         self.prompt_tokens = Counter(
             "forgeline_gateway_prompt_tokens",
             "Prompt tokens processed, as the backends report them.",
             ["model", "backend"],
-            registry=registry,
+            registry=collectors,
         )
         self.completion_tokens = Counter(
             "forgeline_gateway_completion_tokens",
             "Completion tokens generated, as the backends report them.",
             ["model", "backend"],
-            registry=registry,
+            registry=collectors,
         )
         self.in_flight = Gauge(
             "forgeline_gateway_in_flight_requests",
             "Inference requests being served now.",
             ["model", "backend"],
-            registry=registry,
+            registry=collectors,
         )
         self.upstream_errors = Counter(
             "forgeline_gateway_upstream_errors",
             "Failed calls to backend instances, by reason (connect, timeout, status_5xx, "
             "broken_stream, invalid_response).",
             ["model", "backend", "reason"],
-            registry=registry,
+            registry=collectors,
         )
 
         self.adapter_attach = Histogram(
@@ -83,7 +83,7 @@ class GatewayMetrics:
             "Ollama the creation of its model from the base's.",
             ["backend"],
             buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
-            registry=registry,
+            registry=collectors,
         )
         # Adapters loaded into and unloaded from a running base server (vLLM), each by its
         # adapter deployment (``model``): how often one is evicted and brought back shows
@@ -93,7 +93,7 @@ class GatewayMetrics:
             "Adapters loaded into their base deployment's server, by reason (attach: deployed; "
             "on_demand: a request for an unloaded adapter; restore: a gateway start).",
             ["base", "model", "backend", "reason"],
-            registry=registry,
+            registry=collectors,
         )
         self.adapter_unloads = Counter(
             "forgeline_gateway_adapter_unloads",
@@ -101,21 +101,21 @@ class GatewayMetrics:
             "least recently used, to load another; detach: the adapter deployment was deleted; "
             "restore: past the limit at a gateway start).",
             ["base", "model", "backend", "reason"],
-            registry=registry,
+            registry=collectors,
         )
         self.adapter_load = Histogram(
             "forgeline_gateway_adapter_load_seconds",
             "Time to load an adapter into its base deployment's running server.",
             ["model", "backend"],
             buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0),
-            registry=registry,
+            registry=collectors,
         )
-        self._registry = registry
+        self._collectors = collectors
 
     def watch_adapters(self, count: Callable[[], Mapping[tuple[str, str], int]]) -> None:
         """Report ``forgeline_gateway_base_adapters`` from `count` (adapters per base
         deployment and backend) at each scrape, so the figure is never out of step."""
-        self._registry.register(
+        self._collectors.register(
             _PerBase(
                 count,
                 "forgeline_gateway_base_adapters",
@@ -126,7 +126,7 @@ class GatewayMetrics:
     def watch_loaded_adapters(self, count: Callable[[], Mapping[tuple[str, str], int]]) -> None:
         """Report ``forgeline_gateway_base_adapters_loaded`` from `count` (adapters loaded
         now in each base deployment's server, by base and backend) at each scrape."""
-        self._registry.register(
+        self._collectors.register(
             _PerBase(
                 count,
                 "forgeline_gateway_base_adapters_loaded",

@@ -45,9 +45,11 @@ def visible_gpus(device_kind: DeviceKind) -> int:
     return int(torch.cuda.device_count())
 
 
-async def build(settings: TrainerSettings, registry: CollectorRegistry = REGISTRY) -> list[Service]:
+async def build(
+    settings: TrainerSettings, collectors: CollectorRegistry = REGISTRY
+) -> list[Service]:
     """The trainer service on the state directory `settings` name, unfinished jobs resumed;
-    its metrics go to ``registry`` (the one the kit's ``/metrics`` serves)."""
+    its metrics go to ``collectors`` (those the kit's ``/metrics`` serves)."""
     device_kind, device = detect_device(settings.device)
     state_dir = settings.state_dir.resolve()
     settings = settings.model_copy(update={"state_dir": state_dir})
@@ -69,7 +71,7 @@ async def build(settings: TrainerSettings, registry: CollectorRegistry = REGISTR
         device=device,
         env=offline_env(state_dir / "hf-home"),
         registry=registry_client,
-        metrics=TrainerMetrics(registry, store.count_by_state()),
+        metrics=TrainerMetrics(collectors, store.count_by_state()),
         gpus=visible_gpus(device_kind),
     )
     trainer.recover()

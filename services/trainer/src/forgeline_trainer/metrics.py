@@ -97,15 +97,15 @@ class _LiveCollector(Collector):
 
 
 class TrainerMetrics:
-    """The trainer's metric families, registered in ``registry``.
+    """The trainer's metric families, registered in ``collectors``.
 
     Args:
-        registry: where ``/metrics`` reads them.
+        collectors: where ``/metrics`` reads them.
         counts: jobs per state when the trainer starts (from the store).
     """
 
     def __init__(
-        self, registry: CollectorRegistry, counts: Mapping[pb.JobState.ValueType, int]
+        self, collectors: CollectorRegistry, counts: Mapping[pb.JobState.ValueType, int]
     ) -> None:
         self._lock = threading.Lock()
         self._counts: dict[pb.JobState.ValueType, int] = dict(counts)
@@ -118,16 +118,16 @@ class TrainerMetrics:
             "Time fine-tuning jobs spent per stage (stage=total: creation to end).",
             ["stage", "outcome"],
             buckets=_DURATION_BUCKETS,
-            registry=registry,
+            registry=collectors,
         )
         self.tool_seconds = Histogram(
             "forgeline_trainer_tool_seconds",
             "Run time of successful llamafactory-cli processes.",
             ["tool"],
             buckets=_DURATION_BUCKETS,
-            registry=registry,
+            registry=collectors,
         )
-        registry.register(_LiveCollector(self))
+        collectors.register(_LiveCollector(self))
 
     def snapshot(self) -> tuple[_Counts, dict[str, float], dict[str, float]]:
         """Jobs per state, last loss and last tokens/s by job, as of now (copies)."""
