@@ -25,10 +25,9 @@ from playwright.sync_api import Browser, BrowserContext, Page
 from prometheus_client import CollectorRegistry
 
 from forgeline_cli.walkthrough import register_base_model
-from forgeline_gateway.api.fine_tuning.protocol import FineTuningJobCreate
 from forgeline_gateway.api.fine_tuning.serving import FineTuningServing
 from forgeline_gateway.fine_tuning.pipeline import Pipeline
-from forgeline_gateway.fine_tuning.records import JobRecord, Stage
+from forgeline_gateway.fine_tuning.records import JobRecord, JobRequest, Stage
 from forgeline_gateway.fine_tuning.store import JobStore
 from forgeline_gateway.security.keys import Scope
 from forgeline_kit.grpc.server import GrpcService
@@ -138,9 +137,7 @@ class Console:
         defaults: dict[str, Any] = {
             "created_at": int(time.time()) - 9 * 60,
             "owner": "forgeline",
-            "request": FineTuningJobCreate(
-                model="tiny-llama", training_file="file-0123", suffix="console"
-            ),
+            "request": JobRequest(model="tiny-llama", training_file="file-0123", suffix="console"),
             "fine_tuned_model": f"ft:tiny-llama:forgeline:console:{job_id[-8:]}",
             "seed": 7,
             "base_version": "tiny-llama:1",

@@ -15,6 +15,7 @@ from playwright.sync_api import FilePayload, Page, Route, expect
 
 from forgeline_cli.__main__ import build_parser
 from forgeline_cli.train_commands import check_data, dataset_input, job_spec
+from forgeline_gateway.api.fine_tuning.convert import job_request
 from forgeline_gateway.api.fine_tuning.protocol import FineTuningJobCreate
 from forgeline_gateway.fine_tuning.auto import resolve
 from forgeline_gateway.fine_tuning.plan import DatasetFile, trainer_spec
@@ -290,17 +291,18 @@ def test_the_new_fine_tune_form_shows_the_forgeline_train_yaml_of_its_job(
     def uploaded(entry: Any) -> DatasetFile:
         return DatasetFile("file", entry.source, entry.format, entry.ranking)
 
+    stored = job_request(request)
     from_form = plan_job(
         trainer_spec(
-            request,
+            stored,
             job_id="ftjob-console",
             seed=request.seed if request.seed is not None else 0,
             base=common_pb2.VersionRef(model="tiny-llama", version=1),
             template=None,
             # Every hyperparameter was set in the form: nothing is left for "auto" to size.
             hyperparameters=resolve(
-                request.effective_hyperparameters(),
-                finetuning_type=request.forgeline.finetuning_type,
+                stored.hyperparameters,
+                finetuning_type=stored.finetuning_type,
                 examples=None,
                 model_bytes=0,
             ),

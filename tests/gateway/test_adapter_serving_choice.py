@@ -27,12 +27,17 @@ from gguf_adapters import make_gguf_adapter
 
 from forgeline_cli.stack import LocalStack
 from forgeline_cli.walkthrough import register_base_model
-from forgeline_gateway.api.fine_tuning.protocol import EvalOptions, FineTuningJobCreate
 from forgeline_gateway.backends.ollama import ollama_model_name
 from forgeline_gateway.fine_tuning.agreement import Messages
 from forgeline_gateway.fine_tuning.pipeline import Pipeline
 from forgeline_gateway.fine_tuning.quality import ADAPTER_TOLERANCE
-from forgeline_gateway.fine_tuning.records import ArtifactQuality, JobRecord, Outputs
+from forgeline_gateway.fine_tuning.records import (
+    ArtifactQuality,
+    EvalSettings,
+    JobRecord,
+    JobRequest,
+    Outputs,
+)
 from forgeline_gateway.fine_tuning.store import JobStore
 from forgeline_kit.llamacpp import Toolchain
 from forgeline_kit.tinymodel import TinyModel
@@ -203,14 +208,12 @@ def deploying(
 
 
 def _job(registered: Registered, merged: str, serve: str = "adapter", **outputs: Any) -> JobRecord:
-    request = FineTuningJobCreate.model_validate(
+    request = JobRequest.model_validate(
         {
             "model": "tiny-llama",
             "training_file": "file-1",
-            "forgeline": {
-                "quantizations": ["f16"],
-                "deploy": {"quantization": "f16", "serve": serve},
-            },
+            "quantizations": ["f16"],
+            "deploy": {"quantization": "f16", "serve": serve},
         }
     )
     return JobRecord(
@@ -543,7 +546,7 @@ class _Scores:
         #: (artifact, version, model) of each line scored, in order.
         self.scored: list[tuple[str, str | None, str]] = []
 
-    async def open_eval(self, job_id: str, options: EvalOptions) -> str:
+    async def open_eval(self, job_id: str, options: EvalSettings) -> str:
         return "eval-1"
 
     async def score(
@@ -554,7 +557,7 @@ class _Scores:
         version: str | None,
         model: str,
         rows: list[dict[str, Any]],
-        options: EvalOptions,
+        options: EvalSettings,
     ) -> ArtifactQuality:
         await self.check.answer(model, PROMPTS[0])
         self.scored.append((artifact, version, model))
@@ -588,7 +591,7 @@ def test_on_a_vllm_base_the_quality_card_scores_the_hf_adapter_on_it(
                 organization="forgeline",
                 quality=cast(Any, scores),
             )
-            return await pipeline._quality_card(job, [], EvalOptions(), "f16")
+            return await pipeline._quality_card(job, [], EvalSettings(), "f16")
 
     try:
         lines = served.gateway.call(card(), timeout=300)

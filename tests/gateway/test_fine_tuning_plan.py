@@ -8,12 +8,13 @@ import pytest
 from google.protobuf.json_format import MessageToDict
 from pydantic import ValidationError
 
-from forgeline_gateway.api.fine_tuning.protocol import DeployRequirement, FineTuningJobCreate
+from forgeline_gateway.api.fine_tuning.convert import job_request
+from forgeline_gateway.api.fine_tuning.protocol import FineTuningJobCreate
 from forgeline_gateway.fine_tuning.auto import resolve
 from forgeline_gateway.fine_tuning.pipeline import fine_tuned_model_name
 from forgeline_gateway.fine_tuning.plan import DatasetFile, trainer_spec
 from forgeline_gateway.fine_tuning.quality import check_requirement
-from forgeline_gateway.fine_tuning.records import ArtifactQuality
+from forgeline_gateway.fine_tuning.records import ArtifactQuality, DeployGate, EvalSettings
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.trainer.v1 import trainer_pb2
 
@@ -28,7 +29,9 @@ TRAINING = DatasetFile(
 def _arguments(
     body: dict[str, Any], *, examples: int | None = None, model_bytes: int = 0
 ) -> dict[str, Any]:
-    request = FineTuningJobCreate.model_validate({"model": "tiny", "training_file": "f"} | body)
+    request = job_request(
+        FineTuningJobCreate.model_validate({"model": "tiny", "training_file": "f"} | body)
+    )
     spec = trainer_spec(
         request,
         job_id="ftjob-1",
@@ -36,8 +39,8 @@ def _arguments(
         base=common_pb2.VersionRef(model="tiny", version=1),
         template="chatml",
         hyperparameters=resolve(
-            request.effective_hyperparameters(),
-            finetuning_type=request.forgeline.finetuning_type,
+            request.hyperparameters,
+            finetuning_type=request.finetuning_type,
             examples=examples,
             model_bytes=model_bytes,
         ),
@@ -206,7 +209,7 @@ def test_deploy_require_is_checked_on_the_served_gguf(
     require: dict[str, Any], met: bool, says: str
 ) -> None:
     card = [_line("base", rouge_l=0.3), _line("f16", rouge_l=0.9), _line("q8_0", rouge_l=0.6)]
-    verdict, reason = check_requirement(DeployRequirement.model_validate(require), card, "q8_0")
+    verdict, reason = check_requirement(DeployGate.model_validate(require), card, "q8_0")
     assert verdict is met
     assert says in reason
 
@@ -221,3 +224,8 @@ def test_a_job_with_a_validation_file_is_evaluated_unless_switched_off() -> None
     assert evaluation.graders == ["rouge_l", "bleu"]
     assert request(validation_file="v", forgeline={"eval": {"enabled": False}}).evaluation() is None
     assert request(forgeline={"eval": {"graders": ["exact"]}}).evaluation() is not None
+    # The job stores the decision, with the graders and limits it scores with.
+    assert job_request(request()).evaluation is None
+    assert job_request(request(validation_file="v")).evaluation == EvalSettings()
+    stored = job_request(request(forgeline={"eval": {"graders": ["exact"], "max_rows": 4}}))
+    assert stored.evaluation == EvalSettings(graders=("exact",), max_rows=4)

@@ -12,10 +12,9 @@ from typing import Any, cast
 
 import pytest
 
-from forgeline_gateway.api.fine_tuning.protocol import FineTuningJobCreate
 from forgeline_gateway.fine_tuning.pipeline import Pipeline
 from forgeline_gateway.fine_tuning.plan import DatasetFile
-from forgeline_gateway.fine_tuning.records import JobRecord, Outputs, Stage
+from forgeline_gateway.fine_tuning.records import JobRecord, JobRequest, Outputs, Stage
 from forgeline_gateway.fine_tuning.store import JobStore
 from forgeline_kit.errors import FailedPrecondition, Unavailable
 
@@ -71,7 +70,7 @@ def _job(**fields: Any) -> JobRecord:
         id="ftjob-0123456789abcdef01234567",
         created_at=1,
         owner="forgeline",
-        request=FineTuningJobCreate(model="tiny-llama", training_file="file-1"),
+        request=JobRequest(model="tiny-llama", training_file="file-1"),
         fine_tuned_model="ft:tiny-llama:forgeline::01234567",
         seed=1,
         base_version="tiny-llama:1",

@@ -78,8 +78,9 @@ class WorkCodec:
     def event_kind(self, event: Note) -> str:
         return event.kind
 
-    def number_event(self, event: Note, sequence: int) -> None:
+    def number_event(self, event: Note, sequence: int) -> Note:
         event.sequence = sequence
+        return event
 
     def number_record(self, record: Work, sequence: int) -> None:
         record.last_event = sequence

@@ -52,8 +52,9 @@ class OperationCodec(Protocol[R, E]):
         """The event's kind, which listings and watches may filter on."""
         ...
 
-    def number_event(self, event: E, sequence: int) -> None:
-        """Stamp ``event`` with its ``sequence`` before it is written."""
+    def number_event(self, event: E, sequence: int) -> E:
+        """``event`` stamped with its ``sequence``, before it is written: the same object
+        changed (protobuf) or a copy (frozen models)."""
         ...
 
     def number_record(self, record: R, sequence: int) -> None:

@@ -100,7 +100,7 @@ class SqlOperationStore(Generic[R, E]):
             try:
                 with self.transaction():
                     if first_event is not None:
-                        self._codec.number_event(first_event, 1)
+                        first_event = self._codec.number_event(first_event, 1)
                         self._codec.number_record(record, 1)
                     self._insert_record(info, record, 0 if first_event is None else 1)
                     if first_event is not None:
@@ -117,7 +117,7 @@ class SqlOperationStore(Generic[R, E]):
         info = self._codec.describe(record)
         with self.transaction():
             sequence = self._next_sequence(info.id)
-            self._codec.number_event(event, sequence)
+            event = self._codec.number_event(event, sequence)
             self._codec.number_record(record, sequence)
             self._insert_event(info.id, sequence, event)
             self._execute(
@@ -136,7 +136,7 @@ class SqlOperationStore(Generic[R, E]):
     def append(self, operation_id: str, event: E) -> E:
         with self.transaction():
             sequence = self._next_sequence(operation_id)
-            self._codec.number_event(event, sequence)
+            event = self._codec.number_event(event, sequence)
             self._insert_event(operation_id, sequence, event)
             self._execute(
                 "UPDATE operations SET last_sequence = ? WHERE id = ?", (sequence, operation_id)

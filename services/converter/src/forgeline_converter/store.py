@@ -71,8 +71,9 @@ class ConversionCodec:
     def event_kind(self, event: pb.ConversionEvent) -> str:
         return event.WhichOneof("payload") or ""
 
-    def number_event(self, event: pb.ConversionEvent, sequence: int) -> None:
+    def number_event(self, event: pb.ConversionEvent, sequence: int) -> pb.ConversionEvent:
         event.sequence = sequence
+        return event
 
     def number_record(self, record: pb.Conversion, sequence: int) -> None:
         record.last_event_sequence = sequence

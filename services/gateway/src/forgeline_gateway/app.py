@@ -25,7 +25,7 @@ from forgeline_gateway.api.embeddings import api_router as embeddings_api
 from forgeline_gateway.api.embeddings.protocol import EmbeddingRequest
 from forgeline_gateway.api.embeddings.serving import EmbeddingServing
 from forgeline_gateway.api.evals import api_router as evals_api
-from forgeline_gateway.api.evals.serving import EvalServing
+from forgeline_gateway.api.evals.serving import EvalServing, ProxySampler
 from forgeline_gateway.api.files import api_router as files_api
 from forgeline_gateway.api.files.serving import FileServing
 from forgeline_gateway.api.fine_tuning import api_router as fine_tuning_api
@@ -49,6 +49,7 @@ from forgeline_gateway.deployments.artifacts import RegistryArtifacts
 from forgeline_gateway.deployments.boundaries import DeploymentBoundaries
 from forgeline_gateway.deployments.manager import DeploymentManager
 from forgeline_gateway.errors import install_error_handlers
+from forgeline_gateway.fine_tuning.answers import METRICS_LABEL as ADAPTER_CHECK_LABEL
 from forgeline_gateway.fine_tuning.setup import open_pipeline
 from forgeline_gateway.metrics import GatewayMetrics
 from forgeline_gateway.middleware import (
@@ -199,8 +200,10 @@ def create_app(
         try:
             await manager.restore()
             await evals.start()
+            # The adapter check's greedy answers go through the proxy like a client's.
+            answers = ProxySampler(proxy, router, label=ADAPTER_CHECK_LABEL)
             async with open_pipeline(
-                settings, registry, files.service, manager, proxy, evals.service
+                settings, registry, files.service, manager, answers, evals.service
             ) as pipeline:
                 if pipeline is not None:
                     state.fine_tuning = FineTuningServing(pipeline, settings.organization)

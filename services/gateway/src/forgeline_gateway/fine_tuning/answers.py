@@ -1,18 +1,17 @@
 """What the pipeline's adapter check reads and asks: prompts of a job's uploaded file (the Files
-API) and greedy answers of deployed models (the gateway's own proxy, so a request is routed,
-checked and counted as a client's is, the adapter selection of a shared base included)."""
+API) and greedy answers of deployed models (a `Sampler` over the gateway's own proxy, so a
+request is routed, checked and counted as a client's is, the adapter selection of a shared base
+included, under the endpoint label `METRICS_LABEL`)."""
 
 from __future__ import annotations
 
 import asyncio
 
-from forgeline_gateway.api.chat.protocol import ChatCompletion, ChatCompletionRequest
-from forgeline_gateway.backends.base import Endpoint
+from forgeline_gateway.evals.sampling import Sampler
 from forgeline_gateway.files.service import FileService
 from forgeline_gateway.fine_tuning.agreement import MAX_TOKENS, Messages, prompts_of
-from forgeline_gateway.routing.proxy import Proxy
 
-__all__ = ["ServedAnswers"]
+__all__ = ["METRICS_LABEL", "ServedAnswers"]
 
 #: The ``endpoint`` label of the check's requests in the gateway's metrics.
 METRICS_LABEL = "adapter_check"
@@ -22,9 +21,14 @@ class ServedAnswers:
     """Prompts from uploaded files, greedy answers from deployments (the pipeline's
     `AdapterCheck`)."""
 
-    def __init__(self, files: FileService, proxy: Proxy) -> None:
+    def __init__(self, files: FileService, sampler: Sampler) -> None:
+        """
+        Args:
+            sampler: chat completions from the gateway's deployments (the gateway wires in its
+                proxy, counting them under `METRICS_LABEL`).
+        """
         self.files = files
-        self.proxy = proxy
+        self.sampler = sampler
 
     async def prompts(self, file_id: str, limit: int) -> list[Messages]:
         """Up to `limit` distinct prompts of the fine-tuning file `file_id`."""
@@ -41,15 +45,6 @@ class ServedAnswers:
 
     async def answer(self, model: str, messages: Messages) -> str:
         """The deployment `model`'s greedy answer to `messages`."""
-        body = ChatCompletionRequest.model_validate(
-            {
-                "model": model,
-                "messages": messages,
-                "temperature": 0,
-                "seed": 0,
-                "max_tokens": MAX_TOKENS,
-            }
-        )
-        answer = await self.proxy.complete(Endpoint.CHAT, body, ChatCompletion, label=METRICS_LABEL)
-        message = answer.choices[0].message if answer.choices else None
-        return (message.content if message else None) or ""
+        params = {"temperature": 0, "seed": 0, "max_tokens": MAX_TOKENS}
+        answer = await self.sampler.complete(model, messages, params)
+        return answer.text

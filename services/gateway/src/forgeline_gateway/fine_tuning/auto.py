@@ -28,13 +28,9 @@ from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from forgeline_gateway.api.fine_tuning.protocol import (
-    DpoHyperparameters,
-    SupervisedHyperparameters,
-)
-
 __all__ = [
     "BASE_LEARNING_RATES",
+    "RequestedHyperparameters",
     "ResolvedHyperparameters",
     "auto_batch_size",
     "auto_epochs",
@@ -43,6 +39,7 @@ __all__ = [
 ]
 
 FinetuningType = Literal["lora", "qlora", "full", "freeze"]
+Auto = Literal["auto"]
 
 #: LLaMA-Factory's example configs: 1e-4 for adapters, 1e-5 when the weights themselves train.
 BASE_LEARNING_RATES: Final[dict[str, float]] = {
@@ -65,6 +62,19 @@ _DPO_BETA: Final = 0.1
 # The old constants, for what cannot be sized.
 _FALLBACK_EPOCHS: Final = 3
 _FALLBACK_BATCH: Final = 4
+
+
+class RequestedHyperparameters(BaseModel):
+    """A job's hyperparameters as the user asked for them, each a number or ``"auto"``; stored
+    with the job (`JobRecord.request`)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    n_epochs: Auto | int = "auto"
+    batch_size: Auto | int = "auto"
+    learning_rate_multiplier: Auto | float = "auto"
+    #: DPO's beta; None for a job whose method takes none.
+    beta: Auto | float | None = None
 
 
 class ResolvedHyperparameters(BaseModel):
@@ -128,7 +138,7 @@ def auto_learning_rate_multiplier(model_bytes: int) -> float:
 
 
 def resolve(
-    hyper: SupervisedHyperparameters | DpoHyperparameters,
+    hyper: RequestedHyperparameters,
     *,
     finetuning_type: FinetuningType,
     examples: int | None,
@@ -148,7 +158,7 @@ def resolve(
         else hyper.learning_rate_multiplier
     )
     beta: float | None = None
-    if isinstance(hyper, DpoHyperparameters):
+    if hyper.beta is not None:
         beta = _DPO_BETA if hyper.beta == "auto" else hyper.beta
     return ResolvedHyperparameters(
         n_epochs=auto_epochs(examples) if hyper.n_epochs == "auto" else hyper.n_epochs,

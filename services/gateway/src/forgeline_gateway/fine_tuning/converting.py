@@ -8,9 +8,8 @@ the job before the next one starts, so it is not converted again.
 
 from __future__ import annotations
 
-from forgeline_gateway.api.fine_tuning.protocol import JobError
 from forgeline_gateway.fine_tuning.journal import JobJournal
-from forgeline_gateway.fine_tuning.records import JobRecord, Stage
+from forgeline_gateway.fine_tuning.records import JobFailure, JobRecord, Stage
 from forgeline_gateway.fine_tuning.stage_support import (
     StageFailedError,
     fully_trained_modules,
@@ -46,11 +45,11 @@ class ConvertingStage:
         self.conversions = conversions
 
     async def run(self, job: JobRecord) -> JobRecord:
-        options = job.request.forgeline
+        request = job.request
         source = job.outputs.merged or job.outputs.trained_model
         if source is None:
             raise StageFailedError(
-                JobError(
+                JobFailure(
                     code="conversion_failed",
                     message="training registered no full model to convert; do not skip the merge",
                 )
@@ -63,7 +62,7 @@ class ConvertingStage:
                     outtype=converter_pb2.GGUF_OUTTYPE_F16,
                     register_outtype=True,
                     quantizations=[
-                        converter_pb2.QuantizationTarget(type=q) for q in options.quantizations
+                        converter_pb2.QuantizationTarget(type=q) for q in request.quantizations
                     ],
                 ),
                 output=converter_pb2.OutputOptions(labels={"fine_tuning_job": job.id}),
@@ -109,7 +108,7 @@ class ConvertingStage:
             outputs = outputs.model_copy(update={"gguf_adapter": adapters[0] if adapters else None})
             job = await self.journal.save(job, outputs=outputs)
             await self.journal.event(job, "info", "Converted the LoRA adapter to a GGUF adapter")
-        evaluated = job.request.evaluation() is not None
+        evaluated = job.request.evaluation is not None
         return await self.journal.save(
             job, stage=Stage.EVALUATING if evaluated else Stage.DEPLOYING
         )

@@ -9,13 +9,12 @@ deployed instead of deploying it twice.
 
 from __future__ import annotations
 
-from forgeline_gateway.api.fine_tuning.protocol import JobError
 from forgeline_gateway.deployments.manager import DeploymentManager
 from forgeline_gateway.deployments.spec import LlamaCppSpec, ModelMetadata
 from forgeline_gateway.fine_tuning.finishing import JobFinisher
 from forgeline_gateway.fine_tuning.job_deployments import create_deployment, quality_scores
 from forgeline_gateway.fine_tuning.journal import JobJournal
-from forgeline_gateway.fine_tuning.records import JobRecord, Stage
+from forgeline_gateway.fine_tuning.records import JobFailure, JobRecord, Stage
 from forgeline_gateway.fine_tuning.serving_choice import ServingChoice
 from forgeline_gateway.fine_tuning.stage_support import (
     INTERACTIVE_TIMEOUT,
@@ -47,7 +46,7 @@ class DeployingStage:
         self.finisher = finisher
 
     async def run(self, job: JobRecord) -> JobRecord:
-        options = job.request.forgeline.deploy
+        options = job.request.deploy
         if options.enabled and job.outputs.gate == "missed":
             return await self.finisher.finish(job, Stage.SUCCEEDED, None)
         if options.enabled:
@@ -55,7 +54,7 @@ class DeployingStage:
             version = job.outputs.gguf.get(quantization)
             if version is None:
                 raise StageFailedError(
-                    JobError(
+                    JobFailure(
                         code="deployment_failed",
                         message=f"no {quantization} GGUF was made to deploy (made: "
                         f"{sorted(job.outputs.gguf)})",

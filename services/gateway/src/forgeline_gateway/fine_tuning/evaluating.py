@@ -14,7 +14,6 @@ from typing import Any
 
 from google.protobuf import field_mask_pb2
 
-from forgeline_gateway.api.fine_tuning.protocol import EvalOptions
 from forgeline_gateway.deployments.manager import DeploymentManager
 from forgeline_gateway.deployments.spec import LlamaCppSpec
 from forgeline_gateway.fine_tuning.job_deployments import (
@@ -24,7 +23,7 @@ from forgeline_gateway.fine_tuning.job_deployments import (
 )
 from forgeline_gateway.fine_tuning.journal import JobJournal
 from forgeline_gateway.fine_tuning.quality import QualityCheck, check_requirement, quality_labels
-from forgeline_gateway.fine_tuning.records import ArtifactQuality, JobRecord, Stage
+from forgeline_gateway.fine_tuning.records import ArtifactQuality, EvalSettings, JobRecord, Stage
 from forgeline_gateway.fine_tuning.serving_choice import ServingChoice
 from forgeline_gateway.fine_tuning.stage_support import (
     INTERACTIVE_TIMEOUT,
@@ -65,9 +64,9 @@ class EvaluatingStage:
     async def run(self, job: JobRecord) -> JobRecord:
         """Score the base and every artifact (the quality card), then check `deploy.require`."""
         request = job.request
-        options = request.evaluation()
+        options = request.evaluation
         assert options is not None
-        quantization = request.forgeline.deploy.quantization.lower()
+        quantization = request.deploy.quantization.lower()
         card: list[ArtifactQuality] = []
         if self.quality is None:
             await self.journal.event(job, "warn", "Not evaluated: this gateway has no Evals API")
@@ -91,8 +90,8 @@ class EvaluatingStage:
                 )
                 card = await self.quality_card(job, rows, options, quantization)
         outputs = job.outputs.model_copy(update={"quality": card})
-        require = request.forgeline.deploy.require
-        if require is not None and request.forgeline.deploy.enabled:
+        require = request.deploy.require
+        if require is not None and request.deploy.enabled:
             met, reason = check_requirement(require, card, quantization)
             outputs = outputs.model_copy(
                 update={"gate": "met" if met else "missed", "gate_reason": reason}
@@ -108,7 +107,7 @@ class EvaluatingStage:
         return await self.journal.save(job, outputs=outputs, stage=Stage.DEPLOYING)
 
     async def quality_card(
-        self, job: JobRecord, rows: list[dict[str, Any]], options: EvalOptions, quantization: str
+        self, job: JobRecord, rows: list[dict[str, Any]], options: EvalSettings, quantization: str
     ) -> list[ArtifactQuality]:
         """Each artifact's line: the base on its deployment, the adapter on the base's
         deployment (`ServingChoice.adapter_spec`: on vLLM the HF/PEFT one) and each GGUF file on
@@ -139,7 +138,7 @@ class EvaluatingStage:
                         name=f"{job.id}:eval-{file_type}",
                         backend="llamacpp",
                         registry_gguf=version,
-                        context_size=job.request.forgeline.deploy.context_size,
+                        context_size=job.request.deploy.context_size,
                     ),
                 )
             )

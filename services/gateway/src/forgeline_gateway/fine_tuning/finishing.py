@@ -16,11 +16,10 @@ from typing import Any
 
 from google.protobuf import field_mask_pb2
 
-from forgeline_gateway.api.fine_tuning.protocol import JobError
 from forgeline_gateway.deployments.manager import DeploymentManager
 from forgeline_gateway.fine_tuning.job_deployments import adapter_check_name
 from forgeline_gateway.fine_tuning.journal import JobJournal
-from forgeline_gateway.fine_tuning.records import TERMINAL, JobRecord, Stage
+from forgeline_gateway.fine_tuning.records import TERMINAL, JobFailure, JobRecord, Stage
 from forgeline_gateway.fine_tuning.stage_support import INTERACTIVE_TIMEOUT, version_ref
 from forgeline_kit.errors import FailedPrecondition, ForgelineError, NotFound
 from forgeline_proto.converter.v1 import converter_pb2, converter_pb2_grpc
@@ -61,7 +60,7 @@ class JobFinisher:
         self.conversions = conversions
 
     async def finish(
-        self, job: JobRecord, stage: Stage, error: JobError | None, *, best_effort: bool = False
+        self, job: JobRecord, stage: Stage, error: JobFailure | None, *, best_effort: bool = False
     ) -> JobRecord:
         """End the job in `stage`. A cancelled job's outputs are removed; a failed job's are
         kept, labelled, for a retry (or the user) to use. With `best_effort` (and always for a

@@ -7,10 +7,9 @@ run again after a restart finds what it had already deployed instead of deployin
 
 from __future__ import annotations
 
-from forgeline_gateway.api.fine_tuning.protocol import JobError
 from forgeline_gateway.deployments.manager import DeploymentManager
 from forgeline_gateway.deployments.spec import LlamaCppSpec, OllamaSpec, VllmSpec
-from forgeline_gateway.fine_tuning.records import JobRecord
+from forgeline_gateway.fine_tuning.records import JobFailure, JobRecord
 from forgeline_gateway.fine_tuning.stage_support import StageFailedError
 from forgeline_kit.errors import AlreadyExists, DeadlineExceeded, ForgelineError, Unavailable
 
@@ -37,7 +36,9 @@ async def create_deployment(deployments: DeploymentManager, spec: JobSpec) -> bo
     except (Unavailable, DeadlineExceeded):
         raise  # the registry out of reach: the pipeline's retries run the stage again
     except ForgelineError as error:
-        raise StageFailedError(JobError(code="deployment_failed", message=error.message)) from error
+        raise StageFailedError(
+            JobFailure(code="deployment_failed", message=error.message)
+        ) from error
     return True
 
 

@@ -37,7 +37,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from forgeline_gateway.api.fine_tuning.protocol import EvalOptions, FineTuningJobCreate, JobError
 from forgeline_gateway.deployments.manager import DeploymentManager
 from forgeline_gateway.fine_tuning.auto import ResolvedHyperparameters, resolve
 from forgeline_gateway.fine_tuning.converting import ConvertingStage
@@ -50,7 +49,10 @@ from forgeline_gateway.fine_tuning.quality import QualityCheck
 from forgeline_gateway.fine_tuning.records import (
     TERMINAL,
     ArtifactQuality,
+    EvalSettings,
+    JobFailure,
     JobRecord,
+    JobRequest,
     Outputs,
     Stage,
 )
@@ -192,7 +194,7 @@ class Pipeline:
 
     # --- API ---------------------------------------------------------------------------------
 
-    async def create(self, request: FineTuningJobCreate, owner: str) -> JobRecord:
+    async def create(self, request: JobRequest, owner: str) -> JobRecord:
         """Check `request` as far as can be done at once, store the job and start it.
 
         Raises:
@@ -241,7 +243,7 @@ class Pipeline:
         self._spawn(job.id)
         return job
 
-    async def hyperparameters(self, request: FineTuningJobCreate) -> ResolvedHyperparameters:
+    async def hyperparameters(self, request: JobRequest) -> ResolvedHyperparameters:
         """What `request` would train with, each "auto" decided as `create` would decide it;
         nothing is stored or started.
 
@@ -397,7 +399,7 @@ class Pipeline:
             await self.finisher.finish(job, Stage.CANCELLED, None, best_effort=True)
             return
         unreachable = isinstance(error, Unavailable | DeadlineExceeded | ConnectionError)
-        failure = JobError(
+        failure = JobFailure(
             code="service_unavailable" if unreachable else "internal",
             message=f"the {job.stage.value} stage was interrupted {attempts} times in a row "
             f"(last: {describe(error)}); what the job made so far is kept: retry it with POST "
@@ -430,7 +432,7 @@ class Pipeline:
         return await self.deploying.run(job)
 
     async def _quality_card(
-        self, job: JobRecord, rows: list[dict[str, Any]], options: EvalOptions, quantization: str
+        self, job: JobRecord, rows: list[dict[str, Any]], options: EvalSettings, quantization: str
     ) -> list[ArtifactQuality]:
         return await self.evaluating.quality_card(job, rows, options, quantization)
 
@@ -464,11 +466,11 @@ class Pipeline:
 
 
 def _resolve(
-    request: FineTuningJobCreate, training: DatasetFile, base: registry_pb2.Version
+    request: JobRequest, training: DatasetFile, base: registry_pb2.Version
 ) -> ResolvedHyperparameters:
     return resolve(
-        request.effective_hyperparameters(),
-        finetuning_type=request.forgeline.finetuning_type,
+        request.hyperparameters,
+        finetuning_type=request.finetuning_type,
         examples=training.records,
         model_bytes=base.size_bytes,
     )

@@ -1,13 +1,14 @@
-"""An OpenAI fine-tuning request, as the trainer's `JobSpec`.
+"""A fine-tuning job's request (`JobRequest`, what the API's request body became), as the
+trainer's `JobSpec`.
 
 OpenAI's hyperparameters, with each ``"auto"`` decided (`auto.py`), map onto LLaMA-Factory's
 arguments (``n_epochs`` -> ``num_train_epochs``, ``batch_size`` -> ``per_device_train_batch_size``
 and, for an "auto" batch past 4, ``gradient_accumulation_steps``, ``learning_rate_multiplier`` x
 the fine-tuning type's base rate -> ``learning_rate``, DPO's ``beta`` -> ``pref_beta``);
-``forgeline.arguments`` may set any LLaMA-Factory argument the trainer's
-allow-list lets a job set, and wins. Checking the arguments is the trainer's job (``SubmitJob``
-with ``validate_only``, against ``llamafactory/policy.py``), so its fix-it messages reach the user
-unchanged, as a 400 at creation.
+the request's arguments (the API's ``forgeline.arguments``) may set any LLaMA-Factory argument
+the trainer's allow-list lets a job set, and win. Checking the arguments is the trainer's job
+(``SubmitJob`` with ``validate_only``, against ``llamafactory/policy.py``), so its fix-it
+messages reach the user unchanged, as a 400 at creation.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from typing import Any, Final
 
 from google.protobuf.struct_pb2 import Struct
 
-from forgeline_gateway.api.fine_tuning.protocol import FineTuningJobCreate
 from forgeline_gateway.fine_tuning.auto import ResolvedHyperparameters
+from forgeline_gateway.fine_tuning.records import JobRequest
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.trainer.v1 import trainer_pb2
 
@@ -55,7 +56,7 @@ class DatasetFile:
 
 
 def trainer_spec(
-    request: FineTuningJobCreate,
+    request: JobRequest,
     *,
     job_id: str,
     seed: int,
@@ -68,12 +69,11 @@ def trainer_spec(
 ) -> trainer_pb2.JobSpec:
     """The trainer job that carries out `request`, training with `hyperparameters` (the
     request's, with each "auto" decided)."""
-    options = request.forgeline
     arguments: dict[str, Any] = {"seed": seed}
     if template:
         arguments["template"] = template
     arguments |= hyperparameters.arguments()
-    lora = options.lora
+    lora = request.lora
     for name, value in (
         ("lora_rank", lora.rank),
         ("lora_alpha", lora.alpha),
@@ -83,15 +83,15 @@ def trainer_spec(
     ):
         if value is not None:
             arguments[name] = value
-    arguments |= options.arguments
+    arguments |= request.arguments
     struct = Struct()
     struct.update(arguments)
     return trainer_pb2.JobSpec(
         base_model=base,
         datasets=[_input(training, "train")],
         eval_datasets=[_input(validation, "validation")] if validation else [],
-        stage=_STAGES[request.training_stage()],
-        finetuning_type=_TYPES[options.finetuning_type],
+        stage=_STAGES[request.training_stage],
+        finetuning_type=_TYPES[request.finetuning_type],
         arguments=struct,
         output=trainer_pb2.OutputOptions(
             labels={"fine_tuning_job": job_id}, description=f"fine-tuning job {job_id}"

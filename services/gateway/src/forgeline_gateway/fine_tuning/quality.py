@@ -17,12 +17,11 @@ import asyncio
 import statistics
 from typing import Any, Final
 
-from forgeline_gateway.api.fine_tuning.protocol import DeployRequirement, EvalOptions
 from forgeline_gateway.evals.records import OutputRecord
 from forgeline_gateway.evals.service import EvalService
 from forgeline_gateway.files.service import FileService
 from forgeline_gateway.fine_tuning.agreement import examples_of
-from forgeline_gateway.fine_tuning.records import ArtifactQuality
+from forgeline_gateway.fine_tuning.records import ArtifactQuality, DeployGate, EvalSettings
 
 __all__ = [
     "ADAPTER_TOLERANCE",
@@ -79,7 +78,7 @@ class QualityCheck:
             )
         return [{"item": {"messages": prompt, "reference": answer}} for prompt, answer in examples]
 
-    async def open_eval(self, job_id: str, options: EvalOptions) -> str:
+    async def open_eval(self, job_id: str, options: EvalSettings) -> str:
         """A new eval with the job's graders as its testing criteria; its id."""
         record = await self.evals.create_eval(
             name=f"{job_id} quality",
@@ -97,7 +96,7 @@ class QualityCheck:
         version: str | None,
         model: str,
         rows: list[dict[str, Any]],
-        options: EvalOptions,
+        options: EvalSettings,
     ) -> ArtifactQuality:
         """The deployed `model`'s line of the card: one run of `eval_id` on `rows`."""
         run = await self.evals.create_run(
@@ -152,7 +151,7 @@ class QualityCheck:
 
 
 def check_requirement(
-    require: DeployRequirement, card: list[ArtifactQuality], served: str
+    require: DeployGate, card: list[ArtifactQuality], served: str
 ) -> tuple[bool, str]:
     """Whether the card's line for `served` (a GGUF file type) meets `require`, and the figures
     that say so (or what is missing)."""

@@ -1,17 +1,58 @@
-"""What the pipeline persists about a job: its request, where it is, and what it produced."""
+"""What the pipeline persists about a job: what the user asked for, where the job is, and what
+it produced.
+
+These are the gateway's own stored records, not the API's bodies: the HTTP layer
+(``api/fine_tuning/convert.py``) translates its request into a `JobRequest` and a `JobRecord`
+back into OpenAI's job object, so an API field can be renamed without touching a
+stored job. Like the registry's manifests, records are frozen, versioned (``schema_version``)
+and ignore fields they do not know, so a record written by a newer gateway still loads in an
+older one, and fields added later have defaults.
+
+Jobs stored before records were versioned hold the API's request body itself under
+``request`` (`FineTuningJobCreate` as it was then): `JobRecord` reads that layout too
+(`_request_from_body`).
+"""
 
 from __future__ import annotations
 
 import enum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from forgeline_gateway.api.fine_tuning.protocol import FineTuningJobCreate, JobError
-from forgeline_gateway.fine_tuning.auto import ResolvedHyperparameters, resolve
+from forgeline_gateway.fine_tuning.auto import (
+    FinetuningType,
+    RequestedHyperparameters,
+    ResolvedHyperparameters,
+    resolve,
+)
 from forgeline_registry.figures import describe_conversion_figures
 
-__all__ = ["TERMINAL", "ArtifactQuality", "EventRecord", "JobRecord", "Outputs", "Stage"]
+__all__ = [
+    "DEFAULT_GRADERS",
+    "TERMINAL",
+    "ArtifactQuality",
+    "DeployGate",
+    "DeploySettings",
+    "EvalSettings",
+    "EventRecord",
+    "JobFailure",
+    "JobRecord",
+    "JobRequest",
+    "LoraSettings",
+    "Outputs",
+    "Stage",
+    "TrainingStage",
+]
+
+#: LLaMA-Factory's training stages a job can train with.
+TrainingStage = Literal["sft", "dpo", "pt", "kto", "rm"]
+#: The graders a job is scored with when it names none.
+DEFAULT_GRADERS: tuple[str, ...] = ("rouge_l", "bleu")
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
 
 class Stage(enum.StrEnum):
@@ -32,11 +73,98 @@ class Stage(enum.StrEnum):
 TERMINAL = frozenset({Stage.SUCCEEDED, Stage.FAILED, Stage.CANCELLED})
 
 
-class ArtifactQuality(BaseModel):
+class LoraSettings(_Record):
+    """LoRA settings the job sets (LLaMA-Factory's ``lora_rank``, ``lora_alpha``...); None:
+    LLaMA-Factory's default."""
+
+    rank: int | None = None
+    alpha: float | None = None
+    dropout: float | None = None
+    target: str | None = None
+    additional_target: str | None = None
+
+
+class EvalSettings(_Record):
+    """How a job's results are scored before anything is served (`quality.py`)."""
+
+    #: The Evals API's graders (``rouge_l``, ``bleu``, ``exact``...).
+    graders: tuple[str, ...] = DEFAULT_GRADERS
+    #: Rows of the file scored at most.
+    max_rows: int = 32
+    #: Longest answer asked for.
+    max_tokens: int = 64
+    #: The score at which a row passes a similarity grader.
+    pass_threshold: float = 0.5
+
+
+class DeployGate(_Record):
+    """The figure the served artifact must reach to be deployed: a grader's mean score at least
+    `min`, or above the base model's by at least `beat_base_by` (one of them is set)."""
+
+    grader: str
+    min: float | None = None
+    beat_base_by: float | None = None
+
+
+class DeploySettings(_Record):
+    """Where and how the fine-tuned model is served once the job succeeds."""
+
+    #: False: the job only registers what it made.
+    enabled: bool = True
+    backend: str = "llamacpp"
+    #: Which of the job's quantizations is served.
+    quantization: str = "q8_0"
+    context_size: int = 2048
+    #: ``adapter``: the GGUF adapter on a shared base where it holds the merged model's
+    #: quality; ``merged``: the merged GGUF on processes of its own.
+    serve: Literal["adapter", "merged"] = "adapter"
+    #: A registry alias moved to the served GGUF version once it is deployed.
+    alias: str | None = None
+    #: Deploy only when the evaluation of the served GGUF meets this.
+    require: DeployGate | None = None
+
+
+class JobRequest(_Record):
+    """What the user asked a job to do, with what the request left implicit decided when the
+    job was created (the method, the training stage, whether it is evaluated)."""
+
+    schema_version: Literal[1] = 1
+    #: The base model as the user named it (a registry model or a hub id).
+    model: str
+    training_file: str
+    validation_file: str | None = None
+    suffix: str | None = None
+    #: The seed the user gave; the one the job trains with is `JobRecord.seed`.
+    seed: int | None = None
+    metadata: dict[str, str] | None = None
+    #: OpenAI's method: ``dpo`` trains on preference pairs.
+    method: Literal["supervised", "dpo"] = "supervised"
+    training_stage: TrainingStage = "sft"
+    #: As asked, each possibly "auto" (`JobRecord.hyperparameters` holds what they became).
+    hyperparameters: RequestedHyperparameters = RequestedHyperparameters()
+    finetuning_type: FinetuningType = "lora"
+    lora: LoraSettings = LoraSettings()
+    #: LLaMA-Factory arguments the job sets; they win over the hyperparameters' values.
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    #: GGUF types made from the merged model.
+    quantizations: tuple[str, ...] = ("q8_0",)
+    deploy: DeploySettings = DeploySettings()
+    #: How the job's results are scored; None: they are not.
+    evaluation: EvalSettings | None = None
+
+
+class JobFailure(_Record):
+    """Why a job failed, as the user sees it (OpenAI's job ``error``)."""
+
+    code: str
+    message: str
+    #: The request field at fault, when it is one.
+    param: str | None = None
+
+
+class ArtifactQuality(_Record):
     """One line of a job's quality card: what one artifact scored on the job's evaluation rows,
     asked through the backend that serves it."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
 
     #: ``base``, ``adapter`` or a GGUF file type (``f16``, ``q8_0``...).
     artifact: str
@@ -71,10 +199,8 @@ class ArtifactQuality(BaseModel):
         return f"{what}: {figures} on {self.rows} rows{measured}"
 
 
-class Outputs(BaseModel):
+class Outputs(_Record):
     """Registry references (``model:number``) of what the job made, and where it is served."""
-
-    model_config = ConfigDict(extra="forbid")
 
     adapter: str | None = None
     merged: str | None = None
@@ -101,15 +227,14 @@ class Outputs(BaseModel):
         return [ref for ref in refs if ref]
 
 
-class JobRecord(BaseModel):
+class JobRecord(_Record):
     """One fine-tuning job as the gateway stores it."""
 
-    model_config = ConfigDict(extra="forbid")
-
+    schema_version: Literal[1] = 1
     id: str
     created_at: int
     owner: str
-    request: FineTuningJobCreate
+    request: JobRequest
     fine_tuned_model: str
     seed: int
     #: The base version (``MODEL:N``) resolved when the job was created, and its training template.
@@ -125,7 +250,7 @@ class JobRecord(BaseModel):
     trained_tokens: int | None = None
     estimated_finish: int | None = None
     finished_at: int | None = None
-    error: JobError | None = None
+    error: JobFailure | None = None
     # The fields below came with retries (issue 18); records stored before have their defaults.
     #: Where a FAILED job stopped: the stage a retry runs again.
     failed_stage: Stage | None = None
@@ -146,11 +271,23 @@ class JobRecord(BaseModel):
         if self.hyperparameters is not None:
             return self.hyperparameters
         return resolve(
-            self.request.effective_hyperparameters(),
-            finetuning_type=self.request.forgeline.finetuning_type,
+            self.request.hyperparameters,
+            finetuning_type=self.request.finetuning_type,
             examples=None,
             model_bytes=0,
         )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unversioned_request(cls, data: Any) -> Any:
+        """A job stored before records were versioned holds the API's request body as its
+        ``request``; a `JobRequest` always carries its ``schema_version``, which that body
+        never had."""
+        if isinstance(data, dict):
+            request = data.get("request")
+            if isinstance(request, dict) and "schema_version" not in request:
+                return {**data, "request": _request_from_body(request)}
+        return data
 
     def request_id(self, name: str = "") -> str:
         """The trainer's (no ``name``) or converter's (``gguf``, ``lora``) request id of the
@@ -174,11 +311,10 @@ class JobRecord(BaseModel):
         return "running"
 
 
-class EventRecord(BaseModel):
+class EventRecord(_Record):
     """One event of a job, in OpenAI's terms."""
 
-    model_config = ConfigDict(extra="forbid")
-
+    schema_version: Literal[1] = 1
     job_id: str
     sequence: int
     created_at: int
@@ -186,3 +322,51 @@ class EventRecord(BaseModel):
     type: Literal["message", "metrics"]
     message: str
     data: dict[str, Any] | None = None
+
+
+def _request_from_body(body: dict[str, Any]) -> JobRequest:
+    """The `JobRequest` of a job stored before records were versioned, from the API's request
+    body it held (``FineTuningJobCreate`` then: ``method``, the deprecated ``hyperparameters``,
+    Forgeline's options under ``forgeline``). Its rules are the ones that body applied then, and
+    stay as they are whatever the API becomes: they read what is already stored."""
+    options: dict[str, Any] = body.get("forgeline") or {}
+    method: dict[str, Any] | None = body.get("method")
+    stage: TrainingStage | None = options.get("stage")
+    if method is not None:
+        kind = method.get("type", "supervised")
+    else:
+        kind = "dpo" if stage == "dpo" else "supervised"
+    # The hyperparameters from `method`, else from the deprecated field; a DPO method's carry
+    # beta (and only theirs: a job with no method trains with the supervised ones).
+    if method is not None:
+        block = method.get(kind) or {}
+        hyper = dict(block.get("hyperparameters") or {})
+        if kind == "dpo":
+            hyper.setdefault("beta", "auto")
+    else:
+        hyper = dict(body.get("hyperparameters") or {})
+        hyper.pop("beta", None)
+    evaluation: dict[str, Any] | None = options.get("eval")
+    if evaluation is None and body.get("validation_file") is not None:
+        evaluation = {}
+    return JobRequest(
+        model=body["model"],
+        training_file=body["training_file"],
+        validation_file=body.get("validation_file"),
+        suffix=body.get("suffix"),
+        seed=body.get("seed"),
+        metadata=body.get("metadata"),
+        method=kind,
+        training_stage=stage or ("dpo" if kind == "dpo" else "sft"),
+        hyperparameters=RequestedHyperparameters.model_validate(hyper),
+        finetuning_type=options.get("finetuning_type", "lora"),
+        lora=LoraSettings.model_validate(options.get("lora") or {}),
+        arguments=options.get("arguments") or {},
+        quantizations=tuple(options.get("quantizations", ("q8_0",))),
+        deploy=DeploySettings.model_validate(options.get("deploy") or {}),
+        evaluation=(
+            EvalSettings.model_validate(evaluation)
+            if evaluation is not None and evaluation.get("enabled", True)
+            else None
+        ),
+    )

@@ -80,7 +80,7 @@ class ServingChoice:
 
         The evidence is the job's quality card where it scored both the adapter and the merged
         GGUF (`adapter_verdict`); else the greedy-agreement check (`agreement.py`)."""
-        options = job.request.forgeline.deploy
+        options = job.request.deploy
         outputs = job.outputs
         base: str | None = None
         reason: str | None
@@ -92,8 +92,7 @@ class ServingChoice:
                 f"its adapter trains {full} in full (additional_target), which a GGUF adapter "
                 "cannot hold"
                 if outputs.adapter and full
-                else "the job made no GGUF adapter "
-                f"(finetuning_type {job.request.forgeline.finetuning_type})"
+                else f"the job made no GGUF adapter (finetuning_type {job.request.finetuning_type})"
             )
         else:
             base, reason = await self.base_deployment(job, quantization)
@@ -289,7 +288,7 @@ class ServingChoice:
                     name=check,
                     backend="llamacpp",
                     registry_gguf=merged,
-                    context_size=request.forgeline.deploy.context_size,
+                    context_size=request.deploy.context_size,
                     parallel=1,
                     metadata=ModelMetadata(
                         base=request.model, version=merged, quantization=quantization

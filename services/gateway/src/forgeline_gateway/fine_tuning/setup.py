@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from forgeline_gateway.deployments.manager import DeploymentManager
+from forgeline_gateway.evals.sampling import Sampler
 from forgeline_gateway.evals.service import EvalService
 from forgeline_gateway.files.service import FileService
 from forgeline_gateway.fine_tuning.answers import ServedAnswers
@@ -13,7 +14,6 @@ from forgeline_gateway.fine_tuning.files import UploadedDatasets
 from forgeline_gateway.fine_tuning.pipeline import Pipeline
 from forgeline_gateway.fine_tuning.quality import QualityCheck
 from forgeline_gateway.fine_tuning.store import JobStore
-from forgeline_gateway.routing.proxy import Proxy
 from forgeline_gateway.settings import GatewaySettings
 from forgeline_kit.grpc.client import make_channel
 from forgeline_proto.converter.v1 import converter_pb2_grpc
@@ -30,13 +30,14 @@ async def open_pipeline(
     registry: RegistryClient | None,
     files: FileService,
     deployments: DeploymentManager,
-    proxy: Proxy | None = None,
+    answers: Sampler | None = None,
     evals: EvalService | None = None,
 ) -> AsyncIterator[Pipeline | None]:
     """The pipeline, resuming unfinished jobs; None when the trainer, converter or registry is
-    not configured (the fine-tuning endpoints then say which setting is missing). With the
-    gateway's `proxy`, jobs are served as adapters on a shared base where that holds the
-    quality (`deploy.serve`); without it, merged. With its `evals`, jobs are evaluated before
+    not configured (the fine-tuning endpoints then say which setting is missing). With
+    `answers` (the gateway's proxy, labelled `answers.METRICS_LABEL`), jobs are served as
+    adapters on a shared base where that holds the quality (`deploy.serve`); without it,
+    merged. With its `evals`, jobs are evaluated before
     they are deployed (`forgeline.eval`, a validation file)."""
     if registry is None or not settings.trainer_target or not settings.converter_target:
         yield None
@@ -61,7 +62,7 @@ async def open_pipeline(
         hub=hub,
         attempts=settings.fine_tuning_attempts,
         retry_seconds=settings.fine_tuning_retry_seconds,
-        adapter_check=ServedAnswers(files, proxy) if proxy is not None else None,
+        adapter_check=ServedAnswers(files, answers) if answers is not None else None,
         quality=QualityCheck(files, evals) if evals is not None else None,
     )
     try:

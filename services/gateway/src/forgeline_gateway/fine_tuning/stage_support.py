@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 
-from forgeline_gateway.api.fine_tuning.protocol import FineTuningJobCreate, JobError
+from forgeline_gateway.fine_tuning.records import JobFailure, JobRequest
 from forgeline_kit.errors import ForgelineError, error_from_rpc_error
 from forgeline_proto.common.v1 import common_pb2
 
@@ -33,7 +33,7 @@ INTERACTIVE_TIMEOUT = 30.0
 class StageFailedError(Exception):
     """A stage ended the job: `error` is what the user sees."""
 
-    def __init__(self, error: JobError) -> None:
+    def __init__(self, error: JobFailure) -> None:
         super().__init__(error.message)
         self.error = error
 
@@ -47,8 +47,8 @@ def version_ref(text: str) -> common_pb2.VersionRef:
     return common_pb2.VersionRef(model=model, version=int(number))
 
 
-def job_error(error: common_pb2.OperationError, fallback: str) -> JobError:
-    return JobError(
+def job_error(error: common_pb2.OperationError, fallback: str) -> JobFailure:
+    return JobFailure(
         code=error.code or fallback,
         message=error.message or f"the job failed ({fallback})",
         param=error.field or None,
@@ -76,10 +76,8 @@ def retry_message(retry: common_pb2.Retry) -> str:
     return f"{reason}; retrying (attempt {retry.attempt} of {retry.max_attempts}) in {delay:g} s"
 
 
-def fully_trained_modules(request: FineTuningJobCreate) -> str | None:
+def fully_trained_modules(request: JobRequest) -> str | None:
     """The modules a LoRA job trains in full beside its adapter (LLaMA-Factory's
     ``additional_target``), which a GGUF LoRA adapter cannot carry (llama.cpp PR 9948)."""
-    value = request.forgeline.arguments.get(
-        "additional_target", request.forgeline.lora.additional_target
-    )
+    value = request.arguments.get("additional_target", request.lora.additional_target)
     return str(value) if value else None

@@ -50,8 +50,8 @@ class JobCodec:
     def event_kind(self, event: EventRecord) -> str:
         return event.type
 
-    def number_event(self, event: EventRecord, sequence: int) -> None:
-        event.sequence = sequence
+    def number_event(self, event: EventRecord, sequence: int) -> EventRecord:
+        return event.model_copy(update={"sequence": sequence})
 
     def number_record(self, record: JobRecord, sequence: int) -> None:
         """Job records do not carry their newest sequence."""

@@ -12,12 +12,11 @@ from __future__ import annotations
 import time
 from typing import Any, Literal, Protocol
 
-from forgeline_gateway.api.fine_tuning.protocol import FineTuningJobCreate, JobError
 from forgeline_gateway.fine_tuning.auto import ResolvedHyperparameters
 from forgeline_gateway.fine_tuning.finishing import JobFinisher
 from forgeline_gateway.fine_tuning.journal import JobJournal
 from forgeline_gateway.fine_tuning.plan import DatasetFile, trainer_spec
-from forgeline_gateway.fine_tuning.records import JobRecord, Stage
+from forgeline_gateway.fine_tuning.records import JobFailure, JobRecord, JobRequest, Stage
 from forgeline_gateway.fine_tuning.stage_support import (
     StageFailedError,
     job_error,
@@ -42,7 +41,7 @@ class DatasetFiles(Protocol):
 
 
 def job_spec(
-    request: FineTuningJobCreate,
+    request: JobRequest,
     job_id: str,
     seed: int,
     base: common_pb2.VersionRef,
@@ -114,7 +113,7 @@ class TrainingStage:
             )
         except (InvalidArgument, NotFound) as error:
             raise StageFailedError(
-                JobError(code="invalid_request", message=error.message, param=error.field)
+                JobFailure(code="invalid_request", message=error.message, param=error.field)
             ) from error
         return await self.journal.save(
             job,
@@ -153,7 +152,7 @@ class TrainingStage:
             }
         )
         trained_tokens = result.trained_tokens or job.trained_tokens
-        if job.request.training_stage() == "rm":
+        if job.request.training_stage == "rm":
             job = await self.journal.save(
                 job, trainer_state="SUCCEEDED", outputs=outputs, trained_tokens=trained_tokens
             )

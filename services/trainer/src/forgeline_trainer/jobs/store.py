@@ -94,8 +94,9 @@ class JobCodec:
     def event_kind(self, event: pb.JobEvent) -> str:
         return event.WhichOneof("payload") or ""
 
-    def number_event(self, event: pb.JobEvent, sequence: int) -> None:
+    def number_event(self, event: pb.JobEvent, sequence: int) -> pb.JobEvent:
         event.sequence = sequence
+        return event
 
     def number_record(self, record: pb.Job, sequence: int) -> None:
         record.last_event_sequence = sequence

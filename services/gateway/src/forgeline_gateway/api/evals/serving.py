@@ -47,11 +47,13 @@ Order = Literal["asc", "desc"]
 
 
 class ProxySampler:
-    """Chat completions for eval runs, through the gateway's proxy."""
+    """Chat completions for eval runs (or the gateway's other own work), through the gateway's
+    proxy, counted in its metrics under the endpoint `label`."""
 
-    def __init__(self, proxy: Proxy, router: Router) -> None:
+    def __init__(self, proxy: Proxy, router: Router, *, label: str = "evals") -> None:
         self.proxy = proxy
         self.router = router
+        self.label = label
 
     def check_model(self, model: str) -> None:
         self.router.get(model)
@@ -62,7 +64,7 @@ class ProxySampler:
         body = ChatCompletionRequest.model_validate(
             {"model": model, "messages": messages, **params}
         )
-        answer = await self.proxy.complete(Endpoint.CHAT, body, ChatCompletion, label="evals")
+        answer = await self.proxy.complete(Endpoint.CHAT, body, ChatCompletion, label=self.label)
         choice = answer.choices[0] if answer.choices else None
         message = choice.message if choice else None
         usage = answer.usage
