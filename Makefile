@@ -4,7 +4,8 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(abspath $(VENV)/bin)
 STAMP := $(VENV)/.installed
-PYPROJECTS := $(wildcard kit/pyproject.toml proto/pyproject.toml cli/pyproject.toml services/*/pyproject.toml)
+PYPROJECTS := $(wildcard kit/pyproject.toml proto/pyproject.toml cli/pyproject.toml clients/*/pyproject.toml \
+	services/*/pyproject.toml)
 
 .PHONY: help install clients setup system-tools lock proto proto-check lint format toolchain test pytest fuzz demo up clean
 

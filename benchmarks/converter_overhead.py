@@ -37,8 +37,8 @@ from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.converter.v1 import converter_pb2 as pb
 from forgeline_proto.converter.v1 import converter_pb2_grpc
 from forgeline_registry.__main__ import build as build_registry
-from forgeline_registry.client import RegistryClient
 from forgeline_registry.settings import RegistrySettings
+from forgeline_registry_client.client import RegistryClient
 
 TYPES = ("Q4_0", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0")
 

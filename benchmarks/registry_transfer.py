@@ -90,7 +90,7 @@ def phase(args: argparse.Namespace) -> dict[str, float]:
     # Imports before the clock starts: what is measured is the transfer, not Python's start-up.
     import minio  # noqa: F401
 
-    import forgeline_registry.client  # noqa: F401
+    import forgeline_registry_client.client  # noqa: F401
 
     started = time.perf_counter()
     if args.phase == "raw-put":
@@ -100,7 +100,7 @@ def phase(args: argparse.Namespace) -> dict[str, float]:
         client = _minio_client(args.endpoint, args.access, args.secret)
         client.fget_object(args.bucket, "raw/blob", args.file)
     elif args.phase in ("push", "pull"):
-        from forgeline_registry.client import RegistryClient, TransferProgress
+        from forgeline_registry_client.client import RegistryClient, TransferProgress
 
         marks: dict[str, float] = {}
 

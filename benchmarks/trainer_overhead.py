@@ -72,8 +72,8 @@ from forgeline_proto.registry.v1 import registry_pb2 as rpb
 from forgeline_proto.trainer.v1 import trainer_pb2 as pb
 from forgeline_proto.trainer.v1 import trainer_pb2_grpc
 from forgeline_registry.__main__ import build as build_registry
-from forgeline_registry.client import RegistryClient
 from forgeline_registry.settings import RegistrySettings
+from forgeline_registry_client.client import RegistryClient
 from forgeline_trainer.__main__ import build as build_trainer
 from forgeline_trainer.llamafactory.arguments import TrainArguments
 from forgeline_trainer.llamafactory.cli import LLAMAFACTORY_CLI

@@ -32,7 +32,7 @@ from forgeline_kit.llamacpp.gguf_py import subprocess_env
 from forgeline_kit.tinymodel import TinyModel
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.registry.v1 import registry_pb2 as rpb
-from forgeline_registry.client import RegistryClient
+from forgeline_registry_client.client import RegistryClient
 
 from .conftest import Result, forgeline
 

@@ -17,8 +17,8 @@ from forgeline_kit.grpc.server import GrpcService
 from forgeline_proto.converter.v1 import converter_pb2 as pb
 from forgeline_proto.converter.v1 import converter_pb2_grpc
 from forgeline_registry.__main__ import build as build_registry
-from forgeline_registry.client import RegistryClient
 from forgeline_registry.settings import RegistrySettings
+from forgeline_registry_client.client import RegistryClient
 
 # Bound on any one conversion in these tests (the tiny model converts in seconds).
 CONVERSION_DEADLINE_S = 300.0

@@ -81,7 +81,7 @@ def model_spec(
 async def versions_of(stack: Stack, model: str) -> list[rpb.Version]:
     """Every version of ``model``; none when the model does not exist."""
     try:
-        answer = await stack.registry.stub.ListVersions(rpb.ListVersionsRequest(model=model))
+        answer = await stack.registry.list_versions(rpb.ListVersionsRequest(model=model))
     except NotFound:
         return []
     return list(answer.versions)
@@ -142,7 +142,7 @@ async def test_one_request_registers_three_child_versions(
         assert output.metadata.architecture == "llama"
         assert output.metadata.file_type == output.file_type
         assert output.metadata.has_chat_template
-        version = await stack.registry.stub.GetVersion(
+        version = await stack.registry.get_version(
             rpb.GetVersionRequest(model=output.version.model, version=output.version.version)
         )
         assert version.kind == rpb.VERSION_KIND_GGUF
@@ -442,7 +442,7 @@ async def test_an_adapter_converts_and_loads_on_the_base_gguf(
     (output,) = events[-1].result.outputs
     assert output.adapter
     assert output.file_type == "F16"
-    version = await stack.registry.stub.GetVersion(
+    version = await stack.registry.get_version(
         rpb.GetVersionRequest(model=output.version.model, version=output.version.version)
     )
     assert version.model == f"{adapter_model}-gguf"
@@ -529,7 +529,7 @@ async def test_a_registered_f16_gguf_is_quantized_directly(
     assert output.quality.reference_value == pytest.approx(
         converted.result.outputs[1].quality.reference_value
     )
-    version = await stack.registry.stub.GetVersion(
+    version = await stack.registry.get_version(
         rpb.GetVersionRequest(model=output.version.model, version=output.version.version)
     )
     parents = [(p.version.model, p.version.version, p.relation) for p in version.lineage.parents]
@@ -554,12 +554,12 @@ async def test_the_kl_divergence_figure_ranks_quantizations(
         assert item.quality.metric == pb.QUALITY_METRIC_KL_DIVERGENCE
         assert not item.quality.HasField("reference_value")
     assert 0 <= q8.quality.value < q2.quality.value
-    version = await stack.registry.stub.GetVersion(
+    version = await stack.registry.get_version(
         rpb.GetVersionRequest(model=q2.version.model, version=q2.version.version)
     )
     assert version.lineage.metrics["kl_divergence_mean"] == pytest.approx(q2.quality.value)
     # The share of greedy steps each quantization leaves alone: Q2_K changes more than Q8_0.
-    q8_version = await stack.registry.stub.GetVersion(
+    q8_version = await stack.registry.get_version(
         rpb.GetVersionRequest(model=q8.version.model, version=q8.version.version)
     )
     same_q8 = q8_version.lineage.metrics["same_top_token_rate"]

@@ -144,7 +144,7 @@ def test_third_party_packages_are_a_layer_below_forgelines_sources(service: str)
 
     def copied(stage: list[str]) -> list[str]:
         sources = [line.split()[1] for line in stage if line.startswith("COPY ")]
-        return [src for src in sources if src.startswith(("proto", "kit", "services"))]
+        return [src for src in sources if src.startswith(("proto", "kit", "clients", "services"))]
 
     assert copied(deps), "no package manifests copied"
     assert all(src.endswith("pyproject.toml") for src in copied(deps)), "sources in the deps stage"

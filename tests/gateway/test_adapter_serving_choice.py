@@ -43,7 +43,7 @@ from forgeline_kit.llamacpp import Toolchain
 from forgeline_kit.tinymodel import TinyModel
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.registry.v1 import registry_pb2 as rpb
-from forgeline_registry.client import RegistryClient
+from forgeline_registry_client.client import RegistryClient
 
 from .conftest import Served, StartGateway
 
@@ -175,7 +175,7 @@ class Deploying:
                     self.store,
                     trainer=cast(Any, None),
                     converter=cast(Any, None),
-                    registry=registry.stub,
+                    registry=registry,
                     files=cast(Any, None),
                     deployments=self.served.gateway.app.state.manager,
                     organization="forgeline",
@@ -585,7 +585,7 @@ def test_on_a_vllm_base_the_quality_card_scores_the_hf_adapter_on_it(
                 store,
                 trainer=cast(Any, None),
                 converter=cast(Any, None),
-                registry=registry.stub,
+                registry=registry,
                 files=cast(Any, None),
                 deployments=served.gateway.app.state.manager,
                 organization="forgeline",

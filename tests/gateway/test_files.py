@@ -19,8 +19,8 @@ from forgeline_kit.errors import InvalidArgument, NotFound
 from forgeline_kit.grpc.server import GrpcService
 from forgeline_proto.registry.v1 import registry_pb2 as pb
 from forgeline_registry.__main__ import build
-from forgeline_registry.client import RegistryClient
 from forgeline_registry.settings import RegistrySettings
+from forgeline_registry_client.client import RegistryClient
 
 from .conftest import Served, StartGateway
 
@@ -126,7 +126,7 @@ async def test_a_file_round_trips_through_the_registry(
     assert await client.files.retrieve(created.id) == created
     assert (await client.files.content(created.id)).content == content
     async with registry.client() as registry_client:
-        version = await registry_client.stub.ResolveVersion(
+        version = await registry_client.resolve_version(
             pb.ResolveVersionRequest(reference=f"files/{created.id}")
         )
         assert version.kind == pb.VERSION_KIND_DATASET
@@ -148,7 +148,7 @@ async def test_a_file_round_trips_through_the_registry(
         with pytest.raises(openai.NotFoundError, match=f"No such File object: {created.id}"):
             await client.files.retrieve(created.id)
         with pytest.raises(NotFound):
-            await registry_client.stub.GetModel(pb.GetModelRequest(name=f"files/{created.id}"))
+            await registry_client.get_model(pb.GetModelRequest(name=f"files/{created.id}"))
 
 
 async def test_files_are_listed_in_pages(files_gateway: Served) -> None:
@@ -187,7 +187,7 @@ async def test_a_malformed_file_is_refused_naming_line_and_field(
     assert "'train.jsonl' is not valid fine-tuning data (read as openai_chat)" in error.message
     assert (await client.files.list()).data == []
     async with registry.client() as registry_client:
-        assert not (await registry_client.stub.ListModels(pb.ListModelsRequest())).models
+        assert not (await registry_client.list_models(pb.ListModelsRequest())).models
 
 
 async def test_a_file_in_no_known_layout_lists_the_accepted_ones(files_gateway: Served) -> None:

@@ -19,8 +19,8 @@ from forgeline_kit.grpc.server import GrpcService
 from forgeline_kit.tinymodel import TinyModel
 from forgeline_proto.registry.v1 import registry_pb2 as rpb
 from forgeline_registry.__main__ import build as build_registry
-from forgeline_registry.client import RegistryClient
 from forgeline_registry.settings import RegistrySettings
+from forgeline_registry_client.client import RegistryClient
 from forgeline_trainer.__main__ import build as build_trainer
 from forgeline_trainer.settings import TrainerSettings
 

@@ -13,7 +13,7 @@ from forgeline_cli.stack import LocalStack
 from forgeline_gateway.deployments.artifacts import RegistryArtifacts
 from forgeline_kit.errors import InvalidArgument
 from forgeline_proto.registry.v1 import registry_pb2 as rpb
-from forgeline_registry.client import RegistryClient
+from forgeline_registry_client.client import RegistryClient
 
 
 @pytest.fixture(scope="module")

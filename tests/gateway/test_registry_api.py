@@ -16,7 +16,7 @@ from forgeline_cli.walkthrough import register_base_model
 from forgeline_kit.tinymodel import TinyModel
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.registry.v1 import registry_pb2 as pb
-from forgeline_registry.client import RegistryClient
+from forgeline_registry_client.client import RegistryClient
 
 from .conftest import Served, StartGateway
 
@@ -39,7 +39,7 @@ async def _push_gguf(target: str, directory: Path) -> None:
             ),
             labels={"quality.rouge_l": "0.8123"},
         )
-        await client.stub.SetAlias(
+        await client.set_alias(
             pb.SetAliasRequest(model="tiny-llama-gguf", alias="production", version=1)
         )
 

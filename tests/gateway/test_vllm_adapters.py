@@ -27,7 +27,7 @@ from fakes.vllm import FakeVllm
 from forgeline_cli.stack import LocalStack
 from forgeline_kit.tinymodel import TinyModel
 from forgeline_proto.registry.v1 import registry_pb2 as rpb
-from forgeline_registry.client import RegistryClient
+from forgeline_registry_client.client import RegistryClient
 
 from .conftest import Served, StartGateway
 

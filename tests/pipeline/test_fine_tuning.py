@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from forgeline_cli.walkthrough import ask, fine_tune, follow, write_fact_dataset
 from forgeline_kit.tinymodel import DEMO_FACT
 from forgeline_proto.registry.v1 import registry_pb2 as pb
-from forgeline_registry.client import RegistryClient
+from forgeline_registry_client.client import RegistryClient
 
 from .conftest import RunningStack
 
@@ -75,9 +75,9 @@ def _versions_of_job(running: RunningStack, job_id: str) -> list[str]:
     async def scan() -> list[str]:
         found = []
         async with RegistryClient(running.stack.registry_target) as registry:
-            models = await registry.stub.ListModels(pb.ListModelsRequest(page_size=1000))
+            models = await registry.list_models(pb.ListModelsRequest(page_size=1000))
             for model in models.models:
-                versions = await registry.stub.ListVersions(
+                versions = await registry.list_versions(
                     pb.ListVersionsRequest(model=model.name, page_size=1000)
                 )
                 found += [

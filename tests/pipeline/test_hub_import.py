@@ -27,7 +27,7 @@ from forgeline_cli.walkthrough import (
 from forgeline_kit.llamacpp import Toolchain
 from forgeline_kit.tinymodel import TinyModel
 from forgeline_proto.registry.v1 import registry_pb2 as pb
-from forgeline_registry.client import RegistryClient
+from forgeline_registry_client.client import RegistryClient
 
 REPO_ID = "acme/tiny-chat"
 
@@ -71,7 +71,7 @@ def hub_stack(
 def _base_version(stack: LocalStack) -> pb.Version:
     async def read() -> pb.Version:
         async with RegistryClient(stack.registry_target) as registry:
-            return await registry.stub.GetVersion(pb.GetVersionRequest(model=REPO_ID, version=1))
+            return await registry.get_version(pb.GetVersionRequest(model=REPO_ID, version=1))
 
     return asyncio.run(read())
 

@@ -20,7 +20,7 @@ from forgeline_cli.__main__ import main
 from forgeline_cli.walkthrough import fine_tune, write_fact_dataset
 from forgeline_kit.tinymodel import DEMO_FACT
 from forgeline_proto.registry.v1 import registry_pb2 as pb
-from forgeline_registry.client import RegistryClient
+from forgeline_registry_client.client import RegistryClient
 
 from .conftest import RunningStack
 
@@ -52,7 +52,7 @@ def _job(running: RunningStack, job_id: str) -> dict[str, Any]:
 def _version(running: RunningStack, reference: str) -> pb.Version:
     async def read() -> pb.Version:
         async with RegistryClient(running.stack.registry_target) as registry:
-            version: pb.Version = await registry.stub.ResolveVersion(
+            version: pb.Version = await registry.resolve_version(
                 pb.ResolveVersionRequest(reference=reference)
             )
             return version

@@ -27,7 +27,7 @@ from forgeline_kit.grpc.client import make_channel
 from forgeline_kit.tinymodel import DEMO_FACT
 from forgeline_proto.registry.v1 import registry_pb2 as rpb
 from forgeline_proto.trainer.v1 import trainer_pb2, trainer_pb2_grpc
-from forgeline_registry.client import RegistryClient
+from forgeline_registry_client.client import RegistryClient
 
 from .conftest import RunningStack
 
@@ -117,7 +117,7 @@ def _labels(running: RunningStack, references: list[str]) -> dict[str, dict[str,
         async with RegistryClient(running.stack.registry_target) as registry:
             for reference in references:
                 model, _, number = reference.rpartition(":")
-                version = await registry.stub.GetVersion(
+                version = await registry.get_version(
                     rpb.GetVersionRequest(model=model, version=int(number))
                 )
                 found[reference] = dict(version.labels)

@@ -16,7 +16,7 @@ from openai.types.fine_tuning import FineTuningJob
 from forgeline_cli.walkthrough import ask, follow
 from forgeline_kit.tinymodel import DEMO_FACT
 from forgeline_proto.registry.v1 import registry_pb2 as pb
-from forgeline_registry.client import RegistryClient
+from forgeline_registry_client.client import RegistryClient
 
 from .conftest import RunningStack
 
@@ -58,7 +58,7 @@ def _trained_stage(running: RunningStack, reference: str) -> str:
 
     async def read() -> str:
         async with RegistryClient(running.stack.registry_target) as registry:
-            version = await registry.stub.GetVersion(
+            version = await registry.get_version(
                 pb.GetVersionRequest(model=model, version=int(number))
             )
         return str(version.lineage.training_config.fields["stage"].string_value)

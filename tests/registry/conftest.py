@@ -16,9 +16,9 @@ from prometheus_client import CollectorRegistry
 
 from forgeline_kit.grpc.server import GrpcService
 from forgeline_registry.__main__ import build
-from forgeline_registry.client import RegistryClient
 from forgeline_registry.settings import RegistrySettings
 from forgeline_registry.storage.base import ObjectStore
+from forgeline_registry_client.client import RegistryClient
 
 from .s3server import S3Server
 

@@ -11,7 +11,7 @@ import pytest
 from forgeline_kit.errors import Aborted, FailedPrecondition, NotFound
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.registry.v1 import registry_pb2 as pb
-from forgeline_registry.client import RegistryClient
+from forgeline_registry_client.client import RegistryClient
 
 from .helpers import same_tree, write_model_dir
 
@@ -46,7 +46,7 @@ async def test_identical_blobs_are_stored_once(
     model = names("m")
     await client.push(write_model_dir(tmp_path / "a", seed=1), model)
     plan, kind = await client.plan(write_model_dir(tmp_path / "b", seed=2))
-    begin = await client.stub.BeginVersion(
+    begin = await client.begin_version(
         pb.BeginVersionRequest(
             model=model, kind=kind, artifacts=plan.artifacts, transfer=client.transfer_options
         )
@@ -55,7 +55,7 @@ async def test_identical_blobs_are_stored_once(
     assert tokenizer in begin.present_sha256
     assert tokenizer not in {g.sha256 for g in begin.grants}
     assert len(begin.grants) == 2
-    await client.stub.AbortVersion(pb.AbortVersionRequest(upload_id=begin.upload_id))
+    await client.abort_version(pb.AbortVersionRequest(upload_id=begin.upload_id))
 
 
 async def test_repeating_a_request_id_returns_the_same_upload_then_the_same_version(
@@ -71,19 +71,19 @@ async def test_repeating_a_request_id_returns_the_same_upload_then_the_same_vers
         request_id="job-1/adapter",
         transfer=client.transfer_options,
     )
-    first = await client.stub.BeginVersion(request)
-    again = await client.stub.BeginVersion(request)
+    first = await client.begin_version(request)
+    again = await client.begin_version(request)
     assert again.upload_id == first.upload_id
     multipart = await client.upload(first, plan)
-    version = await client.stub.CommitVersion(
+    version = await client.commit_version(
         pb.CommitVersionRequest(upload_id=first.upload_id, multipart_uploads=multipart)
     )
-    retried = await client.stub.CommitVersion(pb.CommitVersionRequest(upload_id=first.upload_id))
+    retried = await client.commit_version(pb.CommitVersionRequest(upload_id=first.upload_id))
     assert retried.number == version.number == 1
-    after = await client.stub.BeginVersion(request)
+    after = await client.begin_version(request)
     assert after.committed_version.number == 1
     assert not after.upload_id
-    listed = await client.stub.ListVersions(pb.ListVersionsRequest(model=model))
+    listed = await client.list_versions(pb.ListVersionsRequest(model=model))
     assert [v.number for v in listed.versions] == [1]
 
 
@@ -93,27 +93,28 @@ async def test_aliases_move_by_compare_and_swap(
     model = names("m")
     for seed in range(3):
         await client.push(write_model_dir(tmp_path / str(seed), seed=seed), model)
-    stub = client.stub
-    alias = await stub.SetAlias(
+    alias = await client.set_alias(
         pb.SetAliasRequest(model=model, alias="production", version=1, expected_version=0)
     )
     assert alias.version == 1
     with pytest.raises(Aborted, match="points at version 1, not 2"):
-        await stub.SetAlias(
+        await client.set_alias(
             pb.SetAliasRequest(model=model, alias="production", version=3, expected_version=2)
         )
-    await stub.SetAlias(
+    await client.set_alias(
         pb.SetAliasRequest(model=model, alias="production", version=3, expected_version=1)
     )
-    resolved = await stub.ResolveVersion(pb.ResolveVersionRequest(reference=f"{model}@production"))
+    resolved = await client.resolve_version(
+        pb.ResolveVersionRequest(reference=f"{model}@production")
+    )
     assert resolved.number == 3
     assert sorted(resolved.aliases) == ["latest", "production"]
-    found = await stub.GetModel(pb.GetModelRequest(name=model))
+    found = await client.get_model(pb.GetModelRequest(name=model))
     assert dict(found.aliases) == {"latest": 3, "production": 3}
     assert (found.latest_version, found.version_count) == (3, 3)
-    await stub.DeleteAlias(pb.DeleteAliasRequest(model=model, alias="production"))
+    await client.delete_alias(pb.DeleteAliasRequest(model=model, alias="production"))
     with pytest.raises(NotFound, match=f"{model}@production"):
-        await stub.ResolveVersion(pb.ResolveVersionRequest(reference=f"{model}@production"))
+        await client.resolve_version(pb.ResolveVersionRequest(reference=f"{model}@production"))
 
 
 async def test_lineage_records_parents_and_finds_children(
@@ -149,7 +150,7 @@ async def test_lineage_records_parents_and_finds_children(
     assert gguf.kind == pb.VERSION_KIND_GGUF
     assert {a.path: a.gguf_file_type for a in gguf.artifacts}["model-Q4_K_M.gguf"] == "Q4_K_M"
 
-    down = await client.stub.GetLineage(
+    down = await client.get_lineage(
         pb.GetLineageRequest(
             model=base, version=1, direction=pb.LINEAGE_DIRECTION_DESCENDANTS, max_depth=5
         )
@@ -160,18 +161,16 @@ async def test_lineage_records_parents_and_finds_children(
         (tuned, gguf_model, pb.RELATION_CONVERTED_FROM),
     }
     assert {v.model for v in down.versions} == {base, tuned, gguf_model}
-    up = await client.stub.GetLineage(
-        pb.GetLineageRequest(model=gguf_model, version=1, max_depth=1)
-    )
+    up = await client.get_lineage(pb.GetLineageRequest(model=gguf_model, version=1, max_depth=1))
     assert {(e.parent.model, e.child.model) for e in up.edges} == {(tuned, gguf_model)}
-    children = await client.stub.ListVersions(
+    children = await client.list_versions(
         pb.ListVersionsRequest(model=tuned, parent=common_pb2.VersionRef(model=base, version=1))
     )
     assert [v.number for v in children.versions] == [1]
 
     # A deleted parent stays in its children's lineage, as an edge without a version.
-    await client.stub.DeleteVersion(pb.DeleteVersionRequest(model=base, version=1))
-    orphan = await client.stub.GetLineage(pb.GetLineageRequest(model=tuned, version=1))
+    await client.delete_version(pb.DeleteVersionRequest(model=base, version=1))
+    orphan = await client.get_lineage(pb.GetLineageRequest(model=tuned, version=1))
     assert {(e.parent.model, e.child.model) for e in orphan.edges} == {
         (base, tuned),
         (tuned, gguf_model),
@@ -189,11 +188,10 @@ async def test_list_versions_filters_and_pages(
             model,
             labels={"parity": "even" if seed % 2 == 0 else "odd"},
         )
-    stub = client.stub
     seen: list[int] = []
     token = ""
     for _ in range(5):
-        page = await stub.ListVersions(
+        page = await client.list_versions(
             pb.ListVersionsRequest(
                 model=model, page_size=2, page_token=token, order_by="number desc"
             )
@@ -204,9 +202,11 @@ async def test_list_versions_filters_and_pages(
         if not token:
             break
     assert seen == [5, 4, 3, 2, 1]
-    even = await stub.ListVersions(pb.ListVersionsRequest(model=model, labels={"parity": "even"}))
+    even = await client.list_versions(
+        pb.ListVersionsRequest(model=model, labels={"parity": "even"})
+    )
     assert [v.number for v in even.versions] == [1, 3, 5]
-    models = await stub.ListModels(pb.ListModelsRequest(name_prefix=model))
+    models = await client.list_models(pb.ListModelsRequest(name_prefix=model))
     assert [m.name for m in models.models] == [model]
 
 
@@ -218,15 +218,14 @@ async def test_deleting_versions_collects_only_unreferenced_blobs(
     first = write_model_dir(tmp_path / "a", seed=101, weights_bytes=1000)
     await client.push(first, model)
     await client.push(write_model_dir(tmp_path / "b", seed=102, weights_bytes=2000), model)
-    stub = client.stub
-    await stub.SetAlias(pb.SetAliasRequest(model=model, alias="production", version=2))
+    await client.set_alias(pb.SetAliasRequest(model=model, alias="production", version=2))
     with pytest.raises(FailedPrecondition, match="production"):
-        await stub.DeleteVersion(pb.DeleteVersionRequest(model=model, version=2))
-    freed = await stub.DeleteVersion(pb.DeleteVersionRequest(model=model, version=2, force=True))
+        await client.delete_version(pb.DeleteVersionRequest(model=model, version=2))
+    freed = await client.delete_version(pb.DeleteVersionRequest(model=model, version=2, force=True))
     # config.json and model.safetensors were version 2's own; tokenizer.json is shared.
     assert freed.collected_blobs == 2
     assert freed.reclaimed_bytes == 2000 + len('{"seed": 102}')
-    found = await stub.GetModel(pb.GetModelRequest(name=model))
+    found = await client.get_model(pb.GetModelRequest(name=model))
     assert (dict(found.aliases), found.latest_version, found.version_count) == (
         {"latest": 1},
         1,
@@ -235,14 +234,14 @@ async def test_deleting_versions_collects_only_unreferenced_blobs(
     await client.pull(model, tmp_path / "out")
     assert same_tree(first, tmp_path / "out")
     with pytest.raises(NotFound, match=f"{model}:2"):
-        await stub.GetVersion(pb.GetVersionRequest(model=model, version=2))
+        await client.get_version(pb.GetVersionRequest(model=model, version=2))
     third = await client.push(write_model_dir(tmp_path / "c", seed=103), model)
     assert third.number == 3  # numbers are never handed out twice, even after a delete
     with pytest.raises(FailedPrecondition, match="still has 2 version"):
-        await stub.DeleteModel(pb.DeleteModelRequest(name=model))
-    await stub.DeleteModel(pb.DeleteModelRequest(name=model, force=True))
+        await client.delete_model(pb.DeleteModelRequest(name=model))
+    await client.delete_model(pb.DeleteModelRequest(name=model, force=True))
     with pytest.raises(NotFound, match=f"'{model}'"):
-        await stub.GetModel(pb.GetModelRequest(name=model))
+        await client.get_model(pb.GetModelRequest(name=model))
 
 
 async def test_update_changes_only_mutable_fields(
@@ -250,14 +249,14 @@ async def test_update_changes_only_mutable_fields(
 ) -> None:
     model = names("m")
     version = await client.push(write_model_dir(tmp_path / "a"), model)
-    updated = await client.stub.UpdateVersion(
+    updated = await client.update_version(
         pb.UpdateVersionRequest(
             version=pb.Version(model=model, number=1, description="better", labels={"k": "v"})
         )
     )
     assert (updated.description, dict(updated.labels)) == ("better", {"k": "v"})
     assert updated.manifest_sha256 == version.manifest_sha256
-    found = await client.stub.UpdateModel(
+    found = await client.update_model(
         pb.UpdateModelRequest(model=pb.Model(name=model, description="tiny"))
     )
     assert found.description == "tiny"

@@ -39,12 +39,12 @@ async def test_concurrent_pushes_get_distinct_consecutive_numbers(
     assert numbers == list(range(1, CLIENTS + 1))
 
     async with replicas[0].client() as client:
-        model = await client.stub.GetModel(pb.GetModelRequest(name="busy"))
+        model = await client.get_model(pb.GetModelRequest(name="busy"))
         assert (model.latest_version, model.version_count) == (CLIENTS, CLIENTS)
         assert model.aliases["latest"] == CLIENTS
         # Each number holds exactly what the client that got it pushed.
         for index, version in enumerate(versions):
-            stored = await client.stub.GetVersion(
+            stored = await client.get_version(
                 pb.GetVersionRequest(model="busy", version=version.number)
             )
             assert {a.path: a.sha256 for a in stored.artifacts} == digests(sources[index])

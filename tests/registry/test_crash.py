@@ -11,7 +11,7 @@ import pytest
 
 from forgeline_kit.errors import NotFound
 from forgeline_proto.registry.v1 import registry_pb2 as pb
-from forgeline_registry.client import RegistryClient
+from forgeline_registry_client.client import RegistryClient
 
 from .conftest import StoreConfig
 from .helpers import random_file, same_tree
@@ -41,7 +41,7 @@ async def test_a_registry_killed_mid_upload_shows_nothing_and_a_retry_succeeds(
     processes.append(first)
     async with RegistryClient(first.target, accept_local_files=True, timeout=20) as client:
         plan, kind = await client.plan(source)
-        begin = await client.stub.BeginVersion(
+        begin = await client.begin_version(
             pb.BeginVersionRequest(
                 model="crashy",
                 create_model=True,
@@ -61,10 +61,10 @@ async def test_a_registry_killed_mid_upload_shows_nothing_and_a_retry_succeeds(
     second = RegistryProcess(env).wait_serving()
     processes.append(second)
     async with RegistryClient(second.target, accept_local_files=True, timeout=20) as client:
-        listed = await client.stub.ListVersions(pb.ListVersionsRequest(model="crashy"))
+        listed = await client.list_versions(pb.ListVersionsRequest(model="crashy"))
         assert list(listed.versions) == []
         with pytest.raises(NotFound, match="has no versions"):
-            await client.stub.ResolveVersion(pb.ResolveVersionRequest(reference="crashy"))
+            await client.resolve_version(pb.ResolveVersionRequest(reference="crashy"))
         # Retrying with the same idempotency key resumes the same upload, and commits.
         version = await client.push(source, "crashy", request_id="push-1")
         assert version.number == 1

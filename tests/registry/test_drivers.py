@@ -20,7 +20,7 @@ from forgeline_registry.storage.base import (
     PreconditionFailed,
     UploadedPart,
 )
-from forgeline_registry.transfer import Transfers
+from forgeline_registry_client.transfer import Transfers
 
 from .conftest import StoreConfig
 from .helpers import random_file, sha256_of

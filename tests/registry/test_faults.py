@@ -11,7 +11,7 @@ import pytest
 
 from forgeline_kit.errors import FailedPrecondition, InvalidArgument, NotFound
 from forgeline_proto.registry.v1 import registry_pb2 as pb
-from forgeline_registry.client import RegistryClient
+from forgeline_registry_client.client import RegistryClient
 
 from .helpers import artifact, same_tree, write_model_dir
 
@@ -23,17 +23,16 @@ Names = Callable[[str], str]
 async def test_unknown_model_version_and_alias_are_not_found_by_name(
     client: RegistryClient, names: Names, tmp_path: Path
 ) -> None:
-    stub = client.stub
     with pytest.raises(NotFound, match="model 'nope' not found"):
-        await stub.GetModel(pb.GetModelRequest(name="nope"))
+        await client.get_model(pb.GetModelRequest(name="nope"))
     with pytest.raises(NotFound, match="model 'nope' not found"):
-        await stub.GetVersion(pb.GetVersionRequest(model="nope", version=1))
+        await client.get_version(pb.GetVersionRequest(model="nope", version=1))
     model = names("m")
     await client.push(write_model_dir(tmp_path / "a"), model)
     with pytest.raises(NotFound, match=f"version {model}:7 not found"):
-        await stub.GetVersion(pb.GetVersionRequest(model=model, version=7))
+        await client.get_version(pb.GetVersionRequest(model=model, version=7))
     with pytest.raises(NotFound, match=f"alias {model}@staging not found"):
-        await stub.ResolveVersion(pb.ResolveVersionRequest(reference=f"{model}@staging"))
+        await client.resolve_version(pb.ResolveVersionRequest(reference=f"{model}@staging"))
     with pytest.raises(NotFound, match=f"version {model}:7 not found"):
         await client.pull(f"{model}:7", tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -45,7 +44,7 @@ async def test_a_digest_mismatch_is_rejected_and_leaves_nothing_visible(
     model = names("m")
     source = write_model_dir(tmp_path / "src", seed=7, weights_bytes=6 << 20)
     plan, kind = await client.plan(source)
-    begin = await client.stub.BeginVersion(
+    begin = await client.begin_version(
         pb.BeginVersionRequest(
             model=model,
             create_model=True,
@@ -61,11 +60,11 @@ async def test_a_digest_mismatch_is_rejected_and_leaves_nothing_visible(
     with pytest.raises(
         FailedPrecondition, match=r"model\.safetensors.*nothing was stored"
     ) as caught:
-        await client.stub.CommitVersion(
+        await client.commit_version(
             pb.CommitVersionRequest(upload_id=begin.upload_id, multipart_uploads=multipart)
         )
     assert caught.value.field == "artifacts[1].sha256"  # config, model, tokenizer
-    listed = await client.stub.ListVersions(pb.ListVersionsRequest(model=model))
+    listed = await client.list_versions(pb.ListVersionsRequest(model=model))
     assert list(listed.versions) == []
     with pytest.raises(NotFound, match="has no versions"):
         await client.pull(model, tmp_path / "out")
@@ -79,7 +78,7 @@ async def test_a_digest_mismatch_is_rejected_and_leaves_nothing_visible(
 async def test_commit_before_upload_names_the_missing_artifact(
     client: RegistryClient, names: Names
 ) -> None:
-    begin = await client.stub.BeginVersion(
+    begin = await client.begin_version(
         pb.BeginVersionRequest(
             model=names("m"),
             create_model=True,
@@ -89,7 +88,7 @@ async def test_commit_before_upload_names_the_missing_artifact(
         )
     )
     with pytest.raises(FailedPrecondition, match=r"'notes/a\.txt'") as caught:
-        await client.stub.CommitVersion(pb.CommitVersionRequest(upload_id=begin.upload_id))
+        await client.commit_version(pb.CommitVersionRequest(upload_id=begin.upload_id))
     assert caught.value.field == "artifacts[0]"
 
 
@@ -102,7 +101,7 @@ async def test_invalid_names_and_paths_are_refused_naming_the_field(
 ) -> None:
     for name in BAD_MODEL_NAMES:
         with pytest.raises(InvalidArgument) as caught:
-            await client.stub.BeginVersion(
+            await client.begin_version(
                 pb.BeginVersionRequest(
                     model=name,
                     create_model=True,
@@ -113,11 +112,11 @@ async def test_invalid_names_and_paths_are_refused_naming_the_field(
             )
         assert caught.value.field == "model", name
         with pytest.raises(InvalidArgument) as caught:
-            await client.stub.CreateModel(pb.CreateModelRequest(model=pb.Model(name=name)))
+            await client.create_model(pb.CreateModelRequest(model=pb.Model(name=name)))
         assert caught.value.field == "model.name", name
     for path in BAD_PATHS:
         with pytest.raises(InvalidArgument) as caught:
-            await client.stub.BeginVersion(
+            await client.begin_version(
                 pb.BeginVersionRequest(
                     model="m",
                     create_model=True,
@@ -136,9 +135,9 @@ async def test_invalid_aliases_and_references_are_refused(
     await client.push(write_model_dir(tmp_path / "a"), model)
     for alias in ("Prod", "a" * 64, "9lives", "a/b", "x\ny"):
         with pytest.raises(InvalidArgument) as caught:
-            await client.stub.SetAlias(pb.SetAliasRequest(model=model, alias=alias, version=1))
+            await client.set_alias(pb.SetAliasRequest(model=model, alias=alias, version=1))
         assert caught.value.field == "alias"
     with pytest.raises(InvalidArgument, match="positive number"):
-        await client.stub.ResolveVersion(pb.ResolveVersionRequest(reference=f"{model}:zero"))
+        await client.resolve_version(pb.ResolveVersionRequest(reference=f"{model}:zero"))
     with pytest.raises(InvalidArgument, match="'latest' cannot be deleted"):
-        await client.stub.DeleteAlias(pb.DeleteAliasRequest(model=model, alias="latest"))
+        await client.delete_alias(pb.DeleteAliasRequest(model=model, alias="latest"))

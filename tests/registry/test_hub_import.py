@@ -28,8 +28,8 @@ from forgeline_cli.registry_commands import register_registry_commands
 from forgeline_kit.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unavailable
 from forgeline_kit.tinymodel import TinyModel
 from forgeline_proto.registry.v1 import registry_pb2 as pb
-from forgeline_registry.client import RegistryClient
-from forgeline_registry.hub import (
+from forgeline_registry_client.client import RegistryClient
+from forgeline_registry_client.hub import (
     HubImporter,
     RemoteFile,
     default_model_name,
@@ -456,7 +456,7 @@ async def test_a_repository_that_needs_remote_code_is_refused_unless_trusted(
     # Only the small metadata files were read; no weights, no code.
     assert not gets_of(fake.requests[start:], repo.files["model.safetensors"].sha256)
     assert not gets_of(fake.requests[start:], "modeling_tiny.py")
-    models = await registry.stub.ListModels(pb.ListModelsRequest(name_prefix=repo_id))
+    models = await registry.list_models(pb.ListModelsRequest(name_prefix=repo_id))
     assert not models.models
     # The gateway never trusts it either.
     with pytest.raises(FailedPrecondition, match="trust-remote-code"):
@@ -480,7 +480,7 @@ async def test_a_download_that_does_not_match_the_hubs_digest_is_refused(
             await import_model(registry, f"hf:{repo_id}")
     finally:
         fake.faults.corrupt.discard("tokenizer_config.json")
-    models = await registry.stub.ListModels(pb.ListModelsRequest(name_prefix=repo_id))
+    models = await registry.list_models(pb.ListModelsRequest(name_prefix=repo_id))
     assert not models.models
 
 

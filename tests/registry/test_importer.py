@@ -9,7 +9,7 @@ import pytest
 
 from forgeline_kit.errors import InvalidArgument
 from forgeline_proto.registry.v1 import registry_pb2 as pb
-from forgeline_registry.importer import guess_version_kind, safe_target, scan_directory
+from forgeline_registry_client.importer import guess_version_kind, safe_target, scan_directory
 
 
 def _touch(root: Path, *paths: str) -> None:

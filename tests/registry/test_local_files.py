@@ -11,7 +11,7 @@ import pytest
 from forgeline_kit.errors import FailedPrecondition
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.registry.v1 import registry_pb2 as pb
-from forgeline_registry.client import RegistryClient
+from forgeline_registry_client.client import RegistryClient
 
 from .conftest import StartRegistry, StoreConfig
 from .helpers import artifact, same_tree, write_model_dir
@@ -40,7 +40,7 @@ async def test_a_client_that_does_not_ask_gets_no_local_file_from_a_filesystem_r
     running = await start_registry(fs_store)
     async with running.client(accept_local_files=False) as client:
         with pytest.raises(FailedPrecondition, match="local files"):
-            await client.stub.BeginVersion(_begin("m", b"x" * 100, accept_local_files=False))
+            await client.begin_version(_begin("m", b"x" * 100, accept_local_files=False))
         with pytest.raises(FailedPrecondition, match="local files"):
             await client.push(write_model_dir(tmp_path / "a"), "m")
     # Versions pushed by a client on the host are still not read through paths unasked.
@@ -50,7 +50,7 @@ async def test_a_client_that_does_not_ask_gets_no_local_file_from_a_filesystem_r
         assert not default.transfer_options.accept_local_files  # asking is explicit
     async with running.client(accept_local_files=False) as client:
         with pytest.raises(FailedPrecondition, match="local files"):
-            await client.stub.GetDownloadGrants(_downloads("m", accept_local_files=False))
+            await client.get_download_grants(_downloads("m", accept_local_files=False))
 
 
 async def test_a_client_that_asks_gets_local_files_from_a_filesystem_registry(
@@ -58,12 +58,12 @@ async def test_a_client_that_asks_gets_local_files_from_a_filesystem_registry(
 ) -> None:
     running = await start_registry(fs_store)
     async with running.client(accept_local_files=True) as client:
-        begun = await client.stub.BeginVersion(_begin("m", b"x" * 100, accept_local_files=True))
+        begun = await client.begin_version(_begin("m", b"x" * 100, accept_local_files=True))
         assert [g.WhichOneof("method") for g in begun.grants] == ["local_file"]
-        await client.stub.AbortVersion(pb.AbortVersionRequest(upload_id=begun.upload_id))
+        await client.abort_version(pb.AbortVersionRequest(upload_id=begun.upload_id))
         source = write_model_dir(tmp_path / "a")
         await client.push(source, "m")
-        grants = await client.stub.GetDownloadGrants(_downloads("m", accept_local_files=True))
+        grants = await client.get_download_grants(_downloads("m", accept_local_files=True))
         assert {g.WhichOneof("method") for g in grants.grants} == {"local_file"}
         paths = [Path(g.local_file.path) for g in grants.grants]
         assert all(await asyncio.gather(*(asyncio.to_thread(p.is_file) for p in paths)))
@@ -76,18 +76,18 @@ async def test_an_s3_registry_grants_no_local_file_even_when_asked(
 ) -> None:
     running = await start_registry(s3_store)
     async with running.client(accept_local_files=True) as client:
-        begun = await client.stub.BeginVersion(_begin("m", b"x" * 100, accept_local_files=True))
+        begun = await client.begin_version(_begin("m", b"x" * 100, accept_local_files=True))
         assert [g.WhichOneof("method") for g in begun.grants] == ["multipart"]
-        renewed = await client.stub.RenewUploadGrants(
+        renewed = await client.renew_upload_grants(
             pb.RenewUploadGrantsRequest(
                 upload_id=begun.upload_id, transfer=pb.TransferOptions(accept_local_files=True)
             )
         )
         assert [g.WhichOneof("method") for g in renewed.grants] == ["multipart"]
-        await client.stub.AbortVersion(pb.AbortVersionRequest(upload_id=begun.upload_id))
+        await client.abort_version(pb.AbortVersionRequest(upload_id=begun.upload_id))
         source = write_model_dir(tmp_path / "a")
         await client.push(source, "m")
-        grants = await client.stub.GetDownloadGrants(_downloads("m", accept_local_files=True))
+        grants = await client.get_download_grants(_downloads("m", accept_local_files=True))
         assert {g.WhichOneof("method") for g in grants.grants} == {"multipart"}
         assert not any(g.HasField("local_file") for g in grants.grants)
         await client.pull("m:1", tmp_path / "out")

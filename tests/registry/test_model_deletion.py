@@ -27,7 +27,7 @@ from forgeline_registry.manifests import (
 )
 from forgeline_registry.service import NewVersion, Registry
 from forgeline_registry.storage.base import ObjectStore, UploadedPart
-from forgeline_registry.transfer import Transfers
+from forgeline_registry_client.transfer import Transfers
 
 from .conftest import StoreConfig
 from .helpers import random_file, sha256_of

@@ -26,11 +26,11 @@ async def test_object_store_down_is_unavailable_and_the_registry_recovers(
             await client.push(write_model_dir(tmp_path / "a"), "m")
             server.stop()
             with pytest.raises(Unavailable, match=r"object store at .* is unreachable"):
-                await client.stub.GetModel(pb.GetModelRequest(name="m"))
+                await client.get_model(pb.GetModelRequest(name="m"))
             with pytest.raises(Unavailable, match="unreachable"):
                 await client.push(write_model_dir(tmp_path / "b", seed=2), "m")
             server = server.restart()
-            model = await client.stub.GetModel(pb.GetModelRequest(name="m"))
+            model = await client.get_model(pb.GetModelRequest(name="m"))
             assert model.latest_version == 1
             second = await client.push(write_model_dir(tmp_path / "b", seed=2), "m")
             assert second.number == 2

@@ -17,7 +17,7 @@ from forgeline_registry.convert import upload_grant_to_pb
 from forgeline_registry.manifests import ArtifactRecord, UploadRecord, dump, keys
 from forgeline_registry.service import NewVersion, Registry
 from forgeline_registry.storage.base import UploadedPart
-from forgeline_registry.transfer import Transfers
+from forgeline_registry_client.transfer import Transfers
 
 from .conftest import StoreConfig
 from .helpers import random_file, sha256_of

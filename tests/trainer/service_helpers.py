@@ -16,15 +16,15 @@ import grpc
 from google.protobuf.struct_pb2 import Struct
 from prometheus_client import CollectorRegistry
 
+from forgeline_kit.errors import NotFound
 from forgeline_kit.grpc.server import GrpcService
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.registry.v1 import registry_pb2 as rpb
-from forgeline_proto.registry.v1 import registry_pb2_grpc
 from forgeline_proto.trainer.v1 import trainer_pb2 as pb
 from forgeline_proto.trainer.v1 import trainer_pb2_grpc
 from forgeline_registry.__main__ import build as build_registry
-from forgeline_registry.client import RegistryClient
 from forgeline_registry.settings import RegistrySettings
+from forgeline_registry_client.client import RegistryClient
 from forgeline_trainer.__main__ import build as build_trainer
 from forgeline_trainer.settings import TrainerSettings
 
@@ -43,8 +43,6 @@ class Stack:
         self._thread.start()
         self.registry = self.call(self._serve_registry())
         self.registry_address = self.registry.grpc_address
-        self._registry_channel = grpc.insecure_channel(self.registry_address)
-        self.registry_stub = registry_pb2_grpc.RegistryServiceStub(self._registry_channel)
 
     def call(self, coroutine: Coroutine[Any, Any, T], timeout: float = 300) -> T:
         """Run ``coroutine`` on the stack's loop and wait for its result."""
@@ -114,19 +112,21 @@ class Stack:
 
     def versions(self, model: str) -> list[rpb.Version]:
         """Every version of ``model`` (empty when the model does not exist)."""
-        try:
-            answer = self.registry_stub.ListVersions(
-                rpb.ListVersionsRequest(model=model, view=rpb.VERSION_VIEW_FULL)
-            )
-        except grpc.RpcError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND:
-                return []
-            raise
-        return list(answer.versions)
+
+        async def listed() -> list[rpb.Version]:
+            async with RegistryClient(self.registry_address) as client:
+                try:
+                    answer = await client.list_versions(
+                        rpb.ListVersionsRequest(model=model, view=rpb.VERSION_VIEW_FULL)
+                    )
+                except NotFound:
+                    return []
+            return list(answer.versions)
+
+        return self.call(listed())
 
     def close(self) -> None:
         """Stop the registry and the loop."""
-        self._registry_channel.close()
         self.call(self.registry.stop(grace=0))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)

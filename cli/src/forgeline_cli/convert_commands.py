@@ -29,7 +29,7 @@ from forgeline_kit.grpc.client import make_channel
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.converter.v1 import converter_pb2 as pb
 from forgeline_proto.converter.v1 import converter_pb2_grpc
-from forgeline_registry.names import parse_reference
+from forgeline_registry_client.names import parse_reference
 
 __all__ = ["register"]
 

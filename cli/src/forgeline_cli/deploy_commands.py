@@ -39,7 +39,7 @@ from forgeline_cli.services import GATEWAY, REGISTRY
 from forgeline_kit.errors import ForgelineError, Unavailable
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.registry.v1 import registry_pb2 as rpb
-from forgeline_registry.client import RegistryClient
+from forgeline_registry_client.client import RegistryClient
 
 __all__ = ["register"]
 
@@ -85,9 +85,8 @@ async def _resolve(
     """The concrete version to deploy: for llama.cpp and Ollama a GGUF (of `quantization`, if
     given; a GGUF adapter with `adapter`), for vLLM an HF model."""
     async with RegistryClient(registry, wait_for_ready=False) as client:
-        stub = client.stub
         if adapter:
-            version = await stub.ResolveVersion(
+            version = await client.resolve_version(
                 rpb.ResolveVersionRequest(
                     reference=model if number is None else f"{model}:{number}",
                     view=rpb.VERSION_VIEW_BASIC,
@@ -118,7 +117,7 @@ async def _resolve(
                 request.parent.CopyFrom(common_pb2.VersionRef(model=model, version=number))
                 request.relation = rpb.RELATION_CONVERTED_FROM
                 # The version itself may be the GGUF asked for.
-                own = await stub.GetVersion(rpb.GetVersionRequest(model=model, version=number))
+                own = await client.get_version(rpb.GetVersionRequest(model=model, version=number))
                 if own.kind == rpb.VERSION_KIND_GGUF:
                     if (_quantization(own) or "").lower() != quantization.lower():
                         raise CommandError(
@@ -127,7 +126,7 @@ async def _resolve(
                             f"{quantization} version"
                         )
                     return _Resolved(f"{model}:{number}", _quantization(own))
-            found = (await stub.ListVersions(request)).versions
+            found = (await client.list_versions(request)).versions
             if not found:
                 source = f"{model}:{number}" if number is not None else model
                 raise CommandError(
@@ -136,7 +135,7 @@ async def _resolve(
                 )
             return _Resolved(f"{model}:{found[0].number}", _quantization(found[0]))
         target = f"{model}:{number}" if number is not None else model
-        version = await stub.ResolveVersion(
+        version = await client.resolve_version(
             rpb.ResolveVersionRequest(reference=target, view=rpb.VERSION_VIEW_BASIC)
         )
         reference = f"{version.model}:{version.number}"

@@ -27,9 +27,9 @@ from forgeline_cli.console import (
 )
 from forgeline_cli.services import REGISTRY, run_command
 from forgeline_proto.registry.v1 import registry_pb2 as pb
-from forgeline_registry.client import RegistryClient, TransferProgress
-from forgeline_registry.figures import describe_conversion_figures
-from forgeline_registry.hub import default_cache_dir, import_model
+from forgeline_registry_client.client import RegistryClient, TransferProgress
+from forgeline_registry_client.figures import describe_conversion_figures
+from forgeline_registry_client.hub import default_cache_dir, import_model
 
 __all__ = ["register_registry_commands"]
 
@@ -129,7 +129,7 @@ def _models_list(args: argparse.Namespace) -> int:
         models: list[pb.Model] = []
         token = ""
         for _ in range(10_000):
-            page = await client.stub.ListModels(
+            page = await client.list_models(
                 pb.ListModelsRequest(page_size=1000, page_token=token, name_prefix=args.prefix)
             )
             models.extend(page.models)
@@ -152,11 +152,11 @@ def _models_list(args: argparse.Namespace) -> int:
 
 def _models_show(args: argparse.Namespace) -> int:
     async def action(client: RegistryClient) -> int:
-        model = await client.stub.GetModel(pb.GetModelRequest(name=args.model))
+        model = await client.get_model(pb.GetModelRequest(name=args.model))
         versions: list[pb.Version] = []
         token = ""
         for _ in range(10_000):
-            page = await client.stub.ListVersions(
+            page = await client.list_versions(
                 pb.ListVersionsRequest(
                     model=args.model, page_size=1000, page_token=token, order_by="number desc"
                 )
@@ -273,7 +273,7 @@ def _alias_set(args: argparse.Namespace) -> int:
         request = pb.SetAliasRequest(model=args.model, alias=args.alias, version=args.version)
         if args.expected is not None:
             request.expected_version = args.expected
-        alias = await client.stub.SetAlias(request)
+        alias = await client.set_alias(request)
         text = f"{alias.model}@{alias.name} -> {alias.version}"
         return print_result(alias, text, as_json=args.json)
 
@@ -285,7 +285,7 @@ def _alias_delete(args: argparse.Namespace) -> int:
         request = pb.DeleteAliasRequest(model=args.model, alias=args.alias)
         if args.expected is not None:
             request.expected_version = args.expected
-        await client.stub.DeleteAlias(request)
+        await client.delete_alias(request)
         deleted = {"model": args.model, "alias": args.alias, "deleted": True}
         return print_result(deleted, f"{args.model}@{args.alias} deleted", as_json=args.json)
 
@@ -294,7 +294,7 @@ def _alias_delete(args: argparse.Namespace) -> int:
 
 def _alias_list(args: argparse.Namespace) -> int:
     async def action(client: RegistryClient) -> int:
-        model = await client.stub.GetModel(pb.GetModelRequest(name=args.model))
+        model = await client.get_model(pb.GetModelRequest(name=args.model))
         if args.json:
             print_json(dict(model.aliases))
         for alias, number in [] if args.json else sorted(model.aliases.items()):

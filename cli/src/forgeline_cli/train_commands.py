@@ -35,7 +35,7 @@ from forgeline_kit.errors import ForgelineError, InvalidArgument, Unavailable
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.registry.v1 import registry_pb2 as registry_pb
 from forgeline_proto.trainer.v1 import trainer_pb2 as pb
-from forgeline_registry.client import RegistryClient
+from forgeline_registry_client.client import RegistryClient
 from forgeline_trainer.llamafactory.settings import parse_yaml
 
 if TYPE_CHECKING:

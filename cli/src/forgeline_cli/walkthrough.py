@@ -28,7 +28,7 @@ from forgeline_kit.tinymodel import DEMO_FACT, LLAMAFACTORY_TEMPLATE, TinyModel
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.converter.v1 import converter_pb2, converter_pb2_grpc
 from forgeline_proto.registry.v1 import registry_pb2 as registry_pb
-from forgeline_registry.client import RegistryClient
+from forgeline_registry_client.client import RegistryClient
 
 __all__ = [
     "BASE_MODEL",
@@ -120,9 +120,9 @@ class KeptState:
 
 async def _registry_state(target: str, name: str) -> tuple[str | None, int]:
     async with RegistryClient(target) as registry:
-        models = await registry.stub.ListModels(registry_pb.ListModelsRequest(page_size=1000))
+        models = await registry.list_models(registry_pb.ListModelsRequest(page_size=1000))
         try:
-            bases = await registry.stub.ListVersions(
+            bases = await registry.list_versions(
                 registry_pb.ListVersionsRequest(
                     model=name,
                     kinds=[registry_pb.VERSION_KIND_BASE],

@@ -2,12 +2,15 @@
 
 ::
 
-    async with make_channel("registry:50051") as channel:
-        stub = registry_pb2_grpc.RegistryServiceStub(channel)
+    async with make_channel("trainer:50051") as channel:
+        stub = trainer_pb2_grpc.TrainerServiceStub(channel)
         try:
-            model = await stub.GetModel(request)
+            job = await stub.GetJob(request)
         except NotFound as exc:  # a forgeline_kit.errors type, not grpc.aio.AioRpcError
             ...
+
+(The registry is never called this way: its callers use ``forgeline_registry_client``'s
+``RegistryClient``, which holds such a channel.)
 
 Why gRPC's own retry policy (the ``retryPolicy`` of the channel's service config, gRFC A6)
 rather than a retry loop around calls:

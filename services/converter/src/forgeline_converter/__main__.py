@@ -12,7 +12,7 @@ from forgeline_converter.store import open_store
 from forgeline_kit.grpc.server import Service, run_grpc_service
 from forgeline_kit.state_lock import StateDirLock, hold_state_dir
 from forgeline_proto.converter.v1 import converter_pb2, converter_pb2_grpc
-from forgeline_registry.client import RegistryClient
+from forgeline_registry_client.client import RegistryClient
 
 __all__ = ["build", "main"]
 

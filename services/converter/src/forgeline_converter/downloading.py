@@ -84,7 +84,7 @@ async def download_inputs(
     sizes = []
     for ref in refs:
         try:
-            version = await registry.stub.GetVersion(
+            version = await registry.get_version(
                 rpb.GetVersionRequest(
                     model=ref.model, version=ref.version, view=rpb.VERSION_VIEW_BASIC
                 )

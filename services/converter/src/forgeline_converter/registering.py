@@ -12,7 +12,7 @@ from forgeline_kit.errors import ForgelineError
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.converter.v1 import converter_pb2 as pb
 from forgeline_proto.registry.v1 import registry_pb2 as rpb
-from forgeline_registry.client import RegistryClient
+from forgeline_registry_client.client import RegistryClient
 
 __all__ = ["register_outputs"]
 
@@ -81,11 +81,11 @@ async def _push(
         if artifact.path.endswith(".gguf"):
             artifact.gguf_file_type = output.file_type
     begin_request.artifacts.extend(plan.artifacts)
-    begin = await registry.stub.BeginVersion(begin_request)
+    begin = await registry.begin_version(begin_request)
     if begin.HasField("committed_version"):
         return begin.committed_version
     multipart = await registry.upload(begin, plan)
-    return await registry.stub.CommitVersion(
+    return await registry.commit_version(
         rpb.CommitVersionRequest(upload_id=begin.upload_id, multipart_uploads=multipart)
     )
 
@@ -167,7 +167,7 @@ async def _unregister(context: RunContext, registered: list[pb.ConvertedOutput])
     for output in registered:
         ref = output.version
         try:
-            await context.registry.stub.DeleteVersion(
+            await context.registry.delete_version(
                 rpb.DeleteVersionRequest(model=ref.model, version=ref.version, force=True)
             )
         except ForgelineError as error:

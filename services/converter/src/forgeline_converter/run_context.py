@@ -19,7 +19,7 @@ from forgeline_kit.errors import DeadlineExceeded, ForgelineError, Unavailable
 from forgeline_kit.operations import OperationFailure
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.converter.v1 import converter_pb2 as pb
-from forgeline_registry.client import RegistryClient
+from forgeline_registry_client.client import RegistryClient
 
 __all__ = [
     "Reporter",

@@ -32,7 +32,7 @@ from forgeline_kit.operations import ChangeBell, OperationFailure, watch_events
 from forgeline_kit.operations.page_tokens import decode_position, encode_page_token
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.converter.v1 import converter_pb2 as pb
-from forgeline_registry.client import RegistryClient
+from forgeline_registry_client.client import RegistryClient
 
 __all__ = ["Converter"]
 
@@ -205,7 +205,7 @@ class Converter:
         spec = pb.ConversionSpec()
         spec.CopyFrom(request.spec)
         await validate_spec(
-            self.registry.stub,
+            self.registry,
             spec,
             set(await self.quantization_types()),
             trust_remote_code=self.settings.trust_remote_code,

@@ -8,7 +8,6 @@ accepted fails only for reasons found while working.
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import TYPE_CHECKING
 
 from forgeline_converter.llamacpp_tools import requires_imatrix
 from forgeline_converter.modelfile import PARAMETER_NAME, modelfile_value
@@ -17,6 +16,7 @@ from forgeline_kit.errors import FailedPrecondition, InvalidArgument, NotFound
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.converter.v1 import converter_pb2 as pb
 from forgeline_proto.registry.v1 import registry_pb2 as rpb
+from forgeline_registry_client.client import RegistryClient
 
 __all__ = ["MAX_INLINE_CALIBRATION", "validate_spec"]
 
@@ -27,11 +27,8 @@ FULL_PRECISION = frozenset({"F32", "F16", "BF16"})
 ALIASES = {"Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M", "Q3_K": "Q3_K_M"}
 GGUF_SUFFIX = "-gguf"
 
-if TYPE_CHECKING:  # the async stub exists only in the type stubs
-    from forgeline_proto.registry.v1.registry_pb2_grpc import RegistryServiceAsyncStub as Stub
 
-
-async def resolve(stub: Stub, ref: common_pb2.VersionRef, field: str) -> rpb.Version:
+async def resolve(registry: RegistryClient, ref: common_pb2.VersionRef, field: str) -> rpb.Version:
     """The version ``ref`` names (FULL view).
 
     Raises:
@@ -40,7 +37,9 @@ async def resolve(stub: Stub, ref: common_pb2.VersionRef, field: str) -> rpb.Ver
     """
     if not ref.model:
         raise InvalidArgument(f"{field}.model is empty: name the model to convert", field=field)
-    return await stub.ResolveVersion(rpb.ResolveVersionRequest(ref=ref, view=rpb.VERSION_VIEW_FULL))
+    return await registry.resolve_version(
+        rpb.ResolveVersionRequest(ref=ref, view=rpb.VERSION_VIEW_FULL)
+    )
 
 
 def pinned(version: rpb.Version) -> common_pb2.VersionRef:
@@ -198,8 +197,10 @@ def _check_gguf_source(source: rpb.Version, task: pb.ModelConversion) -> None:
         )
 
 
-async def _check_artifact(stub: Stub, ref: common_pb2.ArtifactRef, field: str) -> None:
-    version = await resolve(stub, ref.version, f"{field}.version")
+async def _check_artifact(
+    registry: RegistryClient, ref: common_pb2.ArtifactRef, field: str
+) -> None:
+    version = await resolve(registry, ref.version, f"{field}.version")
     ref.version.CopyFrom(pinned(version))
     paths = [a.path for a in version.artifacts]
     if ref.path not in paths:
@@ -210,10 +211,12 @@ async def _check_artifact(stub: Stub, ref: common_pb2.ArtifactRef, field: str) -
         )
 
 
-async def _base_gguf(stub: Stub, base: common_pb2.VersionRef) -> common_pb2.VersionRef | None:
+async def _base_gguf(
+    registry: RegistryClient, base: common_pb2.VersionRef
+) -> common_pb2.VersionRef | None:
     """A GGUF version converted from ``base`` (F16 preferred), in ``<base>-gguf``."""
     try:
-        answer = await stub.ListVersions(
+        answer = await registry.list_versions(
             rpb.ListVersionsRequest(
                 model=base.model + GGUF_SUFFIX,
                 kinds=[rpb.VERSION_KIND_GGUF],
@@ -232,7 +235,7 @@ async def _base_gguf(stub: Stub, base: common_pb2.VersionRef) -> common_pb2.Vers
 
 
 async def validate_spec(
-    stub: Stub,
+    registry: RegistryClient,
     spec: pb.ConversionSpec,
     offered: Collection[str],
     *,
@@ -258,11 +261,11 @@ async def validate_spec(
         )
     if verification.HasField("evaluation_text"):
         await _check_artifact(
-            stub, verification.evaluation_text, "spec.verification.evaluation_text"
+            registry, verification.evaluation_text, "spec.verification.evaluation_text"
         )
     if task == "model":
         model = spec.model
-        source = await resolve(stub, model.source, "spec.model.source")
+        source = await resolve(registry, model.source, "spec.model.source")
         if source.kind == rpb.VERSION_KIND_GGUF:
             _check_gguf_source(source, model)
         elif source.kind not in HF_KINDS:
@@ -283,11 +286,11 @@ async def validate_spec(
             which = imatrix.WhichOneof("source")
             if which in ("imatrix", "calibration_text"):
                 ref = imatrix.imatrix if which == "imatrix" else imatrix.calibration_text
-                await _check_artifact(stub, ref, f"spec.model.imatrix.{which}")
+                await _check_artifact(registry, ref, f"spec.model.imatrix.{which}")
         default_model = source.model
     elif task == "adapter":
         adapter_task = spec.adapter
-        adapter = await resolve(stub, adapter_task.adapter, "spec.adapter.adapter")
+        adapter = await resolve(registry, adapter_task.adapter, "spec.adapter.adapter")
         if adapter.kind != rpb.VERSION_KIND_ADAPTER:
             raise InvalidArgument(
                 f"{adapter.model}:{adapter.number} is a {rpb.VersionKind.Name(adapter.kind)} "
@@ -309,7 +312,7 @@ async def validate_spec(
                     field="spec.adapter.base",
                 )
             adapter_task.base.CopyFrom(parents[0])
-        base = await resolve(stub, adapter_task.base, "spec.adapter.base")
+        base = await resolve(registry, adapter_task.base, "spec.adapter.base")
         if base.kind not in HF_KINDS:
             raise InvalidArgument(
                 f"the base {base.model}:{base.number} is not an HF model",
@@ -318,7 +321,7 @@ async def validate_spec(
         check_remote_code(base, "spec.adapter.base", trust_remote_code)
         adapter_task.base.CopyFrom(pinned(base))
         if adapter_task.HasField("base_gguf"):
-            base_gguf = await resolve(stub, adapter_task.base_gguf, "spec.adapter.base_gguf")
+            base_gguf = await resolve(registry, adapter_task.base_gguf, "spec.adapter.base_gguf")
             if base_gguf.kind != rpb.VERSION_KIND_GGUF:
                 raise InvalidArgument(
                     f"{base_gguf.model}:{base_gguf.number} is not a GGUF version",
@@ -326,7 +329,7 @@ async def validate_spec(
                 )
             adapter_task.base_gguf.CopyFrom(pinned(base_gguf))
         else:
-            found = await _base_gguf(stub, adapter_task.base)
+            found = await _base_gguf(registry, adapter_task.base)
             if found is not None:
                 adapter_task.base_gguf.CopyFrom(found)
         default_model = adapter.model

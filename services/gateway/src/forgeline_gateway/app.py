@@ -64,7 +64,7 @@ from forgeline_gateway.security.keys import Authenticator
 from forgeline_gateway.settings import GatewaySettings
 from forgeline_gateway.store import Store
 from forgeline_kit.llamacpp import ToolchainError, locate
-from forgeline_registry.client import RegistryClient
+from forgeline_registry_client.client import RegistryClient
 
 __all__ = ["BackendFactory", "create_app", "default_backends"]
 

@@ -5,6 +5,7 @@ and aliases, stored on S3 (MinIO) or a local filesystem.
   `uploads`, `commits` and `collection` on `registry_core`).
 - `forgeline_registry.grpc_api`: the `forgeline.registry.v1.RegistryService` servicer.
 - `forgeline_registry.storage`: the `ObjectStore` driver interface and its fs and S3 drivers.
-- `forgeline_registry.client`: what callers use to push and pull directories through grants.
-- `forgeline_registry.importer`: HF/ModelScope directories in, loadable directories out.
+
+Callers never import this package: they use `forgeline_registry_client` (clients/registry), whose
+naming rules (`names`) this service enforces too.
 """

@@ -19,7 +19,6 @@ from forgeline_kit.errors import (
     NotFound,
 )
 from forgeline_kit.operations.page_tokens import decode_page_token, encode_page_token
-from forgeline_registry import names
 from forgeline_registry.manifests import (
     AliasRecord,
     ChildRecord,
@@ -38,6 +37,7 @@ from forgeline_registry.registry_core import (
     version_number,
 )
 from forgeline_registry.storage.base import PreconditionFailed
+from forgeline_registry_client import names
 
 __all__ = ["Catalogue"]
 

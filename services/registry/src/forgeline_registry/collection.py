@@ -15,7 +15,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from forgeline_kit.errors import Aborted, FailedPrecondition, Internal, NotFound
-from forgeline_registry import names
 from forgeline_registry.manifests import (
     AliasRecord,
     CollectionMarker,
@@ -34,6 +33,7 @@ from forgeline_registry.registry_core import (
     version_number,
 )
 from forgeline_registry.storage.base import PreconditionFailed
+from forgeline_registry_client import names
 
 __all__ = ["GC_STALE_SECONDS", "GC_WAIT_SECONDS", "Collection"]
 

@@ -24,9 +24,9 @@ from forgeline_registry.convert import (
     upload_grant_to_pb,
     version_to_pb,
 )
-from forgeline_registry.names import parse_reference
 from forgeline_registry.service import NewVersion, Registry, VersionView
 from forgeline_registry.storage.base import UploadedPart
+from forgeline_registry_client.names import parse_reference
 
 __all__ = ["RegistryServicer"]
 

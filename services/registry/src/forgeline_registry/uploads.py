@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import mimetypes
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,7 +23,6 @@ from forgeline_kit.errors import (
     InvalidArgument,
     NotFound,
 )
-from forgeline_registry import names
 from forgeline_registry.catalogue import Catalogue
 from forgeline_registry.manifests import (
     ArtifactRecord,
@@ -44,32 +42,12 @@ from forgeline_registry.storage.base import (
     PreconditionFailed,
     UploadGrantSpec,
 )
+from forgeline_registry_client import names
+from forgeline_registry_client.importer import guess_media_type
 
-__all__ = ["BeginResult", "NewVersion", "Uploads", "guess_media_type"]
+__all__ = ["BeginResult", "NewVersion", "Uploads"]
 
 G = TypeVar("G", UploadGrantSpec, DownloadGrantSpec)
-
-_MEDIA_TYPES = {
-    ".safetensors": "application/octet-stream",
-    ".gguf": "application/octet-stream",
-    ".json": "application/json",
-    ".jsonl": "application/x-ndjson",
-    ".yaml": "application/yaml",
-    ".yml": "application/yaml",
-    ".txt": "text/plain",
-    ".md": "text/markdown",
-    ".png": "image/png",
-    ".model": "application/octet-stream",
-}
-
-
-def guess_media_type(path: str) -> str:
-    """The media type of an artifact from its path, ``application/octet-stream`` if unknown."""
-    name = path.rsplit("/", 1)[-1]
-    if name == "Modelfile":
-        return "text/plain"
-    suffix = "." + name.rsplit(".", 1)[-1] if "." in name else ""
-    return _MEDIA_TYPES.get(suffix) or mimetypes.guess_type(name)[0] or "application/octet-stream"
 
 
 @dataclass(frozen=True)

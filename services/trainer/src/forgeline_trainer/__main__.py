@@ -10,7 +10,7 @@ from forgeline_kit.grpc.server import Service, run_grpc_service
 from forgeline_kit.state_lock import hold_state_dir
 from forgeline_kit.subprocesses import offline_env
 from forgeline_proto.trainer.v1 import trainer_pb2, trainer_pb2_grpc
-from forgeline_registry.client import RegistryClient
+from forgeline_registry_client.client import RegistryClient
 from forgeline_trainer.grpc_api import TrainerServicer
 from forgeline_trainer.jobs.store import JobStore
 from forgeline_trainer.llamafactory.chat_template import preload_in_background

@@ -22,7 +22,7 @@ from forgeline_kit.operations.page_tokens import decode_position, encode_page_to
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.registry.v1 import registry_pb2 as rpb
 from forgeline_proto.trainer.v1 import trainer_pb2 as pb
-from forgeline_registry.client import RegistryClient
+from forgeline_registry_client.client import RegistryClient
 from forgeline_trainer.jobs.gpus import GpuPool
 from forgeline_trainer.jobs.hub import TERMINAL, JobHub, now
 from forgeline_trainer.jobs.queue import JobQueue
@@ -84,7 +84,7 @@ async def _resolve(
 ) -> rpb.Version:
     view = rpb.VERSION_VIEW_FULL if full else rpb.VERSION_VIEW_BASIC
     try:
-        version: rpb.Version = await client.stub.ResolveVersion(
+        version: rpb.Version = await client.resolve_version(
             rpb.ResolveVersionRequest(reference=reference, view=view)
         )
     except (NotFound, InvalidArgument) as error:

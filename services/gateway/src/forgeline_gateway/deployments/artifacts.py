@@ -25,8 +25,8 @@ from typing import TypeVar
 
 from forgeline_gateway.deployments.spec import LlamaCppSpec, OllamaSpec, VllmSpec
 from forgeline_kit.errors import FailedPrecondition, InvalidArgument
-from forgeline_registry.client import RegistryClient
-from forgeline_registry.names import check_model_name
+from forgeline_registry_client.client import RegistryClient
+from forgeline_registry_client.names import check_model_name
 
 __all__ = ["RegistryArtifacts"]
 

@@ -22,7 +22,7 @@ from forgeline_kit.errors import (
 )
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.registry.v1 import registry_pb2 as pb
-from forgeline_registry.client import RegistryClient
+from forgeline_registry_client.client import RegistryClient
 
 __all__ = ["RegistryFiles", "RegistryUnavailable", "file_model"]
 
@@ -104,7 +104,7 @@ class RegistryFiles:
         """
         async with self._calling("previewed") as client:
             try:
-                version = await client.stub.ResolveVersion(
+                version = await client.resolve_version(
                     pb.ResolveVersionRequest(reference=reference, view=pb.VERSION_VIEW_BASIC)
                 )
             except (NotFound, InvalidArgument) as error:
@@ -119,7 +119,7 @@ class RegistryFiles:
         """Delete the file's model and every version of it (gone already is fine)."""
         async with self._calling("deleted") as client:
             try:
-                await client.stub.DeleteModel(
+                await client.delete_model(
                     pb.DeleteModelRequest(name=file_model(file_id), force=True)
                 )
             except NotFound:

@@ -22,7 +22,8 @@ from forgeline_gateway.fine_tuning.stage_support import (
     version_ref,
 )
 from forgeline_kit.errors import FailedPrecondition, InvalidArgument, NotFound
-from forgeline_proto.registry.v1 import registry_pb2, registry_pb2_grpc
+from forgeline_proto.registry.v1 import registry_pb2
+from forgeline_registry_client.client import RegistryClient
 
 __all__ = ["DeployingStage"]
 
@@ -34,7 +35,7 @@ class DeployingStage:
         self,
         journal: JobJournal,
         *,
-        registry: registry_pb2_grpc.RegistryServiceAsyncStub,
+        registry: RegistryClient,
         deployments: DeploymentManager,
         serving: ServingChoice,
         finisher: JobFinisher,
@@ -88,9 +89,9 @@ class DeployingStage:
         """Point the registry alias `alias` of the served GGUF's model at its version."""
         ref = version_ref(reference)
         try:
-            await self.registry.SetAlias(
+            await self.registry.set_alias(
                 registry_pb2.SetAliasRequest(model=ref.model, alias=alias, version=ref.version),
-                timeout=INTERACTIVE_TIMEOUT,
+                deadline=INTERACTIVE_TIMEOUT,
             )
         except (InvalidArgument, FailedPrecondition, NotFound) as error:
             await self.journal.event(

@@ -31,8 +31,9 @@ from forgeline_gateway.fine_tuning.stage_support import (
     version_ref,
 )
 from forgeline_kit.errors import NotFound
-from forgeline_proto.registry.v1 import registry_pb2, registry_pb2_grpc
-from forgeline_registry.figures import CONVERSION_FIGURES
+from forgeline_proto.registry.v1 import registry_pb2
+from forgeline_registry_client.client import RegistryClient
+from forgeline_registry_client.figures import CONVERSION_FIGURES
 
 __all__ = ["EvaluatingStage"]
 
@@ -44,7 +45,7 @@ class EvaluatingStage:
         self,
         journal: JobJournal,
         *,
-        registry: registry_pb2_grpc.RegistryServiceAsyncStub,
+        registry: RegistryClient,
         deployments: DeploymentManager,
         serving: ServingChoice,
         quality: QualityCheck | None = None,
@@ -182,14 +183,14 @@ class EvaluatingStage:
 
     async def _measured(self, reference: str) -> dict[str, float]:
         """What the converter measured on the GGUF version `reference` (its lineage metrics
-        that `forgeline_registry.figures` names); empty when it is out of reach."""
+        that `forgeline_registry_client.figures` names); empty when it is out of reach."""
         ref = version_ref(reference)
         try:
-            version = await self.registry.GetVersion(
+            version = await self.registry.get_version(
                 registry_pb2.GetVersionRequest(
                     model=ref.model, version=ref.version, view=registry_pb2.VERSION_VIEW_BASIC
                 ),
-                timeout=INTERACTIVE_TIMEOUT,
+                deadline=INTERACTIVE_TIMEOUT,
             )
         except NotFound:
             return {}
@@ -199,17 +200,17 @@ class EvaluatingStage:
     async def _label_quality(self, reference: str, line: ArtifactQuality) -> None:
         """Record `line`'s scores as labels of its registry version (``quality.rouge_l``)."""
         ref = version_ref(reference)
-        version = await self.registry.GetVersion(
+        version = await self.registry.get_version(
             registry_pb2.GetVersionRequest(
                 model=ref.model, version=ref.version, view=registry_pb2.VERSION_VIEW_BASIC
             ),
-            timeout=INTERACTIVE_TIMEOUT,
+            deadline=INTERACTIVE_TIMEOUT,
         )
         labels = dict(version.labels) | quality_labels(line)
-        await self.registry.UpdateVersion(
+        await self.registry.update_version(
             registry_pb2.UpdateVersionRequest(
                 version=registry_pb2.Version(model=ref.model, number=ref.version, labels=labels),
                 update_mask=field_mask_pb2.FieldMask(paths=["labels"]),
             ),
-            timeout=INTERACTIVE_TIMEOUT,
+            deadline=INTERACTIVE_TIMEOUT,
         )

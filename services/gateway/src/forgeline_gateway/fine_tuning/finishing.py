@@ -23,8 +23,9 @@ from forgeline_gateway.fine_tuning.records import TERMINAL, JobFailure, JobRecor
 from forgeline_gateway.fine_tuning.stage_support import INTERACTIVE_TIMEOUT, version_ref
 from forgeline_kit.errors import FailedPrecondition, ForgelineError, NotFound
 from forgeline_proto.converter.v1 import converter_pb2, converter_pb2_grpc
-from forgeline_proto.registry.v1 import registry_pb2, registry_pb2_grpc
+from forgeline_proto.registry.v1 import registry_pb2
 from forgeline_proto.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from forgeline_registry_client.client import RegistryClient
 
 __all__ = ["FAILED_LABEL", "JobFinisher"]
 
@@ -43,7 +44,7 @@ class JobFinisher:
         *,
         trainer: trainer_pb2_grpc.TrainerServiceAsyncStub,
         converter: converter_pb2_grpc.ConverterServiceAsyncStub,
-        registry: registry_pb2_grpc.RegistryServiceAsyncStub,
+        registry: RegistryClient,
         deployments: DeploymentManager,
         conversions: dict[str, str],
     ) -> None:
@@ -147,11 +148,11 @@ class JobFinisher:
         for reference in job.outputs.registered():
             ref = version_ref(reference)
             try:
-                version = await self.registry.GetVersion(
+                version = await self.registry.get_version(
                     registry_pb2.GetVersionRequest(
                         model=ref.model, version=ref.version, view=registry_pb2.VERSION_VIEW_BASIC
                     ),
-                    timeout=INTERACTIVE_TIMEOUT,
+                    deadline=INTERACTIVE_TIMEOUT,
                 )
                 labels = dict(version.labels)
                 if labels.get(FAILED_LABEL) == status:
@@ -160,14 +161,14 @@ class JobFinisher:
                     labels.pop(FAILED_LABEL, None)
                 else:
                     labels[FAILED_LABEL] = status
-                await self.registry.UpdateVersion(
+                await self.registry.update_version(
                     registry_pb2.UpdateVersionRequest(
                         version=registry_pb2.Version(
                             model=ref.model, number=ref.version, labels=labels
                         ),
                         update_mask=field_mask_pb2.FieldMask(paths=["labels"]),
                     ),
-                    timeout=INTERACTIVE_TIMEOUT,
+                    deadline=INTERACTIVE_TIMEOUT,
                 )
             except (ForgelineError, ConnectionError) as error:
                 log.warning(
@@ -193,7 +194,7 @@ class JobFinisher:
         for reference in job.outputs.registered():
             ref = version_ref(reference)
             with contextlib.suppress(NotFound):
-                await self.registry.DeleteVersion(
+                await self.registry.delete_version(
                     registry_pb2.DeleteVersionRequest(
                         model=ref.model, version=ref.version, force=True
                     )

@@ -74,9 +74,10 @@ from forgeline_kit.errors import (
 )
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.converter.v1 import converter_pb2_grpc
-from forgeline_proto.registry.v1 import registry_pb2, registry_pb2_grpc
+from forgeline_proto.registry.v1 import registry_pb2
 from forgeline_proto.trainer.v1 import trainer_pb2, trainer_pb2_grpc
-from forgeline_registry.hub import HubImporter, is_hub_id
+from forgeline_registry_client.client import RegistryClient
+from forgeline_registry_client.hub import HubImporter, is_hub_id
 
 # `AdapterCheck`, `DatasetFiles` and `StageFailedError` live with the stages that use them; they
 # are named here too because the pipeline's callers know them as the pipeline's.
@@ -110,7 +111,7 @@ class Pipeline:
         *,
         trainer: trainer_pb2_grpc.TrainerServiceAsyncStub,
         converter: converter_pb2_grpc.ConverterServiceAsyncStub,
-        registry: registry_pb2_grpc.RegistryServiceAsyncStub,
+        registry: RegistryClient,
         files: DatasetFiles,
         deployments: DeploymentManager,
         organization: str,
@@ -451,11 +452,11 @@ class Pipeline:
             except NotFound as error:  # no such repository or revision on the hub
                 raise InvalidArgument(error.message, field="model") from error
         try:
-            return await self.registry.ResolveVersion(
+            return await self.registry.resolve_version(
                 registry_pb2.ResolveVersionRequest(
                     reference=model, view=registry_pb2.VERSION_VIEW_BASIC
                 ),
-                timeout=INTERACTIVE_TIMEOUT,
+                deadline=INTERACTIVE_TIMEOUT,
             )
         except NotFound as error:
             raise InvalidArgument(

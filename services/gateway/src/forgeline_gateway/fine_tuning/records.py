@@ -26,7 +26,7 @@ from forgeline_gateway.fine_tuning.auto import (
     ResolvedHyperparameters,
     resolve,
 )
-from forgeline_registry.figures import describe_conversion_figures
+from forgeline_registry_client.figures import describe_conversion_figures
 
 __all__ = [
     "DEFAULT_GRADERS",
@@ -184,7 +184,7 @@ class ArtifactQuality(_Record):
     #: Why this artifact has no scores (its run failed, it could not be served).
     error: str | None = None
     #: For a GGUF file, what the converter measured against the full-precision intermediate on
-    #: its held-out text (the version's lineage metrics: `forgeline_registry.figures`).
+    #: its held-out text (the version's lineage metrics: `forgeline_registry_client.figures`).
     conversion: dict[str, float] = Field(default_factory=dict)
 
     def describe(self) -> str:

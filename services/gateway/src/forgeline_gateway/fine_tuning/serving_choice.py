@@ -34,7 +34,8 @@ from forgeline_gateway.fine_tuning.stage_support import (
     ref_text,
 )
 from forgeline_kit.errors import InvalidArgument, NotFound
-from forgeline_proto.registry.v1 import registry_pb2, registry_pb2_grpc
+from forgeline_proto.registry.v1 import registry_pb2
+from forgeline_registry_client.client import RegistryClient
 
 __all__ = ["AdapterCheck", "ServingChoice"]
 
@@ -59,7 +60,7 @@ class ServingChoice:
         self,
         journal: JobJournal,
         *,
-        registry: registry_pb2_grpc.RegistryServiceAsyncStub,
+        registry: RegistryClient,
         deployments: DeploymentManager,
         adapter_check: AdapterCheck | None = None,
     ) -> None:
@@ -204,11 +205,11 @@ class ServingChoice:
         if not model or not number.isdigit():
             return False
         try:
-            version = await self.registry.GetVersion(
+            version = await self.registry.get_version(
                 registry_pb2.GetVersionRequest(
                     model=model, version=int(number), view=registry_pb2.VERSION_VIEW_BASIC
                 ),
-                timeout=INTERACTIVE_TIMEOUT,
+                deadline=INTERACTIVE_TIMEOUT,
             )
         except (NotFound, InvalidArgument):
             return False

@@ -18,8 +18,8 @@ from forgeline_gateway.settings import GatewaySettings
 from forgeline_kit.grpc.client import make_channel
 from forgeline_proto.converter.v1 import converter_pb2_grpc
 from forgeline_proto.trainer.v1 import trainer_pb2_grpc
-from forgeline_registry.client import RegistryClient
-from forgeline_registry.hub import HubImporter
+from forgeline_registry_client.client import RegistryClient
+from forgeline_registry_client.hub import HubImporter
 
 __all__ = ["open_pipeline"]
 
@@ -55,7 +55,7 @@ async def open_pipeline(
         store,
         trainer=trainer_pb2_grpc.TrainerServiceStub(trainer),
         converter=converter_pb2_grpc.ConverterServiceStub(converter),
-        registry=registry.stub,
+        registry=registry,
         files=UploadedDatasets(files),
         deployments=deployments,
         organization=settings.organization,

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import abc
 import hashlib
-import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from queue import Queue
 from typing import ClassVar
 
 from forgeline_registry.manifests import BlobUploadState
+from forgeline_registry_client.transfer import pipelined
 
 __all__ = [
     "HASH_CHUNK_BYTES",
@@ -37,7 +36,6 @@ __all__ = [
     "UploadedPart",
     "hash_chunks",
     "part_layout",
-    "pipelined",
 ]
 
 #: Size of the reads that hash a blob: big enough to keep hashing fast, small enough that memory
@@ -126,50 +124,14 @@ def hash_chunks(chunks: Iterable[bytes]) -> tuple[str, int]:
     """SHA-256 and length of the concatenated `chunks`.
 
     The chunks are hashed on a second thread while the next ones are read, so reading (network
-    or disk) and hashing overlap; at most `PIPELINE_DEPTH` chunks wait in between.
+    or disk) and hashing overlap (`forgeline_registry_client.transfer.pipelined`, which clients
+    hash their downloads with too); at most `PIPELINE_DEPTH` chunks wait in between.
     """
     digest = hashlib.sha256()
     size = 0
     for chunk in pipelined(chunks, digest.update):
         size += len(chunk)
     return digest.hexdigest(), size
-
-
-#: Chunks in flight between a reader and the thread that consumes them.
-PIPELINE_DEPTH = 8
-_DONE = object()
-
-
-def pipelined(chunks: Iterable[bytes], consume: Callable[[bytes], object]) -> Iterator[bytes]:
-    """Yield `chunks` as read, while `consume` processes each on a worker thread (in order).
-
-    `consume` should release the GIL (hashlib, file writes do). Exceptions of either side
-    propagate; the worker is always joined before this generator ends.
-    """
-    queue: Queue[object] = Queue(PIPELINE_DEPTH)
-    failure: list[BaseException] = []
-
-    def work() -> None:
-        while (item := queue.get()) is not _DONE:
-            if not failure:
-                try:
-                    consume(item)  # type: ignore[arg-type]
-                except BaseException as exc:
-                    failure.append(exc)
-
-    worker = threading.Thread(target=work, name="pipeline", daemon=True)
-    worker.start()
-    try:
-        for chunk in chunks:
-            if failure:
-                break
-            queue.put(chunk)
-            yield chunk
-    finally:
-        queue.put(_DONE)
-        worker.join()
-    if failure:
-        raise failure[0]
 
 
 class ObjectStore(abc.ABC):

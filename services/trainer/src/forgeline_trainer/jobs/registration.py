@@ -19,7 +19,7 @@ from forgeline_kit.errors import ForgelineError
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.registry.v1 import registry_pb2 as rpb
 from forgeline_proto.trainer.v1 import trainer_pb2 as pb
-from forgeline_registry.client import RegistryClient
+from forgeline_registry_client.client import RegistryClient
 from forgeline_trainer.jobs.workspace import JobWorkspace, Validated, text_argument
 
 __all__ = ["Registered", "output_model", "register_results"]
@@ -122,7 +122,7 @@ class _Pushes:
     async def undo(self) -> None:
         for version in reversed(self.done):
             with contextlib.suppress(grpc.RpcError, ForgelineError):
-                await self.client.stub.DeleteVersion(
+                await self.client.delete_version(
                     rpb.DeleteVersionRequest(
                         model=version.model, version=version.number, force=True
                     )

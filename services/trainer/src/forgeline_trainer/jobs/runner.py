@@ -37,7 +37,7 @@ from forgeline_kit.errors import ForgelineError
 from forgeline_kit.operations import OperationFailure
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.trainer.v1 import trainer_pb2 as pb
-from forgeline_registry.client import RegistryClient
+from forgeline_registry_client.client import RegistryClient
 from forgeline_trainer.jobs.hub import JobHub, now
 from forgeline_trainer.jobs.job_errors import ProcessKilledError, registry_failure
 from forgeline_trainer.jobs.progress_events import (

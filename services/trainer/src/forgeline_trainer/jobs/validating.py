@@ -21,7 +21,7 @@ from forgeline_kit.errors import ForgelineError, InvalidArgument
 from forgeline_kit.operations import OperationFailure
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.trainer.v1 import trainer_pb2 as pb
-from forgeline_registry.client import RegistryClient
+from forgeline_registry_client.client import RegistryClient
 from forgeline_trainer.jobs.hub import JobHub
 from forgeline_trainer.jobs.job_errors import registry_failure
 from forgeline_trainer.jobs.workspace import DatasetRecord, JobWorkspace, Validated, text_argument

@@ -17,7 +17,7 @@ from forgeline_gateway.api.registry.protocol import (
 from forgeline_kit.errors import FailedPrecondition, InvalidArgument
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.registry.v1 import registry_pb2 as pb
-from forgeline_registry.client import RegistryClient
+from forgeline_registry_client.client import RegistryClient
 
 __all__ = ["RegistryServing"]
 
@@ -96,7 +96,7 @@ class RegistryServing:
         models: list[pb.Model] = []
         token = ""
         for _ in range(_MAX_PAGES):
-            page = await client.stub.ListModels(
+            page = await client.list_models(
                 pb.ListModelsRequest(page_size=_PAGE, page_token=token, name_prefix=prefix or "")
             )
             models.extend(page.models)
@@ -124,7 +124,7 @@ class RegistryServing:
         versions: list[pb.Version] = []
         token = ""
         for _ in range(_MAX_PAGES):
-            page = await client.stub.ListVersions(
+            page = await client.list_versions(
                 pb.ListVersionsRequest(
                     model=model, page_size=_PAGE, page_token=token, order_by="number desc"
                 )
@@ -138,7 +138,7 @@ class RegistryServing:
     async def version(self, reference: str) -> RegistryVersion:
         """One version (``MODEL:N``, or ``MODEL@ALIAS``, or ``MODEL`` for its latest), with its
         files."""
-        found = await self._client().stub.ResolveVersion(
+        found = await self._client().resolve_version(
             pb.ResolveVersionRequest(reference=reference, view=pb.VERSION_VIEW_FULL)
         )
         return _version(found, with_artifacts=True)
@@ -150,7 +150,7 @@ class RegistryServing:
             raise InvalidArgument(
                 f"'{reference}' is not a version reference: give MODEL:NUMBER", field="reference"
             )
-        graph = await client.stub.GetLineage(
+        graph = await client.get_lineage(
             pb.GetLineageRequest(
                 model=model,
                 version=int(number),

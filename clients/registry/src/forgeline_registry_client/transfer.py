@@ -12,21 +12,23 @@ import hashlib
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from queue import Queue
 
 import urllib3
 
 from forgeline_kit.errors import FailedPrecondition, Unavailable
 from forgeline_proto.registry.v1 import registry_pb2 as pb
-from forgeline_registry.storage.base import pipelined
 
 __all__ = [
     "CHUNK_BYTES",
+    "PIPELINE_DEPTH",
     "Progress",
     "Transfers",
     "hash_file",
+    "pipelined",
 ]
 
 #: Size of one read or write. Memory per transfer is a small multiple of it.
@@ -51,6 +53,44 @@ def hash_file(path: Path, progress: Progress = _no_progress) -> tuple[str, int]:
             size += len(chunk)
             progress(len(chunk))
     return digest.hexdigest(), size
+
+
+#: Chunks in flight between a reader and the thread that consumes them.
+PIPELINE_DEPTH = 8
+_DONE = object()
+
+
+def pipelined(chunks: Iterable[bytes], consume: Callable[[bytes], object]) -> Iterator[bytes]:
+    """Yield `chunks` as read, while `consume` processes each on a worker thread (in order).
+
+    `consume` should release the GIL (hashlib, file writes do). Exceptions of either side
+    propagate; the worker is always joined before this generator ends. The registry's storage
+    drivers hash what arrived with it too (`forgeline_registry.storage.base.hash_chunks`).
+    """
+    queue: Queue[object] = Queue(PIPELINE_DEPTH)
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        while (item := queue.get()) is not _DONE:
+            if not failure:
+                try:
+                    consume(item)  # type: ignore[arg-type]
+                except BaseException as exc:
+                    failure.append(exc)
+
+    worker = threading.Thread(target=work, name="pipeline", daemon=True)
+    worker.start()
+    try:
+        for chunk in chunks:
+            if failure:
+                break
+            queue.put(chunk)
+            yield chunk
+    finally:
+        queue.put(_DONE)
+        worker.join()
+    if failure:
+        raise failure[0]
 
 
 class _Slice:

@@ -34,8 +34,8 @@ fine-tuning job whose base model is a hub id in the gateway)::
    (``hub``, ``hub.repo``, ``hub.revision``, ``hub.commit``). The cache is then removed unless
    asked to keep it.
 
-The hub clients are imported lazily (the ``hub`` extra of forgeline-registry), so the registry
-service itself never needs them.
+The hub clients are imported lazily (the ``hub`` extra of forgeline-registry-client), so a caller
+that never imports by hub id (the trainer, the converter) never needs them.
 
 This module runs the import (steps 2, 5, 6 and 7) and holds its entry points; `hub_repos` has
 hub ids and the choice of files (steps 3 and 4), `hub_clients` the hubs' clients (step 1 and
@@ -58,9 +58,9 @@ from typing import Any, Final
 
 from forgeline_kit.errors import FailedPrecondition, ForgelineError, NotFound
 from forgeline_proto.registry.v1 import registry_pb2 as pb
-from forgeline_registry.client import PushPlan, RegistryClient, TransferProgress
-from forgeline_registry.hub_clients import hub_client, hub_error
-from forgeline_registry.hub_repos import (
+from forgeline_registry_client.client import PushPlan, RegistryClient, TransferProgress
+from forgeline_registry_client.hub_clients import hub_client, hub_error
+from forgeline_registry_client.hub_repos import (
     HUGGING_FACE,
     METADATA_FILES,
     MODELSCOPE,
@@ -75,8 +75,8 @@ from forgeline_registry.hub_repos import (
     remote_code,
     select_files,
 )
-from forgeline_registry.importer import LocalArtifact, local_artifact
-from forgeline_registry.names import check_model_name
+from forgeline_registry_client.importer import LocalArtifact, local_artifact
+from forgeline_registry_client.names import check_model_name
 
 __all__ = [
     "HUGGING_FACE",
@@ -239,7 +239,7 @@ async def find_import(
     else:
         labels[LABEL_REVISION] = hub_id.revision
     try:
-        answer = await registry.stub.ListVersions(
+        answer = await registry.list_versions(
             pb.ListVersionsRequest(
                 model=name or default_model_name(hub_id.repo_id),
                 kinds=[pb.VERSION_KIND_BASE],

@@ -1,4 +1,5 @@
-"""A registry client for services and the CLI: push a directory as a version, pull one back.
+"""The registry client for services and the CLI: every registry call, and pushing a directory
+as a version, pulling one back.
 
 ::
 
@@ -9,6 +10,10 @@
 
 Bytes go straight between this process and the store through the registry's grants, never over
 gRPC; every downloaded file is verified against its digest before it appears.
+
+Every call of ``forgeline.registry.v1.RegistryService`` is a method here (``get_model``,
+``resolve_version``, ...), taking the request message and returning the response: callers never
+hold the gRPC stub or channel, so this class is the one place that talks to the registry.
 """
 
 from __future__ import annotations
@@ -20,14 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-import grpc
-
 from forgeline_kit.grpc.client import make_channel
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.registry.v1 import registry_pb2 as pb
 from forgeline_proto.registry.v1 import registry_pb2_grpc
-from forgeline_registry.importer import guess_version_kind, safe_target, scan_directory
-from forgeline_registry.transfer import Transfers, hash_file
+from forgeline_registry_client.importer import guess_version_kind, safe_target, scan_directory
+from forgeline_registry_client.transfer import Transfers, hash_file
 
 __all__ = ["PushPlan", "RegistryClient", "TransferProgress"]
 
@@ -85,7 +88,7 @@ class RegistryClient:
             accept_local_files=accept_local_files, part_size_bytes=part_size_bytes
         )
         self._channel = make_channel(target, default_timeout=timeout, wait_for_ready=wait_for_ready)
-        self.stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
+        self._stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
         self.transfers = Transfers(parallel)
 
     async def __aenter__(self) -> RegistryClient:
@@ -104,10 +107,116 @@ class RegistryClient:
         await self._channel.close()
         self.transfers.close()
 
-    @property
-    def channel(self) -> grpc.aio.Channel:
-        """The gRPC channel (for other calls of the same registry)."""
-        return self._channel
+    # --- registry calls, one per RPC (the contract's comments say more). `deadline`: the call's
+    # gRPC deadline in seconds (the registry sees it too), the client's `timeout` when None.
+
+    async def create_model(
+        self, request: pb.CreateModelRequest, *, deadline: float | None = None
+    ) -> pb.Model:
+        """Create a model; ALREADY_EXISTS when the name is taken."""
+        return await self._stub.CreateModel(request, timeout=deadline)
+
+    async def get_model(
+        self, request: pb.GetModelRequest, *, deadline: float | None = None
+    ) -> pb.Model:
+        """One model."""
+        return await self._stub.GetModel(request, timeout=deadline)
+
+    async def list_models(
+        self, request: pb.ListModelsRequest, *, deadline: float | None = None
+    ) -> pb.ListModelsResponse:
+        """A page of models, in name order."""
+        return await self._stub.ListModels(request, timeout=deadline)
+
+    async def update_model(
+        self, request: pb.UpdateModelRequest, *, deadline: float | None = None
+    ) -> pb.Model:
+        """Change a model's description or labels."""
+        return await self._stub.UpdateModel(request, timeout=deadline)
+
+    async def delete_model(
+        self, request: pb.DeleteModelRequest, *, deadline: float | None = None
+    ) -> None:
+        """Delete a model (with its versions when `force` is set)."""
+        await self._stub.DeleteModel(request, timeout=deadline)
+
+    async def begin_version(
+        self, request: pb.BeginVersionRequest, *, deadline: float | None = None
+    ) -> pb.BeginVersionResponse:
+        """Declare a version's artifacts; grants for the blobs the store lacks (see `push`)."""
+        return await self._stub.BeginVersion(request, timeout=deadline)
+
+    async def renew_upload_grants(
+        self, request: pb.RenewUploadGrantsRequest, *, deadline: float | None = None
+    ) -> pb.RenewUploadGrantsResponse:
+        """Fresh grants for an open upload."""
+        return await self._stub.RenewUploadGrants(request, timeout=deadline)
+
+    async def commit_version(
+        self, request: pb.CommitVersionRequest, *, deadline: float | None = None
+    ) -> pb.Version:
+        """Verify an upload's blobs and make it the model's next version."""
+        return await self._stub.CommitVersion(request, timeout=deadline)
+
+    async def abort_version(
+        self, request: pb.AbortVersionRequest, *, deadline: float | None = None
+    ) -> None:
+        """Abandon an open upload."""
+        await self._stub.AbortVersion(request, timeout=deadline)
+
+    async def get_version(
+        self, request: pb.GetVersionRequest, *, deadline: float | None = None
+    ) -> pb.Version:
+        """One version by number."""
+        return await self._stub.GetVersion(request, timeout=deadline)
+
+    async def list_versions(
+        self, request: pb.ListVersionsRequest, *, deadline: float | None = None
+    ) -> pb.ListVersionsResponse:
+        """A page of a model's versions, filtered."""
+        return await self._stub.ListVersions(request, timeout=deadline)
+
+    async def resolve_version(
+        self, request: pb.ResolveVersionRequest, *, deadline: float | None = None
+    ) -> pb.Version:
+        """The version ``MODEL``, ``MODEL:VERSION`` or ``MODEL@ALIAS`` names."""
+        return await self._stub.ResolveVersion(request, timeout=deadline)
+
+    async def update_version(
+        self, request: pb.UpdateVersionRequest, *, deadline: float | None = None
+    ) -> pb.Version:
+        """Change a version's description or labels."""
+        return await self._stub.UpdateVersion(request, timeout=deadline)
+
+    async def delete_version(
+        self, request: pb.DeleteVersionRequest, *, deadline: float | None = None
+    ) -> pb.DeleteVersionResponse:
+        """Delete a version and collect the blobs nothing else references."""
+        return await self._stub.DeleteVersion(request, timeout=deadline)
+
+    async def set_alias(
+        self, request: pb.SetAliasRequest, *, deadline: float | None = None
+    ) -> pb.Alias:
+        """Point an alias at a version (compare-and-swap with `expected_version`)."""
+        return await self._stub.SetAlias(request, timeout=deadline)
+
+    async def delete_alias(
+        self, request: pb.DeleteAliasRequest, *, deadline: float | None = None
+    ) -> None:
+        """Remove an alias."""
+        await self._stub.DeleteAlias(request, timeout=deadline)
+
+    async def get_lineage(
+        self, request: pb.GetLineageRequest, *, deadline: float | None = None
+    ) -> pb.GetLineageResponse:
+        """A version's ancestors and/or descendants."""
+        return await self._stub.GetLineage(request, timeout=deadline)
+
+    async def get_download_grants(
+        self, request: pb.GetDownloadGrantsRequest, *, deadline: float | None = None
+    ) -> pb.GetDownloadGrantsResponse:
+        """Grants to read a version's artifacts straight from the store (see `pull`)."""
+        return await self._stub.GetDownloadGrants(request, timeout=deadline)
 
     # --- push
 
@@ -180,7 +289,7 @@ class RegistryClient:
     ) -> pb.Version:
         """Push files already hashed (`plan`) as the next version of `model`."""
         progress = progress or TransferProgress()
-        begin = await self.stub.BeginVersion(
+        begin = await self.begin_version(
             pb.BeginVersionRequest(
                 model=model,
                 create_model=create_model,
@@ -198,7 +307,7 @@ class RegistryClient:
         multipart = await self.upload(begin, plan, progress)
         if after_upload is not None:
             after_upload(begin)
-        return await self.stub.CommitVersion(
+        return await self.commit_version(
             pb.CommitVersionRequest(upload_id=begin.upload_id, multipart_uploads=multipart)
         )
 
@@ -234,10 +343,10 @@ class RegistryClient:
     ) -> pb.Version:
         """Write the artifacts of `reference` (``MODEL[:VERSION|@ALIAS]``) under `directory`."""
         progress = progress or TransferProgress()
-        version = await self.stub.ResolveVersion(
+        version = await self.resolve_version(
             pb.ResolveVersionRequest(reference=reference, view=pb.VERSION_VIEW_BASIC)
         )
-        answer = await self.stub.GetDownloadGrants(
+        answer = await self.get_download_grants(
             pb.GetDownloadGrantsRequest(
                 version=common_pb2.VersionRef(model=version.model, version=version.number),
                 paths=list(paths),

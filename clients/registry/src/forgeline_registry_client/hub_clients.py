@@ -2,8 +2,8 @@
 ``modelscope_hub`` resolve a hub id to a commit and its files, and download the files chosen;
 their failures become Forgeline errors that say what to do (`hub_error`).
 
-The clients are imported lazily (the ``hub`` extra of forgeline-registry), so the registry
-service itself never needs them.
+The clients are imported lazily (the ``hub`` extra of forgeline-registry-client), so a caller
+that never imports by hub id (the trainer, the converter) never needs them.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from forgeline_kit.errors import (
     PermissionDenied,
     Unavailable,
 )
-from forgeline_registry.hub_repos import HUGGING_FACE, HubId, RemoteFile, RemoteSnapshot
+from forgeline_registry_client.hub_repos import HUGGING_FACE, HubId, RemoteFile, RemoteSnapshot
 
 __all__ = ["HubClient", "hub_client", "hub_error"]
 
@@ -108,7 +108,7 @@ class _HuggingFace:
             from huggingface_hub import constants
         except ImportError as error:  # pragma: no cover - the hub extra is missing
             raise FailedPrecondition(
-                "huggingface_hub is not installed here: install forgeline-registry[hub]"
+                "huggingface_hub is not installed here: install forgeline-registry-client[hub]"
             ) from error
         if constants.is_offline_mode():
             raise FailedPrecondition(
@@ -167,7 +167,7 @@ class _ModelScope:
             from modelscope_hub import HubApi, HubConfig
         except ImportError as error:  # pragma: no cover - the hub extra is missing
             raise FailedPrecondition(
-                "modelscope is not installed here: install forgeline-registry[hub]"
+                "modelscope is not installed here: install forgeline-registry-client[hub]"
             ) from error
         # A fresh configuration reads MODELSCOPE_ENDPOINT / MODELSCOPE_DOMAIN and
         # MODELSCOPE_API_TOKEN (or the saved login) now; the client's default one is read once

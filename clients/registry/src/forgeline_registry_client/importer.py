@@ -10,17 +10,18 @@ transformers, llama.cpp or Ollama loaded comes back as one they load again.
 
 from __future__ import annotations
 
+import mimetypes
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from forgeline_kit.errors import InvalidArgument
 from forgeline_proto.registry.v1 import registry_pb2 as pb
-from forgeline_registry.names import check_artifact_path
-from forgeline_registry.uploads import guess_media_type
+from forgeline_registry_client.names import check_artifact_path
 
 __all__ = [
     "LocalArtifact",
+    "guess_media_type",
     "guess_version_kind",
     "local_artifact",
     "safe_target",
@@ -62,6 +63,29 @@ _TRAINING_CONFIG = re.compile(
 _GGUF_TYPE = re.compile(
     r"[-_.]((?:I?Q\d(?:_[A-Z0-9]+)*)|F16|BF16|F32)(?:[-_.][^.]*)?\.gguf$", re.IGNORECASE
 )
+
+
+_MEDIA_TYPES = {
+    ".safetensors": "application/octet-stream",
+    ".gguf": "application/octet-stream",
+    ".json": "application/json",
+    ".jsonl": "application/x-ndjson",
+    ".yaml": "application/yaml",
+    ".yml": "application/yaml",
+    ".txt": "text/plain",
+    ".md": "text/markdown",
+    ".png": "image/png",
+    ".model": "application/octet-stream",
+}
+
+
+def guess_media_type(path: str) -> str:
+    """The media type of an artifact from its path, ``application/octet-stream`` if unknown."""
+    name = path.rsplit("/", 1)[-1]
+    if name == "Modelfile":
+        return "text/plain"
+    suffix = "." + name.rsplit(".", 1)[-1] if "." in name else ""
+    return _MEDIA_TYPES.get(suffix) or mimetypes.guess_type(name)[0] or "application/octet-stream"
 
 
 @dataclass(frozen=True)
