@@ -32,6 +32,7 @@ from forgeline_converter.settings import ConverterSettings
 from forgeline_kit.grpc.client import make_channel
 from forgeline_kit.grpc.server import GrpcService
 from forgeline_kit.llamacpp import locate
+from forgeline_kit.sqlite import sqlite_url
 from forgeline_kit.tinymodel import write_tiny_model
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.converter.v1 import converter_pb2 as pb
@@ -67,7 +68,7 @@ class ServiceArm:
             registry_target=f"127.0.0.1:{registry.grpc_port}",
             registry_local_files=True,
             work_dir=self.root / "converter" / "work",
-            state_db=self.root / "converter" / "state.db",
+            database_url=sqlite_url(self.root / "converter" / "state.db"),
         )
         converter = GrpcService(
             converter_settings,

@@ -161,7 +161,7 @@ def gateway_process(
         # Ahead of the installed (editable) package, so these sources are the ones imported.
         env["PYTHONPATH"] = os.pathsep.join([str(source), env.get("PYTHONPATH", "")])
     env |= {
-        "FORGELINE_GATEWAY_DATABASE": str(workdir / f"{name}.sqlite3"),
+        **_database_setting(workdir / f"{name}.sqlite3", source),
         "FORGELINE_GATEWAY_HTTP_PORT": "0",
         "FORGELINE_GATEWAY_METRICS_PORT": "0",
         "FORGELINE_GATEWAY_LOG_FORMAT": "json",
@@ -176,6 +176,16 @@ def gateway_process(
     key = json.loads(created.stdout)["key"]
     with _process([sys.executable, "-m", "forgeline_gateway"], env) as process:
         yield process, int(str(_read_json_line(process, "http_port")["http_port"])), key
+
+
+def _database_setting(path: Path, source: Path | None) -> dict[str, str]:
+    """The variable that puts the gateway's database at `path`: DATABASE_URL, or the file path
+    DATABASE where `source` is a checkout from before that setting (which refuses the new name
+    as unknown)."""
+    settings = source / "forgeline_gateway" / "settings.py" if source is not None else None
+    if settings is not None and "database_url" not in settings.read_text(encoding="utf-8"):
+        return {"FORGELINE_GATEWAY_DATABASE": str(path)}
+    return {"FORGELINE_GATEWAY_DATABASE_URL": f"sqlite:///{path}"}
 
 
 @contextmanager

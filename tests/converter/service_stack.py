@@ -14,6 +14,7 @@ from forgeline_converter.__main__ import build as build_converter
 from forgeline_converter.settings import ConverterSettings
 from forgeline_kit.grpc.client import make_channel
 from forgeline_kit.grpc.server import GrpcService
+from forgeline_kit.sqlite import sqlite_url
 from forgeline_proto.converter.v1 import converter_pb2 as pb
 from forgeline_proto.converter.v1 import converter_pb2_grpc
 from forgeline_registry.__main__ import build as build_registry
@@ -60,9 +61,13 @@ class Stack:
             registry_target=self.registry_target,
             registry_local_files=True,
             work_dir=self.root / name / "work",
-            state_db=self.root / name / "state.db",
+            database_url=sqlite_url(self.root / name / "state.db"),
             **overrides,
         )
+        return await self.start_converter_on(settings)
+
+    async def start_converter_on(self, settings: ConverterSettings) -> RunningConverter:
+        """A converter with `settings` as they are."""
         service = GrpcService(
             settings, await build_converter(settings), collectors=CollectorRegistry()
         )

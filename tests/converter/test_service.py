@@ -14,9 +14,11 @@ import pytest
 import pytest_asyncio
 from process_tree import kill_busy_converter_worker
 
+from forgeline_converter.settings import ConverterSettings
 from forgeline_kit.errors import InvalidArgument, NotFound
 from forgeline_kit.llamacpp import Toolchain
 from forgeline_kit.llamacpp.server import LlamaServerOptions, start_llama_server
+from forgeline_kit.settings import load_settings, renamed_variables_in_use
 from forgeline_kit.tinymodel import TinyModel
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.converter.v1 import converter_pb2 as pb
@@ -225,6 +227,47 @@ async def test_watch_resumes_after_a_sequence(
         await collect(
             converter.stub.WatchConversion(pb.WatchConversionRequest(conversion_id="cv-nope"))
         )
+
+
+async def test_a_converter_set_up_with_the_old_state_db_variable_finds_its_conversions(
+    converted: Converted,
+    converter: RunningConverter,
+    stack: Stack,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # FORGELINE_CONVERTER_STATE_DB (a file path) is still read for one release, with a warning:
+    # a converter upgraded without a change to its environment keeps its conversions.
+    for name in list(os.environ):
+        if name.upper().startswith("FORGELINE_CONVERTER_"):
+            monkeypatch.delenv(name)
+    environment = {
+        "FORGELINE_CONVERTER_STATE_DB": str(converter.settings.database_path),
+        "FORGELINE_CONVERTER_WORK_DIR": str(stack.root / "upgraded" / "work"),
+        "FORGELINE_CONVERTER_GRPC_PORT": "0",
+        "FORGELINE_CONVERTER_METRICS_PORT": "0",
+        "FORGELINE_CONVERTER_REGISTRY_TARGET": stack.registry_target,
+        "FORGELINE_CONVERTER_REGISTRY_LOCAL_FILES": "true",
+    }
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+
+    settings = load_settings(ConverterSettings)
+
+    assert settings.database_path == converter.settings.database_path
+    assert renamed_variables_in_use(ConverterSettings) == [
+        "FORGELINE_CONVERTER_STATE_DB is deprecated and will stop being read in a coming "
+        "release: set FORGELINE_CONVERTER_DATABASE_URL instead (FORGELINE_CONVERTER_DATABASE_URL="
+        f"{settings.database_url} is the same setting)"
+    ]
+    upgraded = await stack.start_converter_on(settings)
+    try:
+        found = await upgraded.stub.GetConversion(
+            pb.GetConversionRequest(conversion_id=converted.conversion_id)
+        )
+        assert found.state == pb.CONVERSION_STATE_SUCCEEDED
+    finally:
+        await upgraded.stop()
+        stack.converters.remove(upgraded)
 
 
 @pytest.mark.parametrize(

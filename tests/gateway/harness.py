@@ -22,6 +22,7 @@ from forgeline_gateway.security.keys import Scope, create_key
 from forgeline_gateway.settings import GatewaySettings
 from forgeline_gateway.store import Store
 from forgeline_kit.metrics import MetricsServer, start_service_metrics
+from forgeline_kit.sqlite import sqlite_url
 
 START_DEADLINE_S = 60.0
 
@@ -39,7 +40,7 @@ class Gateway:
             http_host="127.0.0.1",
             http_port=0,
             metrics_port=0,
-            database=database,
+            database_url=sqlite_url(database),
             **dict(settings or {}),
         )
         self.collectors = CollectorRegistry()

@@ -24,7 +24,7 @@ START_DEADLINE_S = 60.0
 def _env(tmp_path: Path, **settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FORGELINE_GATEWAY_")}
     env |= {
-        "FORGELINE_GATEWAY_DATABASE": str(tmp_path / "gateway.sqlite3"),
+        "FORGELINE_GATEWAY_DATABASE_URL": f"sqlite:///{tmp_path / 'gateway.sqlite3'}",
         "FORGELINE_GATEWAY_HTTP_PORT": "0",
         "FORGELINE_GATEWAY_METRICS_PORT": "0",
         "FORGELINE_GATEWAY_LOG_FORMAT": "json",
@@ -65,6 +65,59 @@ def test_a_bad_setting_exits_2_naming_the_variable(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "FORGELINE_GATEWAY_HTTP_PROT" in done.stderr
     assert "did you mean FORGELINE_GATEWAY_HTTP_PORT" in done.stderr
+
+
+def test_a_database_url_it_cannot_open_exits_2_saying_what_it_accepts(tmp_path: Path) -> None:
+    env = _env(tmp_path, FORGELINE_GATEWAY_DATABASE_URL="postgresql://forgeline:pw@db/forgeline")
+
+    done = _run(["keys", "list"], env)
+
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[1:] == [
+        "  FORGELINE_GATEWAY_DATABASE_URL='postgresql://forgeline:***@db/forgeline' is refused: "
+        "PostgreSQL is not supported by this version yet; use sqlite:///PATH"
+    ]
+
+
+def test_the_database_set_by_its_old_name_is_found_after_an_upgrade(tmp_path: Path) -> None:
+    # FORGELINE_GATEWAY_DATABASE (a file path) is still read for one release, with a warning.
+    database = tmp_path / "kept" / "gateway.sqlite3"
+    old = {k: v for k, v in _env(tmp_path).items() if k != "FORGELINE_GATEWAY_DATABASE_URL"}
+    old["FORGELINE_GATEWAY_DATABASE"] = str(database)
+
+    created = _run(["keys", "create", "ops", "--scope", "admin"], old)
+
+    assert created.returncode == 0, created.stderr
+    assert database.is_file()
+    (warning,) = [json.loads(line) for line in created.stderr.splitlines() if line.strip()]
+    assert warning["level"] == "WARNING"
+    assert warning["message"] == (
+        "FORGELINE_GATEWAY_DATABASE is deprecated and will stop being read in a coming release: "
+        f"set FORGELINE_GATEWAY_DATABASE_URL instead (FORGELINE_GATEWAY_DATABASE_URL=sqlite:///"
+        f"{database} is the same setting)"
+    )
+    key_id = json.loads(created.stdout)["id"]
+    # The same file under the new name: the key is there, and nothing is warned of.
+    listed = _run(
+        ["keys", "list"], _env(tmp_path, FORGELINE_GATEWAY_DATABASE_URL=f"sqlite:///{database}")
+    )
+    assert key_id in listed.stdout
+    assert listed.stderr == ""
+
+
+def test_the_old_database_variable_naming_another_file_is_refused(tmp_path: Path) -> None:
+    # An image's DATABASE_URL must not win silently over a DATABASE set by hand: that would move
+    # the gateway off its state.
+    env = _env(tmp_path, FORGELINE_GATEWAY_DATABASE=str(tmp_path / "elsewhere.sqlite3"))
+
+    done = _run(["keys", "list"], env)
+
+    assert done.returncode == 2
+    assert (
+        "FORGELINE_GATEWAY_DATABASE (deprecated) and FORGELINE_GATEWAY_DATABASE_URL are both "
+        "set and disagree" in done.stderr
+    )
+    assert not (tmp_path / "elsewhere.sqlite3").exists()
 
 
 def test_serves_on_the_port_it_logs_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:

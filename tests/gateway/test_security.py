@@ -92,7 +92,7 @@ def test_keys_are_stored_hashed_and_revocation_takes_effect(served: Served) -> N
     headers = {"Authorization": f"Bearer {key}"}
     assert _chat(served, headers).status_code == 200
 
-    with sqlite3.connect(served.gateway.settings.database) as db:
+    with sqlite3.connect(served.gateway.settings.database_path) as db:
         stored = db.execute("SELECT hash, prefix FROM api_keys WHERE id = ?", (key_id,)).fetchone()
         dump = "\n".join(db.iterdump())
     assert stored == (hash_key(key), key[:10])

@@ -28,7 +28,7 @@ from pydantic_settings import SettingsConfigDict
 
 from forgeline_kit import errors
 from forgeline_kit.grpc.server import Service, run_grpc_service
-from forgeline_kit.settings import ServiceSettings
+from forgeline_kit.settings import RenamedSetting, ServiceSettings
 
 SERVICE_NAME = "forgeline.test.v1.Echo"
 FILE_NAME = "forgeline_test/echo.proto"
@@ -91,6 +91,8 @@ class EchoSettings(ServiceSettings):
     """The kit's common settings plus one of the service's own."""
 
     model_config = SettingsConfigDict(env_prefix="FORGELINE_ECHO_")
+    # GREETING's name before it was renamed, still read (tests/kit/test_settings.py).
+    renamed_settings = (RenamedSetting("salutation", "greeting"),)
 
     greeting: str = Field("", description="Put in front of every echoed text.")
 

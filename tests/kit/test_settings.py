@@ -8,8 +8,20 @@ import subprocess
 import sys
 
 import pytest
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
 
-from forgeline_kit.settings import LogFormat, SettingsError, load_settings
+from forgeline_kit.settings import (
+    DatabaseUrl,
+    LogFormat,
+    RenamedSetting,
+    ServiceSettings,
+    SettingsError,
+    load_settings,
+    renamed_variables_in_use,
+    settings_help,
+)
+from forgeline_kit.sqlite import sqlite_url
 
 from .conftest import StartService
 from .echo_service import EchoSettings
@@ -19,7 +31,7 @@ from .harness import ECHO_SERVICE
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
-        if name.upper().startswith("FORGELINE_ECHO_"):
+        if name.upper().startswith(("FORGELINE_ECHO_", "FORGELINE_STORE_")):
             monkeypatch.delenv(name)
 
 
@@ -151,3 +163,108 @@ def test_a_command_line_option_is_refused_with_where_settings_go() -> None:
         "forgeline-echo: unexpected argument '--grpc-port': settings come from "
         "FORGELINE_ECHO_* environment variables (forgeline-echo --help lists them)"
     )
+
+
+# A variable renamed in a release (FORGELINE_ECHO_SALUTATION, now GREETING) is still read for one
+# more, with a warning at start, so an upgrade keeps the configuration it had.
+
+
+def test_a_renamed_variable_is_still_read_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FORGELINE_ECHO_SALUTATION", "hello ")
+
+    assert load_settings(EchoSettings).greeting == "hello "
+    assert renamed_variables_in_use(EchoSettings) == [
+        "FORGELINE_ECHO_SALUTATION is deprecated and will stop being read in a coming release: "
+        "set FORGELINE_ECHO_GREETING instead (FORGELINE_ECHO_GREETING=hello  is the same setting)"
+    ]
+    assert "  FORGELINE_ECHO_SALUTATION (deprecated: use FORGELINE_ECHO_GREETING)" in (
+        settings_help(EchoSettings)
+    )
+
+
+def test_the_new_name_wins_over_a_renamed_one_that_agrees(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FORGELINE_ECHO_SALUTATION", "hi ")
+    monkeypatch.setenv("FORGELINE_ECHO_GREETING", "hi ")
+
+    assert load_settings(EchoSettings).greeting == "hi "
+    assert renamed_variables_in_use(EchoSettings) == [
+        "FORGELINE_ECHO_SALUTATION is deprecated and says what FORGELINE_ECHO_GREETING says: "
+        "remove it"
+    ]
+    # Settings given in code win over both, as over any variable.
+    assert EchoSettings(greeting="yo ").greeting == "yo "
+
+
+def test_a_renamed_variable_that_disagrees_with_its_new_name_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Which one the operator meant is not for the service to guess: for a database setting, the
+    # new name's value (an image default) over an old one set by hand would lose the state.
+    monkeypatch.setenv("FORGELINE_ECHO_SALUTATION", "hi ")
+    monkeypatch.setenv("FORGELINE_ECHO_GREETING", "hey ")
+
+    with pytest.raises(SettingsError) as refused:
+        load_settings(EchoSettings)
+    assert refused.value.problems == [
+        "FORGELINE_ECHO_SALUTATION (deprecated) and FORGELINE_ECHO_GREETING are both set and "
+        "disagree: set only FORGELINE_ECHO_GREETING (FORGELINE_ECHO_GREETING=hi  is what "
+        "FORGELINE_ECHO_SALUTATION says)"
+    ]
+
+
+def test_no_renamed_variable_no_warning() -> None:
+    assert load_settings(EchoSettings).greeting == ""
+    assert renamed_variables_in_use(EchoSettings) == []
+
+
+def test_a_service_warns_at_start_of_a_renamed_variable(start_service: StartService) -> None:
+    service = start_service({"FORGELINE_ECHO_SALUTATION": "hi "})
+
+    (warning,) = [r for r in service.records(strict=False) if r["level"] == "WARNING"]
+    assert warning["message"].startswith(
+        "FORGELINE_ECHO_SALUTATION is deprecated and will stop being read in a coming release: "
+        "set FORGELINE_ECHO_GREETING instead"
+    )
+
+
+class StoreSettings(ServiceSettings):
+    """A service keeping its state in a database, whose setting was once a file path."""
+
+    model_config = SettingsConfigDict(env_prefix="FORGELINE_STORE_")
+    renamed_settings = (RenamedSetting("state_db", "database_url", sqlite_url),)
+
+    database_url: DatabaseUrl = Field("sqlite:///.forgeline/store.db")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (
+            "postgresql://forgeline:s3cret@db:5432/forgeline",
+            "FORGELINE_STORE_DATABASE_URL='postgresql://forgeline:***@db:5432/forgeline' is "
+            "refused: PostgreSQL is not supported by this version yet; use sqlite:///PATH",
+        ),
+        (
+            "/var/lib/forgeline/store.db",
+            "FORGELINE_STORE_DATABASE_URL='/var/lib/forgeline/store.db' is refused: not a "
+            "database URL: a SQLite file is written sqlite:///relative/path or "
+            "sqlite:////absolute/path",
+        ),
+    ],
+)
+def test_a_bad_database_url_is_named_with_what_is_accepted(
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: str
+) -> None:
+    monkeypatch.setenv("FORGELINE_STORE_DATABASE_URL", value)
+
+    with pytest.raises(SettingsError) as refused:
+        load_settings(StoreSettings)
+    assert refused.value.problems == [expected]
+
+
+def test_an_old_path_setting_becomes_a_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FORGELINE_STORE_STATE_DB", "/srv/store.db")
+    assert load_settings(StoreSettings).database_url == "sqlite:////srv/store.db"
+
+    monkeypatch.setenv("FORGELINE_STORE_STATE_DB", "relative/store.db")
+    assert load_settings(StoreSettings).database_url == "sqlite:///relative/store.db"

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 from typing import ClassVar
 
-from forgeline_kit.sqlite import AsyncSqliteStore, open_database
+import pytest
+
+from forgeline_kit.sqlite import (
+    SQLITE_URL_FORMS,
+    AsyncSqliteStore,
+    open_database,
+    sqlite_path,
+    sqlite_url,
+)
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS items (id TEXT PRIMARY KEY);"
 
@@ -47,3 +56,56 @@ def test_what_was_stored_is_there_after_reopening(tmp_path: Path) -> None:
     reopened = Items.open(path)  # the schema applied again leaves the rows
     assert reopened.all() == ["a", "b"]
     reopened.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("sqlite:///.forgeline/gateway.sqlite3", Path(".forgeline/gateway.sqlite3")),
+        ("sqlite:///state.db", Path("state.db")),
+        (
+            "sqlite:////var/lib/forgeline/gateway.sqlite3",
+            Path("/var/lib/forgeline/gateway.sqlite3"),
+        ),
+        ("SQLite:///state.db", Path("state.db")),
+    ],
+)
+def test_a_database_url_names_a_relative_or_absolute_sqlite_file(url: str, path: Path) -> None:
+    # SQLAlchemy's convention: three slashes then the path, so an absolute path shows a fourth.
+    assert sqlite_path(url) == path
+
+
+@pytest.mark.parametrize("path", [Path("a/b.db"), Path("/srv/forgeline/c.db")])
+def test_a_path_written_as_a_url_reads_back(path: Path) -> None:
+    assert sqlite_path(sqlite_url(path)) == path
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql://forgeline@db/forgeline", "postgres://db/x", "postgresql+psycopg://db/x"]
+)
+def test_postgresql_is_refused_saying_it_is_not_supported_yet(url: str) -> None:
+    with pytest.raises(ValueError, match="PostgreSQL is not supported") as refused:
+        sqlite_path(url)
+    assert str(refused.value) == (
+        "PostgreSQL is not supported by this version yet; use sqlite:///PATH"
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("/var/lib/forgeline/state.db", "not a database URL"),
+        ("mysql://db/x", "mysql:// is not supported"),
+        ("sqlite+pysqlite:///x.db", "sqlite+pysqlite:// is not supported"),
+        ("sqlite://host/x.db", "not a host"),
+        ("sqlite:///", "no file is named"),
+        ("sqlite://", "no file is named"),
+        ("sqlite:///:memory:", "no file is named"),
+        ("sqlite:///x.db?mode=ro", "query parameters"),
+        ("", "not a database URL"),
+    ],
+)
+def test_anything_else_is_refused_naming_what_is_accepted(url: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(reason)) as refused:
+        sqlite_path(url)
+    assert str(refused.value).endswith(SQLITE_URL_FORMS)

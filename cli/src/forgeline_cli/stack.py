@@ -35,6 +35,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from forgeline_cli.console import EXIT_FAILED
 from forgeline_cli.stack_record import StackRecord
 from forgeline_kit.llamacpp.server import free_port
+from forgeline_kit.sqlite import sqlite_url
 from forgeline_kit.state_lock import StateDirInUseError, StateDirLock, hold_state_dir
 from forgeline_kit.subprocesses import die_with_parent, offline_env
 
@@ -203,10 +204,12 @@ class LocalStack:
                 "FORGELINE_CONVERTER_REGISTRY_TARGET": registry,
                 "FORGELINE_CONVERTER_REGISTRY_LOCAL_FILES": "true",
                 "FORGELINE_CONVERTER_WORK_DIR": str(state / "converter" / "work"),
-                "FORGELINE_CONVERTER_STATE_DB": str(state / "converter" / "state.sqlite3"),
+                "FORGELINE_CONVERTER_DATABASE_URL": sqlite_url(
+                    state / "converter" / "state.sqlite3"
+                ),
             },
             "gateway": {
-                "FORGELINE_GATEWAY_DATABASE": str(state / "gateway" / "gateway.sqlite3"),
+                "FORGELINE_GATEWAY_DATABASE_URL": sqlite_url(state / "gateway" / "gateway.sqlite3"),
                 "FORGELINE_GATEWAY_MODEL_CACHE": str(state / "gateway" / "models"),
                 "FORGELINE_GATEWAY_HUB_CACHE": str(state / "gateway" / "hub"),
                 "FORGELINE_GATEWAY_AUTH_REQUIRED": str(self.auth_required).lower(),

@@ -12,6 +12,10 @@ Each service subclasses `ServiceSettings` with its own prefix and adds its own f
 `load_settings` turns pydantic's validation report into one line per problem, each naming the
 variable the operator has to change, and refuses unknown variables under the service's prefix
 (a typo such as ``FORGELINE_REGISTRY_GRPC_PROT`` would otherwise be ignored without a word).
+
+A setting whose variable was renamed lists the old name in ``renamed_settings``: for one release
+the old variable is still read when the new one is not set, and `renamed_variables_in_use` gives
+the warnings a service logs at start (``run_grpc_service`` and ``forgeline-gateway`` do).
 """
 
 from __future__ import annotations
@@ -19,20 +23,29 @@ from __future__ import annotations
 import difflib
 import enum
 import os
-from typing import Annotated, Any, Literal, TypeVar
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import BeforeValidator, Field, ValidationError
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from forgeline_kit.sqlite import sqlite_path
+
 __all__ = [
+    "DatabaseUrl",
     "LogFormat",
     "LogLevel",
     "Port",
     "RegistryLocalFiles",
+    "RenamedSetting",
     "ServiceSettings",
     "SettingsError",
+    "check_database_url",
     "load_settings",
+    "renamed_variables_in_use",
     "settings_help",
 ]
 
@@ -82,6 +95,38 @@ RegistryLocalFiles = Annotated[
 ]
 
 
+def check_database_url(value: str) -> str:
+    """`value` if it is a database URL this version opens (`forgeline_kit.sqlite.sqlite_path`);
+    otherwise a validation error that says what is accepted."""
+    try:
+        sqlite_path(value)
+    except ValueError as error:
+        raise PydanticCustomError(
+            "database_url", "is refused: {reason}", {"reason": str(error)}
+        ) from None
+    return value
+
+
+#: A service's ``database_url`` setting: where its state is, as a database URL
+#: (``sqlite:///relative/path`` or ``sqlite:////absolute/path``), checked when settings load.
+DatabaseUrl = Annotated[str, AfterValidator(check_database_url)]
+
+
+@dataclass(frozen=True)
+class RenamedSetting:
+    """A variable a setting was read from before it was renamed, still read for one release.
+
+    Attributes:
+        old: the old variable's name after the service's prefix, lower case (``"database"``).
+        new: the field that replaced it (``"database_url"``).
+        convert: turns the old variable's value into the new setting's (a path into a URL).
+    """
+
+    old: str
+    new: str
+    convert: Callable[[str], str] = str
+
+
 class LogFormat(enum.StrEnum):
     """How log records are written: human-readable lines, or one JSON object per line."""
 
@@ -115,6 +160,20 @@ class ServiceSettings(BaseSettings):
         description="On SIGTERM, how long in-flight calls may run before they are cancelled.",
     )
 
+    #: Variables renamed in this release, read when their new name is not set (with a warning).
+    renamed_settings: ClassVar[tuple[RenamedSetting, ...]] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_renamed_variables(cls, data: Any) -> Any:
+        if not cls.renamed_settings or not isinstance(data, dict):
+            return data
+        for renamed in cls.renamed_settings:
+            value = _environment_value(cls.env_var(renamed.old))
+            if value is not None and renamed.new not in data:
+                data = {**data, renamed.new: renamed.convert(value)}
+        return data
+
     @classmethod
     def env_prefix(cls) -> str:
         """The prefix of this class's environment variables, upper case."""
@@ -147,7 +206,7 @@ def load_settings(cls: type[S]) -> S:
     Raises:
         SettingsError: naming each variable that is malformed, missing or unknown.
     """
-    problems = _unknown_variables(cls)
+    problems = _unknown_variables(cls) + _renamed_variable_conflicts(cls)
     try:
         settings = cls()
     except ValidationError as exc:
@@ -156,6 +215,26 @@ def load_settings(cls: type[S]) -> S:
     if problems:
         raise SettingsError(problems)
     return settings
+
+
+def renamed_variables_in_use(cls: type[ServiceSettings]) -> list[str]:
+    """A warning for each renamed variable set in the environment: read in place of its new
+    name, or saying what the new one says too (set to something else, `load_settings` refuses
+    it)."""
+    warnings = []
+    for renamed in cls.renamed_settings:
+        old, new = cls.env_var(renamed.old), cls.env_var(renamed.new)
+        value = _environment_value(old)
+        if value is None:
+            continue
+        if _environment_value(new) is None:
+            warnings.append(
+                f"{old} is deprecated and will stop being read in a coming release: set {new} "
+                f"instead ({new}={renamed.convert(value)} is the same setting)"
+            )
+        else:
+            warnings.append(f"{old} is deprecated and says what {new} says: remove it")
+    return warnings
 
 
 def settings_help(cls: type[ServiceSettings]) -> str:
@@ -170,6 +249,8 @@ def settings_help(cls: type[ServiceSettings]) -> str:
         lines.append(f"  {cls.env_var(name)} ({default})")
         if field.description:
             lines.append(f"      {field.description}")
+    for renamed in cls.renamed_settings:
+        lines.append(f"  {cls.env_var(renamed.old)} (deprecated: use {cls.env_var(renamed.new)})")
     return "\n".join(lines)
 
 
@@ -179,11 +260,51 @@ def _describe(cls: type[ServiceSettings], error: Any) -> str:
     if error["type"] == "missing":
         return f"{variable} is not set: it is required"
     message = str(error["msg"])
-    if error["type"] != "port":
+    if error["type"] not in _PHRASED_ERRORS:
         message = "is not valid: " + message[:1].lower() + message[1:]
-    # The variable as the operator wrote it, not as a before-validator reshaped it.
-    value = next((v for k, v in os.environ.items() if k.upper() == variable), error.get("input"))
+    # The variable as the operator wrote it, not as a before-validator reshaped it: the renamed
+    # one when the value came from there.
+    value = _environment_value(variable)
+    if value is None and loc:
+        for renamed in cls.renamed_settings:
+            old_value = _environment_value(cls.env_var(renamed.old))
+            if renamed.new == loc[0] and old_value is not None:
+                variable, value = cls.env_var(renamed.old), old_value
+    if value is None:
+        value = error.get("input")
+    if error["type"] == "database_url" and isinstance(value, str):
+        value = _PASSWORD_IN_URL.sub(r"\1:***@", value)
     return f"{variable}={value!r} {message}"
+
+
+#: Error types whose message is a whole phrase after the value ("is not a valid port: ...").
+_PHRASED_ERRORS = frozenset({"port", "database_url"})
+
+#: The password of a URL's ``user:password@``, kept out of error messages.
+_PASSWORD_IN_URL = re.compile(r"(://[^/@:]*):[^/@]*@")
+
+
+def _environment_value(variable: str) -> str | None:
+    """The value of `variable` (an upper-case name) in the environment, in whatever case it
+    was set there, as pydantic-settings reads it; None when unset."""
+    return next((v for k, v in os.environ.items() if k.upper() == variable), None)
+
+
+def _renamed_variable_conflicts(cls: type[ServiceSettings]) -> list[str]:
+    """A problem for each renamed variable set beside its new name to something else: which one
+    the operator meant is not for the service to guess (an image's new default over an old
+    variable set by hand would move the service off its state)."""
+    problems = []
+    for renamed in cls.renamed_settings:
+        old, new = cls.env_var(renamed.old), cls.env_var(renamed.new)
+        old_value, new_value = _environment_value(old), _environment_value(new)
+        if old_value is None or new_value is None or renamed.convert(old_value) == new_value:
+            continue
+        problems.append(
+            f"{old} (deprecated) and {new} are both set and disagree: set only {new} "
+            f"({new}={renamed.convert(old_value)} is what {old} says)"
+        )
+    return problems
 
 
 def _unknown_variables(cls: type[ServiceSettings]) -> list[str]:
@@ -191,6 +312,7 @@ def _unknown_variables(cls: type[ServiceSettings]) -> list[str]:
     if not prefix or prefix == ROOT_PREFIX:
         return []
     known = {cls.env_var(name) for name in cls.model_fields}
+    known |= {cls.env_var(renamed.old) for renamed in cls.renamed_settings}
     problems = []
     for variable in sorted(os.environ):
         upper = variable.upper()

@@ -4,6 +4,10 @@ Every service keeps its durable state (jobs, conversions, deployments, keys, eva
 file of its state directory. They all want the same connection: autocommit (each store opens the
 transactions it needs), WAL so a reader (a CLI, a second connection) never waits for a writer, a
 busy timeout that waits out the writer instead of failing, and the schema applied idempotently.
+
+Where that file is, each service's settings say with one name, ``FORGELINE_<SERVICE>_DATABASE_URL``
+(read by `sqlite_path`): a database URL, so that a later version can take ``postgresql://...``
+there without a new setting. This version opens SQLite files only.
 """
 
 from __future__ import annotations
@@ -15,12 +19,56 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar, Self, TypeVar
 
-__all__ = ["AsyncSqliteStore", "open_database"]
+__all__ = ["SQLITE_URL_FORMS", "AsyncSqliteStore", "open_database", "sqlite_path", "sqlite_url"]
 
 T = TypeVar("T")
 
 #: How long a statement waits for another connection's write to end before failing.
 BUSY_TIMEOUT_MS = 5000
+
+#: The database URLs this version accepts, as messages name them.
+SQLITE_URL_FORMS = "sqlite:///relative/path or sqlite:////absolute/path"
+
+_POSTGRESQL_SCHEMES = frozenset({"postgresql", "postgres"})
+
+
+def sqlite_path(url: str) -> Path:
+    """The SQLite file a service's database URL names.
+
+    The URL follows SQLAlchemy's convention: ``sqlite://`` (no host), ``/``, then the path. A
+    path relative to the working directory follows three slashes
+    (``sqlite:///.forgeline/gateway.sqlite3``), as a relative path setting always resolved, and
+    an absolute one shows a fourth (``sqlite:////var/lib/forgeline/gateway.sqlite3``). The path
+    is taken as written: no percent-decoding, no ``~``, no query parameters; and there is no
+    in-memory database, since a service's state must outlive the process.
+
+    Raises:
+        ValueError: the URL names another database (PostgreSQL: not in this version yet) or is
+            not one of the two forms above; the message says what is accepted.
+    """
+    scheme, separator, rest = url.partition("://")
+    if scheme.split("+", 1)[0].lower() in _POSTGRESQL_SCHEMES and separator:
+        raise ValueError("PostgreSQL is not supported by this version yet; use sqlite:///PATH")
+    if not separator:
+        raise ValueError(f"not a database URL: a SQLite file is written {SQLITE_URL_FORMS}")
+    if scheme.lower() != "sqlite":
+        raise ValueError(f"{scheme}:// is not supported: expected {SQLITE_URL_FORMS}")
+    if rest and not rest.startswith("/"):
+        raise ValueError(f"a SQLite URL names a file, not a host: expected {SQLITE_URL_FORMS}")
+    path = rest[1:]
+    if not path or path == ":memory:":
+        raise ValueError(
+            f"no file is named (state must outlive the service): expected {SQLITE_URL_FORMS}"
+        )
+    if "?" in path:
+        raise ValueError(f"query parameters are not supported: expected {SQLITE_URL_FORMS}")
+    return Path(path)
+
+
+def sqlite_url(path: Path | str) -> str:
+    """The database URL of the SQLite file at `path` (`sqlite_path` reads it back): a relative
+    path stays relative to the working directory, an absolute one gets its fourth slash."""
+    return f"sqlite:///{path}"
 
 
 def open_database(path: Path, schema: str) -> sqlite3.Connection:

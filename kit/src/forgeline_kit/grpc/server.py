@@ -42,7 +42,13 @@ from forgeline_kit.grpc.internal_token import (
 )
 from forgeline_kit.logging import configure_logging
 from forgeline_kit.metrics import MetricsServer, MetricsStartError, start_service_metrics
-from forgeline_kit.settings import ServiceSettings, SettingsError, load_settings, settings_help
+from forgeline_kit.settings import (
+    ServiceSettings,
+    SettingsError,
+    load_settings,
+    renamed_variables_in_use,
+    settings_help,
+)
 from forgeline_kit.state_lock import StateDirInUseError
 
 __all__ = ["GrpcService", "Service", "ServiceStartError", "run_grpc_service"]
@@ -277,7 +283,8 @@ Build = Callable[[S], Sequence[Service] | Awaitable[Sequence[Service]]]
 def run_grpc_service(settings_cls: type[S], build: Build[S]) -> NoReturn:
     """Run a service until it is told to stop, then exit the process.
 
-    Reads `settings_cls` from the environment, configures logging, calls `build(settings)` (which
+    Reads `settings_cls` from the environment, configures logging (then warns of each renamed
+    variable still set, `renamed_variables_in_use`), calls `build(settings)` (which
     may be async) for the services to host, and serves them with `GrpcService`. The command line
     takes only ``--help``, which lists the variables and exits:
     an operator who tries ``--grpc-port 7000`` is told where settings go instead of getting a
@@ -306,6 +313,8 @@ def run_grpc_service(settings_cls: type[S], build: Build[S]) -> NoReturn:
         print(f"{program}: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_SETTINGS)
     configure_logging(settings.log_level, settings.log_format)
+    for warning in renamed_variables_in_use(settings_cls):
+        log.warning("%s", warning)
     try:
         asyncio.run(_serve(settings, build))
     except SettingsError as exc:

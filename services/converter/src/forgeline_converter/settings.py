@@ -9,7 +9,14 @@ from pydantic_settings import SettingsConfigDict
 
 from forgeline_kit.llamacpp import Toolchain, locate
 from forgeline_kit.llamacpp.toolchain import ToolchainNotBuiltError, toolchain_at
-from forgeline_kit.settings import Port, RegistryLocalFiles, ServiceSettings
+from forgeline_kit.settings import (
+    DatabaseUrl,
+    Port,
+    RegistryLocalFiles,
+    RenamedSetting,
+    ServiceSettings,
+)
+from forgeline_kit.sqlite import sqlite_path, sqlite_url
 
 __all__ = ["ConverterSettings"]
 
@@ -18,6 +25,7 @@ class ConverterSettings(ServiceSettings):
     """Configuration of the converter service."""
 
     model_config = SettingsConfigDict(env_prefix="FORGELINE_CONVERTER_")
+    renamed_settings = (RenamedSetting("state_db", "database_url", sqlite_url),)
 
     grpc_port: Port = Field(50053, description="gRPC port; 0 picks a free one.")
     metrics_port: Port = Field(9466, description="Port of the /metrics endpoint; 0 picks one.")
@@ -30,9 +38,11 @@ class ConverterSettings(ServiceSettings):
         description="Where sources are downloaded and GGUF files written while a conversion "
         "runs (emptied when it ends); it needs room for a few times the model's size.",
     )
-    state_db: Path = Field(
-        Path(".forgeline/converter/state.db"),
-        description="SQLite file that keeps conversions and their events across restarts.",
+    database_url: DatabaseUrl = Field(
+        "sqlite:///.forgeline/converter/state.db",
+        description="Database that keeps conversions and their events across restarts: "
+        "sqlite:///PATH, relative to the working directory, or sqlite:////ABSOLUTE/PATH. "
+        "Replaces FORGELINE_CONVERTER_STATE_DB (a file path), still read for this release.",
     )
     max_concurrent_conversions: int = Field(
         1, ge=1, le=64, description="How many conversions run at once; the others wait QUEUED."
@@ -79,6 +89,11 @@ class ConverterSettings(ServiceSettings):
         "imports that code for some architectures. Off, such a model is refused before any tool "
         "runs. Leave it off unless every model in the registry is trusted.",
     )
+
+    @property
+    def database_path(self) -> Path:
+        """The SQLite file `database_url` names."""
+        return sqlite_path(self.database_url)
 
     def toolchain(self) -> Toolchain:
         """The llama.cpp toolchain these settings select.

@@ -7,7 +7,7 @@
 
 Serving binds two ports: the API (``HTTP_HOST``/``HTTP_PORT``) and, apart from it, Prometheus's
 ``/metrics`` (``METRICS_HOST``/``METRICS_PORT``, the kit's listener, as every service has).
-Key commands work on the gateway's database (FORGELINE_GATEWAY_DATABASE) directly, so the first
+Key commands work on the gateway's database (FORGELINE_GATEWAY_DATABASE_URL) directly, so the first
 admin key can be made before any key exists.
 """
 
@@ -35,7 +35,7 @@ from forgeline_kit.errors import ForgelineError
 from forgeline_kit.grpc.internal_token import InternalTokenError, internal_token
 from forgeline_kit.logging import configure_logging
 from forgeline_kit.metrics import MetricsServer, MetricsStartError, start_service_metrics
-from forgeline_kit.settings import SettingsError, load_settings
+from forgeline_kit.settings import SettingsError, load_settings, renamed_variables_in_use
 from forgeline_kit.state_lock import StateDirInUseError, hold_state_dir
 
 __all__ = ["main"]
@@ -81,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"forgeline-gateway: {error}", file=sys.stderr)
         return EXIT_BAD_SETTINGS
     configure_logging(settings.log_level, settings.log_format)
+    for warning in renamed_variables_in_use(GatewaySettings):
+        log.warning("%s", warning)
     if args.command == "keys":
         return _keys(settings, args)
     try:
@@ -95,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _keys(settings: GatewaySettings, args: argparse.Namespace) -> int:
-    store = Store.open(settings.database)
+    store = Store.open(settings.database_path)
     try:
         if args.keys_command == "create":
             key, record = create_key(store, args.name, {Scope(s) for s in args.scopes})

@@ -15,7 +15,14 @@ from typing import Final
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from forgeline_kit.settings import Port, RegistryLocalFiles, ServiceSettings
+from forgeline_kit.settings import (
+    DatabaseUrl,
+    Port,
+    RegistryLocalFiles,
+    RenamedSetting,
+    ServiceSettings,
+)
+from forgeline_kit.sqlite import sqlite_path, sqlite_url
 
 __all__ = ["GatewaySettings"]
 
@@ -38,6 +45,7 @@ class GatewaySettings(ServiceSettings):
     """How the gateway listens, whom it lets in, and how it treats its backends."""
 
     model_config = SettingsConfigDict(env_prefix="FORGELINE_GATEWAY_", frozen=True, extra="ignore")
+    renamed_settings = (RenamedSetting("database", "database_url", sqlite_url),)
 
     http_host: str = Field(
         "127.0.0.1",
@@ -50,9 +58,12 @@ class GatewaySettings(ServiceSettings):
     # After the registry's, trainer's and converter's (9464-9466), so the four services run on
     # one host with their defaults; containers use 9464 (the image sets it).
     metrics_port: Port = Field(9467, description="Port of the /metrics endpoint; 0 picks one.")
-    database: Path = Field(
-        Path(".forgeline/gateway.sqlite3"),
-        description="SQLite file holding API keys and deployments (the one owner of shared state).",
+    database_url: DatabaseUrl = Field(
+        "sqlite:///.forgeline/gateway.sqlite3",
+        description="Database holding API keys, deployments, fine-tuning jobs, files and evals "
+        "(the one owner of shared state): sqlite:///PATH, relative to the working directory, or "
+        "sqlite:////ABSOLUTE/PATH. Replaces FORGELINE_GATEWAY_DATABASE (a file path), still "
+        "read for this release.",
     )
     auth_required: bool = Field(
         True,
@@ -256,6 +267,11 @@ class GatewaySettings(ServiceSettings):
                 "keys required, or listen on 127.0.0.1"
             )
         return required
+
+    @property
+    def database_path(self) -> Path:
+        """The SQLite file `database_url` names."""
+        return sqlite_path(self.database_url)
 
     def allowed_hosts(self) -> tuple[str, ...]:
         """The Host header values the API answers to ("*" for any)."""

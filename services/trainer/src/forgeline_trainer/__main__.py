@@ -55,7 +55,7 @@ async def build(
     settings = settings.model_copy(update={"state_dir": state_dir})
     # Before recovery: a second trainer here would start a second run of every job.
     ownership = hold_state_dir(state_dir, "forgeline-trainer")
-    store = JobStore(state_dir / "jobs.db")
+    store = JobStore(settings.database_path)
 
     def registry_client() -> RegistryClient:
         return RegistryClient(
@@ -76,7 +76,7 @@ async def build(
     )
     trainer.recover()
     preload_in_background()
-    log.info("trainer on %s, state in %s", device, state_dir)
+    log.info("trainer on %s, state in %s, jobs in %s", device, state_dir, settings.database_path)
 
     async def on_stopped() -> None:
         store.close()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 from pydantic_settings import SettingsConfigDict
 
-from forgeline_kit.settings import Port, RegistryLocalFiles, ServiceSettings
+from forgeline_kit.settings import Port, RegistryLocalFiles, ServiceSettings, check_database_url
+from forgeline_kit.sqlite import sqlite_path
 from forgeline_trainer.llamafactory.policy import (
     DEFAULT_MAX_JOB_SECONDS,
     DEFAULT_MAX_STEPS_CAP,
@@ -17,6 +18,10 @@ from forgeline_trainer.llamafactory.policy import (
 )
 
 __all__ = ["TrainerSettings"]
+
+
+def _empty_or_database_url(value: str) -> str:
+    return value if value == "" else check_database_url(value)
 
 
 class TrainerSettings(ServiceSettings):
@@ -34,8 +39,14 @@ class TrainerSettings(ServiceSettings):
     registry_local_files: RegistryLocalFiles = False
     state_dir: Path = Field(
         Path(".forgeline/trainer"),
-        description="Where the job database (jobs.db) and each job's work directory live; a "
-        "restarted trainer resumes the jobs it finds there.",
+        description="Where each job's work directory (and, unless DATABASE_URL says otherwise, "
+        "the job database jobs.db) lives; a restarted trainer resumes the jobs it finds there.",
+    )
+    database_url: Annotated[str, AfterValidator(_empty_or_database_url)] = Field(
+        "",
+        description="Database of the jobs, their events and checkpoints: sqlite:///PATH, "
+        "relative to the working directory, or sqlite:////ABSOLUTE/PATH. Empty: jobs.db in "
+        "STATE_DIR (sqlite:///<STATE_DIR>/jobs.db), so setting STATE_DIR alone moves both.",
     )
     max_concurrent_jobs: int = Field(
         1,
@@ -107,6 +118,11 @@ class TrainerSettings(ServiceSettings):
         description="Wall-clock limit of a job, from leaving the queue to the end of its merge; a "
         "job may ask for less (time_limit). A job past it is stopped and fails.",
     )
+
+    @property
+    def database_path(self) -> Path:
+        """The job database: the SQLite file `database_url` names, or jobs.db in `state_dir`."""
+        return sqlite_path(self.database_url) if self.database_url else self.state_dir / "jobs.db"
 
     def job_policy(self) -> JobPolicy:
         """What these settings let a job do."""
