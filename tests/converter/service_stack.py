@@ -55,15 +55,15 @@ class Stack:
     async def start_converter(self, name: str = "converter", **overrides: Any) -> RunningConverter:
         """A converter whose state and work directories are ``root/name`` (other settings in
         ``overrides``): starting a second one with the same name is a restart of the first."""
-        settings = ConverterSettings(
-            grpc_port=0,
-            metrics_port=0,
-            registry_target=self.registry_target,
-            registry_local_files=True,
-            work_dir=self.root / name / "work",
-            database_url=sqlite_url(self.root / name / "state.db"),
-            **overrides,
-        )
+        chosen: dict[str, Any] = {
+            "grpc_port": 0,
+            "metrics_port": 0,
+            "registry_target": self.registry_target,
+            "registry_local_files": True,
+            "work_dir": self.root / name / "work",
+            "database_url": sqlite_url(self.root / name / "state.db"),
+        }
+        settings = ConverterSettings(**(chosen | overrides))
         return await self.start_converter_on(settings)
 
     async def start_converter_on(self, settings: ConverterSettings) -> RunningConverter:

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 import pytest_asyncio
+from postgres_server import PostgresServer
 from process_tree import kill_busy_converter_worker
 
 from forgeline_converter.settings import ConverterSettings
@@ -608,3 +609,35 @@ async def test_the_kl_divergence_figure_ranks_quantizations(
     same_q8 = q8_version.lineage.metrics["same_top_token_rate"]
     same_q2 = version.lineage.metrics["same_top_token_rate"]
     assert 0 < same_q2 < same_q8 <= 1
+
+
+async def test_a_converter_on_postgresql_keeps_its_conversions_when_it_moves_host(
+    stack: Stack, postgres: PostgresServer
+) -> None:
+    """FORGELINE_CONVERTER_DATABASE_URL=postgresql://...: a converter started elsewhere (another
+    work directory, as a rescheduled pod) on the same database finds, lists and replays the
+    conversions of the first, and a repeated request id starts nothing."""
+    url = postgres.create_database()
+    first = await stack.start_converter("pg-first", database_url=url)
+    request = pb.ConvertRequest(
+        spec=model_spec(BASE, ("Q8_0",), output=f"{BASE}-pg", quality=False, smoke=False),
+        request_id=f"pg-{TOKEN}",
+    )
+    events = await collect(first.stub.Convert(request))
+    assert events[-1].HasField("result")
+    conversion_id = events[0].conversion_id
+    await first.stop()
+
+    moved = await stack.start_converter("pg-moved", database_url=url)
+    found = await moved.stub.GetConversion(pb.GetConversionRequest(conversion_id=conversion_id))
+    assert found.state == pb.CONVERSION_STATE_SUCCEEDED
+    listed = await moved.stub.ListConversions(
+        pb.ListConversionsRequest(source=common_pb2.VersionRef(model=BASE, version=1))
+    )
+    assert conversion_id in [c.id for c in listed.conversions]
+    replayed = await collect(
+        moved.stub.WatchConversion(pb.WatchConversionRequest(conversion_id=conversion_id))
+    )
+    assert replayed == events
+    assert await collect(moved.stub.Convert(request)) == events
+    assert len(await versions_of(stack, f"{BASE}-pg")) == 1

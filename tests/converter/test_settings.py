@@ -59,12 +59,17 @@ def test_both_variables_naming_different_files_stop_it_at_start(
     assert problem.startswith("FORGELINE_CONVERTER_STATE_DB (deprecated) and ")
 
 
-def test_a_database_url_it_cannot_open_stops_it_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_postgresql_database_is_accepted_and_others_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("FORGELINE_CONVERTER_DATABASE_URL", "postgresql://db/forgeline")
+    assert load_settings(ConverterSettings).database_url == "postgresql://db/forgeline"
 
+    monkeypatch.setenv("FORGELINE_CONVERTER_DATABASE_URL", "mysql://db/forgeline")
     with pytest.raises(SettingsError) as refused:
         load_settings(ConverterSettings)
     assert refused.value.problems == [
-        "FORGELINE_CONVERTER_DATABASE_URL='postgresql://db/forgeline' is refused: PostgreSQL is "
-        "not supported by this version yet; use sqlite:///PATH"
+        "FORGELINE_CONVERTER_DATABASE_URL='mysql://db/forgeline' is refused: mysql:// is not "
+        "supported: expected sqlite:///relative/path or sqlite:////absolute/path "
+        "(or postgresql://USER:PASSWORD@HOST/DATABASE)"
     ]

@@ -4,9 +4,13 @@ operations layer, with their events and their place in listings."""
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
+from postgres_server import PostgresServer
+
 from forgeline_converter.store import open_store
+from forgeline_kit.sqlite import sqlite_url
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.converter.v1 import converter_pb2 as pb
 
@@ -71,7 +75,7 @@ def test_conversions_kept_in_the_earlier_layout_are_adopted(tmp_path: Path) -> N
     db.commit()
     db.close()
 
-    store = open_store(path)
+    store = open_store(sqlite_url(path))
     assert store.find_request("req-1") == _conversion(1, pb.CONVERSION_STATE_SUCCEEDED)
     assert [e.log.text for e in store.events("cv-2")] == ["accepted", "working"]
     assert [c.id for c in store.page().records] == ["cv-2", "cv-1"]
@@ -84,10 +88,26 @@ def test_conversions_kept_in_the_earlier_layout_are_adopted(tmp_path: Path) -> N
     store.close()
 
     # Opened again, nothing is adopted twice and the earlier tables are gone.
-    store = open_store(path)
+    store = open_store(sqlite_url(path))
     assert len(store.events("cv-2")) == 3
-    tables = {
-        row[0]
-        for row in store.connection.execute("SELECT name FROM sqlite_master WHERE type='table'")
-    }
+    with closing(sqlite3.connect(path)) as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert "conversions" not in tables
+
+
+def test_conversions_keep_on_postgresql(postgres: PostgresServer) -> None:
+    url = postgres.create_database()
+    store = open_store(url)
+    conversion, created = store.create(
+        _conversion(1, pb.CONVERSION_STATE_QUEUED), pb.ConversionEvent(conversion_id="cv-1")
+    )
+    assert created
+    store.record(conversion, pb.ConversionEvent(conversion_id="cv-1"))
+    store.close()
+
+    reopened = open_store(url)
+    assert reopened.get("cv-1") == conversion
+    assert [e.sequence for e in reopened.events("cv-1")] == [1, 2]
+    assert [c.id for c in reopened.page(labels={"source_model": "acme/base"}).records] == ["cv-1"]
+    assert [c.id for c in reopened.unfinished()] == ["cv-1"]
+    reopened.close()

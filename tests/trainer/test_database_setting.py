@@ -49,21 +49,26 @@ def test_database_url_puts_it_elsewhere(
     assert load_settings(TrainerSettings).database_path == path
 
 
-def test_a_database_url_it_cannot_open_stops_it_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_postgresql_database_is_accepted_and_others_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("FORGELINE_TRAINER_DATABASE_URL", "postgresql://db/forgeline")
+    assert load_settings(TrainerSettings).jobs_database_url == "postgresql://db/forgeline"
 
+    monkeypatch.setenv("FORGELINE_TRAINER_DATABASE_URL", "sqlite://db/forgeline")
     with pytest.raises(SettingsError) as refused:
         load_settings(TrainerSettings)
     assert refused.value.problems == [
-        "FORGELINE_TRAINER_DATABASE_URL='postgresql://db/forgeline' is refused: PostgreSQL is "
-        "not supported by this version yet; use sqlite:///PATH"
+        "FORGELINE_TRAINER_DATABASE_URL='sqlite://db/forgeline' is refused: a SQLite URL names "
+        "a file, not a host: expected sqlite:///relative/path or sqlite:////absolute/path "
+        "(or postgresql://USER:PASSWORD@HOST/DATABASE)"
     ]
 
 
 @pytest.mark.timeout(120)
 def test_a_trainer_finds_its_jobs_where_database_url_says(tmp_path: Path) -> None:
     database = tmp_path / "elsewhere" / "trainer.sqlite3"
-    store = JobStore(database)
+    store = JobStore.open(sqlite_url(database))
     store.create(pb.Job(id="ftjob-kept", state=pb.JOB_STATE_SUCCEEDED, last_event_sequence=0))
     store.close()
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from forgeline_kit.sqlite import sqlite_url
 from forgeline_kit.tinymodel import DEMO_FACT, LLAMAFACTORY_TEMPLATE, TinyModel
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.registry.v1 import registry_pb2 as rpb
@@ -127,7 +128,7 @@ def test_a_recorded_pid_that_started_at_another_time_is_left_alone(
     """The record says the run's leader started at another time than the process that has its
     pid now: the trainer leaves that process alone (and forgets the record)."""
     state_dir = tmp_path / "trainer"
-    store = JobStore(state_dir / "jobs.db")
+    store = JobStore.open(sqlite_url(state_dir / "jobs.db"))
     # A job the previous trainer was cancelling: recovery only has to end it.
     job = pb.Job(id="ftjob-recycled", state=pb.JOB_STATE_CANCELLING, last_event_sequence=0)
     store.create(job)
@@ -152,7 +153,7 @@ def test_a_recorded_pid_that_started_at_another_time_is_left_alone(
         stack.close()
     assert orphan.poll() is None, "a process that only shares the recorded pid was signalled"
     assert len(group_members(orphan.pid)) == 2
-    reopened = JobStore(state_dir / "jobs.db")
+    reopened = JobStore.open(sqlite_url(state_dir / "jobs.db"))
     assert reopened.run_processes() == []
     reopened.close()
 
@@ -192,7 +193,7 @@ def test_a_restarted_trainer_stops_the_run_left_behind_then_restarts_the_job(
 
         # The first trainer died with its run still training: its record names the run's
         # group, as the trainer writes it when LLaMA-Factory starts.
-        store = JobStore(state_dir / "jobs.db")
+        store = JobStore.open(sqlite_url(state_dir / "jobs.db"))
         assert store.get(job.id).state == pb.JOB_STATE_TRAINING
         store.record_run_process(job.id, "training", record_of(orphan))
         store.close()
@@ -215,7 +216,7 @@ def test_a_restarted_trainer_stops_the_run_left_behind_then_restarts_the_job(
             assert len(again) == 1, messages
             assert again[0] > stopped[0], messages
             # The record goes once the job's own run ends.
-            reopened = JobStore(state_dir / "jobs.db")
+            reopened = JobStore.open(sqlite_url(state_dir / "jobs.db"))
             assert reopened.run_processes() == []
             reopened.close()
         finally:

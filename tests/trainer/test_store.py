@@ -6,6 +6,10 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from postgres_server import PostgresServer
+
+from forgeline_kit.sqlite import sqlite_url
+from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.trainer.v1 import trainer_pb2 as pb
 from forgeline_trainer.jobs.store import JobStore
 from forgeline_trainer.llamafactory.process import GroupRecord
@@ -57,7 +61,7 @@ def test_jobs_kept_in_the_earlier_layout_are_adopted(tmp_path: Path) -> None:
     db.commit()
     db.close()
 
-    store = JobStore(path)
+    store = JobStore.open(sqlite_url(path))
     assert store.find_by_request("req-1") == _job(1, pb.JOB_STATE_SUCCEEDED, "red")
     assert [e.message for e in store.events("job-2", after=0, limit=10)] == ["event 1", "event 2"]
     jobs, position = store.page(before=None, states=[], metadata={"team": "blue"}, limit=10)
@@ -73,6 +77,35 @@ def test_jobs_kept_in_the_earlier_layout_are_adopted(tmp_path: Path) -> None:
     assert store.run_processes() == [("job-2", "training", record)]
     store.close()
 
-    reopened = JobStore(path)
+    reopened = JobStore.open(sqlite_url(path))
     assert len(reopened.events("job-2", after=0, limit=10)) == 3
     assert [job.id for job in reopened.in_states([pb.JOB_STATE_SUCCEEDED])] == ["job-1"]
+
+
+def test_jobs_checkpoints_and_processes_keep_on_postgresql(postgres: PostgresServer) -> None:
+    """FORGELINE_TRAINER_DATABASE_URL=postgresql://...: every table of the trainer lives there,
+    and a trainer opening the database again (a restart, another host) finds it all."""
+    url = postgres.create_database()
+    store = JobStore.open(url)
+    job = store.create(_job(1, pb.JOB_STATE_TRAINING, "red"))
+    store.append_event(job, pb.JobEvent(message="training"))
+    assert store.create(_job(1, pb.JOB_STATE_QUEUED, "blue")) == job  # the same request id
+    checkpoint = pb.Checkpoint(step=4)
+    assert store.add_checkpoint(job.id, checkpoint, Path("/work/checkpoint-4"))
+    assert not store.add_checkpoint(job.id, checkpoint, Path("/work/checkpoint-4"))
+    store.set_checkpoint_version(job.id, 4, common_pb2.VersionRef(model="m", version=2))
+    first = GroupRecord(pgid=10, start_ticks=1, boot_id="b", hostname="h", pid_namespace="n")
+    second = GroupRecord(pgid=11, start_ticks=2, boot_id="b", hostname="h", pid_namespace="n")
+    store.record_run_process(job.id, "training", first)
+    store.record_run_process(job.id, "merge", second)
+    store.close()
+
+    reopened = JobStore.open(url)
+    assert [e.message for e in reopened.events(job.id, after=0, limit=10)] == ["training"]
+    assert [j.id for j in reopened.in_states([pb.JOB_STATE_TRAINING])] == [job.id]
+    [(kept, path)] = reopened.checkpoints(job.id, before_step=None, limit=10)
+    assert (kept.step, kept.version.version, path) == (4, 2, Path("/work/checkpoint-4"))
+    assert reopened.run_processes() == [(job.id, "merge", second)]
+    reopened.clear_run_process(job.id)
+    assert reopened.run_processes() == []
+    reopened.close()

@@ -32,12 +32,13 @@ from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, mo
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from forgeline_kit.sqlite import sqlite_path
+from forgeline_kit.sqlite import is_postgresql_url, sqlite_path
 
 __all__ = [
     "DatabaseUrl",
     "LogFormat",
     "LogLevel",
+    "OperationsDatabaseUrl",
     "Port",
     "RegistryLocalFiles",
     "RenamedSetting",
@@ -45,6 +46,7 @@ __all__ = [
     "SettingsError",
     "check_database_url",
     "load_settings",
+    "redact_database_url",
     "renamed_variables_in_use",
     "settings_help",
 ]
@@ -95,21 +97,35 @@ RegistryLocalFiles = Annotated[
 ]
 
 
-def check_database_url(value: str) -> str:
-    """`value` if it is a database URL this version opens (`forgeline_kit.sqlite.sqlite_path`);
-    otherwise a validation error that says what is accepted."""
+def check_database_url(value: str, *, postgresql: bool = False) -> str:
+    """`value` if it is a database URL this service opens (`forgeline_kit.sqlite.sqlite_path`;
+    with ``postgresql``, a ``postgresql://`` URL too); otherwise a validation error that says
+    what is accepted."""
+    if postgresql and is_postgresql_url(value):
+        return value
     try:
         sqlite_path(value)
     except ValueError as error:
+        reason = str(error)
+        if postgresql and not is_postgresql_url(value):
+            reason += " (or postgresql://USER:PASSWORD@HOST/DATABASE)"
         raise PydanticCustomError(
-            "database_url", "is refused: {reason}", {"reason": str(error)}
+            "database_url", "is refused: {reason}", {"reason": reason}
         ) from None
     return value
+
+
+def check_operations_database_url(value: str) -> str:
+    """`check_database_url` for a service whose whole state can live on PostgreSQL."""
+    return check_database_url(value, postgresql=True)
 
 
 #: A service's ``database_url`` setting: where its state is, as a database URL
 #: (``sqlite:///relative/path`` or ``sqlite:////absolute/path``), checked when settings load.
 DatabaseUrl = Annotated[str, AfterValidator(check_database_url)]
+#: The same for a service whose state is all in the operations layer and its own SQL tables
+#: (the converter, the trainer): ``postgresql://...`` accepted too.
+OperationsDatabaseUrl = Annotated[str, AfterValidator(check_operations_database_url)]
 
 
 @dataclass(frozen=True)
@@ -273,7 +289,7 @@ def _describe(cls: type[ServiceSettings], error: Any) -> str:
     if value is None:
         value = error.get("input")
     if error["type"] == "database_url" and isinstance(value, str):
-        value = _PASSWORD_IN_URL.sub(r"\1:***@", value)
+        value = redact_database_url(value)
     return f"{variable}={value!r} {message}"
 
 
@@ -282,6 +298,11 @@ _PHRASED_ERRORS = frozenset({"port", "database_url"})
 
 #: The password of a URL's ``user:password@``, kept out of error messages.
 _PASSWORD_IN_URL = re.compile(r"(://[^/@:]*):[^/@]*@")
+
+
+def redact_database_url(url: str) -> str:
+    """``url`` with its password, if any, shown as ``***`` (for logs and error messages)."""
+    return _PASSWORD_IN_URL.sub(r"\1:***@", url)
 
 
 def _environment_value(variable: str) -> str | None:

@@ -19,7 +19,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar, Self, TypeVar
 
-__all__ = ["SQLITE_URL_FORMS", "AsyncSqliteStore", "open_database", "sqlite_path", "sqlite_url"]
+__all__ = [
+    "SQLITE_URL_FORMS",
+    "AsyncSqliteStore",
+    "is_postgresql_url",
+    "open_database",
+    "sqlite_path",
+    "sqlite_url",
+]
 
 T = TypeVar("T")
 
@@ -30,6 +37,12 @@ BUSY_TIMEOUT_MS = 5000
 SQLITE_URL_FORMS = "sqlite:///relative/path or sqlite:////absolute/path"
 
 _POSTGRESQL_SCHEMES = frozenset({"postgresql", "postgres"})
+
+
+def is_postgresql_url(url: str) -> bool:
+    """Whether ``url`` names a PostgreSQL database (``postgresql://``, ``postgres://``)."""
+    scheme, separator, _ = url.partition("://")
+    return bool(separator) and scheme.split("+", 1)[0].lower() in _POSTGRESQL_SCHEMES
 
 
 def sqlite_path(url: str) -> Path:
@@ -47,7 +60,7 @@ def sqlite_path(url: str) -> Path:
             not one of the two forms above; the message says what is accepted.
     """
     scheme, separator, rest = url.partition("://")
-    if scheme.split("+", 1)[0].lower() in _POSTGRESQL_SCHEMES and separator:
+    if is_postgresql_url(url):
         raise ValueError("PostgreSQL is not supported by this version yet; use sqlite:///PATH")
     if not separator:
         raise ValueError(f"not a database URL: a SQLite file is written {SQLITE_URL_FORMS}")

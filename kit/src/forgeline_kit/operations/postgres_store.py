@@ -16,7 +16,7 @@ from typing import Any
 from forgeline_kit.operations.codec import E, OperationCodec, R
 from forgeline_kit.operations.sql_store import Dialect, SqlOperationStore
 
-__all__ = ["MIGRATIONS", "PostgresOperationStore", "migrate"]
+__all__ = ["MIGRATIONS", "POSTGRESQL", "PostgresOperationStore", "migrate"]
 
 #: Schema versions of the operations tables, applied in order; a released one never changes.
 MIGRATIONS: tuple[tuple[int, str], ...] = (
@@ -54,45 +54,31 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     ),
 )
 
-#: The advisory lock migrations hold (any constant the other users of the database avoid).
-_MIGRATION_LOCK = 0x466F726765  # "Forge"
-_COMPONENT = "operations"
+
+def _integrity_error() -> type[Exception]:
+    try:
+        import psycopg
+    except ImportError:  # without the postgres extra nothing connects to PostgreSQL anyway
+        return _NoDriverError
+    return psycopg.IntegrityError
 
 
-def _dialect() -> Dialect:
-    import psycopg
+class _NoDriverError(Exception):
+    """Stands in for psycopg's IntegrityError where psycopg is not installed."""
 
-    return Dialect(
-        begin="BEGIN", lock_row=" FOR UPDATE", marker="%s", integrity_error=psycopg.IntegrityError
-    )
+
+POSTGRESQL = Dialect(
+    begin="BEGIN", lock_row=" FOR UPDATE", marker="%s", integrity_error=_integrity_error()
+)
 
 
 def migrate(connection: Any) -> list[int]:
-    """Apply the migrations ``connection``'s database lacks; the versions applied now."""
-    applied_now: list[int] = []
-    with connection.transaction():
-        connection.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-        connection.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (component TEXT NOT NULL, "
-            "version INTEGER NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now(), "
-            "PRIMARY KEY (component, version))"
-        )
-        done = {
-            int(row[0])
-            for row in connection.execute(
-                "SELECT version FROM schema_migrations WHERE component = %s", (_COMPONENT,)
-            )
-        }
-        for version, statements in MIGRATIONS:
-            if version in done:
-                continue
-            connection.execute(statements)
-            connection.execute(
-                "INSERT INTO schema_migrations (component, version) VALUES (%s, %s)",
-                (_COMPONENT, version),
-            )
-            applied_now.append(version)
-    return applied_now
+    """Apply the operations migrations ``connection``'s database lacks; the versions applied
+    now."""
+    from forgeline_kit.operations.databases import Database, apply_schema
+
+    database = Database(connection, POSTGRESQL, postgresql=True)
+    return apply_schema(database, "operations", sqlite="", postgresql=MIGRATIONS)
 
 
 class PostgresOperationStore(SqlOperationStore[R, E]):
@@ -106,4 +92,4 @@ class PostgresOperationStore(SqlOperationStore[R, E]):
 
         connection = psycopg.connect(url, autocommit=True)
         migrate(connection)
-        return cls(connection, codec, _dialect())
+        return cls(connection, codec, POSTGRESQL)

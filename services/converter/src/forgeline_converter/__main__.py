@@ -31,7 +31,7 @@ async def build(settings: ConverterSettings) -> list[Service]:
         accept_local_files=settings.registry_local_files,
         timeout=settings.registry_timeout_seconds,
     )
-    converter = Converter(settings, open_store(settings.database_path), registry, toolchain)
+    converter = Converter(settings, open_store(settings.database_url), registry, toolchain)
     await converter.start()
     descriptor = converter_pb2.DESCRIPTOR.services_by_name["ConverterService"]
     return [

@@ -10,7 +10,7 @@ from pydantic_settings import SettingsConfigDict
 from forgeline_kit.llamacpp import Toolchain, locate
 from forgeline_kit.llamacpp.toolchain import ToolchainNotBuiltError, toolchain_at
 from forgeline_kit.settings import (
-    DatabaseUrl,
+    OperationsDatabaseUrl,
     Port,
     RegistryLocalFiles,
     RenamedSetting,
@@ -38,10 +38,11 @@ class ConverterSettings(ServiceSettings):
         description="Where sources are downloaded and GGUF files written while a conversion "
         "runs (emptied when it ends); it needs room for a few times the model's size.",
     )
-    database_url: DatabaseUrl = Field(
+    database_url: OperationsDatabaseUrl = Field(
         "sqlite:///.forgeline/converter/state.db",
         description="Database that keeps conversions and their events across restarts: "
-        "sqlite:///PATH, relative to the working directory, or sqlite:////ABSOLUTE/PATH. "
+        "sqlite:///PATH, relative to the working directory, or sqlite:////ABSOLUTE/PATH, or "
+        "postgresql://USER:PASSWORD@HOST/DATABASE (several converters may share one). "
         "Replaces FORGELINE_CONVERTER_STATE_DB (a file path), still read for this release.",
     )
     max_concurrent_conversions: int = Field(
@@ -92,7 +93,7 @@ class ConverterSettings(ServiceSettings):
 
     @property
     def database_path(self) -> Path:
-        """The SQLite file `database_url` names."""
+        """The SQLite file `database_url` names (a ValueError for a PostgreSQL URL)."""
         return sqlite_path(self.database_url)
 
     def toolchain(self) -> Toolchain:

@@ -9,11 +9,9 @@ tables) is adopted once at start, so an upgrade keeps every conversion and its h
 
 from __future__ import annotations
 
-import sqlite3
-from pathlib import Path
-
-from forgeline_kit.operations import RecordInfo, SqliteOperationStore
-from forgeline_kit.sqlite import open_database
+from forgeline_kit.operations import RecordInfo
+from forgeline_kit.operations.databases import Database, connect, operation_store
+from forgeline_kit.operations.sql_store import SqlOperationStore
 from forgeline_proto.converter.v1 import converter_pb2 as pb
 
 __all__ = ["TERMINAL_STATES", "ConversionCodec", "ConversionStore", "open_store", "state_name"]
@@ -26,7 +24,7 @@ TERMINAL_STATES = frozenset(
     }
 )
 
-ConversionStore = SqliteOperationStore[pb.Conversion, pb.ConversionEvent]
+ConversionStore = SqlOperationStore[pb.Conversion, pb.ConversionEvent]
 
 
 def state_name(state: pb.ConversionState.ValueType) -> str:
@@ -79,33 +77,35 @@ class ConversionCodec:
         record.last_event_sequence = sequence
 
 
-def open_store(path: Path) -> ConversionStore:
-    """The conversion store at ``path``, with conversions kept in the earlier layout adopted."""
-    connection = open_database(path, "")
-    # In WAL mode NORMAL survives a crash of the service; only a power loss or an OS crash may
-    # lose the last transactions, a trade made for the many small event writes.
-    connection.execute("PRAGMA synchronous=NORMAL")
-    store = ConversionStore(connection, ConversionCodec())
-    _adopt_earlier_layout(connection, store)
+def open_store(url: str) -> ConversionStore:
+    """The conversion store in the database at ``url`` (``sqlite:///...`` or
+    ``postgresql://...``), with conversions kept in the earlier SQLite layout adopted."""
+    database = connect(url)
+    if not database.postgresql:
+        # In WAL mode NORMAL survives a crash of the service; only a power loss or an OS crash
+        # may lose the last transactions, a trade made for the many small event writes.
+        database.execute("PRAGMA synchronous=NORMAL")
+    store = operation_store(database, ConversionCodec())
+    if not database.postgresql:
+        _adopt_earlier_layout(database, store)
     return store
 
 
-def _adopt_earlier_layout(connection: sqlite3.Connection, store: ConversionStore) -> None:
+def _adopt_earlier_layout(database: Database, store: ConversionStore) -> None:
     tables = {
-        row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        row[0] for row in database.execute("SELECT name FROM sqlite_master WHERE type='table'")
     }
     if "conversions" not in tables:
         return
-    for (blob,) in connection.execute(
-        "SELECT data FROM conversions ORDER BY created, id"
-    ).fetchall():
+    for (blob,) in database.execute("SELECT data FROM conversions ORDER BY created, id").fetchall():
         conversion = pb.Conversion.FromString(blob)
         events = [
             pb.ConversionEvent.FromString(row[0])
-            for row in connection.execute(
+            for row in database.execute(
                 "SELECT data FROM events WHERE conversion_id = ? ORDER BY sequence",
                 (conversion.id,),
             )
         ]
         store.adopt(conversion, events)
-    connection.executescript("DROP TABLE events; DROP TABLE conversions;")
+    database.execute("DROP TABLE events")
+    database.execute("DROP TABLE conversions")

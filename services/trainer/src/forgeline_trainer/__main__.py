@@ -7,6 +7,7 @@ import logging
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from forgeline_kit.grpc.server import Service, run_grpc_service
+from forgeline_kit.settings import redact_database_url
 from forgeline_kit.state_lock import hold_state_dir
 from forgeline_kit.subprocesses import offline_env
 from forgeline_proto.trainer.v1 import trainer_pb2, trainer_pb2_grpc
@@ -55,7 +56,7 @@ async def build(
     settings = settings.model_copy(update={"state_dir": state_dir})
     # Before recovery: a second trainer here would start a second run of every job.
     ownership = hold_state_dir(state_dir, "forgeline-trainer")
-    store = JobStore(settings.database_path)
+    store = JobStore.open(settings.jobs_database_url)
 
     def registry_client() -> RegistryClient:
         return RegistryClient(
@@ -76,7 +77,12 @@ async def build(
     )
     trainer.recover()
     preload_in_background()
-    log.info("trainer on %s, state in %s, jobs in %s", device, state_dir, settings.database_path)
+    log.info(
+        "trainer on %s, state in %s, jobs in %s",
+        device,
+        state_dir,
+        redact_database_url(settings.jobs_database_url),
+    )
 
     async def on_stopped() -> None:
         store.close()

@@ -8,8 +8,13 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field
 from pydantic_settings import SettingsConfigDict
 
-from forgeline_kit.settings import Port, RegistryLocalFiles, ServiceSettings, check_database_url
-from forgeline_kit.sqlite import sqlite_path
+from forgeline_kit.settings import (
+    Port,
+    RegistryLocalFiles,
+    ServiceSettings,
+    check_operations_database_url,
+)
+from forgeline_kit.sqlite import sqlite_path, sqlite_url
 from forgeline_trainer.llamafactory.policy import (
     DEFAULT_MAX_JOB_SECONDS,
     DEFAULT_MAX_STEPS_CAP,
@@ -21,7 +26,7 @@ __all__ = ["TrainerSettings"]
 
 
 def _empty_or_database_url(value: str) -> str:
-    return value if value == "" else check_database_url(value)
+    return value if value == "" else check_operations_database_url(value)
 
 
 class TrainerSettings(ServiceSettings):
@@ -45,7 +50,8 @@ class TrainerSettings(ServiceSettings):
     database_url: Annotated[str, AfterValidator(_empty_or_database_url)] = Field(
         "",
         description="Database of the jobs, their events and checkpoints: sqlite:///PATH, "
-        "relative to the working directory, or sqlite:////ABSOLUTE/PATH. Empty: jobs.db in "
+        "relative to the working directory, or sqlite:////ABSOLUTE/PATH, or "
+        "postgresql://USER:PASSWORD@HOST/DATABASE. Empty: jobs.db in "
         "STATE_DIR (sqlite:///<STATE_DIR>/jobs.db), so setting STATE_DIR alone moves both.",
     )
     max_concurrent_jobs: int = Field(
@@ -121,8 +127,14 @@ class TrainerSettings(ServiceSettings):
 
     @property
     def database_path(self) -> Path:
-        """The job database: the SQLite file `database_url` names, or jobs.db in `state_dir`."""
+        """The job database: the SQLite file `database_url` names, or jobs.db in `state_dir`
+        (a ValueError for a PostgreSQL URL)."""
         return sqlite_path(self.database_url) if self.database_url else self.state_dir / "jobs.db"
+
+    @property
+    def jobs_database_url(self) -> str:
+        """The job database's URL: `database_url`, or jobs.db in `state_dir`."""
+        return self.database_url or sqlite_url(self.state_dir / "jobs.db")
 
     def job_policy(self) -> JobPolicy:
         """What these settings let a job do."""

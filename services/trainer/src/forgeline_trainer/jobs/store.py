@@ -16,15 +16,16 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from forgeline_kit.errors import NotFound
-from forgeline_kit.operations import RecordInfo, SqliteOperationStore
-from forgeline_kit.sqlite import open_database
+from forgeline_kit.operations import RecordInfo
+from forgeline_kit.operations.databases import Database, apply_schema, connect, operation_store
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.trainer.v1 import trainer_pb2 as pb
 from forgeline_trainer.llamafactory.process import GroupRecord
 
 __all__ = ["JobCodec", "JobStore"]
 
-_SCHEMA = """
+#: The trainer's own tables on SQLite (statements safe to run again).
+_SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS checkpoints (
     job_id TEXT NOT NULL,
     step INTEGER NOT NULL,
@@ -42,6 +43,31 @@ CREATE TABLE IF NOT EXISTS run_processes (
     pid_namespace TEXT NOT NULL
 );
 """
+
+#: The same tables on PostgreSQL, as numbered migrations (a released one never changes).
+_POSTGRESQL_MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (
+        1,
+        """
+        CREATE TABLE checkpoints (
+            job_id TEXT NOT NULL,
+            step BIGINT NOT NULL,
+            path TEXT NOT NULL,
+            checkpoint BYTEA NOT NULL,
+            PRIMARY KEY (job_id, step)
+        );
+        CREATE TABLE run_processes (
+            job_id TEXT NOT NULL PRIMARY KEY,
+            tool TEXT NOT NULL,
+            pgid BIGINT NOT NULL,
+            start_ticks BIGINT NOT NULL,
+            boot_id TEXT NOT NULL,
+            hostname TEXT NOT NULL,
+            pid_namespace TEXT NOT NULL
+        );
+        """,
+    ),
+)
 
 _KINDS = {
     "stage_change": pb.JOB_EVENT_KIND_STAGE_CHANGE,
@@ -106,10 +132,17 @@ class JobStore:
     """Jobs and events (the operations layer's), checkpoints and running processes (the
     trainer's own), in one SQLite file."""
 
-    def __init__(self, path: Path) -> None:
-        self._db = open_database(path, _SCHEMA)
-        self.operations = SqliteOperationStore(self._db, JobCodec())
-        self._adopt_earlier_layout()
+    def __init__(self, database: Database) -> None:
+        self._db = database
+        apply_schema(database, "trainer", sqlite=_SQLITE_SCHEMA, postgresql=_POSTGRESQL_MIGRATIONS)
+        self.operations = operation_store(database, JobCodec())
+        if not database.postgresql:
+            self._adopt_earlier_layout()
+
+    @classmethod
+    def open(cls, url: str) -> JobStore:
+        """The store in the database at ``url`` (``sqlite:///...`` or ``postgresql://...``)."""
+        return cls(connect(url))
 
     def close(self) -> None:
         """Close the database."""
@@ -130,7 +163,8 @@ class JobStore:
                 )
             ]
             self.operations.adopt(job, events)
-        self._db.executescript("DROP TABLE events; DROP TABLE jobs;")
+        self._db.execute("DROP TABLE events")
+        self._db.execute("DROP TABLE jobs")
 
     # --- jobs
 
@@ -226,11 +260,11 @@ class JobStore:
     def add_checkpoint(self, job_id: str, checkpoint: pb.Checkpoint, path: Path) -> bool:
         """Record a checkpoint; False when that step was already recorded."""
         cursor = self._db.execute(
-            "INSERT OR IGNORE INTO checkpoints (job_id, step, path, checkpoint) "
-            "VALUES (?, ?, ?, ?)",
+            "INSERT INTO checkpoints (job_id, step, path, checkpoint) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (job_id, step) DO NOTHING",
             (job_id, checkpoint.step, str(path), checkpoint.SerializeToString()),
         )
-        return cursor.rowcount == 1
+        return int(cursor.rowcount) == 1
 
     def set_checkpoint_version(
         self, job_id: str, step: int, version: common_pb2.VersionRef
@@ -265,9 +299,12 @@ class JobStore:
         """Record the process group running ``tool`` (``training``, ``merge``) for the job,
         replacing the one recorded before."""
         self._db.execute(
-            "INSERT OR REPLACE INTO run_processes "
+            "INSERT INTO run_processes "
             "(job_id, tool, pgid, start_ticks, boot_id, hostname, pid_namespace) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id) DO UPDATE SET tool = excluded.tool, "
+            "pgid = excluded.pgid, start_ticks = excluded.start_ticks, "
+            "boot_id = excluded.boot_id, hostname = excluded.hostname, "
+            "pid_namespace = excluded.pid_namespace",
             (
                 job_id,
                 tool,
