@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,12 +38,11 @@ import httpx
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))  # the adapter helper and the gateway harness
 from gateway.harness import Gateway, make_key  # noqa: E402
-from gguf_adapters import GgufAdapter, make_gguf_adapter  # noqa: E402
+from gguf_adapters import GgufAdapter, hf_to_gguf, make_gguf_adapter  # noqa: E402
 
 from forgeline_gateway.backends.llamacpp import LlamaCppBackend  # noqa: E402
 from forgeline_gateway.security.keys import Scope  # noqa: E402
-from forgeline_kit.llamacpp import Toolchain, locate  # noqa: E402
-from forgeline_kit.llamacpp.gguf_py import subprocess_env  # noqa: E402
+from forgeline_kit.llamacpp import locate  # noqa: E402
 from forgeline_kit.tinymodel import DEFAULT_SEED, write_tiny_model  # noqa: E402
 
 QUESTION = [{"role": "user", "content": "hello"}]
@@ -178,24 +176,6 @@ def _measure(
         gateway.stop()
 
 
-def _gguf(toolchain: Toolchain, model_dir: Path, out: Path) -> Path:
-    subprocess.run(  # noqa: S603 - a fixed argument list
-        [
-            sys.executable,
-            str(toolchain.convert_hf_to_gguf),
-            str(model_dir),
-            "--outfile",
-            str(out),
-            "--outtype",
-            "f16",
-        ],
-        env=subprocess_env(toolchain),
-        check=True,
-        capture_output=True,
-    )
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--fine-tunes", type=int, nargs="+", default=[1, 4, 8], metavar="N")
@@ -206,7 +186,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="forgeline-adapter-bench-") as scratch:
         work = Path(scratch)
         model = write_tiny_model(work / "model", seed=DEFAULT_SEED)
-        base = _gguf(toolchain, model.path, work / "tiny-f16.gguf")
+        base = hf_to_gguf(toolchain, model.path, work / "tiny-f16.gguf")
         print(f"making {max(counts)} fine-tunes (GGUF adapters and merged GGUFs)...")
         tunes: list[GgufAdapter] = [
             make_gguf_adapter(model.path, work / "tunes", toolchain, seed=seed, merged=True)

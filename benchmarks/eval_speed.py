@@ -36,12 +36,12 @@ import httpx
 import yaml
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))  # the gateway harness
+sys.path.insert(0, str(HERE.parent / "tests"))  # the gateway harness and the GGUF helper
 from gateway.harness import Gateway, make_key  # noqa: E402
+from gguf_adapters import hf_to_gguf  # noqa: E402
 
 from forgeline_gateway.security.keys import Scope  # noqa: E402
-from forgeline_kit.llamacpp import Toolchain, locate  # noqa: E402
-from forgeline_kit.llamacpp.gguf_py import subprocess_env  # noqa: E402
+from forgeline_kit.llamacpp import locate  # noqa: E402
 from forgeline_kit.tinymodel import LLAMAFACTORY_TEMPLATE, write_tiny_model  # noqa: E402
 
 LLAMAFACTORY_CLI = Path(sys.executable).with_name("llamafactory-cli")
@@ -53,24 +53,6 @@ def _rows(count: int) -> list[tuple[str, str]]:
     return [
         (f"Question {i}: what is {i} plus {i}?", f"{i} plus {i} is {2 * i}.") for i in range(count)
     ]
-
-
-def _gguf(toolchain: Toolchain, model_dir: Path, out: Path) -> Path:
-    subprocess.run(  # noqa: S603 - a fixed argument list
-        [
-            sys.executable,
-            str(toolchain.convert_hf_to_gguf),
-            str(model_dir),
-            "--outfile",
-            str(out),
-            "--outtype",
-            "f16",
-        ],
-        env=subprocess_env(toolchain),
-        check=True,
-        capture_output=True,
-    )
-    return out
 
 
 def _served_run(http: httpx.Client, rows: list[tuple[str, str]], max_tokens: int) -> float:
@@ -187,7 +169,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="forgeline-eval-speed-") as scratch:
         work = Path(scratch)
         model = write_tiny_model(work / "tiny")
-        gguf = _gguf(toolchain, model.path, work / "tiny-f16.gguf")
+        gguf = hf_to_gguf(toolchain, model.path, work / "tiny-f16.gguf")
         database = work / "gateway.sqlite3"
         key = make_key(database, Scope.ADMIN)
         gateway = Gateway(database, {"model_dirs": [str(work)]})

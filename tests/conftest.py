@@ -6,16 +6,14 @@ They are generic on purpose: a test asks for ``tiny_model`` or starts a server w
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from gguf_adapters import hf_to_gguf
 from postgres_server import PostgresServer, running_postgres
 
 from forgeline_kit.llamacpp import Toolchain, ToolchainNotBuiltError, locate
-from forgeline_kit.llamacpp.gguf_py import subprocess_env
 from forgeline_kit.llamacpp.server import (
     LlamaServerError,
     LlamaServerOptions,
@@ -24,8 +22,6 @@ from forgeline_kit.llamacpp.server import (
 from forgeline_kit.llamacpp.server import start_llama_server as start_server
 from forgeline_kit.subprocesses import offline_env as offline_env_for
 from forgeline_kit.tinymodel import DEFAULT_SEED, TinyModel, write_tiny_model
-
-CONVERT_TIMEOUT_S = 300
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -69,24 +65,7 @@ def tiny_gguf(
     """The tiny model converted to an f16 GGUF with the pinned llama.cpp (once per session; the
     gateway's and the console's tests serve it)."""
     out = tmp_path_factory.mktemp("gguf") / "tiny-f16.gguf"
-    done = subprocess.run(  # noqa: S603 - a fixed argument list
-        [
-            sys.executable,
-            str(llamacpp_toolchain.convert_hf_to_gguf),
-            str(tiny_model.path),
-            "--outfile",
-            str(out),
-            "--outtype",
-            "f16",
-        ],
-        env=subprocess_env(llamacpp_toolchain),
-        capture_output=True,
-        text=True,
-        timeout=CONVERT_TIMEOUT_S,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out
+    return hf_to_gguf(llamacpp_toolchain, tiny_model.path, out)
 
 
 @pytest.fixture(scope="session")

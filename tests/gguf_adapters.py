@@ -1,5 +1,6 @@
 """Small LoRA fine-tunes of the tiny model without training, as GGUF adapters (and, when asked,
-their merged GGUFs): for the gateway's adapter deployments, their tests and the benchmark.
+their merged GGUFs): for the gateway's adapter deployments, their tests and the benchmark; and
+`hf_to_gguf`, the GGUF of an HF model that tests and benchmarks serve.
 
 Each adapter has random (not zero) B matrices on every linear module, so it changes what the
 model answers; different seeds give adapters that answer differently from each other. They are
@@ -13,14 +14,14 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from forgeline_converter.adapter import convert_adapter
 from forgeline_kit.llamacpp import Toolchain
 from forgeline_kit.llamacpp.gguf_py import subprocess_env
 
-__all__ = ["GgufAdapter", "make_gguf_adapter"]
+__all__ = ["GgufAdapter", "hf_to_gguf", "make_gguf_adapter"]
 
 #: Every linear module of the tiny Llama model.
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -52,9 +53,13 @@ def make_gguf_adapter(
     saved in PEFT's layout (`GgufAdapter.hf`) and converted to a GGUF adapter under `work`;
     with `merged`, the same adapter merged into the model and converted to a GGUF of
     `merged_outtype` too."""
-    import torch  # imported here: only building adapters needs torch in the test process
+    # Imported here: only building adapters needs torch and the converter in the test process
+    # (the session's conftest imports this module for `hf_to_gguf`).
+    import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
+
+    from forgeline_converter.adapter import convert_adapter
 
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -77,23 +82,46 @@ def make_gguf_adapter(
         peft_model.merge_and_unload().save_pretrained(merged_dir)
         for name in ("tokenizer.model", "tokenizer_config.json"):
             shutil.copy2(model_dir / name, merged_dir / name)
-        merged_gguf = work / f"merged-{seed}-{merged_outtype}.gguf"
-        done = subprocess.run(  # noqa: S603 - a fixed argument list
-            [
-                sys.executable,
-                str(toolchain.convert_hf_to_gguf),
-                str(merged_dir),
-                "--outfile",
-                str(merged_gguf),
-                "--outtype",
-                merged_outtype,
-            ],
+        merged_gguf = hf_to_gguf(
+            toolchain,
+            merged_dir,
+            work / f"merged-{seed}-{merged_outtype}.gguf",
+            outtype=merged_outtype,
             env=env,
-            capture_output=True,
-            text=True,
-            timeout=CONVERT_TIMEOUT_S,
-            check=False,
         )
-        if done.returncode != 0:
-            raise RuntimeError(f"converting the merged model failed:\n{done.stderr[-3000:]}")
     return GgufAdapter(seed=seed, gguf=converted.path, merged_gguf=merged_gguf, hf=adapter_dir)
+
+
+def hf_to_gguf(
+    toolchain: Toolchain,
+    model_dir: Path,
+    out: Path,
+    *,
+    outtype: str = "f16",
+    env: Mapping[str, str] | None = None,
+) -> Path:
+    """The HF model in `model_dir` converted to a GGUF of `outtype` at `out` (returned) by the
+    pinned llama.cpp's ``convert_hf_to_gguf.py``, in `env` (default: the toolchain's).
+
+    Raises:
+        RuntimeError: the conversion failed; the message ends with its output's last lines.
+    """
+    done = subprocess.run(  # noqa: S603 - a fixed argument list
+        [
+            sys.executable,
+            str(toolchain.convert_hf_to_gguf),
+            str(model_dir),
+            "--outfile",
+            str(out),
+            "--outtype",
+            outtype,
+        ],
+        env=subprocess_env(toolchain) if env is None else env,
+        capture_output=True,
+        text=True,
+        timeout=CONVERT_TIMEOUT_S,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"converting {model_dir} to GGUF failed:\n{done.stderr[-3000:]}")
+    return out

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +19,13 @@ from fakes.docker_engine import FakeDockerEngine
 from fakes.ollama import FakeOllama
 from fakes.server import FakeServer
 from gateway.harness import Gateway, make_key
-from gguf_adapters import make_gguf_adapter
+from gguf_adapters import hf_to_gguf, make_gguf_adapter
 
 from forgeline_cli.deploy_commands import _details, _listing
 from forgeline_cli.gateway_admin import DeploymentView
 from forgeline_cli.stack import LocalStack
 from forgeline_gateway.security.keys import Scope
 from forgeline_kit.llamacpp import Toolchain
-from forgeline_kit.llamacpp.gguf_py import subprocess_env
 from forgeline_kit.tinymodel import TinyModel
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.registry.v1 import registry_pb2 as rpb
@@ -40,7 +37,6 @@ pytestmark = pytest.mark.slow  # llama.cpp converts the model and serves it
 
 MODEL = "acme/tiny-llama"
 VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"  # the gateway's default
-CONVERT_TIMEOUT_S = 300
 
 
 @dataclass(frozen=True)
@@ -63,26 +59,6 @@ class Deployed:
         return openai.OpenAI(
             base_url=f"{self.gateway.url}/v1", api_key=self.inference_key, max_retries=0
         )
-
-
-def _convert(toolchain: Toolchain, model: TinyModel, out: Path) -> None:
-    done = subprocess.run(  # noqa: S603 - a fixed argument list
-        [
-            sys.executable,
-            str(toolchain.convert_hf_to_gguf),
-            str(model.path),
-            "--outfile",
-            str(out),
-            "--outtype",
-            "f16",
-        ],
-        env=subprocess_env(toolchain),
-        capture_output=True,
-        text=True,
-        timeout=CONVERT_TIMEOUT_S,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
 
 
 async def _register(target: str, model: TinyModel, gguf_dir: Path) -> tuple[str, str]:
@@ -111,7 +87,7 @@ def deployed(
     work = tmp_path_factory.mktemp("deploy-cli")
     gguf_dir = work / "gguf"
     gguf_dir.mkdir()
-    _convert(llamacpp_toolchain, tiny_model, gguf_dir / "tiny-f16.gguf")
+    hf_to_gguf(llamacpp_toolchain, tiny_model.path, gguf_dir / "tiny-f16.gguf")
     stack = LocalStack(work / "stack")
     ollama = FakeOllama()
     ollama_server = FakeServer(ollama.app).start()

@@ -25,17 +25,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from forgeline_cli.console import add_json_option, print_listing, print_result
+from forgeline_cli.console import print_listing, print_result
 from forgeline_cli.gateway_admin import (
-    KEY_VARIABLES,
     CommandError,
     DeploymentMetadata,
     DeploymentView,
     GatewayAdmin,
     RegistryDeployment,
+    gateway_options,
     run_admin,
 )
-from forgeline_cli.services import GATEWAY, REGISTRY
+from forgeline_cli.services import REGISTRY
 from forgeline_kit.errors import ForgelineError, Unavailable
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.registry.v1 import registry_pb2 as rpb
@@ -357,16 +357,6 @@ def _deployments(args: argparse.Namespace) -> int:
 # --- wiring
 
 
-def _gateway_options(parser: argparse.ArgumentParser) -> None:
-    GATEWAY.add_option(parser)
-    parser.add_argument(
-        "--api-key",
-        default=None,
-        help=f"an API key with the admin scope (default: ${' or $'.join(KEY_VARIABLES)})",
-    )
-    add_json_option(parser)
-
-
 def register(subparsers: Any) -> None:
     """Add ``deploy``, ``undeploy`` and ``deployments`` to the ``forgeline`` command."""
     deploy = subparsers.add_parser(
@@ -409,12 +399,12 @@ def register(subparsers: Any) -> None:
         "--base NAME)",
     )
     REGISTRY.add_option(deploy, "to resolve a version-less MODEL or --quantization")
-    _gateway_options(deploy)
+    gateway_options(deploy)
     deploy.set_defaults(run=_deploy)
 
     undeploy = subparsers.add_parser("undeploy", help="stop serving a deployment")
     undeploy.add_argument("name", help="the deployment's model name")
-    _gateway_options(undeploy)
+    gateway_options(undeploy)
     undeploy.set_defaults(run=_undeploy)
 
     deployments = subparsers.add_parser("deployments", help="list or show deployments")
@@ -422,5 +412,5 @@ def register(subparsers: Any) -> None:
         "action", nargs="?", choices=["list", "show"], default="list", help="default: list"
     )
     deployments.add_argument("name", nargs="?", default="", help="the deployment (with show)")
-    _gateway_options(deployments)
+    gateway_options(deployments)
     deployments.set_defaults(run=_deployments)

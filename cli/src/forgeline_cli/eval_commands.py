@@ -30,27 +30,21 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from forgeline_cli.benchmark import BUILTIN_TASKS, BenchmarkError, load_task, score
 from forgeline_cli.console import EXIT_INTERRUPTED, fail, print_json
-from forgeline_cli.fine_tuning_commands import gateway_options
-from forgeline_cli.gateway_admin import CommandError, GatewayAdmin, api_key, run_admin
+from forgeline_cli.gateway_admin import (
+    CommandError,
+    GatewayAdmin,
+    api_key,
+    gateway_options,
+    run_admin,
+)
 from forgeline_cli.services import GATEWAY
+from forgeline_kit.graders import GRADER_NAMES
 
 __all__ = ["GRADERS", "register"]
 
 #: The graders ``--grader`` takes: the gateway's ``text_similarity`` metrics (``cosine`` needs
 #: embeddings it does not have), and ``exact`` (``string_check`` equality).
-GRADERS: Final = (
-    "exact",
-    "fuzzy_match",
-    "bleu",
-    "gleu",
-    "meteor",
-    "rouge_1",
-    "rouge_2",
-    "rouge_3",
-    "rouge_4",
-    "rouge_5",
-    "rouge_l",
-)
+GRADERS: Final = GRADER_NAMES
 _TERMINAL: Final = frozenset({"completed", "failed", "canceled"})
 POLL_SECONDS: Final = 0.5
 _PAGE: Final = 100

@@ -19,18 +19,10 @@ from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from forgeline_cli.console import (
-    EXIT_INTERRUPTED,
-    add_json_option,
-    fail,
-    one_line,
-    print_listing,
-    print_result,
-)
-from forgeline_cli.gateway_admin import KEY_VARIABLES, GatewayAdmin, run_admin
-from forgeline_cli.services import GATEWAY
+from forgeline_cli.console import EXIT_INTERRUPTED, fail, one_line, print_listing, print_result
+from forgeline_cli.gateway_admin import GatewayAdmin, gateway_options, run_admin
 
-__all__ = ["gateway_options", "register"]
+__all__ = ["register"]
 
 _TERMINAL: Final = frozenset({"succeeded", "failed", "cancelled"})
 #: How often ``retry --follow`` asks the gateway for new events.
@@ -194,16 +186,6 @@ def _retry(args: argparse.Namespace) -> int:
             return EXIT_INTERRUPTED
 
     return run_admin(args, action)
-
-
-def gateway_options(parser: argparse.ArgumentParser) -> None:
-    GATEWAY.add_option(parser)
-    parser.add_argument(
-        "--api-key",
-        default=None,
-        help=f"an API key with the admin scope (default: ${' or $'.join(KEY_VARIABLES)})",
-    )
-    add_json_option(parser)
 
 
 def register(subparsers: Any) -> None:

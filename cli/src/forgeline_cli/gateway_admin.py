@@ -18,7 +18,7 @@ from typing import Any, Final, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from forgeline_cli.console import fail
+from forgeline_cli.console import add_json_option, fail
 from forgeline_cli.services import GATEWAY
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "GatewayAdmin",
     "RegistryDeployment",
     "api_key",
+    "gateway_options",
     "run_admin",
 ]
 
@@ -213,6 +214,18 @@ def api_key(args: argparse.Namespace) -> str | None:
         if os.environ.get(variable):
             return os.environ[variable]
     return None
+
+
+def gateway_options(parser: argparse.ArgumentParser) -> None:
+    """Add the options every gateway admin command takes: ``--gateway``, ``--api-key`` (read by
+    `api_key`) and ``--json``."""
+    GATEWAY.add_option(parser)
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        help=f"an API key with the admin scope (default: ${' or $'.join(KEY_VARIABLES)})",
+    )
+    add_json_option(parser)
 
 
 def run_admin(args: argparse.Namespace, action: Callable[[GatewayAdmin], int]) -> int:

@@ -65,14 +65,8 @@ def convert_hf_to_gguf(
 ) -> ToolRun:
     """``convert_hf_to_gguf.py MODEL_DIR --outtype OUTTYPE --outfile OUTFILE``; the model's own
     code can be imported only with ``trust_remote_code`` (see :func:`convert_env`)."""
-    command: list[str | Path] = [
-        sys.executable, toolchain.convert_hf_to_gguf, model_dir,
-        "--outtype", outtype, "--outfile", outfile,
-    ]  # fmt: skip
-    tool_env = convert_env(
-        toolchain, env, outfile.parent / ".hf-modules", trust_remote_code=trust_remote_code
-    )
-    return run_tool("convert_hf_to_gguf.py", command, env=tool_env)
+    script = toolchain.convert_hf_to_gguf
+    return _convert(toolchain, script, [model_dir], outtype, outfile, env, trust_remote_code)
 
 
 def convert_lora_to_gguf(
@@ -91,14 +85,30 @@ def convert_lora_to_gguf(
     which ``--base`` (always given) avoids, so it is never passed; the environment decides, as
     for :func:`convert_hf_to_gguf`.
     """
+    inputs: list[str | Path] = [adapter_dir, "--base", base_dir]
+    script = toolchain.convert_lora_to_gguf
+    return _convert(toolchain, script, inputs, outtype, outfile, env, trust_remote_code)
+
+
+def _convert(
+    toolchain: Toolchain,
+    script: Path,
+    inputs: Sequence[str | Path],
+    outtype: OutType,
+    outfile: Path,
+    env: Mapping[str, str],
+    trust_remote_code: bool,
+) -> ToolRun:
+    """``SCRIPT INPUTS... --outtype OUTTYPE --outfile OUTFILE``, named by the script's file name
+    when it fails; the environment is :func:`convert_env`'s, with a model's trusted code copied
+    beside `outfile` (so it goes away with the conversion's temporary directory)."""
     command: list[str | Path] = [
-        sys.executable, toolchain.convert_lora_to_gguf, adapter_dir, "--base", base_dir,
-        "--outtype", outtype, "--outfile", outfile,
+        sys.executable, script, *inputs, "--outtype", outtype, "--outfile", outfile,
     ]  # fmt: skip
     tool_env = convert_env(
         toolchain, env, outfile.parent / ".hf-modules", trust_remote_code=trust_remote_code
     )
-    return run_tool("convert_lora_to_gguf.py", command, env=tool_env)
+    return run_tool(script.name, command, env=tool_env)
 
 
 def quantize(
@@ -155,8 +165,8 @@ def fallback_tensors(quantize_output: str) -> dict[str, str]:
 _TYPE_LINE = re.compile(r"^\s+\d+\s+or\s+(?P<name>[A-Z0-9_]+)\s*:", re.MULTILINE)
 
 
-def quantization_types(toolchain: Toolchain) -> tuple[str, ...]:
-    """The quantization types this ``llama-quantize`` offers, as its usage text lists them."""
+def _quantize_usage(toolchain: Toolchain) -> str:
+    """``llama-quantize --help``'s text, which lists the types it offers."""
     result = subprocess.run(  # noqa: S603 - an argument list, no shell
         [str(toolchain.llama_quantize), "--help"],
         stdin=subprocess.DEVNULL,
@@ -165,9 +175,12 @@ def quantization_types(toolchain: Toolchain) -> tuple[str, ...]:
         timeout=30,
         check=False,  # it exits 1 after printing its usage
     )
-    return tuple(
-        dict.fromkeys(m["name"] for m in _TYPE_LINE.finditer(result.stdout + result.stderr))
-    )
+    return result.stdout + result.stderr
+
+
+def quantization_types(toolchain: Toolchain) -> tuple[str, ...]:
+    """The quantization types this ``llama-quantize`` offers, as its usage text lists them."""
+    return tuple(dict.fromkeys(m["name"] for m in _TYPE_LINE.finditer(_quantize_usage(toolchain))))
 
 
 _TYPE_DESCRIPTION = re.compile(
@@ -189,15 +202,7 @@ def requires_imatrix(quant_type: str) -> bool:
 def quantization_type_descriptions(toolchain: Toolchain) -> dict[str, str]:
     """Every type ``llama-quantize`` offers with its own description, in its order (the first
     description of a name wins: aliases come after the type they stand for)."""
-    result = subprocess.run(  # noqa: S603 - an argument list, no shell
-        [str(toolchain.llama_quantize), "--help"],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,  # it exits 1 after printing its usage
-    )
     described: dict[str, str] = {}
-    for match in _TYPE_DESCRIPTION.finditer(result.stdout + result.stderr):
+    for match in _TYPE_DESCRIPTION.finditer(_quantize_usage(toolchain)):
         described.setdefault(match["name"], match["description"])
     return described

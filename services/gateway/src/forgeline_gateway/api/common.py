@@ -1,4 +1,5 @@
-"""Schema pieces the OpenAI endpoints share (usage, stream options, stop, model names).
+"""Schema pieces the OpenAI endpoints share (usage, stream options, stop, model names), and the
+route every inference endpoint is (`add_inference_route`).
 
 Request models accept parameters beyond OpenAI's (``extra="allow"``): a backend may honour them
 (llama.cpp's ``top_k``), and the backend adapter decides; one it cannot honour is a 400, never
@@ -8,11 +9,17 @@ silently dropped. Response models keep OpenAI's fields and drop backend-only one
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, Protocol, TypeVar
 
+from fastapi import APIRouter
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from starlette.requests import Request
+from starlette.responses import Response
+
+from forgeline_gateway.errors import INFERENCE_ERRORS
+from forgeline_gateway.security.auth import BEARER_SECURITY, admit
+from forgeline_gateway.security.keys import Scope
 
 __all__ = [
     "ModelName",
@@ -21,6 +28,7 @@ __all__ = [
     "Stop",
     "StreamOptions",
     "Usage",
+    "add_inference_route",
     "body_schemas",
     "json_body",
     "parse_body",
@@ -133,3 +141,55 @@ def body_schemas(*models: type[BaseModel]) -> dict[str, Any]:
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
     return schemas
+
+
+class _Creates(Protocol):
+    """The serving object of an inference endpoint (`ChatServing`, `EmbeddingServing`...)."""
+
+    async def create(self, request: Request, body: Any, /) -> Response: ...
+
+
+def add_inference_route(
+    router: APIRouter,
+    path: str,
+    *,
+    name: str,
+    summary: str,
+    body: type[OpenAIRequest],
+    result: type[BaseModel],
+    serving: str,
+    stream_events: str | None = None,
+) -> None:
+    """Add ``POST path`` to `router` as an inference endpoint: the caller's key is checked for the
+    inference scope before the body is read, the body parsed as `body` (`parse_body`), and the
+    request answered by ``app.state.<serving>.create(request, body)``.
+
+    Args:
+        name: the route's name (FastAPI derives the OpenAPI ``operationId`` from it).
+        result: what the endpoint answers, as documented.
+        stream_events: for an endpoint that can stream, the documentation of its
+            ``text/event-stream`` answer.
+    """
+    answer: dict[str, Any] = {"model": result}
+    if stream_events is not None:
+        answer["content"] = {
+            "text/event-stream": {"schema": {"type": "string", "description": stream_events}}
+        }
+
+    # No docstring: FastAPI would publish it as the operation's description.
+    async def endpoint(request: Request) -> Response:
+        await admit(request, Scope.INFERENCE)  # before the body: no key, no parsing
+        parsed = await parse_body(request, body)
+        creates: _Creates = getattr(request.app.state, serving)
+        return await creates.create(request, parsed)
+
+    router.add_api_route(
+        path,
+        endpoint,
+        methods=["POST"],
+        name=name,
+        response_model=None,
+        responses={200: answer, **INFERENCE_ERRORS},
+        openapi_extra={**json_body(body), "security": BEARER_SECURITY},
+        summary=summary,
+    )

@@ -29,6 +29,7 @@ from forgeline_kit.errors import InvalidArgument
 __all__ = [
     "BOOKKEEPING_PARAMS",
     "GATEWAY_PARAMS",
+    "OPENAI_SERVER_PARAMS",
     "Backend",
     "Capabilities",
     "Endpoint",
@@ -56,6 +57,38 @@ class Endpoint(enum.StrEnum):
 #: tier) and change nothing in the answer: accepted on every endpoint and backend, never sent
 #: upstream. The gateway stores no completions, so ``store: true`` is accepted and ignored.
 BOOKKEEPING_PARAMS = frozenset({"user", "metadata", "store", "service_tier"})
+
+_OPENAI_SAMPLING = frozenset(
+    {
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "n",
+        "stop",
+        "seed",
+        "frequency_penalty",
+        "presence_penalty",
+        "logit_bias",
+    }
+)
+
+#: By endpoint, the parameters that llama-server and vLLM both take as OpenAI defines them (and
+#: ``chat_template_kwargs``, which both add to chat), so the gateway forwards them to either
+#: unchanged; each backend adds its own.
+OPENAI_SERVER_PARAMS: Mapping[Endpoint, frozenset[str]] = {
+    Endpoint.CHAT: _OPENAI_SAMPLING
+    | {
+        "messages",
+        "max_completion_tokens",
+        "top_logprobs",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "response_format",
+        "chat_template_kwargs",
+    },
+    Endpoint.COMPLETIONS: _OPENAI_SAMPLING | {"prompt"},
+}
 
 #: Parameters the gateway itself handles on every endpoint and backend.
 GATEWAY_PARAMS = frozenset({"model", "stream", "stream_options"}) | BOOKKEEPING_PARAMS

@@ -51,7 +51,13 @@ from typing import Any
 
 import httpx
 
-from forgeline_gateway.backends.base import Backend, Capabilities, Endpoint, Placement
+from forgeline_gateway.backends.base import (
+    OPENAI_SERVER_PARAMS,
+    Backend,
+    Capabilities,
+    Endpoint,
+    Placement,
+)
 from forgeline_gateway.backends.llamacpp_process import LlamaServerProcess
 from forgeline_gateway.backends.llamacpp_template import (
     UNKNOWN_TOOLS,
@@ -98,38 +104,10 @@ _LLAMA_SAMPLING = frozenset(
     }
 )
 
-_COMMON = frozenset(
-    {
-        "max_tokens",
-        "temperature",
-        "top_p",
-        "n",
-        "stop",
-        "seed",
-        "frequency_penalty",
-        "presence_penalty",
-        "logit_bias",
-    }
-)
-
-_CHAT = (
-    _COMMON
-    | _LLAMA_SAMPLING
-    | {
-        "messages",
-        "max_completion_tokens",
-        "logprobs",
-        "top_logprobs",
-        "tools",
-        "tool_choice",
-        "parallel_tool_calls",
-        "response_format",
-        "chat_template_kwargs",
-    }
-)
+_CHAT = OPENAI_SERVER_PARAMS[Endpoint.CHAT] | _LLAMA_SAMPLING | {"logprobs"}
 # Not `logprobs`, `echo`, `best_of` or `suffix`: llama-server's /v1/completions answers
 # logprobs in the chat shape, not the completions one, and neither echoes nor ranks.
-_COMPLETIONS = _COMMON | _LLAMA_SAMPLING | {"prompt"}
+_COMPLETIONS = OPENAI_SERVER_PARAMS[Endpoint.COMPLETIONS] | _LLAMA_SAMPLING
 _EMBEDDINGS = frozenset({"input", "encoding_format"})
 
 

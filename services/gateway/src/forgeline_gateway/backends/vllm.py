@@ -38,7 +38,13 @@ from pathlib import Path
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from forgeline_gateway.backends.base import Backend, Capabilities, Endpoint, Placement
+from forgeline_gateway.backends.base import (
+    OPENAI_SERVER_PARAMS,
+    Backend,
+    Capabilities,
+    Endpoint,
+    Placement,
+)
 from forgeline_gateway.backends.vllm_container import VllmContainers, stopped_message
 from forgeline_gateway.deployments.spec import VllmSpec
 from forgeline_kit.errors import FailedPrecondition, InvalidArgument
@@ -79,35 +85,11 @@ _VLLM_SAMPLING = frozenset(
         "guided_grammar",
     }
 )
-_COMMON = frozenset(
-    {
-        "max_tokens",
-        "temperature",
-        "top_p",
-        "n",
-        "stop",
-        "seed",
-        "frequency_penalty",
-        "presence_penalty",
-        "logit_bias",
-        "logprobs",
-    }
+# Unlike llama-server, vLLM answers ``logprobs`` in each endpoint's own shape: both take it.
+_CHAT = OPENAI_SERVER_PARAMS[Endpoint.CHAT] | _VLLM_SAMPLING | {"logprobs"}
+_COMPLETIONS = (
+    OPENAI_SERVER_PARAMS[Endpoint.COMPLETIONS] | _VLLM_SAMPLING | {"logprobs", "echo", "best_of"}
 )
-_CHAT = (
-    _COMMON
-    | _VLLM_SAMPLING
-    | {
-        "messages",
-        "max_completion_tokens",
-        "top_logprobs",
-        "tools",
-        "tool_choice",
-        "parallel_tool_calls",
-        "response_format",
-        "chat_template_kwargs",
-    }
-)
-_COMPLETIONS = _COMMON | _VLLM_SAMPLING | {"prompt", "echo", "best_of"}
 _EMBEDDINGS = frozenset({"input", "encoding_format", "dimensions"})
 # vLLM runs the n sequences of a request as one group; OpenAI's own bound is 128.
 MAX_N = 128

@@ -65,6 +65,21 @@ def _file_chunks(path: Path) -> Iterator[bytes]:
             yield chunk
 
 
+def _local_grants_only(accept_local_files: bool) -> None:
+    """Refuse a transfer to a client that takes no local-file grants, the only ones given here.
+
+    Raises:
+        FailedPrecondition: the client does not accept local files.
+    """
+    if not accept_local_files:
+        raise FailedPrecondition(
+            "this registry stores blobs on its local filesystem and hands out local-file "
+            "grants only: run the client on the registry's host (and let it accept local "
+            "files), or run the registry with FORGELINE_REGISTRY_STORAGE=s3",
+            field="transfer.accept_local_files",
+        )
+
+
 class FsStore(ObjectStore):
     """Objects as files under `root`."""
 
@@ -230,13 +245,7 @@ class FsStore(ObjectStore):
     async def upload_grant(
         self, state: BlobUploadState, *, accept_local_files: bool, expire_time: datetime
     ) -> UploadGrantSpec:
-        if not accept_local_files:
-            raise FailedPrecondition(
-                "this registry stores blobs on its local filesystem and hands out local-file "
-                "grants only: run the client on the registry's host (and let it accept local "
-                "files), or run the registry with FORGELINE_REGISTRY_STORAGE=s3",
-                field="transfer.accept_local_files",
-            )
+        _local_grants_only(accept_local_files)
         return UploadGrantSpec(
             sha256=state.sha256,
             size_bytes=state.size_bytes,
@@ -250,15 +259,7 @@ class FsStore(ObjectStore):
         return None  # the client wrote the staged file itself
 
     async def hash_uploaded(self, state: BlobUploadState) -> tuple[str, int] | None:
-        staging = Path(state.staging_path)
-
-        def digest() -> tuple[str, int] | None:
-            try:
-                return hash_chunks(_file_chunks(staging))
-            except FileNotFoundError:
-                return None
-
-        return await self._run(digest)
+        return await self._hash_file(Path(state.staging_path))
 
     async def publish_blob(self, state: BlobUploadState) -> None:
         staging = Path(state.staging_path)
@@ -299,24 +300,21 @@ class FsStore(ObjectStore):
     async def download_grant(
         self, digest: str, *, accept_local_files: bool, expire_time: datetime
     ) -> DownloadGrantSpec:
-        if not accept_local_files:
-            raise FailedPrecondition(
-                "this registry stores blobs on its local filesystem and hands out local-file "
-                "grants only: run the client on the registry's host (and let it accept local "
-                "files), or run the registry with FORGELINE_REGISTRY_STORAGE=s3",
-                field="transfer.accept_local_files",
-            )
+        _local_grants_only(accept_local_files)
         return DownloadGrantSpec(
             expire_time=expire_time, local_path=str(self._path(keys.blob(digest)))
         )
 
     async def hash_blob(self, digest: str) -> tuple[str, int] | None:
-        path = self._path(keys.blob(digest))
+        return await self._hash_file(self._path(keys.blob(digest)))
 
-        def digest_of() -> tuple[str, int] | None:
+    async def _hash_file(self, path: Path) -> tuple[str, int] | None:
+        """SHA-256 and size of the file at `path`, read off the event loop; None when missing."""
+
+        def digest() -> tuple[str, int] | None:
             try:
                 return hash_chunks(_file_chunks(path))
             except FileNotFoundError:
                 return None
 
-        return await self._run(digest_of)
+        return await self._run(digest)

@@ -2,45 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+from fastapi import APIRouter
 
-from fastapi import APIRouter, Request
-from starlette.responses import Response
-
-from forgeline_gateway.api.common import json_body, parse_body
+from forgeline_gateway.api.common import add_inference_route
 from forgeline_gateway.api.completions.protocol import Completion, CompletionRequest
-from forgeline_gateway.api.completions.serving import CompletionServing
-from forgeline_gateway.errors import INFERENCE_ERRORS
-from forgeline_gateway.security.auth import BEARER_SECURITY, admit
-from forgeline_gateway.security.keys import Scope
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["inference"])
 
-_STREAM_DOC: dict[str, Any] = {
-    "schema": {
-        "type": "string",
-        "description": "With `stream: true`: server-sent events, each `data: "
-        "<text_completion JSON>`, ending with `data: [DONE]`.",
-    }
-}
-
-_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"model": Completion, "content": {"text/event-stream": _STREAM_DOC}},
-    **INFERENCE_ERRORS,
-}
-
-
-@router.post(
+add_inference_route(
+    router,
     "/v1/completions",
-    response_model=None,
-    responses=_RESPONSES,
-    openapi_extra={**json_body(CompletionRequest), "security": BEARER_SECURITY},
+    name="create_completion",
     summary="Create a text completion",
+    body=CompletionRequest,
+    result=Completion,
+    serving="completions",
+    stream_events="With `stream: true`: server-sent events, each `data: "
+    "<text_completion JSON>`, ending with `data: [DONE]`.",
 )
-async def create_completion(request: Request) -> Response:
-    await admit(request, Scope.INFERENCE)  # before the body: no key, no parsing
-    body = await parse_body(request, CompletionRequest)
-    serving: CompletionServing = request.app.state.completions
-    return await serving.create(request, body)

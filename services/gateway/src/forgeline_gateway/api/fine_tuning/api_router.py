@@ -22,9 +22,10 @@ from forgeline_kit.errors import FailedPrecondition
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["fine-tuning"])
-
 _admin = requires(Scope.ADMIN)
+# Every route needs the admin scope; `create_job` also takes the caller it found (FastAPI runs
+# the one dependency once per request).
+router = APIRouter(tags=["fine-tuning"], dependencies=[Depends(_admin)])
 Limit = Annotated[int, Query(ge=1, le=100)]
 
 
@@ -52,7 +53,6 @@ async def create_job(
     "/v1/fine_tuning/hyperparameters",
     responses=ADMIN_ERRORS,
     summary="Forgeline: the hyperparameters a job with this body would train with",
-    dependencies=[Depends(_admin)],
 )
 async def plan_hyperparameters(body: FineTuningJobCreate, request: Request) -> HyperparametersPlan:
     return await _serving(request).hyperparameters(body)
@@ -62,7 +62,6 @@ async def plan_hyperparameters(body: FineTuningJobCreate, request: Request) -> H
     "/v1/fine_tuning/jobs",
     responses=ADMIN_ERRORS,
     summary="List fine-tuning jobs, newest first",
-    dependencies=[Depends(_admin)],
 )
 async def list_jobs(
     request: Request, after: str | None = None, limit: Limit = 20
@@ -74,7 +73,6 @@ async def list_jobs(
     "/v1/fine_tuning/jobs/{fine_tuning_job_id}",
     responses=ADMIN_ERRORS,
     summary="Retrieve a fine-tuning job",
-    dependencies=[Depends(_admin)],
 )
 async def retrieve_job(fine_tuning_job_id: str, request: Request) -> FineTuningJob:
     return await _serving(request).retrieve(fine_tuning_job_id)
@@ -84,7 +82,6 @@ async def retrieve_job(fine_tuning_job_id: str, request: Request) -> FineTuningJ
     "/v1/fine_tuning/jobs/{fine_tuning_job_id}/cancel",
     responses=ADMIN_ERRORS,
     summary="Cancel a fine-tuning job",
-    dependencies=[Depends(_admin)],
 )
 async def cancel_job(fine_tuning_job_id: str, request: Request) -> FineTuningJob:
     return await _serving(request).cancel(fine_tuning_job_id)
@@ -97,7 +94,6 @@ async def cancel_job(fine_tuning_job_id: str, request: Request) -> FineTuningJob
     description="Not in OpenAI's API. A failed job runs again from the stage that failed, "
     "reusing what earlier stages registered (a job that failed converting is not trained "
     "again); it keeps its id, and its events go on. A job that is not `failed` is a 400.",
-    dependencies=[Depends(_admin)],
 )
 async def retry_job(fine_tuning_job_id: str, request: Request) -> FineTuningJob:
     return await _serving(request).retry(fine_tuning_job_id)
@@ -107,7 +103,6 @@ async def retry_job(fine_tuning_job_id: str, request: Request) -> FineTuningJob:
     "/v1/fine_tuning/jobs/{fine_tuning_job_id}/events",
     responses=ADMIN_ERRORS,
     summary="List a job's events, newest first",
-    dependencies=[Depends(_admin)],
 )
 async def list_events(
     fine_tuning_job_id: str, request: Request, after: str | None = None, limit: Limit = 20
@@ -119,7 +114,6 @@ async def list_events(
     "/v1/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints",
     responses=ADMIN_ERRORS,
     summary="List a job's checkpoints, newest first",
-    dependencies=[Depends(_admin)],
 )
 async def list_checkpoints(
     fine_tuning_job_id: str, request: Request, after: str | None = None, limit: Limit = 10

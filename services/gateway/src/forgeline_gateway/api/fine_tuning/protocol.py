@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from forgeline_gateway.api.common import ModelName
+from forgeline_kit.graders import GraderName
 
 __all__ = [
     "Checkpoint",
@@ -101,22 +102,9 @@ class LoraOptions(_Body):
     additional_target: str | None = Field(None, min_length=1, max_length=512)
 
 
-#: The graders a job's evaluation scores with: the Evals API's ``text_similarity`` metrics
-#: (``cosine`` needs embeddings the gateway has not) and ``exact`` (``string_check`` equality).
-GraderName = Literal[
-    "exact",
-    "fuzzy_match",
-    "bleu",
-    "gleu",
-    "meteor",
-    "rouge_1",
-    "rouge_2",
-    "rouge_3",
-    "rouge_4",
-    "rouge_5",
-    "rouge_l",
-]
-
+#: What a job's evaluation scores with when it names no graders. It may name any `GraderName`:
+#: the Evals API's ``text_similarity`` metrics (``cosine`` needs embeddings the gateway has not)
+#: and ``exact`` (``string_check`` equality).
 DEFAULT_GRADERS: tuple[GraderName, ...] = ("rouge_l", "bleu")
 
 

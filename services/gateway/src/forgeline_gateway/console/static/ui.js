@@ -227,6 +227,81 @@ export function errorNotice(error, { title = null } = {}) {
   );
 }
 
+/** A success notice (role=status, so it is read out when the reader is idle). */
+function okNotice(text) {
+  return h("div", { class: "alert alert-ok", role: "status" }, h("span", { class: "alert-text", text }));
+}
+
+/**
+ * Checks a form before it is sent: clears `slot` and the marks of the last check, then marks each
+ * control of `missing` (`[control, message]` pairs) invalid, says their messages in `slot` and
+ * focuses the first. Whether anything was missing (then the form is not sent).
+ */
+export function flagMissing(form, slot, missing) {
+  replace(slot);
+  for (const control of form.querySelectorAll("[aria-invalid]")) control.removeAttribute("aria-invalid");
+  if (!missing.length) return false;
+  for (const [control] of missing) control.setAttribute("aria-invalid", "true");
+  replace(slot, h("div", { class: "alert alert-error", role: "alert" }, h("span", { class: "alert-text", text: missing.map(([, m]) => m).join(" ") })));
+  missing[0][0].focus();
+  return true;
+}
+
+/**
+ * A destructive action taken only once confirmed (undeploying, revoking a key), as the Deployments
+ * and API keys pages ask it. `ask(target)` makes `target` the `pending` one and has the page
+ * `draw()` its question into `slot` (built with `dialog`, whose Yes button is `#${id}` and takes
+ * the focus); `run(act, failTitle)` runs `act()`, `busy` meanwhile, and says in `notices` the
+ * words it resolved to, or its error under `failTitle`; then, unless the page was left, the page
+ * draws again and `settled()` (its list, a refresh).
+ */
+export function confirmation({ slot, notices, id, draw, settled }) {
+  const flow = {
+    pending: null,
+    busy: false,
+    ask(target) {
+      flow.pending = target;
+      replace(notices);
+      draw();
+      slot.querySelector(`#${id}`)?.focus();
+    },
+    cancel() {
+      flow.pending = null;
+      draw();
+    },
+    dialog({ label, text, yes, working, onYes }) {
+      return h(
+        "div",
+        { class: "alert alert-warn confirm", role: "alertdialog", "aria-label": label },
+        h("span", { class: "alert-text", text }),
+        h(
+          "span",
+          { class: "confirm-actions" },
+          h("button", { type: "button", class: "button danger", id, text: flow.busy ? working : yes, disabled: flow.busy, onclick: onYes }),
+          h("button", { type: "button", class: "button ghost", text: "Keep it", disabled: flow.busy, onclick: () => flow.cancel() }),
+        ),
+      );
+    },
+    async run(act, failTitle) {
+      flow.busy = true;
+      draw();
+      replace(notices);
+      try {
+        replace(notices, okNotice(await act()));
+      } catch (error) {
+        if (error.name === "AbortError") return;
+        replace(notices, errorNotice(error, { title: failTitle }));
+      } finally {
+        flow.busy = false;
+        flow.pending = null;
+      }
+      draw();
+      settled();
+    },
+  };
+  return flow;
+}
+
 /** A button that copies `text()` to the clipboard. */
 export function copyButton(text, label = "Copy") {
   const button = h("button", { type: "button", class: "button small ghost", text: label });

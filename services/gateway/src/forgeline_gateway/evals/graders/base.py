@@ -8,12 +8,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from forgeline_gateway.evals.templates import Template
 from forgeline_kit.errors import InvalidArgument
 
-__all__ = ["Grade", "Grader", "parse_spec"]
+__all__ = ["Comparison", "ComparisonSpec", "Grade", "Grader", "parse_spec"]
 
 S = TypeVar("S", bound=BaseModel)
 
@@ -69,3 +69,42 @@ def parse_spec(model: type[S], spec: Mapping[str, Any], *, param: str) -> S:
         raise InvalidArgument(
             f"Invalid value for '{field}': {message[:1].lower()}{message[1:]}.", field=field
         ) from None
+
+
+class ComparisonSpec(BaseModel):
+    """The fields of a criterion that compares its rendered `input` with its rendered `reference`
+    (``string_check``, ``text_similarity``); each family's spec narrows `type` and adds its own
+    (the fields keep this order, so the first error named is the same in every family)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    name: str = Field(min_length=1, max_length=256)
+    input: str
+    reference: str
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A grader that compares its rendered `input` with its rendered `reference`."""
+
+    name: str
+    input: Template
+    reference: Template
+
+    @staticmethod
+    def parts(spec: ComparisonSpec, *, param: str) -> tuple[str, Template, Template]:
+        """`spec`'s name and its two templates, parsed (the first fields of a `Comparison`).
+
+        Raises:
+            InvalidArgument: a bad template; names it under `param`.
+        """
+        return (
+            spec.name,
+            Template.parse(spec.input, param=f"{param}.input"),
+            Template.parse(spec.reference, param=f"{param}.reference"),
+        )
+
+    @property
+    def templates(self) -> Sequence[tuple[str, Template]]:
+        return (("input", self.input), ("reference", self.reference))

@@ -9,14 +9,11 @@ A row passes when it scores 1.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from forgeline_gateway.evals.graders.base import Grade, parse_spec
-from forgeline_gateway.evals.templates import Template
+from forgeline_gateway.evals.graders.base import Comparison, ComparisonSpec, Grade, parse_spec
 
 __all__ = ["TYPE", "StringCheck", "StringCheckSpec"]
 
@@ -25,25 +22,17 @@ TYPE = "string_check"
 Operation = Literal["eq", "ne", "like", "ilike"]
 
 
-class StringCheckSpec(BaseModel):
+class StringCheckSpec(ComparisonSpec):
     """A ``string_check`` testing criterion as stored and echoed."""
 
-    model_config = ConfigDict(extra="forbid")
-
     type: Literal["string_check"]
-    name: str = Field(min_length=1, max_length=256)
-    input: str
-    reference: str
     operation: Operation
 
 
 @dataclass(frozen=True)
-class StringCheck:
+class StringCheck(Comparison):
     """A ``string_check`` grader."""
 
-    name: str
-    input: Template
-    reference: Template
     operation: Operation
     type: str = TYPE
 
@@ -55,16 +44,7 @@ class StringCheck:
             InvalidArgument: a missing or bad field, or a bad template; names it under `param`.
         """
         checked = parse_spec(StringCheckSpec, spec, param=param)
-        return cls(
-            name=checked.name,
-            input=Template.parse(checked.input, param=f"{param}.input"),
-            reference=Template.parse(checked.reference, param=f"{param}.reference"),
-            operation=checked.operation,
-        )
-
-    @property
-    def templates(self) -> Sequence[tuple[str, Template]]:
-        return (("input", self.input), ("reference", self.reference))
+        return cls(*cls.parts(checked, param=param), operation=checked.operation)
 
     def grade(self, namespaces: Mapping[str, Any]) -> Grade:
         given = self.input.render(namespaces)

@@ -29,15 +29,15 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal, get_args
+from typing import Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from forgeline_gateway.evals.graders.base import Grade, parse_spec
-from forgeline_gateway.evals.templates import Template
+from forgeline_gateway.evals.graders.base import Comparison, ComparisonSpec, Grade, parse_spec
 from forgeline_kit.errors import InvalidArgument
+from forgeline_kit.graders import TEXT_SIMILARITY_METRICS, TextSimilarityMetric
 
 __all__ = [
     "METRICS",
@@ -51,20 +51,8 @@ __all__ = [
 
 TYPE = "text_similarity"
 
-Metric = Literal[
-    "fuzzy_match",
-    "bleu",
-    "gleu",
-    "meteor",
-    "rouge_1",
-    "rouge_2",
-    "rouge_3",
-    "rouge_4",
-    "rouge_5",
-    "rouge_l",
-]
 #: The metrics scored here (OpenAI's, less ``cosine``).
-METRICS: Final[tuple[str, ...]] = get_args(Metric)
+METRICS: Final = TEXT_SIMILARITY_METRICS
 
 # CJK Unified Ideographs, Extension A, Compatibility Ideographs, and the supplementary planes'.
 _HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
@@ -78,26 +66,18 @@ _WORDNET_MISSING = (
 )
 
 
-class TextSimilaritySpec(BaseModel):
+class TextSimilaritySpec(ComparisonSpec):
     """A ``text_similarity`` testing criterion as stored and echoed."""
 
-    model_config = ConfigDict(extra="forbid")
-
     type: Literal["text_similarity"]
-    name: str = Field(min_length=1, max_length=256)
-    input: str
-    reference: str
-    evaluation_metric: Metric
+    evaluation_metric: TextSimilarityMetric
     pass_threshold: float = Field(allow_inf_nan=False)
 
 
 @dataclass(frozen=True)
-class TextSimilarity:
+class TextSimilarity(Comparison):
     """A ``text_similarity`` grader."""
 
-    name: str
-    input: Template
-    reference: Template
     metric: str
     pass_threshold: float
     type: str = TYPE
@@ -123,16 +103,10 @@ class TextSimilarity:
                 _WORDNET_MISSING.format(others=others), field=f"{param}.evaluation_metric"
             )
         return cls(
-            name=checked.name,
-            input=Template.parse(checked.input, param=f"{param}.input"),
-            reference=Template.parse(checked.reference, param=f"{param}.reference"),
+            *cls.parts(checked, param=param),
             metric=checked.evaluation_metric,
             pass_threshold=checked.pass_threshold,
         )
-
-    @property
-    def templates(self) -> Sequence[tuple[str, Template]]:
-        return (("input", self.input), ("reference", self.reference))
 
     def grade(self, namespaces: Mapping[str, Any]) -> Grade:
         score = similarity(

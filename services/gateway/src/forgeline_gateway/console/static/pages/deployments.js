@@ -2,7 +2,7 @@
 // on its processes beneath it; undeploy one after confirming.
 
 import { api, query } from "../api.js";
-import { badge, card, errorNotice, h, link, mono, pageHeader, replace, timeAgo } from "../ui.js";
+import { badge, card, confirmation, errorNotice, h, link, mono, pageHeader, replace, timeAgo } from "../ui.js";
 
 const COLUMNS = ["Name", "Backend", "Status", "Instances", "Source", "Created", ""];
 
@@ -119,62 +119,36 @@ export default {
     );
 
     let deployments = [];
-    let confirming = null; // the name of the deployment whose undeploy awaits confirmation
-    let busy = false;
+    // `pending`: the name of the deployment whose undeploy awaits confirmation.
+    const confirmer = confirmation({ slot: confirmSlot, notices, id: "confirm-undeploy", draw: () => drawConfirm(), settled: () => { drawList(); refresh.now(); } });
 
-    const undeploy = async (name) => {
-      busy = true;
-      drawConfirm();
-      replace(notices);
-      try {
+    const undeploy = (name) =>
+      confirmer.run(async () => {
         await api.delete(`/v1/deployments/${encodeURIComponent(name)}`, { signal });
         deployments = deployments.filter((d) => d.name !== name);
-        replace(notices, h("div", { class: "alert alert-ok", role: "status" }, h("span", { class: "alert-text", text: `Undeployed ${name}.` })));
-      } catch (error) {
-        if (error.name === "AbortError") return;
-        replace(notices, errorNotice(error, { title: `${name} was not undeployed.` }));
-      } finally {
-        busy = false;
-        confirming = null;
-      }
-      drawConfirm();
-      drawList();
-      refresh.now();
-    };
-
-    const ask = (name) => {
-      confirming = name;
-      replace(notices);
-      drawConfirm();
-      confirmSlot.querySelector("#confirm-undeploy")?.focus();
-    };
+        return `Undeployed ${name}.`;
+      }, `${name} was not undeployed.`);
 
     const drawConfirm = () => {
-      if (!confirming) {
+      const name = confirmer.pending;
+      if (!name) {
         replace(confirmSlot);
         return;
       }
-      const target = deployments.find((d) => d.name === confirming);
+      const target = deployments.find((d) => d.name === name);
       const adapters = target?.adapters ?? [];
       const what = target?.spec?.base
-        ? `Undeploy ${confirming}? Its base ${target.spec.base} restarts without it; requests in flight finish first.`
-        : `Undeploy ${confirming}? Clients calling it get 404 from now on.`;
+        ? `Undeploy ${name}? Its base ${target.spec.base} restarts without it; requests in flight finish first.`
+        : `Undeploy ${name}? Clients calling it get 404 from now on.`;
       replace(
         confirmSlot,
-        h(
-          "div",
-          { class: "alert alert-warn confirm", role: "alertdialog", "aria-label": `Undeploy ${confirming}?` },
-          h(
-            "span",
-            { class: "alert-text", text: adapters.length ? `${what} Its adapters (${adapters.join(", ")}) must be undeployed first.` : what },
-          ),
-          h(
-            "span",
-            { class: "confirm-actions" },
-            h("button", { type: "button", class: "button danger", id: "confirm-undeploy", text: busy ? "Undeploying…" : "Yes, undeploy it", disabled: busy, onclick: () => undeploy(confirming) }),
-            h("button", { type: "button", class: "button ghost", text: "Keep it", disabled: busy, onclick: () => { confirming = null; drawConfirm(); } }),
-          ),
-        ),
+        confirmer.dialog({
+          label: `Undeploy ${name}?`,
+          text: adapters.length ? `${what} Its adapters (${adapters.join(", ")}) must be undeployed first.` : what,
+          yes: "Yes, undeploy it",
+          working: "Undeploying…",
+          onYes: () => undeploy(confirmer.pending),
+        }),
       );
     };
 
@@ -194,8 +168,8 @@ export default {
             class: "button small ghost danger-text",
             text: "Undeploy",
             "aria-label": `Undeploy ${d.name}`,
-            disabled: busy,
-            onclick: () => ask(d.name),
+            disabled: confirmer.busy,
+            onclick: () => confirmer.ask(d.name),
           }),
         ].map((cell, index) =>
           h("td", { class: index === 3 ? "num" : index === 6 ? "actions-col" : null, "data-label": COLUMNS[index] }, cell),
@@ -246,10 +220,7 @@ export default {
         replace(list, errorNotice(error));
         return;
       }
-      if (confirming && !deployments.some((d) => d.name === confirming)) {
-        confirming = null;
-        drawConfirm();
-      }
+      if (confirmer.pending && !deployments.some((d) => d.name === confirmer.pending)) confirmer.cancel();
       drawList();
     }, 5000);
   },

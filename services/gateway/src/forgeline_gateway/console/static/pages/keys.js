@@ -3,7 +3,7 @@
 // revoke one after confirming.
 
 import { api, keyStore } from "../api.js";
-import { card, copyButton, errorNotice, h, mono, pageHeader, replace, table, timeAgo } from "../ui.js";
+import { card, confirmation, copyButton, errorNotice, flagMissing, h, mono, pageHeader, replace, table, timeAgo } from "../ui.js";
 
 /** The scopes a key may have, as the API names them, and what each lets it call. */
 const SCOPES = [
@@ -111,39 +111,20 @@ export default {
     root.append(created, form, confirmSlot, notices, card("Keys", {}, list));
 
     let keys = [];
-    let confirming = null; // the id of the key whose revocation awaits confirmation
-    let busy = false;
+    // `pending`: the id of the key whose revocation awaits confirmation.
+    const confirmer = confirmation({ slot: confirmSlot, notices, id: "confirm-revoke", draw: () => drawConfirm(), settled: () => { drawList(); refresh.now(); } });
 
-    const revoke = async (id) => {
+    const revoke = (id) => {
       const target = keys.find((k) => k.id === id);
-      busy = true;
-      drawConfirm();
-      replace(notices);
-      try {
+      return confirmer.run(async () => {
         const revoked = await api.delete(`/v1/keys/${encodeURIComponent(id)}`, { signal });
         keys = keys.map((k) => (k.id === id ? revoked : k));
-        replace(notices, h("div", { class: "alert alert-ok", role: "status" }, h("span", { class: "alert-text", text: `Revoked ${revoked.name}: it is refused from now on.` })));
-      } catch (error) {
-        if (error.name === "AbortError") return;
-        replace(notices, errorNotice(error, { title: `${target?.name ?? id} was not revoked.` }));
-      } finally {
-        busy = false;
-        confirming = null;
-      }
-      drawConfirm();
-      drawList();
-      refresh.now();
-    };
-
-    const ask = (id) => {
-      confirming = id;
-      replace(notices);
-      drawConfirm();
-      confirmSlot.querySelector("#confirm-revoke")?.focus();
+        return `Revoked ${revoked.name}: it is refused from now on.`;
+      }, `${target?.name ?? id} was not revoked.`);
     };
 
     const drawConfirm = () => {
-      const target = keys.find((k) => k.id === confirming);
+      const target = keys.find((k) => k.id === confirmer.pending);
       if (!target) {
         replace(confirmSlot);
         return;
@@ -152,17 +133,13 @@ export default {
       const own = isThisTab(target) ? " This tab signs in with it: the console will ask for another key." : "";
       replace(
         confirmSlot,
-        h(
-          "div",
-          { class: "alert alert-warn confirm", role: "alertdialog", "aria-label": `Revoke ${target.name}?` },
-          h("span", { class: "alert-text", text: `Revoke ${target.name} (${target.prefix}…)? Clients using it get 401 from now on; a revoked key cannot be restored.${own}` }),
-          h(
-            "span",
-            { class: "confirm-actions" },
-            h("button", { type: "button", class: "button danger", id: "confirm-revoke", text: busy ? "Revoking…" : "Yes, revoke it", disabled: busy, onclick: () => revoke(target.id) }),
-            h("button", { type: "button", class: "button ghost", text: "Keep it", disabled: busy, onclick: () => { confirming = null; drawConfirm(); } }),
-          ),
-        ),
+        confirmer.dialog({
+          label: `Revoke ${target.name}?`,
+          text: `Revoke ${target.name} (${target.prefix}…)? Clients using it get 401 from now on; a revoked key cannot be restored.${own}`,
+          yes: "Yes, revoke it",
+          working: "Revoking…",
+          onYes: () => revoke(target.id),
+        }),
       );
     };
 
@@ -184,7 +161,7 @@ export default {
               cell: (k) =>
                 k.revoked
                   ? ""
-                  : h("button", { type: "button", class: "button small ghost danger-text", text: "Revoke", "aria-label": `Revoke ${k.name}`, disabled: busy, onclick: () => ask(k.id) }),
+                  : h("button", { type: "button", class: "button small ghost danger-text", text: "Revoke", "aria-label": `Revoke ${k.name}`, disabled: confirmer.busy, onclick: () => confirmer.ask(k.id) }),
             },
           ],
           rows,
@@ -208,18 +185,11 @@ export default {
 
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
-      replace(problems);
-      for (const control of form.querySelectorAll("[aria-invalid]")) control.removeAttribute("aria-invalid");
       const scopes = scopeBoxes.filter((box) => box.checked).map((box) => box.value);
       const missing = [];
       if (!name.value.trim()) missing.push([name, "Name the key after who or what uses it."]);
       if (!scopes.length) missing.push([scopeBoxes[0], "Choose at least one scope."]);
-      if (missing.length) {
-        for (const [control] of missing) control.setAttribute("aria-invalid", "true");
-        replace(problems, h("div", { class: "alert alert-error", role: "alert" }, h("span", { class: "alert-text", text: missing.map(([, m]) => m).join(" ") })));
-        missing[0][0].focus();
-        return;
-      }
+      if (flagMissing(form, problems, missing)) return;
       submit.disabled = true;
       submit.textContent = "Creating…";
       try {

@@ -3,7 +3,7 @@
 // written out live beside it.
 
 import { api, query } from "../api.js";
-import { bytes, card, copyButton, errorNotice, h, link, pageHeader, replace } from "../ui.js";
+import { bytes, card, copyButton, errorNotice, flagMissing, h, link, pageHeader, replace } from "../ui.js";
 
 const METHODS = [
   ["supervised", "Supervised (SFT)", "Chat or instruction data; learns the answers."],
@@ -498,19 +498,12 @@ export default {
 
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
-      replace(problems);
-      for (const control of form.querySelectorAll("[aria-invalid]")) control.removeAttribute("aria-invalid");
       const missing = [
         [model, "Choose the base model."],
         [training, "Choose a training file (upload one on the Datasets page)."],
       ].filter(([control]) => !control.value.trim());
       if (!suffix.checkValidity()) missing.push([suffix, "The suffix may hold only letters, digits, - and _."]);
-      if (missing.length) {
-        for (const [control] of missing) control.setAttribute("aria-invalid", "true");
-        replace(problems, h("div", { class: "alert alert-error", role: "alert" }, h("span", { class: "alert-text", text: missing.map(([, m]) => m).join(" ") })));
-        missing[0][0].focus();
-        return;
-      }
+      if (flagMissing(form, problems, missing)) return;
       submit.disabled = true;
       submit.textContent = "Starting…";
       try {
