@@ -26,8 +26,8 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from forgeline_converter.__main__ import build as build_converter
-from forgeline_converter.core import ConversionPlan, convert_model
-from forgeline_converter.llamacpp_tools import convert_hf_to_gguf, quantize
+from forgeline_converter.gguf_conversion import ConversionPlan, convert_model
+from forgeline_converter.llamacpp.tools import convert_hf_to_gguf, quantize
 from forgeline_converter.settings import ConverterSettings
 from forgeline_kit.grpc.client import make_channel
 from forgeline_kit.grpc.server import GrpcService

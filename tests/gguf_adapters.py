@@ -59,7 +59,7 @@ def make_gguf_adapter(
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from forgeline_converter.adapter import convert_adapter
+    from forgeline_converter.llamacpp.adapter import convert_adapter
 
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)

@@ -72,15 +72,15 @@ def kill_all(pids: set[int]) -> None:
 
 
 def kill_busy_converter_worker(root_pid: int, within: float) -> int | None:
-    """SIGKILL a converter worker (``python -m forgeline_converter.worker``) below ``root_pid``
-    while it runs a llama.cpp tool, mid-conversion, as the OOM killer would; its pid, or None if
-    no tool ran within ``within`` seconds. (The converter also keeps an idle spare worker, which
-    has no child.)"""
+    """SIGKILL a converter worker (``python -m forgeline_converter.worker_process``) below
+    ``root_pid`` while it runs a llama.cpp tool, mid-conversion, as the OOM killer would; its pid,
+    or None if no tool ran within ``within`` seconds. (The converter also keeps an idle spare
+    worker, which has no child.)"""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         below = descendants(root_pid)
         for pid in below:
-            if "forgeline_converter.worker" in command_line(pid) and descendants(pid):
+            if "forgeline_converter.worker_process" in command_line(pid) and descendants(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, 9)
                     return pid

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from forgeline_converter.core import ConversionPlan, ConversionResult, convert_model
+from forgeline_converter.gguf_conversion import ConversionPlan, ConversionResult, convert_model
 from forgeline_kit.llamacpp import Toolchain
 from forgeline_kit.tinymodel import TinyModel
 

@@ -24,8 +24,8 @@ import httpx
 import pytest
 
 from forgeline_cli.walkthrough import write_fact_dataset
-from forgeline_converter.adapter import ConvertedAdapter, convert_adapter
-from forgeline_converter.core import ConversionResult
+from forgeline_converter.gguf_conversion import ConversionResult
+from forgeline_converter.llamacpp.adapter import ConvertedAdapter, convert_adapter
 from forgeline_kit.datasets import (
     DatasetFormat,
     DatasetSpec,

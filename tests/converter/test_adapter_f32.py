@@ -21,8 +21,8 @@ from typing import Any
 import httpx
 import pytest
 
-from forgeline_converter.adapter import convert_adapter
-from forgeline_converter.core import ConversionPlan, ConversionResult, convert_model
+from forgeline_converter.gguf_conversion import ConversionPlan, ConversionResult, convert_model
+from forgeline_converter.llamacpp.adapter import convert_adapter
 from forgeline_kit.llamacpp import Toolchain
 from forgeline_kit.llamacpp.server import LlamaServerProcess
 from forgeline_kit.tinymodel import TinyModel

@@ -9,8 +9,8 @@ from typing import Any
 
 import httpx
 
-from forgeline_converter.core import ConversionPlan, convert_model
-from forgeline_converter.llamacpp_tools import convert_hf_to_gguf
+from forgeline_converter.gguf_conversion import ConversionPlan, convert_model
+from forgeline_converter.llamacpp.tools import convert_hf_to_gguf
 from forgeline_kit.llamacpp import Toolchain
 from forgeline_kit.tinymodel import TinyModel
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from forgeline_converter.core import ConversionPlan, DiskFree, convert_model
 from forgeline_converter.errors import (
     ConversionError,
     InsufficientDisk,
@@ -15,6 +14,7 @@ from forgeline_converter.errors import (
     MissingTokenizer,
     UnsupportedArchitecture,
 )
+from forgeline_converter.gguf_conversion import ConversionPlan, DiskFree, convert_model
 from forgeline_kit.llamacpp import Toolchain
 from forgeline_kit.tinymodel import TinyModelSpec
 from forgeline_kit.tinymodel.tokenizer import write_tokenizer

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from forgeline_converter.adapter import convert_adapter
-from forgeline_converter.core import ConversionPlan, convert_model
 from forgeline_converter.errors import RemoteCodeNotTrusted
-from forgeline_converter.llamacpp_tools import NO_MODULES_CACHE, convert_env
+from forgeline_converter.gguf_conversion import ConversionPlan, convert_model
+from forgeline_converter.llamacpp.adapter import convert_adapter
+from forgeline_converter.llamacpp.source import TRUST_REMOTE_CODE_SETTING
+from forgeline_converter.llamacpp.tools import NO_MODULES_CACHE, convert_env
 from forgeline_converter.settings import ConverterSettings
-from forgeline_converter.source import TRUST_REMOTE_CODE_SETTING
 from forgeline_converter.validation import check_remote_code
-from forgeline_converter.worker import EXIT_FAILED, ModelJob, WorkerJob, WorkerMessage, main
+from forgeline_converter.worker_process import EXIT_FAILED, ModelJob, WorkerJob, WorkerMessage, main
 from forgeline_kit.errors import FailedPrecondition
 from forgeline_kit.llamacpp import Toolchain
 from forgeline_kit.tinymodel import TinyModel

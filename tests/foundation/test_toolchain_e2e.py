@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from forgeline_converter.llamacpp_tools import convert_hf_to_gguf, quantize
+from forgeline_converter.llamacpp.tools import convert_hf_to_gguf, quantize
 from forgeline_kit.llamacpp import Toolchain
 from forgeline_kit.llamacpp.gguf_py import import_gguf
 from forgeline_kit.subprocesses import ToolRun

@@ -10,11 +10,17 @@ import shutil
 from importlib.resources import files
 from pathlib import Path
 
-from forgeline_converter.core import ConversionPlan
-from forgeline_converter.llamacpp_tools import OutType
+from forgeline_converter.gguf_conversion import ConversionPlan
+from forgeline_converter.llamacpp.tools import OutType
 from forgeline_converter.modelfile import ModelfileParameter
 from forgeline_converter.run_context import RunContext, Steps, registry_failure
-from forgeline_converter.worker import AdapterJob, ModelfileSpec, ModelJob, SmokeSpec, WorkerJob
+from forgeline_converter.worker_process import (
+    AdapterJob,
+    ModelfileSpec,
+    ModelJob,
+    SmokeSpec,
+    WorkerJob,
+)
 from forgeline_kit.errors import ForgelineError
 from forgeline_kit.operations import OperationFailure
 from forgeline_proto.common.v1 import common_pb2

@@ -5,9 +5,9 @@ versions this run already pushed deleted again, so a failed conversion leaves no
 
 from __future__ import annotations
 
-from forgeline_converter.gguf_info import GgufInfo
+from forgeline_converter.llamacpp.gguf_info import GgufInfo
 from forgeline_converter.run_context import RunContext, Steps, log, registry_failure
-from forgeline_converter.worker import WorkerOutput, WorkerResult
+from forgeline_converter.worker_process import WorkerOutput, WorkerResult
 from forgeline_kit.errors import ForgelineError
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.converter.v1 import converter_pb2 as pb

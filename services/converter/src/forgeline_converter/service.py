@@ -16,12 +16,12 @@ from collections.abc import AsyncIterator
 
 from google.protobuf import timestamp_pb2
 
-from forgeline_converter.llamacpp_tools import (
+from forgeline_converter.conversion_run import run_conversion
+from forgeline_converter.llamacpp.tools import (
     quantization_type_descriptions,
     requires_imatrix,
 )
 from forgeline_converter.run_context import Reporter, RunContext
-from forgeline_converter.runner import run_conversion
 from forgeline_converter.settings import ConverterSettings
 from forgeline_converter.store import TERMINAL_STATES, ConversionStore, state_name
 from forgeline_converter.validation import validate_spec

@@ -21,8 +21,8 @@ from forgeline_converter.run_context import (
     as_duration,
     log,
 )
-from forgeline_converter.worker import WorkerJob, WorkerMessage, WorkerResult
 from forgeline_converter.worker_pool import WorkerPool, stop_worker
+from forgeline_converter.worker_process import WorkerJob, WorkerMessage, WorkerResult
 from forgeline_kit.operations import OperationFailure
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.converter.v1 import converter_pb2 as pb

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from forgeline_converter.llamacpp_tools import requires_imatrix
+from forgeline_converter.llamacpp.source import TRUST_REMOTE_CODE_SETTING
+from forgeline_converter.llamacpp.tools import requires_imatrix
 from forgeline_converter.modelfile import PARAMETER_NAME, modelfile_value
-from forgeline_converter.source import TRUST_REMOTE_CODE_SETTING
 from forgeline_kit.errors import FailedPrecondition, InvalidArgument, NotFound
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.converter.v1 import converter_pb2 as pb

@@ -1,4 +1,4 @@
-"""The service's side of its worker processes (``python -m forgeline_converter.worker``):
+"""The service's side of its worker processes (``python -m forgeline_converter.worker_process``):
 starting them, one spare kept warm (`WorkerPool`), and stopping one with every tool it started
 (`stop_worker`).
 
@@ -49,7 +49,7 @@ class WorkerPool:
         home = [str(self._home.absolute())] if self._home is not None else []
         return await asyncio.create_subprocess_exec(
             *die_with_parent(
-                [sys.executable, "-m", "forgeline_converter.worker", "--stdin", *home]
+                [sys.executable, "-m", "forgeline_converter.worker_process", "--stdin", *home]
             ),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,

@@ -1,7 +1,8 @@
 """One conversion's tool work, run as a child process of the service.
 
-The service starts ``python -m forgeline_converter.worker JOB.json`` in its own process group,
-so cancelling a conversion stops the worker and every llama.cpp tool it started with one signal.
+The service starts ``python -m forgeline_converter.worker_process JOB.json`` in its own process
+group, so cancelling a conversion stops the worker and every llama.cpp tool it started with one
+signal.
 The worker reports on stdout, one JSON :class:`WorkerMessage` per line (stages, log lines, the
 error), and writes a :class:`WorkerResult` to ``job.result_file`` when every output is ready:
 a directory per output holding the GGUF (and its Modelfile).
@@ -20,19 +21,19 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from forgeline_converter.adapter import convert_adapter
-from forgeline_converter.core import ConversionPlan, Stage, convert_model, quantize_model
 from forgeline_converter.errors import ConversionError
-from forgeline_converter.gguf_info import GgufInfo, special_tokens
-from forgeline_converter.llamacpp_tools import OutType
+from forgeline_converter.gguf_conversion import ConversionPlan, Stage, convert_model, quantize_model
+from forgeline_converter.llamacpp.adapter import convert_adapter
+from forgeline_converter.llamacpp.gguf_info import GgufInfo, special_tokens
+from forgeline_converter.llamacpp.smoke import DEFAULT_PROMPT, smoke_generate
+from forgeline_converter.llamacpp.source import supported_architectures
+from forgeline_converter.llamacpp.tools import OutType
 from forgeline_converter.modelfile import (
     ModelfileParameter,
     derive_chat_format,
     ollama_template,
     render_modelfile,
 )
-from forgeline_converter.smoke import DEFAULT_PROMPT, smoke_generate
-from forgeline_converter.source import supported_architectures
 from forgeline_kit.llamacpp import Toolchain, locate
 from forgeline_kit.llamacpp.gguf_py import import_gguf
 from forgeline_kit.llamacpp.toolchain import toolchain_at

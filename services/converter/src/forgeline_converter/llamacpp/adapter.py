@@ -10,11 +10,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from forgeline_converter.core import sha256_of
 from forgeline_converter.errors import ConversionError, VerificationFailed
-from forgeline_converter.gguf_info import GgufInfo, read_gguf_info
-from forgeline_converter.llamacpp_tools import OutType, convert_lora_to_gguf
-from forgeline_converter.source import check_remote_code, inspect_source
+from forgeline_converter.gguf_conversion import sha256_of
+from forgeline_converter.llamacpp.gguf_info import GgufInfo, read_gguf_info
+from forgeline_converter.llamacpp.source import check_remote_code, inspect_source
+from forgeline_converter.llamacpp.tools import OutType, convert_lora_to_gguf
 from forgeline_kit.llamacpp import Toolchain
 
 ADAPTER_CONFIG = "adapter_config.json"

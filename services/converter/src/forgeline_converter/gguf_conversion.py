@@ -18,8 +18,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from forgeline_converter.errors import InsufficientDisk, InvalidQuantization
-from forgeline_converter.gguf_info import Expectation, GgufInfo, read_gguf_info, verify
-from forgeline_converter.llamacpp_tools import (
+from forgeline_converter.llamacpp.gguf_info import Expectation, GgufInfo, read_gguf_info, verify
+from forgeline_converter.llamacpp.perplexity import compare_logits, perplexity
+from forgeline_converter.llamacpp.source import SourceModel, inspect_source, stage_with_bos_setting
+from forgeline_converter.llamacpp.tools import (
     OutType,
     compute_imatrix,
     convert_hf_to_gguf,
@@ -27,8 +29,6 @@ from forgeline_converter.llamacpp_tools import (
     quantization_types,
     quantize,
 )
-from forgeline_converter.perplexity import compare_logits, perplexity
-from forgeline_converter.source import SourceModel, inspect_source, stage_with_bos_setting
 from forgeline_kit.llamacpp import Toolchain
 
 # GGUF file type names (gguf-py's LlamaFileType) of the convert script's outtypes.
