@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
+from postgres_server import PostgresServer
 
 from forgeline_kit.tinymodel import DEMO_FACT, LLAMAFACTORY_TEMPLATE, TinyModel
 from forgeline_proto.common.v1 import common_pb2
@@ -524,3 +525,38 @@ def test_a_full_queue_refuses_new_jobs_until_one_starts(world: World) -> None:
             queued.stub.CancelJob(pb.CancelJobRequest(job_id=job.id))
     finally:
         queued.stop()
+
+
+def test_a_trainer_on_postgresql_trains_and_a_restarted_one_finds_the_job(
+    world: World, postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """FORGELINE_TRAINER_DATABASE_URL=postgresql://...: a job is submitted, watched and trained
+    to SUCCEEDED with its state, events and checkpoints in PostgreSQL; a trainer started on the
+    same database from another state directory (a rescheduled pod) lists it with its history."""
+    url = postgres.create_database()
+    trainer = world.stack.start_trainer(tmp_path / "first", database_url=url)
+    try:
+        job = trainer.stub.SubmitJob(
+            pb.SubmitJobRequest(spec=world.spec(SHORT_RUN), request_id="on-postgresql")
+        )
+        events = list(trainer.watch(job.id, timeout=600))
+    finally:
+        trainer.stop()
+    assert events[-1].stage_change.state == pb.JOB_STATE_SUCCEEDED
+
+    moved = world.stack.start_trainer(tmp_path / "moved", database_url=url)
+    try:
+        found = moved.stub.GetJob(pb.GetJobRequest(job_id=job.id))
+        replayed = list(moved.watch(job.id, timeout=60))
+        listed = moved.stub.ListCheckpoints(pb.ListCheckpointsRequest(job_id=job.id))
+        again = moved.stub.SubmitJob(
+            pb.SubmitJobRequest(spec=world.spec(SHORT_RUN), request_id="on-postgresql")
+        )
+    finally:
+        moved.stop()
+    assert found.state == pb.JOB_STATE_SUCCEEDED
+    assert found.result.HasField("adapter")
+    assert [e.sequence for e in replayed] == [e.sequence for e in events]
+    assert [c.step for c in listed.checkpoints] == [4, 2]
+    assert again.id == job.id
+    assert not (tmp_path / "first" / "jobs.db").exists()
