@@ -7,12 +7,13 @@ STAMP := $(VENV)/.installed
 PYPROJECTS := $(wildcard kit/pyproject.toml proto/pyproject.toml cli/pyproject.toml clients/*/pyproject.toml \
 	services/*/pyproject.toml)
 
-.PHONY: help install clients setup system-tools lock proto proto-check lint format toolchain test pytest fuzz demo up clean
+.PHONY: help install clients setup system-tools lock proto proto-check lint format toolchain test pytest test-postgres fuzz demo up clean
 
 help:
 	@echo "make demo   fine-tune the embedded tiny model and chat with it (CPU, no Docker)"
 	@echo "make up     start the four services locally and leave them running (Ctrl-C stops)"
 	@echo "make test   install what is needed, then run every check and test"
+	@echo "make test-postgres  the state, API and pipeline suites with every service on PostgreSQL"
 	@echo "make proto  regenerate the gRPC stubs after editing proto/"
 	@echo "make lock   re-resolve requirements/dev.in into requirements/lock.txt"
 
@@ -93,6 +94,13 @@ pytest: $(STAMP) $(CLIENTS_STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: setup system-tools proto-check lint pytest
+
+# The state, API and pipeline suites again with every service's state on PostgreSQL, a real server
+# the tests start from Debian's postgresql package (`make test` runs them on SQLite; CI runs both).
+POSTGRES_SUITES := tests/kit/test_databases.py tests/kit/test_operations.py tests/converter/test_store.py \
+	tests/trainer/test_store.py tests/gateway tests/evals tests/pipeline
+test-postgres: setup system-tools $(CLIENTS_STAMP)
+	FORGELINE_TEST_DATABASE=postgresql $(BIN)/pytest $(PYTEST_ARGS) $(POSTGRES_SUITES)
 
 # The long fuzz run: schemathesis over the gateway's whole OpenAPI document with 150 examples per
 # operation (thousands of generated requests; `make test` runs 25). Prints the count.

@@ -10,8 +10,9 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from database_urls import shared_postgres
 from gguf_adapters import hf_to_gguf
-from postgres_server import PostgresServer, running_postgres
+from postgres_server import PostgresServer
 
 from forgeline_kit.llamacpp import Toolchain, ToolchainNotBuiltError, locate
 from forgeline_kit.llamacpp.server import (
@@ -36,11 +37,10 @@ def no_local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    """One real PostgreSQL server for the session; each test takes a database of its own
-    (``postgres.create_database()``)."""
-    with running_postgres() as server:
-        yield server
+def postgres() -> PostgresServer:
+    """One real PostgreSQL server for the session (stopped when the tests end); each test takes a
+    database of its own (``postgres.create_database()``)."""
+    return shared_postgres()
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ from typing import Any, cast
 
 import httpx
 import pytest
+from database_urls import database_url
 from gateway.harness import Gateway, make_key
 from google.protobuf.timestamp_pb2 import Timestamp
 from playwright.sync_api import Browser, BrowserContext, Page
@@ -199,7 +200,7 @@ def console(
             "model_dirs": [str(tiny_gguf.parent), str(model_dir)],
         },
     )
-    jobs = JobStore.open(database)
+    jobs = JobStore.open(database_url(database))
     try:
         gateway.start()
         for name in ("tiny", "tiny-twin"):
@@ -224,7 +225,7 @@ def console(
         async def fine_tuning() -> None:
             # The pipeline as open_pipeline makes it, with a trainer that only lists and cancels.
             pipeline = Pipeline(
-                JobStore.open(database),
+                JobStore.open(database_url(database)),
                 trainer=cast(Any, trainer),
                 converter=cast(Any, None),
                 registry=cast(Any, None),

@@ -8,13 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from database_urls import database_url
 from prometheus_client import CollectorRegistry
 
 from forgeline_converter.__main__ import build as build_converter
 from forgeline_converter.settings import ConverterSettings
 from forgeline_kit.grpc.client import make_channel
 from forgeline_kit.grpc.server import GrpcService
-from forgeline_kit.sqlite import sqlite_url
 from forgeline_proto.converter.v1 import converter_pb2 as pb
 from forgeline_proto.converter.v1 import converter_pb2_grpc
 from forgeline_registry.__main__ import build as build_registry
@@ -61,7 +61,7 @@ class Stack:
             "registry_target": self.registry_target,
             "registry_local_files": True,
             "work_dir": self.root / name / "work",
-            "database_url": sqlite_url(self.root / name / "state.db"),
+            "database_url": database_url(self.root / name / "state.db"),
         }
         settings = ConverterSettings(**(chosen | overrides))
         return await self.start_converter_on(settings)

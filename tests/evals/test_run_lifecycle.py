@@ -3,19 +3,20 @@ gateway resumes what was under way, a dead backend ends the run ``failed``."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from database_urls import database_url
 from fakes.server import FakeServer
 from fakes.vllm import FakeVllm
 from gateway.conftest import Served, _start
 from gateway.harness import Gateway
 
 from forgeline_gateway.app import default_backends
+from forgeline_kit.databases import connect
 
 from .conftest import FAKE_BASE, wait_for_run
 
@@ -91,11 +92,14 @@ def test_a_restarted_gateway_resumes_the_runs_under_way(
 
     first.gateway.stop()
 
-    with sqlite3.connect(database) as db:
+    db = connect(database_url(database))
+    try:
         (status,) = db.execute("SELECT status FROM eval_runs WHERE id = ?", (run_id,)).fetchone()
         (kept,) = db.execute(
             "SELECT COUNT(*) FROM eval_output_items WHERE run_id = ?", (run_id,)
         ).fetchone()
+    finally:
+        db.close()
     assert status == "in_progress"
     assert 0 < kept < len(ROWS)
     vllm.answer_delay = 0.0

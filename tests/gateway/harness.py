@@ -13,6 +13,7 @@ from typing import Any
 
 import uvicorn
 import uvloop
+from database_urls import database_url
 from fakes.server import ReadyServer
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
@@ -22,7 +23,6 @@ from forgeline_gateway.security.keys import Scope, create_key
 from forgeline_gateway.settings import GatewaySettings
 from forgeline_gateway.store import Store
 from forgeline_kit.metrics import MetricsServer, start_service_metrics
-from forgeline_kit.sqlite import sqlite_url
 
 START_DEADLINE_S = 60.0
 
@@ -40,7 +40,7 @@ class Gateway:
             http_host="127.0.0.1",
             http_port=0,
             metrics_port=0,
-            database_url=sqlite_url(database),
+            database_url=database_url(database),
             **dict(settings or {}),
         )
         self.collectors = CollectorRegistry()
@@ -102,8 +102,9 @@ class Gateway:
 
 
 def make_key(database: Path, *scopes: Scope, name: str = "test") -> str:
-    """A new API key with `scopes`, written straight into the gateway's database."""
-    store = Store.open(database)
+    """A new API key with `scopes`, written straight into the gateway's database (named by
+    its path, as `Gateway` takes it)."""
+    store = Store.open(database_url(database))
     try:
         key, _ = create_key(store, name, set(scopes))
         return key

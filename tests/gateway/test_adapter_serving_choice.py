@@ -20,6 +20,7 @@ from typing import Any, cast
 
 import httpx
 import pytest
+from database_urls import database_url
 from fakes.docker_engine import FakeDockerEngine
 from fakes.ollama import FakeOllama
 from fakes.server import FakeServer
@@ -202,7 +203,7 @@ def deploying(
             "metadata": {"version": registered.base_gguf, "quantization": "f16"},
         }
     )
-    store = JobStore.open(tmp_path / "jobs.sqlite3")
+    store = JobStore.open(database_url(tmp_path / "jobs.sqlite3"))
     yield Deploying(served, registered, store)
     store.close()
 
@@ -385,7 +386,7 @@ def test_on_an_ollama_base_the_adapter_is_an_ollama_model_made_from_it(
                 "metadata": {"version": registered.base_gguf, "quantization": "f16"},
             }
         )
-        store = JobStore.open(tmp_path / "jobs.sqlite3")
+        store = JobStore.open(database_url(tmp_path / "jobs.sqlite3"))
         try:
             deploying = Deploying(served, registered, store)
             job, events = deploying.run(
@@ -463,7 +464,7 @@ def _on_vllm(
     """The deploying stage of a job with the HF adapter and `card`, on a vLLM base
     (`_vllm_base`)."""
     served = _vllm_base(start_gateway, registered, tmp_path)
-    store = JobStore.open(tmp_path / "jobs.sqlite3")
+    store = JobStore.open(database_url(tmp_path / "jobs.sqlite3"))
     try:
         job, events = Deploying(served, registered, store).run(
             _job(registered, registered.merged, quality=card, adapter=registered.hf_adapter)
@@ -576,7 +577,7 @@ def test_on_a_vllm_base_the_quality_card_scores_the_hf_adapter_on_it(
     job = _job(registered, registered.merged, adapter=registered.hf_adapter)
     eval_adapter = f"{job.id}:eval-adapter"
 
-    store = JobStore.open(tmp_path / "jobs.sqlite3")
+    store = JobStore.open(database_url(tmp_path / "jobs.sqlite3"))
     store.put(job)
 
     async def card() -> list[ArtifactQuality]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from database_urls import database_url
 from pydantic import ValidationError
 
 import forgeline_gateway.fine_tuning
@@ -37,6 +38,8 @@ from forgeline_gateway.fine_tuning.records import (
     Stage,
 )
 from forgeline_gateway.fine_tuning.store import JobStore
+from forgeline_kit.databases import connect
+from forgeline_kit.sqlite import sqlite_url
 
 ORGANIZATION = "org-test"
 
@@ -191,7 +194,7 @@ def database(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def store(database: Path) -> Iterator[JobStore]:
-    opened = JobStore.open(database)
+    opened = JobStore.open(database_url(database))
     yield opened
     opened.close()
 
@@ -233,7 +236,8 @@ def _write_earlier_rows(database: Path, jobs: Sequence[str], events: Sequence[st
 def _write_operation_rows(database: Path, job: str, event: str) -> None:
     """A job and an event as a newer gateway would store them through the operations layer."""
     stored = json.loads(job)
-    with closing(sqlite3.connect(database)) as db:
+    db = connect(database_url(database))
+    try:
         db.execute(
             "INSERT INTO operations (kind, id, request_id, created, state, terminal, "
             "last_sequence, record) VALUES ('fine_tuning_job', ?, NULL, ?, ?, ?, 1, ?)",
@@ -244,7 +248,8 @@ def _write_operation_rows(database: Path, job: str, event: str) -> None:
             "VALUES (?, 1, 'message', ?)",
             (json.loads(event)["job_id"], event.encode()),
         )
-        db.commit()
+    finally:
+        db.close()
 
 
 def _serving(store: JobStore) -> FineTuningServing:
@@ -264,7 +269,7 @@ async def test_jobs_stored_before_records_were_versioned_load_and_show_the_same_
     database: Path,
 ) -> None:
     _write_earlier_rows(database, [stored for stored, _ in STORED_JOBS], [STORED_EVENT])
-    store = JobStore.open(database)
+    store = JobStore.open(sqlite_url(database))  # the earlier layout was SQLite's
     serving = _serving(store)
     views = [json.loads(view) for _, view in STORED_JOBS]
 

@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from database_urls import database_url
 
 from forgeline_gateway.fine_tuning.pipeline import Pipeline
 from forgeline_gateway.fine_tuning.plan import DatasetFile
 from forgeline_gateway.fine_tuning.records import JobRecord, JobRequest, Outputs, Stage
 from forgeline_gateway.fine_tuning.store import JobStore
 from forgeline_kit.errors import FailedPrecondition, Unavailable
+from forgeline_kit.sqlite import sqlite_url
 
 
 class _TrainerDown:
@@ -46,7 +48,7 @@ class _FilesNeverAnswer:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[JobStore]:
-    opened = JobStore.open(tmp_path / "gateway.sqlite3")
+    opened = JobStore.open(database_url(tmp_path / "gateway.sqlite3"))
     yield opened
     opened.close()
 
@@ -128,7 +130,7 @@ async def test_a_record_stored_before_retries_loads_and_retries_from_the_start(
     )
     earlier.commit()
     earlier.close()
-    store = JobStore.open(path)
+    store = JobStore.open(sqlite_url(path))  # the earlier layout was SQLite's
     pipeline = _pipeline(store)
 
     job = await pipeline.retry(record["id"])

@@ -68,15 +68,37 @@ def test_a_bad_setting_exits_2_naming_the_variable(tmp_path: Path) -> None:
 
 
 def test_a_database_url_it_cannot_open_exits_2_saying_what_it_accepts(tmp_path: Path) -> None:
-    env = _env(tmp_path, FORGELINE_GATEWAY_DATABASE_URL="postgresql://forgeline:pw@db/forgeline")
+    env = _env(tmp_path, FORGELINE_GATEWAY_DATABASE_URL="mysql://forgeline:pw@db/forgeline")
 
     done = _run(["keys", "list"], env)
 
     assert done.returncode == 2
     assert done.stderr.splitlines()[1:] == [
-        "  FORGELINE_GATEWAY_DATABASE_URL='postgresql://forgeline:***@db/forgeline' is refused: "
-        "PostgreSQL is not supported by this version yet; use sqlite:///PATH"
+        "  FORGELINE_GATEWAY_DATABASE_URL='mysql://forgeline:***@db/forgeline' is refused: "
+        "mysql:// is not supported: expected sqlite:///relative/path or sqlite:////absolute/path "
+        "(or postgresql://USER:PASSWORD@HOST/DATABASE)"
     ]
+
+
+@pytest.mark.parametrize("command", [["keys", "list"], []])
+def test_a_postgresql_database_it_cannot_reach_is_named_without_its_password(
+    tmp_path: Path, command: list[str]
+) -> None:
+    # Nothing listens on this socket directory: the server is "down".
+    url = f"postgresql://forgeline:s3cret@/forgeline?host={tmp_path}"
+    done = _run(command, _env(tmp_path, FORGELINE_GATEWAY_DATABASE_URL=url))
+
+    assert done.returncode == 1
+    assert "s3cret" not in done.stderr
+    (error,) = [json.loads(line) for line in done.stderr.splitlines() if line.strip()]
+    assert error["level"] == "ERROR"
+    assert error["message"].startswith(
+        f"cannot reach the database postgresql://forgeline:***@/forgeline?host={tmp_path}: "
+    )
+    assert error["message"].endswith(
+        "Check that the server is running and that the URL's host, port, user and password are "
+        "right. (FORGELINE_GATEWAY_DATABASE_URL)"
+    )
 
 
 def test_the_database_set_by_its_old_name_is_found_after_an_upgrade(tmp_path: Path) -> None:

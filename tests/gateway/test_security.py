@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import sqlite3
 from collections.abc import Iterator
 
 import httpx
@@ -15,6 +14,7 @@ from fakes.vllm import FakeVllm
 from forgeline_gateway.security import keys
 from forgeline_gateway.security.keys import hash_key
 from forgeline_gateway.settings import GatewaySettings
+from forgeline_kit.databases import Database, connect
 from forgeline_kit.settings import SettingsError, load_settings
 
 from .conftest import Served, StartGateway
@@ -92,10 +92,16 @@ def test_keys_are_stored_hashed_and_revocation_takes_effect(served: Served) -> N
     headers = {"Authorization": f"Bearer {key}"}
     assert _chat(served, headers).status_code == 200
 
-    with sqlite3.connect(served.gateway.settings.database_path) as db:
-        stored = db.execute("SELECT hash, prefix FROM api_keys WHERE id = ?", (key_id,)).fetchone()
-        dump = "\n".join(db.iterdump())
-    assert stored == (hash_key(key), key[:10])
+    database = connect(served.gateway.settings.database_url)
+    try:
+        stored = database.execute(
+            "SELECT hash, prefix FROM api_keys WHERE id = ?", (key_id,)
+        ).fetchone()
+        dump = _dump(database)
+    finally:
+        database.close()
+    assert tuple(stored) == (hash_key(key), key[:10])
+    assert "api_keys" in dump
     assert key not in dump
 
     listed = served.admin("GET", "/v1/keys").json()["data"]
@@ -238,3 +244,16 @@ def test_made_up_keys_do_not_push_real_ones_out_of_the_cache(
 
     assert authenticator._known == known  # the real key is still answered from the cache
     assert len(authenticator._unknown) == 10  # and the made-up ones stay bounded
+
+
+def _dump(database: Database) -> str:
+    """Every row of every table of the gateway's database, as text."""
+    if database.postgresql:
+        query = "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+    else:
+        query = "SELECT name FROM sqlite_master WHERE type = 'table'"
+    tables = [row[0] for row in database.execute(query).fetchall()]
+    # Table names come from the database itself, not from input.
+    return "\n".join(
+        f"{table}: {database.execute(f'SELECT * FROM {table}').fetchall()!r}" for table in tables
+    )

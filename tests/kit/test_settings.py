@@ -240,15 +240,16 @@ class StoreSettings(ServiceSettings):
     ("value", "expected"),
     [
         (
-            "postgresql://forgeline:s3cret@db:5432/forgeline",
-            "FORGELINE_STORE_DATABASE_URL='postgresql://forgeline:***@db:5432/forgeline' is "
-            "refused: PostgreSQL is not supported by this version yet; use sqlite:///PATH",
+            "mysql://forgeline:s3cret@db:3306/forgeline",
+            "FORGELINE_STORE_DATABASE_URL='mysql://forgeline:***@db:3306/forgeline' is "
+            "refused: mysql:// is not supported: expected sqlite:///relative/path or "
+            "sqlite:////absolute/path (or postgresql://USER:PASSWORD@HOST/DATABASE)",
         ),
         (
             "/var/lib/forgeline/store.db",
             "FORGELINE_STORE_DATABASE_URL='/var/lib/forgeline/store.db' is refused: not a "
             "database URL: a SQLite file is written sqlite:///relative/path or "
-            "sqlite:////absolute/path",
+            "sqlite:////absolute/path (or postgresql://USER:PASSWORD@HOST/DATABASE)",
         ),
     ],
 )

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from database_urls import database_url, on_postgresql
 from openai import OpenAI
 
 from forgeline_cli.stack import LocalStack
@@ -35,7 +36,13 @@ def running(
     """The stack with the tiny model registered as `tiny-llama` (HF, GGUF F16 and Q8_0) and
     served from its Q8_0 GGUF."""
     work = tmp_path_factory.mktemp("pipeline")
-    stack = LocalStack(work / "stack")
+    databases: dict[str, str] = {}
+    if on_postgresql():  # make test-postgres: every service's state in one PostgreSQL database
+        url = database_url(work / "stack.db")
+        databases = {
+            f"FORGELINE_{s}_DATABASE_URL": url for s in ("TRAINER", "CONVERTER", "GATEWAY")
+        }
+    stack = LocalStack(work / "stack", extra_env=databases)
     try:
         stack.start()
         base = register_base_model(stack.registry_target, tiny_model)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+from database_urls import database_url
 from google.protobuf.struct_pb2 import Struct
 from prometheus_client import CollectorRegistry
 
@@ -69,6 +70,9 @@ class Stack:
             "registry_local_files": True,
             "poll_interval_seconds": 0.2,
             "shutdown_grace_seconds": 1,
+            # A trainer restarted on the same state_dir finds its jobs again (make test-postgres
+            # keeps them on PostgreSQL).
+            "database_url": database_url(state_dir / "jobs.db"),
         }
 
         async def serve() -> GrpcService:

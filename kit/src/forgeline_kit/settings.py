@@ -38,7 +38,6 @@ __all__ = [
     "DatabaseUrl",
     "LogFormat",
     "LogLevel",
-    "OperationsDatabaseUrl",
     "Port",
     "RegistryLocalFiles",
     "RenamedSetting",
@@ -97,35 +96,27 @@ RegistryLocalFiles = Annotated[
 ]
 
 
-def check_database_url(value: str, *, postgresql: bool = False) -> str:
-    """`value` if it is a database URL this service opens (`forgeline_kit.sqlite.sqlite_path`;
-    with ``postgresql``, a ``postgresql://`` URL too); otherwise a validation error that says
+def check_database_url(value: str) -> str:
+    """`value` if it is a database URL a service opens (``sqlite:///PATH`` or
+    ``postgresql://...``, see `forgeline_kit.databases`); otherwise a validation error that says
     what is accepted."""
-    if postgresql and is_postgresql_url(value):
+    if is_postgresql_url(value):
         return value
     try:
         sqlite_path(value)
     except ValueError as error:
-        reason = str(error)
-        if postgresql and not is_postgresql_url(value):
-            reason += " (or postgresql://USER:PASSWORD@HOST/DATABASE)"
         raise PydanticCustomError(
-            "database_url", "is refused: {reason}", {"reason": reason}
+            "database_url",
+            "is refused: {reason} (or postgresql://USER:PASSWORD@HOST/DATABASE)",
+            {"reason": str(error)},
         ) from None
     return value
 
 
-def check_operations_database_url(value: str) -> str:
-    """`check_database_url` for a service whose whole state can live on PostgreSQL."""
-    return check_database_url(value, postgresql=True)
-
-
 #: A service's ``database_url`` setting: where its state is, as a database URL
-#: (``sqlite:///relative/path`` or ``sqlite:////absolute/path``), checked when settings load.
+#: (``sqlite:///relative/path``, ``sqlite:////absolute/path`` or ``postgresql://...``), checked
+#: when settings load.
 DatabaseUrl = Annotated[str, AfterValidator(check_database_url)]
-#: The same for a service whose state is all in the operations layer and its own SQL tables
-#: (the converter, the trainer): ``postgresql://...`` accepted too.
-OperationsDatabaseUrl = Annotated[str, AfterValidator(check_operations_database_url)]
 
 
 @dataclass(frozen=True)

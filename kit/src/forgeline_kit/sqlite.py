@@ -1,34 +1,25 @@
-"""A service's SQLite state: one way to open it, and one base for stores used from asyncio.
+"""Database URLs, and the one way to open a service's SQLite file.
 
-Every service keeps its durable state (jobs, conversions, deployments, keys, evals) in one SQLite
-file of its state directory. They all want the same connection: autocommit (each store opens the
-transactions it needs), WAL so a reader (a CLI, a second connection) never waits for a writer, a
-busy timeout that waits out the writer instead of failing, and the schema applied idempotently.
-
-Where that file is, each service's settings say with one name, ``FORGELINE_<SERVICE>_DATABASE_URL``
-(read by `sqlite_path`): a database URL, so that a later version can take ``postgresql://...``
-there without a new setting. This version opens SQLite files only.
+Each service's settings name its database with one setting, ``FORGELINE_<SERVICE>_DATABASE_URL``:
+``sqlite:///PATH`` (the embedded default) or ``postgresql://...`` (several replicas;
+`forgeline_kit.databases` opens both). A SQLite file always wants the same connection:
+autocommit (each store opens the transactions it needs), WAL so a reader (a CLI, a second
+connection) never waits for a writer, a busy timeout that waits out the writer instead of
+failing, and the schema applied idempotently.
 """
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-import threading
-from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar, Self, TypeVar
 
 __all__ = [
     "SQLITE_URL_FORMS",
-    "AsyncSqliteStore",
     "is_postgresql_url",
     "open_database",
     "sqlite_path",
     "sqlite_url",
 ]
-
-T = TypeVar("T")
 
 #: How long a statement waits for another connection's write to end before failing.
 BUSY_TIMEOUT_MS = 5000
@@ -56,12 +47,12 @@ def sqlite_path(url: str) -> Path:
     in-memory database, since a service's state must outlive the process.
 
     Raises:
-        ValueError: the URL names another database (PostgreSQL: not in this version yet) or is
-            not one of the two forms above; the message says what is accepted.
+        ValueError: the URL names another database or is not one of the two forms above; the
+            message says what is accepted.
     """
     scheme, separator, rest = url.partition("://")
     if is_postgresql_url(url):
-        raise ValueError("PostgreSQL is not supported by this version yet; use sqlite:///PATH")
+        raise ValueError(f"a PostgreSQL URL names no SQLite file: expected {SQLITE_URL_FORMS}")
     if not separator:
         raise ValueError(f"not a database URL: a SQLite file is written {SQLITE_URL_FORMS}")
     if scheme.lower() != "sqlite":
@@ -94,28 +85,3 @@ def open_database(path: Path, schema: str) -> sqlite3.Connection:
     connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     connection.executescript(schema)
     return connection
-
-
-class AsyncSqliteStore:
-    """A store whose calls are short and synchronous, made from asyncio code through `run` (a
-    worker thread); a lock keeps one call at a time on the connection. Subclasses set `SCHEMA`
-    and hold their queries."""
-
-    SCHEMA: ClassVar[str]
-
-    def __init__(self, connection: sqlite3.Connection) -> None:
-        self._db = connection
-        self._lock = threading.Lock()
-
-    @classmethod
-    def open(cls, path: Path) -> Self:
-        """Open (creating if needed) the store's database at `path`."""
-        return cls(open_database(path, cls.SCHEMA))
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    async def run(self, function: Callable[[], T]) -> T:
-        """Run a store call on a worker thread."""
-        return await asyncio.to_thread(function)

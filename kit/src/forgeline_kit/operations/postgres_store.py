@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from forgeline_kit.databases import POSTGRESQL, Database, apply_schema
 from forgeline_kit.operations.codec import E, OperationCodec, R
-from forgeline_kit.operations.sql_store import Dialect, SqlOperationStore
+from forgeline_kit.operations.sql_store import SqlOperationStore
 
-__all__ = ["MIGRATIONS", "POSTGRESQL", "PostgresOperationStore", "migrate"]
+__all__ = ["MIGRATIONS", "PostgresOperationStore", "migrate"]
 
 #: Schema versions of the operations tables, applied in order; a released one never changes.
 MIGRATIONS: tuple[tuple[int, str], ...] = (
@@ -55,28 +56,9 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
 )
 
 
-def _integrity_error() -> type[Exception]:
-    try:
-        import psycopg
-    except ImportError:  # without the postgres extra nothing connects to PostgreSQL anyway
-        return _NoDriverError
-    return psycopg.IntegrityError
-
-
-class _NoDriverError(Exception):
-    """Stands in for psycopg's IntegrityError where psycopg is not installed."""
-
-
-POSTGRESQL = Dialect(
-    begin="BEGIN", lock_row=" FOR UPDATE", marker="%s", integrity_error=_integrity_error()
-)
-
-
 def migrate(connection: Any) -> list[int]:
     """Apply the operations migrations ``connection``'s database lacks; the versions applied
     now."""
-    from forgeline_kit.operations.databases import Database, apply_schema
-
     database = Database(connection, POSTGRESQL, postgresql=True)
     return apply_schema(database, "operations", sqlite="", postgresql=MIGRATIONS)
 

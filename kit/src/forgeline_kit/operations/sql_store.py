@@ -14,42 +14,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Generic, Protocol
+from typing import Any, Generic
 
+from forgeline_kit.databases import Connection, Dialect
 from forgeline_kit.operations.codec import E, OperationCodec, R, RecordInfo
 from forgeline_kit.operations.store import Head, Page
 
-__all__ = ["Connection", "Dialect", "SqlOperationStore"]
+__all__ = ["SqlOperationStore"]
 
 #: Beyond any position or sequence a store gives out.
 _END = 1 << 62
-
-
-class Connection(Protocol):
-    """What the store needs of a DB-API connection in autocommit mode (sqlite3's with
-    ``isolation_level=None``, psycopg's with ``autocommit=True``)."""
-
-    def execute(self, query: str, params: Sequence[Any] = ..., /) -> Any: ...
-
-    def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class Dialect:
-    """What one database does its own way."""
-
-    #: The statement that starts a write transaction.
-    begin: str
-    #: Appended to the SELECT that reads the sequence to number from, to lock that row.
-    lock_row: str
-    #: The parameter marker the driver takes in place of ``?``.
-    marker: str
-    #: The driver's unique-constraint error.
-    integrity_error: type[Exception]
-
-    def sql(self, query: str) -> str:
-        return query if self.marker == "?" else query.replace("?", self.marker)
 
 
 class SqlOperationStore(Generic[R, E]):

@@ -10,11 +10,12 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from forgeline_kit.databases import SQLITE
 from forgeline_kit.operations.codec import E, OperationCodec, R
-from forgeline_kit.operations.sql_store import Dialect, SqlOperationStore
+from forgeline_kit.operations.sql_store import SqlOperationStore
 from forgeline_kit.sqlite import open_database
 
-__all__ = ["SCHEMA", "SQLITE", "SqliteOperationStore"]
+__all__ = ["SCHEMA", "SqliteOperationStore"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS operations (
@@ -45,10 +46,6 @@ CREATE TABLE IF NOT EXISTS operation_labels (
 );
 CREATE INDEX IF NOT EXISTS operation_labels_by_value ON operation_labels (key, value);
 """
-
-SQLITE = Dialect(
-    begin="BEGIN IMMEDIATE", lock_row="", marker="?", integrity_error=sqlite3.IntegrityError
-)
 
 
 class SqliteOperationStore(SqlOperationStore[R, E]):

@@ -10,7 +10,7 @@ from pydantic_settings import SettingsConfigDict
 from forgeline_kit.llamacpp import Toolchain, locate
 from forgeline_kit.llamacpp.toolchain import ToolchainNotBuiltError, toolchain_at
 from forgeline_kit.settings import (
-    OperationsDatabaseUrl,
+    DatabaseUrl,
     Port,
     RegistryLocalFiles,
     RenamedSetting,
@@ -38,7 +38,7 @@ class ConverterSettings(ServiceSettings):
         description="Where sources are downloaded and GGUF files written while a conversion "
         "runs (emptied when it ends); it needs room for a few times the model's size.",
     )
-    database_url: OperationsDatabaseUrl = Field(
+    database_url: DatabaseUrl = Field(
         "sqlite:///.forgeline/converter/state.db",
         description="Database that keeps conversions and their events across restarts: "
         "sqlite:///PATH, relative to the working directory, or sqlite:////ABSOLUTE/PATH, or "

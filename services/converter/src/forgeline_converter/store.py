@@ -9,8 +9,9 @@ tables) is adopted once at start, so an upgrade keeps every conversion and its h
 
 from __future__ import annotations
 
+from forgeline_kit.databases import Database, connect
 from forgeline_kit.operations import RecordInfo
-from forgeline_kit.operations.databases import Database, connect, operation_store
+from forgeline_kit.operations.databases import operation_store
 from forgeline_kit.operations.sql_store import SqlOperationStore
 from forgeline_proto.converter.v1 import converter_pb2 as pb
 

@@ -31,6 +31,7 @@ from forgeline_gateway.app import create_app
 from forgeline_gateway.security.keys import Scope, create_key, revoke_key
 from forgeline_gateway.settings import GatewaySettings
 from forgeline_gateway.store import Store
+from forgeline_kit.databases import DatabaseUnavailableError, connect
 from forgeline_kit.errors import ForgelineError
 from forgeline_kit.grpc.internal_token import InternalTokenError, internal_token
 from forgeline_kit.logging import configure_logging
@@ -43,6 +44,7 @@ __all__ = ["main"]
 log = logging.getLogger("forgeline_gateway")
 
 EXIT_BAD_SETTINGS = 2
+EXIT_UNAVAILABLE = 1
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -83,6 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     for warning in renamed_variables_in_use(GatewaySettings):
         log.warning("%s", warning)
+    try:
+        # Fail at once, naming the database, rather than in the middle of starting.
+        connect(settings.database_url).close()
+    except DatabaseUnavailableError as error:
+        log.error("%s (FORGELINE_GATEWAY_DATABASE_URL)", error)
+        return EXIT_UNAVAILABLE
     if args.command == "keys":
         return _keys(settings, args)
     try:
@@ -97,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _keys(settings: GatewaySettings, args: argparse.Namespace) -> int:
-    store = Store.open(settings.database_path)
+    store = Store.open(settings.database_url)
     try:
         if args.keys_command == "create":
             key, record = create_key(store, args.name, {Scope(s) for s in args.scopes})

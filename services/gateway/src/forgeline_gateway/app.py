@@ -123,7 +123,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = Store.open(settings.database_path)
+        store = Store.open(settings.database_url)
         # One pool of backend connections: the proxy sends inference through it directly, the
         # backend adapters' management calls go through an httpx client on top of it.
         transport = PooledTransport()
@@ -194,7 +194,7 @@ def create_app(
         state.deployments = DeploymentServing(manager)
         state.keys = KeyServing(store, authenticator)
         state.files = files = FileServing.open(settings, store)
-        state.evals = evals = EvalServing.open(settings.database_path, proxy, router, files.service)
+        state.evals = evals = EvalServing.open(settings.database_url, proxy, router, files.service)
         state.registry = RegistryServing(registry)
         state.fine_tuning = None
         try:

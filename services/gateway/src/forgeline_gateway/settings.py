@@ -22,7 +22,7 @@ from forgeline_kit.settings import (
     RenamedSetting,
     ServiceSettings,
 )
-from forgeline_kit.sqlite import sqlite_path, sqlite_url
+from forgeline_kit.sqlite import sqlite_url
 
 __all__ = ["GatewaySettings"]
 
@@ -62,8 +62,9 @@ class GatewaySettings(ServiceSettings):
         "sqlite:///.forgeline/gateway.sqlite3",
         description="Database holding API keys, deployments, fine-tuning jobs, files and evals "
         "(the one owner of shared state): sqlite:///PATH, relative to the working directory, or "
-        "sqlite:////ABSOLUTE/PATH. Replaces FORGELINE_GATEWAY_DATABASE (a file path), still "
-        "read for this release.",
+        "sqlite:////ABSOLUTE/PATH for one gateway; postgresql://USER:PASSWORD@HOST/DATABASE for "
+        "state every gateway replica shares. Replaces FORGELINE_GATEWAY_DATABASE (a file "
+        "path), still read for this release.",
     )
     auth_required: bool = Field(
         True,
@@ -267,11 +268,6 @@ class GatewaySettings(ServiceSettings):
                 "keys required, or listen on 127.0.0.1"
             )
         return required
-
-    @property
-    def database_path(self) -> Path:
-        """The SQLite file `database_url` names."""
-        return sqlite_path(self.database_url)
 
     def allowed_hosts(self) -> tuple[str, ...]:
         """The Host header values the API answers to ("*" for any)."""

@@ -1,8 +1,9 @@
-"""The gateway's persistent state in one SQLite file: API keys (hashed) and deployments.
+"""The gateway's shared state: API keys (hashed), deployments and uploaded files.
 
-In the embedded default this file is the one owner of the state gateway replicas share; at scale
-the same two tables move to PostgreSQL. Calls are small and rare (a key lookup misses the cache
-at most once per key per few seconds), so they run on a worker thread, one at a time.
+In the gateway's database (``FORGELINE_GATEWAY_DATABASE_URL``): a SQLite file in the embedded
+default, or PostgreSQL, where every gateway replica reads and writes the same rows. Calls are
+small and rare (a key lookup misses the cache at most once per key per few seconds), so they run
+on a worker thread, one at a time.
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from forgeline_kit.sqlite import AsyncSqliteStore
+from forgeline_kit.databases import AsyncDatabaseStore
 
 __all__ = ["DeploymentRecord", "FileRecord", "KeyRecord", "Store"]
 
-_SCHEMA = """
+_SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
     id          TEXT PRIMARY KEY,
     name        TEXT NOT NULL,
@@ -42,6 +43,40 @@ CREATE TABLE IF NOT EXISTS files (
 );
 CREATE INDEX IF NOT EXISTS files_by_creation ON files (created_at, id);
 """
+
+_POSTGRESQL_MIGRATIONS = (
+    (
+        1,
+        """
+        CREATE TABLE api_keys (
+            id          TEXT PRIMARY KEY,
+            name        TEXT NOT NULL,
+            prefix      TEXT NOT NULL,
+            hash        TEXT NOT NULL UNIQUE,
+            scopes      TEXT NOT NULL,
+            created_at  BIGINT NOT NULL,
+            revoked_at  BIGINT
+        );
+        CREATE TABLE deployments (
+            name        TEXT PRIMARY KEY,
+            spec        TEXT NOT NULL,
+            created_at  BIGINT NOT NULL
+        );
+        CREATE TABLE files (
+            id          TEXT PRIMARY KEY,
+            filename    TEXT NOT NULL,
+            purpose     TEXT NOT NULL,
+            bytes       BIGINT NOT NULL,
+            created_at  BIGINT NOT NULL,
+            layout      TEXT NOT NULL,
+            model       TEXT NOT NULL,
+            version     INTEGER NOT NULL,
+            path        TEXT NOT NULL
+        );
+        CREATE INDEX files_by_creation ON files (created_at, id);
+        """,
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -84,17 +119,19 @@ class FileRecord:
     path: str
 
 
-class Store(AsyncSqliteStore):
+class Store(AsyncDatabaseStore):
     """API keys, deployments and uploaded files. Open with `Store.open`; from asyncio code, call
     a method through `run` (a worker thread)."""
 
-    SCHEMA = _SCHEMA
+    COMPONENT = "gateway"
+    SQLITE_SCHEMA = _SQLITE_SCHEMA
+    POSTGRESQL_MIGRATIONS = _POSTGRESQL_MIGRATIONS
 
     # --- API keys -------------------------------------------------------------------------
 
     def add_key(self, record: KeyRecord) -> None:
         with self._lock:
-            self._db.execute(
+            self._execute(
                 "INSERT INTO api_keys (id, name, prefix, hash, scopes, created_at, revoked_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -110,7 +147,7 @@ class Store(AsyncSqliteStore):
 
     def key_by_hash(self, digest: str) -> KeyRecord | None:
         with self._lock:
-            row = self._db.execute(
+            row = self._execute(
                 "SELECT id, name, prefix, hash, scopes, created_at, revoked_at FROM api_keys "
                 "WHERE hash = ?",
                 (digest,),
@@ -119,7 +156,7 @@ class Store(AsyncSqliteStore):
 
     def list_keys(self) -> list[KeyRecord]:
         with self._lock:
-            rows = self._db.execute(
+            rows = self._execute(
                 "SELECT id, name, prefix, hash, scopes, created_at, revoked_at FROM api_keys "
                 "ORDER BY created_at, id"
             ).fetchall()
@@ -128,11 +165,11 @@ class Store(AsyncSqliteStore):
     def revoke_key(self, key_id: str) -> KeyRecord | None:
         """Mark a key revoked; returns it, or None if there is no such key."""
         with self._lock:
-            self._db.execute(
+            self._execute(
                 "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
                 (int(time.time()), key_id),
             )
-            row = self._db.execute(
+            row = self._execute(
                 "SELECT id, name, prefix, hash, scopes, created_at, revoked_at FROM api_keys "
                 "WHERE id = ?",
                 (key_id,),
@@ -143,18 +180,20 @@ class Store(AsyncSqliteStore):
 
     def put_deployment(self, record: DeploymentRecord) -> None:
         with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO deployments (name, spec, created_at) VALUES (?, ?, ?)",
+            self._execute(
+                "INSERT INTO deployments (name, spec, created_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, "
+                "created_at = excluded.created_at",
                 (record.name, record.spec_json, record.created_at),
             )
 
     def delete_deployment(self, name: str) -> None:
         with self._lock:
-            self._db.execute("DELETE FROM deployments WHERE name = ?", (name,))
+            self._execute("DELETE FROM deployments WHERE name = ?", (name,))
 
     def list_deployments(self) -> list[DeploymentRecord]:
         with self._lock:
-            rows = self._db.execute(
+            rows = self._execute(
                 "SELECT name, spec, created_at FROM deployments ORDER BY created_at, name"
             ).fetchall()
         return [DeploymentRecord(name=r[0], spec_json=r[1], created_at=r[2]) for r in rows]
@@ -163,7 +202,7 @@ class Store(AsyncSqliteStore):
 
     def add_file(self, record: FileRecord) -> None:
         with self._lock:
-            self._db.execute(
+            self._execute(
                 f"INSERT INTO files ({_FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.id,
@@ -180,7 +219,7 @@ class Store(AsyncSqliteStore):
 
     def get_file(self, file_id: str) -> FileRecord | None:
         with self._lock:
-            row = self._db.execute(
+            row = self._execute(
                 f"SELECT {_FILE_COLUMNS} FROM files WHERE id = ?", (file_id,)
             ).fetchone()
         return FileRecord(*row) if row else None
@@ -200,7 +239,7 @@ class Store(AsyncSqliteStore):
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         order = "DESC" if descending else "ASC"
         with self._lock:
-            rows = self._db.execute(
+            rows = self._execute(
                 # Only fixed fragments are formatted in; the values are bound.
                 f"SELECT {_FILE_COLUMNS} FROM files {where} "
                 f"ORDER BY created_at {order}, id {order} LIMIT ?",
@@ -211,7 +250,7 @@ class Store(AsyncSqliteStore):
     def delete_file(self, file_id: str) -> bool:
         """Forget a file; False if there was none."""
         with self._lock:
-            cursor = self._db.execute("DELETE FROM files WHERE id = ?", (file_id,))
+            cursor = self._execute("DELETE FROM files WHERE id = ?", (file_id,))
         return cursor.rowcount > 0
 
 

@@ -12,7 +12,7 @@ from forgeline_kit.settings import (
     Port,
     RegistryLocalFiles,
     ServiceSettings,
-    check_operations_database_url,
+    check_database_url,
 )
 from forgeline_kit.sqlite import sqlite_path, sqlite_url
 from forgeline_trainer.llamafactory.policy import (
@@ -26,7 +26,7 @@ __all__ = ["TrainerSettings"]
 
 
 def _empty_or_database_url(value: str) -> str:
-    return value if value == "" else check_operations_database_url(value)
+    return value if value == "" else check_database_url(value)
 
 
 class TrainerSettings(ServiceSettings):

@@ -1,7 +1,7 @@
-"""Evals, runs, their rows and output items in the gateway's SQLite file (the embedded
-default's one owner of this state; at scale the same tables move with the rest of the gateway's).
+"""Evals, runs, their rows and output items in the gateway's database (SQLite or PostgreSQL,
+with the rest of the gateway's state).
 
-A separate connection from the key/deployment store: the tables share nothing but the file. A
+A separate connection from the key/deployment store: the tables share nothing but the database. A
 run's rows are written with the run, so a run never needs its data source again (a file deleted
 meanwhile does not matter), and a restarted gateway resumes it from the rows without an output.
 """
@@ -9,16 +9,16 @@ meanwhile does not matter), and a restarted gateway resumes it from the rows wit
 from __future__ import annotations
 
 import json
-import sqlite3
+from contextlib import AbstractContextManager
 from typing import Any, Literal
 
 from forgeline_gateway.evals.records import TERMINAL, EvalRecord, OutputRecord, RunRecord
 from forgeline_gateway.evals.rows import Row
-from forgeline_kit.sqlite import AsyncSqliteStore
+from forgeline_kit.databases import AsyncDatabaseStore
 
 __all__ = ["EvalStore"]
 
-_SCHEMA = """
+_SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS evals (
     id          TEXT PRIMARY KEY,
     created_at  INTEGER NOT NULL,
@@ -49,29 +49,68 @@ CREATE TABLE IF NOT EXISTS eval_output_items (
 );
 """
 
+_POSTGRESQL_MIGRATIONS = (
+    (
+        1,
+        """
+        CREATE TABLE evals (
+            id          TEXT PRIMARY KEY,
+            created_at  BIGINT NOT NULL,
+            updated_at  BIGINT NOT NULL,
+            record      TEXT NOT NULL
+        );
+        CREATE TABLE eval_runs (
+            id          TEXT PRIMARY KEY,
+            eval_id     TEXT NOT NULL,
+            created_at  BIGINT NOT NULL,
+            status      TEXT NOT NULL,
+            record      TEXT NOT NULL
+        );
+        CREATE INDEX eval_runs_by_eval ON eval_runs (eval_id, created_at, id);
+        CREATE TABLE eval_run_rows (
+            run_id      TEXT NOT NULL,
+            position    INTEGER NOT NULL,
+            row         TEXT NOT NULL,
+            PRIMARY KEY (run_id, position)
+        );
+        CREATE TABLE eval_output_items (
+            id          TEXT PRIMARY KEY,
+            run_id      TEXT NOT NULL,
+            position    INTEGER NOT NULL,
+            status      TEXT NOT NULL,
+            record      TEXT NOT NULL,
+            UNIQUE (run_id, position)
+        );
+        """,
+    ),
+)
+
 _UNFINISHED = "('queued', 'in_progress')"
 Order = Literal["asc", "desc"]
 
 
-class EvalStore(AsyncSqliteStore):
+class EvalStore(AsyncDatabaseStore):
     """Every call is short and runs on a worker thread through `run`; writes that must agree
     (an output item and its run's counts) happen in one transaction."""
 
-    SCHEMA = _SCHEMA
+    COMPONENT = "gateway_evals"
+    SQLITE_SCHEMA = _SQLITE_SCHEMA
+    POSTGRESQL_MIGRATIONS = _POSTGRESQL_MIGRATIONS
 
     # --- evals ----------------------------------------------------------------------------
 
     def put_eval(self, record: EvalRecord) -> None:
         with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO evals (id, created_at, updated_at, record) "
-                "VALUES (?, ?, ?, ?)",
+            self._execute(
+                "INSERT INTO evals (id, created_at, updated_at, record) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET created_at = excluded.created_at, "
+                "updated_at = excluded.updated_at, record = excluded.record",
                 (record.id, record.created_at, record.updated_at, record.model_dump_json()),
             )
 
     def get_eval(self, eval_id: str) -> EvalRecord | None:
         with self._lock:
-            row = self._db.execute("SELECT record FROM evals WHERE id = ?", (eval_id,)).fetchone()
+            row = self._execute("SELECT record FROM evals WHERE id = ?", (eval_id,)).fetchone()
         return EvalRecord.model_validate_json(row[0]) if row else None
 
     def list_evals(
@@ -99,12 +138,12 @@ class EvalStore(AsyncSqliteStore):
     def delete_eval(self, eval_id: str) -> bool:
         """Forget an eval with its runs, rows and output items; False if there was none."""
         with self._lock, self._transaction():
-            runs = [r[0] for r in self._db.execute(
+            runs = [r[0] for r in self._execute(
                 "SELECT id FROM eval_runs WHERE eval_id = ?", (eval_id,)
             ).fetchall()]  # fmt: skip
             for run_id in runs:
                 self._delete_run(run_id)
-            cursor = self._db.execute("DELETE FROM evals WHERE id = ?", (eval_id,))
+            cursor = self._execute("DELETE FROM evals WHERE id = ?", (eval_id,))
         return cursor.rowcount > 0
 
     # --- runs -----------------------------------------------------------------------------
@@ -112,12 +151,12 @@ class EvalStore(AsyncSqliteStore):
     def create_run(self, run: RunRecord, rows: list[Row]) -> None:
         """Store a new run with its rows."""
         with self._lock, self._transaction():
-            self._db.execute(
+            self._execute(
                 "INSERT INTO eval_runs (id, eval_id, created_at, status, record) "
                 "VALUES (?, ?, ?, ?, ?)",
                 (run.id, run.eval_id, run.created_at, run.status, run.model_dump_json()),
             )
-            self._db.executemany(
+            self.database.executemany(
                 "INSERT INTO eval_run_rows (run_id, position, row) VALUES (?, ?, ?)",
                 (
                     (run.id, position, json.dumps(row.as_json(), ensure_ascii=False))
@@ -127,9 +166,7 @@ class EvalStore(AsyncSqliteStore):
 
     def get_run(self, run_id: str) -> RunRecord | None:
         with self._lock:
-            row = self._db.execute(
-                "SELECT record FROM eval_runs WHERE id = ?", (run_id,)
-            ).fetchone()
+            row = self._execute("SELECT record FROM eval_runs WHERE id = ?", (run_id,)).fetchone()
         return RunRecord.model_validate_json(row[0]) if row else None
 
     def update_run(self, run: RunRecord, *, only_unfinished: bool = True) -> bool:
@@ -139,7 +176,7 @@ class EvalStore(AsyncSqliteStore):
         if only_unfinished:
             query += f" AND status IN {_UNFINISHED}"
         with self._lock:
-            cursor = self._db.execute(query, (run.status, run.model_dump_json(), run.id))
+            cursor = self._execute(query, (run.status, run.model_dump_json(), run.id))
         return cursor.rowcount > 0
 
     def list_runs(
@@ -177,9 +214,9 @@ class EvalStore(AsyncSqliteStore):
             return self._delete_run(run_id)
 
     def _delete_run(self, run_id: str) -> bool:
-        self._db.execute("DELETE FROM eval_output_items WHERE run_id = ?", (run_id,))
-        self._db.execute("DELETE FROM eval_run_rows WHERE run_id = ?", (run_id,))
-        cursor = self._db.execute("DELETE FROM eval_runs WHERE id = ?", (run_id,))
+        self._execute("DELETE FROM eval_output_items WHERE run_id = ?", (run_id,))
+        self._execute("DELETE FROM eval_run_rows WHERE run_id = ?", (run_id,))
+        cursor = self._execute("DELETE FROM eval_runs WHERE id = ?", (run_id,))
         return cursor.rowcount > 0
 
     # --- rows and output items --------------------------------------------------------------
@@ -202,21 +239,24 @@ class EvalStore(AsyncSqliteStore):
         """Store `output` and count it in its run, in one transaction; nothing is written (None)
         once the run is finished (cancelled while the row was being sampled)."""
         with self._lock, self._transaction():
-            row = self._db.execute(
-                "SELECT record FROM eval_runs WHERE id = ?", (output.run_id,)
+            # Locked, so two replicas counting outputs of one run never both read the old counts.
+            row = self._execute(
+                "SELECT record FROM eval_runs WHERE id = ?" + self.database.dialect.lock_row,
+                (output.run_id,),
             ).fetchone()
             if row is None:
                 return None
             run = RunRecord.model_validate_json(row[0])
             if run.status in TERMINAL:
                 return None
-            self._db.execute(
-                "INSERT OR REPLACE INTO eval_output_items (id, run_id, position, status, record) "
-                "VALUES (?, ?, ?, ?, ?)",
+            self._execute(
+                "INSERT INTO eval_output_items (id, run_id, position, status, record) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (run_id, position) DO UPDATE SET "
+                "id = excluded.id, status = excluded.status, record = excluded.record",
                 (output.id, output.run_id, output.index, output.status, output.model_dump_json()),
             )
             run = run.counted(output)
-            self._db.execute(
+            self._execute(
                 "UPDATE eval_runs SET record = ? WHERE id = ?", (run.model_dump_json(), run.id)
             )
         return run
@@ -229,7 +269,7 @@ class EvalStore(AsyncSqliteStore):
 
     def get_output(self, output_id: str) -> OutputRecord | None:
         with self._lock:
-            row = self._db.execute(
+            row = self._execute(
                 "SELECT record FROM eval_output_items WHERE id = ?", (output_id,)
             ).fetchone()
         return OutputRecord.model_validate_json(row[0]) if row else None
@@ -261,20 +301,7 @@ class EvalStore(AsyncSqliteStore):
 
     def _fetch(self, query: str, params: list[Any]) -> list[Any]:
         with self._lock:
-            return self._db.execute(query, params).fetchall()
+            return list(self._execute(query, params).fetchall())
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
-
-
-class _Transaction:
-    """BEGIN … COMMIT (ROLLBACK on an exception) on an autocommit connection."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, kind: object, error: object, trace: object) -> None:
-        self._db.execute("COMMIT" if kind is None else "ROLLBACK")
+    def _transaction(self) -> AbstractContextManager[None]:
+        return self.database.transaction()

@@ -46,7 +46,7 @@ async def open_pipeline(
     # for the connection (wait_for_ready) rather than fail at once.
     trainer = make_channel(settings.trainer_target)
     converter = make_channel(settings.converter_target)
-    store = JobStore.open(settings.database_path)
+    store = JobStore.open(settings.database_url)
     # Base models named by hub id (hf:ORG/NAME): imported only when the operator allows it.
     hub = HubImporter(
         registry, allow_downloads=settings.hub_imports, cache_dir=settings.hub_cache.absolute()

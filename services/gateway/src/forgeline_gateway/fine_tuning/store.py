@@ -1,22 +1,22 @@
-"""Fine-tuning jobs and their events, kept by the kit's operations layer in the gateway's SQLite
-file (the embedded default's one owner of job state).
+"""Fine-tuning jobs and their events, kept by the kit's operations layer in the gateway's
+database (SQLite or PostgreSQL).
 
 This module says only what is the pipeline's own: a job is stored as its ``JobRecord`` (JSON),
 each event as its ``EventRecord``, and listings page by the last job id seen, as OpenAI's do.
 Jobs kept in the earlier layout (``fine_tuning_jobs`` and ``fine_tuning_events``) are adopted
-once at open. A separate connection from the key/deployment store: the tables share nothing
-but the file.
+once at open (SQLite: no release kept them on PostgreSQL). A separate connection from the
+key/deployment store: the tables share nothing but the database.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from typing import Any, Literal
 
 from forgeline_gateway.fine_tuning.records import TERMINAL, EventRecord, JobRecord
-from forgeline_kit.operations import RecordInfo, SqliteOperationStore
-from forgeline_kit.sqlite import AsyncSqliteStore
+from forgeline_kit.databases import AsyncDatabaseStore, Database
+from forgeline_kit.operations import RecordInfo
+from forgeline_kit.operations.databases import operation_store
 
 __all__ = ["JobCodec", "JobStore"]
 
@@ -57,15 +57,19 @@ class JobCodec:
         """Job records do not carry their newest sequence."""
 
 
-class JobStore(AsyncSqliteStore):
+class JobStore(AsyncDatabaseStore):
     """Jobs and events; every call is short and runs on a worker thread through `run`."""
 
-    SCHEMA = ""  # the operations layer's tables, created by it
+    # All its tables are the operations layer's, created by it.
+    COMPONENT = "gateway_fine_tuning"
+    SQLITE_SCHEMA = ""
+    POSTGRESQL_MIGRATIONS = ()
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
-        super().__init__(connection)
-        self.operations = SqliteOperationStore(connection, JobCodec())
-        self._adopt_earlier_layout()
+    def __init__(self, database: Database) -> None:
+        super().__init__(database)
+        self.operations = operation_store(database, JobCodec())
+        if not database.postgresql:
+            self._adopt_earlier_layout()
 
     def put(self, job: JobRecord) -> None:
         """Store a new job, or the job as it is now."""
@@ -120,20 +124,21 @@ class JobStore(AsyncSqliteStore):
 
     def _adopt_earlier_layout(self) -> None:
         tables = {
-            row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            row[0] for row in self._execute("SELECT name FROM sqlite_master WHERE type='table'")
         }
         if "fine_tuning_jobs" not in tables:
             return
-        for (text,) in self._db.execute(
+        for (text,) in self._execute(
             "SELECT record FROM fine_tuning_jobs ORDER BY created_at, id"
         ).fetchall():
             job = JobRecord.model_validate_json(text)
             events = [
                 EventRecord.model_validate_json(row[0])
-                for row in self._db.execute(
+                for row in self._execute(
                     "SELECT record FROM fine_tuning_events WHERE job_id = ? ORDER BY sequence",
                     (job.id,),
                 )
             ]
             self.operations.adopt(job, events)
-        self._db.executescript("DROP TABLE fine_tuning_events; DROP TABLE fine_tuning_jobs;")
+        self._execute("DROP TABLE fine_tuning_events")
+        self._execute("DROP TABLE fine_tuning_jobs")

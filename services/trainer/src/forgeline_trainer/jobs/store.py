@@ -15,9 +15,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from forgeline_kit.databases import Database, apply_schema, connect
 from forgeline_kit.errors import NotFound
 from forgeline_kit.operations import RecordInfo
-from forgeline_kit.operations.databases import Database, apply_schema, connect, operation_store
+from forgeline_kit.operations.databases import operation_store
 from forgeline_proto.common.v1 import common_pb2
 from forgeline_proto.trainer.v1 import trainer_pb2 as pb
 from forgeline_trainer.llamafactory.process import GroupRecord

@@ -5,7 +5,6 @@ completion is routed, failed over and counted as a client's, under ``endpoint="e
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Literal
 
 from forgeline_gateway.api.chat.protocol import ChatCompletion, ChatCompletionRequest
@@ -91,9 +90,11 @@ class EvalServing:
         self.service = service
 
     @classmethod
-    def open(cls, database: Path, proxy: Proxy, router: Router, files: FileService) -> EvalServing:
-        """The Evals API of a gateway: its tables in the gateway's `database`."""
-        store = EvalStore.open(database)
+    def open(
+        cls, database_url: str, proxy: Proxy, router: Router, files: FileService
+    ) -> EvalServing:
+        """The Evals API of a gateway: its tables in the gateway's database at `database_url`."""
+        store = EvalStore.open(database_url)
         return cls(EvalService(store, ProxySampler(proxy, router), FileRows(files)))
 
     async def start(self) -> None:
