@@ -190,12 +190,17 @@ fi
 done_step
 
 # --- 3. images ---------------------------------------------------------------------------------
-build() {  # build NAME DOCKERFILE [BUILD-ARG...]
+build() {  # build NAME DOCKERFILE [--target=STAGE] [BUILD-ARG...]
     local name=$1 dockerfile=$2; shift 2
-    local t0=$SECONDS
-    say "building $name ($dockerfile)"
+    local t0=$SECONDS target=""
     local args=()
-    for a in "$@"; do args+=(--build-arg "$a"); done
+    for a in "$@"; do
+        case $a in
+            --target=*) args+=("$a"); target=", target ${a#--target=}" ;;
+            *) args+=(--build-arg "$a") ;;
+        esac
+    done
+    say "building $name ($dockerfile$target)"
     if ! nice_run "${BUILD[@]}" --progress=plain --secret "id=extra_ca,src=$EXTRA_CA" \
             --label "$SMOKE_LABEL" "${args[@]}" -f "$dockerfile" -t "$name" . >"$LOG_DIR/build-${name//[\/:]/_}.log" 2>&1; then
         tail -n 40 "$LOG_DIR/build-${name//[\/:]/_}.log"
@@ -208,8 +213,10 @@ step "images"
 build forgeline-standin/minio:local deploy/standins/minio/Dockerfile "BASE_IMAGE=$BASE_IMAGE"
 build forgeline-standin/prometheus:local deploy/standins/prometheus/Dockerfile "BASE_IMAGE=$BASE_IMAGE"
 build "forgeline/registry:$TAG" services/registry/Dockerfile "BASE_IMAGE=$BASE_IMAGE"
-build "forgeline/gateway:$TAG" services/gateway/Dockerfile "BASE_IMAGE=$BASE_IMAGE"
-build "forgeline/converter:$TAG" services/converter/Dockerfile "BASE_IMAGE=$BASE_IMAGE"
+# Two targets of one Dockerfile: the converter's build takes the gateway's llama.cpp compile from
+# the build cache.
+build "forgeline/gateway:$TAG" services/llamacpp.Dockerfile --target=gateway "BASE_IMAGE=$BASE_IMAGE"
+build "forgeline/converter:$TAG" services/llamacpp.Dockerfile --target=converter "BASE_IMAGE=$BASE_IMAGE"
 build "forgeline/trainer:$TAG" services/trainer/Dockerfile "CUDA_BASE_IMAGE=$BASE_IMAGE"
 build forgeline-standin/smoke-client:local deploy/smoke/Dockerfile "TRAINER_IMAGE=forgeline/trainer:$TAG"
 docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' \

@@ -16,6 +16,7 @@ from .conftest import (
     STANDINS_OVERRIDE,
     ResolveCompose,
 )
+from .dockerfile import SERVICE_IMAGES, image_stages, instructions
 
 # Services that may publish a port: the gateway, and Grafana as a loopback-only console.
 PUBLISHED = {"gateway": None, "grafana": "127.0.0.1"}
@@ -125,11 +126,24 @@ def test_forgeline_services_build_from_their_dockerfile_with_pinned_images(
 ) -> None:
     services = gpu_stack["services"]
     for name in FORGELINE_SERVICES:
-        assert services[name]["build"]["dockerfile"] == f"services/{name}/Dockerfile"
+        build, expected = services[name]["build"], SERVICE_IMAGES[name]
+        assert build["dockerfile"] == str(expected.dockerfile.relative_to(ROOT))
+        assert build.get("target") == expected.target
     for name in ("minio", "vllm", "ollama", "prometheus", "grafana"):
         image = services[name]["image"]
         assert ":" in image, f"{name} image {image} has no tag"
         assert not image.endswith(":latest"), f"{name} image {image} is not pinned"
+
+
+def test_the_smoke_run_builds_each_image_as_compose_does(gpu_stack: dict[str, Any]) -> None:
+    """scripts/compose-smoke.sh builds the images with `docker build` itself (compose then starts
+    them with --no-build): from the Dockerfile and target compose.yaml names."""
+    script = (ROOT / "scripts" / "compose-smoke.sh").read_text()
+    for name in FORGELINE_SERVICES:
+        build = gpu_stack["services"][name]["build"]
+        call = rf'^build "forgeline/{name}:\$TAG" (\S+)(?: --target=(\S+))?'
+        calls = re.findall(call, script, re.MULTILINE)
+        assert calls == [(build["dockerfile"], build.get("target", ""))], name
 
 
 def test_no_secret_is_written_in_the_compose_files() -> None:
@@ -171,8 +185,9 @@ def test_each_forgeline_volume_mount_point_exists_in_its_image(gpu_stack: dict[s
     # A named volume mounted where the image has no directory is created root-owned, and the
     # non-root service could not write its state there.
     for name in FORGELINE_SERVICES:
-        dockerfile = (ROOT / "services" / name / "Dockerfile").read_text()
-        made = " ".join(re.findall(r"mkdir -p ([^\n\\]+)", dockerfile))
+        _, final = image_stages(SERVICE_IMAGES[name])
+        runs = " ".join(instructions(final, "RUN"))
+        made = " ".join(re.findall(r"mkdir -p ([^&;]+)", runs))
         for volume in gpu_stack["services"][name].get("volumes", []):
             assert volume["target"] in made, f"{name}: {volume['target']} is not made by its image"
 

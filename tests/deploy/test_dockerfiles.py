@@ -5,100 +5,80 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from .conftest import FORGELINE_SERVICES, ROOT
+from .dockerfile import (
+    LLAMACPP_DOCKERFILE,
+    SERVICE_IMAGES,
+    Image,
+    Stage,
+    image_stages,
+    instructions,
+    lineage,
+    parse,
+)
 
 STANDINS = ("minio", "prometheus")
-DOCKERFILES = {
-    **{name: ROOT / "services" / name / "Dockerfile" for name in FORGELINE_SERVICES},
-    **{f"standin-{name}": ROOT / "deploy" / "standins" / name / "Dockerfile" for name in STANDINS},
-}
+IMAGES = {
+    **SERVICE_IMAGES,
+    **{f"standin-{name}": Image(ROOT / "deploy" / "standins" / name / "Dockerfile")
+       for name in STANDINS},
+}  # fmt: skip
+DOCKERFILES = sorted({image.dockerfile for image in IMAGES.values()})
+INSTALL_PACKAGES = ROOT / "deploy" / "docker" / "install-packages.sh"
 
 
-@dataclass
-class Stage:
-    name: str
-    instructions: list[str] = field(default_factory=list)
-
-
-def parse(path: Path) -> tuple[list[str], list[Stage]]:
-    """(global ARG lines, stages) with continuation lines joined and comments dropped."""
-    logical: list[str] = []
-    pending = ""
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.endswith("\\"):
-            pending += line[:-1] + " "
-            continue
-        logical.append(pending + line)
-        pending = ""
-    preamble: list[str] = []
-    stages: list[Stage] = []
-    for line in logical:
-        if line.upper().startswith("FROM "):
-            match = re.match(r"FROM\s+\S+(?:\s+AS\s+(\S+))?", line, re.IGNORECASE)
-            assert match is not None
-            stages.append(Stage(match.group(1) or f"stage{len(stages)}", [line]))
-        elif stages:
-            stages[-1].instructions.append(line)
-        else:
-            preamble.append(line)
-    return preamble, stages
-
-
-def _instructions(stage: Stage, keyword: str) -> list[str]:
-    return [i for i in stage.instructions if i.split()[0].upper() == keyword]
+def _id(path: Path) -> str:
+    return str(path.relative_to(ROOT))
 
 
 @pytest.mark.parametrize("service", sorted(FORGELINE_SERVICES))
 def test_each_service_image_is_multi_stage_on_a_pinned_base_argument(service: str) -> None:
-    preamble, stages = parse(DOCKERFILES[service])
+    image = SERVICE_IMAGES[service]
+    preamble, stages = parse(image.dockerfile)
     assert len(stages) >= 2, "build tools stay out of the runtime image"
+    assert image.target is None or image.target in {s.name for s in stages}
     base = [line for line in preamble if re.match(r"ARG \w*BASE_IMAGE=", line)]
     assert base, "the base image is a build argument"
-    image = base[0].split("=", 1)[1]
-    assert ":" in image, f"base {image} has no tag"
-    assert not image.endswith(":latest"), f"base {image} is not pinned"
+    image_name = base[0].split("=", 1)[1]
+    assert ":" in image_name, f"base {image_name} has no tag"
+    assert not image_name.endswith(":latest"), f"base {image_name} is not pinned"
     for index, stage in enumerate(stages):
-        parent = stage.instructions[0].split()[1]
         earlier = {s.name for s in stages[:index]}
-        assert re.match(r"\$\{\w*BASE_IMAGE\}", parent) or parent in earlier, stage.instructions[0]
+        assert re.match(r"\$\{\w*BASE_IMAGE\}", stage.parent) or stage.parent in earlier, (
+            stage.instructions[0]
+        )
 
 
-@pytest.mark.parametrize("name", sorted(DOCKERFILES))
+@pytest.mark.parametrize("name", sorted(IMAGES))
 def test_the_runtime_stage_runs_as_a_non_root_user_with_a_healthcheck(name: str) -> None:
-    _, stages = parse(DOCKERFILES[name])
-    final = stages[-1]
-    users = _instructions(final, "USER")
+    _, final = image_stages(IMAGES[name])
+    users = instructions(final, "USER")
     assert users, "no USER: the container would run as root"
     assert users[-1].split()[1].split(":")[0] not in {"root", "0"}
-    assert _instructions(final, "HEALTHCHECK")
-    assert _instructions(final, "ENTRYPOINT")
+    assert instructions(final, "HEALTHCHECK")
+    assert instructions(final, "ENTRYPOINT")
 
 
 @pytest.mark.parametrize("service", sorted(FORGELINE_SERVICES))
 def test_each_service_image_serves_metrics_on_9464_where_prometheus_scrapes(service: str) -> None:
     # deploy/prometheus scrapes SERVICE:9464 (tests/deploy/test_observability.py); the gateway's
     # API port is not it, so the image must set the metrics listener's address itself.
-    _, stages = parse(DOCKERFILES[service])
-    final = stages[-1]
-    env = " ".join(_instructions(final, "ENV"))
+    _, final = image_stages(SERVICE_IMAGES[service])
+    env = " ".join(instructions(final, "ENV")).split()
     prefix = f"FORGELINE_{service.upper()}_"
-    assert f"{prefix}METRICS_HOST=0.0.0.0" in env.split()
-    assert f"{prefix}METRICS_PORT=9464" in env.split()
-    exposed = {port for line in _instructions(final, "EXPOSE") for port in line.split()[1:]}
+    assert f"{prefix}METRICS_HOST=0.0.0.0" in env
+    assert f"{prefix}METRICS_PORT=9464" in env
+    exposed = {port for line in instructions(final, "EXPOSE") for port in line.split()[1:]}
     assert "9464" in exposed
 
 
-@pytest.mark.parametrize("name", sorted(DOCKERFILES))
-def test_no_secret_reaches_an_image_layer(name: str) -> None:
-    preamble, stages = parse(DOCKERFILES[name])
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=_id)
+def test_no_secret_reaches_an_image_layer(dockerfile: Path) -> None:
+    preamble, stages = parse(dockerfile)
     every = preamble + [i for s in stages for i in s.instructions]
     for line in every:
         keyword = line.split()[0].upper()
@@ -106,73 +86,102 @@ def test_no_secret_reaches_an_image_layer(name: str) -> None:
             assert not re.search(r"PASSWORD|SECRET|TOKEN|_KEY\b|CA_CERT", line, re.I), line
         if keyword in {"COPY", "ADD"}:
             assert not re.search(r"\.env\b|\.pem\b|\.key\b|ca-certificates", line), line
-    final = stages[-1]
-    assert not [i for i in final.instructions if "type=secret" in i], "secret in the final stage"
+    for image in (i for i in IMAGES.values() if i.dockerfile == dockerfile):
+        _, final = image_stages(image)
+        secret = [i for s in final for i in s.instructions if "type=secret" in i]
+        assert not secret, f"secret in the stages of {image.target or 'the image'}"
     # The extra CA reaches only commands that download, through the BuildKit secret mount.
     for line in every:
         is_run = line.split()[0].upper() == "RUN"
-        if is_run and ("pip-install" in line or "pip download" in line):
+        downloads = ("pip-install", "pip download", "install-packages")
+        if is_run and any(command in line for command in downloads):
             assert "--mount=type=secret,id=extra_ca" in line, line
 
 
-@pytest.mark.parametrize("name", sorted(DOCKERFILES))
-def test_python_packages_install_with_the_lock_file_as_constraints(name: str) -> None:
-    text = " ".join(i for s in parse(DOCKERFILES[name])[1] for i in s.instructions)
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=_id)
+def test_python_packages_install_with_the_lock_file_as_constraints(dockerfile: Path) -> None:
+    text = " ".join(i for s in parse(dockerfile)[1] for i in s.instructions)
     assert "pip install" not in text, "install through deploy/docker/pip-install.sh"
-    if "pip-install " in text:
+    if "pip-install " in text or "install-packages " in text:
         assert "COPY requirements/lock.txt /src/requirements/lock.txt" in text
     script = (ROOT / "deploy/docker/pip-install.sh").read_text()
     assert '-c "$constraints"' in script
     assert "requirements/lock.txt" in script
+    installer = INSTALL_PACKAGES.read_text()
+    assert "pip install" not in installer
+    assert installer.count("pip-install ") == 2, "both steps install through pip-install.sh"
+
+
+def _install_step(mode: str) -> str:
+    """What deploy/docker/install-packages.sh runs for `mode` (its case branch)."""
+    script = INSTALL_PACKAGES.read_text()
+    return script.split(f"\n{mode})\n", 1)[1].split("\n    ;;", 1)[0]
 
 
 def _package_paths(line: str, after: str) -> list[str]:
-    """The ``/src/...`` package paths named after `after` in `line` (up to a redirection)."""
-    words = line.split(after, 1)[1].split(">", 1)[0].split()
+    """The ``/src/...`` package paths named after `after` in `line`."""
+    words = line.split(after, 1)[1].split()
     return [word.strip('"') for word in words if word.strip('"').startswith("/src/")]
+
+
+def _copied_from(final: list[Stage], path: str) -> str:
+    """The stage whose `path` the image copies to /opt/venv."""
+    suffix = f" {path} /opt/venv"
+    copies = [
+        line for line in instructions(final, "COPY")
+        if line.startswith("COPY --from=") and line.endswith(suffix)
+    ]  # fmt: skip
+    assert len(copies) == 1, copies
+    return copies[0].split()[1].removeprefix("--from=")
 
 
 @pytest.mark.parametrize("service", sorted(FORGELINE_SERVICES))
 def test_third_party_packages_are_a_layer_below_forgelines_sources(service: str) -> None:
     """A change to Forgeline's code must not reinstall torch: the image installs the packages'
-    third-party requirements (read from their pyproject.toml alone) in a `deps` stage that never
-    sees the sources, then Forgeline's packages with --no-deps in a `build` stage on top, and
-    checks the environment is whole."""
-    stages = {s.name: s.instructions for s in parse(DOCKERFILES[service])[1]}
-    deps, build = stages["deps"], stages["build"]
-    assert build[0] == "FROM deps AS build"
+    third-party requirements (read from their pyproject.toml alone) in a deps stage that never
+    sees the sources, then Forgeline's packages with --no-deps in a build stage on top of it
+    (deploy/docker/install-packages.sh, which checks the environment is whole)."""
+    stages, final = image_stages(SERVICE_IMAGES[service])
+    deps = lineage(stages, _copied_from(final, "/opt/venv"))
+    build = lineage(stages, _copied_from(final, "/staging/opt/venv"))
+    assert build[: len(deps)] == deps, "the build stage starts from the deps stage"
+    own_stages = build[len(deps) :]
+    assert own_stages, "Forgeline's packages are installed in a stage of their own"
 
-    def copied(stage: list[str]) -> list[str]:
-        sources = [line.split()[1] for line in stage if line.startswith("COPY ")]
+    def copied(chain: list[Stage]) -> list[str]:
+        sources = [line.split()[1] for line in instructions(chain, "COPY")]
         return [src for src in sources if src.startswith(("proto", "kit", "clients", "services"))]
 
     assert copied(deps), "no package manifests copied"
     assert all(src.endswith("pyproject.toml") for src in copied(deps)), "sources in the deps stage"
-    assert copied(build), "no Forgeline sources copied"
-    third_party = next(
-        line for line in deps if line.startswith("RUN ") and "third-party-deps.py " in line
-    )
-    own = next(line for line in build if "pip-install --no-deps" in line)
-    assert _package_paths(third_party, "third-party-deps.py") == _package_paths(own, "--no-deps")
-    assert "pip check" in own
+    assert copied(own_stages), "no Forgeline sources copied"
+    third_party = [line for line in instructions(deps, "RUN") if "install-packages " in line]
+    own = [line for line in instructions(own_stages, "RUN") if "install-packages " in line]
+    assert len(third_party) == len(own) == 1
+    packages = _package_paths(third_party[0], "install-packages third-party")
+    assert packages == _package_paths(own[0], "install-packages own")
+    assert f"/src/services/{service}" in packages, "the image installs its own service"
+    assert "third-party-deps.py" in _install_step("third-party")
+    assert "pip check" in _install_step("own")
 
 
 @pytest.mark.parametrize("service", sorted(FORGELINE_SERVICES))
 def test_a_code_change_adds_megabytes_to_an_image_not_another_copy_of_the_venv(
     service: str,
 ) -> None:
-    """The runtime stage copies the third-party venv (gigabytes with torch) from `deps`, whose
-    layers change only with the lock or a manifest, and Forgeline's packages from `build`, where
-    pip installed them under a staging root. Copying the whole venv from `build` instead made
-    every commit's images a fresh multi-gigabyte layer, and CI's disk filled up."""
-    stages = {s.name: s.instructions for s in parse(DOCKERFILES[service])[1]}
-    own = next(line for line in stages["build"] if "pip-install --no-deps" in line)
-    assert "--root /staging" in own
+    """The runtime stage copies the third-party venv (gigabytes with torch) from the deps stage,
+    whose layers change only with the lock or a manifest, and Forgeline's packages from the build
+    stage, where pip installed them under a staging root. Copying the whole venv from the build
+    stage instead made every commit's images a fresh multi-gigabyte layer, and CI's disk filled
+    up."""
+    _, final = image_stages(SERVICE_IMAGES[service])
+    build = _copied_from(final, "/staging/opt/venv")
+    assert _copied_from(final, "/opt/venv") != build
+    own = _install_step("own")
+    assert "pip-install --no-deps --root /staging" in own
     assert "compileall -q -s /staging -p / /staging" in own, "bytecode names the installed paths"
-    copies = [line for line in stages["runtime"] if line.startswith("COPY --from=")]
-    assert "COPY --from=deps /opt/venv /opt/venv" in copies
-    assert "COPY --from=build /staging/opt/venv /opt/venv" in copies
-    assert not [line for line in copies if line.startswith("COPY --from=build /opt/venv")]
+    copies = [line for line in instructions(final, "COPY") if line.startswith("COPY --from=")]
+    assert not [line for line in copies if line.startswith(f"COPY --from={build} /opt/venv")]
 
 
 def test_third_party_deps_reads_extras_and_leaves_out_forgelines_packages() -> None:
@@ -194,16 +203,59 @@ def test_third_party_deps_reads_extras_and_leaves_out_forgelines_packages() -> N
     assert "has no extra 'gpu'" in wrong.stderr
 
 
+def _all_dockerfiles() -> list[Path]:
+    found = [*ROOT.glob("**/Dockerfile"), *ROOT.glob("**/*.Dockerfile")]
+    return sorted(path for path in found if not {".venv", ".venv-clients"} & set(path.parts))
+
+
 def test_converter_and_gateway_share_one_llama_cpp_build_stage() -> None:
-    stages = {
-        name: {s.name: s.instructions for s in parse(DOCKERFILES[name])[1]}
-        for name in ("converter", "gateway")
-    }
-    assert stages["converter"]["toolchain"] == stages["gateway"]["toolchain"], (
-        "identical stages share the build cache: the ~9 minute llama.cpp build runs once"
-    )
-    build = " ".join(stages["gateway"]["toolchain"])
-    assert "forgeline_kit.llamacpp build --portable" in build
+    """The ~10-minute llama.cpp compile exists once: the `toolchain` stage of the Dockerfile
+    whose two targets are the converter and the gateway. BuildKit builds it for the first target
+    and takes it from its cache for the other, in either order, with no base image to build
+    first; nothing else compiles llama.cpp."""
+    assert SERVICE_IMAGES["converter"].dockerfile == LLAMACPP_DOCKERFILE
+    assert SERVICE_IMAGES["gateway"].dockerfile == LLAMACPP_DOCKERFILE
+    _, stages = parse(LLAMACPP_DOCKERFILE)
+    compiling = [
+        stage.name for stage in stages
+        if any("forgeline_kit.llamacpp build --portable" in i for i in stage.instructions)
+    ]  # fmt: skip
+    assert compiling == ["toolchain"]
+    for service in ("converter", "gateway"):
+        _, final = image_stages(SERVICE_IMAGES[service])
+        assert "COPY --from=toolchain /opt/llama.cpp /opt/llama.cpp" in instructions(final, "COPY")
+        assert "FORGELINE_LLAMACPP_HOME=/opt/llama.cpp" in " ".join(instructions(final, "ENV"))
+    others = [path for path in _all_dockerfiles() if path != LLAMACPP_DOCKERFILE]
+    assert others
+    for path in others:
+        assert "forgeline_kit.llamacpp build" not in path.read_text(), _id(path)
+
+
+def test_each_image_takes_only_its_own_stages() -> None:
+    """In the shared Dockerfile, a target's stages name its service: the converter's image holds
+    none of the gateway's packages, nor the gateway's the converter's (torch)."""
+    stages = {stage.name: stage for stage in parse(LLAMACPP_DOCKERFILE)[1]}
+    for service, other in (("converter", "gateway"), ("gateway", "converter")):
+        image = SERVICE_IMAGES[service]
+        assert image.target == service
+        seen: set[str] = set()
+        todo = [service]
+        while todo:  # the target, the stages it starts FROM and copies from, and theirs
+            name = todo.pop()
+            if name in seen or name not in stages:
+                continue
+            seen.add(name)
+            stage = stages[name]
+            todo.append(stage.parent)
+            todo += [
+                word.removeprefix("--from=")
+                for line in stage.instructions
+                for word in line.split()
+                if word.startswith("--from=")
+            ]
+        assert not [name for name in seen if other in name], seen
+        text = " ".join(i for name in seen for i in stages[name].instructions)
+        assert f"services/{other}" not in text
 
 
 def test_the_build_context_leaves_out_venvs_env_files_and_keys() -> None:
@@ -224,9 +276,7 @@ def test_every_file_an_image_copies_is_in_the_build_context() -> None:
         if line.strip().startswith("!")
     ]
     allowed = [rule[1:].removesuffix("**") for rule in rules]
-    for dockerfile in sorted(ROOT.glob("**/Dockerfile")):
-        if ".venv" in dockerfile.parts:
-            continue
+    for dockerfile in _all_dockerfiles():
         for line in dockerfile.read_text().splitlines():
             words = line.split()
             if not words or words[0] != "COPY" or any(w.startswith("--from") for w in words):
