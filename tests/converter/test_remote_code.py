@@ -16,13 +16,13 @@ from forgeline_converter.gguf_conversion import ConversionPlan, convert_model
 from forgeline_converter.llamacpp.adapter import convert_adapter
 from forgeline_converter.llamacpp.source import TRUST_REMOTE_CODE_SETTING
 from forgeline_converter.llamacpp.tools import NO_MODULES_CACHE, convert_env
+from forgeline_converter.registry_access import RegistryArtifact, RegistryVersion, VersionKind
 from forgeline_converter.settings import ConverterSettings
 from forgeline_converter.validation import check_remote_code
 from forgeline_converter.worker_process import EXIT_FAILED, ModelJob, WorkerJob, WorkerMessage, main
 from forgeline_kit.errors import FailedPrecondition
 from forgeline_kit.llamacpp import Toolchain
 from forgeline_kit.tinymodel import TinyModel
-from forgeline_proto.registry.v1 import registry_pb2 as rpb
 
 from .conftest import ModelCopy
 
@@ -199,13 +199,13 @@ def test_the_convert_environment_keeps_model_code_out(
     assert any(modules.rglob("configuration_tiny_remote.py"))
 
 
-def registry_version(labels: dict[str, str], paths: list[str]) -> rpb.Version:
-    return rpb.Version(
+def registry_version(labels: dict[str, str], paths: list[str]) -> RegistryVersion:
+    return RegistryVersion(
         model="acme/remote",
         number=3,
-        kind=rpb.VERSION_KIND_BASE,
+        kind=VersionKind.BASE,
         labels=labels,
-        artifacts=[rpb.Artifact(path=p) for p in paths],
+        artifacts=tuple(RegistryArtifact(path=p) for p in paths),
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from forgeline_converter.grpc_api import ConverterServicer
+from forgeline_converter.registry_access import RegistryAccess
 from forgeline_converter.service import Converter
 from forgeline_converter.settings import ConverterSettings
 from forgeline_converter.store import open_store
@@ -26,10 +27,12 @@ async def build(settings: ConverterSettings) -> list[Service]:
     toolchain = await asyncio.to_thread(settings.toolchain)
     # Before restarting what a previous run left: two converters here would run it twice.
     ownership = hold_state_dir(settings.work_dir, "forgeline-converter")
-    registry = RegistryClient(
-        settings.registry_target,
-        accept_local_files=settings.registry_local_files,
-        timeout=settings.registry_timeout_seconds,
+    registry = RegistryAccess(
+        RegistryClient(
+            settings.registry_target,
+            accept_local_files=settings.registry_local_files,
+            timeout=settings.registry_timeout_seconds,
+        )
     )
     converter = Converter(settings, open_store(settings.database_url), registry, toolchain)
     await converter.start()

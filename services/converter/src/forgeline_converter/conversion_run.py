@@ -17,18 +17,18 @@ import asyncio
 import shutil
 import time
 
+from forgeline_converter.conversions import Conversion, ConversionResult
 from forgeline_converter.downloading import download_inputs
 from forgeline_converter.registering import register_outputs
-from forgeline_converter.run_context import Reporter, RunContext, Steps, as_duration
+from forgeline_converter.run_context import Reporter, RunContext, Steps
 from forgeline_converter.tool_work import run_worker_retrying
-from forgeline_proto.converter.v1 import converter_pb2 as pb
 
 __all__ = ["run_conversion"]
 
 
 async def run_conversion(
-    conversion: pb.Conversion, context: RunContext, reporter: Reporter
-) -> pb.ConversionResult:
+    conversion: Conversion, context: RunContext, reporter: Reporter
+) -> ConversionResult:
     """Run ``conversion`` to its result.
 
     Raises:
@@ -53,8 +53,6 @@ async def run_conversion(
         timings["register"] = time.monotonic() - started
     finally:
         await asyncio.to_thread(shutil.rmtree, work, True)
-    return pb.ConversionResult(
-        outputs=outputs,
-        llama_cpp_version=result.llamacpp_version,
-        timings={name: as_duration(seconds) for name, seconds in timings.items()},
+    return ConversionResult(
+        outputs=tuple(outputs), llama_cpp_version=result.llamacpp_version, timings=timings
     )

@@ -10,9 +10,20 @@ import shutil
 from importlib.resources import files
 from pathlib import Path
 
+from forgeline_converter.conversions import (
+    AdapterConversion,
+    Conversion,
+    ConversionState,
+    GgufOuttype,
+    ModelConversion,
+    QualityMetric,
+    VerificationOptions,
+    VersionRef,
+)
 from forgeline_converter.gguf_conversion import ConversionPlan
 from forgeline_converter.llamacpp.tools import OutType
 from forgeline_converter.modelfile import ModelfileParameter
+from forgeline_converter.registry_access import RegistryVersion, VersionKind
 from forgeline_converter.run_context import RunContext, Steps, registry_failure
 from forgeline_converter.worker_process import (
     AdapterJob,
@@ -23,17 +34,14 @@ from forgeline_converter.worker_process import (
 )
 from forgeline_kit.errors import ForgelineError
 from forgeline_kit.operations import OperationFailure
-from forgeline_proto.common.v1 import common_pb2
-from forgeline_proto.converter.v1 import converter_pb2 as pb
-from forgeline_proto.registry.v1 import registry_pb2 as rpb
 
 __all__ = ["INPUTS", "builtin_evaluation_text", "download_inputs"]
 
-_OUTTYPES: dict[int, OutType] = {
-    pb.GGUF_OUTTYPE_F32: "f32",
-    pb.GGUF_OUTTYPE_F16: "f16",
-    pb.GGUF_OUTTYPE_BF16: "bf16",
-    pb.GGUF_OUTTYPE_Q8_0: "q8_0",
+_OUTTYPES: dict[GgufOuttype, OutType] = {
+    GgufOuttype.F32: "f32",
+    GgufOuttype.F16: "f16",
+    GgufOuttype.BF16: "bf16",
+    GgufOuttype.Q8_0: "q8_0",
 }
 #: What `download_inputs` puts in the work directory: kept when the tool work runs again.
 INPUTS = frozenset(
@@ -59,12 +67,17 @@ def _check_free(where: Path, needed: int) -> None:
         )
 
 
+def _outtype(outtype: GgufOuttype | None) -> OutType:
+    # The validation fills it in; unset means F16 in the contract too.
+    return _OUTTYPES[outtype or GgufOuttype.F16]
+
+
 async def _pull(
-    context: RunContext, ref: common_pb2.VersionRef, target: Path, paths: tuple[str, ...] = ()
-) -> rpb.Version:
+    context: RunContext, ref: VersionRef, target: Path, paths: tuple[str, ...] = ()
+) -> RegistryVersion:
     reference = f"{ref.model}:{ref.version}"
     try:
-        return await context.registry.pull(reference, target, paths=paths)
+        return await context.registry.pull(reference, target, paths)
     except ForgelineError as error:
         raise registry_failure(error, f"downloading {reference}") from error
     except OSError as error:
@@ -76,33 +89,30 @@ async def _pull(
 
 
 async def download_inputs(
-    conversion: pb.Conversion, context: RunContext, work: Path, steps: Steps
+    conversion: Conversion, context: RunContext, work: Path, steps: Steps
 ) -> tuple[WorkerJob, str]:
     """Fetch every input; the worker job and the SHA-256 of the evaluation text ("" if none)."""
     spec = conversion.spec
-    registry = context.registry
-    refs = (
-        [spec.adapter.adapter, spec.adapter.base]
-        + ([spec.adapter.base_gguf] if spec.adapter.HasField("base_gguf") else [])
-        if spec.HasField("adapter")
-        else [spec.model.source]
-    )
+    task = spec.task
+    if isinstance(task, AdapterConversion):
+        refs = [task.adapter, task.base, task.base_gguf]
+    elif isinstance(task, ModelConversion):
+        refs = [task.source]
+    else:  # the validation refuses a spec without a task
+        raise OperationFailure("internal", f"conversion {conversion.id} names nothing to convert")
     sizes = []
-    for ref in refs:
+    for ref in filter(None, refs):
         try:
-            version = await registry.get_version(
-                rpb.GetVersionRequest(
-                    model=ref.model, version=ref.version, view=rpb.VERSION_VIEW_BASIC
-                )
-            )
+            version = await context.registry.get_version(ref)
         except ForgelineError as error:
             raise registry_failure(error, f"looking up {ref.model}:{ref.version}") from error
         sizes.append(version.size_bytes)
-    steps.enter(pb.CONVERSION_STATE_DOWNLOADING, bytes_total=sum(sizes))
+    steps.enter(ConversionState.DOWNLOADING, bytes_total=sum(sizes))
     _check_free(work, sum(sizes) * 3)  # the source, then the GGUF files made from it
+    verification = spec.verification
     smoke = SmokeSpec(
-        skip=spec.verification.skip_smoke_test,
-        prompt=spec.verification.smoke_prompt or SmokeSpec().prompt,
+        skip=verification.skip_smoke_test,
+        prompt=verification.smoke_prompt or SmokeSpec().prompt,
     )
     common = {
         "output_dir": work / "outputs",
@@ -112,47 +122,55 @@ async def download_inputs(
         "smoke": smoke,
         "trust_remote_code": context.settings.trust_remote_code,
     }
-    if spec.HasField("adapter"):
-        task = spec.adapter
-        await _pull(context, task.adapter, work / "adapter")
-        await _pull(context, task.base, work / "base")
-        base_gguf = None
-        if task.HasField("base_gguf"):
-            version = await _pull(context, task.base_gguf, work / "base-gguf")
-            ggufs = [a.path for a in version.artifacts if a.path.endswith(".gguf")]
-            base_gguf = work / "base-gguf" / ggufs[0] if ggufs else None
-        adapter_job = AdapterJob(
-            adapter_dir=work / "adapter",
-            base_dir=work / "base",
-            outtype=_OUTTYPES[task.outtype],
-            base_gguf=base_gguf,
-        )
-        return WorkerJob(task=adapter_job, **common), ""
-    model = spec.model
+    if isinstance(task, AdapterConversion):
+        return WorkerJob(task=await _adapter_job(context, task, work), **common), ""
+    job, digest = await _model_job(context, task, verification, work)
+    return WorkerJob(task=job, **common), digest
+
+
+async def _adapter_job(context: RunContext, task: AdapterConversion, work: Path) -> AdapterJob:
+    if task.base is None:  # the validation names it, from the adapter's lineage if need be
+        raise OperationFailure("internal", "the adapter's base model was never resolved")
+    await _pull(context, task.adapter, work / "adapter")
+    await _pull(context, task.base, work / "base")
+    base_gguf = None
+    if task.base_gguf is not None:
+        version = await _pull(context, task.base_gguf, work / "base-gguf")
+        ggufs = [a.path for a in version.artifacts if a.path.endswith(".gguf")]
+        base_gguf = work / "base-gguf" / ggufs[0] if ggufs else None
+    return AdapterJob(
+        adapter_dir=work / "adapter",
+        base_dir=work / "base",
+        outtype=_outtype(task.outtype),
+        base_gguf=base_gguf,
+    )
+
+
+async def _model_job(
+    context: RunContext, model: ModelConversion, verification: VerificationOptions, work: Path
+) -> tuple[ModelJob, str]:
     source = await _pull(context, model.source, work / "source")
     ggufs = [a.path for a in source.artifacts if a.path.endswith(".gguf")]
-    source_gguf = work / "source" / ggufs[0] if source.kind == rpb.VERSION_KIND_GGUF else None
+    source_gguf = work / "source" / ggufs[0] if source.kind == VersionKind.GGUF else None
     evaluation: Path | None = None
-    kl_divergence = spec.verification.quality_metric == pb.QUALITY_METRIC_KL_DIVERGENCE
-    if kl_divergence or spec.verification.quality_metric == pb.QUALITY_METRIC_PERPLEXITY:
-        if spec.verification.HasField("evaluation_text"):
-            text_ref = spec.verification.evaluation_text
+    kl_divergence = verification.quality_metric == QualityMetric.KL_DIVERGENCE
+    if kl_divergence or verification.quality_metric == QualityMetric.PERPLEXITY:
+        if verification.evaluation_text is not None:
+            text_ref = verification.evaluation_text
             await _pull(context, text_ref.version, work / "evaluation", (text_ref.path,))
             evaluation = work / "evaluation" / text_ref.path
         else:
             evaluation = builtin_evaluation_text()
     imatrix_text: Path | None = None
     imatrix_file: Path | None = None
-    if model.HasField("imatrix"):
-        which = model.imatrix.WhichOneof("source")
-        if which == "calibration_text_inline":
+    imatrix = model.imatrix
+    if imatrix is not None:
+        if imatrix.calibration_text_inline is not None:
             imatrix_text = work / "calibration.txt"
-            imatrix_text.write_text(model.imatrix.calibration_text_inline, encoding="utf-8")
-        elif which in ("imatrix", "calibration_text"):
-            matrix = model.imatrix
-            artifact = matrix.imatrix if which == "imatrix" else matrix.calibration_text
+            imatrix_text.write_text(imatrix.calibration_text_inline, encoding="utf-8")
+        elif (artifact := imatrix.registry_file) is not None:
             await _pull(context, artifact.version, work / "imatrix", (artifact.path,))
-            if which == "imatrix":
+            if imatrix.imatrix is not None:
                 imatrix_file = work / "imatrix" / artifact.path
             else:
                 imatrix_text = work / "imatrix" / artifact.path
@@ -173,17 +191,17 @@ async def download_inputs(
             args.append("--allow-requantize")
         quantize_args[target.type] = args
     plan = ConversionPlan(
-        outtype=_OUTTYPES[model.outtype],
+        outtype=_outtype(model.outtype),
         quantizations=[t.type for t in model.quantizations],
         evaluation_text=evaluation,
         kl_divergence=kl_divergence,
         evaluation_context=context.settings.evaluation_context,
-        evaluation_chunks=spec.verification.evaluation_chunks,
+        evaluation_chunks=verification.evaluation_chunks,
         quantize_args=quantize_args,
         imatrix_text=imatrix_text,
         imatrix_file=imatrix_file,
-        imatrix_chunks=model.imatrix.chunks,
-        imatrix_context=model.imatrix.context_size or 512,
+        imatrix_chunks=imatrix.chunks if imatrix else 0,
+        imatrix_context=(imatrix.context_size if imatrix else 0) or 512,
     )
     options = model.modelfile
     modelfile = ModelfileSpec(
@@ -203,4 +221,4 @@ async def download_inputs(
     digest = ""
     if evaluation is not None:
         digest = hashlib.sha256(evaluation.read_bytes()).hexdigest()
-    return WorkerJob(task=job, **common), digest
+    return job, digest

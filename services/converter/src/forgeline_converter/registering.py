@@ -5,14 +5,22 @@ versions this run already pushed deleted again, so a failed conversion leaves no
 
 from __future__ import annotations
 
+from forgeline_converter.conversions import (
+    AdapterConversion,
+    Conversion,
+    ConversionState,
+    ConvertedOutput,
+    GgufMetadata,
+    ModelConversion,
+    QualityFigure,
+    QualityMetric,
+    VersionRef,
+)
 from forgeline_converter.llamacpp.gguf_info import GgufInfo
+from forgeline_converter.registry_access import NewVersion, RegistryParent, Relation, VersionKind
 from forgeline_converter.run_context import RunContext, Steps, log, registry_failure
 from forgeline_converter.worker_process import WorkerOutput, WorkerResult
 from forgeline_kit.errors import ForgelineError
-from forgeline_proto.common.v1 import common_pb2
-from forgeline_proto.converter.v1 import converter_pb2 as pb
-from forgeline_proto.registry.v1 import registry_pb2 as rpb
-from forgeline_registry_client.client import RegistryClient
 
 __all__ = ["register_outputs"]
 
@@ -24,8 +32,8 @@ def _file_type_name(info: GgufInfo, fallback: str) -> str:
     return name or fallback
 
 
-def _metadata(info: GgufInfo, fallback: str) -> pb.GgufMetadata:
-    return pb.GgufMetadata(
+def _metadata(info: GgufInfo, fallback: str) -> GgufMetadata:
+    return GgufMetadata(
         architecture=info.architecture,
         tensor_count=info.tensor_count,
         context_length=info.context_length or 0,
@@ -35,24 +43,25 @@ def _metadata(info: GgufInfo, fallback: str) -> pb.GgufMetadata:
     )
 
 
-def _lineage(conversion: pb.Conversion, output: WorkerOutput, llamacpp_version: str) -> rpb.Lineage:
+def _parents(conversion: Conversion, output: WorkerOutput) -> tuple[RegistryParent, ...]:
+    task = conversion.spec.task
+    if isinstance(task, AdapterConversion):
+        parents = [RegistryParent(task.adapter, Relation.CONVERTED_FROM)]
+        if task.base_gguf is not None:
+            parents.append(RegistryParent(task.base_gguf, Relation.ADAPTER_OF))
+        return tuple(parents)
+    assert isinstance(task, ModelConversion)  # an accepted spec names its task
+    parents = [RegistryParent(task.source, Relation.CONVERTED_FROM)]
+    imatrix = task.imatrix.registry_file if task.imatrix is not None else None
+    if imatrix is not None and not output.adapter:
+        parents.append(RegistryParent(imatrix.version, Relation.CALIBRATED_WITH))
+    return tuple(parents)
+
+
+def _new_version(
+    conversion: Conversion, output: WorkerOutput, llamacpp_version: str, source: VersionRef
+) -> NewVersion:
     spec = conversion.spec
-    parents: list[rpb.Parent] = []
-    if spec.HasField("adapter"):
-        parents.append(
-            rpb.Parent(version=spec.adapter.adapter, relation=rpb.RELATION_CONVERTED_FROM)
-        )
-        if spec.adapter.HasField("base_gguf"):
-            parents.append(
-                rpb.Parent(version=spec.adapter.base_gguf, relation=rpb.RELATION_ADAPTER_OF)
-            )
-    else:
-        parents.append(rpb.Parent(version=spec.model.source, relation=rpb.RELATION_CONVERTED_FROM))
-        imatrix = spec.model.imatrix
-        which = imatrix.WhichOneof("source") if spec.model.HasField("imatrix") else None
-        if which in ("imatrix", "calibration_text") and not output.adapter:
-            ref = imatrix.imatrix if which == "imatrix" else imatrix.calibration_text
-            parents.append(rpb.Parent(version=ref.version, relation=rpb.RELATION_CALIBRATED_WITH))
     metrics: dict[str, float] = {"size_bytes": float(output.size_bytes)}
     if output.perplexity is not None:
         metrics["perplexity"] = output.perplexity
@@ -62,94 +71,82 @@ def _lineage(conversion: pb.Conversion, output: WorkerOutput, llamacpp_version: 
         metrics["kl_divergence_mean"] = output.kl_divergence
     if output.same_top_token is not None:
         metrics["same_top_token_rate"] = output.same_top_token
-    return rpb.Lineage(
-        parents=parents,
+    labels = dict(spec.output.labels)
+    labels |= {"quantization": output.file_type.lower(), "file_type": output.file_type}
+    description = spec.output.description or (
+        f"{source.model}:{source.version} as GGUF {output.file_type}"
+        f"{' adapter' if output.adapter else ''} (llama.cpp {llamacpp_version})"
+    )
+    return NewVersion(
+        model=spec.output.model,
+        kind=VersionKind.GGUF_ADAPTER if output.adapter else VersionKind.GGUF,
+        parents=_parents(conversion, output),
+        request_id=f"{conversion.id}/{output.file_type}",
+        gguf_file_type=output.file_type,
         chat_template=output.info.chat_template or "",
         metrics=metrics,
         tool_versions={"llama.cpp": llamacpp_version},
         produced_by=f"converter/conversions/{conversion.id}",
+        labels=labels,
+        description=description,
     )
 
 
-async def _push(
-    registry: RegistryClient, output: WorkerOutput, begin_request: rpb.BeginVersionRequest
-) -> rpb.Version:
-    """Push ``output.directory`` as a version, its GGUF artifact carrying its file type (the
-    registry guesses file types from file names, and ``model.gguf`` names none)."""
-    plan, _ = await registry.plan(output.directory)
-    for artifact in plan.artifacts:
-        if artifact.path.endswith(".gguf"):
-            artifact.gguf_file_type = output.file_type
-    begin_request.artifacts.extend(plan.artifacts)
-    begin = await registry.begin_version(begin_request)
-    if begin.HasField("committed_version"):
-        return begin.committed_version
-    multipart = await registry.upload(begin, plan)
-    return await registry.commit_version(
-        rpb.CommitVersionRequest(upload_id=begin.upload_id, multipart_uploads=multipart)
-    )
+def _quality(output: WorkerOutput, evaluation_sha256: str, chunks: int) -> QualityFigure | None:
+    if output.kl_divergence is not None:
+        return QualityFigure(
+            metric=QualityMetric.KL_DIVERGENCE,
+            value=output.kl_divergence,
+            evaluation_text_sha256=evaluation_sha256,
+            chunks=chunks,
+        )
+    if output.perplexity is not None and output.reference_perplexity is not None:
+        return QualityFigure(
+            metric=QualityMetric.PERPLEXITY,
+            value=output.perplexity,
+            reference_value=output.reference_perplexity,
+            evaluation_text_sha256=evaluation_sha256,
+            chunks=chunks,
+        )
+    return None
 
 
 async def register_outputs(
-    conversion: pb.Conversion,
+    conversion: Conversion,
     context: RunContext,
     result: WorkerResult,
     steps: Steps,
     evaluation_sha256: str,
-) -> list[pb.ConvertedOutput]:
+) -> list[ConvertedOutput]:
+    """Register every output as a version of the output model, in order; what was registered.
+
+    Raises:
+        OperationFailure: the registry failed; the versions this run registered are deleted.
+    """
     spec = conversion.spec
     steps.enter(
-        pb.CONVERSION_STATE_REGISTERING,
+        ConversionState.REGISTERING,
         bytes_total=sum(output.size_bytes for output in result.outputs),
     )
-    source = spec.adapter.adapter if spec.HasField("adapter") else spec.model.source
-    registered: list[pb.ConvertedOutput] = []
+    source = spec.source
+    assert source is not None  # an accepted spec names its task
+    registered: list[ConvertedOutput] = []
     try:
         for output in result.outputs:
-            labels = dict(spec.output.labels)
-            labels |= {"quantization": output.file_type.lower(), "file_type": output.file_type}
-            description = spec.output.description or (
-                f"{source.model}:{source.version} as GGUF {output.file_type}"
-                f"{' adapter' if output.adapter else ''} (llama.cpp {result.llamacpp_version})"
+            version = await context.registry.push(
+                output.directory,
+                _new_version(conversion, output, result.llamacpp_version, source),
             )
-            version = await _push(
-                context.registry,
-                output,
-                rpb.BeginVersionRequest(
-                    model=spec.output.model,
-                    create_model=True,
-                    kind=rpb.VERSION_KIND_GGUF_ADAPTER if output.adapter else rpb.VERSION_KIND_GGUF,
-                    lineage=_lineage(conversion, output, result.llamacpp_version),
-                    labels=labels,
-                    description=description,
-                    request_id=f"{conversion.id}/{output.file_type}",
-                    transfer=context.registry.transfer_options,
-                ),
-            )
-            quality = None
-            if output.kl_divergence is not None:
-                quality = pb.QualityFigure(
-                    metric=pb.QUALITY_METRIC_KL_DIVERGENCE,
-                    value=output.kl_divergence,
-                    evaluation_text_sha256=evaluation_sha256,
-                    chunks=spec.verification.evaluation_chunks,
-                )
-            elif output.perplexity is not None and output.reference_perplexity is not None:
-                quality = pb.QualityFigure(
-                    metric=pb.QUALITY_METRIC_PERPLEXITY,
-                    value=output.perplexity,
-                    reference_value=output.reference_perplexity,
-                    evaluation_text_sha256=evaluation_sha256,
-                    chunks=spec.verification.evaluation_chunks,
-                )
             registered.append(
-                pb.ConvertedOutput(
-                    version=common_pb2.VersionRef(model=version.model, version=version.number),
+                ConvertedOutput(
+                    version=version,
                     adapter=output.adapter,
                     file_type=output.file_type,
                     size_bytes=output.size_bytes,
                     sha256=output.sha256,
-                    quality=quality,
+                    quality=_quality(
+                        output, evaluation_sha256, spec.verification.evaluation_chunks
+                    ),
                     metadata=_metadata(output.info, output.file_type),
                 )
             )
@@ -161,14 +158,12 @@ async def register_outputs(
     return registered
 
 
-async def _unregister(context: RunContext, registered: list[pb.ConvertedOutput]) -> None:
+async def _unregister(context: RunContext, registered: list[ConvertedOutput]) -> None:
     """Delete what this run registered before it failed (best effort: the registry may be the
     reason it failed)."""
     for output in registered:
         ref = output.version
         try:
-            await context.registry.delete_version(
-                rpb.DeleteVersionRequest(model=ref.model, version=ref.version, force=True)
-            )
+            await context.registry.delete_version(ref)
         except ForgelineError as error:
             log.warning("could not delete %s:%s after a failure: %s", ref.model, ref.version, error)

@@ -12,27 +12,42 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator
-
-from google.protobuf import timestamp_pb2
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
 
 from forgeline_converter.conversion_run import run_conversion
+from forgeline_converter.conversions import (
+    TERMINAL_STATES,
+    Conversion,
+    ConversionEvent,
+    ConversionPage,
+    ConversionSpec,
+    ConversionState,
+    EventPayload,
+    LogLine,
+    LogSource,
+    OperationError,
+    Progress,
+    QuantizationType,
+    QuantizationTypes,
+    Retry,
+    VersionRef,
+)
 from forgeline_converter.llamacpp.tools import (
     quantization_type_descriptions,
     requires_imatrix,
 )
+from forgeline_converter.registry_access import RegistryAccess
 from forgeline_converter.run_context import Reporter, RunContext
 from forgeline_converter.settings import ConverterSettings
-from forgeline_converter.store import TERMINAL_STATES, ConversionStore, state_name
+from forgeline_converter.store import ConversionStore
 from forgeline_converter.validation import validate_spec
 from forgeline_converter.worker_pool import WorkerPool
 from forgeline_kit.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from forgeline_kit.llamacpp import Toolchain
 from forgeline_kit.operations import ChangeBell, OperationFailure, watch_events
 from forgeline_kit.operations.page_tokens import decode_position, encode_page_token
-from forgeline_proto.common.v1 import common_pb2
-from forgeline_proto.converter.v1 import converter_pb2 as pb
-from forgeline_registry_client.client import RegistryClient
 
 __all__ = ["Converter"]
 
@@ -46,22 +61,20 @@ CANCEL_WAIT_S = 30.0
 SHUTDOWN_WAIT_S = 15.0
 
 
-def _now() -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.GetCurrentTime()
-    return stamp
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 class _EventReporter(Reporter):
     """Records a run's reports as events of its conversion."""
 
-    def __init__(self, converter: Converter, conversion: pb.Conversion) -> None:
+    def __init__(self, converter: Converter, conversion: Conversion) -> None:
         self.converter = converter
         self.conversion = conversion
 
     def progress(
         self,
-        stage: pb.ConversionState.ValueType,
+        stage: ConversionState,
         percent: float,
         *,
         target: str = "",
@@ -72,7 +85,7 @@ class _EventReporter(Reporter):
         self.conversion.percent = percent
         self.converter.record(
             self.conversion,
-            progress=pb.Progress(
+            Progress(
                 stage=stage,
                 percent=percent,
                 target=target,
@@ -81,11 +94,11 @@ class _EventReporter(Reporter):
             ),
         )
 
-    def log(self, text: str, source: common_pb2.LogSource.ValueType) -> None:
-        self.converter.record(self.conversion, log=common_pb2.LogLine(source=source, text=text))
+    def log(self, text: str, source: LogSource) -> None:
+        self.converter.record(self.conversion, LogLine(source=source, text=text))
 
-    def retry(self, retry: common_pb2.Retry) -> None:
-        self.converter.record(self.conversion, retry=retry)
+    def retry(self, retry: Retry) -> None:
+        self.converter.record(self.conversion, retry)
 
 
 class Converter:
@@ -95,7 +108,7 @@ class Converter:
         self,
         settings: ConverterSettings,
         store: ConversionStore,
-        registry: RegistryClient,
+        registry: RegistryAccess,
         toolchain: Toolchain,
     ) -> None:
         self.settings = settings
@@ -105,7 +118,8 @@ class Converter:
         self._workers = WorkerPool(settings.llamacpp_home)
         self._context = RunContext(settings, registry, toolchain.version, self._workers)
         self._slots = asyncio.Semaphore(settings.max_concurrent_conversions)
-        self._live: dict[str, pb.Conversion] = {}
+        # The record of each conversion this process runs, changed as it goes.
+        self._live: dict[str, Conversion] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancel_requested: set[str] = set()
         self._bell = ChangeBell()
@@ -120,23 +134,20 @@ class Converter:
         CANCELLED when a cancel was under way."""
         for conversion in self.store.unfinished():
             self._live[conversion.id] = conversion
-            if conversion.state == pb.CONVERSION_STATE_CANCELLING:
+            if conversion.state == ConversionState.CANCELLING:
                 self._finish_cancelled(conversion)
                 continue
-            state = pb.ConversionState.Name(conversion.state)
             self.record(
                 conversion,
-                log=common_pb2.LogLine(
-                    source=common_pb2.LOG_SOURCE_SERVICE,
-                    text=f"the converter restarted while this conversion was {state}; it runs "
-                    "again from the start",
+                LogLine(
+                    source=LogSource.SERVICE,
+                    text=f"the converter restarted while this conversion was "
+                    f"{conversion.state.value}; it runs again from the start",
                 ),
             )
-            conversion.state = pb.CONVERSION_STATE_QUEUED
+            conversion.state = ConversionState.QUEUED
             conversion.percent = 0
-            self.record(
-                conversion, progress=pb.Progress(stage=pb.CONVERSION_STATE_QUEUED, percent=0)
-            )
+            self.record(conversion, Progress(stage=ConversionState.QUEUED, percent=0))
             self._schedule(conversion)
         await self._workers.warm()
 
@@ -160,10 +171,11 @@ class Converter:
 
     # --- events
 
-    def record(self, conversion: pb.Conversion, **payload: object) -> pb.ConversionEvent:
-        """Store an event of ``conversion`` (in its state as changed by the caller)."""
-        event = pb.ConversionEvent(conversion_id=conversion.id, time=_now(), **payload)  # type: ignore[arg-type]
-        self.store.record(conversion, event)
+    def record(self, conversion: Conversion, payload: EventPayload) -> ConversionEvent:
+        """Store an event of ``conversion`` (in its state as changed by the caller); the event
+        with its sequence."""
+        event = ConversionEvent(conversion_id=conversion.id, time=_now(), payload=payload)
+        event = self.store.record(conversion, event)
         self._bell.ring()
         return event
 
@@ -175,21 +187,21 @@ class Converter:
             self._types = await asyncio.to_thread(quantization_type_descriptions, self.toolchain)
         return self._types
 
-    async def list_quantization_types(self) -> pb.ListQuantizationTypesResponse:
+    async def list_quantization_types(self) -> QuantizationTypes:
         """Every type llama-quantize offers."""
         types = await self.quantization_types()
-        return pb.ListQuantizationTypesResponse(
-            types=[
-                pb.QuantizationType(
+        return QuantizationTypes(
+            types=tuple(
+                QuantizationType(
                     name=name, description=description, requires_imatrix=requires_imatrix(name)
                 )
                 for name, description in types.items()
-            ],
+            ),
             llama_cpp_version=self.toolchain.version,
         )
 
-    async def submit(self, request: pb.ConvertRequest) -> pb.Conversion:
-        """Accept a conversion, or find the one a previous request with its id started.
+    async def submit(self, spec: ConversionSpec, request_id: str = "") -> Conversion:
+        """Accept a conversion, or find the one a previous request with ``request_id`` started.
 
         Raises:
             InvalidArgument, NotFound, Unimplemented: the request cannot be carried out.
@@ -198,28 +210,29 @@ class Converter:
         """
         if self._closing:
             raise Unavailable("the converter is shutting down; retry the request in a moment")
-        if request.request_id:
-            existing = self.store.find_request(request.request_id)
+        if request_id:
+            existing = self.store.find_request(request_id)
             if existing is not None:
                 return existing
-        spec = pb.ConversionSpec()
-        spec.CopyFrom(request.spec)
-        await validate_spec(
+        spec = await validate_spec(
             self.registry,
             spec,
             set(await self.quantization_types()),
             trust_remote_code=self.settings.trust_remote_code,
         )
         conversion_id = f"cv-{uuid.uuid4().hex[:16]}"
-        conversion = pb.Conversion(
+        conversion = Conversion(
             id=conversion_id,
-            request_id=request.request_id or conversion_id,
+            request_id=request_id or conversion_id,
             spec=spec,
-            state=pb.CONVERSION_STATE_QUEUED,
+            state=ConversionState.QUEUED,
             create_time=_now(),
             last_event_sequence=1,
         )
-        accepted = pb.ConversionEvent(conversion_id=conversion_id, time=_now(), accepted=conversion)
+        # The event keeps the record as accepted: a copy, since the record changes as it runs.
+        accepted = ConversionEvent(
+            conversion_id=conversion_id, time=_now(), payload=replace(conversion)
+        )
         stored, created = self.store.create(conversion, accepted)
         if not created:
             return stored  # the same request_id won a race
@@ -229,7 +242,7 @@ class Converter:
         log.info("accepted conversion %s", conversion_id, extra={"conversion_id": conversion_id})
         return stored
 
-    def get(self, conversion_id: str) -> pb.Conversion:
+    def get(self, conversion_id: str) -> Conversion:
         """One conversion.
 
         Raises:
@@ -240,23 +253,35 @@ class Converter:
             raise NotFound(f"no conversion {conversion_id!r}", field="conversion_id")
         return conversion
 
-    def list(self, request: pb.ListConversionsRequest) -> pb.ListConversionsResponse:
-        """A page of conversions, newest first."""
-        size = request.page_size or DEFAULT_PAGE_SIZE
+    def list(
+        self,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        states: Sequence[ConversionState] = (),
+        source: VersionRef | None = None,
+    ) -> ConversionPage:
+        """A page of conversions, newest first: ``page_size`` of them (0: the default), after
+        the position ``page_token`` names, only those in ``states`` (when given) and of
+        ``source`` (its model, and its version when that is a number).
+
+        Raises:
+            InvalidArgument: a negative page size, or a page token the service did not issue.
+        """
+        size = page_size or DEFAULT_PAGE_SIZE
         if size < 0:
             raise InvalidArgument("page_size cannot be negative", field="page_size")
         size = min(size, MAX_PAGE_SIZE)
-        source = request.source
-        labels = {"source_model": source.model} if source.model else {}
-        if source.model and source.WhichOneof("selector") == "version" and source.version:
+        labels = {"source_model": source.model} if source is not None and source.model else {}
+        if labels and source is not None and source.version:
             labels["source_version"] = str(source.version)
         page = self.store.page(
-            after=decode_position(request.page_token),
-            states=[state_name(state) for state in request.states],
+            after=decode_position(page_token),
+            states=[state.name for state in states],
             labels=labels,
             limit=size,
         )
-        return pb.ListConversionsResponse(
+        return ConversionPage(
             conversions=page.records,
             next_page_token=(
                 encode_page_token(page.next_position) if page.next_position is not None else ""
@@ -265,7 +290,7 @@ class Converter:
 
     async def watch(
         self, conversion_id: str, after_sequence: int = 0
-    ) -> AsyncIterator[pb.ConversionEvent]:
+    ) -> AsyncIterator[ConversionEvent]:
         """The conversion's events after ``after_sequence``, then new ones until it ends.
 
         Raises:
@@ -287,7 +312,7 @@ class Converter:
         ):
             yield event
 
-    async def cancel(self, conversion_id: str) -> pb.Conversion:
+    async def cancel(self, conversion_id: str) -> Conversion:
         """Cancel a conversion: its worker and tools are stopped, nothing is registered.
 
         Raises:
@@ -299,7 +324,7 @@ class Converter:
         if conversion.state in TERMINAL_STATES:
             raise FailedPrecondition(
                 f"conversion {conversion_id} already ended "
-                f"({pb.ConversionState.Name(conversion.state)}); there is nothing to cancel",
+                f"({conversion.state.value}); there is nothing to cancel",
                 field="conversion_id",
             )
         self._cancel_requested.add(conversion_id)
@@ -307,13 +332,11 @@ class Converter:
         if task is None:
             self._finish_cancelled(conversion)
             return conversion
-        if conversion.state != pb.CONVERSION_STATE_CANCELLING:
-            conversion.state = pb.CONVERSION_STATE_CANCELLING
+        if conversion.state != ConversionState.CANCELLING:
+            conversion.state = ConversionState.CANCELLING
             self.record(
                 conversion,
-                progress=pb.Progress(
-                    stage=pb.CONVERSION_STATE_CANCELLING, percent=conversion.percent
-                ),
+                Progress(stage=ConversionState.CANCELLING, percent=conversion.percent),
             )
         task.cancel()
         await asyncio.wait({task}, timeout=CANCEL_WAIT_S)
@@ -321,20 +344,20 @@ class Converter:
 
     # --- running
 
-    def _schedule(self, conversion: pb.Conversion) -> None:
+    def _schedule(self, conversion: Conversion) -> None:
         task = asyncio.create_task(self._run(conversion), name=f"conversion {conversion.id}")
         self._tasks[conversion.id] = task
         task.add_done_callback(lambda _: self._tasks.pop(conversion.id, None))
 
-    async def _run(self, conversion: pb.Conversion) -> None:
+    async def _run(self, conversion: Conversion) -> None:
         try:
             async with self._slots:
-                conversion.start_time.CopyFrom(_now())
+                conversion.start_time = _now()
                 result = await run_conversion(
                     conversion, self._context, _EventReporter(self, conversion)
                 )
         except OperationFailure as failure:
-            self._finish_failed(conversion, failure.to_proto())
+            self._finish_failed(conversion, OperationError.of(failure))
         except asyncio.CancelledError:
             if conversion.id in self._cancel_requested:
                 self._finish_cancelled(conversion)
@@ -343,36 +366,35 @@ class Converter:
             log.exception("conversion %s failed unexpectedly", conversion.id)
             self._finish_failed(
                 conversion,
-                common_pb2.OperationError(
+                OperationError(
                     code="internal",
                     message=f"the converter failed unexpectedly ({type(error).__name__}); see "
                     "its log",
                 ),
             )
         else:
-            conversion.state = pb.CONVERSION_STATE_SUCCEEDED
+            conversion.state = ConversionState.SUCCEEDED
             conversion.percent = 100
-            conversion.result.CopyFrom(result)
-            conversion.end_time.CopyFrom(_now())
-            self.record(conversion, result=result)
+            conversion.result = result
+            conversion.end_time = _now()
+            self.record(conversion, result)
             self._live.pop(conversion.id, None)
             log.info("conversion %s succeeded", conversion.id)
 
-    def _finish_failed(self, conversion: pb.Conversion, error: common_pb2.OperationError) -> None:
+    def _finish_failed(self, conversion: Conversion, error: OperationError) -> None:
         conversion.failed_state = conversion.state
-        conversion.state = pb.CONVERSION_STATE_FAILED
-        conversion.error.CopyFrom(error)
-        conversion.end_time.CopyFrom(_now())
-        self.record(conversion, error=error)
+        conversion.state = ConversionState.FAILED
+        conversion.error = error
+        conversion.end_time = _now()
+        self.record(conversion, error)
         self._live.pop(conversion.id, None)
         log.info("conversion %s failed: %s: %s", conversion.id, error.code, error.message)
 
-    def _finish_cancelled(self, conversion: pb.Conversion) -> None:
-        conversion.state = pb.CONVERSION_STATE_CANCELLED
-        conversion.end_time.CopyFrom(_now())
+    def _finish_cancelled(self, conversion: Conversion) -> None:
+        conversion.state = ConversionState.CANCELLED
+        conversion.end_time = _now()
         self.record(
-            conversion,
-            progress=pb.Progress(stage=pb.CONVERSION_STATE_CANCELLED, percent=conversion.percent),
+            conversion, Progress(stage=ConversionState.CANCELLED, percent=conversion.percent)
         )
         self._live.pop(conversion.id, None)
         self._cancel_requested.discard(conversion.id)

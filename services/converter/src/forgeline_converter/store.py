@@ -1,42 +1,40 @@
 """Conversions and their numbered events, kept by the kit's operations layer so they outlive
 the service.
 
-This module says only what is the converter's own: a conversion is stored as its
-``Conversion`` message and each event as its ``ConversionEvent``, listings filter on the source
-model and version (labels), and the layout of earlier releases (``conversions`` and ``events``
-tables) is adopted once at start, so an upgrade keeps every conversion and its history.
+This module says only what is the converter's own: a conversion is stored as its serialized
+``Conversion`` message and each event as its ``ConversionEvent`` (the encoding every release
+wrote, translated to and from the converter's types by `convert`, so storage is an edge like
+the API), listings filter on the source model and version (labels), and the layout of earlier
+releases (``conversions`` and ``events`` tables) is adopted once at start, so an upgrade keeps
+every conversion and its history.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from forgeline_converter.conversions import (
+    TERMINAL_STATES,
+    Conversion,
+    ConversionEvent,
+    VersionRef,
+)
+from forgeline_converter.convert import (
+    conversion_from_pb,
+    conversion_to_pb,
+    event_from_pb,
+    event_to_pb,
+    payload_field,
+)
 from forgeline_kit.databases import Database, connect
 from forgeline_kit.operations import RecordInfo
 from forgeline_kit.operations.databases import operation_store
 from forgeline_kit.operations.sql_store import SqlOperationStore
 from forgeline_proto.converter.v1 import converter_pb2 as pb
 
-__all__ = ["TERMINAL_STATES", "ConversionCodec", "ConversionStore", "open_store", "state_name"]
+__all__ = ["ConversionCodec", "ConversionStore", "open_store"]
 
-TERMINAL_STATES = frozenset(
-    {
-        pb.CONVERSION_STATE_SUCCEEDED,
-        pb.CONVERSION_STATE_FAILED,
-        pb.CONVERSION_STATE_CANCELLED,
-    }
-)
-
-ConversionStore = SqlOperationStore[pb.Conversion, pb.ConversionEvent]
-
-
-def state_name(state: pb.ConversionState.ValueType) -> str:
-    """How the store names a state: ``SUCCEEDED`` for ``CONVERSION_STATE_SUCCEEDED``."""
-    return pb.ConversionState.Name(state).removeprefix("CONVERSION_STATE_")
-
-
-def source_of(spec: pb.ConversionSpec) -> tuple[str, int]:
-    """The (model, version) a conversion reads: its source model or its adapter."""
-    ref = spec.adapter.adapter if spec.HasField("adapter") else spec.model.source
-    return ref.model, ref.version if ref.WhichOneof("selector") == "version" else 0
+ConversionStore = SqlOperationStore[Conversion, ConversionEvent]
 
 
 class ConversionCodec:
@@ -44,37 +42,38 @@ class ConversionCodec:
 
     kind = "conversion"
 
-    def describe(self, record: pb.Conversion) -> RecordInfo:
-        model, version = source_of(record.spec)
+    def describe(self, record: Conversion) -> RecordInfo:
+        """Its id, request id, creation time, state (``SUCCEEDED``), and the labels listings
+        filter on: the source model and version it reads."""
+        source = record.spec.source or VersionRef(model="")
         return RecordInfo(
             id=record.id,
             request_id=record.request_id,
-            created=record.create_time.ToNanoseconds() / 1e9,
-            state=state_name(record.state),
+            created=record.create_time.timestamp(),
+            state=record.state.name,
             terminal=record.state in TERMINAL_STATES,
-            labels={"source_model": model, "source_version": str(version)},
+            labels={"source_model": source.model, "source_version": str(source.version or 0)},
         )
 
-    def dump_record(self, record: pb.Conversion) -> bytes:
-        return record.SerializeToString()
+    def dump_record(self, record: Conversion) -> bytes:
+        return conversion_to_pb(record).SerializeToString()
 
-    def load_record(self, data: bytes) -> pb.Conversion:
-        return pb.Conversion.FromString(data)
+    def load_record(self, data: bytes) -> Conversion:
+        return conversion_from_pb(pb.Conversion.FromString(data))
 
-    def dump_event(self, event: pb.ConversionEvent) -> bytes:
-        return event.SerializeToString()
+    def dump_event(self, event: ConversionEvent) -> bytes:
+        return event_to_pb(event).SerializeToString()
 
-    def load_event(self, data: bytes) -> pb.ConversionEvent:
-        return pb.ConversionEvent.FromString(data)
+    def load_event(self, data: bytes) -> ConversionEvent:
+        return event_from_pb(pb.ConversionEvent.FromString(data))
 
-    def event_kind(self, event: pb.ConversionEvent) -> str:
-        return event.WhichOneof("payload") or ""
+    def event_kind(self, event: ConversionEvent) -> str:
+        return payload_field(event.payload)
 
-    def number_event(self, event: pb.ConversionEvent, sequence: int) -> pb.ConversionEvent:
-        event.sequence = sequence
-        return event
+    def number_event(self, event: ConversionEvent, sequence: int) -> ConversionEvent:
+        return replace(event, sequence=sequence)
 
-    def number_record(self, record: pb.Conversion, sequence: int) -> None:
+    def number_record(self, record: Conversion, sequence: int) -> None:
         record.last_event_sequence = sequence
 
 
@@ -98,10 +97,11 @@ def _adopt_earlier_layout(database: Database, store: ConversionStore) -> None:
     }
     if "conversions" not in tables:
         return
+    codec = ConversionCodec()
     for (blob,) in database.execute("SELECT data FROM conversions ORDER BY created, id").fetchall():
-        conversion = pb.Conversion.FromString(blob)
+        conversion = codec.load_record(blob)
         events = [
-            pb.ConversionEvent.FromString(row[0])
+            codec.load_event(row[0])
             for row in database.execute(
                 "SELECT data FROM events WHERE conversion_id = ? ORDER BY sequence",
                 (conversion.id,),

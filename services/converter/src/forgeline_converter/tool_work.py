@@ -13,27 +13,20 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from forgeline_converter.conversions import ConversionState, LogSource, OperationError, Retry
 from forgeline_converter.downloading import INPUTS
-from forgeline_converter.run_context import (
-    Reporter,
-    RunContext,
-    Steps,
-    as_duration,
-    log,
-)
+from forgeline_converter.run_context import Reporter, RunContext, Steps, log
 from forgeline_converter.worker_pool import WorkerPool, stop_worker
 from forgeline_converter.worker_process import WorkerJob, WorkerMessage, WorkerResult
 from forgeline_kit.operations import OperationFailure
-from forgeline_proto.common.v1 import common_pb2
-from forgeline_proto.converter.v1 import converter_pb2 as pb
 
 __all__ = ["run_worker_retrying"]
 
 _STAGES = {
-    "CONVERTING": pb.CONVERSION_STATE_CONVERTING,
-    "COMPUTING_IMATRIX": pb.CONVERSION_STATE_COMPUTING_IMATRIX,
-    "QUANTIZING": pb.CONVERSION_STATE_QUANTIZING,
-    "VERIFYING": pb.CONVERSION_STATE_VERIFYING,
+    "CONVERTING": ConversionState.CONVERTING,
+    "COMPUTING_IMATRIX": ConversionState.COMPUTING_IMATRIX,
+    "QUANTIZING": ConversionState.QUANTIZING,
+    "VERIFYING": ConversionState.VERIFYING,
 }
 #: Failures of the tool work that are not the input's: run it again.
 _KILLED = frozenset({"worker_killed", "tool_killed"})
@@ -92,12 +85,12 @@ async def _follow_worker(
             message = WorkerMessage.model_validate_json(line)
         except ValidationError:
             tail = [*tail[-20:], line]
-            reporter.log(line, common_pb2.LOG_SOURCE_STDERR)
+            reporter.log(line, LogSource.STDERR)
             continue
         if message.type == "stage" and message.stage is not None:
             steps.enter(_STAGES[message.stage], message.target)
         elif message.type == "log":
-            reporter.log(message.text, common_pb2.LOG_SOURCE_STDOUT)
+            reporter.log(message.text, LogSource.STDOUT)
         else:
             failure = message
     code = await process.wait()
@@ -119,16 +112,11 @@ async def run_worker_retrying(
                 job, work, steps, reporter, context.workers, settings.max_tool_seconds
             )
         except OperationFailure as failure:
-            error = failure.to_proto()
-            if error.code not in _KILLED:
-                raise
-            if attempt >= attempts:
-                if attempts > 1:
-                    error.message += f" ({attempts} attempts, each killed)"
+            if failure.code not in _KILLED or attempt >= attempts:
                 raise
             delay = settings.worker_retry_seconds * 2 ** (attempt - 1)
             attempt += 1
-            reason = error.message.splitlines()[0] if error.message else error.code
+            reason = failure.message.splitlines()[0] if failure.message else failure.code
             log.warning(
                 "%s; running the tool work again (attempt %d of %d) in %g s",
                 reason,
@@ -137,13 +125,11 @@ async def run_worker_retrying(
                 delay,
             )
             reporter.retry(
-                common_pb2.Retry(
-                    error=common_pb2.OperationError(
-                        code=error.code, message=reason, retryable=True
-                    ),
+                Retry(
+                    error=OperationError(code=failure.code, message=reason, retryable=True),
                     attempt=attempt,
                     max_attempts=attempts,
-                    delay=as_duration(delay),
+                    delay_seconds=delay,
                 )
             )
             await asyncio.to_thread(_clear_worker_files, work)
