@@ -157,7 +157,7 @@ async def test_a_job_that_failed_converting_goes_back_to_converting(store: JobSt
         )
     )
     pipeline = _pipeline(store)
-    pipeline._spawn = lambda job_id: None  # type: ignore[method-assign]
+    pipeline.drivers.spawn = lambda job_id: None  # type: ignore[method-assign, assignment, return-value]
 
     job = await pipeline.retry("ftjob-0123456789abcdef01234567")
 
@@ -185,7 +185,7 @@ async def test_a_job_that_failed_training_trains_in_a_new_trainer_job(store: Job
         )
     )
     pipeline = _pipeline(store)
-    pipeline._spawn = lambda job_id: None  # type: ignore[method-assign]
+    pipeline.drivers.spawn = lambda job_id: None  # type: ignore[method-assign, assignment, return-value]
 
     job = await pipeline.retry("ftjob-0123456789abcdef01234567")
 

@@ -240,6 +240,12 @@ class AsyncDatabaseStore:
     def open(cls, url: str) -> Self:
         """Open the store's database at ``url`` (a SQLite file is created when missing) with its
         tables brought up to date."""
+        return cls(cls.open_database(url))
+
+    @classmethod
+    def open_database(cls, url: str) -> Database:
+        """The database at ``url`` with the store's tables brought up to date (for a subclass
+        whose `open` takes more)."""
         database = connect(url)
         try:
             apply_schema(
@@ -251,7 +257,7 @@ class AsyncDatabaseStore:
         except BaseException:
             database.close()
             raise
-        return cls(database)
+        return database
 
     @property
     def database(self) -> Database:

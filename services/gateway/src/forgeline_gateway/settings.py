@@ -9,6 +9,7 @@ port of its own as every service has, never the public API port.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from pathlib import Path
 from typing import Final
 
@@ -144,6 +145,15 @@ class GatewaySettings(ServiceSettings):
         "one of the loaded adapters to become idle (unloaded to make room) when all of its "
         "base's max_loaded_adapters have requests in flight; then it gets 429 with Retry-After.",
     )
+    lease_seconds: float = Field(
+        15.0,
+        ge=3,
+        le=300,
+        allow_inf_nan=False,
+        description="How long a gateway replica's hold on a fine-tuning job lasts without "
+        "renewal (renewed every third of it): when a replica dies, another takes its jobs over "
+        "this long after its last renewal. Replicas' clocks must agree to well within it.",
+    )
     unhealthy_seconds: float = Field(
         5.0,
         ge=0,
@@ -274,3 +284,9 @@ class GatewaySettings(ServiceSettings):
         if self.trusted_hosts:
             return tuple(self.trusted_hosts)
         return ("*",) if self.auth_required else LOOPBACK_HOSTS
+
+    def replica_name(self) -> str:
+        """This replica's name in the leases it holds: its host and model cache, which one
+        gateway process holds at a time, so a restarted replica takes its own leases back at
+        once."""
+        return f"{socket.gethostname()}:{self.model_cache.absolute()}"

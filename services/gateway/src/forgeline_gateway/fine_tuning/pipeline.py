@@ -41,6 +41,7 @@ from forgeline_gateway.deployments.manager import DeploymentManager
 from forgeline_gateway.fine_tuning.auto import ResolvedHyperparameters, resolve
 from forgeline_gateway.fine_tuning.converting import ConvertingStage
 from forgeline_gateway.fine_tuning.deploying import DeployingStage
+from forgeline_gateway.fine_tuning.drivers import JobDrivers
 from forgeline_gateway.fine_tuning.evaluating import EvaluatingStage
 from forgeline_gateway.fine_tuning.finishing import JobFinisher
 from forgeline_gateway.fine_tuning.journal import JobJournal
@@ -93,6 +94,7 @@ log = logging.getLogger(__name__)
 
 #: Longest wait between two runs of a stage whose service could not be reached.
 _MAX_RETRY_SECONDS = 60.0
+_CANCEL_POLL_SECONDS = 0.5
 _OWNER = re.compile(r"[^A-Za-z0-9_-]+")
 
 
@@ -120,6 +122,7 @@ class Pipeline:
         retry_seconds: float = 2.0,
         adapter_check: AdapterCheck | None = None,
         quality: QualityCheck | None = None,
+        cancel_wait_seconds: float = 60.0,
     ) -> None:
         """
         Args:
@@ -127,6 +130,8 @@ class Pipeline:
                 model; without it every job is served merged.
             quality: the Evals API runs a job's evaluation on; without it no job is evaluated
                 (and `deploy.require` cannot be met).
+            cancel_wait_seconds: how long a cancel waits for the replica driving the job to
+                have cancelled it before answering with the job as it is.
         """
         self.store = store
         self.trainer = trainer
@@ -140,7 +145,8 @@ class Pipeline:
         self.retry_seconds = retry_seconds
         self.adapter_check = adapter_check
         self.quality = quality
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.cancel_wait_seconds = cancel_wait_seconds
+        self.drivers = JobDrivers(store, self._drive_with_retries, self._cancel_here)
         self._retrying = asyncio.Lock()
         self.journal = JobJournal(store)
         # The converter's id of each job's conversion in progress: the converting stage records
@@ -181,17 +187,14 @@ class Pipeline:
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Resume every job that had not finished when the gateway last stopped."""
-        for job in await self.store.run(self.store.unfinished):
-            log.info("resuming fine-tuning job", extra={"job": job.id, "stage": job.stage})
-            self._spawn(job.id)
+        """Resume every unfinished job no other replica drives, and from then on take over those
+        whose replica dies (`JobDrivers`)."""
+        await self.drivers.start()
 
     async def close(self) -> None:
-        """Stop driving jobs (they go on at the next start; remote work keeps running)."""
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        """Stop driving jobs (they go on under the next replica to take them, this one at its
+        next start; remote work keeps running)."""
+        await self.drivers.close()
 
     # --- API ---------------------------------------------------------------------------------
 
@@ -241,7 +244,8 @@ class Pipeline:
         )
         await self.store.run(lambda: self.store.put(job))
         await self.journal.event(job, "info", f"Created fine-tuning job: {job.id}")
-        self._spawn(job.id)
+        if await self.drivers.take(job.id):  # a new job's lease is free unless a round took it
+            self.drivers.spawn(job.id)
         return job
 
     async def hyperparameters(self, request: JobRequest) -> ResolvedHyperparameters:
@@ -271,15 +275,34 @@ class Pipeline:
                 f"the job {job_id} already {job.stage.value}; only running jobs can be cancelled",
                 field="fine_tuning_job_id",
             )
+        if not await self.drivers.take(job_id):
+            # Another replica drives it: ask it to, and wait while it does.
+            await self.store.run(lambda: self.store.request_cancel(job_id))
+            return await self._wait_until_finished(job_id)
+        await self._cancel_here(job_id)
+        return await self.get(job_id)
+
+    async def _cancel_here(self, job_id: str) -> None:
+        """Cancel a job this replica holds the lease of: its remote work is stopped and what it
+        made removed, then it is `cancelled`."""
+        job = await self.get(job_id)
+        if job.stage in TERMINAL:
+            return
         job = job.model_copy(update={"cancel_requested": True})
         await self.store.run(lambda: self.store.put(job))
-        task = self._tasks.pop(job_id, None)
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        # Driving a job that asks to be cancelled stops its remote work and rolls it back.
-        await self._drive(job_id)
-        return await self.get(job_id)
+        await self.drivers.stop(job_id)
+        # Driving a job that asks to be cancelled stops its remote work and rolls it back; the
+        # driver goes on if this call is abandoned (a client that hung up).
+        await asyncio.shield(self.drivers.spawn(job_id))
+
+    async def _wait_until_finished(self, job_id: str) -> JobRecord:
+        """The job once it has ended, or as it is after `cancel_wait_seconds`."""
+        deadline = time.monotonic() + self.cancel_wait_seconds
+        job = await self.get(job_id)
+        while job.stage not in TERMINAL and time.monotonic() < deadline:
+            await asyncio.sleep(_CANCEL_POLL_SECONDS)
+            job = await self.get(job_id)
+        return job
 
     async def retry(self, job_id: str) -> JobRecord:
         """Run a failed job again from the stage that failed, reusing what earlier stages made
@@ -293,6 +316,11 @@ class Pipeline:
             if job.stage is not Stage.FAILED:
                 raise FailedPrecondition(
                     f"the job {job_id} is {job.status}; only a failed job can be retried",
+                    field="fine_tuning_job_id",
+                )
+            if not await self.drivers.take(job_id):
+                raise FailedPrecondition(
+                    f"the job {job_id} is being retried by another gateway replica",
                     field="fine_tuning_job_id",
                 )
             update: dict[str, Any] = {
@@ -323,7 +351,7 @@ class Pipeline:
                 f"Retrying the job from the {job.stage.value} stage (retry {job.retries}); what "
                 "earlier stages made is reused",
             )
-            self._spawn(job.id)
+            self.drivers.spawn(job.id)
         return job
 
     async def checkpoints(self, job: JobRecord) -> list[trainer_pb2.Checkpoint]:
@@ -337,13 +365,6 @@ class Pipeline:
         return list(answer.checkpoints)
 
     # --- driving -----------------------------------------------------------------------------
-
-    def _spawn(self, job_id: str) -> None:
-        task = asyncio.create_task(self._drive_with_retries(job_id), name=f"fine-tune {job_id}")
-        self._tasks[job_id] = task
-        task.add_done_callback(
-            lambda done: self._tasks.pop(job_id) if self._tasks.get(job_id) is done else None
-        )
 
     async def _drive_with_retries(self, job_id: str) -> None:
         """Drive the job; a stage interrupted (a service unreachable or past its deadline, a

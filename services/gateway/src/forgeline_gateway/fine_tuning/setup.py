@@ -46,7 +46,9 @@ async def open_pipeline(
     # for the connection (wait_for_ready) rather than fail at once.
     trainer = make_channel(settings.trainer_target)
     converter = make_channel(settings.converter_target)
-    store = JobStore.open(settings.database_url)
+    store = JobStore.open(
+        settings.database_url, holder=settings.replica_name(), lease_seconds=settings.lease_seconds
+    )
     # Base models named by hub id (hf:ORG/NAME): imported only when the operator allows it.
     hub = HubImporter(
         registry, allow_downloads=settings.hub_imports, cache_dir=settings.hub_cache.absolute()

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from forgeline_gateway.fine_tuning.records import TERMINAL, EventRecord, JobRecord
 from forgeline_kit.databases import AsyncDatabaseStore, Database
+from forgeline_kit.leases import DEFAULT_LEASE_SECONDS, Leases, default_holder
 from forgeline_kit.operations import RecordInfo
 from forgeline_kit.operations.databases import operation_store
 
@@ -58,18 +59,75 @@ class JobCodec:
 
 
 class JobStore(AsyncDatabaseStore):
-    """Jobs and events; every call is short and runs on a worker thread through `run`."""
+    """Jobs and events, the cancellations asked of whichever replica drives a job, and this
+    replica's leases (`leases`, on a connection of their own); every call is short and runs on a
+    worker thread through `run`."""
 
-    # All its tables are the operations layer's, created by it.
+    # Jobs and events are the operations layer's tables, created by it.
     COMPONENT = "gateway_fine_tuning"
-    SQLITE_SCHEMA = ""
-    POSTGRESQL_MIGRATIONS = ()
+    SQLITE_SCHEMA = """
+    CREATE TABLE IF NOT EXISTS fine_tuning_cancellations (
+        job_id        TEXT PRIMARY KEY,
+        requested_at  REAL NOT NULL
+    );
+    """
+    POSTGRESQL_MIGRATIONS = (
+        (
+            1,
+            """
+            CREATE TABLE fine_tuning_cancellations (
+                job_id        TEXT PRIMARY KEY,
+                requested_at  DOUBLE PRECISION NOT NULL
+            );
+            """,
+        ),
+    )
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, leases: Leases) -> None:
         super().__init__(database)
+        self.leases = leases
         self.operations = operation_store(database, JobCodec())
         if not database.postgresql:
             self._adopt_earlier_layout()
+
+    @classmethod
+    def open(
+        cls, url: str, *, holder: str = "", lease_seconds: float = DEFAULT_LEASE_SECONDS
+    ) -> JobStore:
+        """The jobs in the database at `url`, with the leases of `holder` (default: this
+        process) lasting `lease_seconds`."""
+        database = cls.open_database(url)
+        try:
+            leases = Leases.open(url, holder or default_holder(), seconds=lease_seconds)
+        except BaseException:
+            database.close()
+            raise
+        return cls(database, leases)
+
+    def close(self) -> None:
+        self.leases.close()
+        super().close()
+
+    def request_cancel(self, job_id: str) -> None:
+        """Ask whichever replica drives `job_id` to cancel it."""
+        with self._lock:
+            self._execute(
+                "INSERT INTO fine_tuning_cancellations (job_id, requested_at) VALUES (?, ?) "
+                "ON CONFLICT (job_id) DO NOTHING",
+                (job_id, time.time()),
+            )
+
+    def cancellations(self) -> list[str]:
+        """The jobs whose cancellation was asked for and not yet taken up."""
+        with self._lock:
+            rows = self._execute(
+                "SELECT job_id FROM fine_tuning_cancellations ORDER BY requested_at"
+            ).fetchall()
+        return [str(row[0]) for row in rows]
+
+    def forget_cancellation(self, job_id: str) -> None:
+        with self._lock:
+            self._execute("DELETE FROM fine_tuning_cancellations WHERE job_id = ?", (job_id,))
 
     def put(self, job: JobRecord) -> None:
         """Store a new job, or the job as it is now."""
