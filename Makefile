@@ -97,8 +97,13 @@ test: setup system-tools proto-check lint pytest
 
 # The state, API and pipeline suites again with every service's state on PostgreSQL, a real server
 # the tests start from Debian's postgresql package (`make test` runs them on SQLite; CI runs both).
-POSTGRES_SUITES := tests/kit/test_databases.py tests/kit/test_operations.py tests/converter/test_store.py \
-	tests/trainer/test_store.py tests/gateway tests/evals tests/pipeline
+# State: the database layer, leases, the operations stores; API: keys, files, fine-tuning jobs
+# (replicas included), deployments, evals; pipeline: a job taken over by a second gateway.
+POSTGRES_SUITES := tests/kit/test_databases.py tests/kit/test_leases.py tests/kit/test_operations.py \
+	tests/converter/test_store.py tests/trainer/test_store.py tests/gateway/test_security.py \
+	tests/gateway/test_files.py tests/gateway/test_deployments.py tests/gateway/test_fine_tuning_records.py \
+	tests/gateway/test_fine_tuning_retries.py tests/gateway/test_fine_tuning_replicas.py tests/evals \
+	tests/pipeline/test_replicas.py
 test-postgres: setup system-tools $(CLIENTS_STAMP)
 	FORGELINE_TEST_DATABASE=postgresql $(BIN)/pytest $(PYTEST_ARGS) $(POSTGRES_SUITES)
 
