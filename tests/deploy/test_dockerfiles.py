@@ -21,7 +21,7 @@ from .dockerfile import (
     parse,
 )
 
-STANDINS = ("minio", "prometheus")
+STANDINS = ("minio", "prometheus", "postgres")
 IMAGES = {
     **SERVICE_IMAGES,
     **{f"standin-{name}": Image(ROOT / "deploy" / "standins" / name / "Dockerfile")

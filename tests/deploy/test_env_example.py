@@ -80,7 +80,7 @@ def test_credentials_in_dot_env_reach_only_the_services_that_use_them(
     shutil.copy(ROOT / "compose.yaml", tmp_path / "compose.yaml")
     (tmp_path / ".env").write_text(
         "MINIO_ROOT_PASSWORD=minio-root-secret\nGRAFANA_ADMIN_PASSWORD=grafana-secret\n"
-        "FORGELINE_INTERNAL_TOKEN=internal-token-secret\n"
+        "FORGELINE_INTERNAL_TOKEN=internal-token-secret\nPOSTGRES_PASSWORD=postgres-secret\n"
     )
     (tmp_path / "forgeline.env").write_text("FORGELINE_GATEWAY_REQUEST_TIMEOUT_SECONDS=7\n")
     services = resolve_compose(project_dir=tmp_path)["services"]
@@ -95,6 +95,18 @@ def test_credentials_in_dot_env_reach_only_the_services_that_use_them(
     assert holding("minio-root-secret") == {"minio", "minio-init", "registry"}
     assert holding("grafana-secret") == {"grafana"}
     assert holding("internal-token-secret") == {"registry", "trainer", "converter", "gateway"}
+    # PostgreSQL's password: to PostgreSQL, and inside the database URL of the services whose
+    # state it holds (never to the registry, MinIO or Grafana).
+    assert holding("postgres-secret") == {"postgres"}
+    in_url = {
+        name
+        for name, service in services.items()
+        if any("postgres-secret" in str(v) for v in (service.get("environment") or {}).values())
+    }
+    assert in_url == {"postgres", "trainer", "converter", "gateway"}
+    for name in ("trainer", "converter", "gateway"):
+        url = services[name]["environment"][f"FORGELINE_{name.upper()}_DATABASE_URL"]
+        assert url == "postgresql://forgeline:postgres-secret@postgres:5432/forgeline", name
     for name in ("registry", "trainer", "converter", "gateway"):
         environment = services[name]["environment"]
         assert not any(key.endswith("_PASSWORD") for key in environment), name

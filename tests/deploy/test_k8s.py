@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -195,6 +196,7 @@ def test_ingress_is_denied_unless_a_policy_allows_it(resources: Resources) -> No
     assert _callers(resources, "converter", 50051) == {"gateway"}
     assert _callers(resources, "vllm", 8000) == {"gateway", "prometheus"}
     assert "registry" in _callers(resources, "minio", 9000)
+    assert _callers(resources, "postgres", 5432) == {"trainer", "converter", "gateway"}
     assert _callers(resources, "minio", 9001) == set()  # the console: kubectl port-forward only
     for app in ("registry", "trainer", "converter", "gateway"):
         assert _callers(resources, app, 9464) == {"prometheus"}
@@ -205,3 +207,56 @@ def test_the_services_carry_the_internal_token_from_a_secret(resources: Resource
         env = {v["name"]: v for v in _container(resources[("Deployment", name)])["env"]}
         token = env["FORGELINE_INTERNAL_TOKEN"]["valueFrom"]["secretKeyRef"]
         assert token == {"name": "forgeline-internal", "key": "token"}, name
+
+
+def test_postgresql_is_one_statefulset_the_services_reach_through_a_secret(
+    resources: Resources,
+) -> None:
+    postgres = resources[("StatefulSet", "postgres")]
+    assert postgres["spec"]["replicas"] == 1
+    assert postgres["spec"]["serviceName"] == "postgres-hl"
+    assert resources[("Service", "postgres-hl")]["spec"]["clusterIP"] == "None"
+    claim = postgres["spec"]["volumeClaimTemplates"][0]
+    container = _container(postgres)
+    assert container["image"].startswith("postgres:")
+    assert {m["name"]: m["mountPath"] for m in container["volumeMounts"]} == {
+        claim["metadata"]["name"]: "/var/lib/postgresql/data"
+    }
+    env = {v["name"]: v for v in container["env"]}
+    assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "forgeline-postgres", "key": "password",
+    }  # fmt: skip
+    assert env["POSTGRES_USER"]["value"] == env["POSTGRES_DB"]["value"] == "forgeline"
+    # Below the volume's root, which may hold lost+found.
+    assert env["PGDATA"]["value"].startswith("/var/lib/postgresql/data/")
+    assert container["readinessProbe"]["exec"]["command"][0] == "pg_isready"
+    service = resources[("Service", "postgres")]["spec"]
+    assert service["selector"] == {"app.kubernetes.io/name": "postgres"}
+    assert [p["port"] for p in service["ports"]] == [5432]
+    config = resources[("ConfigMap", "forgeline-config")]["data"]
+    for name in ("trainer", "converter", "gateway"):
+        variables = [v["name"] for v in _container(resources[("Deployment", name)])["env"]]
+        env = {v["name"]: v for v in _container(resources[("Deployment", name)])["env"]}
+        url = env[f"FORGELINE_{name.upper()}_DATABASE_URL"]["value"]
+        assert url == "postgresql://forgeline:$(POSTGRES_PASSWORD)@postgres:5432/forgeline", name
+        # $(VAR) expands only a variable defined earlier in the list.
+        assert variables.index("POSTGRES_PASSWORD") < variables.index(
+            f"FORGELINE_{name.upper()}_DATABASE_URL"
+        ), name
+        assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+            "name": "forgeline-postgres", "key": "password",
+        }, name  # fmt: skip
+        assert f"FORGELINE_{name.upper()}_DATABASE_URL" not in config, name
+
+
+def test_the_readme_creates_every_secret_the_manifests_read(resources: Resources) -> None:
+    readme = (K8S / "README.md").read_text()
+    created = set(re.findall(r"create secret generic (\S+)", readme))
+    read: set[str] = set()
+    for resource in resources.values():
+        if resource["kind"] in {"Deployment", "StatefulSet", "Job"}:
+            for variable in _container(resource).get("env", []):
+                ref = variable.get("valueFrom", {}).get("secretKeyRef")
+                if ref and not ref.get("optional"):
+                    read.add(ref["name"])
+    assert read <= created, sorted(read - created)
