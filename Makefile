@@ -103,7 +103,7 @@ POSTGRES_SUITES := tests/kit/test_databases.py tests/kit/test_leases.py tests/ki
 	tests/converter/test_store.py tests/trainer/test_store.py tests/gateway/test_security.py \
 	tests/gateway/test_files.py tests/gateway/test_deployments.py tests/gateway/test_fine_tuning_records.py \
 	tests/gateway/test_fine_tuning_retries.py tests/gateway/test_fine_tuning_replicas.py \
-	tests/gateway/test_replicas_api.py tests/evals \
+	tests/gateway/test_replicas_api.py tests/gateway/test_replicas_deployments.py tests/evals \
 	tests/pipeline/test_replicas.py
 test-postgres: setup system-tools $(CLIENTS_STAMP)
 	FORGELINE_TEST_DATABASE=postgresql $(BIN)/pytest $(PYTEST_ARGS) $(POSTGRES_SUITES)

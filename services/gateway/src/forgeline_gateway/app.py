@@ -48,6 +48,7 @@ from forgeline_gateway.console import install_console
 from forgeline_gateway.deployments.artifacts import RegistryArtifacts
 from forgeline_gateway.deployments.boundaries import DeploymentBoundaries
 from forgeline_gateway.deployments.manager import DeploymentManager
+from forgeline_gateway.deployments.sync import DeploymentSync
 from forgeline_gateway.errors import install_error_handlers
 from forgeline_gateway.fine_tuning.answers import METRICS_LABEL as ADAPTER_CHECK_LABEL
 from forgeline_gateway.fine_tuning.setup import open_pipeline
@@ -197,8 +198,10 @@ def create_app(
         state.evals = evals = EvalServing.open(settings.database_url, proxy, router, files.service)
         state.registry = RegistryServing(registry)
         state.fine_tuning = None
+        sync = DeploymentSync(manager, store, settings.deployment_sync_seconds)
         try:
             await manager.restore()
+            sync.start()
             await evals.start()
             # The adapter check's greedy answers go through the proxy like a client's.
             answers = ProxySampler(proxy, router, label=ADAPTER_CHECK_LABEL)
@@ -209,6 +212,7 @@ def create_app(
                     state.fine_tuning = FineTuningServing(pipeline, settings.organization)
                 yield
         finally:
+            await sync.close()
             await evals.close()
             await manager.close()
             await files.close()

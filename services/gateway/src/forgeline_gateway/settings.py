@@ -145,6 +145,15 @@ class GatewaySettings(ServiceSettings):
         "one of the loaded adapters to become idle (unloaded to make room) when all of its "
         "base's max_loaded_adapters have requests in flight; then it gets 429 with Retry-After.",
     )
+    deployment_sync_seconds: float = Field(
+        5.0,
+        ge=0.2,
+        le=300,
+        allow_inf_nan=False,
+        description="How often a gateway places the deployments other replicas sharing its "
+        "database created, and removes those they deleted: a deployment created on one replica "
+        "is served by the others within this (plus their time to place it).",
+    )
     lease_seconds: float = Field(
         15.0,
         ge=3,

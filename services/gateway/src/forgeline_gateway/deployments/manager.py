@@ -127,8 +127,14 @@ class DeploymentManager:
         placed once, with every stored adapter deployment on it."""
         await self._restorer.restore()
 
-    async def create(self, spec: Any) -> DeploymentState:
+    async def create(
+        self, spec: Any, *, created: int | None = None, record: bool = True
+    ) -> DeploymentState:
         """Place `spec` and remember it.
+
+        Args:
+            created: when it was created (now unless it was elsewhere).
+            record: store it; False for a deployment another replica stored (`sync.py`).
 
         Raises:
             AlreadyExists: a deployment of that name exists or is being created.
@@ -146,20 +152,21 @@ class DeploymentManager:
             if spec.base is not None:
                 started = time.monotonic()
                 if isinstance(spec, LlamaCppSpec):
-                    route = await self._shared.create(spec)
+                    route = await self._shared.create(spec, created=created, record=record)
                 else:
-                    route = await self._runtime.create(spec)
+                    route = await self._runtime.create(spec, created=created, record=record)
                 state = self._state(route)
                 if self.metrics is not None:
                     self.metrics.adapter_attach.labels(spec.backend).observe(
                         time.monotonic() - started
                     )
                 return state
-            created = int(time.time())
+            created = int(time.time()) if created is None else created
             route, placed = await self._placer.place(spec, created, publish=False)
             try:
-                record = DeploymentRecord(name, spec.model_dump_json(), created)
-                await self.store.run(lambda: self.store.put_deployment(record))
+                if record:
+                    stored = DeploymentRecord(name, spec.model_dump_json(), created)
+                    await self.store.run(lambda: self.store.put_deployment(stored))
             except BaseException:
                 await route.backend.release(name, spec, route.placement)
                 raise
@@ -210,6 +217,14 @@ class DeploymentManager:
                 log.info("deployment deleted", extra={"model": name})
             finally:
                 book.busy.discard(name)
+
+    def fail(self, name: str, spec: Any, created: int, error: Exception) -> None:
+        """List the stored deployment `name` as failed to place here, for `error`."""
+        self._book.fail(name, spec, created, error)
+
+    def changing(self) -> set[str]:
+        """The deployments being created or deleted here now."""
+        return set(self._book.busy)
 
     def list(self) -> list[DeploymentState]:
         states = [self._state(route) for route in self.router.routes()]

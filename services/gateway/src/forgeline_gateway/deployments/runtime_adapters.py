@@ -88,17 +88,21 @@ class RuntimeAdapters:
         """How many adapters are loaded now on each vLLM base, by (base, backend)."""
         return {(base, r.backend): len(r.loaded) for base, r in self.residency.items()}
 
-    async def create(self, spec: RuntimeAdapterSpec) -> Route:
-        """Attach the adapter deployment `spec` to its running base and store it; its route."""
+    async def create(
+        self, spec: RuntimeAdapterSpec, *, created: int | None = None, record: bool = True
+    ) -> Route:
+        """Attach the adapter deployment `spec` to its running base and store it (unless not to
+        `record`: another replica did); its route."""
         assert spec.base is not None
-        created = int(time.time())
-        record = DeploymentRecord(spec.name, spec.model_dump_json(), created)
+        created = int(time.time()) if created is None else created
+        stored = DeploymentRecord(spec.name, spec.model_dump_json(), created)
+
+        async def commit() -> None:
+            if record:
+                await self.store.run(lambda: self.store.put_deployment(stored))
+
         async with self.book.base_lock(spec.base):
-            route = await self.attach(
-                spec,
-                created,
-                commit=lambda: self.store.run(lambda: self.store.put_deployment(record)),
-            )
+            route = await self.attach(spec, created, commit=commit)
         log.info("adapter deployment created", extra={"model": spec.name, "base": spec.base})
         return route
 

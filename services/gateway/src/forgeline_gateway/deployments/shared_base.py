@@ -58,19 +58,23 @@ class SharedBaseAdapters:
         self.drain_seconds = drain_seconds
         self._drains: set[asyncio.Task[None]] = set()
 
-    async def create(self, spec: LlamaCppSpec) -> Route:
-        """Attach the adapter deployment `spec` to its base and store it; its route."""
+    async def create(
+        self, spec: LlamaCppSpec, *, created: int | None = None, record: bool = True
+    ) -> Route:
+        """Attach the adapter deployment `spec` to its base and store it (unless not to
+        `record`: another replica did); its route."""
         assert spec.base is not None
         async with self.book.base_lock(spec.base):
             base = self._serving_base(spec)
-            attached = await self.attachable(spec, int(time.time()))
-            record = DeploymentRecord(spec.name, spec.model_dump_json(), attached.created)
+            attached = await self.attachable(spec, int(time.time()) if created is None else created)
+            stored = DeploymentRecord(spec.name, spec.model_dump_json(), attached.created)
+
+            async def commit() -> None:
+                if record:
+                    await self.store.run(lambda: self.store.put_deployment(stored))
+
             adapters = self.book.attached_to(spec.base)
-            await self._restart_base(
-                base,
-                adapters | {spec.name: attached},
-                commit=lambda: self.store.run(lambda: self.store.put_deployment(record)),
-            )
+            await self._restart_base(base, adapters | {spec.name: attached}, commit=commit)
         log.info("adapter deployment created", extra={"model": spec.name, "base": spec.base})
         return self.book.router.get(spec.name)
 
