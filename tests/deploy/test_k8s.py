@@ -73,6 +73,17 @@ def test_gateway_is_a_deployment_with_an_autoscaler_behind_a_service(resources: 
     assert probe["httpGet"]["path"] == "/health"
 
 
+def test_gateway_replicas_share_only_postgresql(resources: Resources) -> None:
+    """Several replicas (leases and deployment sync make that safe), each with a model cache of
+    its own: no volume one pod would hold (a ReadWriteOnce claim) and the others wait for."""
+    assert resources[("HorizontalPodAutoscaler", "gateway")]["spec"]["minReplicas"] >= 2
+    deployment = resources[("Deployment", "gateway")]
+    volumes = deployment["spec"]["template"]["spec"]["volumes"]
+    assert all("persistentVolumeClaim" not in volume for volume in volumes)
+    env = {e["name"]: e.get("value", "") for e in _container(deployment)["env"]}
+    assert env["FORGELINE_GATEWAY_DATABASE_URL"].startswith("postgresql://")
+
+
 def test_vllm_splits_the_model_over_the_gpus_it_requests(resources: Resources) -> None:
     container = _container(resources[("Deployment", "vllm")])
     args = dict(a.removeprefix("--").split("=", 1) for a in container["args"] if "=" in a)

@@ -120,6 +120,46 @@ def test_a_restarted_gateway_resumes_the_runs_under_way(
     assert len({i.id for i in items}) == len(ROWS)
 
 
+def _runs_here(served: Served, run_id: str) -> bool:
+    return served.gateway.app.state.evals.service.executor.tasks.running(run_id) is not None
+
+
+def test_replicas_execute_a_run_once_and_another_finishes_it_when_its_replica_stops(
+    tmp_path: Path, fake: tuple[FakeVllm, FakeServer], gateways: list[Gateway]
+) -> None:
+    vllm, server = fake
+    database = tmp_path / "gateway.sqlite3"
+    # Replicas name themselves by host and model cache: a cache of its own each, as on two hosts.
+    settings: dict[str, Any] = {"vllm_urls": [server.url], "lease_seconds": 3}
+    first = _start(database, settings | {"model_cache": tmp_path / "a"}, default_backends, gateways)
+    first.deploy({"name": "fake", "backend": "vllm", "base_model": FAKE_BASE})
+    second = _start(  # restores the deployment
+        database, settings | {"model_cache": tmp_path / "b"}, default_backends, gateways
+    )
+    vllm.answer_delay = 1.0
+    eval_id, run_id = begin_run(first)
+    first_outputs(first, eval_id, run_id)
+    # A lease round of the second replica's, now rather than within its second.
+    second.gateway.call(second.gateway.app.state.evals.service.executor.tasks.round())
+
+    assert _runs_here(first, run_id)
+    assert not _runs_here(second, run_id)  # executed once
+    first.gateway.stop()  # gives its leases up
+    vllm.answer_delay = 0.0
+    client = second.client(second.admin_key)
+    done = wait_for_run(client, eval_id, run_id)
+
+    assert done.status == "completed"
+    assert done.result_counts.model_dump() == {
+        "total": len(ROWS),
+        "passed": len(ROWS),
+        "failed": 0,
+        "errored": 0,
+    }
+    items = list(client.evals.runs.output_items.list(run_id, eval_id=eval_id, limit=7))
+    assert [i.datasource_item_id for i in items] == list(range(len(ROWS)))
+
+
 def test_a_backend_that_dies_mid_run_fails_the_run_keeping_what_was_done(
     tmp_path: Path, fake: tuple[FakeVllm, FakeServer], gateways: list[Gateway]
 ) -> None:

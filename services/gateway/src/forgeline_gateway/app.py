@@ -195,7 +195,7 @@ def create_app(
         state.deployments = DeploymentServing(manager)
         state.keys = KeyServing(store, authenticator)
         state.files = files = FileServing.open(settings, store)
-        state.evals = evals = EvalServing.open(settings.database_url, proxy, router, files.service)
+        state.evals = evals = EvalServing.open(settings, proxy, router, files.service)
         state.registry = RegistryServing(registry)
         state.fine_tuning = None
         sync = DeploymentSync(manager, store, settings.deployment_sync_seconds)

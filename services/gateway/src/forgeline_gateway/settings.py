@@ -159,9 +159,10 @@ class GatewaySettings(ServiceSettings):
         ge=3,
         le=300,
         allow_inf_nan=False,
-        description="How long a gateway replica's hold on a fine-tuning job lasts without "
-        "renewal (renewed every third of it): when a replica dies, another takes its jobs over "
-        "this long after its last renewal. Replicas' clocks must agree to well within it.",
+        description="How long a gateway replica's hold on a fine-tuning job or an eval run lasts "
+        "without renewal (renewed every third of it): when a replica dies, another takes its "
+        "work over this long after its last renewal. Replicas' clocks must agree to well within "
+        "it.",
     )
     unhealthy_seconds: float = Field(
         5.0,

@@ -52,6 +52,7 @@ from forgeline_kit.errors import (
     Unavailable,
     http_status_for,
 )
+from forgeline_kit.leases import LeasedTasks
 
 __all__ = ["RunExecutor", "output_id"]
 
@@ -90,7 +91,8 @@ class _Plan:
 
 
 class RunExecutor:
-    """The background tasks of the runs under way in this gateway."""
+    """The background tasks of the runs under way in this gateway, each under the run's lease
+    (`forgeline_kit.leases.LeasedTasks`), so replicas sharing a database execute each run once."""
 
     def __init__(
         self,
@@ -106,40 +108,39 @@ class RunExecutor:
         self.concurrency = concurrency
         self.attempts = attempts
         self.retry_seconds = retry_seconds
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.tasks = LeasedTasks(
+            store.leases, "eval_run", run=self._execute, unfinished=self._unfinished
+        )
 
-    def launch(self, run_id: str) -> None:
-        """Start (or resume) the run `run_id` in the background."""
-        if run_id in self._tasks:
-            return
-        task = asyncio.create_task(self._execute(run_id), name=f"eval-run-{run_id}")
-        self._tasks[run_id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(run_id, None))
+    async def start(self) -> None:
+        """Resume the unfinished runs no other replica executes; from then on, take over those
+        whose replica dies."""
+        await self.tasks.start()
+
+    async def launch(self, run_id: str) -> None:
+        """Start (or resume) the run `run_id` in the background, unless another replica
+        executes it."""
+        if self.tasks.running(run_id) is None and await self.tasks.take(run_id):
+            self.tasks.spawn(run_id)
 
     async def stop(self, run_id: str) -> None:
-        """Stop the run's task, if it has one here, and wait until it has stopped."""
-        task = self._tasks.get(run_id)
-        if task is None:
-            return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        """Stop the run's task, if it has one here, and wait until it has stopped; the run
+        has ended (cancelled, deleted), so its lease goes too."""
+        await self.tasks.stop(run_id, release=True)
 
     async def close(self) -> None:
         """Stop every task, leaving the runs unfinished for the next gateway to resume."""
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self.tasks.close()
 
     async def wait(self, run_id: str) -> None:
         """Wait until the run's task ends (a fine-tuning job's quality check; tests)."""
-        task = self._tasks.get(run_id)
+        task = self.tasks.running(run_id)
         if task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(task)
+
+    async def _unfinished(self) -> list[str]:
+        return [run.id for run in await self.store.run(self.store.unfinished_runs)]
 
     # --- one run --------------------------------------------------------------------------
 

@@ -94,8 +94,7 @@ class EvalService:
 
     async def start(self) -> None:
         """Resume the runs a previous gateway left queued or in progress."""
-        for run in await self.store.run(self.store.unfinished_runs):
-            self.executor.launch(run.id)
+        await self.executor.start()
 
     async def close(self) -> None:
         await self.executor.close()
@@ -257,7 +256,7 @@ class EvalService:
             rows=len(rows),
         ).recounted(found.criteria_names, [])
         await self.store.run(lambda: self.store.create_run(run, rows))
-        self.executor.launch(run.id)
+        await self.executor.launch(run.id)
         return run
 
     async def get_run(self, eval_id: str, run_id: str) -> RunRecord:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from forgeline_gateway.evals.records import TERMINAL, EvalRecord, OutputRecord, RunRecord
 from forgeline_gateway.evals.rows import Row
-from forgeline_kit.databases import AsyncDatabaseStore
+from forgeline_kit.leases import LeasedStore
 
 __all__ = ["EvalStore"]
 
@@ -89,9 +89,11 @@ _UNFINISHED = "('queued', 'in_progress')"
 Order = Literal["asc", "desc"]
 
 
-class EvalStore(AsyncDatabaseStore):
+class EvalStore(LeasedStore):
     """Every call is short and runs on a worker thread through `run`; writes that must agree
-    (an output item and its run's counts) happen in one transaction."""
+    (an output item and its run's counts) happen in one transaction. `leases` are this
+    replica's (on a connection of their own): a run is executed by the replica holding its
+    lease."""
 
     COMPONENT = "gateway_evals"
     SQLITE_SCHEMA = _SQLITE_SCHEMA

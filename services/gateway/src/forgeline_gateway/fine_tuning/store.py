@@ -14,8 +14,8 @@ import time
 from typing import Any, Literal
 
 from forgeline_gateway.fine_tuning.records import TERMINAL, EventRecord, JobRecord
-from forgeline_kit.databases import AsyncDatabaseStore, Database
-from forgeline_kit.leases import DEFAULT_LEASE_SECONDS, Leases, default_holder
+from forgeline_kit.databases import Database
+from forgeline_kit.leases import LeasedStore, Leases
 from forgeline_kit.operations import RecordInfo
 from forgeline_kit.operations.databases import operation_store
 
@@ -58,7 +58,7 @@ class JobCodec:
         """Job records do not carry their newest sequence."""
 
 
-class JobStore(AsyncDatabaseStore):
+class JobStore(LeasedStore):
     """Jobs and events, the cancellations asked of whichever replica drives a job, and this
     replica's leases (`leases`, on a connection of their own); every call is short and runs on a
     worker thread through `run`."""
@@ -84,29 +84,10 @@ class JobStore(AsyncDatabaseStore):
     )
 
     def __init__(self, database: Database, leases: Leases) -> None:
-        super().__init__(database)
-        self.leases = leases
+        super().__init__(database, leases)
         self.operations = operation_store(database, JobCodec())
         if not database.postgresql:
             self._adopt_earlier_layout()
-
-    @classmethod
-    def open(
-        cls, url: str, *, holder: str = "", lease_seconds: float = DEFAULT_LEASE_SECONDS
-    ) -> JobStore:
-        """The jobs in the database at `url`, with the leases of `holder` (default: this
-        process) lasting `lease_seconds`."""
-        database = cls.open_database(url)
-        try:
-            leases = Leases.open(url, holder or default_holder(), seconds=lease_seconds)
-        except BaseException:
-            database.close()
-            raise
-        return cls(database, leases)
-
-    def close(self) -> None:
-        self.leases.close()
-        super().close()
 
     def request_cancel(self, job_id: str) -> None:
         """Ask whichever replica drives `job_id` to cancel it."""

@@ -39,6 +39,7 @@ from forgeline_gateway.evals.store import EvalStore
 from forgeline_gateway.files.service import FileService
 from forgeline_gateway.routing.proxy import Proxy
 from forgeline_gateway.routing.router import Router
+from forgeline_gateway.settings import GatewaySettings
 
 __all__ = ["EvalServing", "ProxySampler"]
 
@@ -91,10 +92,15 @@ class EvalServing:
 
     @classmethod
     def open(
-        cls, database_url: str, proxy: Proxy, router: Router, files: FileService
+        cls, settings: GatewaySettings, proxy: Proxy, router: Router, files: FileService
     ) -> EvalServing:
-        """The Evals API of a gateway: its tables in the gateway's database at `database_url`."""
-        store = EvalStore.open(database_url)
+        """The Evals API of a gateway: its tables in the gateway's database, its runs executed
+        under this replica's leases."""
+        store = EvalStore.open(
+            settings.database_url,
+            holder=settings.replica_name(),
+            lease_seconds=settings.lease_seconds,
+        )
         return cls(EvalService(store, ProxySampler(proxy, router), FileRows(files)))
 
     async def start(self) -> None:
