@@ -21,15 +21,23 @@ from forgeline_kit.state_lock import StateDirInUseError, hold_state_dir
 # pid, and waits to be killed.
 _PARENT = textwrap.dedent(
     """
-    import subprocess, sys, time
+    import signal, subprocess, sys, time
     from forgeline_kit.subprocesses import die_with_parent
-    armed = sys.argv[1] == "armed"
+    mode = sys.argv[1]
     command = ["sleep", "120"]
-    child = subprocess.Popen(die_with_parent(command) if armed else command)
+    if mode == "stubborn":  # a child that goes on after SIGTERM, as a hung server may
+        command = [sys.executable, "-c", sys.argv[2]]
+    if mode == "plain":
+        child = subprocess.Popen(command)
+    elif mode == "stubborn":
+        child = subprocess.Popen(die_with_parent(command, signal.SIGKILL))
+    else:
+        child = subprocess.Popen(die_with_parent(command))
     print(child.pid, flush=True)
     time.sleep(120)
     """
 )
+_STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
 
 
 @pytest.fixture
@@ -40,9 +48,9 @@ def orphans() -> Iterator[set[int]]:
     kill_all(pids)
 
 
-def _parent_with_child(armed: bool) -> tuple[subprocess.Popen[str], int]:
+def _parent_with_child(armed: bool, mode: str = "") -> tuple[subprocess.Popen[str], int]:
     parent = subprocess.Popen(  # noqa: S603 (a fixed argument list, no shell)
-        [sys.executable, "-c", _PARENT, "armed" if armed else "plain"],
+        [sys.executable, "-c", _PARENT, mode or ("armed" if armed else "plain"), _STUBBORN],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -54,6 +62,21 @@ def test_a_child_dies_when_its_parent_is_killed(orphans: set[int]) -> None:
     parent, child = _parent_with_child(armed=True)
     orphans.add(child)
     assert alive(child)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    assert wait_gone({child}, within=5) == set()
+
+
+def test_a_child_that_ignores_sigterm_dies_with_sigkill_as_its_signal(
+    orphans: set[int],
+) -> None:
+    # What the gateway gives llama-server: one seen hanging in its graceful shutdown after its
+    # gateway was killed.
+    parent, child = _parent_with_child(armed=True, mode="stubborn")
+    orphans.add(child)
+    deadline = time.monotonic() + 10
+    while "SIG_IGN" not in command_line(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
     parent.send_signal(signal.SIGKILL)
     parent.wait()
     assert wait_gone({child}, within=5) == set()

@@ -8,6 +8,7 @@ answer (200 once the model is loaded), never a sleep.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -193,7 +194,8 @@ def start_llama_server(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
         process = subprocess.Popen(  # noqa: S603 - an argument list built above, no shell
-            die_with_parent(command),
+            # SIGKILL: a llama-server can hang in its graceful shutdown, and starts no children.
+            die_with_parent(command, signal.SIGKILL),
             env=options.environment(),
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -87,8 +87,12 @@ class LlamaServerProcess:
     async def _spawn_and_wait(self, within: float) -> None:
         self.log_tail.clear()
         self.process = await asyncio.create_subprocess_exec(
-            # A gateway killed outright leaves no server behind.
-            *die_with_parent(self.options.arguments(self.binary, self.host, self.port)),
+            # A gateway killed outright leaves no server behind: SIGKILL, since a llama-server
+            # was seen hanging in its graceful shutdown after SIGTERM (and it starts no children
+            # that would need one).
+            *die_with_parent(
+                self.options.arguments(self.binary, self.host, self.port), signal.SIGKILL
+            ),
             env=self.options.environment(),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
